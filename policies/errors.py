@@ -1,0 +1,54 @@
+"""Every exception rf-ray raises on purpose, in one place.
+
+    RFRayError                      base of everything below
+    ├── ConfigError (ValueError)    bad user input, found before any work starts
+    │   ├── UnknownKnobError (TypeError too)   a knob name the TRL/PEFT config does not have
+    │   └── ExperimentExistsError   the experiment name is taken by different data
+    ├── IllegalTransitionError (ValueError)    a run status change the state machine forbids
+    ├── OpError (ValueError)        an interactive-control op that cannot apply (unknown run...)
+    └── RunFailedError (RuntimeError)          a run's slice raised, or its loss went NaN/inf
+
+The module lives in ``policies/`` because that is the bottom layer: every layer may import it,
+and it imports nothing. ``rf_ray`` re-exports the public names.
+"""
+
+from __future__ import annotations
+
+
+class RFRayError(Exception):
+    """Base class of every error rf-ray raises on purpose."""
+
+
+class ConfigError(RFRayError, ValueError):
+    """User input is wrong; raised before any actor starts or anything is written."""
+
+
+class UnknownKnobError(ConfigError, TypeError):
+    """A knob name that the target TRL or PEFT config does not define."""
+
+
+class ExperimentExistsError(ConfigError):
+    """An experiment of that name already exists for different data."""
+
+
+class IllegalTransitionError(RFRayError, ValueError):
+    """A run status change that the run state machine does not allow."""
+
+
+class OpError(RFRayError, ValueError):
+    """An interactive-control op that cannot be applied; nothing was changed."""
+
+
+class RunFailedError(RFRayError, RuntimeError):
+    """A run's slice raised, or its loss became NaN or infinite."""
+
+
+__all__ = [
+    "ConfigError",
+    "ExperimentExistsError",
+    "IllegalTransitionError",
+    "OpError",
+    "RFRayError",
+    "RunFailedError",
+    "UnknownKnobError",
+]
