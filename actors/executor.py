@@ -1,0 +1,346 @@
+"""The base-model executor: one frozen base model per distinct model, many runs as adapters.
+
+``Executor`` is a plain object (the ``BaseModelActor`` is a thin Ray shell around it), so the
+slice loop is testable without Ray. It owns
+
+* the resident base models, loaded once each through the user's ``create_model_fn`` and wrapped
+  in one ``PeftModel`` that carries every live run as a named LoRA adapter;
+* the adapter registry: one ``AdapterRecord`` per run with its TRL trainer (the source of
+  collation, loss and metrics), optimizer, LR scheduler, RNG state and step counter.
+
+Switching runs is ``PeftModel.set_adapter``: a pointer move, no weights are copied or reloaded.
+
+The slice loop mirrors ``transformers.Trainer._run_epoch`` step for step (same
+``get_batch_samples`` token counting, ``training_step``, clipping, optimizer and scheduler
+order), so a run trained in interleaved slices equals a vanilla ``SFTTrainer.train()`` over the
+same example order; ``tests/actors/test_equivalence.py`` holds it to that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from actors import algorithms
+from actors.spec import RunSpec
+from policies.errors import RunFailedError
+
+logger = logging.getLogger(__name__)
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """CUDA when present (and not overridden), else CPU."""
+    if prefer:
+        return torch.device(prefer)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def memory_figures(device: torch.device) -> dict[str, float]:
+    """Device memory in use and peak (MiB) on CUDA; host RSS (MiB) on CPU."""
+    if device.type == "cuda":
+        return {
+            "device_mem_mib": torch.cuda.memory_allocated(device) / 2**20,
+            "device_mem_peak_mib": torch.cuda.max_memory_allocated(device) / 2**20,
+        }
+    import psutil
+
+    return {"host_rss_mib": psutil.Process(os.getpid()).memory_info().rss / 2**20}
+
+
+@dataclass
+class BaseEntry:
+    """One resident base model, shared by every run whose spec has its model_key."""
+
+    model: Any
+    """The ``PeftModel`` wrapping the frozen base; ``None`` until its first adapter is added."""
+    raw_model: Any
+    tokenizer: Any
+    run_ids: set[int] = field(default_factory=set)
+
+
+@dataclass
+class AdapterRecord:
+    """Everything the executor keeps for one run: one record, not parallel dicts."""
+
+    spec: RunSpec
+    trainer: Any
+    """The run's TRL trainer: collator, loss, metrics, optimizer and scheduler live on it."""
+    train_rows: Any
+    """The trainer's prepared (tokenized, column-pruned) training set, indexed by dataset row."""
+    rng_state: torch.Tensor
+    cuda_rng_state: torch.Tensor | None
+    steps_done: int = 0
+    location: str = "device"
+    """Where adapter and optimizer tensors live: "device" or "host" (spilled)."""
+
+
+@dataclass
+class SliceResult:
+    """What one slice produced: per-step metrics, optional eval metrics, timings."""
+
+    run_id: int
+    start_step: int
+    end_step: int
+    step_metrics: list[dict[str, float]]
+    eval_metrics: dict[str, float] | None
+    seconds: float
+    train_seconds: float
+    swap_seconds: float
+    tokens: int
+    memory: dict[str, float]
+
+
+class Executor:
+    """Owns base models and the adapter registry; trains one run's slice at a time."""
+
+    def __init__(
+        self,
+        create_model_fn: Callable[[Any], tuple[Any, Any]],
+        train_dataset: Any,
+        eval_dataset: Any = None,
+        device: str | None = None,
+    ) -> None:
+        self.create_model_fn = create_model_fn
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.device = pick_device(device)
+        self.use_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.bases: dict[str, BaseEntry] = {}
+        self.registry: dict[int, AdapterRecord] = {}
+        self.base_loads: dict[str, int] = {}
+        self.swap_seconds: list[float] = []
+        self._active: int | None = None
+
+    # ------------------------------------------------------------------ bases and adapters
+    def _base(self, spec: RunSpec) -> BaseEntry:
+        entry = self.bases.get(spec.model_key)
+        if entry is None:
+            model, tokenizer = self.create_model_fn(spec.model_config)
+            model.to(self.device)
+            for p in model.parameters():
+                p.requires_grad_(False)
+            entry = BaseEntry(model=None, raw_model=model, tokenizer=tokenizer)
+            self.bases[spec.model_key] = entry
+            self.base_loads[spec.model_key] = self.base_loads.get(spec.model_key, 0) + 1
+            logger.info("loaded base model %s on %s", spec.model_key, self.device)
+        return entry
+
+    def add_run(self, spec: RunSpec, state: dict[str, Any] | None = None) -> None:
+        """Register a run: add its adapter (seeded from the run), build its trainer.
+
+        ``state`` (from ``checkpoint_state``) restores adapter, optimizer, scheduler, RNG and
+        progress, e.g. for a warm-started clone or an executor that was restarted.
+        """
+        if spec.run_id in self.registry:
+            return
+        from peft import get_peft_model
+
+        entry = self._base(spec)
+        name = spec.adapter_name
+        # LoRA initialisation draws from the global torch RNG: seed it from the run, so a run's
+        # adapter does not depend on how many adapters were added before it (DESIGN.md, traps).
+        torch.manual_seed(spec.trl_args.seed)
+        if entry.model is None:
+            entry.model = get_peft_model(entry.raw_model, spec.lora_config, adapter_name=name)
+        else:
+            entry.model.add_adapter(name, spec.lora_config)
+        entry.model.set_adapter(name)
+        self._active = spec.run_id
+        args = self._device_args(spec.trl_args)
+        previous_forward = entry.raw_model.forward
+        trainer = algorithms.make_trainer(
+            spec, args, entry.model, entry.tokenizer, self.train_dataset, self.eval_dataset
+        )
+        if entry.run_ids:
+            # TRL patches the base's forward with its fused LM head at each trainer's creation;
+            # the first patch serves every run, so undo the re-wrapping.
+            entry.raw_model.forward = previous_forward
+        entry.run_ids.add(spec.run_id)
+        trainer.create_optimizer()
+        trainer.create_scheduler(spec.plan.total_steps, optimizer=trainer.optimizer)
+        # Trainer.__init__ has just called set_seed(args.seed), as a vanilla run does before its
+        # first step: that RNG state is this run's from here on.
+        record = AdapterRecord(
+            spec=spec,
+            trainer=trainer,
+            train_rows=trainer._remove_unused_columns(trainer.train_dataset, "training"),
+            rng_state=torch.get_rng_state(),
+            cuda_rng_state=torch.cuda.get_rng_state(self.device)
+            if self.device.type == "cuda"
+            else None,
+        )
+        self.registry[spec.run_id] = record
+        if state is not None:
+            from actors.checkpoint import restore_into
+
+            restore_into(record, entry.model, state)
+
+    def _device_args(self, args: Any) -> Any:
+        """The executor, not the user, decides device options (DESIGN.md, traps).
+
+        On CUDA the slice runs under ``torch.autocast(bfloat16)`` set by the executor itself:
+        letting each trainer's Accelerator patch the shared model's forward would stack one
+        autocast wrapper per run.
+        """
+        import dataclasses
+
+        return dataclasses.replace(
+            args, use_cpu=self.device.type == "cpu", bf16=False, fp16=False, report_to="none"
+        )
+
+    def remove_run(self, run_id: int) -> None:
+        """Drop a run's adapter, optimizer and trainer (deleted, pruned-for-good or finished)."""
+        record = self.registry.pop(run_id, None)
+        if record is None:
+            return
+        entry = self.bases[record.spec.model_key]
+        entry.run_ids.discard(run_id)
+        if entry.run_ids:
+            entry.model.delete_adapter(record.spec.adapter_name)
+            if self._active == run_id:
+                self._active = None
+
+    def _activate(self, record: AdapterRecord) -> float:
+        """Make the run's adapter the active one; return the swap time in seconds."""
+        start = time.perf_counter()
+        entry = self.bases[record.spec.model_key]
+        if self._active != record.spec.run_id:
+            entry.model.set_adapter(record.spec.adapter_name)
+            self._active = record.spec.run_id
+        if record.location != "device":
+            from actors.checkpoint import move_run
+
+            move_run(record, entry.model, self.device)
+        torch.set_rng_state(record.rng_state)
+        if record.cuda_rng_state is not None:
+            torch.cuda.set_rng_state(record.cuda_rng_state, self.device)
+        elapsed = time.perf_counter() - start
+        self.swap_seconds.append(elapsed)
+        return elapsed
+
+    # ------------------------------------------------------------------ the slice loop
+    def run_slice(self, run_id: int, end_step: int, evaluate: bool = False) -> SliceResult:
+        """Train ``run_id`` from its current step up to ``end_step`` (exclusive), then optionally
+        evaluate. Raises ``RunFailedError`` for a NaN/inf loss; other exceptions propagate."""
+        record = self.registry[run_id]
+        start = time.perf_counter()
+        swap = self._activate(record)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        first = record.steps_done
+        metrics: list[dict[str, float]] = []
+        tokens = 0
+        train_start = time.perf_counter()
+        with self._autocast():
+            for step in range(first, end_step):
+                step_metrics, step_tokens = self._optimizer_step(record, step)
+                metrics.append(step_metrics)
+                tokens += step_tokens
+        train_seconds = time.perf_counter() - train_start
+        record.rng_state = torch.get_rng_state()
+        if record.cuda_rng_state is not None:
+            record.cuda_rng_state = torch.cuda.get_rng_state(self.device)
+        eval_metrics = self.evaluate(run_id) if evaluate else None
+        return SliceResult(
+            run_id=run_id,
+            start_step=first,
+            end_step=end_step,
+            step_metrics=metrics,
+            eval_metrics=eval_metrics,
+            seconds=time.perf_counter() - start,
+            train_seconds=train_seconds,
+            swap_seconds=swap,
+            tokens=tokens,
+            memory=memory_figures(self.device),
+        )
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.use_bf16:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _microbatches(self, record: AdapterRecord, step: int) -> Iterator[dict[str, Any]]:
+        collate = record.trainer.data_collator
+        for rows in record.spec.plan.step_microbatches(step, record.spec.seed):
+            yield collate([record.train_rows[i] for i in rows])
+
+    def _optimizer_step(self, record: AdapterRecord, step: int) -> tuple[dict[str, float], int]:
+        """One optimizer step, in the order of ``transformers.Trainer._run_epoch``."""
+        trainer = record.trainer
+        model = self.bases[record.spec.model_key].model
+        if step % record.spec.plan.steps_per_epoch == 0:
+            # A vanilla run builds a new DataLoader iterator at each epoch start, and torch's
+            # iterator draws its base seed from the global RNG; draw it too, so dropout streams
+            # line up with vanilla TRL.
+            torch.empty((), dtype=torch.int64).random_()
+        batches = list(self._microbatches(record, step))
+        trainer.current_gradient_accumulation_steps = len(batches)
+        num_items = trainer._get_num_items_in_batch(batches, trainer.args.device)
+        tokens = sum(int(b["attention_mask"].sum()) for b in batches if "attention_mask" in b)
+        loss = torch.zeros((), device=trainer.args.device)
+        for inputs in batches:
+            loss += trainer.training_step(model, inputs, num_items)
+        loss_value = float(loss)
+        if not math.isfinite(loss_value):
+            raise RunFailedError(
+                f"run {record.spec.run_id}: loss became {loss_value} at optimizer step {step + 1}; "
+                "lower the learning rate or enable gradient clipping (max_grad_norm)"
+            )
+        trainer.accelerator.gradient_state._set_sync_gradients(True)
+        if trainer.args.max_grad_norm and trainer.args.max_grad_norm > 0:
+            grad_norm = trainer._clip_grad_norm(model)
+        else:
+            grad_norm = trainer._get_grad_norm(model)
+        trainer.optimizer.step()
+        learning_rate = trainer._get_learning_rate()
+        trainer.lr_scheduler.step()
+        model.zero_grad(set_to_none=True)
+        trainer.state.global_step += 1
+        record.steps_done = step + 1
+        out = {"step": float(step + 1), "loss": loss_value, "learning_rate": float(learning_rate)}
+        if grad_norm is not None:
+            out["grad_norm"] = float(grad_norm)
+        out.update(algorithms.drain_train_metrics(trainer))
+        return out, tokens
+
+    def evaluate(self, run_id: int) -> dict[str, float] | None:
+        """Evaluate the run on the eval set (its trainer's own ``evaluate``)."""
+        record = self.registry[run_id]
+        if self.eval_dataset is None:
+            return None
+        self._activate(record)
+        rng = torch.get_rng_state()
+        with self._autocast():
+            out = record.trainer.evaluate()
+        torch.set_rng_state(rng)
+        return {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
+
+    # ------------------------------------------------------------------ introspection
+    def resident_parameter_count(self) -> dict[str, int]:
+        """Parameters held by the executor: base weights (counted once) and adapters."""
+        base = adapters = 0
+        for entry in self.bases.values():
+            for name, p in entry.raw_model.named_parameters():
+                if "lora_" in name:
+                    adapters += p.numel()
+                else:
+                    base += p.numel()
+        return {"base": base, "adapters": adapters}
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "base_loads": dict(self.base_loads),
+            "runs": sorted(self.registry),
+            "swap_seconds": list(self.swap_seconds),
+            "device": str(self.device),
+            "memory": memory_figures(self.device),
+            "parameters": self.resident_parameter_count(),
+        }
