@@ -78,8 +78,6 @@ class AdapterRecord:
     rng_state: torch.Tensor
     cuda_rng_state: torch.Tensor | None
     steps_done: int = 0
-    location: str = "device"
-    """Where adapter and optimizer tensors live: "device" or "host" (spilled)."""
 
 
 @dataclass
@@ -118,6 +116,7 @@ class Executor:
         self.base_loads: dict[str, int] = {}
         self.swap_seconds: list[float] = []
         self._active: int | None = None
+        self.busy_seconds = 0.0
 
     # ------------------------------------------------------------------ bases and adapters
     def _base(self, spec: RunSpec) -> BaseEntry:
@@ -215,10 +214,6 @@ class Executor:
         if self._active != record.spec.run_id:
             entry.model.set_adapter(record.spec.adapter_name)
             self._active = record.spec.run_id
-        if record.location != "device":
-            from actors.checkpoint import move_run
-
-            move_run(record, entry.model, self.device)
         torch.set_rng_state(record.rng_state)
         if record.cuda_rng_state is not None:
             torch.cuda.set_rng_state(record.cuda_rng_state, self.device)
@@ -249,6 +244,7 @@ class Executor:
         if record.cuda_rng_state is not None:
             record.cuda_rng_state = torch.cuda.get_rng_state(self.device)
         eval_metrics = self.evaluate(run_id) if evaluate else None
+        self.busy_seconds += time.perf_counter() - start
         return SliceResult(
             run_id=run_id,
             start_step=first,
@@ -340,6 +336,7 @@ class Executor:
             "base_loads": dict(self.base_loads),
             "runs": sorted(self.registry),
             "swap_seconds": list(self.swap_seconds),
+            "busy_seconds": self.busy_seconds,
             "device": str(self.device),
             "memory": memory_figures(self.device),
             "parameters": self.resident_parameter_count(),

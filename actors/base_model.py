@@ -1,0 +1,73 @@
+"""``BaseModelActor``: the Ray shell around ``Executor`` (one per GPU, or one on the CPU).
+
+Each method hands its request to the executor and returns plain data. Run specs arrive as
+cloudpickled bytes and are unpacked here, so the trial actors that forward them never import
+torch or TRL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from actors import checkpoint
+from actors.executor import Executor
+
+logger = logging.getLogger(__name__)
+
+
+class BaseModelActor:
+    def __init__(
+        self,
+        create_model_fn: Any,
+        train_dataset: Any,
+        eval_dataset: Any = None,
+        device: str | None = None,
+        cpu_threads: int | None = None,
+    ) -> None:
+        import torch
+
+        if cpu_threads:
+            # Ray pins OMP_NUM_THREADS to the actor's CPU share; the executor is the only
+            # process doing tensor work, so let it use the cores it was given explicitly.
+            torch.set_num_threads(cpu_threads)
+        self.executor = Executor(create_model_fn, train_dataset, eval_dataset, device=device)
+
+    def ready(self) -> dict[str, Any]:
+        return {"device": str(self.executor.device), "pid": os.getpid()}
+
+    def add_run(self, spec_blob: bytes, checkpoint_path: str | None = None) -> None:
+        import cloudpickle
+
+        spec = cloudpickle.loads(spec_blob)
+        state = checkpoint.load(checkpoint_path) if checkpoint_path else None
+        self.executor.add_run(spec, state)
+
+    def has_run(self, run_id: int) -> bool:
+        return run_id in self.executor.registry
+
+    def run_slice(
+        self, run_id: int, end_step: int, evaluate: bool, run_dir: str
+    ) -> dict[str, Any]:
+        """Train one slice, then write the run's durable checkpoint; return the outcome."""
+        result = self.executor.run_slice(run_id, end_step, evaluate=evaluate)
+        record = self.executor.registry[run_id]
+        state = checkpoint.capture(record, self.executor.bases[record.spec.model_key].model)
+        path = checkpoint.save(state, run_dir)
+        out = dataclasses.asdict(result)
+        out["checkpoint"] = str(path)
+        return out
+
+    def export(self, run_id: int, path: str) -> str:
+        record = self.executor.registry[run_id]
+        model = self.executor.bases[record.spec.model_key].model
+        return str(checkpoint.export_adapter(model, record.spec.adapter_name, Path(path)))
+
+    def remove_run(self, run_id: int) -> None:
+        self.executor.remove_run(run_id)
+
+    def stats(self) -> dict[str, Any]:
+        return self.executor.stats()

@@ -1,0 +1,154 @@
+"""Durable run checkpoints: tensors in safetensors, everything else in JSON. Never pickle.
+
+A checkpoint is a directory ``<run dir>/checkpoints/step-<N>/`` holding
+
+* ``adapter.safetensors``: the run's LoRA weights (PEFT state-dict names, no adapter name);
+* ``optimizer.safetensors`` + ``state.json``: optimizer tensors, and the rest of the optimizer,
+  LR-scheduler, RNG and progress state as plain JSON.
+
+It is written into a temporary sibling directory and renamed into place (``os.replace``), so a
+reader sees either the previous checkpoint or the complete new one, never a torn one. Loading
+uses ``safetensors.torch.load_file`` and ``json.load`` only, so a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STATE_FILE = "state.json"
+ADAPTER_FILE = "adapter.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+def capture(record: Any, model: Any) -> dict[str, Any]:
+    """Collect a run's complete training state from the executor (tensors copied to CPU)."""
+    from peft import get_peft_model_state_dict
+
+    name = record.spec.adapter_name
+    adapter = {
+        k: v.detach().to("cpu").contiguous()
+        for k, v in get_peft_model_state_dict(model, adapter_name=name).items()
+    }
+    trainer = record.trainer
+    opt_state = trainer.optimizer.state_dict()
+    opt_tensors: dict[str, torch.Tensor] = {}
+    opt_scalars: dict[str, dict[str, Any]] = {}
+    for idx, per_param in opt_state["state"].items():
+        for key, value in per_param.items():
+            if torch.is_tensor(value):
+                opt_tensors[f"{idx}.{key}"] = value.detach().to("cpu").contiguous()
+            else:
+                opt_scalars.setdefault(str(idx), {})[key] = value
+    rng = {"cpu": record.rng_state.clone()}
+    if record.cuda_rng_state is not None:
+        rng["cuda"] = record.cuda_rng_state.clone()
+    meta = {
+        "run_id": record.spec.run_id,
+        "steps_done": record.steps_done,
+        "optimizer_param_groups": _jsonable(opt_state["param_groups"]),
+        "optimizer_scalars": opt_scalars,
+        "scheduler": _jsonable(trainer.lr_scheduler.state_dict()),
+        "total_train_tokens": int(getattr(trainer, "_total_train_tokens", 0) or 0),
+    }
+    return {"adapter": adapter, "optimizer": opt_tensors, "rng": rng, "meta": meta}
+
+
+def restore_into(record: Any, model: Any, state: dict[str, Any]) -> None:
+    """Put a captured state back into a registered run (adapter, optimizer, schedule, RNG)."""
+    from peft import set_peft_model_state_dict
+
+    name = record.spec.adapter_name
+    device = next(p.device for p in model.parameters())
+    set_peft_model_state_dict(
+        model, {k: v.to(device) for k, v in state["adapter"].items()}, adapter_name=name
+    )
+    meta = state["meta"]
+    trainer = record.trainer
+    per_param: dict[int, dict[str, Any]] = {}
+    for key, tensor in state["optimizer"].items():
+        idx, field = key.split(".", 1)
+        per_param.setdefault(int(idx), {})[field] = tensor.to(device)
+    for idx, scalars in meta["optimizer_scalars"].items():
+        per_param.setdefault(int(idx), {}).update(scalars)
+    trainer.optimizer.load_state_dict(
+        {"state": per_param, "param_groups": meta["optimizer_param_groups"]}
+    )
+    trainer.lr_scheduler.load_state_dict(meta["scheduler"])
+    record.rng_state = state["rng"]["cpu"].clone()
+    if "cuda" in state["rng"] and record.cuda_rng_state is not None:
+        record.cuda_rng_state = state["rng"]["cuda"].clone()
+    record.steps_done = int(meta["steps_done"])
+    trainer.state.global_step = record.steps_done
+    if hasattr(trainer, "_total_train_tokens"):
+        trainer._total_train_tokens = meta["total_train_tokens"]
+
+
+def save(state: dict[str, Any], run_dir: str | Path, keep: int = 1) -> Path:
+    """Write ``state`` atomically as ``run_dir/checkpoints/step-<N>``; keep the newest ``keep``."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{state['meta']['steps_done']:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    try:
+        save_file(state["adapter"], str(tmp / ADAPTER_FILE))
+        tensors = dict(state["optimizer"])
+        tensors.update({f"rng.{k}": v for k, v in state["rng"].items()})
+        save_file(tensors, str(tmp / OPTIMIZER_FILE))
+        (tmp / STATE_FILE).write_text(json.dumps(state["meta"]))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    older = sorted(p for p in root.glob("step-*") if p != final)
+    for old in older[: max(len(older) - (keep - 1), 0)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by ``save`` (no code execution: safetensors + JSON)."""
+    path = Path(path)
+    meta = json.loads((path / STATE_FILE).read_text())
+    tensors = load_file(str(path / OPTIMIZER_FILE))
+    rng = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("rng.")}
+    optimizer = {k: v for k, v in tensors.items() if not k.startswith("rng.")}
+    return {"adapter": load_file(str(path / ADAPTER_FILE)), "optimizer": optimizer, "rng": rng, "meta": meta}
+
+
+def export_adapter(model: Any, adapter_name: str, path: str | Path) -> Path:
+    """Write one adapter in PEFT's ``save_pretrained`` layout, loadable as the default adapter
+    by ``PeftModel.from_pretrained(base, path)``."""
+    from peft import get_peft_model_state_dict
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    weights = {
+        k: v.detach().to("cpu").contiguous()
+        for k, v in get_peft_model_state_dict(model, adapter_name=adapter_name).items()
+    }
+    save_file(weights, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
+    model.peft_config[adapter_name].save_pretrained(str(path))
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    """Optimizer/scheduler state as JSON: tuples become lists, tensors numbers."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if torch.is_tensor(value):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if callable(value):
+        return None
+    return value

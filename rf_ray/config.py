@@ -1,0 +1,645 @@
+"""What a user writes to describe runs, and the plain per-run config the engine consumes.
+
+A user writes knob spaces in the RapidFire AI style::
+
+    RFModelConfig(
+        model_name="tiny-llama",
+        peft_config=RFLoraConfig(r=List([8, 16]), lora_alpha=16),
+        training_args=RFSFTConfig(learning_rate=List([1e-4, 2e-4]), max_length=128),
+    )
+
+``List`` is a choice among values, ``Range`` a numeric interval (random search only). Plain
+Python lists inside a config are literal values (``target_modules=["q_proj", "v_proj"]``).
+``rf_ray.search`` expands such a space into ``RunConfig`` objects, one per run, with no knobs
+left; ``build_trl_config`` and ``build_lora_config`` turn a ``RunConfig`` into the TRL and PEFT
+objects. Every check runs on construction, so a bad value fails before any actor starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import functools
+import json
+import math
+import random
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from policies.errors import ConfigError, UnknownKnobError
+
+TRAINER_TYPES = ("SFT", "DPO", "GRPO")
+
+# Shorthand LoRA fields a trainer config accepts (the article's `RFSFTConfig(lora_rank=64)`),
+# mapped to their peft.LoraConfig names.
+LORA_SHORTHAND = {
+    "lora_rank": "r",
+    "lora_alpha": "lora_alpha",
+    "lora_dropout": "lora_dropout",
+    "target_modules": "target_modules",
+}
+
+# TRL fields rf-ray sets itself; a user value would be silently overridden, so we refuse it.
+OWNED_TRAINER_FIELDS = {
+    "output_dir": "rf-ray sets it per run inside the experiment directory",
+    "report_to": "rf-ray logs every run to MLflow itself",
+    "use_cpu": "rf-ray picks the device for each run",
+    "push_to_hub": "rf-ray does not push; export the adapter once the experiment is done",
+    "save_strategy": "rf-ray checkpoints every run after each slice",
+    "logging_steps": "rf-ray logs every optimizer step",
+    "disable_tqdm": "rf-ray reports progress itself",
+    "model_init_kwargs": "the base model is loaded once; use RFModelConfig(model_kwargs=...)",
+}
+
+# Set when a search names no model (the article's short form): the engine's create_model_fn
+# decides which model that is.
+UNNAMED_MODEL = ""
+
+
+# --------------------------------------------------------------------------- knobs
+
+
+class List:
+    """A choice knob: grid search tries every value, random search draws one uniformly."""
+
+    def __init__(self, values: Sequence[Any]) -> None:
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+            raise ConfigError(
+                f"List(values={values!r}) needs a list or tuple of values, e.g. List([1e-4, 2e-4])"
+            )
+        if not values:
+            raise ConfigError("List([]) is empty: give it at least one value, e.g. List([1e-4])")
+        for v in values:
+            if isinstance(v, (List, Range)):
+                raise ConfigError(
+                    f"List values cannot be knobs (got {v!r}); flatten them into one List"
+                )
+        self.values: tuple[Any, ...] = tuple(values)
+
+    def __repr__(self) -> str:
+        return f"List({list(self.values)!r})"
+
+
+class Range:
+    """A numeric interval knob, valid only under random search.
+
+    ``low`` and ``high`` are both included. With ``log=True`` values are drawn log-uniformly,
+    which is what learning rates usually want.
+    """
+
+    def __init__(self, low: float, high: float, log: bool = False, dtype: type = float) -> None:
+        if dtype not in (int, float):
+            raise ConfigError(f"Range(dtype={dtype!r}) must be int or float")
+        for name, v in (("low", low), ("high", high)):
+            if not _is_number(v) or (dtype is int and v != int(v)):
+                kind = "an integer" if dtype is int else "a finite number"
+                raise ConfigError(f"Range({name}={v!r}) must be {kind}")
+        if low > high or (dtype is float and low == high):
+            rel = "<=" if dtype is int else "<"
+            raise ConfigError(f"Range(low={low!r}, high={high!r}) needs low {rel} high")
+        if log and low <= 0:
+            raise ConfigError(f"Range(low={low!r}, log=True) needs low > 0; raise low or drop log")
+        self.low = dtype(low)
+        self.high = dtype(high)
+        self.log = log
+        self.dtype = dtype
+
+    def sample(self, rng: random.Random) -> int | float:
+        """Draw one value in [low, high] from ``rng`` (log-uniformly when ``log``)."""
+        if self.dtype is int and not self.log:
+            return rng.randint(int(self.low), int(self.high))
+        if self.log:
+            value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        else:
+            value = rng.uniform(self.low, self.high)
+        if self.dtype is int:
+            value = round(value)
+        # exp(log(x)) can land a hair outside [low, high]; clamp so the bounds hold exactly.
+        return self.dtype(min(max(value, self.low), self.high))
+
+    def __repr__(self) -> str:
+        return f"Range({self.low!r}, {self.high!r}, log={self.log}, dtype={self.dtype.__name__})"
+
+
+def is_knob(value: Any) -> bool:
+    """True for a ``List`` or ``Range``, the only values a search expands."""
+    return isinstance(value, (List, Range))
+
+
+# --------------------------------------------------------------------------- value rules
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rule:
+    check: Callable[[Any], bool]
+    must: str
+    integer: bool = False
+
+
+_POSITIVE = _Rule(lambda v: _is_number(v) and v > 0, "a number > 0")
+_COUNT = _Rule(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+               "an integer >= 1", integer=True)  # fmt: skip
+
+TRAINER_RULES: dict[str, _Rule] = {
+    "learning_rate": _Rule(_POSITIVE.check, "a number > 0 (e.g. 2e-4)"),
+    "per_device_train_batch_size": _COUNT,
+    "gradient_accumulation_steps": _COUNT,
+    "num_train_epochs": _POSITIVE,
+}
+LORA_RULES: dict[str, _Rule] = {
+    "r": _Rule(_COUNT.check, "an integer > 0 (e.g. 8)", integer=True),
+    "lora_alpha": _POSITIVE,
+    "lora_dropout": _Rule(lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+}
+
+
+def _bad_value(path: str, value: Any, must: str) -> ConfigError:
+    field = path.rsplit(".", 1)[-1]
+    hint = ""
+    if isinstance(value, (list, tuple)):
+        hint = f" To search over several values, wrap them in List({list(value)!r})."
+    return ConfigError(f"{path}={value!r} is invalid: {field} must be {must}.{hint}")
+
+
+def check_value(path: str, value: Any, rule: _Rule | None) -> None:
+    """Check a concrete value, each value of a List, or both ends of a Range against ``rule``."""
+    if rule is None:
+        return
+    if isinstance(value, List):
+        for v in value.values:
+            if not rule.check(v):
+                raise _bad_value(path, v, rule.must)
+    elif isinstance(value, Range):
+        if rule.integer and value.dtype is not int:
+            raise ConfigError(
+                f"{path}={value!r} is invalid: {path.rsplit('.', 1)[-1]} is an integer; "
+                f"use Range({value.low!r}, {value.high!r}, dtype=int)"
+            )
+        for end in (value.low, value.high):
+            if not rule.check(end):
+                raise _bad_value(path, value, f"{rule.must} at both ends of the Range")
+    elif not rule.check(value):
+        raise _bad_value(path, value, rule.must)
+
+
+@functools.cache
+def _init_fields(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.init)
+
+
+def _unknown(
+    name: str, path: str, valid: frozenset[str], target: str, extra: str = ""
+) -> Exception:
+    close = difflib.get_close_matches(name, sorted(valid), n=3)
+    did_you_mean = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return UnknownKnobError(
+        f"{path}: {name!r} is not a field of {target}.{did_you_mean}{extra} "
+        f"Check the spelling against the {target} documentation."
+    )
+
+
+@functools.cache
+def trl_config_class(trainer_type: str) -> type:
+    """The TRL config class for "SFT", "DPO" or "GRPO" (imported lazily: TRL is slow to load)."""
+    import trl
+
+    return {"SFT": trl.SFTConfig, "DPO": trl.DPOConfig, "GRPO": trl.GRPOConfig}[trainer_type]
+
+
+def _lora_fields() -> frozenset[str]:
+    import peft
+
+    return _init_fields(peft.LoraConfig)
+
+
+def check_trainer_field(trainer_type: str, name: str, path: str) -> None:
+    """Raise unless ``name`` is a TRL config field for ``trainer_type`` that users may set."""
+    if name in OWNED_TRAINER_FIELDS:
+        raise ConfigError(f"{path}: {OWNED_TRAINER_FIELDS[name]}; remove {name}= from the config.")
+    cls = trl_config_class(trainer_type)
+    if name not in _init_fields(cls):
+        extra = ""
+        if name in _lora_fields():
+            extra = f" {name!r} is a LoRA field: set it in RFLoraConfig({name}=...)."
+        raise _unknown(name, path, _init_fields(cls), f"trl.{cls.__name__}", extra)
+
+
+def check_lora_field(name: str, path: str) -> None:
+    """Raise unless ``name`` is a peft.LoraConfig field."""
+    if name not in _lora_fields():
+        raise _unknown(name, path, _lora_fields(), "peft.LoraConfig")
+
+
+# --------------------------------------------------------------------------- user-facing configs
+
+
+class RFLoraConfig:
+    """LoRA settings for a run; each value may be a ``List`` or ``Range`` knob.
+
+    ``peft.LoraConfig`` is already the dataclass, with PEFT's defaults and checks. Mirroring its
+    40-odd fields here would copy those defaults and drift with every PEFT release, and a
+    dataclass field typed ``int`` cannot hold ``List([8, 16])``. So this holds only the
+    overrides the user wrote, in ``.kwargs``, checked against ``dataclasses.fields(LoraConfig)``
+    by name; ``build_lora_config`` later hands the concrete values to ``LoraConfig`` itself.
+    ``target_modules`` left unset means PEFT infers them (``q_proj``, ``v_proj`` for Llama).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        for name, value in kwargs.items():
+            check_lora_field(name, f"peft_config.{name}")
+            check_value(f"peft_config.{name}", value, LORA_RULES.get(name))
+        self.kwargs: dict[str, Any] = dict(kwargs)
+
+    def __repr__(self) -> str:
+        return f"RFLoraConfig({_kwargs_repr(self.kwargs)})"
+
+
+class _TrainerKnobs:
+    """Overrides of one TRL config class, each possibly a knob, plus LoRA shorthand.
+
+    Holds kwargs rather than mirroring the TRL dataclass for the same reasons as
+    ``RFLoraConfig``. Shorthand LoRA fields (``lora_rank``, ``lora_alpha``, ``lora_dropout``,
+    ``target_modules``) go to ``.lora_kwargs`` under their own names; everything else to
+    ``.kwargs``.
+    """
+
+    trainer_type: ClassVar[str]
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs: dict[str, Any] = {}
+        self.lora_kwargs: dict[str, Any] = {}
+        for name, value in kwargs.items():
+            path = f"training_args.{name}"
+            if name in LORA_SHORTHAND:
+                check_value(path, value, LORA_RULES.get(LORA_SHORTHAND[name]))
+                self.lora_kwargs[name] = value
+            else:
+                check_trainer_field(self.trainer_type, name, path)
+                check_value(path, value, TRAINER_RULES.get(name))
+                self.kwargs[name] = value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({_kwargs_repr({**self.kwargs, **self.lora_kwargs})})"
+
+
+class RFSFTConfig(_TrainerKnobs):
+    """Knobs for ``trl.SFTConfig`` (supervised fine-tuning)."""
+
+    trainer_type = "SFT"
+
+
+class RFDPOConfig(_TrainerKnobs):
+    """Knobs for ``trl.DPOConfig`` (direct preference optimisation)."""
+
+    trainer_type = "DPO"
+
+
+class RFGRPOConfig(_TrainerKnobs):
+    """Knobs for ``trl.GRPOConfig`` (group relative policy optimisation)."""
+
+    trainer_type = "GRPO"
+
+
+TRAINER_KNOB_CLASSES: dict[str, type[_TrainerKnobs]] = {
+    "SFT": RFSFTConfig,
+    "DPO": RFDPOConfig,
+    "GRPO": RFGRPOConfig,
+}
+
+
+def _check_kwargs_dict(field: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise TypeError(f"{field} must be a dict with str keys or None, got {value!r}")
+    return dict(value)
+
+
+def _is_callable_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and bool(value) and all(callable(f) for f in value)
+
+
+class RFModelConfig:
+    """One family of runs: a base model, its LoRA and trainer knobs, and the user's callables.
+
+    ``training_args=None`` means ``RFSFTConfig()`` (or, under a search given
+    ``trainer_type``, that trainer's empty config; ``default_training_args`` records this).
+    LoRA is set either by ``peft_config`` or by shorthand in ``training_args``, not both.
+    ``reward_funcs`` (GRPO) is a list of callables, or a ``List`` of such lists.
+    """
+
+    def __init__(
+        self,
+        model_name: str | List,
+        peft_config: RFLoraConfig | None = None,
+        training_args: _TrainerKnobs | None = None,
+        formatting_func: Callable[..., Any] | None = None,
+        compute_metrics: Callable[..., Any] | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        tokenizer_kwargs: dict[str, Any] | None = None,
+        reward_funcs: Sequence[Callable[..., Any]] | List | None = None,
+        generation_config: dict[str, Any] | None = None,
+    ) -> None:
+        names = model_name.values if isinstance(model_name, List) else (model_name,)
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise TypeError(
+                    f"model_name must be a non-empty str or a List of them, got {name!r}"
+                )
+        if peft_config is not None and not isinstance(peft_config, RFLoraConfig):
+            raise TypeError(f"peft_config must be an RFLoraConfig or None, got {peft_config!r}")
+        if training_args is not None and not isinstance(training_args, _TrainerKnobs):
+            raise TypeError(
+                "training_args must be an RFSFTConfig, RFDPOConfig or RFGRPOConfig, "
+                f"got {training_args!r}"
+            )
+        for field, fn in (
+            ("formatting_func", formatting_func),
+            ("compute_metrics", compute_metrics),
+        ):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{field} must be a callable or None, got {fn!r}")
+        if reward_funcs is not None:
+            choices = reward_funcs.values if isinstance(reward_funcs, List) else (reward_funcs,)
+            if not all(_is_callable_list(c) for c in choices):
+                raise TypeError(
+                    "reward_funcs must be None, a non-empty list of callables, or a List of "
+                    f"such lists, got {reward_funcs!r}"
+                )
+        self.default_training_args = training_args is None
+        self.training_args = training_args if training_args is not None else RFSFTConfig()
+        if peft_config is not None and self.training_args.lora_kwargs:
+            raise ConfigError(
+                f"LoRA is set twice: peft_config={peft_config!r} and shorthand "
+                f"{sorted(self.training_args.lora_kwargs)} in training_args; pick one "
+                "(move the shorthand into RFLoraConfig, e.g. lora_rank -> r)"
+            )
+        self.model_name = model_name
+        self.peft_config = peft_config
+        self.formatting_func = formatting_func
+        self.compute_metrics = compute_metrics
+        self.model_kwargs = _check_kwargs_dict("model_kwargs", model_kwargs)
+        self.tokenizer_kwargs = _check_kwargs_dict("tokenizer_kwargs", tokenizer_kwargs)
+        self.reward_funcs = reward_funcs
+        self.generation_config = (
+            None
+            if generation_config is None
+            else _check_kwargs_dict("generation_config", generation_config)
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"RFModelConfig(model_name={self.model_name!r}, peft_config={self.peft_config!r}, "
+            f"training_args={self.training_args!r})"
+        )
+
+
+def _kwargs_repr(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+
+
+# --------------------------------------------------------------------------- concrete run
+
+
+def _find_knob(value: Any) -> bool:
+    if is_knob(value):
+        return True
+    if isinstance(value, dict):
+        return any(_find_knob(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_find_knob(v) for v in value)
+    return False
+
+
+def _to_jsonable(value: Any, path: str) -> Any:
+    """``value`` in JSON types; a torch dtype becomes its name, which from_pretrained takes."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, enum.Enum):
+        return _to_jsonable(value.value, path)
+    if isinstance(value, dict):
+        return {str(k): _to_jsonable(v, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if type(value).__module__ == "torch" and type(value).__name__ == "dtype":
+        return str(value).removeprefix("torch.")
+    raise ConfigError(
+        f"{path}={value!r} cannot be stored as JSON; use a str, number, bool, list or dict "
+        "(for a torch dtype, its name such as 'bfloat16' works too)"
+    )
+
+
+def _flat_value(value: Any) -> str | int | float | bool:
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if value is None:
+        return "None"
+    if callable(value):
+        return str(getattr(value, "__qualname__", type(value).__qualname__))
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(_flat_value(v)) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(_to_jsonable_loose(value), sort_keys=True)
+    return str(_to_jsonable_loose(value))
+
+
+def _to_jsonable_loose(value: Any) -> Any:
+    try:
+        return _to_jsonable(value, "value")
+    except ConfigError:
+        if isinstance(value, dict):
+            return {str(k): _to_jsonable_loose(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [_to_jsonable_loose(v) for v in value]
+        return repr(value)
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """One concrete run: no knobs left. This is what the engine consumes.
+
+    ``to_json``/``from_json`` cover the JSON-able part only; the callables
+    (``formatting_func``, ``compute_metrics``, ``reward_funcs``) are code, not data, so
+    ``from_json`` takes them back as keyword arguments.
+    """
+
+    model_name: str
+    """Base model name or path ("" when the search named none: create_model_fn's model)."""
+    trainer_type: str = "SFT"
+    """Which TRL trainer runs it: "SFT", "DPO" or "GRPO"."""
+    training_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Concrete TRL config overrides the user gave (LoRA shorthand removed)."""
+    lora: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Concrete peft.LoraConfig kwargs, shorthand folded in (lora_rank -> r)."""
+    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keyword arguments for loading the base model."""
+    tokenizer_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keyword arguments for loading the tokenizer."""
+    formatting_func: Callable[..., Any] | None = None
+    """SFT example formatter, or None."""
+    compute_metrics: Callable[..., Any] | None = None
+    """Eval metrics function, or None."""
+    reward_funcs: list[Callable[..., Any]] | None = None
+    """GRPO reward functions, or None."""
+    generation_config: dict[str, Any] | None = None
+    """Generation settings (GRPO sampling, evaluation), or None."""
+
+    def __post_init__(self) -> None:
+        if self.trainer_type not in TRAINER_TYPES:
+            raise ConfigError(
+                f"trainer_type={self.trainer_type!r} is not one of {', '.join(TRAINER_TYPES)}"
+            )
+        if not isinstance(self.model_name, str):
+            raise TypeError(f"model_name must be a str, got {self.model_name!r}")
+        for field in ("training_args", "lora", "model_kwargs", "tokenizer_kwargs"):
+            _check_kwargs_dict(field, getattr(self, field))
+        for name, value in self.training_args.items():
+            if name in LORA_SHORTHAND:
+                raise ConfigError(
+                    f"training_args.{name}: shorthand belongs in lora as {LORA_SHORTHAND[name]!r}"
+                )
+            check_trainer_field(self.trainer_type, name, f"training_args.{name}")
+            check_value(f"training_args.{name}", value, TRAINER_RULES.get(name))
+        for name, value in self.lora.items():
+            check_lora_field(name, f"lora.{name}")
+            check_value(f"lora.{name}", value, LORA_RULES.get(name))
+        for field in (
+            "training_args",
+            "lora",
+            "model_kwargs",
+            "tokenizer_kwargs",
+            "generation_config",
+        ):
+            if _find_knob(getattr(self, field)):
+                raise ConfigError(
+                    f"{field}={getattr(self, field)!r} still holds a List or Range; a knob is only "
+                    "expanded at the top level of a field, e.g. target_modules=List([[...], [...]])"
+                )
+        if self.reward_funcs is not None and not _is_callable_list(self.reward_funcs):
+            raise TypeError(
+                f"reward_funcs must be a list of callables or None, got {self.reward_funcs!r}"
+            )
+
+    def flat_params(self) -> dict[str, str | int | float | bool]:
+        """A flat, JSON-able, deterministic view for MLflow params and the leaderboard."""
+        out: dict[str, str | int | float | bool] = {
+            "model_name": self.model_name,
+            "trainer_type": self.trainer_type,
+        }
+        sections = {"": self.training_args, "lora.": self.lora, "model_kwargs.": self.model_kwargs,
+                    "tokenizer_kwargs.": self.tokenizer_kwargs,
+                    "generation_config.": self.generation_config or {}}  # fmt: skip
+        for prefix, values in sections.items():
+            for key in sorted(values):
+                out[prefix + key] = _flat_value(values[key])
+        for field in ("formatting_func", "compute_metrics", "reward_funcs"):
+            if getattr(self, field) is not None:
+                out[field] = _flat_value(getattr(self, field))
+        return out
+
+    def model_key(self) -> str:
+        """Identifies the base model: runs with equal keys can share one resident copy."""
+        return self.model_name + json.dumps(_to_jsonable_loose(self.model_kwargs), sort_keys=True)
+
+    def to_json(self) -> str:
+        """The JSON-able part as a JSON string; raises ConfigError naming a non-JSON value."""
+        data = {
+            f: _to_jsonable(getattr(self, f), f)
+            for f in ("model_name", "trainer_type", "training_args", "lora", "model_kwargs",
+                      "tokenizer_kwargs", "generation_config")
+        }  # fmt: skip
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(
+        cls,
+        text: str,
+        *,
+        formatting_func: Callable[..., Any] | None = None,
+        compute_metrics: Callable[..., Any] | None = None,
+        reward_funcs: list[Callable[..., Any]] | None = None,
+    ) -> RunConfig:
+        """Rebuild from ``to_json`` output; pass the callables back in, they are not stored."""
+        data = json.loads(text)
+        return cls(
+            **data,
+            formatting_func=formatting_func,
+            compute_metrics=compute_metrics,
+            reward_funcs=reward_funcs,
+        )
+
+
+_MISSING = object()
+
+
+def differing_params(configs: Sequence[RunConfig]) -> list[str]:
+    """Keys of ``flat_params`` whose values differ across ``configs`` (a missing key differs)."""
+    flats = [c.flat_params() for c in configs]
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    return [k for k in keys if len({repr(f.get(k, _MISSING)) for f in flats}) > 1]
+
+
+def describe(run: RunConfig) -> str:
+    """A one-line ``key=value`` summary of a run, for error messages and logs."""
+    return ", ".join(f"{k}={v!r}" for k, v in run.flat_params().items())
+
+
+# --------------------------------------------------------------------------- TRL / PEFT objects
+
+
+def build_trl_config(run: RunConfig, output_dir: str, use_cpu: bool) -> Any:
+    """The TRL config object for ``run``, with the fields rf-ray owns set by rf-ray.
+
+    On CPU, bf16 and fp16 are forced off: TRL defaults to bf16 and raises on a CPU otherwise.
+    """
+    cls = trl_config_class(run.trainer_type)
+    kwargs = dict(run.training_args)
+    kwargs.update(output_dir=output_dir, report_to="none", use_cpu=use_cpu, save_strategy="no",
+                  logging_steps=1, disable_tqdm=True)  # fmt: skip
+    if use_cpu:
+        kwargs.update(bf16=False, fp16=False)
+    try:
+        with warnings.catch_warnings():
+            if "gradient_checkpointing" not in run.training_args:
+                # TRL's own default trips this transformers deprecation notice on every build.
+                warnings.filterwarnings("ignore", "`gradient_checkpointing` is deprecated")
+            return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f"trl.{cls.__name__} rejected the run ({describe(run)}): {e}. "
+            "Change this run's training_args knobs."
+        ) from e
+
+
+def build_lora_config(run: RunConfig) -> Any:
+    """``peft.LoraConfig(task_type="CAUSAL_LM", **run.lora)``; a user task_type wins."""
+    import peft
+
+    try:
+        return peft.LoraConfig(**{"task_type": "CAUSAL_LM", **run.lora})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f"peft.LoraConfig rejected the run ({describe(run)}): {e}. Change its LoRA knobs."
+        ) from e
+
+
+__all__ = [
+    "TRAINER_TYPES",
+    "List",
+    "RFDPOConfig",
+    "RFGRPOConfig",
+    "RFLoraConfig",
+    "RFModelConfig",
+    "RFSFTConfig",
+    "Range",
+    "RunConfig",
+    "build_lora_config",
+    "build_trl_config",
+    "differing_params",
+]

@@ -1,0 +1,308 @@
+"""``Experiment``: the user's handle on one rf-ray experiment.
+
+    exp = Experiment("lr-sweep")
+    exp.run_fit(RFGridSearch(configs), create_model_fn, train, eval_dataset=ev, num_chunks=4)
+    exp.get_runs_info(); exp.get_results(); exp.export(exp.get_best_run(), "best-adapter")
+
+``run_fit`` validates everything first (knob names and values, datasets, chunking, the
+experiment name), then writes the experiment directory, starts the actors on Ray (a local
+cluster unless one is running or ``RAY_ADDRESS`` names one) and waits, showing a live view.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from actors.store import Store
+from actors.tracking import default_tracking_uri
+from policies.errors import ConfigError, ExperimentExistsError
+from policies.pruning import Pruner, SuccessiveHalving
+from rf_ray import launch
+from rf_ray.config import RFModelConfig, RunConfig, differing_params
+from rf_ray.data import check_columns, to_dataset
+from rf_ray.search import ConfigGroup, RFGridSearch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ROOT = "rf_experiments"
+
+
+class Experiment:
+    """One named experiment: a directory with its store, checkpoints, adapters and MLflow db."""
+
+    def __init__(
+        self,
+        experiment_name: str,
+        experiment_path: str | os.PathLike[str] | None = None,
+        tracking_uri: str | None = None,
+    ) -> None:
+        if not isinstance(experiment_name, str) or not experiment_name.strip():
+            raise ConfigError(f"experiment_name must be a non-empty str, got {experiment_name!r}")
+        if any(c in experiment_name for c in "/\\") or experiment_name in (".", ".."):
+            raise ConfigError(
+                f"experiment_name={experiment_name!r} must not contain path separators; "
+                "use experiment_path to choose where it is stored"
+            )
+        self.name = experiment_name
+        root = Path(experiment_path) if experiment_path is not None else Path(DEFAULT_ROOT)
+        self.dir = (root / experiment_name).resolve()
+        self.tracking_uri = tracking_uri or default_tracking_uri(self.dir)
+        self._session: launch.Session | None = None
+        self._metric: tuple[str, str] | None = None
+
+    # ------------------------------------------------------------------ run_fit
+    def run_fit(
+        self,
+        param_config: ConfigGroup | RFModelConfig | list[RFModelConfig],
+        create_model_fn: Callable[[Any], tuple[Any, Any]] | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        num_chunks: int = 4,
+        seed: int = 42,
+        pruner: Pruner | None = None,
+        max_slice_steps: int | None = None,
+        live_view: bool = True,
+        num_executors: int | None = None,
+    ) -> pd.DataFrame:
+        """Train every config of ``param_config`` chunk by chunk; return ``get_runs_info()``.
+
+        ``create_model_fn(model_config) -> (model, tokenizer)`` is called once per distinct base
+        model per executor (default: the embedded toy model or ``from_pretrained``).
+        ``pruner`` defaults to ``SuccessiveHalving()`` on eval_loss (with an eval set) or the
+        chunk's mean train loss. ``max_slice_steps`` bounds a slice in optimizer steps.
+        """
+        plan = self._prepare(
+            param_config, create_model_fn, train_dataset, eval_dataset, num_chunks, seed,
+            pruner, max_slice_steps,
+        )
+        self._session = launch.start(plan, num_executors=num_executors)
+        launch.wait(self._session, live_view=live_view, differing=plan.differing)
+        return self.get_runs_info()
+
+    def _prepare(
+        self,
+        param_config: Any,
+        create_model_fn: Callable[[Any], tuple[Any, Any]] | None,
+        train_dataset: Any,
+        eval_dataset: Any,
+        num_chunks: int,
+        seed: int,
+        pruner: Pruner | None,
+        max_slice_steps: int | None,
+    ) -> launch.Plan:
+        """Every check that can fail, before anything is written or started."""
+        group = _as_group(param_config)
+        runs: list[RunConfig] = group.expand()
+        if isinstance(num_chunks, bool) or not isinstance(num_chunks, int) or num_chunks < 1:
+            raise ConfigError(f"num_chunks must be an int >= 1, got num_chunks={num_chunks!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"seed must be an int, got seed={seed!r}")
+        if max_slice_steps is not None and (
+            not isinstance(max_slice_steps, int) or max_slice_steps < 1
+        ):
+            raise ConfigError(
+                f"max_slice_steps must be None or an int >= 1, got {max_slice_steps!r}"
+            )
+        if pruner is not None and not isinstance(pruner, Pruner):
+            raise ConfigError(
+                f"pruner must be a pruner such as SuccessiveHalving(), ASHA() or NoPruning(), "
+                f"got {pruner!r}"
+            )
+        if train_dataset is None:
+            raise ConfigError("train_dataset is required")
+        train = to_dataset(train_dataset, "train_dataset")
+        evals = to_dataset(eval_dataset, "eval_dataset") if eval_dataset is not None else None
+        for run in runs:
+            check_columns(train, run, "train_dataset")
+            if evals is not None:
+                check_columns(evals, run, "eval_dataset")
+        fingerprint = dataset_fingerprint(train, evals)
+        existing_runs = self._check_existing(fingerprint)
+        metric, mode = default_metric(runs, evals is not None)
+        pruner = (pruner or SuccessiveHalving()).with_defaults(metric, mode)
+        self._metric = (pruner.metric or metric, pruner.mode or mode)
+        specs = launch.build_specs(
+            runs, self.dir, train_rows=len(train), num_chunks=num_chunks, seed=seed,
+            first_run_id=existing_runs + 1,
+        )
+        return launch.Plan(
+            name=self.name,
+            dir=self.dir,
+            tracking_uri=self.tracking_uri,
+            specs=specs,
+            create_model_fn=create_model_fn or _default_create_model_fn(),
+            train=train,
+            eval=evals,
+            pruner=pruner,
+            max_slice_steps=max_slice_steps,
+            fingerprint=fingerprint,
+            seed=seed,
+            num_chunks=num_chunks,
+            differing=differing_params(runs) if len(runs) > 1 else [],
+        )
+
+    def _check_existing(self, fingerprint: str) -> int:
+        """Runs already in this experiment (0 if new); refuse if its data was different."""
+        if not Store.exists(self.dir):
+            return 0
+        store = Store(self.dir, readonly=True)
+        try:
+            meta, n = store.meta(), len(store.runs())
+        finally:
+            store.close()
+        if meta.get("fingerprint") not in (None, fingerprint):
+            raise ExperimentExistsError(
+                f"experiment {self.name!r} already exists at {self.dir} with different training "
+                f"data (fingerprint {meta.get('fingerprint')} != {fingerprint}). Use a new "
+                "experiment_name, or another experiment_path, to start fresh; to look at or "
+                f"continue the old one, open Experiment({self.name!r}) with its original data."
+            )
+        return n
+
+    # ------------------------------------------------------------------ results
+    def _store(self) -> Store:
+        if not Store.exists(self.dir):
+            raise ConfigError(
+                f"experiment {self.name!r} has no results at {self.dir}; run run_fit first"
+            )
+        return Store(self.dir, readonly=True)
+
+    def get_results(self) -> pd.DataFrame:
+        """One row per run and optimizer step: loss, learning_rate, grad_norm, ... ."""
+        store = self._store()
+        try:
+            rows = [{"run_id": rid, **m} for rid, m in store.step_metrics()]
+        finally:
+            store.close()
+        df = pd.DataFrame(rows)
+        if not df.empty:
+            df["step"] = df["step"].astype(int)
+        return df
+
+    def get_chunk_results(self) -> pd.DataFrame:
+        """One row per run and completed chunk: the chunk's mean train metrics and eval metrics."""
+        store = self._store()
+        try:
+            rows = [{"run_id": r, "chunk": c, **m} for r, c, m in store.chunk_metrics()]
+        finally:
+            store.close()
+        return pd.DataFrame(rows)
+
+    def get_runs_info(self) -> pd.DataFrame:
+        """One row per run: status, progress, best and last metric, config."""
+        store = self._store()
+        try:
+            runs = store.runs()
+        finally:
+            store.close()
+        rows = []
+        for r in runs:
+            params = r.pop("params")
+            rows.append({**r, "config": params})
+        return pd.DataFrame(rows)
+
+    def get_best_run(self, metric_mode: str | None = None) -> int:
+        """The run id with the best chunk metric, preferring runs that completed training."""
+        info = self.get_runs_info()
+        mode = metric_mode or (self._metric[1] if self._metric else _stored_mode(self))
+        done = info[info["status"] == "completed"]
+        pool = done if not done.empty and done["best_metric"].notna().any() else info
+        pool = pool[pool["best_metric"].notna()]
+        if pool.empty:
+            raise ConfigError(f"experiment {self.name!r} has no run with a metric yet")
+        best = pool["best_metric"].idxmax() if mode == "max" else pool["best_metric"].idxmin()
+        return int(pool.loc[best, "run_id"])
+
+    def export(self, run_id: int, path: str | os.PathLike[str]) -> Path:
+        """Copy a run's final adapter (PEFT ``save_pretrained`` layout) to ``path``.
+
+        ``PeftModel.from_pretrained(base_model, path)`` loads it.
+        """
+        import shutil
+
+        src = self.dir / "runs" / str(run_id) / "adapter"
+        if not (src / "adapter_model.safetensors").exists():
+            raise ConfigError(
+                f"run {run_id} of experiment {self.name!r} has no exported adapter at {src}; "
+                "only runs that trained at least one slice and were not deleted have one"
+            )
+        dest = Path(path)
+        shutil.copytree(src, dest, dirs_exist_ok=True)
+        return dest
+
+    def stats(self) -> dict[str, Any]:
+        """Executor figures from the last run_fit: base-model loads, swap times, busy time."""
+        store = self._store()
+        try:
+            return dict(store.meta().get("stats", {}))
+        finally:
+            store.close()
+
+    def end(self) -> None:
+        """Release the experiment's actors (and the local Ray cluster if run_fit started it)."""
+        if self._session is not None:
+            launch.stop(self._session)
+            self._session = None
+
+
+def _as_group(param_config: Any) -> ConfigGroup:
+    if isinstance(param_config, ConfigGroup):
+        return param_config
+    if isinstance(param_config, (RFModelConfig, list)):
+        return RFGridSearch(param_config)
+    raise ConfigError(
+        "param_config must be RFGridSearch(...), RFRandomSearch(...), an RFModelConfig or a list "
+        f"of them, got {type(param_config).__name__}"
+    )
+
+
+def default_metric(runs: list[RunConfig], has_eval: bool) -> tuple[str, str]:
+    """The pruning metric when the user names none: eval_loss, else the chunk's train loss;
+    GRPO runs compare mean reward (higher is better)."""
+    if all(r.trainer_type == "GRPO" for r in runs):
+        return "reward", "max"
+    return ("eval_loss", "min") if has_eval else ("train_loss", "min")
+
+
+def dataset_fingerprint(train: Any, evals: Any) -> str:
+    """A content hash of the datasets (Arrow IPC bytes), stable across processes."""
+    import pyarrow as pa
+
+    h = hashlib.sha256()
+    for ds in (train, evals):
+        if ds is None:
+            h.update(b"none")
+            continue
+        sink = pa.BufferOutputStream()
+        table = ds.data.table if hasattr(ds.data, "table") else ds.data
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        h.update(sink.getvalue().to_pybytes())
+    return h.hexdigest()[:16]
+
+
+def _default_create_model_fn() -> Callable[[Any], tuple[Any, Any]]:
+    from rf_ray.toy import default_create_model_fn
+
+    return default_create_model_fn
+
+
+def _stored_mode(exp: Experiment) -> str:
+    store = exp._store()
+    try:
+        return str(store.meta().get("pruner", {}).get("mode") or "min")
+    finally:
+        store.close()
+
+
+__all__ = ["Experiment"]
+
+_ = time  # re-exported for tests that patch time

@@ -1,0 +1,92 @@
+"""The live terminal view of a running experiment: a progress bar and a small leaderboard."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+
+class LiveView:
+    """Renders the scheduler's snapshot with ``rich``; a no-op when disabled.
+
+    Disabled by ``live_view=False`` or ``RF_RAY_LIVE=0``. When stdout is not a terminal (CI,
+    Ray Job logs) it prints one line per completed chunk instead of redrawing.
+    """
+
+    def __init__(self, plan: Any, differing: list[str], enabled: bool = True) -> None:
+        self.enabled = enabled and os.environ.get("RF_RAY_LIVE", "1") != "0"
+        self.params = {s.run_id: s.params for s in plan.specs}
+        self.differing = differing[:4]
+        self.name = plan.name
+        self._live: Any = None
+        self._seen: dict[int, tuple[int, str]] = {}
+
+    def __enter__(self) -> LiveView:
+        if self.enabled and sys.stdout.isatty():
+            from rich.live import Live
+
+            self._live = Live(refresh_per_second=4, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+
+    def update(self, snapshot: list[dict[str, Any]]) -> None:
+        if not self.enabled:
+            return
+        if self._live is not None:
+            self._live.update(self.render(snapshot))
+            return
+        for row in snapshot:  # plain log lines
+            key = (row["chunks_done"], row["status"])
+            if self._seen.get(row["run_id"]) != key:
+                self._seen[row["run_id"]] = key
+                print(
+                    f"[rf-ray {self.name}] run {row['run_id']}: {row['status']}, chunk "
+                    f"{row['chunks_done']}/{row['total_chunks']}, metric {_fmt(row['last_metric'])}",
+                    flush=True,
+                )
+
+    def render(self, snapshot: list[dict[str, Any]]) -> Any:
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        done = sum(r["chunks_done"] for r in snapshot)
+        total = sum(
+            r["total_chunks"] if r["status"] in ("pending", "running", "completed")
+            else r["chunks_done"]
+            for r in snapshot
+        )  # fmt: skip
+        table = Table(title=f"rf-ray: {self.name}", expand=False)
+        table.add_column("run", justify="right")
+        for key in self.differing:
+            table.add_column(key)
+        table.add_column("chunks", justify="right")
+        table.add_column("metric", justify="right")
+        table.add_column("status")
+        order = sorted(snapshot, key=_rank)
+        for row in order:
+            params = self.params.get(row["run_id"], {})
+            table.add_row(
+                str(row["run_id"]),
+                *[str(params.get(k, "")) for k in self.differing],
+                f"{row['chunks_done']}/{row['total_chunks']}",
+                _fmt(row["last_metric"]),
+                row["status"],
+            )
+        header = Text(f"chunks {done}/{max(total, 1)}")
+        return Group(header, ProgressBar(total=max(total, 1), completed=done), table)
+
+
+def _rank(row: dict[str, Any]) -> tuple[int, float]:
+    metric = row["last_metric"]
+    return (-row["chunks_done"], metric if metric is not None else float("inf"))
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"

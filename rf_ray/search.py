@@ -1,0 +1,341 @@
+"""Config groups: turn knob spaces into the list of concrete runs an experiment trains.
+
+    group = RFGridSearch(
+        List([RFModelConfig("tiny", training_args=RFSFTConfig(learning_rate=List([1e-4, 2e-4])))]),
+    )
+    runs = group.expand()   # list[RunConfig], fully validated, before any actor starts
+
+``RFGridSearch`` takes the cartesian product of every ``List`` knob; ``RFRandomSearch`` draws
+``num_runs`` distinct runs, sampling ``List`` and ``Range`` knobs from a seeded RNG. Both
+implement ``ConfigGroup``, the one-method interface the engine reads, so other generators (a
+Ray Tune searcher, say) can stand in for them.
+
+A config group is an ``RFModelConfig``, a trainer config (``RFSFTConfig(...)``: the article's
+short form, with the model named once by ``model_name=`` on the search or by
+``create_model_fn``), or a ``List`` or plain Python list of these.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import dataclasses
+import itertools
+import json
+import logging
+import math
+import random
+import warnings
+from typing import Any
+
+from policies.errors import ConfigError
+from rf_ray.config import (
+    LORA_SHORTHAND,
+    TRAINER_KNOB_CLASSES,
+    TRAINER_TYPES,
+    UNNAMED_MODEL,
+    List,
+    Range,
+    RFModelConfig,
+    RunConfig,
+    _TrainerKnobs,
+    build_lora_config,
+    build_trl_config,
+    describe,
+    is_knob,
+)
+
+logger = logging.getLogger(__name__)
+
+# Beyond this many grid points a random search does not enumerate its space to count the
+# distinct configs; the cap on draws catches a space too small instead.
+_ENUMERATE_LIMIT = 20_000
+# A random search gives up after this many draws per requested run.
+_DRAWS_PER_RUN = 1000
+# Options TRL checks against the hardware present; left out of the CPU dry run in validation.
+_DEVICE_OPTIONS = ("bf16", "fp16", "tf32", "bf16_full_eval", "fp16_full_eval")
+
+
+class ConfigGroup(abc.ABC):
+    """Anything that yields the concrete runs of an experiment."""
+
+    @abc.abstractmethod
+    def expand(self) -> list[RunConfig]:
+        """All runs of the group, concrete and validated, in a deterministic order."""
+
+
+@dataclasses.dataclass
+class _Template:
+    """One model config with its knobs located: ``sections[section][key]`` is a knob or literal."""
+
+    where: str
+    trainer_type: str
+    sections: dict[str, dict[str, Any]]
+    slots: list[tuple[str, str]]  # (section, key) of every knob, in a stable order
+    has_generation_config: bool
+
+    def path(self, slot: tuple[str, str]) -> str:
+        section, key = slot
+        prefix = {
+            "model": "",
+            "callables": "",
+            "lora": "peft_config.",
+            "shorthand": "training_args.",
+        }
+        return f"{self.where}{prefix.get(section, section + '.')}{key}"
+
+    def size(self) -> int:
+        """Number of grid points (only meaningful when every knob is a List)."""
+        return math.prod(len(self._knob(s).values) for s in self.slots)
+
+    def has_range(self) -> bool:
+        return any(isinstance(self._knob(s), Range) for s in self.slots)
+
+    def _knob(self, slot: tuple[str, str]) -> Any:
+        return self.sections[slot[0]][slot[1]]
+
+    def grid(self) -> list[RunConfig]:
+        for slot in self.slots:
+            if isinstance(self._knob(slot), Range):
+                raise ConfigError(
+                    f"{self.path(slot)}={self._knob(slot)!r}: grid search cannot expand a Range; "
+                    "use RFRandomSearch, or a List of the values to try"
+                )
+        choices = itertools.product(*(self._knob(s).values for s in self.slots))
+        return [self.resolve(dict(zip(self.slots, c))) for c in choices]
+
+    def draw(self, rng: random.Random) -> RunConfig:
+        chosen = {}
+        for slot in self.slots:
+            knob = self._knob(slot)
+            chosen[slot] = knob.sample(rng) if isinstance(knob, Range) else rng.choice(knob.values)
+        return self.resolve(chosen)
+
+    def resolve(self, chosen: dict[tuple[str, str], Any]) -> RunConfig:
+        c = {
+            section: {k: chosen.get((section, k), v) for k, v in values.items()}
+            for section, values in self.sections.items()
+        }
+        # Runs must not share mutable literals (a target_modules list, say) with each other.
+        data = {s: copy.deepcopy(c[s]) for s in c if s != "callables"}
+        c.update(data)
+        lora = c["lora"] or {LORA_SHORTHAND[k]: v for k, v in c["shorthand"].items()}
+        reward_funcs = c["callables"]["reward_funcs"]
+        return RunConfig(
+            model_name=c["model"]["model_name"],
+            trainer_type=self.trainer_type,
+            training_args=c["training_args"],
+            lora=lora,
+            model_kwargs=c["model_kwargs"],
+            tokenizer_kwargs=c["tokenizer_kwargs"],
+            formatting_func=c["callables"]["formatting_func"],
+            compute_metrics=c["callables"]["compute_metrics"],
+            reward_funcs=None if reward_funcs is None else list(reward_funcs),
+            generation_config=c["generation_config"] if self.has_generation_config else None,
+        )
+
+
+def _normalize_trainer_type(trainer_type: str | None) -> str | None:
+    if trainer_type is None:
+        return None
+    if not isinstance(trainer_type, str) or trainer_type.upper() not in TRAINER_TYPES:
+        raise ConfigError(
+            f"trainer_type={trainer_type!r} is not supported; use one of "
+            f"{', '.join(repr(t) for t in TRAINER_TYPES)} or leave it None"
+        )
+    return trainer_type.upper()
+
+
+def _templates(
+    configs: Any, trainer_type: str | None, model_name: str | List | None
+) -> list[_Template]:
+    """Locate every knob of every config in the group, checking types and trainer types."""
+    if isinstance(configs, List):
+        items = list(configs.values)
+    elif isinstance(configs, (list, tuple)):
+        if not configs:
+            raise ConfigError("configs is an empty list; give at least one RFModelConfig")
+        items = list(configs)
+    else:
+        items = [configs]
+    templates = []
+    for i, item in enumerate(items):
+        where = f"configs[{i}]." if len(items) > 1 else ""
+        if isinstance(item, _TrainerKnobs):
+            # A stand-in name lets RFModelConfig check the rest; the real one is set just below.
+            item = RFModelConfig(
+                model_name if model_name is not None else "unnamed", training_args=item
+            )
+            name: str | List = model_name if model_name is not None else UNNAMED_MODEL
+        elif isinstance(item, RFModelConfig):
+            if model_name is not None:
+                raise ConfigError(
+                    f"{where}model_name: the search's model_name={model_name!r} names the model "
+                    "for bare trainer configs, but this RFModelConfig names its own; drop one"
+                )
+            name = item.model_name
+        else:
+            raise TypeError(
+                f"configs[{i}] must be an RFModelConfig or RFSFTConfig/RFDPOConfig/RFGRPOConfig, "
+                f"got {item!r}"
+            )
+        templates.append(_template(where, item, name, trainer_type))
+    return templates
+
+
+def _template(
+    where: str, cfg: RFModelConfig, model_name: str | List, trainer_type: str | None
+) -> _Template:
+    knobs = cfg.training_args
+    if trainer_type is not None and cfg.default_training_args:
+        knobs = TRAINER_KNOB_CLASSES[trainer_type]()
+    elif trainer_type is not None and knobs.trainer_type != trainer_type:
+        raise ConfigError(
+            f"{where}training_args is an {type(knobs).__name__} but the search has "
+            f"trainer_type={trainer_type!r}; use {TRAINER_KNOB_CLASSES[trainer_type].__name__} "
+            "or change trainer_type"
+        )
+    sections: dict[str, dict[str, Any]] = {
+        "model": {"model_name": model_name},
+        "model_kwargs": cfg.model_kwargs,
+        "tokenizer_kwargs": cfg.tokenizer_kwargs,
+        "lora": cfg.peft_config.kwargs if cfg.peft_config else {},
+        "shorthand": knobs.lora_kwargs,
+        "training_args": knobs.kwargs,
+        "generation_config": cfg.generation_config or {},
+        "callables": {
+            "formatting_func": cfg.formatting_func,
+            "compute_metrics": cfg.compute_metrics,
+            "reward_funcs": cfg.reward_funcs,
+        },
+    }
+    slots = [(s, k) for s, values in sections.items() for k, v in values.items() if is_knob(v)]
+    return _Template(where, knobs.trainer_type, sections, slots, cfg.generation_config is not None)
+
+
+def validate_run(run: RunConfig) -> None:
+    """Everything that can be checked without a model: TRL and PEFT build the run's configs."""
+    if run.trainer_type == "GRPO" and not run.reward_funcs:
+        raise ConfigError(
+            f"run ({describe(run)}) is GRPO but has no reward_funcs; "
+            "pass RFModelConfig(reward_funcs=[...])"
+        )
+    if run.trainer_type != "GRPO" and run.reward_funcs:
+        raise ConfigError(
+            f"run ({describe(run)}) is {run.trainer_type} but sets reward_funcs, which only "
+            "GRPO uses; drop reward_funcs or use RFGRPOConfig"
+        )
+    run.to_json()  # raises on a value the experiment store could not keep
+    build_lora_config(run)
+    dry = {k: v for k, v in run.training_args.items() if k not in _DEVICE_OPTIONS}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TRL's deprecation notices show again on the real build
+        build_trl_config(dataclasses.replace(run, training_args=dry), "rf-ray-dry-run", True)
+
+
+def _run_key(run: RunConfig) -> tuple[Any, ...]:
+    """Equal for runs that would train identically; callables compare by identity."""
+    funcs = (run.formatting_func, run.compute_metrics, *(run.reward_funcs or ()))
+    return (json.dumps(run.flat_params(), sort_keys=True), tuple(id(f) for f in funcs))
+
+
+class RFGridSearch(ConfigGroup):
+    """Every combination of every ``List`` knob; a ``Range`` is an error.
+
+    Order: the group's configs in the order given, then within each config the cartesian
+    product of its knobs (model_name, model_kwargs, tokenizer_kwargs, LoRA, trainer fields,
+    generation_config, callables; each in the order written), the last knob varying fastest.
+    ``trainer_type`` ("SFT", "DPO", "GRPO"), when given, picks the trainer for configs without
+    ``training_args`` and must agree with the others. ``model_name`` names the model for bare
+    trainer configs.
+    """
+
+    def __init__(
+        self,
+        configs: Any,
+        trainer_type: str | None = None,
+        *,
+        model_name: str | List | None = None,
+    ) -> None:
+        self.trainer_type = _normalize_trainer_type(trainer_type)
+        self._templates = _templates(configs, self.trainer_type, model_name)
+
+    def expand(self) -> list[RunConfig]:
+        runs = [run for t in self._templates for run in t.grid()]
+        for run in runs:
+            validate_run(run)
+        distinct = len({_run_key(r) for r in runs})
+        if distinct < len(runs):
+            logger.warning(
+                "grid search gives %d runs but only %d distinct; a List repeats a value",
+                len(runs),
+                distinct,
+            )
+        return runs
+
+
+class RFRandomSearch(ConfigGroup):
+    """``num_runs`` distinct runs drawn with ``random.Random(seed)``.
+
+    Each draw picks one of the group's configs uniformly, then each ``List`` knob uniformly and
+    each ``Range`` by ``Range.sample``; a draw equal to an earlier one is drawn again. The same
+    seed gives the same runs in the same order.
+    """
+
+    def __init__(
+        self,
+        configs: Any,
+        num_runs: int,
+        seed: int = 0,
+        trainer_type: str | None = None,
+        *,
+        model_name: str | List | None = None,
+    ) -> None:
+        if not isinstance(num_runs, int) or isinstance(num_runs, bool) or num_runs < 1:
+            raise ConfigError(f"num_runs={num_runs!r} must be an integer >= 1")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ConfigError(f"seed={seed!r} must be an integer")
+        self.num_runs = num_runs
+        self.seed = seed
+        self.trainer_type = _normalize_trainer_type(trainer_type)
+        self._templates = _templates(configs, self.trainer_type, model_name)
+
+    def expand(self) -> list[RunConfig]:
+        self._check_space_size()
+        rng = random.Random(self.seed)
+        runs: list[RunConfig] = []
+        seen: set[tuple[Any, ...]] = set()
+        draws = 0
+        while len(runs) < self.num_runs:
+            if draws >= _DRAWS_PER_RUN * self.num_runs:
+                raise ConfigError(
+                    f"num_runs={self.num_runs} but {draws} draws found only {len(runs)} distinct "
+                    "configs; lower num_runs or widen the space"
+                )
+            draws += 1
+            run = self._templates[rng.randrange(len(self._templates))].draw(rng)
+            key = _run_key(run)
+            if key not in seen:
+                seen.add(key)
+                runs.append(run)
+        for run in runs:
+            validate_run(run)
+        return runs
+
+    def _check_space_size(self) -> None:
+        if any(t.has_range() for t in self._templates):
+            return  # infinite space
+        points = sum(t.size() for t in self._templates)
+        if points > _ENUMERATE_LIMIT and points >= self.num_runs:
+            return  # too large to count; the draw limit catches a space with many repeats
+        distinct = points
+        if points <= _ENUMERATE_LIMIT:
+            distinct = len({_run_key(r) for t in self._templates for r in t.grid()})
+        if distinct < self.num_runs:
+            raise ConfigError(
+                f"num_runs={self.num_runs} but this space has only {distinct} distinct configs; "
+                "lower num_runs or widen the space"
+            )
+
+
+__all__ = ["ConfigGroup", "RFGridSearch", "RFRandomSearch", "validate_run"]
