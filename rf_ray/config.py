@@ -641,5 +641,7 @@ __all__ = [
     "RunConfig",
     "build_lora_config",
     "build_trl_config",
+    "describe",
     "differing_params",
+    "is_knob",
 ]

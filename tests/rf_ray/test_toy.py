@@ -24,9 +24,9 @@ def _all_strings():
     texts = []
     for ds in (toy.sft_dataset(256), toy.sft_eval_dataset(64), toy.dpo_dataset(64)):
         for column in ds.column_names:
-            texts += ds[column]
+            texts += list(ds[column])
     grpo = toy.grpo_dataset(64)
-    texts += grpo["prompt"] + grpo["answer"]
+    texts += list(grpo["prompt"]) + list(grpo["answer"])
     return texts
 
 
@@ -243,9 +243,13 @@ def test_sft_trainer_lora_loss_is_finite_and_decreases(tmp_path):
     data = toy.sft_dataset(32)
     trainer = _sft_trainer(tmp_path, data, max_steps=20, learning_rate=1e-3)
     # Prompt-completion data: TRL masks the prompt out of the loss by default.
-    assert trainer.completion_only_loss
-    assert "completion_mask" in trainer.train_dataset.column_names
     tokenizer = trainer.processing_class
+    assert trainer.completion_only_loss
+    row = trainer.train_dataset[0]
+    n_prompt = len(tokenizer(row["prompt"])["input_ids"])
+    assert all(label == -100 for label in row["labels"][:n_prompt])
+    assert row["labels"][n_prompt:] == row["input_ids"][n_prompt:]
+    assert row["labels"][-1] == tokenizer.eos_token_id
     before = _completion_loss(trainer.model, tokenizer, data)
     trainer.train()
     after = _completion_loss(trainer.model, tokenizer, data)

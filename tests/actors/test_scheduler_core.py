@@ -1,0 +1,99 @@
+"""The scheduler's run table and grant logic, without Ray."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from actors.scheduler import Grant, SchedulerCore
+from policies.chunking import ChunkPlan
+from policies.pruning import NoPruning, SuccessiveHalving
+from policies.state import RunStatus
+
+
+def _core(n_runs=4, pruner=None, chunks=4, **kw):
+    core = SchedulerCore(pruner or NoPruning().with_defaults("train_loss", "min"), **kw)
+    for rid in range(1, n_runs + 1):
+        core.add_run(rid, ChunkPlan(num_examples=64, batch_size=4, grad_accum=1, num_chunks=chunks))
+    return core
+
+
+def _step(loss, step=1):
+    return [{"step": step, "loss": loss}]
+
+
+def _drive(core, loss_of):
+    """Grant and complete slices until done; return the order of granted run ids."""
+    order = []
+    while not core.done():
+        granted = [g for rid in sorted(core.runs) if isinstance(g := core.grant_for(rid), Grant)]
+        assert len(granted) == 1, "one executor: exactly one grant at a time"
+        g = granted[0]
+        order.append(g.run_id)
+        core.on_result(g.run_id, g.end_step, _step(loss_of(g.run_id)), None)
+    return order
+
+
+def test_least_progress_first_gives_every_run_a_chunk_before_any_second():
+    core = _core(4)
+    order = _drive(core, lambda rid: 1.0)
+    assert order[:4] == [1, 2, 3, 4]
+    assert order[4:8] == [1, 2, 3, 4]
+    assert all(r.status is RunStatus.COMPLETED for r in core.runs.values())
+
+
+def test_only_one_grant_while_the_executor_is_busy():
+    core = _core(3)
+    first = core.grant_for(1)
+    assert isinstance(first, Grant)
+    assert core.grant_for(2) is None and core.grant_for(3) is None
+
+
+def test_successive_halving_keeps_ceil_n_over_eta_per_rung():
+    pruner = SuccessiveHalving(eta=2).with_defaults("train_loss", "min")
+    core = _core(8, pruner=pruner)
+    order = _drive(core, lambda rid: float(rid))  # lower id = better
+    status = {rid: r.status for rid, r in core.runs.items()}
+    # 8 -> 4 after chunk 1 -> 2 after chunk 2; the two best run to the end.
+    assert [rid for rid, s in status.items() if s is RunStatus.COMPLETED] == [1, 2]
+    pruned_at = {rid: core.runs[rid].pruned_at for rid in status if status[rid] is RunStatus.PRUNED}
+    assert pruned_at == {5: 1, 6: 1, 7: 1, 8: 1, 3: 2, 4: 2}
+    # slices granted: 8 at rung 1, 4 at rung 2, then 2 runs x 2 chunks
+    assert len(order) == 8 + 4 + 2 * 2
+
+
+def test_failure_marks_only_that_run_and_frees_the_executor():
+    core = _core(3)
+    g = core.grant_for(1)
+    core.on_failure(1, "RuntimeError: boom")
+    assert core.runs[1].status is RunStatus.FAILED and core.runs[1].error.startswith("Runtime")
+    assert isinstance(core.grant_for(2), Grant)
+    assert core.grant_for(1) is RunStatus.FAILED
+    assert g.run_id == 1
+
+
+def test_chunk_metrics_are_means_of_step_metrics():
+    core = _core(1, chunks=4)
+    g = core.grant_for(1)
+    steps = [{"step": i + 1, "loss": v, "mean_token_accuracy": a}
+             for i, (v, a) in enumerate([(2.0, 0.1), (4.0, 0.3), (3.0, 0.2), (1.0, 0.4)])]
+    closed, _ = core.on_result(1, g.end_step, steps[: g.end_step], {"eval_loss": 0.5})
+    assert closed is not None
+    chunk, metrics = closed
+    assert chunk == 1 and metrics["eval_loss"] == 0.5
+    assert math.isclose(metrics["train_loss"], 2.5)
+    assert math.isclose(metrics["mean_token_accuracy"], 0.25)
+
+
+@pytest.mark.parametrize("max_slice_steps", [1, 3])
+def test_slices_are_bounded_in_optimizer_steps(max_slice_steps):
+    core = _core(1, max_slice_steps=max_slice_steps)
+    ends = []
+    while not core.done():
+        g = core.grant_for(1)
+        ends.append(g.end_step)
+        core.on_result(1, g.end_step, _step(1.0, g.end_step), None)
+    steps = [b - a for a, b in zip([0, *ends], ends)]
+    assert max(steps) <= max_slice_steps
+    assert ends[-1] == 16
