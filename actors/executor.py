@@ -55,6 +55,15 @@ def memory_figures(device: torch.device) -> dict[str, float]:
     return {"host_rss_mib": psutil.Process(os.getpid()).memory_info().rss / 2**20}
 
 
+def _quiet_libraries() -> None:
+    """No per-map and per-load progress bars in actor logs: rf-ray reports progress itself."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
 @dataclass
 class BaseEntry:
     """One resident base model, shared by every run whose spec has its model_key."""
@@ -106,6 +115,7 @@ class Executor:
         eval_dataset: Any = None,
         device: str | None = None,
     ) -> None:
+        _quiet_libraries()
         self.create_model_fn = create_model_fn
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset

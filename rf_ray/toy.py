@@ -213,7 +213,7 @@ def _examples(
     """``n`` (task, args, answer) triples; tasks cycle in a seeded order, prompts on one side
     of the train/eval split. The seed is mixed with the split so that seed 0 of each differs."""
     rng = random.Random(f"rf-ray-toy/{seed}/{'eval' if held_out else 'train'}")
-    out = []
+    out: list[tuple[str, list[str], list[str]]] = []
     while len(out) < n:
         task = tasks[len(out) % len(tasks)]
         args, answer = _TASK_FNS[task](rng)
@@ -304,7 +304,7 @@ def grpo_dataset(n: int = 128, seed: int = 0) -> Any:
     scored by :func:`arithmetic_reward` and :func:`format_reward`."""
     _check("grpo_dataset", n, seed)
     rng = random.Random(f"rf-ray-toy/{seed}/grpo")
-    rows = []
+    rows: list[Example] = []
     while len(rows) < n:
         args, answer = _add(rng, high=19)
         if not _is_eval("add", args):

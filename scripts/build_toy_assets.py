@@ -13,7 +13,7 @@ What it does:
    corpus of the toy task family in which every answer is *scrambled* (the right tokens in a
    random order, a random sum), plus counting runs and repeated spans. The base thus learns the
    format and which tokens an answer uses, but not the rule, so that SFT has loss to remove
-   (the held-out exact match is reported below and stays near chance);
+   (the model card records its held-out loss and exact match, near chance);
 3. saves both with ``save_pretrained`` (safetensors) and writes a small model card.
 
 Deterministic: fixed seeds, ``torch.use_deterministic_algorithms``, one thread.
