@@ -1,0 +1,36 @@
+# rf-ray: the two commands a new user needs.
+#   make demo   installs everything into .venv and runs the main job (examples/sft_grid.py)
+#   make test   installs everything into .venv and runs lint, type checks and the test suite
+# Both work on a machine with only Python 3.10+ installed. Override PYTHON to pick the interpreter.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch first, pinned: on a CPU-only machine this is the CPU wheel; a CUDA machine gets PyPI's
+# CUDA build of the same release. pyproject keeps an open range so your own torch also fits.
+TORCH  ?= torch==2.13.0
+
+.PHONY: install demo test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	HF_HUB_OFFLINE=1 $(PY) examples/sft_grid.py
+
+lint: install
+	$(VENV)/bin/ruff check policies actors rf_ray tests examples bench scripts
+	$(VENV)/bin/ruff format --check policies actors rf_ray tests examples bench scripts
+	$(VENV)/bin/mypy
+
+test: lint
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
