@@ -17,6 +17,7 @@ chunk always ends on an effective-batch boundary and no optimizer step straddles
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import asdict, dataclass, fields
@@ -35,9 +36,16 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
     check_int("num_examples", num_examples, minimum=0)
     check_int("seed", seed)
     check_int("epoch", epoch, minimum=0)
+    return list(_cached_order(num_examples, seed, epoch))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_order(num_examples: int, seed: int, epoch: int) -> tuple[int, ...]:
+    # The slice loop asks for one step's micro-batches at a time; shuffling the whole epoch at
+    # every step would cost O(N) per step, so the few epochs in use are kept.
     order = list(range(num_examples))
     random.Random(f"rf-ray/epoch_order/{seed}/{epoch}").shuffle(order)
-    return order
+    return tuple(order)
 
 
 @dataclass(frozen=True)
@@ -161,11 +169,12 @@ class ChunkPlan:
         """The micro-batches of one optimizer step, each a list of original dataset indices."""
         self._check_step(global_step)
         epoch, step = divmod(global_step, self.steps_per_epoch)
-        order = epoch_order(self.num_examples, seed, epoch)
+        check_int("seed", seed)
+        order = _cached_order(self.num_examples, seed, epoch)
         first = step * self.grad_accum
         last = min((step + 1) * self.grad_accum, self.batches_per_epoch)
         b = self.batch_size
-        return [order[j * b : min((j + 1) * b, self.num_examples)] for j in range(first, last)]
+        return [list(order[j * b : min((j + 1) * b, self.num_examples)]) for j in range(first, last)]
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as a JSON-able dict (``from_dict`` inverts it)."""
