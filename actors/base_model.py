@@ -49,9 +49,7 @@ class BaseModelActor:
     def has_run(self, run_id: int) -> bool:
         return run_id in self.executor.registry
 
-    def run_slice(
-        self, run_id: int, end_step: int, evaluate: bool, run_dir: str
-    ) -> dict[str, Any]:
+    def run_slice(self, run_id: int, end_step: int, evaluate: bool, run_dir: str) -> dict[str, Any]:
         """Train one slice, then write the run's durable checkpoint; return the outcome."""
         result = self.executor.run_slice(run_id, end_step, evaluate=evaluate)
         record = self.executor.registry[run_id]

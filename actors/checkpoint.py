@@ -122,7 +122,12 @@ def load(path: str | Path) -> dict[str, Any]:
     tensors = load_file(str(path / OPTIMIZER_FILE))
     rng = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("rng.")}
     optimizer = {k: v for k, v in tensors.items() if not k.startswith("rng.")}
-    return {"adapter": load_file(str(path / ADAPTER_FILE)), "optimizer": optimizer, "rng": rng, "meta": meta}
+    return {
+        "adapter": load_file(str(path / ADAPTER_FILE)),
+        "optimizer": optimizer,
+        "rng": rng,
+        "meta": meta,
+    }
 
 
 def export_adapter(model: Any, adapter_name: str, path: str | Path) -> Path:

@@ -138,7 +138,9 @@ class SchedulerCore:
             row.last_metric = value
             if value is not None and math.isfinite(value):
                 better = row.best_metric is None or (
-                    value > row.best_metric if self.pruner.mode == "max" else value < row.best_metric
+                    value > row.best_metric
+                    if self.pruner.mode == "max"
+                    else value < row.best_metric
                 )
                 row.best_metric = value if better else row.best_metric
             closed = (row.chunks_done, metrics)
@@ -258,9 +260,7 @@ class SchedulerActor:
         checkpoint: str | None,
     ) -> dict[str, Any]:
         async with self.cond:
-            closed, pruned = self.core.on_result(
-                run_id, end_step, step_metrics, eval_metrics
-            )
+            closed, pruned = self.core.on_result(run_id, end_step, step_metrics, eval_metrics)
             row = self.core.runs[run_id]
             chunk = None
             if closed is not None:

@@ -7,10 +7,9 @@ plain data plus the user's callables, so Ray can ship it to any process.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from policies.chunking import ChunkPlan

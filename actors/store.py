@@ -119,8 +119,15 @@ class Store:
             c.execute(
                 "INSERT INTO runs(run_id, params, status, total_steps, total_chunks,"
                 " parent_run_id, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (run_id, json.dumps(params), status, total_steps, total_chunks, parent_run_id,
-                 time.time()),
+                (
+                    run_id,
+                    json.dumps(params),
+                    status,
+                    total_steps,
+                    total_chunks,
+                    parent_run_id,
+                    time.time(),
+                ),
             )
 
     def update_run(self, run_id: int, **fields: Any) -> None:

@@ -8,13 +8,15 @@ SQLite allows one writer at a time: writes retry briefly on "database is locked"
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,7 +66,7 @@ class Tracker:
         run_id = run.info.run_id
         batch = [Param(k[:250], str(v)[:6000]) for k, v in sorted(params.items())]
         for i in range(0, len(batch), 100):
-            _retry(lambda b=batch[i : i + 100]: self.client.log_batch(run_id, params=b))
+            _retry(functools.partial(self.client.log_batch, run_id, params=batch[i : i + 100]))
         _retry(lambda: self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
         return run_id
 
@@ -80,7 +82,8 @@ class Tracker:
             if k != "step" and isinstance(v, (int, float)) and math.isfinite(float(v))
         ]
         for i in range(0, len(metrics), 500):
-            _retry(lambda m=metrics[i : i + 500]: self.client.log_batch(mlflow_run_id, metrics=m))
+            chunk = metrics[i : i + 500]
+            _retry(functools.partial(self.client.log_batch, mlflow_run_id, metrics=chunk))
 
     def set_tags(self, mlflow_run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag

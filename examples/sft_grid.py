@@ -74,7 +74,9 @@ def main() -> None:
         adapter = exp.export(best, exp.dir / "best-adapter")
         stats = exp.stats()
         print(f"\nBest run: {best}; adapter exported to {adapter}")
-        print(f"Base-model loads: {stats['base_loads']}, executor busy {stats['busy_fraction']:.0%}")
+        print(
+            f"Base-model loads: {stats['base_loads']}, executor busy {stats['busy_fraction']:.0%}"
+        )
         print(f"MLflow runs: {exp.tracking_uri} (see them with: rf-ray dashboard --path {exp.dir})")
         print(f"Experiment directory: {exp.dir}; finished in {time.perf_counter() - start:.0f} s")
     finally:

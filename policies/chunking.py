@@ -174,7 +174,9 @@ class ChunkPlan:
         first = step * self.grad_accum
         last = min((step + 1) * self.grad_accum, self.batches_per_epoch)
         b = self.batch_size
-        return [list(order[j * b : min((j + 1) * b, self.num_examples)]) for j in range(first, last)]
+        return [
+            list(order[j * b : min((j + 1) * b, self.num_examples)]) for j in range(first, last)
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as a JSON-able dict (``from_dict`` inverts it)."""

@@ -80,8 +80,14 @@ class Experiment:
         chunk's mean train loss. ``max_slice_steps`` bounds a slice in optimizer steps.
         """
         plan = self._prepare(
-            param_config, create_model_fn, train_dataset, eval_dataset, num_chunks, seed,
-            pruner, max_slice_steps,
+            param_config,
+            create_model_fn,
+            train_dataset,
+            eval_dataset,
+            num_chunks,
+            seed,
+            pruner,
+            max_slice_steps,
         )
         self._session = launch.start(plan, num_executors=num_executors)
         launch.wait(self._session, live_view=live_view, differing=plan.differing)
@@ -130,7 +136,11 @@ class Experiment:
         pruner = (pruner or SuccessiveHalving()).with_defaults(metric, mode)
         self._metric = (pruner.metric or metric, pruner.mode or mode)
         specs = launch.build_specs(
-            runs, self.dir, train_rows=len(train), num_chunks=num_chunks, seed=seed,
+            runs,
+            self.dir,
+            train_rows=len(train),
+            num_chunks=num_chunks,
+            seed=seed,
             first_run_id=existing_runs + 1,
         )
         return launch.Plan(

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from actors.base_model import BaseModelActor
 from actors.scheduler import SchedulerActor
@@ -156,8 +157,11 @@ def start(plan: Plan, num_executors: int | None = None) -> Session:
         fingerprint=plan.fingerprint,
         seed=plan.seed,
         num_chunks=plan.num_chunks,
-        pruner={"type": plan.pruner.to_dict()["type"], "metric": plan.pruner.metric,
-                "mode": plan.pruner.mode},  # fmt: skip
+        pruner={
+            "type": plan.pruner.to_dict()["type"],
+            "metric": plan.pruner.metric,
+            "mode": plan.pruner.mode,
+        },
         tracking_uri=plan.tracking_uri,
         status="running",
     )
@@ -179,11 +183,16 @@ def start(plan: Plan, num_executors: int | None = None) -> Session:
         ray.kill(old)
     except ValueError:
         pass
-    scheduler = (
+    scheduler: Any = (
         ray.remote(SchedulerActor)
         .options(name=name, namespace=NAMESPACE, num_cpus=0, max_concurrency=10_000)
-        .remote(str(plan.dir), plan.pruner.to_dict(), num_executors, plan.eval is not None,
-                plan.max_slice_steps)  # fmt: skip
+        .remote(
+            str(plan.dir),
+            plan.pruner.to_dict(),
+            num_executors,
+            plan.eval is not None,
+            plan.max_slice_steps,
+        )
     )
     train_ref = ray.put(plan.train)
     eval_ref = ray.put(plan.eval) if plan.eval is not None else None
@@ -196,7 +205,7 @@ def start(plan: Plan, num_executors: int | None = None) -> Session:
         for _ in range(num_executors)
     ]
     ray.get(scheduler.add_runs.remote({s.run_id: s.plan.to_dict() for s in plan.specs}))
-    trial_cls = ray.remote(TrialActor).options(num_cpus=0)
+    trial_cls: Any = ray.remote(TrialActor).options(num_cpus=0)
     trials, refs = {}, {}
     for spec in plan.specs:
         tags = {"rf_ray.experiment": plan.name, "rf_ray.run_id": str(spec.run_id)}

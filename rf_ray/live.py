@@ -44,9 +44,10 @@ class LiveView:
             key = (row["chunks_done"], row["status"])
             if self._seen.get(row["run_id"]) != key:
                 self._seen[row["run_id"]] = key
+                progress = f"{row['chunks_done']}/{row['total_chunks']}"
                 print(
                     f"[rf-ray {self.name}] run {row['run_id']}: {row['status']}, chunk "
-                    f"{row['chunks_done']}/{row['total_chunks']}, metric {_fmt(row['last_metric'])}",
+                    f"{progress}, metric {_fmt(row['last_metric'])}",
                     flush=True,
                 )
 

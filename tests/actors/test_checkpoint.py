@@ -61,4 +61,5 @@ def test_checkpoint_is_safetensors_and_json_only_and_replaced_atomically(tmp_pat
     names = sorted(p.name for p in last.iterdir())
     assert names == ["adapter.safetensors", "optimizer.safetensors", "state.json"]
     meta = json.loads((last / "state.json").read_text())
-    assert meta["steps_done"] == 4 and meta["run_id"] == 1
+    assert meta["steps_done"] == 4
+    assert meta["run_id"] == 1

@@ -55,7 +55,9 @@ def _vanilla(tmp_path, data):
     # Vanilla TRL over the same example order rf-ray uses (its seed-shuffled epoch order).
     ordered = data.select(epoch_order(len(data), SEED, 0))
     trainer = SFTTrainer(
-        model=peft_model, args=_args(tmp_path, "vanilla"), train_dataset=ordered,
+        model=peft_model,
+        args=_args(tmp_path, "vanilla"),
+        train_dataset=ordered,
         processing_class=tok,
     )
     trainer.train()
@@ -75,9 +77,16 @@ def test_interleaved_slices_equal_vanilla_sft(tmp_path, slice_steps):
         plan = ChunkPlan(N, 4, 2, num_chunks=3)
         plans[run_id] = plan
         executor.add_run(
-            RunSpec(run_id=run_id, model_key="toy", model_config=None, trainer_type="SFT",
-                    trl_args=args, lora_config=LoraConfig(task_type="CAUSAL_LM", **LORA),
-                    plan=plan, seed=SEED)  # fmt: skip
+            RunSpec(
+                run_id=run_id,
+                model_key="toy",
+                model_config=None,
+                trainer_type="SFT",
+                trl_args=args,
+                lora_config=LoraConfig(task_type="CAUSAL_LM", **LORA),
+                plan=plan,
+                seed=SEED,
+            )
         )
     losses: dict[int, list[float]] = {1: [], 2: [], 3: []}
     total = plans[1].total_steps

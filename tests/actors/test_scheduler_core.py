@@ -47,7 +47,8 @@ def test_only_one_grant_while_the_executor_is_busy():
     core = _core(3)
     first = core.grant_for(1)
     assert isinstance(first, Grant)
-    assert core.grant_for(2) is None and core.grant_for(3) is None
+    assert core.grant_for(2) is None
+    assert core.grant_for(3) is None
 
 
 def test_successive_halving_keeps_ceil_n_over_eta_per_rung():
@@ -67,7 +68,8 @@ def test_failure_marks_only_that_run_and_frees_the_executor():
     core = _core(3)
     g = core.grant_for(1)
     core.on_failure(1, "RuntimeError: boom")
-    assert core.runs[1].status is RunStatus.FAILED and core.runs[1].error.startswith("Runtime")
+    assert core.runs[1].status is RunStatus.FAILED
+    assert core.runs[1].error.startswith("Runtime")
     assert isinstance(core.grant_for(2), Grant)
     assert core.grant_for(1) is RunStatus.FAILED
     assert g.run_id == 1
@@ -76,12 +78,15 @@ def test_failure_marks_only_that_run_and_frees_the_executor():
 def test_chunk_metrics_are_means_of_step_metrics():
     core = _core(1, chunks=4)
     g = core.grant_for(1)
-    steps = [{"step": i + 1, "loss": v, "mean_token_accuracy": a}
-             for i, (v, a) in enumerate([(2.0, 0.1), (4.0, 0.3), (3.0, 0.2), (1.0, 0.4)])]
+    steps = [
+        {"step": i + 1, "loss": v, "mean_token_accuracy": a}
+        for i, (v, a) in enumerate([(2.0, 0.1), (4.0, 0.3), (3.0, 0.2), (1.0, 0.4)])
+    ]
     closed, _ = core.on_result(1, g.end_step, steps[: g.end_step], {"eval_loss": 0.5})
     assert closed is not None
     chunk, metrics = closed
-    assert chunk == 1 and metrics["eval_loss"] == 0.5
+    assert chunk == 1
+    assert metrics["eval_loss"] == 0.5
     assert math.isclose(metrics["train_loss"], 2.5)
     assert math.isclose(metrics["mean_token_accuracy"], 0.25)
 
