@@ -19,6 +19,10 @@ def make_trainer(
         from actors.algorithms import sft
 
         trainer = sft.make_trainer(spec, args, model, tokenizer, train_dataset, eval_dataset)
+    elif spec.trainer_type == "DPO":
+        from actors.algorithms import dpo
+
+        trainer = dpo.make_trainer(spec, args, model, tokenizer, train_dataset, eval_dataset)
     else:
         raise NotImplementedError(f"trainer_type {spec.trainer_type!r} is not supported yet")
     _quiet(trainer)
