@@ -77,7 +77,9 @@ def main() -> None:
         print(
             f"Base-model loads: {stats['base_loads']}, executor busy {stats['busy_fraction']:.0%}"
         )
-        print(f"MLflow runs: {exp.tracking_uri} (see them with: rf-ray dashboard --path {exp.dir})")
+        print(f"MLflow runs: {exp.tracking_uri}")
+        print(f"  see them with: rf-ray dashboard --path {exp.dir}")
+        print(f"  run table:     rf-ray status {exp.name} --path {exp.dir.parent}")
         print(f"Experiment directory: {exp.dir}; finished in {time.perf_counter() - start:.0f} s")
     finally:
         exp.end()

@@ -313,7 +313,18 @@ def dashboard_command(
     """The command line that serves the MLflow UI over one experiment's ``mlflow.db``."""
     uri = f"sqlite:///{Path(mlflow_db).resolve()}"
     return [python or sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-            "--host", host, "--port", str(port)]  # fmt: skip
+            "--host", host, "--port", str(port), "--workers", "1"]  # fmt: skip
+
+
+def dashboard_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The dashboard's environment: MLflow's job runner off unless the user turned it on.
+
+    A browsing dashboard needs no server-side jobs, and MLflow 3 otherwise starts several
+    ``huey`` consumer processes that slow the start and outlive a SIGTERM.
+    """
+    env = dict(os.environ if environ is None else environ)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    return env
 
 
 def resolve_dashboard_dir(path: str | None, name: str | None) -> Path:
@@ -375,7 +386,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if args.host in ("0.0.0.0", "::"):
         print(f"warning: --host {args.host} serves the dashboard to every network interface.")
     print(f"MLflow dashboard for {exp_dir.resolve()}: http://{shown}:{args.port}/  (Ctrl-C stops)")
-    return run_child(cmd)
+    return run_child(cmd, env=dashboard_env())
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -389,22 +400,26 @@ def _check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def run_child(cmd: list[str]) -> int:
+def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:
     """Run ``cmd`` in the foreground; Ctrl-C (and SIGTERM) are passed on to it, then awaited.
 
     On POSIX the child gets its own process group, so a terminal's Ctrl-C reaches it once,
     through us, and reaches its own children too (``mlflow ui`` serves from a uvicorn child).
+    A third signal kills the group outright, for a child that hangs while shutting down.
     """
     sys.stdout.flush()
     posix = os.name == "posix"
-    proc = subprocess.Popen(cmd, start_new_session=posix)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=posix)
+    received = 0
 
     def forward(signum: int, _frame: Any) -> None:
+        nonlocal received
+        received += 1
         if proc.poll() is not None:
             return
         try:
             if posix:
-                os.killpg(proc.pid, signum)
+                os.killpg(proc.pid, signal.SIGKILL if received >= 3 else signum)
             else:
                 proc.send_signal(signum)
         except ProcessLookupError:  # it ended between poll() and the signal

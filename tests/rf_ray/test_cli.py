@@ -1,0 +1,255 @@
+"""The ``rf-ray`` command line: status, list, dashboard and demo, on a real store built by hand.
+
+No Ray: the experiment directory is written with ``actors.store.Store`` directly, the way the
+scheduler writes it, and ``rf_ray.cli.main(argv)`` is called in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from actors.store import Store
+from policies.errors import ConfigError
+from rf_ray import cli
+
+LONG_ERROR = "Traceback (most recent call last):\n  File 'x'\nRuntimeError: " + "out of memory " * 9
+
+
+def _make_experiment(root: Path, name: str, mlflow_db: bool = True) -> Path:
+    """Three runs that differ in learning_rate and lora.r, not max_length."""
+    exp_dir = root / name
+    store = Store(exp_dir)
+    store.set_meta(
+        name=name,
+        fingerprint="0123abcd4567ef89",
+        pruner={"type": "SuccessiveHalving", "metric": "eval_loss", "mode": "min"},
+        status="finished",
+        tracking_uri=f"sqlite:///{exp_dir.resolve() / 'mlflow.db'}",
+    )
+    for run_id, (lr, rank) in enumerate([(3e-3, 4), (1e-3, 16), (3e-4, 4)], start=1):
+        params = {"learning_rate": lr, "lora.r": rank, "max_length": 64}
+        store.add_run(run_id, params, "pending", total_steps=32, total_chunks=4)
+    store.record_slice(
+        1, [{"step": 8, "loss": 1.2}], (0, {"eval_loss": 1.1}),
+        status="completed", steps_done=32, chunks_done=4, last_metric=0.9, best_metric=0.85,
+    )  # fmt: skip
+    store.record_slice(
+        2, [{"step": 8, "loss": 1.4}], (0, {"eval_loss": 1.3}),
+        status="pruned", steps_done=8, chunks_done=1, last_metric=1.3, best_metric=1.3,
+        pruned_at=1,
+    )  # fmt: skip
+    store.update_run(3, status="failed", error=LONG_ERROR)
+    store.close()
+    if mlflow_db:
+        (exp_dir / "mlflow.db").touch()
+    return exp_dir
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "experiments"
+    _make_experiment(root, "lr-sweep")
+    Store(root / "empty").close()  # an experiment with no runs yet
+    return root
+
+
+def test_status_shows_every_run_and_the_differing_knobs(root, capsys):
+    assert cli.main(["status", "lr-sweep", "--path", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "0123abcd4567ef89" in out
+    assert "SuccessiveHalving on eval_loss (min)" in out
+    assert "finished" in out
+    assert "mlflow.db" in out  # the tracking uri
+    header = next(line for line in out.splitlines() if line.startswith("run "))
+    assert "learning_rate" in header
+    assert "lora.r" in header
+    assert "max_length" not in out  # the same in every run
+    table = out.split("\n---", 1)[1].split("\n\n", 1)[0].splitlines()[1:]  # below the rule
+    rows = {line.split()[0]: line.split() for line in table}
+    assert set(rows) == {"1", "2", "3"}
+    # run, status, chunks, steps, last, best, pruned@, learning_rate, lora.r, error...
+    assert rows["1"] == ["1", "completed", "4/4", "32/32", "0.9", "0.85", "-", "0.003", "4"]
+    assert rows["2"] == ["2", "pruned", "1/4", "8/32", "1.3", "1.3", "1", "0.001", "16"]
+    assert rows["3"][:9] == ["3", "failed", "0/4", "0/32", "-", "-", "-", "0.0003", "4"]
+    assert rows["3"][-1].endswith("...")
+    assert "out of memory " * 9 not in out  # the error is truncated to one short line
+    assert "3 runs: 1 completed, 1 failed, 1 pruned" in out
+
+
+def test_status_json(root, capsys):
+    assert cli.main(["status", "lr-sweep", "--path", str(root), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {r["run_id"]: r["status"] for r in data["runs"]} == {
+        1: "completed",
+        2: "pruned",
+        3: "failed",
+    }
+    assert data["differing"] == ["learning_rate", "lora.r"]
+    assert data["meta"]["fingerprint"] == "0123abcd4567ef89"
+    assert data["runs"][0]["chunks"] == [{"chunk": 0, "eval_loss": 1.1}]
+    assert data["runs"][2]["error"] == LONG_ERROR
+
+
+def test_status_of_an_experiment_without_runs(root, capsys):
+    assert cli.main(["status", "empty", "--path", str(root)]) == 0
+    assert "No runs yet." in capsys.readouterr().out
+
+
+def test_unknown_experiment_exits_2_listing_the_experiments(root, capsys):
+    assert cli.main(["status", "nope", "--path", str(root)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1
+    assert "'nope'" in lines[0]
+    assert "empty, lr-sweep" in lines[0]
+
+
+def test_list(root, capsys):
+    assert cli.main(["list", "--path", str(root)]) == 0
+    out = capsys.readouterr().out
+    sweep = next(line for line in out.splitlines() if line.startswith("lr-sweep"))
+    assert sweep.split()[1:3] == ["finished", "3"]
+    assert "1 completed, 1 failed, 1 pruned" in sweep
+    assert any(line.startswith("empty ") for line in out.splitlines())
+
+
+def test_list_of_a_missing_root_exits_2(tmp_path, capsys):
+    assert cli.main(["list", "--path", str(tmp_path / "missing")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_help_lists_the_commands(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("list", "status", "dashboard", "demo"):
+        assert name in out
+
+
+def test_a_command_name_is_registered_once():
+    with pytest.raises(ValueError, match="already registered"):
+        cli.register(cli.Command("status", "again", lambda p: None, lambda a: 0))
+
+
+@pytest.mark.parametrize(("host", "port"), [("127.0.0.1", 5000), ("::1", 8080)])
+def test_dashboard_command(tmp_path, host, port):
+    cmd = cli.dashboard_command(tmp_path / "exp" / "mlflow.db", host=host, port=port)
+    assert cmd[:4] == [sys.executable, "-m", "mlflow", "ui"]
+    uri = cmd[cmd.index("--backend-store-uri") + 1]
+    assert uri == f"sqlite:///{(tmp_path / 'exp' / 'mlflow.db').resolve()}"
+    assert cmd[cmd.index("--host") + 1] == host
+    assert cmd[cmd.index("--port") + 1] == str(port)
+
+
+def test_dashboard_defaults_to_loopback():
+    args = cli.build_parser().parse_args(["dashboard"])
+    assert (args.host, args.port) == ("127.0.0.1", 5000)
+    assert "--host" in cli.dashboard_command("mlflow.db")
+    assert "0.0.0.0" not in cli.dashboard_command("mlflow.db")
+
+
+def test_dashboard_env_turns_mlflow_jobs_off_unless_set():
+    assert cli.dashboard_env({})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true"}
+    assert cli.dashboard_env(env)["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true"
+
+
+def test_dashboard_finds_the_experiment(root, tmp_path):
+    sweep = root / "lr-sweep"
+    assert cli.resolve_dashboard_dir(str(sweep), None) == sweep  # the experiment dir itself
+    assert cli.resolve_dashboard_dir(str(root), None) == sweep  # the root's only mlflow.db
+    assert cli.resolve_dashboard_dir(str(root), "lr-sweep") == sweep
+    _make_experiment(root, "rank-sweep")
+    with pytest.raises(ConfigError, match=r"--name: lr-sweep, rank-sweep"):
+        cli.resolve_dashboard_dir(str(root), None)
+    with pytest.raises(ConfigError, match=r"lr-sweep, rank-sweep"):
+        cli.resolve_dashboard_dir(str(root), "nope")
+    with pytest.raises(ConfigError, match="no experiment"):
+        cli.resolve_dashboard_dir(str(tmp_path / "missing"), None)
+
+
+def test_dashboard_points_to_mlflow_tracking_uri(monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    assert cli.main(["dashboard"]) == 0
+    assert "http://mlflow.internal:5000" in capsys.readouterr().out
+
+
+def test_dashboard_on_a_busy_port_exits_2(root, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert cli.main(["dashboard", "--path", str(root), "--port", str(port)]) == 2
+    assert "pick another --port" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("port", ["0", "70000", "http"])
+def test_dashboard_rejects_a_bad_port(port, capsys):
+    assert cli.main(["dashboard", "--port", port]) == 2
+    assert "port must be" in capsys.readouterr().err
+
+
+def test_demo_command():
+    script = cli.find_demo_script()
+    assert script is not None
+    assert script.name == "sft_grid.py"
+    cmd = cli.demo_command(script, path="exps", live=False)
+    assert cmd == [sys.executable, str(script), "--path", "exps", "--no-live"]
+    assert cli.demo_command(script) == [sys.executable, str(script)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_200(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"rf-ray dashboard exited with {proc.returncode} before serving {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{url} did not answer 200 within {timeout:.0f} s")
+
+
+@pytest.mark.slow
+def test_dashboard_serves_the_mlflow_ui_and_stops_on_ctrl_c(tmp_path):
+    exp_dir = _make_experiment(tmp_path / "experiments", "lr-sweep")  # an empty mlflow.db
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, "-m", "rf_ray.cli", "dashboard", "--path", str(exp_dir)]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port)], cwd=tmp_path, env=env, start_new_session=True
+    )
+    try:
+        _wait_for_200(f"http://127.0.0.1:{port}/", proc, timeout=90)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: rf-ray forwards it to the MLflow server
+        proc.wait(timeout=30)
+    finally:
+        for _ in range(3):  # a third signal makes rf-ray kill the server's process group
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                time.sleep(1)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with socket.socket() as s:  # the server is gone: its port is free again
+        s.bind(("127.0.0.1", port))
