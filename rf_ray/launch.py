@@ -16,11 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors.base_model import BaseModelActor
-from actors.scheduler import SchedulerActor
 from actors.spec import RunSpec
 from actors.store import Store
-from actors.trial import TrialActor
 from policies.chunking import ChunkPlan
 from policies.errors import ConfigError
 from policies.pruning import Pruner
@@ -139,6 +136,11 @@ def start(plan: Plan, num_executors: int | None = None) -> Session:
     """Write the experiment directory and start all actors."""
     import cloudpickle
     import ray
+
+    # Imported here, not at module level: they pull in torch, which the CLI does not need.
+    from actors.base_model import BaseModelActor
+    from actors.scheduler import SchedulerActor
+    from actors.trial import TrialActor
 
     started = ensure_ray()
     gpus = int(ray.cluster_resources().get("GPU", 0))
