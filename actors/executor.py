@@ -103,6 +103,9 @@ class SliceResult:
     swap_seconds: float
     tokens: int
     memory: dict[str, float]
+    started_at: float
+    """Wall-clock (``time.time()``) start and end of the slice, for timelines."""
+    ended_at: float
 
 
 class Executor:
@@ -236,6 +239,7 @@ class Executor:
         """Train ``run_id`` from its current step up to ``end_step`` (exclusive), then optionally
         evaluate. Raises ``RunFailedError`` for a NaN/inf loss; other exceptions propagate."""
         record = self.registry[run_id]
+        started_at = time.time()
         start = time.perf_counter()
         swap = self._activate(record)
         if self.device.type == "cuda":
@@ -266,6 +270,8 @@ class Executor:
             swap_seconds=swap,
             tokens=tokens,
             memory=memory_figures(self.device),
+            started_at=started_at,
+            ended_at=time.time(),
         )
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:

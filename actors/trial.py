@@ -80,6 +80,8 @@ class TrialActor:
                 continue
             extra = {
                 "slice_seconds": result["seconds"],
+                "slice_started_at": result["started_at"],
+                "slice_ended_at": result["ended_at"],
                 "tokens_per_second": result["tokens"] / max(result["train_seconds"], 1e-9),
                 **result["memory"],
             }
