@@ -248,11 +248,17 @@ class Executor:
         metrics: list[dict[str, float]] = []
         tokens = 0
         train_start = time.perf_counter()
-        with self._autocast():
-            for step in range(first, end_step):
-                step_metrics, step_tokens = self._optimizer_step(record, step)
-                metrics.append(step_metrics)
-                tokens += step_tokens
+        try:
+            with self._autocast():
+                for step in range(first, end_step):
+                    step_metrics, step_tokens = self._optimizer_step(record, step)
+                    metrics.append(step_metrics)
+                    tokens += step_tokens
+        except BaseException:
+            # A failed step may leave gradients (NaN ones, for a diverged run) on the shared
+            # model; the next run's gradient clipping would read them. Clear them, then fail.
+            self.bases[record.spec.model_key].model.zero_grad(set_to_none=True)
+            raise
         train_seconds = time.perf_counter() - train_start
         record.rng_state = torch.get_rng_state()
         if record.cuda_rng_state is not None:

@@ -76,6 +76,9 @@ class TrialActor:
                 error = _describe(exc)
                 logger.warning("run %s failed: %s", self.run_id, error)
                 await self.scheduler.report_failure.remote(self.run_id, error)
+                if self.placed_on is not None:  # free its adapter and optimizer state
+                    await self.executors[self.placed_on].remove_run.remote(self.run_id)
+                    self.placed_on = None
                 tracker.set_tags(self.mlflow_run_id, {"rf_ray.error": error})
                 continue
             extra = {

@@ -192,7 +192,7 @@ class Experiment:
             rows = [{"run_id": rid, **m} for rid, m in store.step_metrics()]
         finally:
             store.close()
-        df = pd.DataFrame(rows)
+        df = pd.DataFrame(rows, columns=None if rows else ["run_id", "step", "loss"])
         if not df.empty:
             df["step"] = df["step"].astype(int)
         return df
