@@ -34,6 +34,14 @@ class BaseModelActor:
             # Ray pins OMP_NUM_THREADS to the actor's CPU share; the executor is the only
             # process doing tensor work, so let it use the cores it was given explicitly.
             torch.set_num_threads(cpu_threads)
+        if isinstance(train_dataset, str):
+            # A path to the experiment's Arrow copy (datasets.save_to_disk): a restarted actor
+            # reloads it from disk rather than from object-store arguments that may be gone.
+            import datasets
+
+            train_dataset = datasets.load_from_disk(train_dataset)
+            if isinstance(eval_dataset, str):
+                eval_dataset = datasets.load_from_disk(eval_dataset)
         self.executor = Executor(create_model_fn, train_dataset, eval_dataset, device=device)
 
     def ready(self) -> dict[str, Any]:
@@ -54,7 +62,9 @@ class BaseModelActor:
         result = self.executor.run_slice(run_id, end_step, evaluate=evaluate)
         record = self.executor.registry[run_id]
         state = checkpoint.capture(record, self.executor.bases[record.spec.model_key].model)
-        path = checkpoint.save(state, run_dir)
+        # Keep the previous checkpoint too: the store may still point at it if the process
+        # dies between this write and the scheduler recording the slice.
+        path = checkpoint.save(state, run_dir, keep=2)
         out = dataclasses.asdict(result)
         out["checkpoint"] = str(path)
         return out

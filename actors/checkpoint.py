@@ -82,6 +82,7 @@ def restore_into(record: Any, model: Any, state: dict[str, Any]) -> None:
         {"state": per_param, "param_groups": meta["optimizer_param_groups"]}
     )
     trainer.lr_scheduler.load_state_dict(meta["scheduler"])
+    _apply_config_learning_rate(trainer, float(record.spec.trl_args.learning_rate))
     record.rng_state = state["rng"]["cpu"].clone()
     if "cuda" in state["rng"] and record.cuda_rng_state is not None:
         record.cuda_rng_state = state["rng"]["cuda"].clone()
@@ -89,6 +90,21 @@ def restore_into(record: Any, model: Any, state: dict[str, Any]) -> None:
     trainer.state.global_step = record.steps_done
     if hasattr(trainer, "_total_train_tokens"):
         trainer._total_train_tokens = meta["total_train_tokens"]
+
+
+def _apply_config_learning_rate(trainer: Any, learning_rate: float) -> None:
+    """A warm-started clone may change learning_rate: keep the parent's schedule position but
+    scale it to the clone's peak rate (the schedule's multiplier is base_lr-independent)."""
+    scheduler = trainer.lr_scheduler
+    for i, group in enumerate(trainer.optimizer.param_groups):
+        old_base = scheduler.base_lrs[i]
+        if old_base == learning_rate:
+            continue
+        factor = group["lr"] / old_base if old_base else 0.0
+        scheduler.base_lrs[i] = learning_rate
+        group["initial_lr"] = learning_rate
+        group["lr"] = learning_rate * factor
+    scheduler._last_lr = [g["lr"] for g in trainer.optimizer.param_groups]
 
 
 def save(state: dict[str, Any], run_dir: str | Path, keep: int = 1) -> Path:

@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,8 +82,8 @@ class AdapterRecord:
     spec: RunSpec
     trainer: Any
     """The run's TRL trainer: collator, loss, metrics, optimizer and scheduler live on it."""
-    train_rows: Any
-    """The trainer's prepared (tokenized, column-pruned) training set, indexed by dataset row."""
+    batches: algorithms.BatchSource
+    """Where the run's micro-batches come from (plan indices for SFT/DPO, TRL's loader for GRPO)."""
     rng_state: torch.Tensor
     cuda_rng_state: torch.Tensor | None
     steps_done: int = 0
@@ -183,7 +183,7 @@ class Executor:
         record = AdapterRecord(
             spec=spec,
             trainer=trainer,
-            train_rows=trainer._remove_unused_columns(trainer.train_dataset, "training"),
+            batches=algorithms.make_batch_source(spec, trainer),
             rng_state=torch.get_rng_state(),
             cuda_rng_state=torch.cuda.get_rng_state(self.device)
             if self.device.type == "cuda"
@@ -204,8 +204,18 @@ class Executor:
         """
         import dataclasses
 
+        derived: dict[str, Any] = {}
+        if getattr(args, "generation_batch_size", None) is not None:
+            # GRPOConfig.__post_init__ derives steps_per_generation from generation_batch_size
+            # and refuses both set; re-deriving it gives the same value.
+            derived["steps_per_generation"] = None
         return dataclasses.replace(
-            args, use_cpu=self.device.type == "cpu", bf16=False, fp16=False, report_to="none"
+            args,
+            use_cpu=self.device.type == "cpu",
+            bf16=False,
+            fp16=False,
+            report_to="none",
+            **derived,
         )
 
     def remove_run(self, run_id: int) -> None:
@@ -285,24 +295,20 @@ class Executor:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _microbatches(self, record: AdapterRecord, step: int) -> Iterator[dict[str, Any]]:
-        collate = record.trainer.data_collator
-        for rows in record.spec.plan.step_microbatches(step, record.spec.seed):
-            yield collate([record.train_rows[i] for i in rows])
-
     def _optimizer_step(self, record: AdapterRecord, step: int) -> tuple[dict[str, float], int]:
         """One optimizer step, in the order of ``transformers.Trainer._run_epoch``."""
         trainer = record.trainer
         model = self.bases[record.spec.model_key].model
-        if step % record.spec.plan.steps_per_epoch == 0:
-            # A vanilla run builds a new DataLoader iterator at each epoch start, and torch's
-            # iterator draws its base seed from the global RNG; draw it too, so dropout streams
-            # line up with vanilla TRL.
-            torch.empty((), dtype=torch.int64).random_()
-        batches = list(self._microbatches(record, step))
+        batches = record.batches.take(step)
         trainer.current_gradient_accumulation_steps = len(batches)
         num_items = trainer._get_num_items_in_batch(batches, trainer.args.device)
-        tokens = sum(int(b["attention_mask"].sum()) for b in batches if "attention_mask" in b)
+        tokens = sum(
+            int(b["attention_mask"].sum())
+            for b in batches
+            if isinstance(b, dict) and "attention_mask" in b
+        )
+        # GRPO's batches are raw prompts; its trainer counts prompt + completion tokens itself.
+        tokens_seen = trainer.state.num_input_tokens_seen
         loss = torch.zeros((), device=trainer.args.device)
         for inputs in batches:
             loss += trainer.training_step(model, inputs, num_items)
@@ -323,6 +329,7 @@ class Executor:
         model.zero_grad(set_to_none=True)
         trainer.state.global_step += 1
         record.steps_done = step + 1
+        tokens = tokens or int(trainer.state.num_input_tokens_seen - tokens_seen)
         out = {"step": float(step + 1), "loss": loss_value, "learning_rate": float(learning_rate)}
         if grad_norm is not None:
             out["grad_norm"] = float(grad_norm)

@@ -11,16 +11,16 @@ reach a rung together and the first comparison of all configs comes after one ch
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from policies.chunking import ChunkPlan
+from policies.errors import IllegalTransitionError, OpError
 from policies.order import next_run
-from policies.pruning import Pruner, pruner_from_dict
-from policies.state import RunStatus, is_live, transition
+from policies.pruning import Pruner
+from policies.state import RunStatus, is_live, is_terminal, transition
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,23 @@ class SchedulerCore:
         self.runs: dict[int, RunRow] = {}
 
     # ------------------------------------------------------------------ run table
-    def add_run(self, run_id: int, plan: ChunkPlan) -> None:
-        self.runs[run_id] = RunRow(run_id=run_id, plan=plan)
+    def add_run(
+        self,
+        run_id: int,
+        plan: ChunkPlan,
+        status: RunStatus = RunStatus.PENDING,
+        steps_done: int = 0,
+        pruned_at: int | None = None,
+    ) -> None:
+        """Register a run, possibly with progress (a resumed experiment, a warm clone)."""
+        self.runs[run_id] = RunRow(
+            run_id=run_id,
+            plan=plan,
+            status=status,
+            steps_done=steps_done,
+            chunks_done=plan.chunks_done(steps_done),
+            pruned_at=pruned_at,
+        )
 
     def set_status(self, run_id: int, status: RunStatus) -> None:
         row = self.runs[run_id]
@@ -147,12 +162,16 @@ class SchedulerCore:
             row.chunk_steps = []
         if row.steps_done >= row.plan.total_steps and is_live(row.status):
             self.set_status(run_id, RunStatus.COMPLETED)
+        return closed, self.apply_pruner()
+
+    def apply_pruner(self) -> set[int]:
+        """Ask the pruner which live runs to stop now and mark them pruned."""
         pruned = set()
         for rid in sorted(self.pruner.decide(self.live())):
             self.set_status(rid, RunStatus.PRUNED)
             self.runs[rid].pruned_at = self.runs[rid].chunks_done
             pruned.add(rid)
-        return closed, pruned
+        return pruned
 
     def on_failure(self, run_id: int, error: str) -> set[int]:
         """Mark a run failed; the others go on. Returns runs pruned as a consequence."""
@@ -160,13 +179,56 @@ class SchedulerCore:
         row.error = error
         if is_live(row.status):
             self.set_status(run_id, RunStatus.FAILED)
-        pruned = set()
         # A failed run leaves its rung: a synchronous rung may now be complete.
-        for rid in sorted(self.pruner.decide(self.live())):
-            self.set_status(rid, RunStatus.PRUNED)
-            self.runs[rid].pruned_at = self.runs[rid].chunks_done
-            pruned.add(rid)
-        return pruned
+        return self.apply_pruner()
+
+    def release(self, run_id: int) -> None:
+        """Hand back a granted slice that did not run (its executor was lost); no status change."""
+        self._release(run_id)
+
+    # ------------------------------------------------------------------ interactive control
+    def apply_op(self, op: str, run_id: int) -> set[int]:
+        """Apply ``stop``, ``resume``, ``delete`` or ``prune`` to a run.
+
+        Raises ``OpError`` (nothing changed) for an unknown run or an op its status forbids.
+        A run in flight finishes its slice first: the op takes effect at the slice boundary.
+        Returns runs the pruner stopped as a consequence (a rung may have become complete).
+        """
+        targets = {
+            "stop": RunStatus.STOPPED,
+            "resume": RunStatus.RUNNING,
+            "delete": RunStatus.DELETED,
+            "prune": RunStatus.PRUNED,
+        }
+        if op not in targets:
+            raise OpError(f"unknown op {op!r}; ops are: {', '.join(targets)}, clone_modify")
+        row = self.row_for_op(run_id)
+        if op == "resume" and row.status is RunStatus.DELETED:
+            raise OpError(f"run {run_id} is deleted; a deleted run cannot be resumed")
+        if op == "resume" and row.steps_done >= row.plan.total_steps:
+            raise OpError(f"run {run_id} has already trained all its {row.plan.total_steps} steps")
+        try:
+            self.set_status(run_id, targets[op])
+        except IllegalTransitionError as e:
+            raise OpError(f"cannot {op} run {run_id}: {e}") from e
+        if op == "prune":
+            row.pruned_at = row.chunks_done
+        if op == "resume":
+            row.pruned_at = None
+        return self.apply_pruner()
+
+    def row_for_op(self, run_id: int) -> RunRow:
+        row = self.runs.get(run_id)
+        if row is None:
+            known = ", ".join(str(r) for r in sorted(self.runs)) or "none"
+            raise OpError(f"run {run_id!r} does not exist in this experiment (runs: {known})")
+        return row
+
+    def next_run_id(self) -> int:
+        return max(self.runs, default=0) + 1
+
+    def is_over(self, run_id: int) -> bool:
+        return is_terminal(self.runs[run_id].status)
 
     def _release(self, run_id: int) -> RunRow:
         row = self.runs[run_id]
@@ -200,103 +262,3 @@ def _chunk_means(steps: list[dict[str, float]]) -> dict[str, float]:
             if k not in ("step", "learning_rate"):
                 sums.setdefault("train_loss" if k == "loss" else k, []).append(float(v))
     return {k: sum(v) / len(v) for k, v in sums.items()}
-
-
-class SchedulerActor:
-    """Async Ray shell over ``SchedulerCore`` that also writes every change to the store.
-
-    Created by the driver as a named actor (``rf_ray:<experiment>`` in namespace ``rf_ray``) so
-    that other processes can find a running experiment.
-    """
-
-    def __init__(
-        self,
-        experiment_dir: str,
-        pruner: dict[str, Any],
-        num_executors: int,
-        has_eval: bool,
-        max_slice_steps: int | None,
-    ) -> None:
-        from actors.store import Store
-
-        self.store = Store(experiment_dir)
-        self.core = SchedulerCore(
-            pruner_from_dict(pruner), num_executors, has_eval, max_slice_steps
-        )
-        self._cond: asyncio.Condition | None = None
-
-    @property
-    def cond(self) -> asyncio.Condition:
-        if self._cond is None:  # must be created inside the actor's event loop
-            self._cond = asyncio.Condition()
-        return self._cond
-
-    async def add_runs(self, plans: dict[int, dict[str, Any]]) -> None:
-        for run_id, plan in plans.items():
-            self.core.add_run(int(run_id), ChunkPlan.from_dict(plan))
-        async with self.cond:
-            self.cond.notify_all()
-
-    async def request_slice(self, run_id: int) -> dict[str, Any]:
-        """Wait until ``run_id`` may train; return the grant, or ``{"exit": status}``."""
-        async with self.cond:
-            while True:
-                decision = self.core.grant_for(run_id)
-                if isinstance(decision, Grant):
-                    self.store.update_run(run_id, status=self.core.runs[run_id].status.value)
-                    return {"grant": decision.__dict__}
-                if isinstance(decision, RunStatus):
-                    row = self.core.runs[run_id]
-                    return {"exit": decision.value, "pruned_at": row.pruned_at}
-                await self.cond.wait()
-
-    async def report(
-        self,
-        run_id: int,
-        end_step: int,
-        step_metrics: list[dict[str, float]],
-        eval_metrics: dict[str, float] | None,
-        extra_chunk_metrics: dict[str, float],
-        checkpoint: str | None,
-    ) -> dict[str, Any]:
-        async with self.cond:
-            closed, pruned = self.core.on_result(run_id, end_step, step_metrics, eval_metrics)
-            row = self.core.runs[run_id]
-            chunk = None
-            if closed is not None:
-                chunk = (closed[0], {**closed[1], **extra_chunk_metrics})
-            self.store.record_slice(
-                run_id,
-                step_metrics,
-                chunk,
-                status=row.status.value,
-                steps_done=row.steps_done,
-                chunks_done=row.chunks_done,
-                checkpoint=checkpoint,
-                last_metric=row.last_metric,
-                best_metric=row.best_metric,
-            )
-            self._write_pruned(pruned)
-            self.cond.notify_all()
-            return {"status": row.status.value, "chunk": chunk}
-
-    async def report_failure(self, run_id: int, error: str) -> None:
-        async with self.cond:
-            pruned = self.core.on_failure(run_id, error)
-            self.store.update_run(run_id, status=RunStatus.FAILED.value, error=error)
-            self._write_pruned(pruned)
-            self.cond.notify_all()
-
-    def _write_pruned(self, pruned: set[int]) -> None:
-        for rid in pruned:
-            r = self.core.runs[rid]
-            self.store.update_run(rid, status=r.status.value, pruned_at=r.pruned_at)
-
-    async def snapshot(self) -> list[dict[str, Any]]:
-        return self.core.snapshot()
-
-    async def done(self) -> bool:
-        return self.core.done()
-
-    async def pruner_state(self) -> dict[str, Any]:
-        return self.core.pruner.to_dict()

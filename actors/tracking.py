@@ -91,6 +91,10 @@ class Tracker:
         rows = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
         _retry(lambda: self.client.log_batch(mlflow_run_id, tags=rows))
 
+    def reopen(self, mlflow_run_id: str) -> None:
+        """Mark a resumed run's MLflow run as running again."""
+        _retry(lambda: self.client.update_run(mlflow_run_id, status="RUNNING"))
+
     def finish(self, mlflow_run_id: str, status: str) -> None:
         """Close the MLflow run: FINISHED, FAILED or KILLED (stopped/pruned/deleted)."""
         _retry(lambda: self.client.set_terminated(mlflow_run_id, status=status))

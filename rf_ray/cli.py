@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.store import Store
-from policies.errors import ConfigError
+from policies.errors import ConfigError, OpError
 from rf_ray.experiment import DEFAULT_ROOT
 
 MLFLOW_DB = "mlflow.db"
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         return int(args.run(args))
-    except ConfigError as exc:
+    except (ConfigError, OpError) as exc:
         print(f"rf-ray {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
@@ -483,6 +483,8 @@ register(
 )
 register(Command("demo", "run examples/sft_grid.py (8 LoRA SFT configs)", _add_demo, cmd_demo))
 
+# Commands that steer running experiments live in their own module and register themselves.
+import rf_ray.cli_ops  # noqa: E402, F401
 
 if __name__ == "__main__":
     sys.exit(main())

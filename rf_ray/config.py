@@ -604,6 +604,8 @@ def build_trl_config(run: RunConfig, output_dir: str, use_cpu: bool) -> Any:
                   logging_steps=1, disable_tqdm=True)  # fmt: skip
     if use_cpu:
         kwargs.update(bf16=False, fp16=False)
+    if run.trainer_type == "GRPO":
+        check_grpo(run, cls)
     try:
         with warnings.catch_warnings():
             if "gradient_checkpointing" not in run.training_args:
@@ -615,6 +617,51 @@ def build_trl_config(run: RunConfig, output_dir: str, use_cpu: bool) -> Any:
             f"trl.{cls.__name__} rejected the run ({describe(run)}): {e}. "
             "Change this run's training_args knobs."
         ) from e
+
+
+def check_grpo(run: RunConfig, cls: type) -> None:
+    """GRPO needs reward functions, and whole prompt groups in each generation batch.
+
+    TRL's rule (``GRPOConfig.__post_init__``): ``generation_batch_size`` must be a multiple of
+    ``num_generations``. Users rarely set ``generation_batch_size``; it defaults to
+    ``per_device_train_batch_size x steps_per_generation`` (which defaults to
+    ``gradient_accumulation_steps``), so the message spells that out with the run's numbers.
+    """
+    if not run.reward_funcs:
+        raise ConfigError(
+            f"GRPO run ({describe(run)}) has no reward_funcs; pass "
+            "RFModelConfig(reward_funcs=[my_reward, ...]) with TRL's signature "
+            "f(prompts, completions, **columns) -> list[float]"
+        )
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    args = {**defaults, **run.training_args}
+    generations, batch = args["num_generations"], args["per_device_train_batch_size"]
+    if not isinstance(generations, int) or isinstance(generations, bool) or generations < 2:
+        raise ConfigError(
+            f"training_args.num_generations={generations!r} is invalid: GRPO compares "
+            "completions within a group, so it needs an integer >= 2"
+        )
+    gbs, spg = args["generation_batch_size"], args["steps_per_generation"]
+    if gbs is not None:
+        how = f"generation_batch_size={gbs}"
+    else:
+        spg = spg if spg is not None else args["gradient_accumulation_steps"]
+        source = (
+            "steps_per_generation"
+            if args["steps_per_generation"] is not None
+            else ("steps_per_generation, defaulting to gradient_accumulation_steps")
+        )
+        gbs = batch * spg
+        how = (f"generation_batch_size = per_device_train_batch_size x steps_per_generation = "
+               f"{batch} x {spg} ({source}) = {gbs}")  # fmt: skip
+    if isinstance(gbs, int) and gbs % generations:
+        raise ConfigError(
+            f"training_args.num_generations={generations} does not divide the generation batch: "
+            f"{how}, and TRL needs generation_batch_size % num_generations == 0 so that every "
+            f"prompt's {generations} completions are scored together. Pick num_generations among "
+            f"the divisors of {gbs}, or change per_device_train_batch_size / "
+            "gradient_accumulation_steps"
+        )
 
 
 def build_lora_config(run: RunConfig) -> Any:

@@ -25,7 +25,7 @@ from actors.store import Store
 from actors.tracking import default_tracking_uri
 from policies.errors import ConfigError, ExperimentExistsError
 from policies.pruning import Pruner, SuccessiveHalving
-from rf_ray import launch
+from rf_ray import launch, ops, runner
 from rf_ray.config import RFModelConfig, RunConfig, differing_params
 from rf_ray.data import check_columns, to_dataset
 from rf_ray.search import ConfigGroup, RFGridSearch
@@ -55,7 +55,9 @@ class Experiment:
         root = Path(experiment_path) if experiment_path is not None else Path(DEFAULT_ROOT)
         self.dir = (root / experiment_name).resolve()
         self.tracking_uri = tracking_uri or default_tracking_uri(self.dir)
-        self._session: launch.Session | None = None
+        self._session: runner.Session | None = None
+        self._differing: list[str] = []
+        self._live_view = True
         self._metric: tuple[str, str] | None = None
 
     # ------------------------------------------------------------------ run_fit
@@ -71,13 +73,17 @@ class Experiment:
         max_slice_steps: int | None = None,
         live_view: bool = True,
         num_executors: int | None = None,
-    ) -> pd.DataFrame:
+        blocking: bool = True,
+    ) -> pd.DataFrame | None:
         """Train every config of ``param_config`` chunk by chunk; return ``get_runs_info()``.
 
         ``create_model_fn(model_config) -> (model, tokenizer)`` is called once per distinct base
         model per executor (default: the embedded toy model or ``from_pretrained``).
         ``pruner`` defaults to ``SuccessiveHalving()`` on eval_loss (with an eval set) or the
-        chunk's mean train loss. ``max_slice_steps`` bounds a slice in optimizer steps.
+        chunk's mean train loss. ``max_slice_steps`` bounds a slice in optimizer steps (and so
+        how long an interactive-control op waits). With ``blocking=False`` it returns at once;
+        steer the runs with ``stop``/``resume``/``delete``/``prune``/``clone_modify`` and block
+        with ``wait()``.
         """
         plan = self._prepare(
             param_config,
@@ -89,9 +95,67 @@ class Experiment:
             pruner,
             max_slice_steps,
         )
-        self._session = launch.start(plan, num_executors=num_executors)
-        launch.wait(self._session, live_view=live_view, differing=plan.differing)
+        if self._session is not None and not self._session.finished:
+            raise ConfigError(
+                f"experiment {self.name!r} is already running in this process; wait() for it first"
+            )
+        self._session = runner.start(plan, num_executors=num_executors)
+        self._differing, self._live_view = plan.differing, live_view
+        if not blocking:
+            return None
+        return self.wait()
+
+    def wait(self) -> pd.DataFrame:
+        """Block until every run is over (live view as chosen in run_fit); return runs info."""
+        if self._session is None:
+            raise ConfigError(f"experiment {self.name!r} is not running in this process")
+        runner.wait(self._session, live_view=self._live_view, differing=self._differing)
         return self.get_runs_info()
+
+    # ------------------------------------------------------------------ interactive control
+    def _scheduler(self) -> Any:
+        if self._session is not None and not self._session.finished:
+            return self._session.scheduler
+        return ops.attach(self.name)
+
+    def stop(self, run_id: int) -> dict[str, Any]:
+        """Pause a run at its next slice boundary (its checkpoint is kept; ``resume`` it)."""
+        return ops.apply(self._scheduler(), "stop", run_id)
+
+    def resume(
+        self, run_id: int | None = None, blocking: bool = True, live_view: bool = True
+    ) -> Any:
+        """``resume(run_id)``: restart a stopped or pruned run of the running experiment.
+
+        ``resume()``: continue this experiment after its driver died: every run restarts from
+        its last completed slice, and the results equal an uninterrupted run's.
+        """
+        if run_id is not None:
+            return ops.apply(self._scheduler(), "resume", run_id)
+        if not Store.exists(self.dir):
+            raise ConfigError(f"experiment {self.name!r} has nothing to resume at {self.dir}")
+        if self._session is not None and not self._session.finished:
+            raise ConfigError(f"experiment {self.name!r} is running in this process")
+        self._session = runner.resume(self.dir)
+        self._live_view = live_view
+        self._differing = [k for k in _differing(self._session.params)]
+        return self.wait() if blocking else None
+
+    def delete(self, run_id: int) -> dict[str, Any]:
+        """Stop a run for good (its files stay on disk)."""
+        return ops.apply(self._scheduler(), "delete", run_id)
+
+    def prune(self, run_id: int) -> dict[str, Any]:
+        """Prune a run by hand, as the pruner would (it can be resumed)."""
+        return ops.apply(self._scheduler(), "prune", run_id)
+
+    def clone_modify(
+        self, run_id: int, changes: dict[str, Any], warm_start: bool = False
+    ) -> dict[str, Any]:
+        """Start a new run from ``run_id``'s config with ``changes`` (any knob, or functions
+        such as formatting_func / reward_funcs). ``warm_start=True`` also copies its adapter,
+        optimizer, LR-schedule state and data position. The clone records its parent."""
+        return ops.clone_modify(self._scheduler(), self.dir, run_id, changes, warm_start)
 
     def _prepare(
         self,
@@ -259,7 +323,7 @@ class Experiment:
     def end(self) -> None:
         """Release the experiment's actors (and the local Ray cluster if run_fit started it)."""
         if self._session is not None:
-            launch.stop(self._session)
+            runner.stop(self._session)
             self._session = None
 
 
@@ -272,6 +336,11 @@ def _as_group(param_config: Any) -> ConfigGroup:
         "param_config must be RFGridSearch(...), RFRandomSearch(...), an RFModelConfig or a list "
         f"of them, got {type(param_config).__name__}"
     )
+
+
+def _differing(params: dict[int, dict[str, Any]]) -> list[str]:
+    keys = sorted({k for p in params.values() for k in p})
+    return [k for k in keys if len({str(p.get(k)) for p in params.values()}) > 1]
 
 
 def default_metric(runs: list[RunConfig], has_eval: bool) -> tuple[str, str]:

@@ -14,11 +14,17 @@ class LiveView:
     Ray Job logs) it prints one line per completed chunk instead of redrawing.
     """
 
-    def __init__(self, plan: Any, differing: list[str], enabled: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        params: dict[int, dict[str, Any]],
+        differing: list[str],
+        enabled: bool = True,
+    ) -> None:
         self.enabled = enabled and os.environ.get("RF_RAY_LIVE", "1") != "0"
-        self.params = {s.run_id: s.params for s in plan.specs}
+        self.params = params
         self.differing = differing[:4]
-        self.name = plan.name
+        self.name = name
         self._live: Any = None
         self._seen: dict[int, tuple[int, str]] = {}
 

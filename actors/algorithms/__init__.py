@@ -2,13 +2,56 @@
 
 Each algorithm module exposes ``make_trainer(spec, args, model, tokenizer, train, eval)``
 returning the TRL trainer whose collation, loss and metrics the slice loop drives.
+
+Where an optimizer step's micro-batches come from differs by algorithm, so that is the one
+other hook: ``make_batch_source(spec, trainer)`` returns an object whose ``take(step)`` gives the
+micro-batches of optimizer step ``step``, exactly as ``Trainer._run_epoch`` would receive them
+from ``get_batch_samples``. SFT and DPO collate the ``ChunkPlan``'s index lists (rf-ray's own
+seed-shuffled order); GRPO reads its trainer's own dataloader (see ``actors.algorithms.grpo``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Protocol
+
+import torch
 
 from actors.spec import RunSpec
+
+
+class BatchSource(Protocol):
+    """Yields the micro-batches of one run's optimizer steps, in order."""
+
+    def take(self, step: int) -> list[Any]:
+        """The micro-batches of global optimizer step ``step`` (called with step 0, 1, ...)."""
+        ...
+
+
+class PlanBatches:
+    """SFT and DPO: the plan's micro-batches of dataset rows, collated by the TRL trainer.
+
+    Rows come from rf-ray's seed-shuffled epoch order (``ChunkPlan.step_microbatches``), which is
+    stateless: any step can be taken first, e.g. after a restore from a checkpoint.
+    """
+
+    def __init__(self, spec: RunSpec, trainer: Any) -> None:
+        self.plan = spec.plan
+        self.seed = spec.seed
+        self.collate = trainer.data_collator
+        # The trainer's prepared (tokenized, column-pruned) training set, indexed by dataset row.
+        self.rows = trainer._remove_unused_columns(trainer.train_dataset, "training")
+
+    def take(self, step: int) -> list[Any]:
+        if step % self.plan.steps_per_epoch == 0:
+            # A vanilla run builds a new DataLoader iterator at each epoch start, and torch's
+            # iterator draws its base seed from the global RNG; draw it too, so dropout streams
+            # line up with vanilla TRL.
+            torch.empty((), dtype=torch.int64).random_()
+        return [
+            self.collate([self.rows[i] for i in rows])
+            for rows in self.plan.step_microbatches(step, self.seed)
+        ]
 
 
 def make_trainer(
@@ -23,10 +66,23 @@ def make_trainer(
         from actors.algorithms import dpo
 
         trainer = dpo.make_trainer(spec, args, model, tokenizer, train_dataset, eval_dataset)
+    elif spec.trainer_type == "GRPO":
+        from actors.algorithms import grpo
+
+        trainer = grpo.make_trainer(spec, args, model, tokenizer, train_dataset, eval_dataset)
     else:
         raise NotImplementedError(f"trainer_type {spec.trainer_type!r} is not supported yet")
     _quiet(trainer)
     return trainer
+
+
+def make_batch_source(spec: RunSpec, trainer: Any) -> BatchSource:
+    """Where the run's micro-batches come from (see the module docstring)."""
+    if spec.trainer_type == "GRPO":
+        from actors.algorithms import grpo
+
+        return grpo.LoaderBatches(spec, trainer)
+    return PlanBatches(spec, trainer)
 
 
 def _quiet(trainer: Any) -> None:
@@ -41,11 +97,17 @@ def drain_train_metrics(trainer: Any) -> dict[str, float]:
     """Average and clear the metrics TRL accumulated during the last optimizer step.
 
     TRL trainers collect per-micro-batch metrics in ``_metrics["train"]`` and average them in
-    ``log()``; with ``logging_steps=1`` that is once per optimizer step, which this mirrors.
+    ``log()``; with ``logging_steps=1`` that is once per optimizer step, which this mirrors. NaN
+    entries are left out of the mean as ``GRPOTrainer.log`` does (a reward function may return
+    None, i.e. "not applicable", for a whole batch); a metric with no finite entry is omitted.
     """
     store = getattr(trainer, "_metrics", None)
     if not store or "train" not in store:
         return {}
-    out = {k: float(sum(v) / len(v)) for k, v in store["train"].items() if v}
+    out = {}
+    for key, values in store["train"].items():
+        valid = [v for v in values if not math.isnan(v)]
+        if valid:
+            out[key] = float(sum(valid) / len(valid))
     store["train"].clear()
     return out

@@ -1,0 +1,149 @@
+"""Interactive control of a running experiment, from any process attached to its Ray cluster.
+
+``Experiment`` methods, ``rf-ray ops`` and a Ray Job or Tune driver all go through these
+functions: they find the experiment's named scheduler actor and send it an op, which it applies
+at the run's next slice boundary. ``clone_modify`` builds and validates the clone's spec here, in
+the caller's process (where the user's functions live), before the scheduler sees it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from actors.store import Store
+from policies.errors import ConfigError, OpError
+from rf_ray.config import (
+    LORA_SHORTHAND,
+    RunConfig,
+    check_lora_field,
+    check_trainer_field,
+    is_knob,
+)
+from rf_ray.launch import NAMESPACE, build_specs, ensure_ray, scheduler_name
+
+OPS = ("stop", "resume", "delete", "prune")
+_CALLABLE_FIELDS = ("formatting_func", "compute_metrics", "reward_funcs")
+
+
+def attach(name: str) -> Any:
+    """The named scheduler actor of a running experiment (connecting to Ray if needed)."""
+    import ray
+
+    ensure_ray()
+    try:
+        return ray.get_actor(scheduler_name(name), namespace=NAMESPACE)
+    except ValueError:
+        raise OpError(
+            f"experiment {name!r} is not running on this Ray cluster (no actor "
+            f"{scheduler_name(name)!r}); start it with run_fit, or resume it"
+        ) from None
+
+
+def apply(scheduler: Any, op: str, run_id: int) -> dict[str, Any]:
+    """Send stop/resume/delete/prune for ``run_id``; raise ``OpError`` if it cannot apply."""
+    import ray
+
+    if op not in OPS:
+        raise OpError(f"unknown op {op!r}; ops are: {', '.join(OPS)}, clone_modify")
+    if isinstance(run_id, bool) or not isinstance(run_id, int):
+        raise OpError(f"run id must be an int, got {run_id!r}")
+    return _unwrap(lambda: ray.get(scheduler.op.remote(op, run_id)))
+
+
+def modified(run: RunConfig, changes: dict[str, Any]) -> RunConfig:
+    """``run`` with ``changes`` applied: TRL fields, LoRA fields (``lora_rank`` or ``lora.r``
+    style), ``model_kwargs.x``, or the functions. Raises ``ConfigError`` naming a bad knob."""
+    if not isinstance(changes, dict) or not changes:
+        raise ConfigError(f"changes must be a non-empty dict of knob -> value, got {changes!r}")
+    training_args, lora = dict(run.training_args), dict(run.lora)
+    model_kwargs = dict(run.model_kwargs)
+    fields: dict[str, Any] = {}
+    for key, value in changes.items():
+        if is_knob(value):
+            raise ConfigError(f"changes[{key!r}] is a knob ({value!r}); a clone takes one value")
+        if key in _CALLABLE_FIELDS:
+            fields[key] = value
+        elif key in LORA_SHORTHAND or key.startswith("lora."):
+            name = LORA_SHORTHAND.get(key, key.removeprefix("lora."))
+            check_lora_field(name, f"changes[{key!r}]")
+            lora[name] = value
+        elif key.startswith("model_kwargs."):
+            model_kwargs[key.removeprefix("model_kwargs.")] = value
+        else:
+            check_trainer_field(run.trainer_type, key, f"changes[{key!r}]")
+            training_args[key] = value
+    # RunConfig validates names and values; build_specs validates TRL/PEFT construction.
+    return dataclasses.replace(
+        run, training_args=training_args, lora=lora, model_kwargs=model_kwargs, **fields
+    )
+
+
+def clone_modify(
+    scheduler: Any,
+    exp_dir: Path,
+    run_id: int,
+    changes: dict[str, Any],
+    warm_start: bool = False,
+) -> dict[str, Any]:
+    """Clone a run with ``changes``; warm start copies its adapter, optimizer, LR schedule and
+    data position. Returns ``{"run_id": new_id, ...}``."""
+    import cloudpickle
+    import ray
+
+    parent = cloudpickle.loads(_unwrap(lambda: ray.get(scheduler.get_spec_blob.remote(run_id))))
+    new_run = modified(parent.model_config, changes)
+    store = Store(exp_dir, readonly=True)
+    try:
+        meta = store.meta()
+    finally:
+        store.close()
+    new_id = _unwrap(lambda: ray.get(scheduler.reserve_run_id.remote()))
+    (spec,) = build_specs(
+        [new_run], exp_dir, train_rows=parent.plan.num_examples, num_chunks=meta["num_chunks"],
+        seed=meta["seed"], first_run_id=new_id,
+    )  # fmt: skip
+    spec.parent_run_id = run_id
+    if warm_start:
+        _check_warm_start(parent, spec)
+    blob = cloudpickle.dumps(spec)
+    run_dir = exp_dir / "runs" / str(new_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "spec.cloudpickle").write_bytes(blob)
+    from rf_ray.runner import entry_for
+
+    entry = entry_for(spec, meta["name"], blob)
+    entry.update(parent_run_id=run_id, warm_start=warm_start)
+    return _unwrap(lambda: ray.get(scheduler.add_clone.remote(entry)))
+
+
+def _check_warm_start(parent: Any, clone: Any) -> None:
+    """A warm start reuses the parent's tensors and data position: shapes and plan must match."""
+    if parent.model_key != clone.model_key:
+        raise ConfigError("a warm-started clone must keep the parent's base model; clone cold")
+    if parent.plan != clone.plan:
+        raise ConfigError(
+            "a warm-started clone must keep the parent's data plan (batch size, gradient "
+            f"accumulation, epochs, max_steps): {parent.plan} != {clone.plan}; clone cold"
+        )
+    for key in ("r", "target_modules", "use_dora", "bias"):
+        if getattr(parent.lora_config, key, None) != getattr(clone.lora_config, key, None):
+            raise ConfigError(
+                f"a warm-started clone must keep the adapter's shape: lora.{key} "
+                f"{getattr(parent.lora_config, key, None)!r} -> "
+                f"{getattr(clone.lora_config, key, None)!r}; clone cold"
+            )
+
+
+def _unwrap(call: Any) -> Any:
+    """Re-raise an ``OpError`` raised inside the scheduler actor as itself."""
+    from ray.exceptions import RayTaskError
+
+    try:
+        return call()
+    except RayTaskError as e:
+        cause = e.cause if hasattr(e, "cause") else None
+        if isinstance(cause, (OpError, ConfigError)):
+            raise cause from None
+        raise
