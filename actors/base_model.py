@@ -43,16 +43,26 @@ class BaseModelActor:
             if isinstance(eval_dataset, str):
                 eval_dataset = datasets.load_from_disk(eval_dataset)
         self.executor = Executor(create_model_fn, train_dataset, eval_dataset, device=device)
+        self.owners: dict[int, str | None] = {}
 
     def ready(self) -> dict[str, Any]:
         return {"device": str(self.executor.device), "pid": os.getpid()}
 
-    def add_run(self, spec_blob: bytes, checkpoint_path: str | None = None) -> None:
+    def add_run(
+        self, spec_blob: bytes, checkpoint_path: str | None = None, owner: str | None = None
+    ) -> None:
+        """Register a run (restored from ``checkpoint_path`` if given) for trial ``owner``.
+
+        A run already resident just changes owner: a resumed run's new trial may arrive before
+        the old trial has finished cleaning up, and the old one must not evict it then.
+        """
         import cloudpickle
 
         spec = cloudpickle.loads(spec_blob)
-        state = checkpoint.load(checkpoint_path) if checkpoint_path else None
-        self.executor.add_run(spec, state)
+        if spec.run_id not in self.executor.registry:
+            state = checkpoint.load(checkpoint_path) if checkpoint_path else None
+            self.executor.add_run(spec, state)
+        self.owners[spec.run_id] = owner
 
     def has_run(self, run_id: int) -> bool:
         return run_id in self.executor.registry
@@ -74,7 +84,11 @@ class BaseModelActor:
         model = self.executor.bases[record.spec.model_key].model
         return str(checkpoint.export_adapter(model, record.spec.adapter_name, Path(path)))
 
-    def remove_run(self, run_id: int) -> None:
+    def remove_run(self, run_id: int, owner: str | None = None) -> None:
+        """Evict a run, unless another trial owns it by now."""
+        if self.owners.get(run_id) != owner:
+            return
+        self.owners.pop(run_id, None)
         self.executor.remove_run(run_id)
 
     def stats(self) -> dict[str, Any]:

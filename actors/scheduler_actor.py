@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 from typing import Any
 
 from actors.scheduler import Grant, SchedulerCore
@@ -85,7 +86,10 @@ class SchedulerActor:
         self.executors = executors
         self.tracking_uri = tracking_uri
         self.entries: dict[int, dict[str, Any]] = {}
-        self.trials: dict[int, tuple[Any, Any]] = {}
+        self.trials: list[tuple[int, Any, Any]] = []
+        """(run id, trial actor, its run() ref) for every trial ever started."""
+        self.looping: set[int] = set()
+        """Runs whose trial is still asking for slices."""
         self.finished = False
         self.ops_applied = 0
         self._cond: asyncio.Condition | None = None
@@ -145,7 +149,8 @@ class SchedulerActor:
                 entry.get("mlflow_run_id"),
             )
         )
-        self.trials[run_id] = (trial, trial.run.remote())
+        self.trials.append((run_id, trial, trial.run.remote()))
+        self.looping.add(run_id)
 
     @staticmethod
     def _self_handle() -> Any:
@@ -164,6 +169,7 @@ class SchedulerActor:
                     return {"grant": decision.__dict__}
                 if isinstance(decision, RunStatus):
                     row = self.core.runs[run_id]
+                    self.looping.discard(run_id)
                     return {"exit": decision.value, "pruned_at": row.pruned_at}
                 await self.cond.wait()
 
@@ -236,7 +242,7 @@ class SchedulerActor:
             row = self.core.runs[run_id]
             self.store.update_run(run_id, status=row.status.value, pruned_at=row.pruned_at)
             self._write_pruned(pruned)
-            if name == "resume" and run_id not in self._running_trials():
+            if name == "resume" and run_id not in self.looping:
                 self.entries[run_id]["status"] = row.status.value
                 self._spawn(run_id)
             self.ops_applied += 1
@@ -262,7 +268,13 @@ class SchedulerActor:
                         f"run {parent.run_id} has no checkpoint yet to warm-start from; "
                         "clone it cold (warm_start=False) or wait for its first slice"
                     )
-                entry["checkpoint"] = self.entries[parent.run_id]["checkpoint"]
+                # Copy the parent's checkpoint now: the parent trains on and replaces its own.
+                source = self.entries[parent.run_id]["checkpoint"]
+                target = os.path.join(
+                    self.dir, "runs", str(run_id), "checkpoints", os.path.basename(source)
+                )
+                shutil.copytree(source, target, dirs_exist_ok=True)
+                entry["checkpoint"] = target
                 entry["steps_done"] = parent.steps_done
             plan = ChunkPlan.from_dict(entry["plan"])
             self.store.add_run(
@@ -284,13 +296,6 @@ class SchedulerActor:
         self.core.row_for_op(run_id)
         return bytes(self.entries[run_id]["spec_blob"])
 
-    def _running_trials(self) -> set[int]:
-        import ray
-
-        ready, _ = ray.wait([ref for _, ref in self.trials.values()], timeout=0)
-        done = {rid for rid, (_, ref) in self.trials.items() if ref in ready}
-        return set(self.trials) - done
-
     def _check_open(self) -> None:
         if self.finished:
             raise OpError(
@@ -305,7 +310,7 @@ class SchedulerActor:
             await self.cond.wait_for(self.core.done)
             self.finished = True
         outcomes = await asyncio.gather(
-            *(ref for _, ref in self.trials.values()), return_exceptions=True
+            *(ref for _, _, ref in self.trials), return_exceptions=True
         )
         return [o if isinstance(o, dict) else {"error": repr(o)} for o in outcomes]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,8 @@ class TrialActor:
         """The run's last durable checkpoint: where a (re)placed run is restored from."""
         self.mlflow_run_id = mlflow_run_id
         self.placed_on: int | None = None
+        self.token = uuid.uuid4().hex
+        """Identifies this trial to the executor (see ``BaseModelActor.add_run``)."""
 
     async def run(self) -> dict[str, Any]:
         from actors.tracking import Tracker
@@ -120,7 +123,7 @@ class TrialActor:
         """Place the run on the granted executor if needed, then train the slice."""
         executor = self.executors[grant["executor"]]
         if self.placed_on != grant["executor"] or not await executor.has_run.remote(self.run_id):
-            await executor.add_run.remote(self.spec_blob, self.checkpoint)
+            await executor.add_run.remote(self.spec_blob, self.checkpoint, self.token)
             self.placed_on = grant["executor"]
         return await executor.run_slice.remote(
             self.run_id, grant["end_step"], grant["evaluate"], str(self.run_dir)
@@ -130,7 +133,7 @@ class TrialActor:
         """Free the run's adapter and optimizer on the executor (its checkpoint stays on disk)."""
         if self.placed_on is not None:
             try:
-                await self.executors[self.placed_on].remove_run.remote(self.run_id)
+                await self.executors[self.placed_on].remove_run.remote(self.run_id, self.token)
             except Exception:  # the executor is gone: nothing to free
                 logger.debug("run %s: executor gone while evicting", self.run_id, exc_info=True)
             self.placed_on = None

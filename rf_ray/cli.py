@@ -487,4 +487,8 @@ register(Command("demo", "run examples/sft_grid.py (8 LoRA SFT configs)", _add_d
 import rf_ray.cli_ops  # noqa: E402, F401
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m rf_ray.cli` runs this file as __main__; commands from other modules register
+    # into the importable rf_ray.cli, so dispatch through that one.
+    from rf_ray import cli as _registered
+
+    sys.exit(_registered.main())

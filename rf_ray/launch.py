@@ -133,15 +133,28 @@ def _chunk_plan(trainer_type: str, args: Any, train_rows: int, num_chunks: int) 
         ) from e
 
 
+class ClusterUnreachableError(ConnectionError):
+    """``RAY_ADDRESS`` names a cluster that does not answer."""
+
+
 def ensure_ray() -> bool:
-    """Connect to a running Ray cluster (``RAY_ADDRESS``, a Ray Job, ``ray start``) or start a
-    local one. Returns True when this call started it (so ``stop`` shuts it down)."""
+    """Connect to a running Ray cluster (``RAY_ADDRESS``, a Ray Job, ``ray start`` on this
+    machine) or start a local one. Returns True when this call started it (so ``stop`` shuts it
+    down). Token authentication (on by default in Ray 2.60) is left as Ray configures it: see
+    docs/ray.md."""
     import ray
 
     if ray.is_initialized():
         return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING)
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        _check_reachable(address)
+        ray.init(address=address, logging_level=logging.WARNING)
+        return False
+    from ray._private.services import find_bootstrap_address
+
+    if find_bootstrap_address(None):  # a head started with `ray start` on this machine
+        ray.init(address="auto", logging_level=logging.WARNING)
         return False
     ray.init(
         include_dashboard=False,
@@ -149,3 +162,20 @@ def ensure_ray() -> bool:
         logging_level=logging.WARNING,
     )
     return True
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast, naming the address, when nothing listens there (``ray.init`` would retry for
+    minutes). ``auto``, ``local`` and ``ray://`` addresses are left to Ray."""
+    import socket
+
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except (OSError, ValueError):
+        raise ClusterUnreachableError(
+            f"RAY_ADDRESS={address}: no Ray cluster is listening there; start one with "
+            "`ray start --head`, or unset RAY_ADDRESS to let rf-ray start a local cluster"
+        ) from None

@@ -82,8 +82,10 @@ class LoaderBatches:
             self._fast_forward(step)
         elif step % per_epoch == 0:
             self._start_epoch(step // per_epoch)
-        assert self.iterator is not None  # set by _start_epoch / _fast_forward
-        batches = [next(self.iterator) for _ in range(self.plan.microbatches_in_step(step))]
+        iterator = self.iterator
+        if iterator is None:  # unreachable: set by _start_epoch or _fast_forward
+            raise RuntimeError(f"GRPO batch source has no iterator at step {step}")
+        batches = [next(iterator) for _ in range(self.plan.microbatches_in_step(step))]
         self.next_step = step + 1
         return batches
 
@@ -100,17 +102,15 @@ class LoaderBatches:
         itself does on ``resume_from_checkpoint``). Such a run matches vanilla TRL in data
         order, not bit for bit.
         """
-        per_epoch = self.plan.steps_per_epoch
-        epoch, in_epoch = divmod(step, per_epoch)
+        epoch, in_epoch = divmod(step, self.plan.steps_per_epoch)
+        consumed = in_epoch * self.plan.grad_accum
         rng = torch.get_rng_state()  # the replay must not disturb the run's RNG stream
         for e in range(epoch + 1):
-            self._start_epoch(e)
-            if e < epoch:
-                for _ in self.iterator or ():
-                    pass
-        consumed = in_epoch * self.plan.grad_accum
-        for _ in range(consumed):
-            next(self.iterator)  # type: ignore[call-overload]
+            self.loader.set_epoch(e)
+            iterator = iter(self.loader)
+            for _ in range(self.plan.batches_per_epoch if e < epoch else consumed):
+                next(iterator)
+        self.iterator = iterator
         torch.set_rng_state(rng)
         self.trainer._step = epoch * self.plan.batches_per_epoch + consumed
         self.trainer._buffered_inputs = None
