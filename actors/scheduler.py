@@ -68,6 +68,9 @@ class SchedulerCore:
         self.max_slice_steps = max_slice_steps
         self.busy = [False] * num_executors
         self.runs: dict[int, RunRow] = {}
+        self.holds: set[str] = set()
+        """Tokens of drivers that may still add runs (a Tune search): the experiment stays open
+        while any is held, even with no live run."""
 
     # ------------------------------------------------------------------ run table
     def add_run(
@@ -96,6 +99,8 @@ class SchedulerCore:
         return {r.run_id: r.chunks_done for r in self.runs.values() if is_live(r.status)}
 
     def done(self) -> bool:
+        if self.holds:
+            return False
         return not any(is_live(r.status) or r.in_flight for r in self.runs.values())
 
     # ------------------------------------------------------------------ decisions
@@ -114,10 +119,9 @@ class SchedulerCore:
             for rid, chunks in live.items()
             if not self.runs[rid].in_flight and self.pruner.may_advance(rid, chunks, live)
         }
-        if next_run(candidates) != run_id:
+        executor = self._executor_for(run_id, free, candidates)
+        if executor is None:
             return None
-        # Stay on the executor that holds the adapter when it is free.
-        executor = row.executor if row.executor in free else free[0]
         _, chunk_end = row.plan.chunk_bounds(row.chunks_done)
         end = chunk_end
         if self.max_slice_steps:
@@ -127,6 +131,27 @@ class SchedulerCore:
         row.in_flight, row.executor = True, executor
         self.busy[executor] = True
         return Grant(run_id, executor, end, evaluate=self.has_eval and end == chunk_end)
+
+    def _executor_for(
+        self, run_id: int, free: list[int], candidates: dict[int, int]
+    ) -> int | None:
+        """The free executor on which ``run_id`` trains next, if any.
+
+        Each free executor, in turn, takes the least-progressed candidate among the runs it holds
+        (or that no executor holds yet). A run stays where its adapter and optimizer state live;
+        an executor that would otherwise idle takes a run whose own executor is busy: moving costs
+        one reload from the run's checkpoint, idling costs a whole slice.
+        """
+        pool = dict(candidates)
+        for executor in free:
+            own = {r: c for r, c in pool.items() if self.runs[r].executor in (None, executor)}
+            movable = {r: c for r, c in pool.items() if self.runs[r].executor not in free}
+            chosen = next_run(own) if own else next_run(movable)
+            if chosen == run_id:
+                return executor
+            if chosen is not None:
+                del pool[chosen]  # spoken for by this executor
+        return None
 
     def on_result(
         self,

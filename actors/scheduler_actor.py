@@ -257,12 +257,15 @@ class SchedulerActor:
         return run_id
 
     async def add_clone(self, entry: dict[str, Any]) -> dict[str, Any]:
-        """Add a cloned run (built and validated by the client) and start its trial."""
+        """Add a new run while the experiment runs (built and validated by the client) and start
+        its trial: a clone when ``entry["parent_run_id"]`` is set (a search algorithm's new
+        config otherwise)."""
         async with self.cond:
             self._check_open()
             run_id = int(entry["run_id"])
-            parent = self.core.row_for_op(int(entry["parent_run_id"]))
-            if entry.get("warm_start"):
+            parent_id = entry.get("parent_run_id")
+            parent = self.core.row_for_op(int(parent_id)) if parent_id is not None else None
+            if entry.get("warm_start") and parent is not None:
                 if parent.steps_done == 0 or not self.entries[parent.run_id].get("checkpoint"):
                     raise OpError(
                         f"run {parent.run_id} has no checkpoint yet to warm-start from; "
@@ -279,7 +282,7 @@ class SchedulerActor:
             plan = ChunkPlan.from_dict(entry["plan"])
             self.store.add_run(
                 run_id, entry["params"], RunStatus.PENDING.value, plan.total_steps,
-                plan.total_chunks, parent.run_id,
+                plan.total_chunks, parent_id,
             )  # fmt: skip
             if entry.get("steps_done"):
                 self.store.update_run(
@@ -309,10 +312,22 @@ class SchedulerActor:
         async with self.cond:
             await self.cond.wait_for(self.core.done)
             self.finished = True
-        outcomes = await asyncio.gather(
-            *(ref for _, _, ref in self.trials), return_exceptions=True
-        )
+        outcomes = await asyncio.gather(*(ref for _, _, ref in self.trials), return_exceptions=True)
         return [o if isinstance(o, dict) else {"error": repr(o)} for o in outcomes]
+
+    async def hold(self, token: str) -> None:
+        """Keep the experiment open under ``token`` (a driver that may still add runs) until
+        ``unhold(token)``, even when no run is live."""
+        async with self.cond:
+            self._check_open()
+            self.core.holds.add(token)
+
+    async def unhold(self, token: str) -> None:
+        """Drop the hold ``token`` (no-op if not held); the experiment ends once no run is live
+        and no hold is left."""
+        async with self.cond:
+            self.core.holds.discard(token)
+            self.cond.notify_all()
 
     async def snapshot(self) -> list[dict[str, Any]]:
         return self.core.snapshot()

@@ -122,6 +122,8 @@ class TrialActor:
     async def _train(self, grant: dict[str, Any]) -> dict[str, Any]:
         """Place the run on the granted executor if needed, then train the slice."""
         executor = self.executors[grant["executor"]]
+        if self.placed_on is not None and self.placed_on != grant["executor"]:
+            await self._evict()  # moving: the old executor's copy would go stale
         if self.placed_on != grant["executor"] or not await executor.has_run.remote(self.run_id):
             await executor.add_run.remote(self.spec_blob, self.checkpoint, self.token)
             self.placed_on = grant["executor"]

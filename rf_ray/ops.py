@@ -118,6 +118,39 @@ def clone_modify(
     return _unwrap(lambda: ray.get(scheduler.add_clone.remote(entry)))
 
 
+def add_runs(scheduler: Any, exp_dir: Path, runs: list[RunConfig]) -> list[int]:
+    """Add new concrete runs to a running experiment (e.g. a search algorithm's suggestions).
+    Each is validated here first; returns their run ids."""
+    import cloudpickle
+    import ray
+
+    from rf_ray.runner import entry_for
+
+    store = Store(exp_dir, readonly=True)
+    try:
+        meta = store.meta()
+    finally:
+        store.close()
+    ids = []
+    for run in runs:
+        new_id = _unwrap(lambda: ray.get(scheduler.reserve_run_id.remote()))
+        (spec,) = build_specs(
+            [run], exp_dir, train_rows=meta["train_rows"], num_chunks=meta["num_chunks"],
+            seed=meta["seed"], first_run_id=new_id,
+        )  # fmt: skip
+        blob = cloudpickle.dumps(spec)
+        run_dir = exp_dir / "runs" / str(new_id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "spec.cloudpickle").write_bytes(blob)
+        _unwrap(
+            lambda b=blob, s=spec: ray.get(
+                scheduler.add_clone.remote(entry_for(s, meta["name"], b))
+            )
+        )
+        ids.append(new_id)
+    return ids
+
+
 def _check_warm_start(parent: Any, clone: Any) -> None:
     """A warm start reuses the parent's tensors and data position: shapes and plan must match."""
     if parent.model_key != clone.model_key:

@@ -144,13 +144,7 @@ def _start_actors(
 
     started = ensure_ray()
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    if num_executors is None:
-        num_executors = max(gpus, 1)
-    if gpus and num_executors > gpus:
-        raise ConfigError(
-            f"num_executors={num_executors} but the Ray cluster has {gpus} GPU(s); "
-            f"use num_executors <= {gpus}"
-        )
+    num_executors = executor_count(num_executors)
     # The MLflow experiment is created here, once, before trials log to it concurrently.
     Tracker(tracking_uri, name)
     actor_name = scheduler_name(name)
@@ -186,10 +180,33 @@ def _start_actors(
     return scheduler, executors, started
 
 
-def start(plan: Plan, num_executors: int | None = None) -> Session:
-    """Persist the experiment, start its actors and its runs."""
+def executor_count(num_executors: int | None) -> int:
+    """One executor per GPU of the cluster (one on the CPU without GPUs); a request for more
+    GPUs than the cluster has is refused before anything starts."""
     import ray
 
+    if num_executors is not None and (
+        isinstance(num_executors, bool) or not isinstance(num_executors, int) or num_executors < 1
+    ):
+        raise ConfigError(f"num_executors must be None or an int >= 1, got {num_executors!r}")
+    ensure_ray()
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if num_executors is None:
+        return max(gpus, 1)
+    if num_executors > max(gpus, 1):
+        raise ConfigError(
+            f"num_executors={num_executors} but the Ray cluster has {gpus} GPU(s); use "
+            f"num_executors <= {max(gpus, 1)} (one executor per GPU, or one on the CPU)"
+        )
+    return num_executors
+
+
+def start(plan: Plan, num_executors: int | None = None, hold: str | None = None) -> Session:
+    """Persist the experiment, start its actors and its runs. ``hold``: a token that keeps the
+    experiment open, even with no live run, until ``scheduler.unhold(token)``."""
+    import ray
+
+    num_executors = executor_count(num_executors)  # checked before anything is written
     persist(plan)
     scheduler, executors, started = _start_actors(
         plan.name, plan.dir, plan.tracking_uri, plan.create_model_fn, plan.train, plan.eval,
@@ -197,6 +214,8 @@ def start(plan: Plan, num_executors: int | None = None) -> Session:
     )  # fmt: skip
     entries = [entry_for(s, plan.name) for s in plan.specs]
     ray.get(scheduler.add_runs.remote(entries))
+    if hold is not None:  # before wait_done, which would see an empty experiment as done
+        ray.get(scheduler.hold.remote(hold))
     session = Session(plan.name, plan.dir, scheduler, executors, started, time.perf_counter())
     session.params = {s.run_id: s.params for s in plan.specs}
     session.done_ref = scheduler.wait_done.remote()

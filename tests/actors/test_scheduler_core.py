@@ -102,3 +102,29 @@ def test_slices_are_bounded_in_optimizer_steps(max_slice_steps):
     steps = [b - a for a, b in zip([0, *ends], ends)]
     assert max(steps) <= max_slice_steps
     assert ends[-1] == 16
+
+
+def test_two_executors_both_work_and_runs_stay_where_their_adapter_lives():
+    core = _core(4, num_executors=2)
+    placed: dict[int, set[int]] = {rid: set() for rid in core.runs}
+    while not core.done():
+        grants = [g for rid in sorted(core.runs) if isinstance(g := core.grant_for(rid), Grant)]
+        assert len(grants) <= 2
+        assert len({g.executor for g in grants}) == len(grants)  # one slice per executor
+        for g in grants:
+            placed[g.run_id].add(g.executor)
+        for g in grants:
+            core.on_result(g.run_id, g.end_step, _step(1.0, g.end_step), None)
+    assert {e for es in placed.values() for e in es} == {0, 1}
+    assert all(len(es) == 1 for es in placed.values()), placed  # nobody moved
+
+
+def test_an_idle_executor_takes_a_run_whose_executor_is_busy():
+    core = _core(2, num_executors=2)
+    core.runs[1].executor = core.runs[2].executor = 0  # both adapters live on executor 0
+    first = core.grant_for(1)
+    assert isinstance(first, Grant)
+    assert first.executor == 0
+    second = core.grant_for(2)  # executor 0 is busy: executor 1 would idle, so run 2 moves
+    assert isinstance(second, Grant)
+    assert second.executor == 1
