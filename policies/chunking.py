@@ -165,6 +165,13 @@ class ChunkPlan:
         self._check_step(global_step)
         return global_step // self.steps_per_epoch
 
+    def microbatches_in_step(self, global_step: int) -> int:
+        """How many micro-batches optimizer step ``global_step`` accumulates (``g``, or fewer for
+        the last step of an epoch), for trainers that draw them from their own dataloader."""
+        self._check_step(global_step)
+        step = global_step % self.steps_per_epoch
+        return min((step + 1) * self.grad_accum, self.batches_per_epoch) - step * self.grad_accum
+
     def step_microbatches(self, global_step: int, seed: int) -> list[list[int]]:
         """The micro-batches of one optimizer step, each a list of original dataset indices."""
         self._check_step(global_step)
@@ -200,4 +207,38 @@ class ChunkPlan:
             )
 
 
-__all__ = ["ChunkPlan", "epoch_order"]
+def repeat_sampler_length(
+    num_prompts: int,
+    num_generations: int,
+    generation_batch_size: int,
+    repeat_count: int,
+) -> int:
+    """Samples per epoch of TRL's GRPO ``RepeatSampler`` (``trl/trainer/utils.py``, TRL 1.16).
+
+    GRPO's train dataloader yields *generation* batches: the sampler cuts the shuffled prompts
+    into groups of ``generation_batch_size // num_generations`` prompts, drops an incomplete last
+    group, and yields each prompt ``num_generations`` times and each group ``repeat_count``
+    (``num_iterations * steps_per_generation``) times::
+
+        len = (N // P) * P * num_generations * repeat_count,   P = generation_batch_size // G
+
+    With the dataloader's batch size ``generation_batch_size`` this is exactly
+    ``(N // P) * repeat_count`` batches, so a ``ChunkPlan(num_examples=len, batch_size=
+    generation_batch_size, ...)`` counts GRPO's micro-batches and optimizer steps as
+    ``Trainer.set_initial_training_values`` does.
+    """
+    check_int("num_prompts", num_prompts, minimum=0)
+    check_int("num_generations", num_generations, minimum=1)
+    check_int("generation_batch_size", generation_batch_size, minimum=1)
+    check_int("repeat_count", repeat_count, minimum=1)
+    prompts_per_batch = generation_batch_size // num_generations
+    if prompts_per_batch < 1 or generation_batch_size % num_generations:
+        raise ConfigError(
+            f"generation_batch_size={generation_batch_size} must be a multiple of "
+            f"num_generations={num_generations}"
+        )
+    groups = num_prompts // prompts_per_batch
+    return groups * prompts_per_batch * num_generations * repeat_count
+
+
+__all__ = ["ChunkPlan", "epoch_order", "repeat_sampler_length"]

@@ -99,8 +99,13 @@ class Experiment:
             raise ConfigError(
                 f"experiment {self.name!r} is already running in this process; wait() for it first"
             )
-        self._session = runner.start(plan, num_executors=num_executors)
+        # A source that adds runs while the experiment runs (rf_ray.tune.RFTuneSearch) names a
+        # hold token that keeps the experiment open, and starts its driver once the actors run.
+        hold = getattr(param_config, "hold_token", None)
+        self._session = runner.start(plan, num_executors=num_executors, hold=hold)
         self._differing, self._live_view = plan.differing, live_view
+        if hasattr(param_config, "start_driver"):
+            param_config.start_driver(self)
         if not blocking:
             return None
         return self.wait()
