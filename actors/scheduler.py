@@ -132,9 +132,7 @@ class SchedulerCore:
         self.busy[executor] = True
         return Grant(run_id, executor, end, evaluate=self.has_eval and end == chunk_end)
 
-    def _executor_for(
-        self, run_id: int, free: list[int], candidates: dict[int, int]
-    ) -> int | None:
+    def _executor_for(self, run_id: int, free: list[int], candidates: dict[int, int]) -> int | None:
         """The free executor on which ``run_id`` trains next, if any.
 
         Each free executor, in turn, takes the least-progressed candidate among the runs it holds

@@ -620,19 +620,13 @@ def build_trl_config(run: RunConfig, output_dir: str, use_cpu: bool) -> Any:
 
 
 def check_grpo(run: RunConfig, cls: type) -> None:
-    """GRPO needs reward functions, and whole prompt groups in each generation batch.
+    """GRPO needs whole prompt groups in each generation batch (reward_funcs: rf_ray.search).
 
     TRL's rule (``GRPOConfig.__post_init__``): ``generation_batch_size`` must be a multiple of
     ``num_generations``. Users rarely set ``generation_batch_size``; it defaults to
     ``per_device_train_batch_size x steps_per_generation`` (which defaults to
     ``gradient_accumulation_steps``), so the message spells that out with the run's numbers.
     """
-    if not run.reward_funcs:
-        raise ConfigError(
-            f"GRPO run ({describe(run)}) has no reward_funcs; pass "
-            "RFModelConfig(reward_funcs=[my_reward, ...]) with TRL's signature "
-            "f(prompts, completions, **columns) -> list[float]"
-        )
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     args = {**defaults, **run.training_args}
     generations, batch = args["num_generations"], args["per_device_train_batch_size"]

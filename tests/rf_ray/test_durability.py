@@ -57,9 +57,7 @@ def _statuses(exp: Experiment) -> dict[int, tuple[str, int]]:
 @pytest.fixture(scope="module")
 def reference(ray_cluster, tmp_path_factory):
     exp = Experiment("reference", experiment_path=tmp_path_factory.mktemp("ref"))
-    exp.run_fit(
-        _config(), train_dataset=sft_dataset(ROWS), pruner=SuccessiveHalving(eta=3), **FIT
-    )
+    exp.run_fit(_config(), train_dataset=sft_dataset(ROWS), pruner=SuccessiveHalving(eta=3), **FIT)
     exp.end()
     return exp
 

@@ -251,10 +251,17 @@ def test_export_loads_with_peft_and_equals_the_final_checkpoint(grid, tmp_path):
     assert not torch.allclose(exported_logits, base_logits), "the adapter changes nothing"
 
 
-def test_export_of_a_pruned_run_says_why_it_cannot(grid, tmp_path):
+def test_a_pruned_run_keeps_an_exportable_adapter(grid, tmp_path):
+    """A pruned run can be resumed or inspected: its adapter as it stood is exported too."""
     pruned = int(grid.info.loc[grid.info["status"] == "pruned", "run_id"].iloc[0])
-    with pytest.raises(ConfigError, match=f"run {pruned}"):
-        grid.exp.export(pruned, tmp_path / "nope")
+    path = grid.exp.export(pruned, tmp_path / "pruned")
+    config = json.loads((path / "adapter_config.json").read_text())
+    assert config["r"] == grid.info.set_index("run_id").loc[pruned, "config"]["lora.r"]
+
+
+def test_export_of_an_unknown_run_says_why_it_cannot(grid, tmp_path):
+    with pytest.raises(ConfigError, match="run 99"):
+        grid.exp.export(99, tmp_path / "nope")
     assert not (tmp_path / "nope").exists()
 
 
