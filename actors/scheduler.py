@@ -269,6 +269,7 @@ class SchedulerCore:
                 "total_chunks": r.plan.total_chunks,
                 "steps_done": r.steps_done,
                 "total_steps": r.plan.total_steps,
+                "in_flight": r.in_flight,
                 "last_metric": r.last_metric,
                 "best_metric": r.best_metric,
                 "pruned_at": r.pruned_at,
