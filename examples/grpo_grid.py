@@ -1,6 +1,7 @@
 """GRPO on the shared base model: 3 learning rates trained as LoRA adapters on one resident tiny
-Llama, with TRL's GRPOTrainer generating completions for small sums and scoring them with
-``rf_ray.toy.arithmetic_reward`` (1.0 for the right sum, 0.1 for another integer, else 0).
+Llama. TRL's GRPOTrainer generates 8 completions per prompt with each run's own adapter active,
+for a small task (reverse three letters), scored by ``rf_ray.toy.order_reward`` (the fraction of
+letters in the right place).
 
 Runs are compared after every chunk on their mean reward (GRPO's default metric, higher is
 better) and pruned with successive halving. It runs offline on the embedded toy model in a few
@@ -8,12 +9,11 @@ minutes on 2 CPU cores:
 
     python examples/grpo_grid.py
 
-It prints the leaderboard and every run's mean reward per chunk. Be warned what the toy can
-show: its model was pretrained on *scrambled* sums, so it starts near 0.10 (an integer, rarely
-the right one) and GRPO only learns from groups in which some completion is right. In the budget
-of this example rewards rise only a little, to about 0.13-0.17 per chunk, and the chunk-to-chunk
-noise is of the same size as the differences between learning rates: this example shows the
-machinery (shared base, generation per adapter, reward-based pruning), not a solved task.
+It prints the leaderboard and every run's mean reward per chunk. The toy base model answers with
+the right letters in scrambled order, so GRPO has a dense signal: at a good learning rate
+(3e-3) the mean reward climbs from about 0.3 to about 0.8 in one epoch, while 3e-2 collapses and
+3e-4 barely moves. The arithmetic task (``grpo_dataset`` + ``arithmetic_reward``) is also
+shipped; it is much harder for this toy.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rf_ray import Experiment, List, RFGridSearch, RFGRPOConfig, RFModelConfig, SuccessiveHalving
-from rf_ray.toy import TOY_MODEL_NAME, arithmetic_reward, grpo_dataset
+from rf_ray.toy import TOY_MODEL_NAME, grpo_reverse_dataset, order_reward
 
 
 def make_config_group(num_train_epochs: float) -> RFGridSearch:
@@ -33,17 +33,17 @@ def make_config_group(num_train_epochs: float) -> RFGridSearch:
     return RFGridSearch(
         RFModelConfig(
             model_name=TOY_MODEL_NAME,
-            reward_funcs=[arithmetic_reward],
+            reward_funcs=[order_reward],
             training_args=RFGRPOConfig(
-                learning_rate=List([1e-1, 3e-2, 3e-3]),
+                learning_rate=List([3e-2, 3e-3, 3e-4]),
                 lora_rank=8,
                 lora_alpha=16,
                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                # 16 completions per prompt make a right sum likely in a group; 2 prompts per
-                # optimizer step. max_completion_length covers a sum and the end token.
-                num_generations=16,
+                # 8 completions per prompt, 4 prompts per optimizer step; max_completion_length
+                # covers three letters and the end token.
+                num_generations=8,
                 per_device_train_batch_size=32,
-                max_completion_length=3,
+                max_completion_length=4,
                 lr_scheduler_type="constant",
                 num_train_epochs=num_train_epochs,
             ),
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--name", default="grpo-grid", help="experiment name")
     parser.add_argument("--path", default=None, help="experiments root (default ./rf_experiments)")
     parser.add_argument("--prompts", type=int, default=256)
-    parser.add_argument("--epochs", type=float, default=3)
+    parser.add_argument("--epochs", type=float, default=1)
     parser.add_argument("--num-chunks", type=int, default=4, help="chunks per epoch")
     parser.add_argument("--no-live", action="store_true", help="no live terminal view")
     args = parser.parse_args()
@@ -66,10 +66,10 @@ def main() -> None:
     try:
         exp.run_fit(
             make_config_group(args.epochs),
-            train_dataset=grpo_dataset(args.prompts, seed=0),
+            train_dataset=grpo_reverse_dataset(args.prompts, seed=0),
             num_chunks=args.num_chunks,
             seed=42,
-            pruner=SuccessiveHalving(eta=2, min_chunks=4),  # metric: mean reward, mode max
+            pruner=SuccessiveHalving(eta=2, min_chunks=2),  # metric: mean reward, mode max
             live_view=not args.no_live,
         )
         info = exp.get_runs_info()

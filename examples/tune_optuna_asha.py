@@ -61,7 +61,6 @@ def main() -> None:
         results = tuner.fit()
     finally:
         info = shared.close()  # prunes what is left, ends the experiment, waits for it
-    assert info is not None
     best = results.get_best_result()
     print("best config:", best.config, "eval_loss:", best.metrics["eval_loss"])
     print(info[["run_id", "status", "chunks_done", "best_metric"]].to_string(index=False))

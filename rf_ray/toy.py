@@ -47,7 +47,9 @@ __all__ = [
     "dpo_dataset",
     "format_reward",
     "grpo_dataset",
+    "grpo_reverse_dataset",
     "load_toy_model",
+    "order_reward",
     "sft_conversational_dataset",
     "sft_dataset",
     "sft_eval_dataset",
@@ -317,6 +319,25 @@ def grpo_dataset(n: int = 128, seed: int = 0) -> Any:
     )
 
 
+def grpo_reverse_dataset(n: int = 256, seed: int = 0, length: int = 3) -> Any:
+    """Reverse ``length`` letters, for GRPO: ``prompt`` (``"reverse: q x b ="``) and ``answer``
+    (``"b x q"``), to be scored by :func:`order_reward`.
+
+    The base model was pretrained on scrambled answers, so it already answers with the right
+    letters in some order: GRPO has a dense signal to sharpen, and rewards visibly rise for a good
+    learning rate within a few minutes on a CPU (about 0.3 -> 0.8 in 64 steps at lr 3e-3).
+    """
+    _check("grpo_reverse_dataset", n, seed)
+    rng = random.Random(f"rf-ray-toy/{seed}/grpo-reverse/{length}")
+    prompts, answers = [], []
+    while len(prompts) < n:
+        args = rng.sample(LETTERS, length)
+        if not _is_eval("reverse", args):
+            prompts.append(_prompt("reverse", args))
+            answers.append(" ".join(args[::-1]))
+    return _dataset({"prompt": prompts, "answer": answers})
+
+
 # --- rewards (TRL reward-function signature) ---------------------------------------------------
 
 _INT = re.compile(r"-?\d+")
@@ -344,6 +365,19 @@ def arithmetic_reward(
             rewards.append(0.1)
         else:
             rewards.append(0.0)
+    return rewards
+
+
+def order_reward(
+    prompts: list[Any], completions: list[Any], answer: list[str], **kwargs: Any
+) -> list[float]:
+    """The fraction of answer positions the completion gets right, in order (0.0 to 1.0); extra
+    or missing words count against it."""
+    rewards = []
+    for completion, expected in zip(completions, answer):
+        got, want = _text(completion).split(), str(expected).split()
+        hits = sum(1 for g, w in zip(got, want) if g == w)
+        rewards.append(hits / max(len(got), len(want), 1))
     return rewards
 
 

@@ -395,17 +395,22 @@ class SharedExperiment:
         wrapped.shared = self  # type: ignore[attr-defined]
         return wrapped
 
-    def close(self, wait: bool = True) -> pd.DataFrame | None:
-        """Prune runs whose trials are gone, drop the hold and (``wait``) wait for the end."""
-        if not self.closed:
-            scheduler = self.experiment._scheduler()
-            runs, _ = _read_store(self.experiment.dir)
-            for run_id, row in runs.items():
-                if is_live(RunStatus(row["status"])):
-                    _end_run(scheduler, run_id)
-            _release(scheduler, self.token)
-            self.closed = True
-        return self.experiment.wait() if wait else None
+    def close(self, end: bool = True) -> pd.DataFrame:
+        """After ``Tuner.fit``: prune runs still live (their trials are gone), drop the hold,
+        wait for the experiment to end and (``end``) release its actors; return runs info."""
+        try:
+            if not self.closed:
+                scheduler = self.experiment._scheduler()
+                runs, _ = _read_store(self.experiment.dir)
+                for run_id, row in runs.items():
+                    if is_live(RunStatus(row["status"])):
+                        _end_run(scheduler, run_id)
+                _release(scheduler, self.token)
+                self.closed = True
+            return self.experiment.wait()
+        finally:
+            if end:
+                self.experiment.end()
 
 
 class PruneStoppedTrials(Callback):
@@ -473,8 +478,9 @@ def _make_trial_fn(name: str, exp_dir: str, base: RunConfig) -> Callable[[dict[s
                 if not mine:
                     time.sleep(POLL_SECONDS)
         finally:
-            # Reached when the function returns or raises; a trial Tune stops is killed
-            # instead, and the driver's callback prunes its run.
+            # Reached when the function returns or raises, and when Tune stops the trial
+            # gracefully (SystemExit at its next report); if Tune kills the process first,
+            # the driver's callback (or close()) prunes the run.
             _end_run(scheduler, run_id)
 
     return rf_ray_trial
@@ -551,7 +557,7 @@ def trainable(
         try:
             shared.check(param_space)
         except Exception:
-            shared.close(wait=True)
+            shared.close()
             raise
     return shared.trainable()
 
