@@ -329,7 +329,8 @@ def grpo_reverse_dataset(n: int = 256, seed: int = 0, length: int = 3) -> Any:
     """
     _check("grpo_reverse_dataset", n, seed)
     rng = random.Random(f"rf-ray-toy/{seed}/grpo-reverse/{length}")
-    prompts, answers = [], []
+    prompts: list[str] = []
+    answers: list[str] = []
     while len(prompts) < n:
         args = rng.sample(LETTERS, length)
         if not _is_eval("reverse", args):
