@@ -19,7 +19,6 @@ import pytest
 from rf_ray import Experiment, List, RFModelConfig, RFSFTConfig, SuccessiveHalving
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
 
-pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -58,6 +57,7 @@ TWO_GPUS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_executors_share_the_work_and_match_one(ray_cluster, tmp_path):
     one = Experiment("one", experiment_path=tmp_path)
     one.run_fit(config(), train_dataset=sft_dataset(32), **FIT)
@@ -84,3 +84,13 @@ def test_two_executors_share_the_work_and_match_one(ray_cluster, tmp_path):
     assert a.equals(b), f"{a}\n{b}"
     ra, rb = one.get_results(), two.get_results()
     assert ra[["run_id", "step", "loss"]].equals(rb[["run_id", "step", "loss"]])
+
+
+@pytest.mark.parametrize("num_executors", [2, 0])
+def test_more_executors_than_gpus_is_refused_before_anything_is_written(
+    ray_cluster, tmp_path, num_executors
+):
+    exp = Experiment("too-many", experiment_path=tmp_path)
+    with pytest.raises(ValueError, match=f"num_executors.*{num_executors}"):
+        exp.run_fit(config(), train_dataset=sft_dataset(32), num_executors=num_executors, **FIT)
+    assert not (tmp_path / "too-many").exists()
