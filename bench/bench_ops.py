@@ -53,26 +53,30 @@ def measure(max_slice_steps: int | None, rows: int, ops: int, root: Path) -> dic
     scheduler = exp._session.scheduler
     rng = random.Random(0)
     latencies: list[float] = []
-    for _ in range(ops):
-        time.sleep(rng.uniform(0.2, 1.0))
+    while len(latencies) < ops:
         snap = ray.get(scheduler.snapshot.remote())
+        if not any(r["status"] in ("pending", "running") for r in snap):
+            break  # every run finished
         flying = [r["run_id"] for r in snap if r["in_flight"] and r["status"] == "running"]
         if not flying:
+            time.sleep(0.01)  # trials still starting, or between slices
             continue
-        run_id = flying[0]
+        run_id = rng.choice(flying)
         start = time.perf_counter()
         try:
             exp.stop(run_id)
         except OpError:  # it completed meanwhile
             continue
-        while any(r["run_id"] == run_id and r["in_flight"] for r in
-                  ray.get(scheduler.snapshot.remote())):  # fmt: skip
-            time.sleep(0.005)
+        while any(
+            r["run_id"] == run_id and r["in_flight"] for r in ray.get(scheduler.snapshot.remote())
+        ):
+            time.sleep(0.002)
         latencies.append(time.perf_counter() - start)
         try:
             exp.resume(run_id)
         except OpError:
             break  # the experiment ended: every other run finished meanwhile
+        time.sleep(rng.uniform(0.05, 0.3))
     exp.wait()
     slices = exp.get_chunk_results()["slice_seconds"].tolist()
     exp.end()
@@ -95,9 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_ray()
     with tempfile.TemporaryDirectory() as tmp:
         results = [measure(b, rows, ops, Path(tmp)) for b in bounds]
-    print(
-        "| max_slice_steps | ops | latency p50 (s) | latency max (s) | slice at chunk end p50 (s) |"
-    )
+    print("| max_slice_steps | ops | latency p50 (s) | latency max (s) | chunk-end slice p50 (s) |")
     print("|---|---|---|---|---|")
     for r in results:
         cells = [r["max_slice_steps"] or "chunk", r["ops"], r["latency_p50_s"],
