@@ -34,6 +34,7 @@ from typing import Any
 
 from actors.store import Store
 from policies.errors import ConfigError, OpError
+from rf_ray.config import differing_keys
 from rf_ray.experiment import DEFAULT_ROOT
 
 MLFLOW_DB = "mlflow.db"
@@ -130,11 +131,7 @@ def read_experiment(exp_dir: Path) -> dict[str, Any]:
 
 def differing_knobs(runs: list[dict[str, Any]]) -> list[str]:
     """Keys of the runs' flat ``params`` whose values differ across runs (missing differs)."""
-    if len(runs) < 2:
-        return []
-    missing = object()
-    keys = list(dict.fromkeys(k for r in runs for k in r["params"]))
-    return [k for k in keys if len({repr(r["params"].get(k, missing)) for r in runs}) > 1]
+    return differing_keys([r["params"] for r in runs]) if len(runs) > 1 else []
 
 
 # --------------------------------------------------------------------------- status

@@ -578,11 +578,16 @@ class RunConfig:
 _MISSING = object()
 
 
-def differing_params(configs: Sequence[RunConfig]) -> list[str]:
-    """Keys of ``flat_params`` whose values differ across ``configs`` (a missing key differs)."""
-    flats = [c.flat_params() for c in configs]
+def differing_keys(flats: Sequence[dict[str, Any]]) -> list[str]:
+    """Keys whose values differ across flat param dicts (a missing key differs), in first-seen
+    order; for the leaderboard, ``rf-ray status`` and MLflow comparisons."""
     keys = list(dict.fromkeys(k for f in flats for k in f))
     return [k for k in keys if len({repr(f.get(k, _MISSING)) for f in flats}) > 1]
+
+
+def differing_params(configs: Sequence[RunConfig]) -> list[str]:
+    """Keys of ``flat_params`` whose values differ across ``configs`` (a missing key differs)."""
+    return differing_keys([c.flat_params() for c in configs])
 
 
 def describe(run: RunConfig) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from actors.tracking import default_tracking_uri
 from policies.errors import ConfigError, ExperimentExistsError
 from policies.pruning import Pruner, SuccessiveHalving
 from rf_ray import launch, ops, runner
-from rf_ray.config import RFModelConfig, RunConfig, differing_params
+from rf_ray.config import RFModelConfig, RunConfig, differing_keys, differing_params
 from rf_ray.data import check_columns, to_dataset
 from rf_ray.search import ConfigGroup, RFGridSearch
 
@@ -143,7 +142,7 @@ class Experiment:
             raise ConfigError(f"experiment {self.name!r} is running in this process")
         self._session = runner.resume(self.dir)
         self._live_view = live_view
-        self._differing = [k for k in _differing(self._session.params)]
+        self._differing = differing_keys(list(self._session.params.values()))
         return self.wait() if blocking else None
 
     def delete(self, run_id: int) -> dict[str, Any]:
@@ -343,11 +342,6 @@ def _as_group(param_config: Any) -> ConfigGroup:
     )
 
 
-def _differing(params: dict[int, dict[str, Any]]) -> list[str]:
-    keys = sorted({k for p in params.values() for k in p})
-    return [k for k in keys if len({str(p.get(k)) for p in params.values()}) > 1]
-
-
 def default_metric(runs: list[RunConfig], has_eval: bool) -> tuple[str, str]:
     """The pruning metric when the user names none: eval_loss, else the chunk's train loss;
     GRPO runs compare mean reward (higher is better)."""
@@ -388,5 +382,3 @@ def _stored_mode(exp: Experiment) -> str:
 
 
 __all__ = ["Experiment"]
-
-_ = time  # re-exported for tests that patch time
