@@ -29,11 +29,30 @@ from typing import Any
 
 import torch
 
-from actors import algorithms
+from actors import algorithms, fused
 from actors.spec import RunSpec
 from policies.errors import RunFailedError
 
 logger = logging.getLogger(__name__)
+
+
+class _FusedPassError(Exception):
+    """A fused pass stopped part-way; ``cursors`` say how far each run got."""
+
+    def __init__(self, cursors: list[fused.Cursor]) -> None:
+        super().__init__("fused pass failed")
+        self.cursors = cursors
+
+
+def _step_metrics(
+    trainer: Any, step: int, loss: float, learning_rate: float, grad_norm: Any
+) -> dict[str, float]:
+    """One optimizer step's metrics, as ``Trainer`` logs them with ``logging_steps=1``."""
+    out = {"step": float(step + 1), "loss": loss, "learning_rate": float(learning_rate)}
+    if grad_norm is not None:
+        out["grad_norm"] = float(grad_norm)
+    out.update(algorithms.drain_train_metrics(trainer))
+    return out
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
@@ -106,6 +125,8 @@ class SliceResult:
     started_at: float
     """Wall-clock (``time.time()``) start and end of the slice, for timelines."""
     ended_at: float
+    fused_with: int = 1
+    """How many runs shared the pass that trained this slice (1: time-sliced)."""
 
 
 class Executor:
@@ -130,6 +151,9 @@ class Executor:
         self.swap_seconds: list[float] = []
         self._active: int | None = None
         self.busy_seconds = 0.0
+        self.fusion_stats: dict[str, float] = dict.fromkeys(
+            ("slices", "runs", "train_seconds", "fallbacks", "oom"), 0
+        )
 
     # ------------------------------------------------------------------ bases and adapters
     def _base(self, spec: RunSpec) -> BaseEntry:
@@ -330,11 +354,176 @@ class Executor:
         trainer.state.global_step += 1
         record.steps_done = step + 1
         tokens = tokens or int(trainer.state.num_input_tokens_seen - tokens_seen)
-        out = {"step": float(step + 1), "loss": loss_value, "learning_rate": float(learning_rate)}
-        if grad_norm is not None:
-            out["grad_norm"] = float(grad_norm)
-        out.update(algorithms.drain_train_metrics(trainer))
-        return out, tokens
+        return _step_metrics(trainer, step, loss_value, learning_rate, grad_norm), tokens
+
+    # ------------------------------------------------------------------ fused slices
+    def fusable(self, run_id: int) -> str | None:
+        """``None`` if the run can share a fused pass, else why not (see ``actors.fused``)."""
+        record = self.registry[run_id]
+        return fused.fusable(record, self.bases[record.spec.model_key].model)
+
+    def run_fused(
+        self, grants: list[tuple[int, int, bool]]
+    ) -> dict[int, SliceResult | BaseException]:
+        """Train several runs' slices ``(run_id, end_step, evaluate)`` in one pass over their
+        shared base model (``actors.fused``). Returns each run's ``SliceResult``, or the exception
+        that failed it: one run's failure never fails the others.
+
+        Runs that cannot be fused are time-sliced after the fused group; so is the rest of the
+        group when its fused pass cannot be built (``NotFusableError``) or fails (e.g. out of
+        memory): the steps it finished stand, and nothing is lost but the interrupted step.
+        """
+        outcomes: dict[int, SliceResult | BaseException] = {}
+        ends = {run_id: (end, evaluate) for run_id, end, evaluate in grants}
+        group = [r for r in ends if self.fusable(r) is None]
+        if len(group) < 2 or len({self.registry[r].spec.model_key for r in group}) > 1:
+            group = []
+        done_early: dict[int, fused.Cursor] = {}
+        if group:
+            try:
+                outcomes.update(self._fused_slice(group, ends))
+            except _FusedPassError as failed:
+                cause = failed.__cause__
+                logger.warning("fused slice of runs %s fell back to time-slicing: %r", group, cause)
+                self.fusion_stats["fallbacks"] += 1
+                if isinstance(cause, torch.OutOfMemoryError):
+                    self.fusion_stats["oom"] += 1
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                done_early = {c.record.spec.run_id: c for c in failed.cursors}
+        for run_id, (end, evaluate) in ends.items():
+            if run_id in outcomes:
+                continue
+            try:
+                result = self.run_slice(run_id, end, evaluate=evaluate)
+            except Exception as exc:
+                outcomes[run_id] = exc
+                continue
+            early = done_early.get(run_id)
+            if early is not None and early.metrics:  # the steps its fused pass finished
+                result.start_step = early.first_step
+                result.step_metrics = early.metrics + result.step_metrics
+                result.tokens += early.total_tokens
+            outcomes[run_id] = result
+        return outcomes
+
+    def _fused_slice(
+        self, run_ids: list[int], ends: dict[int, tuple[int, bool]]
+    ) -> dict[int, SliceResult | BaseException]:
+        records = [self.registry[r] for r in run_ids]
+        entry = self.bases[records[0].spec.model_key]
+        model = entry.model
+        started_at = time.time()
+        start = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        cursors = [self._cursor(r, ends[r.spec.run_id][0], model) for r in records]
+        self._active = None  # the next time-sliced slice re-selects its adapter
+        model.train()
+        pad_id = entry.tokenizer.pad_token_id or 0
+        try:
+            with self._autocast():
+                while live := [c for c in cursors if not c.done]:
+                    for c in live:
+                        if not c.batches:
+                            fused.start_step(c)
+                    fused.fused_micro_step(model, live, pad_id)
+                    for c in live:
+                        if c.error is not None:
+                            for p in c.params:
+                                p.grad = None
+                            continue
+                        c.micro += 1
+                        if c.micro == len(c.batches):
+                            self._fused_optimizer_step(c)
+        except Exception as exc:
+            # Finished steps stand (their state is consistent); a half-accumulated window is
+            # dropped and its step re-run time-sliced from the run's own step count.
+            model.zero_grad(set_to_none=True)
+            for c in cursors:
+                algorithms.drain_train_metrics(c.record.trainer)
+            raise _FusedPassError(cursors) from exc
+        finally:
+            for c in cursors:
+                self._keep_rng(c)
+        train_seconds = time.perf_counter() - start
+        self.fusion_stats["slices"] += 1
+        self.fusion_stats["runs"] += len(cursors)
+        self.fusion_stats["train_seconds"] += train_seconds
+        memory = memory_figures(self.device)
+        outcomes: dict[int, SliceResult | BaseException] = {}
+        for c in cursors:
+            run_id = c.record.spec.run_id
+            if c.error is not None:
+                outcomes[run_id] = c.error
+                continue
+            evaluate = ends[run_id][1]
+            outcomes[run_id] = SliceResult(
+                run_id=run_id,
+                start_step=c.first_step,
+                end_step=c.end_step,
+                step_metrics=c.metrics,
+                eval_metrics=self.evaluate(run_id) if evaluate else None,
+                seconds=time.perf_counter() - start,
+                train_seconds=train_seconds,
+                swap_seconds=0.0,
+                tokens=c.total_tokens,
+                memory=memory,
+                started_at=started_at,
+                ended_at=time.time(),
+                fused_with=len(cursors),
+            )
+        self.busy_seconds += time.perf_counter() - start
+        return outcomes
+
+    def _cursor(self, record: AdapterRecord, end_step: int, model: Any) -> fused.Cursor:
+        """A run's place in a fused slice, with its RNG streams and its own parameters."""
+        generator = torch.Generator()
+        generator.set_state(record.rng_state)
+        device_generator = generator
+        if record.cuda_rng_state is not None:
+            device_generator = torch.Generator(device=self.device)
+            device_generator.set_state(record.cuda_rng_state)
+        params = fused.run_params(model, record.trainer)
+        return fused.Cursor(
+            record=record,
+            end_step=end_step,
+            generator=generator,
+            device_generator=device_generator,
+            params=params,
+            step=record.steps_done,
+            first_step=record.steps_done,
+        )
+
+    @staticmethod
+    def _keep_rng(cursor: fused.Cursor) -> None:
+        cursor.record.rng_state = cursor.generator.get_state()
+        if cursor.record.cuda_rng_state is not None:
+            cursor.record.cuda_rng_state = cursor.device_generator.get_state()
+
+    def _fused_optimizer_step(self, c: fused.Cursor) -> None:
+        """Close a run's accumulation window: clip its own gradients, step its own optimizer and
+        schedule, clear its own gradients (other runs may be mid-window)."""
+        trainer = c.record.trainer
+        assert c.loss is not None
+        loss_value = float(c.loss)
+        trainer.accelerator.gradient_state._set_sync_gradients(True)
+        max_norm = trainer.args.max_grad_norm
+        grad_norm = trainer.accelerator.clip_grad_norm_(
+            c.params, max_norm if max_norm and max_norm > 0 else float("inf")
+        )
+        trainer.optimizer.step()
+        learning_rate = trainer._get_learning_rate()
+        trainer.lr_scheduler.step()
+        for p in c.params:
+            p.grad = None
+        trainer.state.global_step += 1
+        tokens = c.tokens or int(trainer.state.num_input_tokens_seen - c.tokens_seen)
+        c.metrics.append(_step_metrics(trainer, c.step, loss_value, learning_rate, grad_norm))
+        c.total_tokens += tokens
+        c.step += 1
+        c.record.steps_done = c.step
+        c.batches = []
 
     def evaluate(self, run_id: int) -> dict[str, float] | None:
         """Evaluate the run on the eval set (its trainer's own ``evaluate``)."""
@@ -366,6 +555,7 @@ class Executor:
             "runs": sorted(self.registry),
             "swap_seconds": list(self.swap_seconds),
             "busy_seconds": self.busy_seconds,
+            "fusion": dict(self.fusion_stats),
             "device": str(self.device),
             "memory": memory_figures(self.device),
             "parameters": self.resident_parameter_count(),
