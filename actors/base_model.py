@@ -3,20 +3,42 @@
 Each method hands its request to the executor and returns plain data. Run specs arrive as
 cloudpickled bytes and are unpacked here, so the trial actors that forward them never import
 torch or TRL.
+
+The actor is async so that it can gather a fused group: the scheduler grants a group of runs one
+pass together, each run's trial calls ``run_slice`` with the group, and the call that completes
+the group trains all of them in one fused pass (``Executor.run_fused``); the others await its
+outcome. Tensor work runs on one worker thread, one request at a time, so the executor is never
+entered concurrently and the event loop stays free to gather groups.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from actors import checkpoint
-from actors.executor import Executor
+from actors.executor import Executor, SliceResult
 
 logger = logging.getLogger(__name__)
+
+GROUP_WAIT_SECONDS = 30.0
+"""How long the first member of a fused group waits for the others. A member whose trial does not
+come in time (it died, or is being re-placed slowly) trains on its own when it does come."""
+
+
+@dataclasses.dataclass
+class _Gathering:
+    """A fused group being gathered: its members, those that have called in, and its outcome."""
+
+    key: tuple[int, ...]
+    outcome: asyncio.Future[dict[int, Any]]
+    arrived: dict[int, tuple[int, bool, str]] = dataclasses.field(default_factory=dict)
 
 
 class BaseModelActor:
@@ -44,11 +66,18 @@ class BaseModelActor:
                 eval_dataset = datasets.load_from_disk(eval_dataset)
         self.executor = Executor(create_model_fn, train_dataset, eval_dataset, device=device)
         self.owners: dict[int, str | None] = {}
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="executor")
+        self._groups: dict[tuple[int, ...], _Gathering] = {}
+        """Fused groups still gathering their members, by sorted member ids."""
 
-    def ready(self) -> dict[str, Any]:
+    async def _work(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` on the executor's worker thread (requests queue there, in order)."""
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    async def ready(self) -> dict[str, Any]:
         return {"device": str(self.executor.device), "pid": os.getpid()}
 
-    def add_run(
+    async def add_run(
         self, spec_blob: bytes, checkpoint_path: str | None = None, owner: str | None = None
     ) -> None:
         """Register a run (restored from ``checkpoint_path`` if given) for trial ``owner``.
@@ -56,21 +85,101 @@ class BaseModelActor:
         A run already resident just changes owner: a resumed run's new trial may arrive before
         the old trial has finished cleaning up, and the old one must not evict it then.
         """
+        run_id = await self._work(self._add_run, spec_blob, checkpoint_path)
+        self.owners[run_id] = owner
+
+    def _add_run(self, spec_blob: bytes, checkpoint_path: str | None) -> int:
         import cloudpickle
 
         spec = cloudpickle.loads(spec_blob)
         if spec.run_id not in self.executor.registry:
             state = checkpoint.load(checkpoint_path) if checkpoint_path else None
             self.executor.add_run(spec, state)
-        self.owners[spec.run_id] = owner
+        return int(spec.run_id)
 
-    def has_run(self, run_id: int) -> bool:
+    async def has_run(self, run_id: int) -> bool:
         return run_id in self.executor.registry
 
-    def run_slice(self, run_id: int, end_step: int, evaluate: bool, run_dir: str) -> dict[str, Any]:
-        """Train one slice, then write the run's durable checkpoint; return the outcome."""
+    async def run_slice(
+        self,
+        run_id: int,
+        end_step: int,
+        evaluate: bool,
+        run_dir: str,
+        group: list[int] | None = None,
+    ) -> dict[str, Any]:
+        """Train one slice, then write the run's durable checkpoint; return the outcome.
+
+        With a ``group`` of several runs (a fused grant), the call waits for the group's other
+        members and they train together in one pass; each call returns its own run's outcome
+        and raises its own run's error.
+        """
+        gathering = self._groups.get(tuple(sorted(group or ())))
+        if gathering is None and group and len(group) > 1:
+            gathering = self._gather(tuple(sorted(group)))
+        if gathering is None or run_id in gathering.arrived:
+            # Time-sliced; or a member too late for its group, or a retried call: on its own.
+            return await self._work(self._solo, run_id, end_step, evaluate, run_dir)
+        gathering.arrived[run_id] = (end_step, evaluate, run_dir)
+        if set(gathering.arrived) == set(gathering.key):
+            self._launch(gathering)
+        outcome = (await asyncio.shield(gathering.outcome))[run_id]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def _gather(self, key: tuple[int, ...]) -> _Gathering:
+        """Start gathering a fused group; it trains when complete, or after the wait."""
+        loop = asyncio.get_running_loop()
+        gathering = _Gathering(key=key, outcome=loop.create_future())
+        self._groups[key] = gathering
+        loop.call_later(GROUP_WAIT_SECONDS, self._launch, gathering)
+        return gathering
+
+    def _launch(self, gathering: _Gathering) -> None:
+        """Train the members that have arrived (all of them, or those in time)."""
+        if self._groups.get(gathering.key) is not gathering:
+            return  # already launched
+        del self._groups[gathering.key]
+        missing = sorted(set(gathering.key) - set(gathering.arrived))
+        if missing:
+            logger.warning("fused group %s: runs %s did not come in time", gathering.key, missing)
+        task = asyncio.ensure_future(self._work(self._fused, dict(gathering.arrived)))
+        future = gathering.outcome
+
+        def _done(t: asyncio.Future[dict[int, Any]]) -> None:
+            if t.cancelled():
+                future.cancel()
+            elif t.exception() is not None:
+                future.set_exception(t.exception())  # type: ignore[arg-type]
+            else:
+                future.set_result(t.result())
+
+        task.add_done_callback(_done)
+
+    def _solo(self, run_id: int, end_step: int, evaluate: bool, run_dir: str) -> dict[str, Any]:
         result = self.executor.run_slice(run_id, end_step, evaluate=evaluate)
-        record = self.executor.registry[run_id]
+        return self._checkpointed(result, run_dir)
+
+    def _fused(self, arrived: dict[int, tuple[int, bool, str]]) -> dict[int, Any]:
+        oom_before = self.executor.fusion_stats["oom"]
+        grants = [(rid, end, evaluate) for rid, (end, evaluate, _) in sorted(arrived.items())]
+        outcomes: dict[int, Any] = {}
+        for run_id, result in self.executor.run_fused(grants).items():
+            if isinstance(result, BaseException):
+                outcomes[run_id] = result
+                continue
+            try:
+                outcomes[run_id] = self._checkpointed(result, arrived[run_id][2])
+            except Exception as exc:  # e.g. a full disk: this run's slice is not durable
+                outcomes[run_id] = exc
+            if self.executor.fusion_stats["oom"] > oom_before:
+                outcomes[run_id]["fusion_oom_tokens"] = self.executor.last_oom_tokens
+        return outcomes
+
+    def _checkpointed(self, result: SliceResult, run_dir: str) -> dict[str, Any]:
+        """Write the run's durable checkpoint after its slice; the outcome as plain data."""
+        record = self.executor.registry[result.run_id]
         state = checkpoint.capture(record, self.executor.bases[record.spec.model_key].model)
         # Keep the previous checkpoint too: the store may still point at it if the process
         # dies between this write and the scheduler recording the slice.
@@ -79,17 +188,20 @@ class BaseModelActor:
         out["checkpoint"] = str(path)
         return out
 
-    def export(self, run_id: int, path: str) -> str:
+    async def export(self, run_id: int, path: str) -> str:
+        return await self._work(self._export, run_id, path)
+
+    def _export(self, run_id: int, path: str) -> str:
         record = self.executor.registry[run_id]
         model = self.executor.bases[record.spec.model_key].model
         return str(checkpoint.export_adapter(model, record.spec.adapter_name, Path(path)))
 
-    def remove_run(self, run_id: int, owner: str | None = None) -> None:
+    async def remove_run(self, run_id: int, owner: str | None = None) -> None:
         """Evict a run, unless another trial owns it by now."""
         if self.owners.get(run_id) != owner:
             return
         self.owners.pop(run_id, None)
-        self.executor.remove_run(run_id)
+        await self._work(self.executor.remove_run, run_id)
 
-    def stats(self) -> dict[str, Any]:
-        return self.executor.stats()
+    async def stats(self) -> dict[str, Any]:
+        return await self._work(self.executor.stats)

@@ -151,6 +151,8 @@ class Executor:
         self.swap_seconds: list[float] = []
         self._active: int | None = None
         self.busy_seconds = 0.0
+        self.last_oom_tokens = 0
+        """Token size of the last fused group that ran out of memory (0: none yet)."""
         self.fusion_stats: dict[str, float] = dict.fromkeys(
             ("slices", "runs", "train_seconds", "fallbacks", "oom"), 0
         )
@@ -388,6 +390,7 @@ class Executor:
                 self.fusion_stats["fallbacks"] += 1
                 if isinstance(cause, torch.OutOfMemoryError):
                     self.fusion_stats["oom"] += 1
+                    self.last_oom_tokens = sum(self.registry[r].spec.fusion_tokens for r in group)
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()
                 done_early = {c.record.spec.run_id: c for c in failed.cursors}

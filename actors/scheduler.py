@@ -18,6 +18,7 @@ from typing import Any
 
 from policies.chunking import ChunkPlan
 from policies.errors import IllegalTransitionError, OpError
+from policies.fusion import Candidate, FusionPolicy, form_group
 from policies.order import next_run
 from policies.pruning import Pruner
 from policies.state import RunStatus, is_live, is_terminal, transition
@@ -41,16 +42,24 @@ class RunRow:
     best_metric: float | None = None
     pruned_at: int | None = None
     error: str | None = None
+    fusion_key: str | None = None
+    """Runs with equal keys may share a fused pass; ``None``: always time-sliced."""
+    fusion_tokens: int = 0
 
 
 @dataclass(frozen=True)
 class Grant:
-    """Permission for one run to train on one executor up to ``end_step``."""
+    """Permission for one run to train on one executor up to ``end_step``.
+
+    ``group`` lists the runs granted together for one fused pass (this one included, leader
+    first); a time-sliced grant's group is just the run.
+    """
 
     run_id: int
     executor: int
     end_step: int
     evaluate: bool
+    group: tuple[int, ...] = ()
 
 
 class SchedulerCore:
@@ -62,11 +71,17 @@ class SchedulerCore:
         num_executors: int = 1,
         has_eval: bool = False,
         max_slice_steps: int | None = None,
+        fusion: FusionPolicy | None = None,
     ) -> None:
         self.pruner = pruner
         self.has_eval = has_eval
         self.max_slice_steps = max_slice_steps
-        self.busy = [False] * num_executors
+        self.fusion = fusion
+        """Admission rule for fused groups; ``None`` time-slices every run."""
+        self.busy = [0] * num_executors
+        """Runs in flight per executor (a fused group counts each of its runs)."""
+        self.pending: dict[int, Grant] = {}
+        """Grants made to a group's members, until their trials pick them up."""
         self.runs: dict[int, RunRow] = {}
         self.holds: set[str] = set()
         """Tokens of drivers that may still add runs (a Tune search): the experiment stays open
@@ -80,6 +95,8 @@ class SchedulerCore:
         status: RunStatus = RunStatus.PENDING,
         steps_done: int = 0,
         pruned_at: int | None = None,
+        fusion_key: str | None = None,
+        fusion_tokens: int = 0,
     ) -> None:
         """Register a run, possibly with progress (a resumed experiment, a warm clone)."""
         self.runs[run_id] = RunRow(
@@ -89,6 +106,8 @@ class SchedulerCore:
             steps_done=steps_done,
             chunks_done=plan.chunks_done(steps_done),
             pruned_at=pruned_at,
+            fusion_key=fusion_key,
+            fusion_tokens=fusion_tokens,
         )
 
     def set_status(self, run_id: int, status: RunStatus) -> None:
@@ -107,6 +126,8 @@ class SchedulerCore:
     def grant_for(self, run_id: int) -> Grant | RunStatus | None:
         """A ``Grant`` if ``run_id`` trains next, its final status if it is over, else None
         (wait: another run goes first or no executor is free)."""
+        if run_id in self.pending:  # granted as a member of another run's fused group
+            return self.pending.pop(run_id)
         row = self.runs[run_id]
         if not is_live(row.status):
             return row.status
@@ -122,15 +143,40 @@ class SchedulerCore:
         executor = self._executor_for(run_id, free, candidates)
         if executor is None:
             return None
+        group = self._group_for(row, executor, candidates)
+        grants = [self._grant(self.runs[rid], executor, tuple(group)) for rid in group]
+        for grant in grants[1:]:
+            self.pending[grant.run_id] = grant
+        return grants[0]
+
+    def _grant(self, row: RunRow, executor: int, group: tuple[int, ...]) -> Grant:
         _, chunk_end = row.plan.chunk_bounds(row.chunks_done)
         end = chunk_end
         if self.max_slice_steps:
             end = min(end, row.steps_done + self.max_slice_steps)
         if row.status is RunStatus.PENDING:
-            self.set_status(run_id, RunStatus.RUNNING)
+            self.set_status(row.run_id, RunStatus.RUNNING)
         row.in_flight, row.executor = True, executor
-        self.busy[executor] = True
-        return Grant(run_id, executor, end, evaluate=self.has_eval and end == chunk_end)
+        self.busy[executor] += 1
+        evaluate = self.has_eval and end == chunk_end
+        return Grant(row.run_id, executor, end, evaluate, group)
+
+    def _group_for(self, leader: RunRow, executor: int, candidates: dict[int, int]) -> list[int]:
+        """The leader and the runs that share its fused pass (``policies.fusion``)."""
+        if self.fusion is None or leader.fusion_key is None:
+            return [leader.run_id]
+        others = [
+            _candidate(self.runs[rid])
+            for rid in candidates
+            if rid != leader.run_id and self.runs[rid].executor in (None, executor)
+        ]
+        return form_group(_candidate(leader), others, self.fusion)
+
+    def on_fusion_oom(self, group_tokens: int) -> None:
+        """A fused pass of ``group_tokens`` ran out of memory: halve the token budget below it."""
+        if self.fusion is not None:
+            budget = max(1, min(self.fusion.max_tokens, group_tokens // 2))
+            self.fusion = FusionPolicy(self.fusion.max_runs, budget)
 
     def _executor_for(self, run_id: int, free: list[int], candidates: dict[int, int]) -> int | None:
         """The free executor on which ``run_id`` trains next, if any.
@@ -256,8 +302,9 @@ class SchedulerCore:
     def _release(self, run_id: int) -> RunRow:
         row = self.runs[run_id]
         if row.in_flight and row.executor is not None:
-            self.busy[row.executor] = False
+            self.busy[row.executor] -= 1
         row.in_flight = False
+        self.pending.pop(run_id, None)
         return row
 
     def snapshot(self) -> list[dict[str, Any]]:
@@ -277,6 +324,10 @@ class SchedulerCore:
             }
             for r in sorted(self.runs.values(), key=lambda r: r.run_id)
         ]
+
+
+def _candidate(row: RunRow) -> Candidate:
+    return Candidate(row.run_id, row.fusion_key, row.fusion_tokens, row.chunks_done, row.steps_done)
 
 
 def _chunk_means(steps: list[dict[str, float]]) -> dict[str, float]:

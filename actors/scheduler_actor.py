@@ -23,6 +23,7 @@ from actors.scheduler import Grant, SchedulerCore
 from actors.store import Store
 from policies.chunking import ChunkPlan
 from policies.errors import OpError
+from policies.fusion import FusionPolicy
 from policies.pruning import pruner_from_dict
 from policies.state import RunStatus, is_live
 
@@ -75,13 +76,18 @@ class SchedulerActor:
         has_eval: bool,
         max_slice_steps: int | None,
         tracking_uri: str,
+        fusion: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.dir = experiment_dir
         self._lock = hold_experiment_lock(experiment_dir)
         self.store = Store(experiment_dir)
         self.core = SchedulerCore(
-            pruner_from_dict(pruner), len(executors), has_eval, max_slice_steps
+            pruner_from_dict(pruner),
+            len(executors),
+            has_eval,
+            max_slice_steps,
+            FusionPolicy.from_dict(fusion) if fusion else None,
         )
         self.executors = executors
         self.tracking_uri = tracking_uri
@@ -121,6 +127,8 @@ class SchedulerActor:
             status=status,
             steps_done=int(entry.get("steps_done", 0)),
             pruned_at=entry.get("pruned_at"),
+            fusion_key=entry.get("fusion_key"),
+            fusion_tokens=int(entry.get("fusion_tokens", 0)),
         )
         self.entries[run_id] = entry
         if is_live(status):
@@ -165,8 +173,11 @@ class SchedulerActor:
             while True:
                 decision = self.core.grant_for(run_id)
                 if isinstance(decision, Grant):
-                    self.store.update_run(run_id, status=self.core.runs[run_id].status.value)
-                    return {"grant": decision.__dict__}
+                    for member in decision.group or (run_id,):
+                        self.store.update_run(member, status=self.core.runs[member].status.value)
+                    if len(decision.group) > 1:
+                        self.cond.notify_all()  # the group's other members have grants now
+                    return {"grant": {**decision.__dict__, "group": list(decision.group)}}
                 if isinstance(decision, RunStatus):
                     row = self.core.runs[run_id]
                     self.looping.discard(run_id)
@@ -181,8 +192,11 @@ class SchedulerActor:
         eval_metrics: dict[str, float] | None,
         extra_chunk_metrics: dict[str, float],
         checkpoint: str | None,
+        fusion_oom_tokens: int | None = None,
     ) -> dict[str, Any]:
         async with self.cond:
+            if fusion_oom_tokens:
+                self.core.on_fusion_oom(fusion_oom_tokens)
             closed, pruned = self.core.on_result(run_id, end_step, step_metrics, eval_metrics)
             row = self.core.runs[run_id]
             self.entries[run_id]["checkpoint"] = checkpoint

@@ -47,3 +47,21 @@ class RunSpec:
     def adapter_name(self) -> str:
         """The PEFT adapter name of this run on its base model."""
         return f"run_{self.run_id}"
+
+    @property
+    def fusion_key(self) -> str | None:
+        """Runs with equal keys may share one fused pass over their base (``actors.fused``);
+        ``None``: the run is always time-sliced (GRPO generates per run; DoRA has no fused
+        kernel). The executor re-checks what only the built trainer knows."""
+        if self.trainer_type not in ("SFT", "DPO") or getattr(self.lora_config, "use_dora", False):
+            return None
+        return f"{self.model_key}|{self.trainer_type}"
+
+    @property
+    def fusion_tokens(self) -> int:
+        """The most tokens one micro-batch of this run puts through the base: rows x max length
+        (a DPO row is a chosen and a rejected sequence). The fusion budget counts these."""
+        rows = int(self.trl_args.per_device_train_batch_size)
+        if self.trainer_type == "DPO":
+            rows *= 2
+        return rows * int(getattr(self.trl_args, "max_length", None) or 1024)

@@ -108,9 +108,11 @@ class TrialActor:
                     "slice_started_at": result["started_at"],
                     "slice_ended_at": result["ended_at"],
                     "tokens_per_second": result["tokens"] / max(result["train_seconds"], 1e-9),
+                    "fused_with": result.get("fused_with", 1),
                     **result["memory"],
                 },
                 result["checkpoint"],
+                result.get("fusion_oom_tokens"),
             )
             rows = [(int(m["step"]), m) for m in result["step_metrics"]]
             if report["chunk"] is not None:
@@ -128,7 +130,11 @@ class TrialActor:
             await executor.add_run.remote(self.spec_blob, self.checkpoint, self.token)
             self.placed_on = grant["executor"]
         return await executor.run_slice.remote(
-            self.run_id, grant["end_step"], grant["evaluate"], str(self.run_dir)
+            self.run_id,
+            grant["end_step"],
+            grant["evaluate"],
+            str(self.run_dir),
+            grant.get("group"),
         )
 
     async def _evict(self) -> None:

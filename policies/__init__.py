@@ -1,4 +1,5 @@
-"""Pure decisions of rf-ray: run states, chunk plans, slice order and pruning rules.
+"""Pure decisions of rf-ray: run states, chunk plans, slice order, fusion groups and
+pruning rules.
 
 Nothing here imports Ray, torch or any training library, and nothing acts: plain inputs (run
 ids, chunk counts, metric values) go in, a decision value comes out. ``tests/policies`` checks
@@ -8,6 +9,7 @@ that importing this package pulls in none of those libraries.
 from __future__ import annotations
 
 from policies.chunking import ChunkPlan, epoch_order
+from policies.fusion import Candidate, FusionPolicy, form_group
 from policies.order import next_run
 from policies.pruning import (
     ASHA,
@@ -23,7 +25,9 @@ from policies.state import ALLOWED_TRANSITIONS, RunStatus, is_live, is_terminal,
 __all__ = [
     "ALLOWED_TRANSITIONS",
     "ASHA",
+    "Candidate",
     "ChunkPlan",
+    "FusionPolicy",
     "MedianStopping",
     "NoPruning",
     "Pruner",
@@ -31,6 +35,7 @@ __all__ = [
     "SuccessiveHalving",
     "ThresholdPruner",
     "epoch_order",
+    "form_group",
     "is_live",
     "is_terminal",
     "next_run",

@@ -13,6 +13,7 @@ from policies.errors import (
     RunFailedError,
     UnknownKnobError,
 )
+from policies.fusion import FusionPolicy
 from policies.pruning import (
     ASHA,
     MedianStopping,
@@ -43,6 +44,7 @@ __all__ = [
     "ConfigGroup",
     "Experiment",
     "ExperimentExistsError",
+    "FusionPolicy",
     "IllegalTransitionError",
     "List",
     "MedianStopping",

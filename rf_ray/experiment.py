@@ -23,6 +23,7 @@ import pandas as pd
 from actors.store import Store
 from actors.tracking import default_tracking_uri
 from policies.errors import ConfigError, ExperimentExistsError
+from policies.fusion import FusionPolicy
 from policies.pruning import Pruner, SuccessiveHalving
 from rf_ray import launch, ops, runner
 from rf_ray.config import RFModelConfig, RunConfig, differing_keys, differing_params
@@ -73,6 +74,7 @@ class Experiment:
         live_view: bool = True,
         num_executors: int | None = None,
         blocking: bool = True,
+        fusion: bool | FusionPolicy = True,
     ) -> pd.DataFrame | None:
         """Train every config of ``param_config`` chunk by chunk; return ``get_runs_info()``.
 
@@ -83,6 +85,10 @@ class Experiment:
         how long an interactive-control op waits). With ``blocking=False`` it returns at once;
         steer the runs with ``stop``/``resume``/``delete``/``prune``/``clone_modify`` and block
         with ``wait()``.
+
+        ``fusion`` trains runs that share a base model (SFT, DPO) several at a time in one pass
+        over it (``actors.fused``); ``False`` time-slices every run, a ``FusionPolicy`` sets the
+        group size and token budget.
         """
         plan = self._prepare(
             param_config,
@@ -93,6 +99,7 @@ class Experiment:
             seed,
             pruner,
             max_slice_steps,
+            fusion,
         )
         if self._session is not None and not self._session.finished:
             raise ConfigError(
@@ -171,6 +178,7 @@ class Experiment:
         seed: int,
         pruner: Pruner | None,
         max_slice_steps: int | None,
+        fusion: bool | FusionPolicy = True,
     ) -> launch.Plan:
         """Every check that can fail, before anything is written or started."""
         group = _as_group(param_config)
@@ -184,6 +192,11 @@ class Experiment:
         ):
             raise ConfigError(
                 f"max_slice_steps must be None or an int >= 1, got {max_slice_steps!r}"
+            )
+        if not isinstance(fusion, (bool, FusionPolicy)):
+            raise ConfigError(
+                f"fusion must be True, False or a FusionPolicy(max_runs=..., max_tokens=...), "
+                f"got fusion={fusion!r}"
             )
         if pruner is not None and not isinstance(pruner, Pruner):
             raise ConfigError(
@@ -221,6 +234,7 @@ class Experiment:
             eval=evals,
             pruner=pruner,
             max_slice_steps=max_slice_steps,
+            fusion=(FusionPolicy() if fusion is True else fusion) or None,
             fingerprint=fingerprint,
             seed=seed,
             num_chunks=num_chunks,

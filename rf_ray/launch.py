@@ -18,6 +18,7 @@ from typing import Any
 from actors.spec import RunSpec
 from policies.chunking import ChunkPlan, repeat_sampler_length
 from policies.errors import ConfigError
+from policies.fusion import FusionPolicy
 from policies.pruning import Pruner
 from rf_ray.config import RunConfig, build_lora_config, build_trl_config, describe
 
@@ -43,6 +44,7 @@ class Plan:
     eval: Any
     pruner: Pruner
     max_slice_steps: int | None
+    fusion: FusionPolicy | None
     fingerprint: str
     seed: int
     num_chunks: int

@@ -87,6 +87,7 @@ def persist(plan: Plan) -> None:
             train_rows=len(plan.train),
             has_eval=plan.eval is not None,
             max_slice_steps=plan.max_slice_steps,
+            fusion=plan.fusion.to_dict() if plan.fusion is not None else None,
             pruner={
                 "type": plan.pruner.to_dict()["type"],
                 "metric": plan.pruner.metric,
@@ -121,6 +122,8 @@ def entry_for(spec: Any, name: str, spec_blob: bytes | None = None) -> dict[str,
         "spec_blob": spec_blob or cloudpickle.dumps(spec),
         "params": spec.params,
         "tags": tags,
+        "fusion_key": spec.fusion_key,
+        "fusion_tokens": spec.fusion_tokens,
     }
 
 
@@ -135,6 +138,7 @@ def _start_actors(
     pruner_state: dict[str, Any],
     max_slice_steps: int | None,
     num_executors: int | None,
+    fusion: dict[str, Any] | None = None,
 ) -> tuple[Any, list[Any], bool]:
     import ray
 
@@ -175,6 +179,7 @@ def _start_actors(
             evals is not None,
             max_slice_steps,
             tracking_uri,
+            fusion,
         )
     )
     return scheduler, executors, started
@@ -211,6 +216,7 @@ def start(plan: Plan, num_executors: int | None = None, hold: str | None = None)
     scheduler, executors, started = _start_actors(
         plan.name, plan.dir, plan.tracking_uri, plan.create_model_fn, plan.train, plan.eval,
         plan.pruner.to_dict(), plan.max_slice_steps, num_executors,
+        plan.fusion.to_dict() if plan.fusion is not None else None,
     )  # fmt: skip
     entries = [entry_for(s, plan.name) for s in plan.specs]
     ray.get(scheduler.add_runs.remote(entries))
@@ -249,7 +255,7 @@ def resume(exp_dir: Path, num_executors: int | None = None) -> Session:
     pruner = pruner_from_dict(meta["pruner_state"])
     scheduler, executors, started = _start_actors(
         name, exp_dir, meta["tracking_uri"], create_model_fn, train, evals, pruner.to_dict(),
-        meta.get("max_slice_steps"), num_executors,
+        meta.get("max_slice_steps"), num_executors, meta.get("fusion"),
     )  # fmt: skip
     entries, params = [], {}
     for row in runs:

@@ -128,3 +128,67 @@ def test_an_idle_executor_takes_a_run_whose_executor_is_busy():
     second = core.grant_for(2)  # executor 0 is busy: executor 1 would idle, so run 2 moves
     assert isinstance(second, Grant)
     assert second.executor == 1
+
+
+def _fusing_core(n_runs, keys=None, tokens=100, **fusion):
+    from policies.fusion import FusionPolicy
+
+    core = SchedulerCore(
+        NoPruning().with_defaults("train_loss", "min"), fusion=FusionPolicy(**fusion)
+    )
+    for rid in range(1, n_runs + 1):
+        key = keys[rid - 1] if keys else "toy|SFT"
+        plan = ChunkPlan(num_examples=64, batch_size=4, grad_accum=1, num_chunks=4)
+        core.add_run(rid, plan, fusion_key=key, fusion_tokens=tokens)
+    return core
+
+
+def test_a_fused_grant_hands_every_member_its_own_grant():
+    core = _fusing_core(4, max_runs=3)
+    first = core.grant_for(1)
+    assert isinstance(first, Grant)
+    assert first.group == (1, 2, 3)
+    # Members pick up their grants (same executor, their own end step); run 4 waits.
+    second, third = core.grant_for(2), core.grant_for(3)
+    assert (second.group, second.executor, second.end_step) == ((1, 2, 3), 0, 4)
+    assert third.run_id == 3
+    assert core.grant_for(4) is None
+    # The executor stays busy until the whole group has reported.
+    core.on_result(1, 4, _step(1.0), None)
+    core.on_result(2, 4, _step(1.0), None)
+    assert core.grant_for(4) is None
+    core.on_result(3, 4, _step(1.0), None)
+    fourth = core.grant_for(4)
+    assert fourth.group == (4,)  # runs 1-3 are a chunk ahead: not at run 4's rung
+
+
+def test_unfusable_runs_and_fusion_off_are_time_sliced():
+    core = _fusing_core(3, keys=[None, "toy|SFT", "toy|SFT"])
+    assert core.grant_for(1).group == (1,)
+    off = _core(3)  # no FusionPolicy
+    assert off.grant_for(1).group == (1,)
+
+
+def test_an_op_on_a_member_applies_at_the_slice_boundary():
+    core = _fusing_core(3)
+    grant = core.grant_for(1)
+    assert grant.group == (1, 2, 3)
+    core.apply_op("stop", 2)  # before run 2's trial picked its grant up
+    assert core.grant_for(2).run_id == 2  # it trains this slice, as an in-flight run would
+    core.on_result(1, 4, _step(1.0), None)
+    core.on_result(2, 4, _step(1.0), None)
+    core.on_result(3, 4, _step(1.0), None)
+    assert core.runs[2].status is RunStatus.STOPPED
+    assert core.grant_for(1).group == (1, 3)  # the next group goes on without it
+
+
+def test_out_of_memory_halves_the_token_budget():
+    core = _fusing_core(4, tokens=100, max_tokens=1000)
+    assert core.grant_for(1).group == (1, 2, 3, 4)
+    for rid in (2, 3, 4):
+        core.grant_for(rid)
+    core.on_fusion_oom(400)
+    assert core.fusion.max_tokens == 200
+    for rid in (1, 2, 3, 4):
+        core.on_result(rid, 4, _step(1.0), None)
+    assert core.grant_for(1).group == (1, 2)
