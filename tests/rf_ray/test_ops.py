@@ -49,7 +49,12 @@ def _config(rates) -> RFModelConfig:
     )
 
 
-FIT = dict(num_chunks=3, seed=3, max_slice_steps=1, pruner=NoPruning(), live_view=False)
+# Time-sliced: these tests hold steered runs to bit-identity with unsteered ones, which only
+# time-slicing gives (a fused pass's float rounding depends on its group; see test_fusion.py for
+# the same ops under fusion, to a tolerance).
+FIT = dict(
+    num_chunks=3, seed=3, max_slice_steps=1, pruner=NoPruning(), live_view=False, fusion=False
+)
 
 
 def _start(tmp_path, name, rates) -> Experiment:
