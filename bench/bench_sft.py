@@ -8,9 +8,9 @@ the same number of epochs:
 1. **rf-ray**: one ``Experiment.run_fit(..., pruner=NoPruning(), num_chunks=4)``: one Ray
    executor holds ONE base model, every config is a LoRA adapter on it, evaluated after each
    chunk.
-2. **serial vanilla TRL**: for each config a fresh Python process (as a user runs one script per
-   config today) that loads the model, adds the same LoRA adapter (same seed) and calls
-   ``trl.SFTTrainer(...).train()`` with the identical ``SFTConfig`` (built by
+2. **serial vanilla TRL**: for each config a fresh Python process (``bench/vanilla.py``, as a
+   user runs one script per config today) that loads the model, adds the same LoRA adapter
+   (same seed) and calls ``trl.SFTTrainer(...).train()`` with the identical ``SFTConfig`` (built by
    ``rf_ray.config.build_trl_config``), sequential sampling over rf-ray's epoch order, and an
    evaluation every "chunk" worth of steps so it produces the same comparable metrics.
 
@@ -30,15 +30,9 @@ Run it (full mode, < 15 min on 2 CPU cores) with::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import json
-import math
 import os
-import platform
-import resource
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,16 +40,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["RF_RAY_LIVE"] = "0"
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from bench.common import (  # noqa: E402  (needs REPO on sys.path when run as a script)
+    TreeSampler,
+    cores,
+    cpu_share,
+    machine_info,
+    machine_line,
+    offline_env,
+    percentile,
+    with_seed,
+)
+from bench.vanilla import run_in_process  # noqa: E402  (one vanilla TRL run per process)
+
+offline_env()
 
 SEED = 42  # run_fit's default seed: the example order (epoch_order) and each run's TRL seed
 TRAIN_SEED, EVAL_SEED, EVAL_SIZE = 0, 1, 64  # the datasets examples/sft_grid.py trains on
@@ -73,143 +74,6 @@ MODES: dict[str, dict[str, Any]] = {
 def config_key(flat: dict[str, Any]) -> str:
     """A short, human-readable identity of a run: the knobs the grid varies."""
     return f"lr={flat['learning_rate']:g},r={flat['lora.r']}"
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default), without numpy."""
-    if not values:
-        return float("nan")
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
-class TreeSampler:
-    """Samples a process and all its descendants in a thread: peak summed RSS (MiB), and the CPU
-    seconds the tree used against the CPU seconds the whole machine was busy meanwhile.
-
-    The difference is CPU taken by processes outside the benchmark (on a shared machine they
-    slow both ways down, by different amounts; the report shows it so a reader can judge).
-    RSS is summed per process, so pages shared between processes count once per process.
-    """
-
-    def __init__(self, pid: int, interval: float = 0.25) -> None:
-        self.pid, self.interval = pid, interval
-        self.peak_mib = 0.0
-        self.peak_processes = 0
-        self._cpu: dict[int, float] = {}  # pid -> latest cumulative user+system seconds
-        self._cpu0: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._busy0 = self._busy1 = 0.0
-
-    @staticmethod
-    def _machine_busy() -> float:
-        import psutil
-
-        t = psutil.cpu_times()
-        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-    def _sample(self) -> None:
-        import psutil
-
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return
-        total = 0
-        for p in procs:
-            with contextlib.suppress(psutil.Error), p.oneshot():
-                total += p.memory_info().rss
-                cpu = p.cpu_times()
-                self._cpu[p.pid] = cpu.user + cpu.system
-        if total / 2**20 > self.peak_mib:
-            self.peak_mib, self.peak_processes = total / 2**20, len(procs)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(self.interval)
-
-    @property
-    def own_cpu_seconds(self) -> float:
-        return sum(self._cpu.values()) - sum(self._cpu0.values())
-
-    @property
-    def machine_busy_seconds(self) -> float:
-        return self._busy1 - self._busy0
-
-    def __enter__(self) -> TreeSampler:
-        self._busy0 = self._machine_busy()
-        self._sample()
-        self._cpu0 = dict(self._cpu)  # CPU the tree had used before the window opened
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-        self._busy1 = self._machine_busy()
-
-
-def cpu_share(own: float, busy: float, wall: float, cores: int) -> dict[str, float]:
-    """CPU figures of one way: its own CPU seconds, other processes' CPU seconds, capacity."""
-    return {
-        "own_cpu_seconds": own,
-        "other_processes_cpu_seconds": max(busy - own, 0.0),
-        "cpu_capacity_seconds": wall * cores,
-    }
-
-
-def _cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def machine_info() -> dict[str, Any]:
-    import peft
-    import psutil
-    import ray
-    import torch
-    import transformers
-    import trl
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = _cores()
-    info: dict[str, Any] = {
-        "host": socket.gethostname(),
-        "cpu": cpu,
-        "cores": cores,
-        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-        "peft": peft.__version__,
-        "ray": ray.__version__,
-        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    return info
-
-
-def machine_line(m: dict[str, Any]) -> str:
-    device = m["cuda_device"] or "no GPU (CPU only)"
-    return (
-        f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {device}; Python {m['python']}, "
-        f"torch {m['torch']}, transformers {m['transformers']}, TRL {m['trl']}, "
-        f"PEFT {m['peft']}, Ray {m['ray']}"
-    )
 
 
 # --------------------------------------------------------------------------- the configs
@@ -243,16 +107,6 @@ def select_runs(mode: dict[str, Any]) -> tuple[Any, list[Any]]:
         "the quick-mode subset does not expand to the chosen configs"
     )
     return subset, chosen
-
-
-def with_seed(run: Any, seed: int) -> Any:
-    """The RunConfig as rf-ray trains it: run_fit's seed is the TRL seed unless the run set one
-    (``launch.build_specs``)."""
-    from rf_ray.config import RunConfig
-
-    args = dict(run.training_args)
-    args.setdefault("seed", seed)
-    return RunConfig(**{**run.__dict__, "training_args": args})
 
 
 # --------------------------------------------------------------------------- rf-ray
@@ -371,7 +225,7 @@ def bench_rf_ray(mode: dict[str, Any], workdir: Path, import_seconds: float) -> 
         "steady_busy_fraction": steady,
         "peak_rss_mib": rss.peak_mib,
         "peak_rss_processes": rss.peak_processes,
-        "cpu": cpu_share(rss.own_cpu_seconds, rss.machine_busy_seconds, wall, _cores()),
+        "cpu": cpu_share(rss.own_cpu_seconds, rss.machine_busy_seconds, wall, cores()),
         "executor_peak_rss_mib": max((float(x) for x in rss_col), default=None),
         "device_peak_mib": max((float(x) for x in dev_col), default=None),
         "optimizer_steps": opt_steps,
@@ -384,105 +238,6 @@ def bench_rf_ray(mode: dict[str, Any], workdir: Path, import_seconds: float) -> 
 # --------------------------------------------------------------------------- serial vanilla TRL
 
 
-def serial_worker(spec_path: str) -> None:
-    """One vanilla TRL run in this (fresh) process; writes its JSON result next to the spec."""
-    started = time.time()
-    spec = json.loads(Path(spec_path).read_text())
-    t = time.perf_counter()
-    import torch
-    from peft import get_peft_model
-    from transformers import TrainerCallback
-    from trl import SFTTrainer
-
-    from policies.chunking import ChunkPlan, epoch_order
-    from rf_ray.config import RunConfig, build_lora_config, build_trl_config
-    from rf_ray.toy import load_toy_model, sft_dataset, sft_eval_dataset
-
-    import_seconds = time.perf_counter() - t
-
-    run = RunConfig.from_json(spec["run"])
-    cuda = torch.cuda.is_available()
-    args = build_trl_config(run, spec["out_dir"], use_cpu=not cuda)
-    n = spec["train_size"]
-    plan = ChunkPlan(
-        num_examples=n,
-        batch_size=args.per_device_train_batch_size,
-        grad_accum=args.gradient_accumulation_steps,
-        num_chunks=spec["num_chunks"],
-        num_train_epochs=float(args.num_train_epochs),
-        max_steps=int(args.max_steps),
-        drop_last=bool(args.dataloader_drop_last),
-    )
-    steps_per_chunk = plan.chunk_bounds(0)[1]
-    args = dataclasses.replace(
-        args,
-        train_sampling_strategy="sequential",
-        eval_strategy="steps",
-        eval_steps=steps_per_chunk,
-    )
-    train = sft_dataset(n, seed=spec["train_seed"]).select(epoch_order(n, spec["seed"], 0))
-    evals = sft_eval_dataset(spec["eval_size"], seed=spec["eval_seed"])
-
-    t = time.perf_counter()
-    model, tokenizer = load_toy_model()
-    load_seconds = time.perf_counter() - t
-    torch.manual_seed(args.seed)  # as rf-ray seeds each adapter's initialisation
-    model = get_peft_model(model, build_lora_config(run))
-
-    evals_at: list[float] = []
-    eval_losses: list[float] = []
-
-    class FirstEval(TrainerCallback):
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            evals_at.append(time.time())
-            if metrics and "eval_loss" in metrics:
-                eval_losses.append(float(metrics["eval_loss"]))
-
-    class CountingSFTTrainer(SFTTrainer):
-        """SFTTrainer that also counts trained tokens the way rf-ray's executor does."""
-
-        bench_tokens = 0
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            if "attention_mask" in inputs:
-                self.bench_tokens += int(inputs["attention_mask"].sum())
-            return super().training_step(model, inputs, num_items_in_batch)
-
-    trainer = CountingSFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        eval_dataset=evals,
-        processing_class=tokenizer,
-        callbacks=[FirstEval()],
-    )
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    trainer.train()
-    train_seconds = time.perf_counter() - t
-    trl_tokens = max(
-        (int(h["num_tokens"]) for h in trainer.state.log_history if "num_tokens" in h), default=0
-    )
-    result = {
-        "process_start": started,
-        "import_seconds": import_seconds,
-        "model_load_seconds": load_seconds,
-        "train_seconds": train_seconds,
-        "optimizer_steps": int(trainer.state.global_step),
-        "tokens": trl_tokens,
-        "tokens_attention_mask": trainer.bench_tokens,
-        "first_eval_time": evals_at[0] if evals_at else None,
-        "eval_count": len(evals_at),
-        "eval_losses": eval_losses,
-        "final_eval_loss": eval_losses[-1] if eval_losses else None,
-        "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "device_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
-        "steps_per_chunk": steps_per_chunk,
-    }
-    Path(spec["result"]).write_text(json.dumps(result))
-
-
 def bench_serial(mode: dict[str, Any], workdir: Path) -> dict[str, Any]:
     _, runs = select_runs(mode)
     per_config = []
@@ -493,47 +248,29 @@ def bench_serial(mode: dict[str, Any], workdir: Path) -> dict[str, Any]:
         key = config_key(run.flat_params())
         spec_path = workdir / f"serial-{i}.json"
         result_path = workdir / f"serial-{i}.result.json"
-        spec_path.write_text(
-            json.dumps(
-                {
-                    "run": run.to_json(),
-                    "out_dir": str(workdir / f"serial-{i}"),
-                    "train_size": mode["train_size"],
-                    "num_chunks": mode["num_chunks"],
-                    "seed": SEED,
-                    "train_seed": TRAIN_SEED,
-                    "eval_seed": EVAL_SEED,
-                    "eval_size": EVAL_SIZE,
-                    "result": str(result_path),
-                }
-            )
-        )
-        launched = time.time()
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--serial-worker", str(spec_path)],
-            cwd=str(REPO),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        with TreeSampler(proc.pid) as rss:
-            _, err = proc.communicate(timeout=900)
-        wall = time.time() - launched
-        if proc.returncode != 0:
-            raise RuntimeError(f"serial run {key} failed (exit {proc.returncode}):\n{err[-4000:]}")
-        result = json.loads(result_path.read_text())
-        # The sampler can miss a short peak; the child's own high-water mark cannot.
-        result.update(
-            key=key, wall_seconds=wall, peak_rss_mib=max(rss.peak_mib, result["max_rss_mib"])
-        )
+        spec = {
+            "run": run.to_json(),
+            "out_dir": str(workdir / f"serial-{i}"),
+            "train_size": mode["train_size"],
+            "num_chunks": mode["num_chunks"],
+            "seed": SEED,
+            "train_seed": TRAIN_SEED,
+            "eval_seed": EVAL_SEED,
+            "eval_size": EVAL_SIZE,
+            "result": str(result_path),
+        }
+        try:
+            result = run_in_process(spec, spec_path)
+        except RuntimeError as e:
+            raise RuntimeError(f"serial run {key} failed: {e}") from None
+        result["key"] = key
         result["first_metric_seconds"] = (
             result["first_eval_time"] - serial_start if result["first_eval_time"] else None
         )
+        wall = result["wall_seconds"]
         peak_rss = max(peak_rss, result["peak_rss_mib"])
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # exact, the child was reaped
-        own_cpu += (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-        busy_cpu += rss.machine_busy_seconds
+        own_cpu += result["own_cpu_seconds"]
+        busy_cpu += result["machine_busy_seconds"]
         per_config.append(result)
         print(f"  serial {i + 1}/{len(runs)} {key}: {wall:.1f} s", flush=True)
 
@@ -555,7 +292,7 @@ def bench_serial(mode: dict[str, Any], workdir: Path) -> dict[str, Any]:
         "first_metric_seconds": {r["key"]: r["first_metric_seconds"] for r in per_config},
         "base_loads": len(per_config),
         "peak_rss_mib": peak_rss,
-        "cpu": cpu_share(own_cpu, busy_cpu, wall, _cores()),
+        "cpu": cpu_share(own_cpu, busy_cpu, wall, cores()),
         "device_peak_mib": max(devs) if devs else None,
         "optimizer_steps": {r["key"]: r["optimizer_steps"] for r in per_config},
         "final_eval_loss": final_eval,
@@ -639,11 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny mode (2 configs, 64 examples)")
     parser.add_argument("--out", default=None, help="results JSON path")
-    parser.add_argument("--serial-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.serial_worker:
-        serial_worker(args.serial_worker)
-        return 0
 
     t = time.perf_counter()
     import peft  # noqa: F401  (the driver's one-time import cost, charged to rf-ray)
