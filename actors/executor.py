@@ -44,17 +44,6 @@ class _FusedPassError(Exception):
         self.cursors = cursors
 
 
-def _step_metrics(
-    trainer: Any, step: int, loss: float, learning_rate: float, grad_norm: Any
-) -> dict[str, float]:
-    """One optimizer step's metrics, as ``Trainer`` logs them with ``logging_steps=1``."""
-    out = {"step": float(step + 1), "loss": loss, "learning_rate": float(learning_rate)}
-    if grad_norm is not None:
-        out["grad_norm"] = float(grad_norm)
-    out.update(algorithms.drain_train_metrics(trainer))
-    return out
-
-
 def pick_device(prefer: str | None = None) -> torch.device:
     """CUDA when present (and not overridden), else CPU."""
     if prefer:
@@ -356,7 +345,7 @@ class Executor:
         trainer.state.global_step += 1
         record.steps_done = step + 1
         tokens = tokens or int(trainer.state.num_input_tokens_seen - tokens_seen)
-        return _step_metrics(trainer, step, loss_value, learning_rate, grad_norm), tokens
+        return algorithms.step_metrics(trainer, step, loss_value, learning_rate, grad_norm), tokens
 
     # ------------------------------------------------------------------ fused slices
     def fusable(self, run_id: int) -> str | None:
@@ -420,7 +409,10 @@ class Executor:
         start = time.perf_counter()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        cursors = [self._cursor(r, ends[r.spec.run_id][0], model) for r in records]
+        cursors = [
+            fused.Cursor.open(record, ends[record.spec.run_id][0], model, self.device)
+            for record in records
+        ]
         self._active = None  # the next time-sliced slice re-selects its adapter
         model.train()
         pad_id = entry.tokenizer.pad_token_id or 0
@@ -438,7 +430,7 @@ class Executor:
                             continue
                         c.micro += 1
                         if c.micro == len(c.batches):
-                            self._fused_optimizer_step(c)
+                            c.optimizer_step()
         except Exception as exc:
             # Finished steps stand (their state is consistent); a half-accumulated window is
             # dropped and its step re-run time-sliced from the run's own step count.
@@ -448,7 +440,7 @@ class Executor:
             raise _FusedPassError(cursors) from exc
         finally:
             for c in cursors:
-                self._keep_rng(c)
+                c.keep_rng()
         train_seconds = time.perf_counter() - start
         self.fusion_stats["slices"] += 1
         self.fusion_stats["runs"] += len(cursors)
@@ -478,55 +470,6 @@ class Executor:
             )
         self.busy_seconds += time.perf_counter() - start
         return outcomes
-
-    def _cursor(self, record: AdapterRecord, end_step: int, model: Any) -> fused.Cursor:
-        """A run's place in a fused slice, with its RNG streams and its own parameters."""
-        generator = torch.Generator()
-        generator.set_state(record.rng_state)
-        device_generator = generator
-        if record.cuda_rng_state is not None:
-            device_generator = torch.Generator(device=self.device)
-            device_generator.set_state(record.cuda_rng_state)
-        params = fused.run_params(model, record.trainer)
-        return fused.Cursor(
-            record=record,
-            end_step=end_step,
-            generator=generator,
-            device_generator=device_generator,
-            params=params,
-            step=record.steps_done,
-            first_step=record.steps_done,
-        )
-
-    @staticmethod
-    def _keep_rng(cursor: fused.Cursor) -> None:
-        cursor.record.rng_state = cursor.generator.get_state()
-        if cursor.record.cuda_rng_state is not None:
-            cursor.record.cuda_rng_state = cursor.device_generator.get_state()
-
-    def _fused_optimizer_step(self, c: fused.Cursor) -> None:
-        """Close a run's accumulation window: clip its own gradients, step its own optimizer and
-        schedule, clear its own gradients (other runs may be mid-window)."""
-        trainer = c.record.trainer
-        assert c.loss is not None
-        loss_value = float(c.loss)
-        trainer.accelerator.gradient_state._set_sync_gradients(True)
-        max_norm = trainer.args.max_grad_norm
-        grad_norm = trainer.accelerator.clip_grad_norm_(
-            c.params, max_norm if max_norm and max_norm > 0 else float("inf")
-        )
-        trainer.optimizer.step()
-        learning_rate = trainer._get_learning_rate()
-        trainer.lr_scheduler.step()
-        for p in c.params:
-            p.grad = None
-        trainer.state.global_step += 1
-        tokens = c.tokens or int(trainer.state.num_input_tokens_seen - c.tokens_seen)
-        c.metrics.append(_step_metrics(trainer, c.step, loss_value, learning_rate, grad_norm))
-        c.total_tokens += tokens
-        c.step += 1
-        c.record.steps_done = c.step
-        c.batches = []
 
     def evaluate(self, run_id: int) -> dict[str, float] | None:
         """Evaluate the run on the eval set (its trainer's own ``evaluate``)."""

@@ -255,6 +255,60 @@ class Cursor:
     def done(self) -> bool:
         return self.error is not None or self.step >= self.end_step
 
+    @classmethod
+    def open(cls, record: Any, end_step: int, model: Any, device: torch.device) -> Cursor:
+        """A run's place in a fused slice: its RNG streams (continuing the run's own) and its
+        own parameters."""
+        generator = torch.Generator()
+        generator.set_state(record.rng_state)
+        device_generator = generator
+        if record.cuda_rng_state is not None:
+            device_generator = torch.Generator(device=device)
+            device_generator.set_state(record.cuda_rng_state)
+        return cls(
+            record=record,
+            end_step=end_step,
+            generator=generator,
+            device_generator=device_generator,
+            params=run_params(model, record.trainer),
+            step=record.steps_done,
+            first_step=record.steps_done,
+        )
+
+    def keep_rng(self) -> None:
+        """Hand the RNG streams back to the run, for its next slice (fused or not)."""
+        self.record.rng_state = self.generator.get_state()
+        if self.record.cuda_rng_state is not None:
+            self.record.cuda_rng_state = self.device_generator.get_state()
+
+    def optimizer_step(self) -> None:
+        """Close the run's accumulation window: clip its own gradients, step its own optimizer
+        and schedule, clear its own gradients (other runs of the group may be mid-window)."""
+        from actors import algorithms
+
+        trainer = self.record.trainer
+        assert self.loss is not None
+        loss_value = float(self.loss)
+        trainer.accelerator.gradient_state._set_sync_gradients(True)
+        max_norm = trainer.args.max_grad_norm
+        grad_norm = trainer.accelerator.clip_grad_norm_(
+            self.params, max_norm if max_norm and max_norm > 0 else float("inf")
+        )
+        trainer.optimizer.step()
+        learning_rate = trainer._get_learning_rate()
+        trainer.lr_scheduler.step()
+        for p in self.params:
+            p.grad = None
+        trainer.state.global_step += 1
+        tokens = self.tokens or int(trainer.state.num_input_tokens_seen - self.tokens_seen)
+        self.metrics.append(
+            algorithms.step_metrics(trainer, self.step, loss_value, learning_rate, grad_norm)
+        )
+        self.total_tokens += tokens
+        self.step += 1
+        self.record.steps_done = self.step
+        self.batches = []
+
 
 def run_params(model: Any, trainer: Any) -> list[torch.nn.Parameter]:
     """The run's trainable parameters (those of its optimizer), in the model's order, as the

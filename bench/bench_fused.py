@@ -96,6 +96,27 @@ def _specs(k: int, batch: int, workdir: Path) -> list[Any]:
     return specs
 
 
+def load_model(name: str) -> tuple[Any, Any]:
+    """``toy``: the shipped 0.1M-parameter Llama. ``wide``: a 13M-parameter Llama (hidden 512,
+    4 layers) built here from the toy's config and tokenizer with a fixed seed, so that a pass is
+    not all per-operation overhead, as it is on the toy (nothing is downloaded)."""
+    from rf_ray.toy import load_toy_model
+
+    model, tokenizer = load_toy_model()
+    if name == "toy":
+        return model, tokenizer
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    config.update(
+        {"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 4,
+         "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 64}
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config), tokenizer
+
+
 def _device() -> str:
     import torch
 
@@ -157,14 +178,14 @@ def _groups(specs: list[Any]) -> list[list[int]]:
     return groups
 
 
-def run_engine(k: int, batch: int, fused: bool, workdir: Path) -> dict[str, Any]:
+def run_engine(k: int, batch: int, fused: bool, workdir: Path, model: str) -> dict[str, Any]:
     """Fused or time-sliced: one executor, K runs, two chunks."""
     from actors.executor import Executor
-    from rf_ray.toy import load_toy_model, sft_dataset
+    from rf_ray.toy import sft_dataset
 
     start = time.perf_counter()
     specs = _specs(k, batch, workdir)
-    executor = Executor(lambda _: load_toy_model(), sft_dataset(batch * STEPS_PER_RUN, seed=1))
+    executor = Executor(lambda _: load_model(model), sft_dataset(batch * STEPS_PER_RUN, seed=1))
     for spec in specs:
         executor.add_run(spec)
     train_seconds, tokens, first_comparison, peak = 0.0, 0, None, 0.0
@@ -198,7 +219,7 @@ def run_engine(k: int, batch: int, fused: bool, workdir: Path) -> dict[str, Any]
     }
 
 
-def run_serial(k: int, batch: int, workdir: Path) -> dict[str, Any]:
+def run_serial(k: int, batch: int, workdir: Path, model_name: str) -> dict[str, Any]:
     """Serial vanilla TRL: per config, load the model and ``SFTTrainer.train()``."""
     import torch
     from peft import get_peft_model
@@ -206,7 +227,7 @@ def run_serial(k: int, batch: int, workdir: Path) -> dict[str, Any]:
     from trl import SFTTrainer
 
     from policies.chunking import epoch_order
-    from rf_ray.toy import load_toy_model, sft_dataset
+    from rf_ray.toy import sft_dataset
 
     data = sft_dataset(batch * STEPS_PER_RUN, seed=1)
     ordered = data.select(epoch_order(len(data), SEED, 0))
@@ -214,7 +235,7 @@ def run_serial(k: int, batch: int, workdir: Path) -> dict[str, Any]:
     train_seconds, tokens, first_comparison, peak = 0.0, 0, None, 0.0
     memory = TrainingMemory()
     for i, spec in enumerate(_specs(k, batch, workdir)):
-        model, tokenizer = load_toy_model()
+        model, tokenizer = load_model(model_name)
         model.to(_device())
         torch.manual_seed(spec.trl_args.seed)
         trainer = SFTTrainer(
@@ -258,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="2,16", help="per-run micro-batch sizes")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (the median is shown)")
     parser.add_argument("--no-serial", action="store_true", help="skip serial vanilla TRL")
+    parser.add_argument("--model", choices=("toy", "wide"), default="toy", help="see load_model")
     parser.add_argument("--out", default=None, help="results JSON path")
     args = parser.parse_args(argv)
     if args.quick:
@@ -272,25 +294,25 @@ def main(argv: list[str] | None = None) -> int:
 
     datasets.disable_progress_bars()
     transformers.utils.logging.set_verbosity_error()
-    machine = _machine()
+    machine = f"{_machine()}; model: {args.model}"
     print(f"Machine: {machine}", flush=True)
     cells = []
     with tempfile.TemporaryDirectory(prefix="rf-ray-bench-fused-") as tmp:
         workdir = Path(tmp)
         # Warm-up (imports, first model load, allocator), so that the first measured way does
         # not pay for it.
-        run_engine(2, batches[0], True, workdir)
-        run_engine(2, batches[0], False, workdir)
+        run_engine(2, batches[0], True, workdir, args.model)
+        run_engine(2, batches[0], False, workdir, args.model)
         for batch in batches:
             for k in ks:
                 reps: dict[str, list[dict[str, Any]]] = {"fused": [], "time-sliced": []}
                 if not args.no_serial:
                     reps["serial"] = []
                 for _ in range(args.reps):
-                    reps["fused"].append(run_engine(k, batch, True, workdir))
-                    reps["time-sliced"].append(run_engine(k, batch, False, workdir))
+                    reps["fused"].append(run_engine(k, batch, True, workdir, args.model))
+                    reps["time-sliced"].append(run_engine(k, batch, False, workdir, args.model))
                     if "serial" in reps:
-                        reps["serial"].append(run_serial(k, batch, workdir))
+                        reps["serial"].append(run_serial(k, batch, workdir, args.model))
                 cell = {"k": k, "batch": batch, "reps": reps}
                 for way, results in reps.items():
                     cell[way] = {
@@ -306,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(_row(cell), flush=True)
     table = markdown_table(cells, machine, args.reps)
     print("\n" + table)
-    out = Path(args.out) if args.out else REPO / "bench" / "results" / "fused.json"
+    out = Path(args.out) if args.out else REPO / "bench" / "results" / f"fused_{args.model}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine, "cells": cells}, indent=1))
     print(f"\nresults: {out}")

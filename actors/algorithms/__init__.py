@@ -111,3 +111,15 @@ def drain_train_metrics(trainer: Any) -> dict[str, float]:
             out[key] = float(sum(valid) / len(valid))
     store["train"].clear()
     return out
+
+
+def step_metrics(
+    trainer: Any, step: int, loss: float, learning_rate: float, grad_norm: Any
+) -> dict[str, float]:
+    """One optimizer step's metrics, as ``Trainer`` logs them with ``logging_steps=1``, plus the
+    algorithm's own (``drain_train_metrics``)."""
+    out = {"step": float(step + 1), "loss": loss, "learning_rate": float(learning_rate)}
+    if grad_norm is not None:
+        out["grad_norm"] = float(grad_norm)
+    out.update(drain_train_metrics(trainer))
+    return out

@@ -238,3 +238,38 @@ def test_concat_rows_pads_right_with_neutral_values():
     assert combined["use_cache"] is False
     with pytest.raises(fused.NotFusableError, match="use_cache"):
         fused.concat_rows([a, {**b, "use_cache": True}], pad_id=0)
+
+
+def test_out_of_memory_mid_slice_falls_back_to_time_slicing(tmp_path, monkeypatch):
+    """Fault injection: the fused pass runs out of memory at its third micro-step. The steps it
+    finished stand, the rest of the slice is time-sliced, and every run ends where it would
+    have."""
+    data = sft_dataset(44, seed=3)
+    specs = [_sft(tmp_path, 1, 3e-3, ga=1), _sft(tmp_path, 2, 1e-2, ga=1)]
+    executor = Executor(lambda _: load_toy_model(), data, device="cpu")
+    for spec in specs:
+        executor.add_run(spec)
+    real = fused.fused_micro_step
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise torch.OutOfMemoryError("injected: CUDA out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fused, "fused_micro_step", flaky)
+    out = executor.run_fused([(1, 6, False), (2, 6, False)])
+    for run_id in (1, 2):
+        result = out[run_id]
+        assert not isinstance(result, BaseException), result
+        assert (result.start_step, result.end_step) == (0, 6)
+        assert [m["step"] for m in result.step_metrics] == [1, 2, 3, 4, 5, 6]
+    assert executor.fusion_stats["oom"] == 1
+    assert executor.fusion_stats["fallbacks"] == 1
+    assert executor.last_oom_tokens == sum(s.fusion_tokens for s in specs)
+    monkeypatch.setattr(fused, "fused_micro_step", real)
+    _, _, alone = _train(specs, data, fuse=False)
+    for run_id in (1, 2):
+        want = [m["loss"] for m in alone[run_id][:6]]
+        assert [m["loss"] for m in out[run_id].step_metrics] == pytest.approx(want, rel=1e-4)
