@@ -82,6 +82,9 @@ class SchedulerCore:
         """Runs in flight per executor (a fused group counts each of its runs)."""
         self.pending: dict[int, Grant] = {}
         """Grants made to a group's members, until their trials pick them up."""
+        self.waiting: set[int] = set()
+        """Runs whose trial has asked for a slice and was told to wait: only these join a fused
+        group, so a group never waits on a trial that is still starting or reporting."""
         self.runs: dict[int, RunRow] = {}
         self.holds: set[str] = set()
         """Tokens of drivers that may still add runs (a Tune search): the experiment stays open
@@ -126,6 +129,14 @@ class SchedulerCore:
     def grant_for(self, run_id: int) -> Grant | RunStatus | None:
         """A ``Grant`` if ``run_id`` trains next, its final status if it is over, else None
         (wait: another run goes first or no executor is free)."""
+        decision = self._decide(run_id)
+        if decision is None:
+            self.waiting.add(run_id)
+        else:
+            self.waiting.discard(run_id)
+        return decision
+
+    def _decide(self, run_id: int) -> Grant | RunStatus | None:
         if run_id in self.pending:  # granted as a member of another run's fused group
             return self.pending.pop(run_id)
         row = self.runs[run_id]
@@ -168,7 +179,9 @@ class SchedulerCore:
         others = [
             _candidate(self.runs[rid])
             for rid in candidates
-            if rid != leader.run_id and self.runs[rid].executor in (None, executor)
+            if rid != leader.run_id
+            and rid in self.waiting
+            and self.runs[rid].executor in (None, executor)
         ]
         return form_group(_candidate(leader), others, self.fusion)
 

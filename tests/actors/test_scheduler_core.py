@@ -143,9 +143,17 @@ def _fusing_core(n_runs, keys=None, tokens=100, **fusion):
     return core
 
 
+def _ask_all(core, first):
+    """Every other run's trial asks (and is told to wait), then ``first`` asks."""
+    for rid in sorted(core.runs):
+        if rid != first:
+            assert not isinstance(core.grant_for(rid), Grant)
+    return core.grant_for(first)
+
+
 def test_a_fused_grant_hands_every_member_its_own_grant():
     core = _fusing_core(4, max_runs=3)
-    first = core.grant_for(1)
+    first = _ask_all(core, 1)
     assert isinstance(first, Grant)
     assert first.group == (1, 2, 3)
     # Members pick up their grants (same executor, their own end step); run 4 waits.
@@ -164,14 +172,14 @@ def test_a_fused_grant_hands_every_member_its_own_grant():
 
 def test_unfusable_runs_and_fusion_off_are_time_sliced():
     core = _fusing_core(3, keys=[None, "toy|SFT", "toy|SFT"])
-    assert core.grant_for(1).group == (1,)
+    assert _ask_all(core, 1).group == (1,)
     off = _core(3)  # no FusionPolicy
     assert off.grant_for(1).group == (1,)
 
 
 def test_an_op_on_a_member_applies_at_the_slice_boundary():
     core = _fusing_core(3)
-    grant = core.grant_for(1)
+    grant = _ask_all(core, 1)
     assert grant.group == (1, 2, 3)
     core.apply_op("stop", 2)  # before run 2's trial picked its grant up
     assert core.grant_for(2).run_id == 2  # it trains this slice, as an in-flight run would
@@ -179,16 +187,22 @@ def test_an_op_on_a_member_applies_at_the_slice_boundary():
     core.on_result(2, 4, _step(1.0), None)
     core.on_result(3, 4, _step(1.0), None)
     assert core.runs[2].status is RunStatus.STOPPED
-    assert core.grant_for(1).group == (1, 3)  # the next group goes on without it
+    assert _ask_all(core, 1).group == (1, 3)  # the next group goes on without it
 
 
 def test_out_of_memory_halves_the_token_budget():
     core = _fusing_core(4, tokens=100, max_tokens=1000)
-    assert core.grant_for(1).group == (1, 2, 3, 4)
+    assert _ask_all(core, 1).group == (1, 2, 3, 4)
     for rid in (2, 3, 4):
         core.grant_for(rid)
     core.on_fusion_oom(400)
     assert core.fusion.max_tokens == 200
     for rid in (1, 2, 3, 4):
         core.on_result(rid, 4, _step(1.0), None)
-    assert core.grant_for(1).group == (1, 2)
+    assert _ask_all(core, 1).group == (1, 2)
+
+
+def test_only_runs_whose_trials_are_waiting_join_a_group():
+    core = _fusing_core(3)
+    assert core.grant_for(3) is None  # run 3's trial asked; run 2's has not yet (still starting)
+    assert core.grant_for(1).group == (1, 3)
