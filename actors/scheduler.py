@@ -82,9 +82,9 @@ class SchedulerCore:
         """Runs in flight per executor (a fused group counts each of its runs)."""
         self.pending: dict[int, Grant] = {}
         """Grants made to a group's members, until their trials pick them up."""
-        self.waiting: set[int] = set()
-        """Runs whose trial has asked for a slice and was told to wait: only these join a fused
-        group, so a group never waits on a trial that is still starting or reporting."""
+        self.trials_up: set[int] = set()
+        """Runs whose trial is up (it has asked for a slice and not been sent away): only these
+        join a fused group, so a group never waits for a trial that is still starting."""
         self.runs: dict[int, RunRow] = {}
         self.holds: set[str] = set()
         """Tokens of drivers that may still add runs (a Tune search): the experiment stays open
@@ -130,10 +130,10 @@ class SchedulerCore:
         """A ``Grant`` if ``run_id`` trains next, its final status if it is over, else None
         (wait: another run goes first or no executor is free)."""
         decision = self._decide(run_id)
-        if decision is None:
-            self.waiting.add(run_id)
+        if isinstance(decision, RunStatus):
+            self.trials_up.discard(run_id)  # its trial ends; a resume starts a new one
         else:
-            self.waiting.discard(run_id)
+            self.trials_up.add(run_id)
         return decision
 
     def _decide(self, run_id: int) -> Grant | RunStatus | None:
@@ -180,7 +180,7 @@ class SchedulerCore:
             _candidate(self.runs[rid])
             for rid in candidates
             if rid != leader.run_id
-            and rid in self.waiting
+            and rid in self.trials_up
             and self.runs[rid].executor in (None, executor)
         ]
         return form_group(_candidate(leader), others, self.fusion)

@@ -202,7 +202,7 @@ def test_out_of_memory_halves_the_token_budget():
     assert _ask_all(core, 1).group == (1, 2)
 
 
-def test_only_runs_whose_trials_are_waiting_join_a_group():
+def test_only_runs_whose_trials_are_up_join_a_group():
     core = _fusing_core(3)
     assert core.grant_for(3) is None  # run 3's trial asked; run 2's has not yet (still starting)
     assert core.grant_for(1).group == (1, 3)

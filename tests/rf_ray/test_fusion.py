@@ -76,11 +76,12 @@ def test_run_fit_fuses_and_matches_time_slicing(time_sliced, tmp_path):
     assert set(got) == {1, 2, 3, 4}
     for run_id, value in want.items():
         assert got[run_id] == pytest.approx(value, rel=1e-3)
-    # Every chunk of every run was trained in one pass with the three others.
-    assert chunks["fused_with"].tolist() == [4.0] * 8
+    # Once every trial is up (the first chunk's groups take the trials already started), each
+    # chunk of every run is trained in one pass with the three others.
+    assert chunks[chunks["chunk"] == 2]["fused_with"].tolist() == [4.0] * 4
     assert sliced_chunks["fused_with"].tolist() == [1.0] * 8
     assert stats["base_loads"] == 1
-    assert stats["executors"][0]["fusion"]["slices"] == 2  # one fused pass per chunk
+    assert stats["executors"][0]["fusion"]["slices"] >= 2
 
 
 def test_budget_splits_groups(ray_cluster, tmp_path):
@@ -88,7 +89,8 @@ def test_budget_splits_groups(ray_cluster, tmp_path):
     exp = _fit(tmp_path, "split", fusion=FusionPolicy(max_runs=8, max_tokens=400))
     exp.end()
     _, chunks = _final_eval(exp)
-    assert chunks["fused_with"].tolist() == [2.0] * 8
+    assert chunks["fused_with"].max() == 2.0
+    assert chunks[chunks["chunk"] == 2]["fused_with"].tolist() == [2.0] * 4
 
 
 def test_stopping_a_member_leaves_the_others_unchanged(time_sliced, tmp_path):
