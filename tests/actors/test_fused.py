@@ -209,7 +209,20 @@ def test_one_diverging_run_fails_alone(tmp_path):
     )
 
 
-def test_grpo_and_unfusable_runs_are_time_sliced(tmp_path):
+def test_fusion_keys_keep_grpo_other_bases_and_algorithms_apart(tmp_path):
+    import dataclasses
+
+    sft, dpo = _sft(tmp_path, 1, 1e-3), _dpo(tmp_path, 2, 1e-3)
+    assert sft.fusion_key == "toy|SFT"
+    assert dpo.fusion_key == "toy|DPO"
+    assert dataclasses.replace(sft, model_key="other").fusion_key == "other|SFT"
+    assert dataclasses.replace(sft, trainer_type="GRPO").fusion_key is None  # generates per run
+    # Budget units: rows x max length; a DPO row is a chosen and a rejected sequence.
+    assert sft.fusion_tokens == 4 * 48
+    assert dpo.fusion_tokens == 2 * 4 * 64
+
+
+def test_unfusable_runs_are_time_sliced(tmp_path):
     """DoRA (a LoRA variant) cannot share the fused kernels: the group falls back per run."""
     data = sft_dataset(44, seed=3)
     plain = _sft(tmp_path, 1, 3e-3)
@@ -273,3 +286,31 @@ def test_out_of_memory_mid_slice_falls_back_to_time_slicing(tmp_path, monkeypatc
     for run_id in (1, 2):
         want = [m["loss"] for m in alone[run_id][:6]]
         assert [m["loss"] for m in out[run_id].step_metrics] == pytest.approx(want, rel=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fused_on_cuda_in_bf16(tmp_path):
+    """On CUDA the executor runs under bf16 autocast; fused and time-sliced agree to bf16
+    rounding (8 bits of mantissa: a looser bound than float32's)."""
+    data = sft_dataset(44, seed=3)
+    specs = [_sft(tmp_path, 1, 3e-3), _sft(tmp_path, 2, 1e-2, r=8)]
+    for spec in specs:
+        spec.trl_args.use_cpu = False
+
+    def train(fuse):
+        executor = Executor(lambda _: load_toy_model(), data, device="cuda")
+        assert executor.use_bf16
+        for spec in specs:
+            executor.add_run(spec)
+        grants = [(s.run_id, s.plan.total_steps, False) for s in specs]
+        if fuse:
+            out = executor.run_fused(grants)
+        else:
+            out = {r: executor.run_slice(r, end) for r, end, _ in grants}
+        assert all(result.memory["device_mem_peak_mib"] > 0 for result in out.values())
+        return {r: [m["loss"] for m in result.step_metrics] for r, result in out.items()}
+
+    alone, together = train(False), train(True)
+    for run_id, losses in alone.items():
+        assert together[run_id] == pytest.approx(losses, rel=3e-2)
