@@ -43,7 +43,10 @@ def _config() -> RFModelConfig:
     )
 
 
-FIT = dict(num_chunks=CHUNKS, seed=5, max_slice_steps=1, live_view=False)
+# Time-sliced: these tests hold a resumed experiment to bit-identity with an uninterrupted one.
+# A restart can regroup fused runs (and with that change float rounding), so with fusion on the
+# outcome matches only to the tolerance of tests/actors/test_fused.py.
+FIT = dict(num_chunks=CHUNKS, seed=5, max_slice_steps=1, live_view=False, fusion=False)
 
 
 def _losses(exp: Experiment) -> dict[int, list[float]]:

@@ -268,15 +268,16 @@ def test_export_of_an_unknown_run_says_why_it_cannot(grid, tmp_path):
 # --------------------------------------------------------------------------- same name, new data
 
 
-def _tree(path: Path) -> dict[str, tuple[int, int] | None]:
-    """Every file's size and mtime. SQLite's ``-shm`` index is touched by any reader of a WAL
-    database (even read-only), so for it only its presence counts."""
+def _tree(path: Path) -> dict[str, tuple[int, int]]:
+    """Every file's size and mtime, leaving out SQLite's connection files: a reader of a WAL
+    database (even read-only) may create the ``-shm`` index and an empty ``-wal``; an empty WAL
+    holds no write, so only a non-empty one counts."""
     return {
-        str(p.relative_to(path)): None
-        if p.name.endswith("-shm")
-        else (p.stat().st_size, p.stat().st_mtime_ns)
+        str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
         for p in sorted(path.rglob("*"))
         if p.is_file()
+        and not p.name.endswith("-shm")
+        and not (p.name.endswith("-wal") and p.stat().st_size == 0)
     }
 
 
