@@ -34,7 +34,8 @@ Run it (full mode: about 45 min on 2 CPU cores) with::
     python bench/bench_compare.py                 # results: bench/results/compare_full_<host>.*
     python bench/bench_compare.py --quick         # 2 SFT configs (+ tiny GRPO), the tests' run
 
-``--reps N``, ``--cases sft8,grpo``, ``--out PATH.json`` (the PNG goes next to it).
+``--reps N``, ``--cases sft8,grpo``, ``--no-ops``, ``--out PATH.json`` (the PNG goes next to
+it); ``--report PATH.json`` redoes the tables and the PNG of a finished run.
 """
 
 from __future__ import annotations
@@ -86,9 +87,11 @@ OBJECT_STORE_MB = 256
 # A case: which configs, how much data, how many chunks, and the successive-halving settings
 # that rf-ray's SuccessiveHalving and Tune's ASHAScheduler both get.
 CASES: dict[str, dict[str, Any]] = {
-    "sft8": {"kind": "SFT", "grid": "sft8", "train_size": 512, "num_chunks": 4,
+    # 256 examples (32 steps of 8) per config: start-up dominates on the toy anyway, and the
+    # full mode has to fit in about 45 minutes on 2 CPU cores.
+    "sft8": {"kind": "SFT", "grid": "sft8", "train_size": 256, "num_chunks": 4,
              "eta": 2, "min_chunks": 1},
-    "sft16": {"kind": "SFT", "grid": "sft16", "train_size": 512, "num_chunks": 4,
+    "sft16": {"kind": "SFT", "grid": "sft16", "train_size": 256, "num_chunks": 4,
               "eta": 2, "min_chunks": 1},
     # examples/grpo_grid.py's 3 learning rates and pruner, on fewer prompts.
     "grpo": {"kind": "GRPO", "grid": "grpo3", "train_size": 128, "num_chunks": 4,
@@ -101,7 +104,7 @@ CASES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 MODES: dict[str, dict[str, Any]] = {
     "full": {"cases": ["sft8", "sft16", "grpo"], "reps": 3, "ops_bounds": [1, None],
-             "ops_rows": 256, "ops_count": 5},
+             "ops_rows": 128, "ops_count": 5},
     # One small SFT case, all four ways; `--cases sft2,grpo2` adds a tiny GRPO case.
     "quick": {"cases": ["sft2"], "reps": 1, "ops_bounds": [], "ops_rows": 64, "ops_count": 2},
 }  # fmt: skip
@@ -180,18 +183,23 @@ def case_configs(case: dict[str, Any]) -> tuple[Any, list[Any], list[str]]:
     return group, [every[i] for i in idx], keys
 
 
-def run_order(case: dict[str, Any], rep: int) -> list[int]:
-    """A seeded shuffle of the case's configs for repetition ``rep``, the same for every way.
+def run_order(case: dict[str, Any], rep: int, reps: int) -> list[int]:
+    """The order the case's configs are handed to every way in repetition ``rep`` of ``reps``.
 
-    ASHA run one trial at a time depends on the order: the first trial at a rung is always
-    promoted, so a grid that lists its best config first flatters it and one that lists it last
-    costs it. Shuffling per repetition (and taking medians) keeps the grid's own order out of
-    the figures. rf-ray trains all configs side by side, so the order barely matters there.
+    Serial runs and one-at-a-time ASHA depend on it: the serial way finishes the config it
+    picks as best after the configs listed before it, and ASHA always promotes the first trial
+    to reach a rung, so a list that starts with the best config flatters both. So the order is
+    one seeded shuffle, rotated by ``rep * K / reps`` places in each repetition: over the
+    repetitions every config (the best one included) sits early, in the middle and late, and the
+    medians do not hang on the grid's own order. rf-ray trains all configs side by side, so the
+    order barely matters there.
     """
     import random
 
     k = len(case["subset"]) if "subset" in case else len(case_configs(case)[1])
-    return random.Random(f"rf-ray-compare/{rep}").sample(range(k), k)
+    base = random.Random(f"rf-ray-compare/{k}").sample(range(k), k)
+    shift = round(rep * k / max(reps, 1)) % k
+    return base[shift:] + base[:shift]
 
 
 def vanilla_specs(case: dict[str, Any], workdir: Path) -> dict[str, dict[str, Any]]:
@@ -594,6 +602,17 @@ def summarize(case: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def run_fit_defaults() -> dict[str, Any]:
+    """The run_fit defaults the rf-ray ways ran with (they pass only configs, data, chunks,
+    seed and the pruner): e.g. whether fused multi-adapter slices were on."""
+    import inspect
+
+    from rf_ray import Experiment
+
+    params = inspect.signature(Experiment.run_fit).parameters.values()
+    return {p.name: repr(p.default) for p in params if p.default is not inspect.Parameter.empty}
+
+
 def run_way(way: str, case: dict[str, Any], workdir: Path) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     if way == "serial":
@@ -603,6 +622,63 @@ def run_way(way: str, case: dict[str, Any], workdir: Path) -> dict[str, Any]:
     return summarize(case, raw)
 
 
+def measure_ways(case_names: list[str], reps: int, root: Path, partial: Path) -> dict[str, Any]:
+    """Every (repetition, case, way), the ways in a rotating order; {case: {way: [result]}}."""
+    results: dict[str, Any] = {name: {w: [] for w in WAYS} for name in case_names}
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    for rep in range(reps):
+        order = WAYS[rep % len(WAYS) :] + WAYS[: rep % len(WAYS)]  # drift hits every way
+        for name in case_names:
+            case = {**CASES[name], "order": run_order(CASES[name], rep, reps)}
+            for way in order:
+                t = time.time()
+                res = run_way(way, case, root / f"{name}-{way}-{rep}")
+                res["order"] = case_configs(case)[2]
+                results[name][way].append(res)
+                partial.write_text(json.dumps(results, default=str))
+                print(f"  rep {rep + 1}/{reps} {name:6} {WAY_NAMES[way]:20} "
+                      f"{time.time() - t:6.1f} s  best {res['best_config']}  "
+                      f"pruned {len(res['pruned'])}", flush=True)  # fmt: skip
+    return results
+
+
+def measure_extras(mode: dict[str, Any], machine: dict[str, Any], root: Path, ops: bool) -> dict:
+    """rf-ray's IC-op latency and, on CUDA, the bf16 figures; a failure is recorded, not fatal
+    (the ways' results are already in)."""
+    extra: dict[str, Any] = {}
+    if ops and mode["ops_bounds"]:
+        spec = {k: mode[k] for k in ("ops_bounds", "ops_rows", "ops_count")}
+        try:
+            extra["ic_ops"] = launch("ops", spec, root / "ops", timeout=1200)["out"]
+            print(f"  IC-op latency: {len(extra['ic_ops'])} slice bounds", flush=True)
+        except RuntimeError as e:
+            extra["ic_ops_error"] = str(e)[-2000:]
+            print(f"  IC-op latency failed: {str(e)[:300]}", flush=True)
+    if machine["cuda_device"]:
+        try:
+            extra["bf16"] = launch("bf16", {}, root / "bf16", timeout=600)["out"]
+        except RuntimeError as e:
+            extra["bf16_error"] = str(e)[-2000:]
+    return extra
+
+
+def report_only(src: Path, out: Path | None) -> int:
+    """Re-render the summary, the markdown and the PNG of a finished run (``--report``)."""
+    from bench.compare_report import aggregate, markdown, plot
+
+    res = json.loads(src.read_text())
+    res["summary"] = aggregate(res)
+    res["markdown"] = markdown(res)
+    out = out or src
+    png = out.with_suffix(".png")
+    plot(res, png)
+    res["png"] = str(png)
+    out.write_text(json.dumps(res, indent=1, default=str))
+    print(res["markdown"])
+    print(f"Written to {out} and {png}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny mode, for the test suite")
@@ -610,6 +686,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default=None, help=f"comma-separated, of {sorted(CASES)}")
     parser.add_argument("--no-ops", action="store_true", help="skip the IC-op latency run")
     parser.add_argument("--out", default=None, help="results JSON path (PNG next to it)")
+    parser.add_argument(
+        "--report",
+        default=None,
+        metavar="JSON",
+        help="redo the tables and the PNG from a results JSON; measure nothing",
+    )
     parser.add_argument("--child", nargs=2, metavar=("WAY", "SPEC"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -619,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.compare_report import aggregate, markdown, plot
 
+    if args.report:
+        return report_only(Path(args.report), Path(args.out) if args.out else None)
     mode_name = "quick" if args.quick else "full"
     mode = MODES[mode_name]
     reps = args.reps or mode["reps"]
@@ -632,33 +716,15 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     print(f"Machine: {machine_line(machine)}", flush=True)
     started = time.time()
-    results: dict[str, Any] = {name: {w: [] for w in WAYS} for name in case_names}
-    extra: dict[str, Any] = {}
+    partial = out.with_suffix(".partial.json")  # every finished way, in case a later one fails
     with tempfile.TemporaryDirectory(prefix="rf-ray-compare-") as tmp:
-        root = Path(tmp)
-        for rep in range(reps):
-            order = WAYS[rep % len(WAYS) :] + WAYS[: rep % len(WAYS)]  # drift hits all ways
-            for name in case_names:
-                case = {**CASES[name], "order": run_order(CASES[name], rep)}
-                for way in order:
-                    t = time.time()
-                    res = run_way(way, case, root / f"{name}-{way}-{rep}")
-                    res["order"] = case_configs(case)[2]
-                    results[name][way].append(res)
-                    print(f"  rep {rep + 1}/{reps} {name:6} {WAY_NAMES[way]:20} "
-                          f"{time.time() - t:6.1f} s  best {res['best_config']}  "
-                          f"pruned {len(res['pruned'])}", flush=True)  # fmt: skip
-        if not args.no_ops and mode["ops_bounds"]:
-            spec = {k: mode[k] for k in ("ops_bounds", "ops_rows", "ops_count")}
-            ops = launch("ops", spec, root / "ops", timeout=1200)
-            extra["ic_ops"] = ops["out"]
-            print(f"  IC-op latency: {len(ops['out'])} slice bounds", flush=True)
-        if machine["cuda_device"]:
-            extra["bf16"] = launch("bf16", {}, root / "bf16", timeout=600)["out"]
+        results = measure_ways(case_names, reps, Path(tmp), partial)
+        extra = measure_extras(mode, machine, Path(tmp), ops=not args.no_ops)
     res = {
         "mode": mode_name,
         "machine": machine,
         "reps": reps,
+        "rf_ray_run_fit_defaults": run_fit_defaults(),
         "setup": {name: {**CASES[name], "configs": case_configs(CASES[name])[2]}
                   for name in case_names},
         "results": results,
@@ -672,6 +738,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(res, png)
     res["png"] = str(png)
     out.write_text(json.dumps(res, indent=1, default=str))
+    partial.unlink(missing_ok=True)
     print()
     print(res["markdown"])
     print(f"\nResults written to {out} and {png} ({res['total_seconds']:.0f} s in all)")

@@ -16,6 +16,8 @@ WAY_NAMES = {
     "rf_sh": "rf-ray + SH",
     "rf_none": "rf-ray, no pruning",
 }
+SHORT_NAMES = {"serial": "serial TRL", "tune_asha": "Tune+ASHA", "rf_sh": "rf-ray SH",
+               "rf_none": "rf-ray no-prune"}  # fmt: skip
 CASE_NAMES = {"sft8": "SFT K=8", "sft16": "SFT K=16", "grpo": "GRPO K=3",
               "sft2": "SFT K=2", "grpo2": "GRPO K=2"}  # fmt: skip
 # Figures compared across ways: (key, label, format).
@@ -118,6 +120,18 @@ def memory_slopes(small: dict[str, Any], large: dict[str, Any], extra: int) -> d
     return out
 
 
+def _positions(ways: dict[str, list[dict[str, Any]]]) -> str:
+    """Where serial TRL's best config sat in each repetition's order (serial runs and one-trial-
+    at-a-time ASHA reach it after the configs before it)."""
+    reps = ways.get("serial") or []
+    spots = [r["order"].index(r["best_config"]) + 1 for r in reps
+             if r.get("order") and r["best_config"] in r["order"]]  # fmt: skip
+    if not spots:
+        return ""
+    k = len(reps[0]["order"])
+    return f"The best config was number {', '.join(map(str, spots))} of {k} in the order."
+
+
 def markdown(res: dict[str, Any]) -> str:
     """The ratio table, the absolute table per case, and the agreement lines."""
     from bench.common import machine_line
@@ -133,10 +147,16 @@ def markdown(res: dict[str, Any]) -> str:
             f"epoch, {setup['num_chunks']} chunks, SH/ASHA eta={setup['eta']}, "
             f"min_chunks=grace_period={setup['min_chunks']}, max_t={setup['num_chunks']}."
         )
-    lines += ["", f"Medians over {res['reps']} repetition(s).", ""]
+    defaults = res.get("rf_ray_run_fit_defaults") or {}
+    if "fusion" in defaults:
+        lines.append(
+            f"- rf-ray: `run_fit` defaults apart from the pruner (fusion={defaults['fusion']})."
+        )
+    lines += ["", f"Medians over {res['reps']} repetition(s); configs in a seeded shuffled "
+              "order per repetition, the same for every way.", ""]  # fmt: skip
 
     # 1. Ratios rf-ray / peer.
-    head = [f"{WAY_NAMES[a]} / {WAY_NAMES[b]}" for a, b in PAIRS]
+    head = [f"{SHORT_NAMES[a]} / {SHORT_NAMES[b]}" for a, b in PAIRS]
     lines += ["**rf-ray / peer** (median of per-repetition ratios; below 1 = rf-ray needs less)",
               "", "| case | figure | " + " | ".join(head) + " |",
               "|---|---|" + "---|" * len(head)]  # fmt: skip
@@ -178,8 +198,9 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append("| Best config (each repetition) | "
                      + " | ".join(", ".join(sorted(set(map(str, bests[w])))) for w in ways)
                      + " |")  # fmt: skip
-        lines += ["", f"Same best config in every way and repetition: "
-                      f"{'yes' if s['all_ways_same_best'] else 'NO'}.", ""]  # fmt: skip
+        agree = "yes" if s["all_ways_same_best"] else "NO"
+        where = _positions(res["results"][case])
+        lines += ["", f"Same best config in every way and repetition: {agree}. {where}", ""]
 
     slopes = summary.get("memory_per_extra_run")
     if slopes:
@@ -211,8 +232,9 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def plot(res: dict[str, Any], path: Path) -> None:
-    """Learning curves of every run per way (first repetition) with pruning points, and the
-    memory comparison (median peaks), one row per case."""
+    """One row per case: every run's learning curve per way (first repetition) against the
+    seconds since that way started, with its pruning point; the configs' legend; the memory
+    comparison (median peaks)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -220,60 +242,82 @@ def plot(res: dict[str, Any], path: Path) -> None:
 
     cases = list(res["results"])
     ways = [w for w in WAY_NAMES if any(res["results"][c].get(w) for c in cases)]
-    fig, axes = plt.subplots(len(cases), len(ways) + 1, figsize=(3.3 * (len(ways) + 1),
-                             2.6 * len(cases)), squeeze=False)  # fmt: skip
-    cmap = plt.get_cmap("tab20")
+    ncols = len(ways) + 2
+    fig, axes = plt.subplots(
+        len(cases), ncols, figsize=(3.0 * ncols, 2.7 * len(cases)), squeeze=False,
+        gridspec_kw={"width_ratios": [1.0] * len(ways) + [0.55, 1.0]},
+    )  # fmt: skip
     for row, case in enumerate(cases):
-        keys = res["setup"][case]["configs"]
-        colors = {k: cmap(i % 20) for i, k in enumerate(keys)}
-        xmax = max(r[0]["wall_seconds"] for r in res["results"][case].values() if r)
-        for col, way in enumerate(ways):
-            ax = axes[row][col]
-            reps = res["results"][case].get(way) or []
-            if not reps:
-                ax.set_axis_off()
-                continue
-            r = reps[0]
-            for key, run in r["runs"].items():
-                xs = [c["t"] for c in run["chunks"]]
-                ys = [c["metric"] for c in run["chunks"]]
-                best = key == r["best_config"]
-                ax.plot(xs, ys, marker=".", ms=3, lw=2.2 if best else 0.9, color=colors[key],
-                        label=key if row == 0 and col == 0 else None)  # fmt: skip
-                if key in r["pruned"] and xs:
-                    ax.plot(xs[-1], ys[-1], "x", color="red", ms=6, mew=1.5)
-            if r["time_to_best_seconds"] is not None:
-                ax.axvline(r["time_to_best_seconds"], color="black", ls=":", lw=0.8)
-            ax.set_xlim(0, xmax * 1.02)
-            ax.set_title(f"{WAY_NAMES[way]}\n{CASE_NAMES.get(case, case)}, wall "
-                         f"{r['wall_seconds']:.0f} s", fontsize=8)  # fmt: skip
-            ax.tick_params(labelsize=7)
-            if col == 0:
-                ax.set_ylabel(r["metric"], fontsize=8)
-            if row == len(cases) - 1:
-                ax.set_xlabel("seconds since the way started", fontsize=7)
-        ax = axes[row][-1]
-        med = res["summary"][case]["median"]
-        names = [WAY_NAMES[w].replace(" + ", "\n+ ").replace(", ", ",\n") for w in ways]
-        device = any(med[w]["device_peak_mib"] is not None for w in ways)
-        series = [("peak_rss_mib", "RSS sum"), ("peak_pss_mib", "PSS sum")]
-        if device:
-            series.append(("device_peak_mib", "device (torch)"))
-        width = 0.8 / len(series)
-        for i, (key, label) in enumerate(series):
-            vals = [med[w][key] or 0.0 for w in ways]
-            ax.bar([x + i * width for x in range(len(ways))], vals, width, label=label)
-        ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(ways))], names,
-                      fontsize=6)  # fmt: skip
-        ax.set_title(f"peak memory (MiB), {CASE_NAMES.get(case, case)}", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=6,
-                   title="configs (thick: the way's best; red x: pruned there; dotted: best "
-                   "config done)", title_fontsize=7)  # fmt: skip
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+        curves = axes[row][: len(ways)]
+        _plot_curves(res, case, ways, curves, last_row=row == len(cases) - 1)
+        handles, labels = curves[0].get_legend_handles_labels()
+        legend_ax = axes[row][len(ways)]
+        legend_ax.set_axis_off()
+        legend_ax.legend(handles, labels, loc="center", fontsize=5.5, frameon=False,
+                         title="configs", title_fontsize=6.5)  # fmt: skip
+        _plot_memory(res["summary"][case]["median"], ways, axes[row][-1], case)
+    fig.suptitle(
+        "thick: the config the way picks as best; red x: run pruned there; dotted: the best "
+        "config finished training",
+        fontsize=7,
+        y=0.005,
+        va="bottom",
+    )
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=72)
     plt.close(fig)
+
+
+def _plot_curves(res: dict[str, Any], case: str, ways: list[str], axes: Any, last_row: bool):
+    import matplotlib.pyplot as plt
+
+    cmap = plt.get_cmap("tab20")
+    keys = res["setup"][case]["configs"]
+    colors = {k: cmap(i % 20) for i, k in enumerate(keys)}
+    firsts = [reps[0] for reps in res["results"][case].values() if reps]
+    xmax = max(r["wall_seconds"] for r in firsts)
+    values = [c["metric"] for r in firsts for run in r["runs"].values() for c in run["chunks"]]
+    pad = (max(values) - min(values)) * 0.05 or 0.01
+    for col, (way, ax) in enumerate(zip(ways, axes)):
+        reps = res["results"][case].get(way) or []
+        if not reps:
+            ax.set_axis_off()
+            continue
+        r = reps[0]
+        for key in keys:  # legend in the case's config order
+            run = r["runs"][key]
+            xs = [c["t"] for c in run["chunks"]]
+            ys = [c["metric"] for c in run["chunks"]]
+            best = key == r["best_config"]
+            ax.plot(xs, ys, marker=".", ms=3, lw=2.2 if best else 0.9, color=colors[key],
+                    label=key)  # fmt: skip
+            if key in r["pruned"] and xs:
+                ax.plot(xs[-1], ys[-1], "x", color="red", ms=6, mew=1.5)
+        if r["time_to_best_seconds"] is not None:
+            ax.axvline(r["time_to_best_seconds"], color="black", ls=":", lw=0.8)
+        ax.set_xlim(0, xmax * 1.02)
+        ax.set_ylim(min(values) - pad, max(values) + pad)  # one scale across the row
+        ax.set_title(f"{WAY_NAMES[way]}\n{CASE_NAMES.get(case, case)}, wall "
+                     f"{r['wall_seconds']:.0f} s", fontsize=8)  # fmt: skip
+        ax.tick_params(labelsize=7)
+        if col == 0:
+            ax.set_ylabel(r["metric"], fontsize=8)
+        if last_row:
+            ax.set_xlabel("seconds since the way started", fontsize=7)
+
+
+def _plot_memory(med: dict[str, Any], ways: list[str], ax: Any, case: str) -> None:
+    names = [WAY_NAMES[w].replace(" + ", "\n+ ").replace(", ", ",\n") for w in ways]
+    series = [("peak_rss_mib", "RSS sum"), ("peak_pss_mib", "PSS sum")]
+    if any(med[w]["device_peak_mib"] is not None for w in ways):
+        series.append(("device_peak_mib", "device (torch)"))
+    width = 0.8 / len(series)
+    for i, (key, label) in enumerate(series):
+        vals = [med[w][key] or 0.0 for w in ways]
+        ax.bar([x + i * width for x in range(len(ways))], vals, width, label=label)
+    ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(ways))], names,
+                  fontsize=6)  # fmt: skip
+    ax.set_title(f"peak memory (MiB), process tree\n{CASE_NAMES.get(case, case)}", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6)
