@@ -2,7 +2,9 @@
 
 Each method hands its request to the executor and returns plain data. Run specs arrive as
 cloudpickled bytes and are unpacked here, so the trial actors that forward them never import
-torch or TRL.
+torch or TRL. This module itself imports neither at import time: every trial holds a handle to
+this actor, and Ray imports the actor's module wherever a handle is deserialized (torch there
+would add about 250 MiB to every trial process).
 
 The actor is async so that it can gather a fused group: the scheduler grants a group of runs one
 pass together, each run's trial calls ``run_slice`` with the group, and the call that completes
@@ -20,10 +22,10 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from actors import checkpoint
-from actors.executor import Executor, SliceResult
+if TYPE_CHECKING:
+    from actors.executor import SliceResult
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ class BaseModelActor:
         cpu_threads: int | None = None,
     ) -> None:
         import torch
+
+        from actors.executor import Executor
 
         if cpu_threads:
             # Ray pins OMP_NUM_THREADS to the actor's CPU share; the executor is the only
@@ -93,6 +97,8 @@ class BaseModelActor:
 
         spec = cloudpickle.loads(spec_blob)
         if spec.run_id not in self.executor.registry:
+            from actors import checkpoint
+
             state = checkpoint.load(checkpoint_path) if checkpoint_path else None
             self.executor.add_run(spec, state)
         return int(spec.run_id)
@@ -179,6 +185,8 @@ class BaseModelActor:
 
     def _checkpointed(self, result: SliceResult, run_dir: str) -> dict[str, Any]:
         """Write the run's durable checkpoint after its slice; the outcome as plain data."""
+        from actors import checkpoint
+
         record = self.executor.registry[result.run_id]
         state = checkpoint.capture(record, self.executor.bases[record.spec.model_key].model)
         # Keep the previous checkpoint too: the store may still point at it if the process
@@ -192,6 +200,8 @@ class BaseModelActor:
         return await self._work(self._export, run_id, path)
 
     def _export(self, run_id: int, path: str) -> str:
+        from actors import checkpoint
+
         record = self.executor.registry[run_id]
         model = self.executor.bases[record.spec.model_key].model
         return str(checkpoint.export_adapter(model, record.spec.adapter_name, Path(path)))
