@@ -32,7 +32,7 @@ memory and a bf16 throughput figure.
 Run it (full mode: about 45 min on 2 CPU cores) with::
 
     python bench/bench_compare.py                 # results: bench/results/compare_full_<host>.*
-    python bench/bench_compare.py --quick         # 2 SFT configs (+ tiny GRPO), the tests' run
+    python bench/bench_compare.py --quick         # 2 SFT configs, 1 repetition: the tests' run
 
 ``--reps N``, ``--cases sft8,grpo``, ``--no-ops``, ``--out PATH.json`` (the PNG goes next to
 it); ``--report PATH.json`` redoes the tables and the PNG of a finished run.
@@ -622,7 +622,30 @@ def run_way(way: str, case: dict[str, Any], workdir: Path) -> dict[str, Any]:
     return summarize(case, raw)
 
 
-def measure_ways(case_names: list[str], reps: int, root: Path, partial: Path) -> dict[str, Any]:
+WAY_ATTEMPTS = 3
+
+
+def run_way_retrying(
+    way: str, case: dict[str, Any], workdir: Path, failures: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """``run_way``, tried again (from scratch, in a fresh directory) when it fails: one crashed
+    attempt must not throw away an hour of measurements. Every failed attempt is recorded in
+    the results (``failed_attempts``) and printed; the third failure is fatal."""
+    for attempt in range(1, WAY_ATTEMPTS + 1):
+        try:
+            return run_way(way, case, workdir.with_name(f"{workdir.name}-try{attempt}"))
+        except RuntimeError as e:
+            failures.append({"way": way, "case": case["grid"], "attempt": attempt,
+                             "error": str(e)[-3000:]})  # fmt: skip
+            print(f"  {WAY_NAMES[way]} failed (attempt {attempt}): {str(e)[-400:]}", flush=True)
+            if attempt == WAY_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def measure_ways(
+    case_names: list[str], reps: int, root: Path, partial: Path, failures: list[dict[str, Any]]
+) -> dict[str, Any]:
     """Every (repetition, case, way), the ways in a rotating order; {case: {way: [result]}}."""
     results: dict[str, Any] = {name: {w: [] for w in WAYS} for name in case_names}
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -632,7 +655,7 @@ def measure_ways(case_names: list[str], reps: int, root: Path, partial: Path) ->
             case = {**CASES[name], "order": run_order(CASES[name], rep, reps)}
             for way in order:
                 t = time.time()
-                res = run_way(way, case, root / f"{name}-{way}-{rep}")
+                res = run_way_retrying(way, case, root / f"{name}-{way}-{rep}", failures)
                 res["order"] = case_configs(case)[2]
                 results[name][way].append(res)
                 partial.write_text(json.dumps(results, default=str))
@@ -718,7 +741,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     partial = out.with_suffix(".partial.json")  # every finished way, in case a later one fails
     with tempfile.TemporaryDirectory(prefix="rf-ray-compare-") as tmp:
-        results = measure_ways(case_names, reps, Path(tmp), partial)
+        failures: list[dict[str, Any]] = []
+        results = measure_ways(case_names, reps, Path(tmp), partial, failures)
         extra = measure_extras(mode, machine, Path(tmp), ops=not args.no_ops)
     res = {
         "mode": mode_name,
@@ -728,6 +752,7 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {name: {**CASES[name], "configs": case_configs(CASES[name])[2]}
                   for name in case_names},
         "results": results,
+        "failed_attempts": failures,
         **extra,
         "total_seconds": time.time() - started,
     }  # fmt: skip

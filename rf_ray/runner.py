@@ -31,6 +31,9 @@ from rf_ray.launch import NAMESPACE, Plan, ensure_ray, scheduler_name
 
 logger = logging.getLogger(__name__)
 
+SCHEDULER_UNAVAILABLE_RETRIES = 8
+"""How often ``wait`` re-asks a scheduler that is alive but whose call failed in transit."""
+
 EXECUTOR_RESTARTS = 3
 """A killed executor process is restarted this many times; it reloads the base model once."""
 
@@ -299,14 +302,28 @@ def wait(session: Session, live_view: bool = True, differing: list[str] | None =
 
     if session.finished:
         return
+    from ray.exceptions import ActorUnavailableError
+
     view = LiveView(session.name, session.params, differing or [], enabled=live_view)
+    lost = 0
     with view:
         while True:
             ready, _ = ray.wait([session.done_ref], timeout=0.5)
-            view.update(ray.get(session.scheduler.snapshot.remote()))
-            if ready:
-                break
-    session.outcomes = ray.get(session.done_ref)
+            try:
+                view.update(ray.get(session.scheduler.snapshot.remote()))
+                if ready:
+                    session.outcomes = ray.get(session.done_ref)
+                    break
+            except ActorUnavailableError as exc:
+                # The scheduler is alive but a call to it failed in transit (seen: a connection
+                # reset under load). The experiment goes on without us; ask again. A dead
+                # scheduler raises ActorDiedError instead, which is not caught.
+                lost += 1
+                if lost > SCHEDULER_UNAVAILABLE_RETRIES:
+                    raise
+                logger.warning("scheduler unavailable (%s); waiting again", exc)
+                time.sleep(min(2.0**lost, 30.0))
+                session.done_ref = session.scheduler.wait_done.remote()  # idempotent
     _finish(session)
 
 

@@ -450,3 +450,48 @@ def test_a_nan_loss_does_not_poison_the_other_runs(nan):
     row = nan.info.loc[1]
     assert row["status"] == "completed", row["error"]
     assert row["steps_done"] == row["total_steps"]
+
+
+def test_wait_survives_a_scheduler_call_failing_in_transit(ray_cluster, tmp_path, monkeypatch):
+    """A call to a live scheduler can fail in transit (ActorUnavailableError: seen as a connection
+    reset on a loaded 2-core machine, 16 runs in flight). ``wait`` asks again instead of failing
+    an experiment that is still running. Fault injection: the driver's first two ``ray.get``
+    calls on the done-reference raise it."""
+    import ray
+    from ray.exceptions import ActorUnavailableError
+
+    from rf_ray import runner
+
+    exp = Experiment("unavailable", experiment_path=tmp_path)
+    real_get, injected = ray.get, []
+
+    def flaky_get(refs, *args, **kwargs):
+        session = exp._session
+        if session is not None and refs is session.done_ref and len(injected) < 2:
+            injected.append(refs)
+            raise ActorUnavailableError("injected: connection reset by peer", None)
+        return real_get(refs, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "SCHEDULER_UNAVAILABLE_RETRIES", 3)
+    try:
+        exp.run_fit(
+            RFModelConfig(
+                model_name=TOY_MODEL_NAME,
+                training_args=RFSFTConfig(
+                    learning_rate=List([3e-3, 1e-3]), target_modules=TARGETS, **TRAIN_ARGS
+                ),
+            ),
+            train_dataset=sft_dataset(16),
+            num_chunks=2,
+            pruner=NoPruning(),
+            live_view=False,
+            blocking=False,
+        )
+        monkeypatch.setattr(ray, "get", flaky_get)
+        info = exp.wait()
+    finally:
+        monkeypatch.setattr(ray, "get", real_get)
+        exp.end()
+    assert len(injected) == 2  # the fault was hit, twice, and waited through
+    assert list(info["status"]) == ["completed", "completed"]
+    assert (exp.get_chunk_results().groupby("run_id")["chunk"].max() == 2).all()
