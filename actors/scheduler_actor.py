@@ -96,6 +96,9 @@ class SchedulerActor:
         """(run id, trial actor, its run() ref) for every trial ever started."""
         self.looping: set[int] = set()
         """Runs whose trial is still asking for slices."""
+        self._trial_of: dict[int, Any] = {}
+        """Each run's latest trial actor (a resumed run gets a new one)."""
+        self._watches: set[asyncio.Task[None]] = set()
         self.finished = False
         self.ops_applied = 0
         self._cond: asyncio.Condition | None = None
@@ -157,8 +160,35 @@ class SchedulerActor:
                 entry.get("mlflow_run_id"),
             )
         )
-        self.trials.append((run_id, trial, trial.run.remote()))
+        ref = trial.run.remote()
+        self.trials.append((run_id, trial, ref))
         self.looping.add(run_id)
+        self._trial_of[run_id] = trial
+        watch = asyncio.get_running_loop().create_task(self._watch(run_id, trial, ref))
+        self._watches.add(watch)
+        watch.add_done_callback(self._watches.discard)
+
+    async def _watch(self, run_id: int, trial: Any, ref: Any) -> None:
+        """Fail the run of a trial that died outside a slice (its process was killed, or its
+        own loop raised, e.g. a call that failed in transit). Without this its run would stay
+        live and the experiment would wait for it forever; the other runs go on."""
+        try:
+            await ref
+            return
+        except Exception as exc:
+            error = f"the run's trial actor died: {type(exc).__name__}: {str(exc)[:1500]}"
+        async with self.cond:
+            if run_id not in self.looping or self._trial_of.get(run_id) is not trial:
+                return  # the trial had left its loop, or a resumed run has a new trial
+            self.looping.discard(run_id)
+            row = self.core.runs[run_id]
+            if not (is_live(row.status) or row.in_flight):
+                return  # already over (pruned, stopped...): nothing is waiting on this trial
+            logger.warning("run %s: %s", run_id, error)
+            pruned = self.core.on_failure(run_id, error)
+            self.store.update_run(run_id, status=RunStatus.FAILED.value, error=error)
+            self._write_pruned(pruned)
+            self.cond.notify_all()
 
     @staticmethod
     def _self_handle() -> Any:

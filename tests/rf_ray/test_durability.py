@@ -21,7 +21,7 @@ import ray
 
 from actors.scheduler_actor import experiment_locked
 from actors.store import Store
-from rf_ray import Experiment, List, RFModelConfig, RFSFTConfig, SuccessiveHalving
+from rf_ray import Experiment, List, NoPruning, RFModelConfig, RFSFTConfig, SuccessiveHalving
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
 
 pytestmark = pytest.mark.slow
@@ -178,3 +178,47 @@ def test_a_killed_executor_restarts_and_no_run_is_lost(reference, tmp_path):
     assert _statuses(exp) == _statuses(reference)
     assert not exp.get_runs_info()["error"].notna().any()
     assert _losses(exp) == _losses(reference)
+
+
+def _trial_pids_started_by_us() -> list[int]:
+    """Trial actor processes descended from this test process (its Ray cluster's), no others."""
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if not f.read().startswith(b"ray::TrialActor"):
+                    continue
+            pid = int(entry)
+            while pid > 1:  # walk up the parents
+                with open(f"/proc/{pid}/stat") as f:
+                    pid = int(f.read().rsplit(")", 1)[1].split()[1])
+                if pid == me:
+                    found.append(int(entry))
+                    break
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+    return found
+
+
+def test_a_killed_trial_fails_only_its_run(ray_cluster, tmp_path):
+    """A trial process that dies outside the executor (here: SIGKILL) fails its own run with a
+    clear error; the experiment does not wait for it forever, and the other runs complete."""
+    exp = Experiment("trial-killed", experiment_path=tmp_path)
+    exp.run_fit(
+        _config(), train_dataset=sft_dataset(ROWS), pruner=NoPruning(), blocking=False, **FIT
+    )
+    _wait_for_steps(exp.dir, at_least=2)  # every run still has 10 or more steps to go
+    victims = _trial_pids_started_by_us()
+    assert len(victims) == 3, victims
+    os.kill(victims[0], signal.SIGKILL)
+    info = exp.wait().set_index("run_id")
+    exp.end()
+    failed = info[info["status"] == "failed"]
+    assert len(failed) == 1, info[["status", "error"]]
+    assert "trial actor died" in failed["error"].iloc[0]
+    others = info.drop(failed.index)
+    assert (others["status"] == "completed").all()
+    assert others["error"].isna().all()
+    assert (others["steps_done"] == ROWS // 4).all()
