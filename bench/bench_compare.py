@@ -29,7 +29,7 @@ per-repetition ratios rf-ray / peer. A PNG shows every run's learning curve agai
 with its pruning point, next to the memory comparison. On a CUDA machine it also records device
 memory and a bf16 throughput figure.
 
-Run it (full mode: about 45 min on 2 CPU cores) with::
+Run it (full mode: about an hour on 2 CPU cores) with::
 
     python bench/bench_compare.py                 # results: bench/results/compare_full_<host>.*
     python bench/bench_compare.py --quick         # 2 SFT configs, 1 repetition: the tests' run
