@@ -190,6 +190,10 @@ def test_tune_optuna_asha_trials_share_one_base_model(ray_cluster, tmp_path) -> 
         assert cfg["lora.r"] == r.config["lora_rank"]
         if iterations == CHUNKS:
             assert row["status"] == "completed"
+        elif row["status"] == "completed":
+            # ASHA stopped the trial, but the run trains at its own pace: it had finished all
+            # its chunks before the stop reached it (a race of a 4-step run, not a leak).
+            assert mine == list(range(1, CHUNKS + 1)), row
         else:  # ASHA stopped it: its run is not left live
             assert row["status"] in ("pruned", "stopped"), row
     assert len(by_run) == 4  # every Tune trial has its own rf-ray run
