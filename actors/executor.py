@@ -118,6 +118,23 @@ class SliceResult:
     """How many runs shared the pass that trained this slice (1: time-sliced)."""
 
 
+def _accelerate_state() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """accelerate's process-wide (Borg) state dicts, with a copy of each."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    return [
+        (c._shared_state, dict(c._shared_state))
+        for c in (PartialState, AcceleratorState, GradientState)
+    ]
+
+
+def _restore_accelerate_state(saved: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    """Put the copies back in place: every live Accelerator reads these very dicts."""
+    for shared, copy in saved:
+        shared.clear()
+        shared.update(copy)
+
+
 class Executor:
     """Owns base models and the adapter registry; trains one run's slice at a time."""
 
@@ -170,6 +187,8 @@ class Executor:
             return
         from peft import get_peft_model
 
+        saved = _accelerate_state()  # before the run's TrainingArguments touch it
+
         entry = self._base(spec)
         name = spec.adapter_name
         # LoRA initialisation draws from the global torch RNG: seed it from the run, so a run's
@@ -183,9 +202,21 @@ class Executor:
         self._active = spec.run_id
         args = self._device_args(spec.trl_args)
         previous_forward = entry.raw_model.forward
-        trainer = algorithms.make_trainer(
-            spec, args, entry.model, entry.tokenizer, self.train_dataset, self.eval_dataset
-        )
+        try:
+            trainer = algorithms.make_trainer(
+                spec, args, entry.model, entry.tokenizer, self.train_dataset, self.eval_dataset
+            )
+        except BaseException:
+            # A trainer that fails half-way must not break the runs already here: its
+            # TrainingArguments reset accelerate's process-wide state, which only a finished
+            # Trainer rebuilds (seen: a raising formatting_func left the next run's slices with
+            # "'AcceleratorState' object has no attribute 'parallelism_config'").
+            _restore_accelerate_state(saved)
+            entry.raw_model.forward = previous_forward
+            if entry.run_ids:
+                entry.model.delete_adapter(name)
+            self._active = None
+            raise
         if entry.run_ids:
             # TRL patches the base's forward with its fused LM head at each trainer's creation;
             # the first patch serves every run, so undo the re-wrapping.
