@@ -96,8 +96,6 @@ class SchedulerActor:
         """(run id, trial actor, its run() ref) for every trial ever started."""
         self.looping: set[int] = set()
         """Runs whose trial is still asking for slices."""
-        self._trial_of: dict[int, Any] = {}
-        """Each run's latest trial actor (a resumed run gets a new one)."""
         self._watches: set[asyncio.Task[None]] = set()
         self.finished = False
         self.ops_applied = 0
@@ -163,7 +161,6 @@ class SchedulerActor:
         ref = trial.run.remote()
         self.trials.append((run_id, trial, ref))
         self.looping.add(run_id)
-        self._trial_of[run_id] = trial
         watch = asyncio.get_running_loop().create_task(self._watch(run_id, trial, ref))
         self._watches.add(watch)
         watch.add_done_callback(self._watches.discard)
@@ -178,7 +175,8 @@ class SchedulerActor:
         except Exception as exc:
             error = f"the run's trial actor died: {type(exc).__name__}: {str(exc)[:1500]}"
         async with self.cond:
-            if run_id not in self.looping or self._trial_of.get(run_id) is not trial:
+            latest = next(t for rid, t, _ in reversed(self.trials) if rid == run_id)
+            if run_id not in self.looping or latest is not trial:
                 return  # the trial had left its loop, or a resumed run has a new trial
             self.looping.discard(run_id)
             row = self.core.runs[run_id]
