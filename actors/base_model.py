@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from actors.executor import SliceResult
+    from actors.messages import SliceResult
 
 logger = logging.getLogger(__name__)
 

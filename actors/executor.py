@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from actors import algorithms, fused
+from actors.messages import SliceResult
 from actors.spec import RunSpec
 from policies.errors import RunFailedError
 
@@ -95,27 +96,6 @@ class AdapterRecord:
     rng_state: torch.Tensor
     cuda_rng_state: torch.Tensor | None
     steps_done: int = 0
-
-
-@dataclass
-class SliceResult:
-    """What one slice produced: per-step metrics, optional eval metrics, timings."""
-
-    run_id: int
-    start_step: int
-    end_step: int
-    step_metrics: list[dict[str, float]]
-    eval_metrics: dict[str, float] | None
-    seconds: float
-    train_seconds: float
-    swap_seconds: float
-    tokens: int
-    memory: dict[str, float]
-    started_at: float
-    """Wall-clock (``time.time()``) start and end of the slice, for timelines."""
-    ended_at: float
-    fused_with: int = 1
-    """How many runs shared the pass that trained this slice (1: time-sliced)."""
 
 
 def _accelerate_state() -> list[tuple[dict[str, Any], dict[str, Any]]]:

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.messages import Grant
 from policies.chunking import ChunkPlan
 from policies.errors import IllegalTransitionError, OpError
 from policies.fusion import Candidate, FusionPolicy, form_group
@@ -45,21 +46,6 @@ class RunRow:
     fusion_key: str | None = None
     """Runs with equal keys may share a fused pass; ``None``: always time-sliced."""
     fusion_tokens: int = 0
-
-
-@dataclass(frozen=True)
-class Grant:
-    """Permission for one run to train on one executor up to ``end_step``.
-
-    ``group`` lists the runs granted together for one fused pass (this one included, leader
-    first); a time-sliced grant's group is just the run.
-    """
-
-    run_id: int
-    executor: int
-    end_step: int
-    evaluate: bool
-    group: tuple[int, ...] = ()
 
 
 class SchedulerCore:

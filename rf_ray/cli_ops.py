@@ -30,7 +30,7 @@ def _add_ops(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", type=int, help="run id (see rf-ray status)")
     p.add_argument("changes", nargs="*", help="for clone: knob=value pairs")
     p.add_argument("--warm-start", action="store_true", help="clone: copy the parent's state")
-    p.add_argument("--path", default=DEFAULT_ROOT, help="experiments root (for clone)")
+    p.add_argument("--path", default=DEFAULT_ROOT, help="experiments root")
 
 
 def parse_changes(pairs: list[str]) -> dict[str, Any]:
@@ -50,9 +50,9 @@ def parse_changes(pairs: list[str]) -> dict[str, Any]:
 def cmd_ops(args: argparse.Namespace) -> int:
     from rf_ray import ops
 
-    scheduler = ops.attach(args.experiment)
+    exp_dir = (Path(args.path) / args.experiment).resolve()
+    scheduler = ops.attach(exp_dir)
     if args.op == "clone":
-        exp_dir = (Path(args.path) / args.experiment).resolve()
         result = ops.clone_modify(
             scheduler, exp_dir, args.run_id, parse_changes(args.changes), args.warm_start
         )

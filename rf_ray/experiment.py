@@ -127,7 +127,7 @@ class Experiment:
     def _scheduler(self) -> Any:
         if self._session is not None and not self._session.finished:
             return self._session.scheduler
-        return ops.attach(self.name)
+        return ops.attach(self.dir)
 
     def stop(self, run_id: int) -> dict[str, Any]:
         """Pause a run at its next slice boundary (its checkpoint is kept; ``resume`` it)."""

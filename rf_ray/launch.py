@@ -26,9 +26,17 @@ logger = logging.getLogger(__name__)
 NAMESPACE = "rf_ray"
 
 
-def scheduler_name(experiment: str) -> str:
-    """The named-actor name under which other processes find a running experiment."""
-    return f"rf_ray:{experiment}"
+def scheduler_name(experiment_dir: str | os.PathLike[str]) -> str:
+    """The named-actor name under which other processes find a running experiment.
+
+    Scoped by the experiment's resolved directory, so two experiments with the same name in
+    different directories never find (or kill) each other's scheduler on a shared cluster.
+    """
+    import hashlib
+
+    path = Path(experiment_dir).resolve()
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    return f"rf_ray:{path.name}:{digest}"
 
 
 @dataclass

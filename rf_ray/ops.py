@@ -27,17 +27,19 @@ OPS = ("stop", "resume", "delete", "prune")
 _CALLABLE_FIELDS = ("formatting_func", "compute_metrics", "reward_funcs")
 
 
-def attach(name: str) -> Any:
-    """The named scheduler actor of a running experiment (connecting to Ray if needed)."""
+def attach(exp_dir: str | Path) -> Any:
+    """The named scheduler actor of the experiment running from ``exp_dir`` (connecting to Ray
+    if needed)."""
     import ray
 
     ensure_ray()
+    name = scheduler_name(exp_dir)
     try:
-        return ray.get_actor(scheduler_name(name), namespace=NAMESPACE)
+        return ray.get_actor(name, namespace=NAMESPACE)
     except ValueError:
         raise OpError(
-            f"experiment {name!r} is not running on this Ray cluster (no actor "
-            f"{scheduler_name(name)!r}); start it with run_fit, or resume it"
+            f"experiment {Path(exp_dir).name!r} at {exp_dir} is not running on this Ray cluster "
+            f"(no actor {name!r}); start it with run_fit, or resume it"
         ) from None
 
 

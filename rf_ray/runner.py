@@ -154,7 +154,7 @@ def _start_actors(
     num_executors = executor_count(num_executors)
     # The MLflow experiment is created here, once, before trials log to it concurrently.
     Tracker(tracking_uri, name)
-    actor_name = scheduler_name(name)
+    actor_name = scheduler_name(exp_dir)
     with contextlib.suppress(ValueError):  # no leftover scheduler of that name
         ray.kill(ray.get_actor(actor_name, namespace=NAMESPACE))
     # Datasets travel as paths to the experiment's Arrow copy (see ``persist``).

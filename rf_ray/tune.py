@@ -460,7 +460,7 @@ def _make_trial_fn(name: str, exp_dir: str, base: RunConfig) -> Callable[[dict[s
         from ray import tune
 
         run = apply_flat(base, config)  # UnknownKnobError names a bad key, before any run
-        scheduler = ops.attach(name)
+        scheduler = ops.attach(exp_dir)
         (run_id,) = ops.add_runs(scheduler, Path(exp_dir), [run])
         reported = 0
         try:
