@@ -25,6 +25,11 @@ from rf_ray.config import RunConfig, build_lora_config, build_trl_config, descri
 logger = logging.getLogger(__name__)
 NAMESPACE = "rf_ray"
 
+DEFAULT_SLICE_TIMEOUT = 1800.0
+"""Seconds one slice (or placing a run on an executor) may take before its run fails."""
+
+CLUSTER_FILE = "cluster.json"
+
 
 def scheduler_name(experiment_dir: str | os.PathLike[str]) -> str:
     """The named-actor name under which other processes find a running experiment.
@@ -57,6 +62,8 @@ class Plan:
     seed: int
     num_chunks: int
     differing: list[str] = field(default_factory=list)
+    slice_timeout: float | None = DEFAULT_SLICE_TIMEOUT
+    """Wall-clock bound of one slice in seconds (``None``: none); see ``Grant.deadline_s``."""
 
 
 def build_specs(
@@ -189,3 +196,39 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
             f"RAY_ADDRESS={address}: no Ray cluster is listening there; start one with "
             "`ray start --head`, or unset RAY_ADDRESS to let rf-ray start a local cluster"
         ) from None
+
+
+def record_cluster(exp_dir: Path) -> None:
+    """Write ``<exp_dir>/cluster.json``: how other processes reach the Ray cluster this driver
+    runs the experiment on, and which process the driver is (see ``driver_gone``)."""
+    import json
+    import socket
+
+    import ray
+
+    record = {
+        "address": ray.get_runtime_context().gcs_address,
+        "driver_pid": os.getpid(),
+        "host": socket.gethostname(),
+    }
+    (Path(exp_dir) / CLUSTER_FILE).write_text(json.dumps(record))
+
+
+def driver_gone(exp_dir: Path) -> bool:
+    """True when the experiment's recorded driver process (same host) no longer exists."""
+    import json
+    import socket
+
+    path = Path(exp_dir) / CLUSTER_FILE
+    if not path.exists():
+        return False
+    record = json.loads(path.read_text())
+    if record.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(record["driver_pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

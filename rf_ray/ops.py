@@ -14,6 +14,7 @@ from typing import Any
 
 from actors.store import Store
 from policies.errors import ConfigError, OpError
+from rf_ray import specfiles
 from rf_ray.config import (
     LORA_SHORTHAND,
     RunConfig,
@@ -109,10 +110,7 @@ def clone_modify(
     spec.parent_run_id = run_id
     if warm_start:
         _check_warm_start(parent, spec)
-    blob = cloudpickle.dumps(spec)
-    run_dir = exp_dir / "runs" / str(new_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "spec.cloudpickle").write_bytes(blob)
+    blob = specfiles.write_spec(exp_dir, spec)
     from rf_ray.runner import entry_for
 
     entry = entry_for(spec, meta["name"], blob)
@@ -123,7 +121,6 @@ def clone_modify(
 def add_runs(scheduler: Any, exp_dir: Path, runs: list[RunConfig]) -> list[int]:
     """Add new concrete runs to a running experiment (e.g. a search algorithm's suggestions).
     Each is validated here first; returns their run ids."""
-    import cloudpickle
     import ray
 
     from rf_ray.runner import entry_for
@@ -140,10 +137,7 @@ def add_runs(scheduler: Any, exp_dir: Path, runs: list[RunConfig]) -> list[int]:
             [run], exp_dir, train_rows=meta["train_rows"], num_chunks=meta["num_chunks"],
             seed=meta["seed"], first_run_id=new_id,
         )  # fmt: skip
-        blob = cloudpickle.dumps(spec)
-        run_dir = exp_dir / "runs" / str(new_id)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "spec.cloudpickle").write_bytes(blob)
+        blob = specfiles.write_spec(exp_dir, spec)
         _unwrap(
             lambda b=blob, s=spec: ray.get(
                 scheduler.add_clone.remote(entry_for(s, meta["name"], b))

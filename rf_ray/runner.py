@@ -27,6 +27,7 @@ from actors.store import Store
 from policies.errors import ConfigError
 from policies.pruning import pruner_from_dict
 from policies.state import RunStatus
+from rf_ray import specfiles
 from rf_ray.launch import NAMESPACE, Plan, ensure_ray, scheduler_name
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,6 @@ def _write_blob(path: Path, data: bytes) -> None:
 
 def persist(plan: Plan) -> None:
     """Write what a resume needs, atomically: datasets, create_model_fn, specs, store rows."""
-    import cloudpickle
 
     plan.dir.mkdir(parents=True, exist_ok=True)
     import datasets
@@ -79,7 +79,7 @@ def persist(plan: Plan) -> None:
         finally:
             if bars:
                 datasets.enable_progress_bars()
-    _write_blob(plan.dir / "create_model_fn.cloudpickle", cloudpickle.dumps(plan.create_model_fn))
+    specfiles.write_create_model_fn(plan.dir, plan.create_model_fn)
     store = Store(plan.dir)
     try:
         store.set_meta(
@@ -101,9 +101,7 @@ def persist(plan: Plan) -> None:
             status="running",
         )
         for spec in plan.specs:
-            run_dir = plan.dir / "runs" / str(spec.run_id)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            _write_blob(run_dir / "spec.cloudpickle", cloudpickle.dumps(spec))
+            specfiles.write_spec(plan.dir, spec)
             store.add_run(
                 spec.run_id, spec.params, RunStatus.PENDING.value, spec.plan.total_steps,
                 spec.plan.total_chunks, spec.parent_run_id,
@@ -233,7 +231,6 @@ def start(plan: Plan, num_executors: int | None = None, hold: str | None = None)
 
 def resume(exp_dir: Path, num_executors: int | None = None) -> Session:
     """Restart a stopped driver's experiment from its directory (see module docstring)."""
-    import cloudpickle
     import datasets
     import ray
 
@@ -254,7 +251,7 @@ def resume(exp_dir: Path, num_executors: int | None = None) -> Session:
     name = meta["name"]
     train = datasets.load_from_disk(str(exp_dir / "data" / "train"))
     evals = datasets.load_from_disk(str(exp_dir / "data" / "eval")) if meta["has_eval"] else None
-    create_model_fn = cloudpickle.loads((exp_dir / "create_model_fn.cloudpickle").read_bytes())
+    create_model_fn = specfiles.read_create_model_fn(exp_dir)
     pruner = pruner_from_dict(meta["pruner_state"])
     scheduler, executors, started = _start_actors(
         name, exp_dir, meta["tracking_uri"], create_model_fn, train, evals, pruner.to_dict(),
@@ -262,8 +259,7 @@ def resume(exp_dir: Path, num_executors: int | None = None) -> Session:
     )  # fmt: skip
     entries, params = [], {}
     for row in runs:
-        blob = (exp_dir / "runs" / str(row["run_id"]) / "spec.cloudpickle").read_bytes()
-        spec = cloudpickle.loads(blob)
+        spec, blob = specfiles.read_spec(exp_dir, row["run_id"])
         entry = entry_for(spec, name, blob)
         entry.update(
             status=row["status"],
