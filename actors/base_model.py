@@ -22,10 +22,9 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from actors.messages import SliceResult
+from actors.messages import SliceResult
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +108,12 @@ class BaseModelActor:
     async def run_slice(
         self,
         run_id: int,
+        start_step: int,
         end_step: int,
         evaluate: bool,
         run_dir: str,
         group: list[int] | None = None,
-    ) -> dict[str, Any]:
+    ) -> SliceResult:
         """Train one slice, then write the run's durable checkpoint; return the outcome.
 
         With a ``group`` of several runs (a fused grant), the call waits for the group's other
@@ -163,7 +163,7 @@ class BaseModelActor:
 
         task.add_done_callback(_done)
 
-    def _solo(self, run_id: int, end_step: int, evaluate: bool, run_dir: str) -> dict[str, Any]:
+    def _solo(self, run_id: int, end_step: int, evaluate: bool, run_dir: str) -> SliceResult:
         result = self.executor.run_slice(run_id, end_step, evaluate=evaluate)
         return self._checkpointed(result, run_dir)
 
@@ -180,11 +180,11 @@ class BaseModelActor:
             except Exception as exc:  # e.g. a full disk: this run's slice is not durable
                 outcomes[run_id] = exc
             if self.executor.fusion_stats["oom"] > oom_before:
-                outcomes[run_id]["fusion_oom_tokens"] = self.executor.last_oom_tokens
+                result.fusion_oom_tokens = self.executor.last_oom_tokens
         return outcomes
 
-    def _checkpointed(self, result: SliceResult, run_dir: str) -> dict[str, Any]:
-        """Write the run's durable checkpoint after its slice; the outcome as plain data."""
+    def _checkpointed(self, result: SliceResult, run_dir: str) -> SliceResult:
+        """Write the run's durable checkpoint after its slice; the result names it."""
         from actors import checkpoint
 
         record = self.executor.registry[result.run_id]
@@ -192,9 +192,8 @@ class BaseModelActor:
         # Keep the previous checkpoint too: the store may still point at it if the process
         # dies between this write and the scheduler recording the slice.
         path = checkpoint.save(state, run_dir, keep=2)
-        out = dataclasses.asdict(result)
-        out["checkpoint"] = str(path)
-        return out
+        result.checkpoint = str(path)
+        return result
 
     async def export(self, run_id: int, path: str) -> str:
         return await self._work(self._export, run_id, path)

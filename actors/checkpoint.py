@@ -131,6 +131,15 @@ def save(state: dict[str, Any], run_dir: str | Path, keep: int = 1) -> Path:
     return final
 
 
+def remove_partial_writes(experiment_dir: str | Path) -> list[Path]:
+    """Delete the temporary directories that interrupted ``save`` calls left behind in every
+    run's ``checkpoints/``; returns what was removed. Call before any executor starts."""
+    leftovers = sorted(Path(experiment_dir).glob("runs/*/checkpoints/.tmp-*"))
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    return leftovers
+
+
 def load(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by ``save`` (no code execution: safetensors + JSON)."""
     path = Path(path)

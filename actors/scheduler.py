@@ -22,7 +22,7 @@ from policies.errors import IllegalTransitionError, OpError
 from policies.fusion import Candidate, FusionPolicy, form_group
 from policies.order import next_run
 from policies.pruning import Pruner
-from policies.state import RunStatus, is_live, is_terminal, transition
+from policies.state import OPS, RunStatus, is_live, is_terminal, transition
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class SchedulerCore:
         row.in_flight, row.executor = True, executor
         self.busy[executor] += 1
         evaluate = self.has_eval and end == chunk_end
-        return Grant(row.run_id, executor, end, evaluate, group)
+        return Grant(row.run_id, executor, end, evaluate, group, start_step=row.steps_done)
 
     def _group_for(self, leader: RunRow, executor: int, candidates: dict[int, int]) -> list[int]:
         """The leader and the runs that share its fused pass (``policies.fusion``)."""
@@ -262,12 +262,7 @@ class SchedulerCore:
         A run in flight finishes its slice first: the op takes effect at the slice boundary.
         Returns runs the pruner stopped as a consequence (a rung may have become complete).
         """
-        targets = {
-            "stop": RunStatus.STOPPED,
-            "resume": RunStatus.RUNNING,
-            "delete": RunStatus.DELETED,
-            "prune": RunStatus.PRUNED,
-        }
+        targets = OPS
         if op not in targets:
             raise OpError(f"unknown op {op!r}; ops are: {', '.join(targets)}, clone_modify")
         row = self.row_for_op(run_id)

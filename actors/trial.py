@@ -19,6 +19,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from actors.messages import SliceResult
+
 logger = logging.getLogger(__name__)
 
 _MLFLOW_STATUS = {
@@ -97,31 +99,24 @@ class TrialActor:
                 tracker.set_tags(self.mlflow_run_id, {"rf_ray.error": error})
                 await self._evict()
                 continue
-            self.checkpoint = result["checkpoint"]
+            self.checkpoint = result.checkpoint
             report = await self.scheduler.report.remote(
                 self.run_id,
-                result["end_step"],
-                result["step_metrics"],
-                result["eval_metrics"],
-                {
-                    "slice_seconds": result["seconds"],
-                    "slice_started_at": result["started_at"],
-                    "slice_ended_at": result["ended_at"],
-                    "tokens_per_second": result["tokens"] / max(result["train_seconds"], 1e-9),
-                    "fused_with": result.get("fused_with", 1),
-                    **result["memory"],
-                },
-                result["checkpoint"],
-                result.get("fusion_oom_tokens"),
+                result.end_step,
+                result.step_metrics,
+                result.eval_metrics,
+                result.chunk_extras(),
+                result.checkpoint,
+                result.fusion_oom_tokens,
             )
-            rows = [(int(m["step"]), m) for m in result["step_metrics"]]
+            rows = [(int(m["step"]), m) for m in result.step_metrics]
             if report["chunk"] is not None:
                 chunk_no, chunk_metrics = report["chunk"]
                 chunk_row = {f"chunk/{k}": v for k, v in chunk_metrics.items()}
-                rows.append((result["end_step"], {**chunk_row, "chunk": chunk_no}))
+                rows.append((result.end_step, {**chunk_row, "chunk": chunk_no}))
             tracker.log_metrics(self.mlflow_run_id, rows)
 
-    async def _train(self, grant: dict[str, Any]) -> dict[str, Any]:
+    async def _train(self, grant: dict[str, Any]) -> SliceResult:
         """Place the run on the granted executor if needed, then train the slice."""
         executor = self.executors[grant["executor"]]
         if self.placed_on is not None and self.placed_on != grant["executor"]:
@@ -131,6 +126,7 @@ class TrialActor:
             self.placed_on = grant["executor"]
         return await executor.run_slice.remote(
             self.run_id,
+            grant["start_step"],
             grant["end_step"],
             grant["evaluate"],
             str(self.run_dir),

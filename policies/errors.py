@@ -6,7 +6,9 @@
     │   └── ExperimentExistsError   the experiment name is taken by different data
     ├── IllegalTransitionError (ValueError)    a run status change the state machine forbids
     ├── OpError (ValueError)        an interactive-control op that cannot apply (unknown run...)
-    └── RunFailedError (RuntimeError)          a run's slice raised, or its loss went NaN/inf
+    ├── RunFailedError (RuntimeError)          a run's slice raised, or its loss went NaN/inf
+    └── RunNotPlacedError (RuntimeError)       the executor does not hold the run at the step
+                                               the grant expects: re-place it from its checkpoint
 
 The module lives in ``policies/`` because that is the bottom layer: every layer may import it,
 and it imports nothing. ``rf_ray`` re-exports the public names.
@@ -43,6 +45,11 @@ class RunFailedError(RFRayError, RuntimeError):
     """A run's slice raised, or its loss became NaN or infinite."""
 
 
+class RunNotPlacedError(RFRayError, RuntimeError):
+    """The executor does not hold the run at the step a grant starts from (it restarted, or a
+    retried call finds the run elsewhere): the trial re-places it from its checkpoint."""
+
+
 __all__ = [
     "ConfigError",
     "ExperimentExistsError",
@@ -50,5 +57,6 @@ __all__ = [
     "OpError",
     "RFRayError",
     "RunFailedError",
+    "RunNotPlacedError",
     "UnknownKnobError",
 ]

@@ -71,6 +71,16 @@ _LIVE = frozenset({RunStatus.PENDING, RunStatus.RUNNING})
 _TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.DELETED})
 
 
+OPS: dict[str, RunStatus] = {
+    "stop": RunStatus.STOPPED,
+    "resume": RunStatus.RUNNING,
+    "delete": RunStatus.DELETED,
+    "prune": RunStatus.PRUNED,
+}
+"""The interactive-control ops that change a run's status, and the status each one sets (the one
+table of op names; ``clone_modify`` adds a run instead)."""
+
+
 def transition(current: RunStatus, new: RunStatus, run_id: int | None = None) -> RunStatus:
     """Return ``new`` if a run may move from ``current`` to it, else raise.
 
@@ -100,4 +110,4 @@ def is_terminal(status: RunStatus) -> bool:
     return RunStatus(status) in _TERMINAL
 
 
-__all__ = ["ALLOWED_TRANSITIONS", "RunStatus", "is_live", "is_terminal", "transition"]
+__all__ = ["ALLOWED_TRANSITIONS", "OPS", "RunStatus", "is_live", "is_terminal", "transition"]

@@ -14,6 +14,7 @@ from typing import Any
 
 from actors.store import Store
 from policies.errors import ConfigError, OpError
+from policies.state import OPS
 from rf_ray import specfiles
 from rf_ray.config import (
     LORA_SHORTHAND,
@@ -24,7 +25,6 @@ from rf_ray.config import (
 )
 from rf_ray.launch import NAMESPACE, build_specs, ensure_ray, scheduler_name
 
-OPS = ("stop", "resume", "delete", "prune")
 _CALLABLE_FIELDS = ("formatting_func", "compute_metrics", "reward_funcs")
 
 

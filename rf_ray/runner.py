@@ -56,12 +56,6 @@ class Session:
 
 
 # ---------------------------------------------------------------------------- persistence
-def _write_blob(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def persist(plan: Plan) -> None:
     """Write what a resume needs, atomically: datasets, create_model_fn, specs, store rows."""
 

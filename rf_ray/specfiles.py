@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from actors.durable import atomic_write
 from actors.spec import RunSpec
 from policies.errors import ConfigError
 
@@ -52,9 +53,7 @@ def read_spec(exp_dir: Path, run_id: int) -> tuple[RunSpec, bytes]:
 def write_create_model_fn(exp_dir: Path, fn: Any) -> None:
     import cloudpickle
 
-    from rf_ray.runner import _write_blob
-
-    _write_blob(Path(exp_dir) / MODEL_FN_FILE, cloudpickle.dumps(fn))
+    atomic_write(Path(exp_dir) / MODEL_FN_FILE, cloudpickle.dumps(fn))
 
 
 def read_create_model_fn(exp_dir: Path) -> Any:
