@@ -31,7 +31,7 @@ STEPS = 8
 BATCH = 8
 
 
-def _spec(workdir: Path, run_id: int, lr: float, rank: int):
+def _spec(workdir: Path, run_id: int, lr: float, rank: int, dropout: float = 0.1):
     from peft import LoraConfig
     from trl import SFTConfig
 
@@ -45,7 +45,7 @@ def _spec(workdir: Path, run_id: int, lr: float, rank: int):
         disable_tqdm=True,
     )  # fmt: skip
     lora = LoraConfig(
-        task_type="CAUSAL_LM", r=rank, lora_alpha=2 * rank, lora_dropout=0.1,
+        task_type="CAUSAL_LM", r=rank, lora_alpha=2 * rank, lora_dropout=dropout,
         target_modules=["q_proj", "v_proj"],
     )  # fmt: skip
     return RunSpec(
@@ -54,10 +54,66 @@ def _spec(workdir: Path, run_id: int, lr: float, rank: int):
     )  # fmt: skip
 
 
-def main() -> int:
+def _rng_digest(torch) -> str:
+    import hashlib
+
+    state = torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.get_rng_state()
+    return hashlib.sha256(state.numpy().tobytes()).hexdigest()[:10]
+
+
+def _resume_check(executor, work: Path, dropout: float, cuda: bool) -> None:
+    """Half a run, a checkpoint, a NEW executor restores it and trains the other half: the
+    losses must equal a run that never stopped (exactly on the CPU)."""
     import torch
 
     from actors import checkpoint
+
+    seen: list[str] = []
+
+    def traced(ex):
+        activate = ex._activate
+
+        def wrapper(record):
+            out = activate(record)
+            seen.append(_rng_digest(torch))  # the device RNG the slice starts from
+            return out
+
+        ex._activate = wrapper
+        return ex
+
+    ex = traced(executor())
+    print(f"executor device={ex.device} bf16_autocast={ex.use_bf16}", flush=True)
+    ex.add_run(_spec(work, 1, 3e-3, 8, dropout))
+    half = ex.run_slice(1, STEPS // 2)
+    mid = _rng_digest(torch)
+    straight = ex.run_slice(1, STEPS)  # a second slice in the same executor
+    print(f"slice memory: {straight.memory}", flush=True)
+    want = [m["loss"] for m in half.step_metrics + straight.step_metrics]
+
+    ex = traced(executor())
+    ex.add_run(_spec(work, 1, 3e-3, 8, dropout))
+    first = ex.run_slice(1, STEPS // 2)
+    state = checkpoint.capture(ex.registry[1], ex.bases["toy"].model)
+    path = checkpoint.save(state, work / f"ckpt-{dropout}")
+    del ex
+    if cuda:
+        torch.cuda.empty_cache()
+    ex = traced(executor())
+    ex.add_run(_spec(work, 1, 3e-3, 8, dropout), checkpoint.load(path))
+    second = ex.run_slice(1, STEPS)
+    got = [m["loss"] for m in first.step_metrics + second.step_metrics]
+    gap = max(abs(a - b) for a, b in zip(want, got))
+    print(
+        f"lora_dropout={dropout}: resume from a checkpoint in a new executor, max |loss diff| "
+        f"over {STEPS} steps = {gap:.3g}; device RNG at slice starts {seen} (mid {mid})"
+    )
+    print(f"  same executor: {[round(x, 5) for x in want]}")
+    print(f"  resumed:       {[round(x, 5) for x in got]}", flush=True)
+
+
+def main() -> int:
+    import torch
+
     from actors.executor import Executor
     from rf_ray.toy import load_toy_model, sft_dataset
 
@@ -72,33 +128,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         # 1-2: one run straight through, on a fresh executor.
-        ex = executor()
-        print(f"executor device={ex.device} bf16_autocast={ex.use_bf16}", flush=True)
-        ex.add_run(_spec(work, 1, 3e-3, 8))
-        straight = ex.run_slice(1, STEPS)
-        print(f"slice memory: {straight.memory}", flush=True)
-        want = [m["loss"] for m in straight.step_metrics]
-
-        # 3: half, checkpoint, a new executor restores it, the other half.
-        ex = executor()
-        ex.add_run(_spec(work, 1, 3e-3, 8))
-        first = ex.run_slice(1, STEPS // 2)
-        record = ex.registry[1]
-        state = checkpoint.capture(record, ex.bases["toy"].model)
-        path = checkpoint.save(state, work / "ckpt")
-        print(f"checkpoint keys: rng={sorted(state['rng'])}", flush=True)
-        del ex
-        if cuda:
-            torch.cuda.empty_cache()
-        ex = executor()
-        ex.add_run(_spec(work, 1, 3e-3, 8), checkpoint.load(path))
-        second = ex.run_slice(1, STEPS)
-        got = [m["loss"] for m in first.step_metrics + second.step_metrics]
-        gap = max(abs(a - b) for a, b in zip(want, got))
-        print(f"resume from a CUDA checkpoint: max |loss diff| over {STEPS} steps = {gap:.3g}")
-        print(f"  straight: {[round(x, 5) for x in want]}")
-        print(f"  resumed:  {[round(x, 5) for x in got]}", flush=True)
-
+        for dropout in (0.0, 0.1):
+            _resume_check(executor, work, dropout, cuda)
         # 4: K runs on one base, time-sliced vs fused.
         for k in (4, 8):
             for fused in (False, True):
