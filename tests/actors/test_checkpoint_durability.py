@@ -61,7 +61,8 @@ def test_a_crash_between_the_fallback_renames_leaves_a_loadable_checkpoint(tmp_p
     assert checkpoint.steps_done(path) == 4
     restored = checkpoint.remove_partial_writes(tmp_path / "exp")
     assert [p.name for p in restored] == [".aside-step-00000004"]
-    assert path.exists() and _value(path) == 1.0
+    assert path.exists()
+    assert _value(path) == 1.0
     assert os.listdir(path.parent) == ["step-00000004"]
 
 
