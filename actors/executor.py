@@ -82,6 +82,8 @@ class BaseEntry:
     raw_model: Any
     tokenizer: Any
     run_ids: set[int] = field(default_factory=set)
+    forward_patched: bool = False
+    """Whether a TRL trainer has patched ``raw_model.forward`` (the first one does; see add_run)."""
 
 
 @dataclass
@@ -184,6 +186,8 @@ class Executor:
         if entry.model is None:
             entry.model = get_peft_model(entry.raw_model, spec.lora_config, adapter_name=name)
         else:
+            if name in entry.model.peft_config:  # left by a removed or failed run of this id
+                entry.model.delete_adapter(name)
             entry.model.add_adapter(name, spec.lora_config)
         entry.model.set_adapter(name)
         self._active = spec.run_id
@@ -200,14 +204,14 @@ class Executor:
             # "'AcceleratorState' object has no attribute 'parallelism_config'").
             _restore_accelerate_state(saved)
             entry.raw_model.forward = previous_forward
-            if entry.run_ids:
-                entry.model.delete_adapter(name)
+            entry.model.delete_adapter(name)
             self._active = None
             raise
-        if entry.run_ids:
+        if entry.forward_patched:
             # TRL patches the base's forward with its fused LM head at each trainer's creation;
             # the first patch serves every run, so undo the re-wrapping.
             entry.raw_model.forward = previous_forward
+        entry.forward_patched = True
         entry.run_ids.add(spec.run_id)
         trainer.create_optimizer()
         trainer.create_scheduler(spec.plan.total_steps, optimizer=trainer.optimizer)
@@ -258,10 +262,9 @@ class Executor:
             return
         entry = self.bases[record.spec.model_key]
         entry.run_ids.discard(run_id)
-        if entry.run_ids:
-            entry.model.delete_adapter(record.spec.adapter_name)
-            if self._active == run_id:
-                self._active = None
+        entry.model.delete_adapter(record.spec.adapter_name)  # PEFT allows deleting the last one
+        if self._active == run_id:
+            self._active = None
 
     def _activate(self, record: AdapterRecord) -> float:
         """Make the run's adapter the active one; return the swap time in seconds."""
