@@ -108,3 +108,13 @@ def test_every_file_and_directory_is_fsynced_before_the_checkpoint_counts(tmp_pa
     temp_dirs = [p for p in synced if os.path.basename(os.path.dirname(p)) == "checkpoints"]
     assert any(os.path.basename(p).startswith(".tmp-") for p in temp_dirs)  # before the rename
     assert str(tmp_path / "run" / "checkpoints") in synced  # after the rename
+
+
+def test_a_warm_clone_copy_is_durable_and_private(tmp_path):
+    source = checkpoint.save(_state(4, 3.0), tmp_path / "runs" / "1")
+    copied = checkpoint.copy(source, tmp_path / "runs" / "2")
+    assert copied == tmp_path / "runs" / "2" / "checkpoints" / "step-00000004"
+    assert _value(copied) == 3.0
+    assert _mode(copied) == 0o700
+    assert _mode(copied / checkpoint.STATE_FILE) == 0o600
+    assert os.listdir(copied.parent) == ["step-00000004"]
