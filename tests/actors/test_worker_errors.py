@@ -8,6 +8,7 @@ call hung before the fix); one blocks on a FIFO the test opens at the end.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import sys
@@ -43,6 +44,13 @@ def _spec(tmp_path, run_id: int, compute_metrics=None) -> RunSpec:
 
 def _stop_iteration(eval_pred):
     raise StopIteration("the metric's iterator ran dry")
+
+
+def _raising(kind: type[BaseException]):
+    def compute_metrics(eval_pred):
+        raise kind("raised by user code")
+
+    return compute_metrics
 
 
 def _waiting_on(entered: str, release: str):
@@ -110,3 +118,29 @@ def test_activity_names_the_user_function_the_worker_is_stuck_in(ray_cluster, ex
     result = ray.get(stuck, timeout=BOUND)
     assert result.end_step == 1
     assert ray.get(executor.activity.remote(), timeout=BOUND) == "idle"
+
+
+@pytest.fixture(scope="module")
+def plain_actor():
+    """The actor class as a plain object (no Ray): the worker thread and event loop are real."""
+    return BaseModelActor(load_toy_model, sft_dataset(N, seed=0), sft_eval_dataset(8), device="cpu")
+
+
+@pytest.mark.parametrize(
+    "kind", [StopIteration, StopAsyncIteration, KeyboardInterrupt, SystemExit, GeneratorExit]
+)
+def test_any_exception_from_the_worker_reaches_the_caller_as_the_run_failure(
+    plain_actor, tmp_path, kind
+):
+    run_id = 10 + [StopIteration, StopAsyncIteration, KeyboardInterrupt, SystemExit,
+                   GeneratorExit].index(kind)  # fmt: skip
+    spec = _spec(tmp_path, run_id, compute_metrics=_raising(kind))
+
+    async def slice_call():
+        await plain_actor.add_run(cloudpickle.dumps(spec), None, "t")
+        call = plain_actor.run_slice(run_id, 0, 1, True, str(tmp_path / "run"))
+        return await asyncio.wait_for(call, BOUND)
+
+    with pytest.raises(RunFailedError, match=f"{kind.__name__} raised while evaluating") as err:
+        asyncio.run(slice_call())
+    assert isinstance(err.value.__cause__, kind)
