@@ -19,6 +19,7 @@ from peft import LoraConfig
 from trl import SFTConfig
 
 from actors.base_model import BaseModelActor
+from actors.executor import Executor
 from actors.spec import RunSpec
 from policies.chunking import ChunkPlan
 from policies.errors import RunFailedError
@@ -144,3 +145,30 @@ def test_any_exception_from_the_worker_reaches_the_caller_as_the_run_failure(
     with pytest.raises(RunFailedError, match=f"{kind.__name__} raised while evaluating") as err:
         asyncio.run(slice_call())
     assert isinstance(err.value.__cause__, kind)
+
+
+def test_a_grpo_plan_longer_than_its_data_fails_the_run_clearly(tmp_path):
+    """Issue 12 item 1: a cold GRPO clone sized from the wrong count ran TRL's dataloader dry."""
+    from rf_ray.config import RFGRPOConfig, RFModelConfig
+    from rf_ray.launch import build_specs
+    from rf_ray.search import RFGridSearch
+    from rf_ray.toy import TOY_MODEL_NAME, format_reward, grpo_dataset
+
+    data = grpo_dataset(8)
+    config = RFGRPOConfig(
+        per_device_train_batch_size=4, num_generations=4, max_completion_length=4,
+        lora_rank=4, target_modules=["q_proj", "v_proj"],
+    )  # fmt: skip
+    group = RFGridSearch(
+        [
+            RFModelConfig(
+                model_name=TOY_MODEL_NAME, training_args=config, reward_funcs=[format_reward]
+            )
+        ]
+    )
+    # The plan believes in twice the rows the executor's dataset has.
+    (spec,) = build_specs(group.expand(), tmp_path, 2 * len(data), 2, seed=7)
+    executor = Executor(lambda _: load_toy_model(), data, device="cpu")
+    executor.add_run(spec)
+    with pytest.raises(RunFailedError, match="dataloader ran dry at optimizer step"):
+        executor.run_slice(spec.run_id, spec.plan.total_steps)
