@@ -10,7 +10,14 @@ The actor is async so that it can gather a fused group: the scheduler grants a g
 pass together, each run's trial calls ``run_slice`` with the group, and the call that completes
 the group trains all of them in one fused pass (``Executor.run_fused``); the others await its
 outcome. Tensor work runs on one worker thread, one request at a time, so the executor is never
-entered concurrently and the event loop stays free to gather groups.
+entered concurrently and the event loop stays free to gather groups. Whatever the worker raises
+reaches the awaiting call: exceptions that asyncio cannot carry (StopIteration) or that are not
+``Exception`` (KeyboardInterrupt, SystemExit, GeneratorExit from user code) come back as the run's
+``RunFailedError``. ``activity`` answers from the event loop even while the worker is stuck.
+
+Slices are idempotent: a call retried after its reply was lost returns the slice's cached outcome
+instead of training again; a run not resident at the grant's start step raises
+``RunNotPlacedError`` (see ``Executor.placement``).
 """
 
 from __future__ import annotations
@@ -20,11 +27,15 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
+import sys
+import threading
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from actors.messages import SliceResult
+from policies.errors import RunFailedError
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +50,8 @@ class _Gathering:
 
     key: tuple[int, ...]
     outcome: asyncio.Future[dict[int, Any]]
-    arrived: dict[int, tuple[int, bool, str]] = dataclasses.field(default_factory=dict)
+    arrived: dict[int, tuple[int, int, bool, str]] = dataclasses.field(default_factory=dict)
+    """Members that called in: ``(start_step, end_step, evaluate, run_dir)`` by run id."""
 
 
 class BaseModelActor:
@@ -72,13 +84,49 @@ class BaseModelActor:
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="executor")
         self._groups: dict[tuple[int, ...], _Gathering] = {}
         """Fused groups still gathering their members, by sorted member ids."""
+        self._worker_thread: int | None = None
+        """``threading.get_ident()`` of the worker thread, once it has run something."""
 
     async def _work(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` on the executor's worker thread (requests queue there, in order)."""
-        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._worker, self._on_worker, fn, *args
+        )
+
+    def _on_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn``; turn what asyncio cannot carry back into the run's ``RunFailedError``.
+
+        A StopIteration set on the future of ``run_in_executor`` never reaches the awaiting
+        coroutine (asyncio refuses it and the call hangs; DESIGN.md, traps), and a
+        BaseException that is not an Exception would unwind the actor's event loop.
+        """
+        self._worker_thread = threading.get_ident()
+        try:
+            return fn(*args)
+        except (StopIteration, StopAsyncIteration) as exc:
+            raise as_run_failure(exc, self.executor.phase) from exc
+        except Exception:
+            raise
+        except BaseException as exc:
+            raise as_run_failure(exc, self.executor.phase) from exc
+        finally:
+            self.executor.phase = "idle"
 
     async def ready(self) -> dict[str, Any]:
         return {"device": str(self.executor.device), "pid": os.getpid()}
+
+    async def activity(self) -> str:
+        """What the worker thread is doing now: the executor's phase and, when busy, its
+        innermost frames (so a hung user function is named). Answers while the worker is stuck:
+        it runs on the event loop, not on the worker."""
+        phase = self.executor.phase
+        frames = sys._current_frames()
+        frame = frames.get(self._worker_thread) if self._worker_thread is not None else None
+        if phase == "idle" or frame is None:
+            return phase
+        stack = traceback.extract_stack(frame)[-3:]
+        where = " <- ".join(f"{f.name} ({f.filename}:{f.lineno})" for f in reversed(stack))
+        return f"{phase}; in {where}"
 
     async def add_run(
         self, spec_blob: bytes, checkpoint_path: str | None = None, owner: str | None = None
@@ -92,14 +140,28 @@ class BaseModelActor:
         self.owners[run_id] = owner
 
     def _add_run(self, spec_blob: bytes, checkpoint_path: str | None) -> int:
+        """Register the run; a resident copy at another step than the checkpoint's (a slice
+        whose result was never recorded) is replaced by the checkpoint's state."""
         import cloudpickle
 
-        spec = cloudpickle.loads(spec_blob)
-        if spec.run_id not in self.executor.registry:
-            from actors import checkpoint
+        from actors import checkpoint
 
-            state = checkpoint.load(checkpoint_path) if checkpoint_path else None
-            self.executor.add_run(spec, state)
+        spec = cloudpickle.loads(spec_blob)
+        record = self.executor.registry.get(spec.run_id)
+        if record is not None:
+            target = checkpoint.steps_done(checkpoint_path) if checkpoint_path else 0
+            if record.steps_done == target:
+                return int(spec.run_id)
+            logger.info(
+                "run %s is resident at step %s; re-seeding it from step %s (%s)",
+                spec.run_id,
+                record.steps_done,
+                target,
+                checkpoint_path,
+            )
+            self.executor.remove_run(spec.run_id)
+        state = checkpoint.load(checkpoint_path) if checkpoint_path else None
+        self.executor.add_run(spec, state)
         return int(spec.run_id)
 
     async def has_run(self, run_id: int) -> bool:
@@ -119,14 +181,17 @@ class BaseModelActor:
         With a ``group`` of several runs (a fused grant), the call waits for the group's other
         members and they train together in one pass; each call returns its own run's outcome
         and raises its own run's error.
+
+        Idempotent: a slice that already ran returns its cached outcome; a run not resident here
+        at ``start_step`` raises ``RunNotPlacedError`` (re-place it with ``add_run``, retry).
         """
         gathering = self._groups.get(tuple(sorted(group or ())))
         if gathering is None and group and len(group) > 1:
             gathering = self._gather(tuple(sorted(group)))
         if gathering is None or run_id in gathering.arrived:
             # Time-sliced; or a member too late for its group, or a retried call: on its own.
-            return await self._work(self._solo, run_id, end_step, evaluate, run_dir)
-        gathering.arrived[run_id] = (end_step, evaluate, run_dir)
+            return await self._work(self._solo, run_id, start_step, end_step, evaluate, run_dir)
+        gathering.arrived[run_id] = (start_step, end_step, evaluate, run_dir)
         if set(gathering.arrived) == set(gathering.key):
             self._launch(gathering)
         outcome = (await asyncio.shield(gathering.outcome))[run_id]
@@ -163,20 +228,37 @@ class BaseModelActor:
 
         task.add_done_callback(_done)
 
-    def _solo(self, run_id: int, end_step: int, evaluate: bool, run_dir: str) -> SliceResult:
-        result = self.executor.run_slice(run_id, end_step, evaluate=evaluate)
+    def _solo(
+        self, run_id: int, start_step: int, end_step: int, evaluate: bool, run_dir: str
+    ) -> SliceResult:
+        result = self.executor.run_slice(run_id, end_step, evaluate=evaluate, start_step=start_step)
         return self._checkpointed(result, run_dir)
 
-    def _fused(self, arrived: dict[int, tuple[int, bool, str]]) -> dict[int, Any]:
+    def _fused(self, arrived: dict[int, tuple[int, int, bool, str]]) -> dict[int, Any]:
         oom_before = self.executor.fusion_stats["oom"]
-        grants = [(rid, end, evaluate) for rid, (end, evaluate, _) in sorted(arrived.items())]
         outcomes: dict[int, Any] = {}
+        grants = []
+        for rid, (start, end, evaluate, _) in sorted(arrived.items()):
+            try:  # each member is checked: a retried member gets its cached outcome
+                cached = self.executor.placement(rid, start, end)
+            except Exception as exc:
+                outcomes[rid] = exc
+                continue
+            if cached is not None:
+                outcomes[rid] = cached
+            else:
+                grants.append((rid, end, evaluate))
         for run_id, result in self.executor.run_fused(grants).items():
             if isinstance(result, BaseException):
-                outcomes[run_id] = result
+                carried = isinstance(result, Exception) and not isinstance(
+                    result, (StopIteration, StopAsyncIteration)
+                )
+                outcomes[run_id] = (
+                    result if carried else as_run_failure(result, f"training run {run_id}")
+                )
                 continue
             try:
-                outcomes[run_id] = self._checkpointed(result, arrived[run_id][2])
+                outcomes[run_id] = self._checkpointed(result, arrived[run_id][3])
             except Exception as exc:  # e.g. a full disk: this run's slice is not durable
                 outcomes[run_id] = exc
             if self.executor.fusion_stats["oom"] > oom_before:
@@ -184,14 +266,22 @@ class BaseModelActor:
         return outcomes
 
     def _checkpointed(self, result: SliceResult, run_dir: str) -> SliceResult:
-        """Write the run's durable checkpoint after its slice; the result names it."""
+        """Write the run's durable checkpoint after its slice; the result names it. A cached
+        outcome (a retried call) already names its checkpoint."""
         from actors import checkpoint
 
+        if result.checkpoint is not None:
+            return result
         record = self.executor.registry[result.run_id]
-        state = checkpoint.capture(record, self.executor.bases[record.spec.model_key].model)
-        # Keep the previous checkpoint too: the store may still point at it if the process
-        # dies between this write and the scheduler recording the slice.
-        path = checkpoint.save(state, run_dir, keep=2)
+        self.executor.phase = f"writing checkpoint of run {result.run_id}"
+        try:
+            state = checkpoint.capture(record, self.executor.bases[record.spec.model_key].model)
+            # Keep the previous checkpoint too: the store may still point at it if the process
+            # dies between this write and the scheduler recording the slice.
+            path = checkpoint.save(state, run_dir, keep=2)
+        except BaseException:
+            record.last_result = None  # not durable: a retry must not return it
+            raise
         result.checkpoint = str(path)
         return result
 
@@ -214,3 +304,8 @@ class BaseModelActor:
 
     async def stats(self) -> dict[str, Any]:
         return await self._work(self.executor.stats)
+
+
+def as_run_failure(exc: BaseException, during: str) -> RunFailedError:
+    """``exc`` as the run's failure, naming its type, message and what was running."""
+    return RunFailedError(f"{type(exc).__name__} raised while {during}: {exc}".rstrip(": "))

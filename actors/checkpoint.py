@@ -6,15 +6,16 @@ A checkpoint is a directory ``<run dir>/checkpoints/step-<N>/`` holding
 * ``optimizer.safetensors`` + ``state.json``: optimizer tensors, and the rest of the optimizer,
   LR-scheduler, RNG and progress state as plain JSON.
 
-It is written into a temporary sibling directory and renamed into place (``os.replace``), so a
-reader sees either the previous checkpoint or the complete new one, never a torn one. Loading
+It is written into a temporary sibling directory, every file and the directory fsynced, then moved
+into place (``durable.replace_dir``: an existing ``step-N`` is swapped out atomically) and
+``checkpoints/`` fsynced, so a reader, even after an OS crash, sees either the previous checkpoint
+or the complete new one, never a torn one. Files are 0600, directories 0700. Loading
 uses ``safetensors.torch.load_file`` and ``json.load`` only, so a checkpoint cannot run code.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from actors import durable
 
 STATE_FILE = "state.json"
 ADAPTER_FILE = "adapter.safetensors"
@@ -108,20 +111,22 @@ def _apply_config_learning_rate(trainer: Any, learning_rate: float) -> None:
 
 
 def save(state: dict[str, Any], run_dir: str | Path, keep: int = 1) -> Path:
-    """Write ``state`` atomically as ``run_dir/checkpoints/step-<N>``; keep the newest ``keep``."""
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
+    """Write ``state`` durably as ``run_dir/checkpoints/step-<N>``; keep the newest ``keep``.
+
+    When this returns, the checkpoint survives an OS crash (see the module docstring)."""
+    root = durable.make_private_dir(Path(run_dir) / "checkpoints")
     final = root / f"step-{state['meta']['steps_done']:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))  # mode 0700
     try:
         save_file(state["adapter"], str(tmp / ADAPTER_FILE))
+        durable.fsync_file(tmp / ADAPTER_FILE)
         tensors = dict(state["optimizer"])
         tensors.update({f"rng.{k}": v for k, v in state["rng"].items()})
         save_file(tensors, str(tmp / OPTIMIZER_FILE))
-        (tmp / STATE_FILE).write_text(json.dumps(state["meta"]))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        durable.fsync_file(tmp / OPTIMIZER_FILE)
+        durable.atomic_write(tmp / STATE_FILE, json.dumps(state["meta"]).encode())
+        durable.fsync_dir(tmp)
+        durable.replace_dir(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -131,18 +136,48 @@ def save(state: dict[str, Any], run_dir: str | Path, keep: int = 1) -> Path:
     return final
 
 
+def copy(source: str | Path, run_dir: str | Path) -> Path:
+    """Durably copy checkpoint ``source`` into ``run_dir/checkpoints/`` under the same
+    ``step-N`` name (a warm-started clone's starting point); returns the copy."""
+    source = durable.resolve(source)
+    root = durable.make_private_dir(Path(run_dir) / "checkpoints")
+    final = root / source.name.removeprefix(durable.ASIDE_PREFIX)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    try:
+        for name in (ADAPTER_FILE, OPTIMIZER_FILE, STATE_FILE):
+            shutil.copyfile(source / name, tmp / name)
+            durable.fsync_file(tmp / name)
+        durable.fsync_dir(tmp)
+        durable.replace_dir(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 def remove_partial_writes(experiment_dir: str | Path) -> list[Path]:
-    """Delete the temporary directories that interrupted ``save`` calls left behind in every
-    run's ``checkpoints/``; returns what was removed. Call before any executor starts."""
+    """Clean up after ``save`` calls a crash interrupted, in every run's ``checkpoints/``:
+    delete temporary directories, and finish interrupted replacements (an aside copy is put
+    back if its ``step-N`` is missing, else deleted). Returns what was removed or restored.
+    Call before any executor starts."""
     leftovers = sorted(Path(experiment_dir).glob("runs/*/checkpoints/.tmp-*"))
     for path in leftovers:
         shutil.rmtree(path, ignore_errors=True)
+    for root in sorted(Path(experiment_dir).glob("runs/*/checkpoints")):
+        leftovers += durable.recover_asides(root)
     return leftovers
 
 
+def steps_done(path: str | Path) -> int:
+    """The optimizer step a checkpoint was taken at (reads its JSON only)."""
+    meta = json.loads((durable.resolve(path) / STATE_FILE).read_text())
+    return int(meta["steps_done"])
+
+
 def load(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by ``save`` (no code execution: safetensors + JSON)."""
-    path = Path(path)
+    """Read a checkpoint written by ``save`` (no code execution: safetensors + JSON). A
+    checkpoint whose replacement a crash interrupted is read from its aside copy."""
+    path = durable.resolve(path)
     meta = json.loads((path / STATE_FILE).read_text())
     tensors = load_file(str(path / OPTIMIZER_FILE))
     rng = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("rng.")}

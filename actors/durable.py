@@ -3,16 +3,34 @@
 ``atomic_write`` writes a temporary sibling, fsyncs it, renames it over the target and fsyncs the
 directory: a reader sees the old bytes or the new ones, and after ``atomic_write`` returns the
 new ones survive a power loss. Experiment files are private to their owner (0600).
+
+``replace_dir`` does the same for a whole directory (a checkpoint): on Linux it swaps the new
+directory with the old one in one ``renameat2(RENAME_EXCHANGE)``, so there is no moment where
+neither exists. Elsewhere (or on a file system without the call) it renames the old one aside
+(``.aside-<name>``) first; a crash between the two renames leaves the aside copy, which
+``resolve`` finds and ``recover_asides`` puts back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import logging
 import os
+import shutil
+import sys
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+ASIDE_PREFIX = ".aside-"
+"""The old copy of a directory being replaced without ``RENAME_EXCHANGE``."""
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -47,3 +65,78 @@ def make_private_dir(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     return path
+
+
+def fsync_file(path: str | os.PathLike[str], mode: int = FILE_MODE) -> None:
+    """Make a file written by another library (safetensors) private and durable."""
+    os.chmod(path, mode)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:  # glibc < 2.28
+        return False
+    path_t, int_t = ctypes.c_char_p, ctypes.c_int
+    renameat2.argtypes = [int_t, path_t, int_t, path_t, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # kernel or file system lacks it
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_dir(new: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Move directory ``new`` (complete and fsynced) to ``target``, replacing any old one
+    without a window where neither exists, and make the result durable (module docstring)."""
+    new, target = Path(new), Path(target)
+    aside = target.with_name(ASIDE_PREFIX + target.name)
+    if not target.exists():
+        os.rename(new, target)
+    elif _exchange(new, target):
+        fsync_dir(target.parent)
+        shutil.rmtree(new)  # now the old copy
+    else:
+        if aside.exists():
+            shutil.rmtree(aside)
+        os.rename(target, aside)
+        fsync_dir(target.parent)  # the aside copy is durable before the target disappears
+        os.rename(new, target)
+    fsync_dir(target.parent)
+    if aside.exists():
+        shutil.rmtree(aside)
+
+
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """``path``, or its aside copy when a crash inside ``replace_dir`` left only that."""
+    path = Path(path)
+    aside = path.with_name(ASIDE_PREFIX + path.name)
+    if not path.exists() and aside.exists():
+        return aside
+    return path
+
+
+def recover_asides(directory: str | os.PathLike[str]) -> list[Path]:
+    """Finish the ``replace_dir`` calls a crash interrupted in ``directory``: an aside copy
+    whose target exists is deleted, one whose target is missing is renamed back. Returns the
+    aside copies handled."""
+    found = sorted(Path(directory).glob(ASIDE_PREFIX + "*"))
+    for aside in found:
+        target = aside.with_name(aside.name[len(ASIDE_PREFIX) :])
+        if target.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            logger.warning("restoring %s from %s (a replace was interrupted)", target, aside)
+            os.rename(aside, target)
+    if found:
+        fsync_dir(directory)
+    return found

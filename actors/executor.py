@@ -32,7 +32,7 @@ import torch
 from actors import algorithms, fused
 from actors.messages import SliceResult
 from actors.spec import RunSpec
-from policies.errors import RunFailedError
+from policies.errors import RunFailedError, RunNotPlacedError
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ class BaseEntry:
     raw_model: Any
     tokenizer: Any
     run_ids: set[int] = field(default_factory=set)
+    forward_patched: bool = False
+    """Whether a TRL trainer has patched ``raw_model.forward`` (the first one does; see add_run)."""
 
 
 @dataclass
@@ -96,6 +98,9 @@ class AdapterRecord:
     rng_state: torch.Tensor
     cuda_rng_state: torch.Tensor | None
     steps_done: int = 0
+    last_result: SliceResult | None = None
+    """The run's last slice outcome: a call retried after a lost reply gets it back instead of
+    training again (see ``Executor.placement``)."""
 
 
 def _accelerate_state() -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -142,11 +147,14 @@ class Executor:
         self.fusion_stats: dict[str, float] = dict.fromkeys(
             ("slices", "runs", "train_seconds", "fallbacks", "oom"), 0
         )
+        self.phase = "idle"
+        """What the executor is doing now, in words (``BaseModelActor.activity`` reports it)."""
 
     # ------------------------------------------------------------------ bases and adapters
     def _base(self, spec: RunSpec) -> BaseEntry:
         entry = self.bases.get(spec.model_key)
         if entry is None:
+            self.phase = "loading base model (create_model_fn)"
             model, tokenizer = self.create_model_fn(spec.model_config)
             model.to(self.device)
             for p in model.parameters():
@@ -170,6 +178,7 @@ class Executor:
         saved = _accelerate_state()  # before the run's TrainingArguments touch it
 
         entry = self._base(spec)
+        self.phase = f"building trainer of run {spec.run_id}"
         name = spec.adapter_name
         # LoRA initialisation draws from the global torch RNG: seed it from the run, so a run's
         # adapter does not depend on how many adapters were added before it (DESIGN.md, traps).
@@ -177,6 +186,8 @@ class Executor:
         if entry.model is None:
             entry.model = get_peft_model(entry.raw_model, spec.lora_config, adapter_name=name)
         else:
+            if name in entry.model.peft_config:  # left by a removed or failed run of this id
+                entry.model.delete_adapter(name)
             entry.model.add_adapter(name, spec.lora_config)
         entry.model.set_adapter(name)
         self._active = spec.run_id
@@ -193,14 +204,14 @@ class Executor:
             # "'AcceleratorState' object has no attribute 'parallelism_config'").
             _restore_accelerate_state(saved)
             entry.raw_model.forward = previous_forward
-            if entry.run_ids:
-                entry.model.delete_adapter(name)
+            entry.model.delete_adapter(name)
             self._active = None
             raise
-        if entry.run_ids:
+        if entry.forward_patched:
             # TRL patches the base's forward with its fused LM head at each trainer's creation;
             # the first patch serves every run, so undo the re-wrapping.
             entry.raw_model.forward = previous_forward
+        entry.forward_patched = True
         entry.run_ids.add(spec.run_id)
         trainer.create_optimizer()
         trainer.create_scheduler(spec.plan.total_steps, optimizer=trainer.optimizer)
@@ -251,10 +262,9 @@ class Executor:
             return
         entry = self.bases[record.spec.model_key]
         entry.run_ids.discard(run_id)
-        if entry.run_ids:
-            entry.model.delete_adapter(record.spec.adapter_name)
-            if self._active == run_id:
-                self._active = None
+        entry.model.delete_adapter(record.spec.adapter_name)  # PEFT allows deleting the last one
+        if self._active == run_id:
+            self._active = None
 
     def _activate(self, record: AdapterRecord) -> float:
         """Make the run's adapter the active one; return the swap time in seconds."""
@@ -271,10 +281,62 @@ class Executor:
         return elapsed
 
     # ------------------------------------------------------------------ the slice loop
-    def run_slice(self, run_id: int, end_step: int, evaluate: bool = False) -> SliceResult:
+    def placement(self, run_id: int, start_step: int, end_step: int) -> SliceResult | None:
+        """Check that a grant ``start_step..end_step`` fits where the run stands here.
+
+        Returns the cached outcome when the slice already ran (a call retried after its reply
+        was lost: it must neither train again nor lose the slice's metrics); ``None`` when the
+        run is resident at ``start_step`` and the slice should train. Raises
+        ``RunNotPlacedError`` otherwise: the caller re-places the run from its last durable
+        checkpoint (``add_run``) and calls again.
+        """
+        record = self.registry.get(run_id)
+        if record is None:
+            raise RunNotPlacedError(
+                f"run {run_id} is not resident on this executor (granted steps "
+                f"{start_step}..{end_step}); add it from its last checkpoint, then retry"
+            )
+        last = record.last_result
+        if (
+            record.steps_done == end_step
+            and last is not None
+            and (last.start_step, last.end_step) == (start_step, end_step)
+        ):
+            return last
+        if record.steps_done != start_step:
+            raise RunNotPlacedError(
+                f"run {run_id} is at step {record.steps_done} on this executor, but its grant "
+                f"starts at step {start_step} (ends at {end_step}); re-place it from its "
+                "checkpoint at that step, then retry"
+            )
+        return None
+
+    def _check_end(self, record: AdapterRecord, end_step: int) -> None:
+        """Refuse a slice past the run's plan: its data loader would run dry (StopIteration)."""
+        total = record.spec.plan.total_steps
+        if not record.steps_done <= end_step <= total:
+            raise RunFailedError(
+                f"run {record.spec.run_id}: a slice to end_step={end_step} is outside its plan "
+                f"(at step {record.steps_done} of {total} optimizer steps); a grant must end "
+                f"at or after the run's current step and at most at step {total}"
+            )
+
+    def run_slice(
+        self, run_id: int, end_step: int, evaluate: bool = False, start_step: int | None = None
+    ) -> SliceResult:
         """Train ``run_id`` from its current step up to ``end_step`` (exclusive), then optionally
-        evaluate. Raises ``RunFailedError`` for a NaN/inf loss; other exceptions propagate."""
+        evaluate. Raises ``RunFailedError`` for a NaN/inf loss; other exceptions propagate.
+
+        With ``start_step``, the slice is checked against where the run stands first
+        (``placement``): a slice that already ran returns its cached outcome."""
+        if start_step is not None:
+            cached = self.placement(run_id, start_step, end_step)
+            if cached is not None:
+                return cached
         record = self.registry[run_id]
+        self._check_end(record, end_step)
+        record.last_result = None
+        self.phase = f"training run {run_id} steps {record.steps_done}..{end_step}"
         started_at = time.time()
         start = time.perf_counter()
         swap = self._activate(record)
@@ -301,7 +363,7 @@ class Executor:
             record.cuda_rng_state = torch.cuda.get_rng_state(self.device)
         eval_metrics = self.evaluate(run_id) if evaluate else None
         self.busy_seconds += time.perf_counter() - start
-        return SliceResult(
+        record.last_result = SliceResult(
             run_id=run_id,
             start_step=first,
             end_step=end_step,
@@ -315,6 +377,7 @@ class Executor:
             started_at=started_at,
             ended_at=time.time(),
         )
+        return record.last_result
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.use_bf16:
@@ -376,7 +439,15 @@ class Executor:
         memory): the steps it finished stand, and nothing is lost but the interrupted step.
         """
         outcomes: dict[int, SliceResult | BaseException] = {}
-        ends = {run_id: (end, evaluate) for run_id, end, evaluate in grants}
+        ends: dict[int, tuple[int, bool]] = {}
+        for run_id, end, evaluate in grants:
+            try:
+                self._check_end(self.registry[run_id], end)
+                self.registry[run_id].last_result = None
+            except Exception as exc:
+                outcomes[run_id] = exc
+                continue
+            ends[run_id] = (end, evaluate)
         group = [r for r in ends if self.fusable(r) is None]
         if len(group) < 2 or len({self.registry[r].spec.model_key for r in group}) > 1:
             group = []
@@ -408,6 +479,9 @@ class Executor:
                 result.step_metrics = early.metrics + result.step_metrics
                 result.tokens += early.total_tokens
             outcomes[run_id] = result
+        for run_id, outcome in outcomes.items():
+            if isinstance(outcome, SliceResult):
+                self.registry[run_id].last_result = outcome
         return outcomes
 
     def _fused_slice(
@@ -416,6 +490,7 @@ class Executor:
         records = [self.registry[r] for r in run_ids]
         entry = self.bases[records[0].spec.model_key]
         model = entry.model
+        self.phase = f"training runs {run_ids} fused, up to steps {[ends[r][0] for r in run_ids]}"
         started_at = time.time()
         start = time.perf_counter()
         if self.device.type == "cuda":
@@ -487,6 +562,7 @@ class Executor:
         record = self.registry[run_id]
         if self.eval_dataset is None:
             return None
+        self.phase = f"evaluating run {run_id}"
         self._activate(record)
         rng = torch.get_rng_state()
         with self._autocast():

@@ -72,6 +72,7 @@ class LoaderBatches:
     def __init__(self, spec: RunSpec, trainer: Any) -> None:
         self.plan = spec.plan
         self.trainer = trainer
+        self.run_id = spec.run_id
         self.loader = trainer.get_train_dataloader()
         self.iterator: Iterator[Any] | None = None
         self.next_step = 0
@@ -85,7 +86,18 @@ class LoaderBatches:
         iterator = self.iterator
         if iterator is None:  # unreachable: set by _start_epoch or _fast_forward
             raise RuntimeError(f"GRPO batch source has no iterator at step {step}")
-        batches = [next(iterator) for _ in range(self.plan.microbatches_in_step(step))]
+        batches = []
+        for _ in range(self.plan.microbatches_in_step(step)):
+            try:
+                batches.append(next(iterator))
+            except StopIteration:
+                # A StopIteration must not escape: the plan and the data disagree (issue 12).
+                raise RunFailedError(
+                    f"run {self.run_id}: TRL's dataloader ran dry at optimizer step "
+                    f"{step + 1}, but the run's plan has {self.plan.batches_per_epoch} "
+                    f"micro-batches per epoch over {self.plan.num_examples} examples; the plan "
+                    "does not match the sampler (GRPO counts prompts x num_generations)"
+                ) from None
         self.next_step = step + 1
         return batches
 
