@@ -29,11 +29,13 @@ _CALLABLE_FIELDS = ("formatting_func", "compute_metrics", "reward_funcs")
 
 
 def attach(exp_dir: str | Path) -> Any:
-    """The named scheduler actor of the experiment running from ``exp_dir`` (connecting to Ray
-    if needed)."""
+    """The named scheduler actor of the experiment running from ``exp_dir``, connecting to Ray
+    if needed: to ``RAY_ADDRESS``, else to the cluster the experiment's driver recorded in
+    ``exp_dir`` (so a script's private cluster is reachable from another terminal), else to a
+    ``ray start`` head (see ``launch.ensure_ray``)."""
     import ray
 
-    ensure_ray()
+    ensure_ray(exp_dir)
     name = scheduler_name(exp_dir)
     try:
         return ray.get_actor(name, namespace=NAMESPACE)
@@ -103,8 +105,9 @@ def clone_modify(
     finally:
         store.close()
     new_id = _unwrap(lambda: ray.get(scheduler.reserve_run_id.remote()))
+    # The experiment's rows, not parent.plan.num_examples: for GRPO that counts sampler samples.
     (spec,) = build_specs(
-        [new_run], exp_dir, train_rows=parent.plan.num_examples, num_chunks=meta["num_chunks"],
+        [new_run], exp_dir, train_rows=meta["train_rows"], num_chunks=meta["num_chunks"],
         seed=meta["seed"], first_run_id=new_id,
     )  # fmt: skip
     spec.parent_run_id = run_id
