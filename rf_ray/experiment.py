@@ -28,7 +28,7 @@ from actors.tracking import default_tracking_uri
 from policies.errors import ConfigError, ExperimentExistsError
 from policies.fusion import FusionPolicy
 from policies.pruning import Pruner, SuccessiveHalving
-from rf_ray import launch, ops, runner
+from rf_ray import launch, ops, runner, specfiles
 from rf_ray.config import RFModelConfig, RunConfig, differing_keys, differing_params
 from rf_ray.data import check_columns, to_dataset
 from rf_ray.search import ConfigGroup, RFGridSearch
@@ -277,6 +277,8 @@ class Experiment:
             seed=seed,
             first_run_id=first_run_id,
         )
+        for spec in specs:  # a value JSON cannot hold fails here, before anything is written
+            specfiles.spec_record(spec)
         return launch.Plan(
             name=self.name,
             dir=self.dir,
