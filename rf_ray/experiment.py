@@ -161,6 +161,7 @@ class Experiment:
         # hold token that keeps the experiment open, and starts its driver once the actors run.
         hold = getattr(param_config, "hold_token", None)
         self._session = runner.start(plan, num_executors=num_executors, hold=hold)
+        launch.record_cluster(self.dir)  # so `rf-ray ops` in another terminal finds the cluster
         self._differing, self._live_view = plan.differing, live_view
         if hasattr(param_config, "start_driver"):
             param_config.start_driver(self)
@@ -199,6 +200,7 @@ class Experiment:
             raise ConfigError(f"experiment {self.name!r} has nothing to resume at {self.dir}")
         self._stop_session()
         self._session = runner.resume(self.dir)
+        launch.record_cluster(self.dir)
         self._live_view = live_view
         self._differing = differing_keys(list(self._session.params.values()))
         return self.wait() if blocking else None
