@@ -495,3 +495,35 @@ def test_wait_survives_a_scheduler_call_failing_in_transit(ray_cluster, tmp_path
     assert len(injected) == 2  # the fault was hit, twice, and waited through
     assert list(info["status"]) == ["completed", "completed"]
     assert (exp.get_chunk_results().groupby("run_id")["chunk"].max() == 2).all()
+
+
+def test_a_second_run_fit_on_the_same_object_stops_the_old_actors_first(ray_cluster, tmp_path):
+    """Issue 12, item 13: the old session's executor kept the device and its scheduler the
+    experiment's lock, so the new session could never start; before, run_fit refused."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    exp = Experiment("twice", experiment_path=tmp_path)
+    data = sft_dataset(64)
+    slow = RFModelConfig(
+        model_name=TOY_MODEL_NAME,
+        training_args=RFSFTConfig(per_device_train_batch_size=1, max_length=48, lora_rank=2),
+    )
+    quick = RFModelConfig(
+        model_name=TOY_MODEL_NAME,
+        training_args=RFSFTConfig(per_device_train_batch_size=4, max_steps=2, max_length=48,
+                                  lora_rank=2),
+    )  # fmt: skip
+    try:
+        exp.run_fit(slow, train_dataset=data, num_chunks=8, max_slice_steps=1, live_view=False,
+                    blocking=False)  # fmt: skip
+        old = exp._session  # the session's actors, to check they are gone
+        assert old is not None
+        assert not old.finished
+        info = exp.run_fit(quick, train_dataset=data, num_chunks=1, live_view=False)
+    finally:
+        exp.end()
+    for actor in [old.scheduler, *old.executors]:
+        with pytest.raises(RayActorError):
+            ray.get(actor.__ray_ready__.remote(), timeout=60)
+    assert info.set_index("run_id").loc[2, "status"] == "completed"
