@@ -169,7 +169,8 @@ def test_concurrent_ops_from_two_clients_apply_once_in_order(ray_cluster, tmp_pa
     # A third client in another process, through the CLI, at the same time.
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     cli = subprocess.run(
-        [sys.executable, "-m", "rf_ray.cli", "ops", "stop", "concurrent", "2", "--path", str(tmp_path)],
+        [sys.executable, "-m", "rf_ray.cli", "ops", "stop", "concurrent", "2",
+         "--path", str(tmp_path)],
         env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     for t in threads:
