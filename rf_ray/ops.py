@@ -23,7 +23,13 @@ from rf_ray.config import (
     check_trainer_field,
     is_knob,
 )
-from rf_ray.launch import NAMESPACE, build_specs, ensure_ray, scheduler_name
+from rf_ray.launch import (
+    NAMESPACE,
+    ClusterUnreachableError,
+    build_specs,
+    ensure_ray,
+    scheduler_name,
+)
 
 _CALLABLE_FIELDS = ("formatting_func", "compute_metrics", "reward_funcs")
 
@@ -35,7 +41,10 @@ def attach(exp_dir: str | Path) -> Any:
     ``ray start`` head (see ``launch.ensure_ray``)."""
     import ray
 
-    ensure_ray(exp_dir)
+    try:
+        ensure_ray(exp_dir)
+    except ClusterUnreachableError as e:
+        raise OpError(str(e)) from None
     name = scheduler_name(exp_dir)
     try:
         return ray.get_actor(name, namespace=NAMESPACE)

@@ -101,3 +101,28 @@ def test_cli_ops_and_a_second_python_driver_reach_a_scripts_private_cluster(tmp_
         if driver.poll() is None:
             driver.send_signal(signal.SIGTERM)
             driver.wait(timeout=120)
+
+
+def test_cluster_json_says_where_the_token_is_never_what_it_is(ray_cluster, tmp_path, monkeypatch):
+    from rf_ray.launch import record_cluster
+
+    secret = "not-a-real-token-0123456789"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secret)
+    record_cluster(tmp_path)
+    text = (tmp_path / "cluster.json").read_text()
+    assert secret not in text
+    assert json.loads(text)["token_source"] == "RAY_AUTH_TOKEN"
+
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    token_file = tmp_path / "token"
+    token_file.write_text(secret)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token_file))
+    record_cluster(tmp_path)
+    text = (tmp_path / "cluster.json").read_text()
+    assert secret not in text
+    record = json.loads(text)
+    assert (record["token_source"], record["token_path"]) == (
+        "RAY_AUTH_TOKEN_PATH",
+        str(token_file),
+    )
+    assert stat.S_IMODE((tmp_path / "cluster.json").stat().st_mode) == 0o600
