@@ -11,8 +11,6 @@ cluster unless one is running or ``RAY_ADDRESS`` names one) and waits, showing a
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import string
@@ -30,7 +28,7 @@ from policies.fusion import FusionPolicy
 from policies.pruning import Pruner, SuccessiveHalving
 from rf_ray import launch, ops, runner, specfiles
 from rf_ray.config import RFModelConfig, RunConfig, differing_keys, differing_params
-from rf_ray.data import check_columns, to_dataset
+from rf_ray.data import check_columns, dataset_fingerprint, to_dataset
 from rf_ray.search import ConfigGroup, RFGridSearch
 
 logger = logging.getLogger(__name__)
@@ -438,49 +436,6 @@ def default_metric(runs: list[RunConfig], has_eval: bool) -> tuple[str, str]:
     if all(r.trainer_type == "GRPO" for r in runs):
         return "reward", "max"
     return ("eval_loss", "min") if has_eval else ("train_loss", "min")
-
-
-FINGERPRINT_BATCH_ROWS = 1024
-"""Rows hashed at a time: bounds the fingerprint's extra memory to one batch of rows."""
-
-
-def dataset_fingerprint(train: Any, evals: Any) -> str:
-    """A content hash of the rows as the trainer sees them, stable across processes.
-
-    A ``datasets.Dataset`` made by ``shuffle``, ``select`` or ``filter`` shares its parent's
-    Arrow table and keeps an indices mapping beside it; hashing the table alone would call a
-    shuffled or filtered copy "the same data". So the rows are read through the mapping, in
-    order, ``FINGERPRINT_BATCH_ROWS`` at a time (``with_format("arrow").iter``, which applies
-    the mapping per batch): memory stays one batch, never a flattened copy of the dataset.
-    Each batch is hashed as an Arrow IPC stream of one freshly laid-out record batch, so equal
-    rows give equal bytes however the source table happens to be chunked or sliced.
-    """
-    h = hashlib.sha256()
-    for ds in (train, evals):
-        if ds is None:
-            h.update(b"none")
-            continue
-        features = json.dumps(ds.features.to_dict(), sort_keys=True, default=str)
-        h.update(f"rows={len(ds)};features={features};".encode())
-        for batch in ds.with_format("arrow").iter(batch_size=FINGERPRINT_BATCH_ROWS):
-            h.update(_ipc_bytes(batch))
-    return h.hexdigest()[:16]
-
-
-def _ipc_bytes(table: Any) -> bytes:
-    """``table`` as one freshly laid-out record batch in an Arrow IPC stream. ``take`` copies
-    the rows into new zero-offset buffers: a slice of a larger table would otherwise carry its
-    parent's offsets into the bytes."""
-    import pyarrow as pa
-
-    # Schema metadata is left out: datasets puts its own cache fingerprint there.
-    table = table.replace_schema_metadata(None)
-    batch = table.take(pa.array(range(table.num_rows), pa.int64())).combine_chunks().to_batches()
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        for b in batch:
-            writer.write_batch(b)
-    return bytes(sink.getvalue().to_pybytes())
 
 
 def _default_create_model_fn() -> Callable[[Any], tuple[Any, Any]]:

@@ -20,7 +20,7 @@ from datasets import Dataset
 
 from policies.errors import ExperimentExistsError
 from rf_ray import Experiment, RFModelConfig, RFSFTConfig
-from rf_ray.experiment import dataset_fingerprint
+from rf_ray.data import dataset_fingerprint
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +58,7 @@ def test_the_same_rows_have_the_same_print_however_they_are_laid_out():
 def test_the_print_is_the_same_in_another_process():
     code = textwrap.dedent(
         """
-        from rf_ray.experiment import dataset_fingerprint
+        from rf_ray.data import dataset_fingerprint
         from rf_ray.toy import sft_dataset
         ds = sft_dataset(32)
         print(dataset_fingerprint(ds, None), dataset_fingerprint(ds.shuffle(seed=3), ds))
@@ -85,7 +85,7 @@ def test_hashing_holds_one_batch_not_a_copy_of_the_dataset(tmp_path):
         f"""
         import tracemalloc
         import datasets, pyarrow as pa
-        from rf_ray.experiment import dataset_fingerprint
+        from rf_ray.data import dataset_fingerprint
         ds = datasets.load_from_disk({str(tmp_path / "big")!r}).shuffle(seed=0)
         pool = pa.default_memory_pool()
         base = pool.max_memory()
