@@ -28,6 +28,7 @@ from rf_ray.launch import (
     ClusterUnreachableError,
     build_specs,
     ensure_ray,
+    recorded_cluster,
     scheduler_name,
 )
 
@@ -51,8 +52,24 @@ def attach(exp_dir: str | Path) -> Any:
     except ValueError:
         raise OpError(
             f"experiment {Path(exp_dir).name!r} at {exp_dir} is not running on this Ray cluster "
-            f"(no actor {name!r}); start it with run_fit, or resume it"
+            f"(no actor {name!r}){_elsewhere(exp_dir)}; start it with run_fit, or resume it"
         ) from None
+
+
+def _elsewhere(exp_dir: str | Path) -> str:
+    """A hint when the experiment's driver recorded another cluster than the one this process
+    is connected to (e.g. a notebook already attached to a cluster of its own)."""
+    import ray
+
+    record = recorded_cluster(exp_dir)
+    here = ray.get_runtime_context().gcs_address
+    if record is None or record.get("address") in (None, here):
+        return ""
+    return (
+        f"; its driver recorded the cluster at {record['address']} but this process is "
+        f"connected to {here}: run this from a fresh process (e.g. `rf-ray ops`), or "
+        "ray.shutdown() first"
+    )
 
 
 def apply(scheduler: Any, op: str, run_id: int) -> dict[str, Any]:

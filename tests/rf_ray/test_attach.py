@@ -18,6 +18,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+from policies.errors import OpError
+from rf_ray import ops
+
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "attach"
 
@@ -126,3 +131,17 @@ def test_cluster_json_says_where_the_token_is_never_what_it_is(ray_cluster, tmp_
         str(token_file),
     )
     assert stat.S_IMODE((tmp_path / "cluster.json").stat().st_mode) == 0o600
+
+
+def test_attaching_from_a_process_on_another_cluster_says_where_the_experiment_is(
+    ray_cluster, tmp_path
+):
+    exp_dir = tmp_path / "elsewhere"
+    exp_dir.mkdir()
+    (exp_dir / "cluster.json").write_text(
+        json.dumps({"address": "192.0.2.1:6379", "driver_pid": 1, "host": "h"})
+    )
+    with pytest.raises(OpError) as excinfo:
+        ops.attach(exp_dir)
+    assert "recorded the cluster at 192.0.2.1:6379" in str(excinfo.value)
+    assert "fresh process" in str(excinfo.value)
