@@ -6,10 +6,12 @@
     rf-ray ops clone sft-grid 3 learning_rate=1e-4 lora_rank=16 [--warm-start]
     rf-ray resume sft-grid [--path ROOT]           continue after the driver died
 
-``ops`` attaches to the Ray cluster the experiment runs on (``RAY_ADDRESS``, or the local one
-started by ``ray start``; a driver that started its own private cluster cannot be reached from
-another process) and finds the experiment by name. Values on the command line are parsed as
-JSON when they can be (``1e-4``, ``16``, ``true``, ``["q_proj","v_proj"]``), else kept as text.
+``ops`` attaches to the Ray cluster the experiment runs on: ``RAY_ADDRESS`` when set, else
+the cluster its driver recorded in the experiment directory (``cluster.json``: so a plain
+script's private cluster is reachable too, with Ray's token authentication kept on), else a
+``ray start`` head on this machine; it then finds the experiment by its directory. Values on
+the command line are parsed as JSON when they can be (``1e-4``, ``16``, ``true``,
+``["q_proj","v_proj"]``), else kept as text.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
-"""Turning what users pass as datasets into ``datasets.Dataset`` and checking its columns."""
+"""Turning what users pass as datasets into ``datasets.Dataset``, checking its columns, and
+fingerprinting the rows a trainer will see."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from policies.errors import ConfigError
@@ -58,3 +61,46 @@ def check_columns(ds: Any, run: RunConfig, field: str) -> None:
         f"{field} has columns {sorted(columns)}, but {run.trainer_type} needs {wanted}"
         + (" (or pass formatting_func in RFModelConfig)" if run.trainer_type == "SFT" else "")
     )
+
+
+FINGERPRINT_BATCH_ROWS = 1024
+"""Rows hashed at a time: bounds the fingerprint's extra memory to one batch of rows."""
+
+
+def dataset_fingerprint(train: Any, evals: Any) -> str:
+    """A content hash of the rows as the trainer sees them, stable across processes.
+
+    A ``datasets.Dataset`` made by ``shuffle``, ``select`` or ``filter`` shares its parent's
+    Arrow table and keeps an indices mapping beside it; hashing the table alone would call a
+    shuffled or filtered copy "the same data". So the rows are read through the mapping, in
+    order, ``FINGERPRINT_BATCH_ROWS`` at a time (``with_format("arrow").iter``, which applies
+    the mapping per batch): memory stays one batch, never a flattened copy of the dataset.
+    Each batch is hashed as an Arrow IPC stream of one freshly laid-out record batch, so equal
+    rows give equal bytes however the source table happens to be chunked or sliced.
+    """
+    h = hashlib.sha256()
+    for ds in (train, evals):
+        if ds is None:
+            h.update(b"none")
+            continue
+        features = json.dumps(ds.features.to_dict(), sort_keys=True, default=str)
+        h.update(f"rows={len(ds)};features={features};".encode())
+        for batch in ds.with_format("arrow").iter(batch_size=FINGERPRINT_BATCH_ROWS):
+            h.update(_ipc_bytes(batch))
+    return h.hexdigest()[:16]
+
+
+def _ipc_bytes(table: Any) -> bytes:
+    """``table`` as one freshly laid-out record batch in an Arrow IPC stream. ``take`` copies
+    the rows into new zero-offset buffers: a slice of a larger table would otherwise carry its
+    parent's offsets into the bytes."""
+    import pyarrow as pa
+
+    # Schema metadata is left out: datasets puts its own cache fingerprint there.
+    table = table.replace_schema_metadata(None)
+    batch = table.take(pa.array(range(table.num_rows), pa.int64())).combine_chunks().to_batches()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        for b in batch:
+            writer.write_batch(b)
+    return bytes(sink.getvalue().to_pybytes())

@@ -11,9 +11,10 @@ cluster unless one is running or ``RAY_ADDRESS`` names one) and waits, showing a
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
+import string
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,60 @@ from actors.tracking import default_tracking_uri
 from policies.errors import ConfigError, ExperimentExistsError
 from policies.fusion import FusionPolicy
 from policies.pruning import Pruner, SuccessiveHalving
-from rf_ray import launch, ops, runner
+from rf_ray import launch, ops, runner, specfiles
 from rf_ray.config import RFModelConfig, RunConfig, differing_keys, differing_params
-from rf_ray.data import check_columns, to_dataset
+from rf_ray.data import check_columns, dataset_fingerprint, to_dataset
 from rf_ray.search import ConfigGroup, RFGridSearch
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROOT = "rf_experiments"
+
+LOCK_RELEASE_TIMEOUT = 30.0
+"""Seconds a stopped session's scheduler process may take to exit (and drop its lock)."""
+
+NAME_MAX_LEN = 100
+_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "._-")
+
+
+def check_experiment_name(name: Any) -> str:
+    """An experiment name is a directory name, part of actor names and of the store's read-only
+    SQLite URI, so it is limited to a safe set: letters, digits, ``.``, ``_`` and ``-``, the first
+    character a letter or digit, at most 100 characters. (``#``, ``?`` and ``%`` would change
+    the meaning of the ``file:`` URI; ``/`` and ``..`` would leave the experiments root.)"""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(
+            f"experiment_name must be a non-empty str, got experiment_name={name!r}; use "
+            "letters, digits, '.', '_' and '-', e.g. 'lr-sweep'"
+        )
+    safe = "letters, digits, '.', '_' and '-'"
+    bad = next((c for c in name if c not in _NAME_CHARS), None)
+    if bad is not None:
+        hint = (
+            "; use experiment_path to choose where it is stored" if bad in "/\\" else
+            f"; replace it, e.g. experiment_name={_suggest(name)!r}"
+        )  # fmt: skip
+        raise ConfigError(
+            f"experiment_name={name!r} contains {bad!r}, which is not allowed: an experiment "
+            f"name may only use {safe}{hint}"
+        )
+    if not name[0].isalnum():
+        raise ConfigError(
+            f"experiment_name={name!r} must start with a letter or digit (it may then use "
+            f"{safe}); e.g. experiment_name={_suggest(name)!r}"
+        )
+    if len(name) > NAME_MAX_LEN:
+        raise ConfigError(
+            f"experiment_name has {len(name)} characters ({name[:20]!r}...); the limit is "
+            f"{NAME_MAX_LEN}: use a shorter name"
+        )
+    return name
+
+
+def _suggest(name: str) -> str:
+    """``name`` with every character outside the safe set replaced by ``-``."""
+    fixed = "".join(c if c in _NAME_CHARS else "-" for c in name).lstrip("._-")
+    return fixed[:NAME_MAX_LEN] or "my-experiment"
 
 
 class Experiment:
@@ -44,13 +91,7 @@ class Experiment:
         experiment_path: str | os.PathLike[str] | None = None,
         tracking_uri: str | None = None,
     ) -> None:
-        if not isinstance(experiment_name, str) or not experiment_name.strip():
-            raise ConfigError(f"experiment_name must be a non-empty str, got {experiment_name!r}")
-        if any(c in experiment_name for c in "/\\") or experiment_name in (".", ".."):
-            raise ConfigError(
-                f"experiment_name={experiment_name!r} must not contain path separators; "
-                "use experiment_path to choose where it is stored"
-            )
+        check_experiment_name(experiment_name)
         self.name = experiment_name
         root = Path(experiment_path) if experiment_path is not None else Path(DEFAULT_ROOT)
         self.dir = (root / experiment_name).resolve()
@@ -75,6 +116,7 @@ class Experiment:
         num_executors: int | None = None,
         blocking: bool = True,
         fusion: bool | FusionPolicy = True,
+        slice_timeout: float | None = launch.DEFAULT_SLICE_TIMEOUT,
     ) -> pd.DataFrame | None:
         """Train every config of ``param_config`` chunk by chunk; return ``get_runs_info()``.
 
@@ -89,6 +131,16 @@ class Experiment:
         ``fusion`` trains runs that share a base model (SFT, DPO) several at a time in one pass
         over it (``actors.fused``); ``False`` time-slices every run, a ``FusionPolicy`` sets the
         group size and token budget.
+
+        ``slice_timeout`` (seconds, > 0, or None for no deadline) bounds one slice: past it the
+        run fails with an error naming the slice and what was running (a hung reward or
+        formatting function), its executor is restarted and the other runs go on. The default,
+        ``launch.DEFAULT_SLICE_TIMEOUT`` (30 min), is far above a healthy slice (one chunk of
+        one run); if yours are longer, cut them with more ``num_chunks`` or ``max_slice_steps``
+        rather than raising the bound.
+
+        A second ``run_fit`` (or ``resume()``) on the same object first stops the actors of the
+        previous one, running or finished, so its executor frees the device.
         """
         plan = self._prepare(
             param_config,
@@ -100,15 +152,14 @@ class Experiment:
             pruner,
             max_slice_steps,
             fusion,
+            slice_timeout,
         )
-        if self._session is not None and not self._session.finished:
-            raise ConfigError(
-                f"experiment {self.name!r} is already running in this process; wait() for it first"
-            )
+        self._stop_session()
         # A source that adds runs while the experiment runs (rf_ray.tune.RFTuneSearch) names a
         # hold token that keeps the experiment open, and starts its driver once the actors run.
         hold = getattr(param_config, "hold_token", None)
         self._session = runner.start(plan, num_executors=num_executors, hold=hold)
+        launch.record_cluster(self.dir)  # so `rf-ray ops` in another terminal finds the cluster
         self._differing, self._live_view = plan.differing, live_view
         if hasattr(param_config, "start_driver"):
             param_config.start_driver(self)
@@ -145,9 +196,9 @@ class Experiment:
             return ops.apply(self._scheduler(), "resume", run_id)
         if not Store.exists(self.dir):
             raise ConfigError(f"experiment {self.name!r} has nothing to resume at {self.dir}")
-        if self._session is not None and not self._session.finished:
-            raise ConfigError(f"experiment {self.name!r} is running in this process")
+        self._stop_session()
         self._session = runner.resume(self.dir)
+        launch.record_cluster(self.dir)
         self._live_view = live_view
         self._differing = differing_keys(list(self._session.params.values()))
         return self.wait() if blocking else None
@@ -179,6 +230,7 @@ class Experiment:
         pruner: Pruner | None,
         max_slice_steps: int | None,
         fusion: bool | FusionPolicy = True,
+        slice_timeout: float | None = launch.DEFAULT_SLICE_TIMEOUT,
     ) -> launch.Plan:
         """Every check that can fail, before anything is written or started."""
         group = _as_group(param_config)
@@ -203,6 +255,7 @@ class Experiment:
                 f"pruner must be a pruner such as SuccessiveHalving(), ASHA() or NoPruning(), "
                 f"got {pruner!r}"
             )
+        slice_timeout = launch.check_slice_timeout(slice_timeout)
         if train_dataset is None:
             raise ConfigError("train_dataset is required")
         train = to_dataset(train_dataset, "train_dataset")
@@ -212,7 +265,7 @@ class Experiment:
             if evals is not None:
                 check_columns(evals, run, "eval_dataset")
         fingerprint = dataset_fingerprint(train, evals)
-        existing_runs = self._check_existing(fingerprint)
+        first_run_id = self._check_existing(fingerprint)
         metric, mode = default_metric(runs, evals is not None)
         pruner = (pruner or SuccessiveHalving()).with_defaults(metric, mode)
         self._metric = (pruner.metric or metric, pruner.mode or mode)
@@ -222,8 +275,10 @@ class Experiment:
             train_rows=len(train),
             num_chunks=num_chunks,
             seed=seed,
-            first_run_id=existing_runs + 1,
+            first_run_id=first_run_id,
         )
+        for spec in specs:  # a value JSON cannot hold fails here, before anything is written
+            specfiles.spec_record(spec)
         return launch.Plan(
             name=self.name,
             dir=self.dir,
@@ -239,15 +294,17 @@ class Experiment:
             seed=seed,
             num_chunks=num_chunks,
             differing=differing_params(runs) if len(runs) > 1 else [],
+            slice_timeout=slice_timeout,
         )
 
     def _check_existing(self, fingerprint: str) -> int:
-        """Runs already in this experiment (0 if new); refuse if its data was different."""
+        """The first free run id (1 if the experiment is new: ``Store.next_run_id`` counts
+        reserved ids too, so ids are never reused); refuse if its data was different."""
         if not Store.exists(self.dir):
-            return 0
+            return 1
         store = Store(self.dir, readonly=True)
         try:
-            meta, n = store.meta(), len(store.runs())
+            meta, first_id = store.meta(), store.next_run_id()
         finally:
             store.close()
         if meta.get("fingerprint") not in (None, fingerprint):
@@ -257,7 +314,7 @@ class Experiment:
                 "experiment_name, or another experiment_path, to start fresh; to look at or "
                 f"continue the old one, open Experiment({self.name!r}) with its original data."
             )
-        return n
+        return first_id
 
     # ------------------------------------------------------------------ results
     def _store(self) -> Store:
@@ -340,9 +397,26 @@ class Experiment:
 
     def end(self) -> None:
         """Release the experiment's actors (and the local Ray cluster if run_fit started it)."""
-        if self._session is not None:
-            runner.stop(self._session)
-            self._session = None
+        self._stop_session()
+
+    def _stop_session(self) -> None:
+        """Stop this object's previous session, running or finished (its executor holds the
+        device and its scheduler the experiment's lock), and wait, bounded, for the lock."""
+        session, self._session = self._session, None
+        if session is None:
+            return
+        runner.stop(session)
+        from actors.scheduler_actor import experiment_locked
+
+        deadline = time.monotonic() + LOCK_RELEASE_TIMEOUT
+        while experiment_locked(str(self.dir)):
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"the previous session of experiment {self.name!r} still holds its lock at "
+                    f"{self.dir} {LOCK_RELEASE_TIMEOUT:g} s after its actors were stopped; is "
+                    "another process running it? Steer it with `rf-ray ops`, or try again"
+                )
+            time.sleep(0.1)
 
 
 def _as_group(param_config: Any) -> ConfigGroup:
@@ -362,23 +436,6 @@ def default_metric(runs: list[RunConfig], has_eval: bool) -> tuple[str, str]:
     if all(r.trainer_type == "GRPO" for r in runs):
         return "reward", "max"
     return ("eval_loss", "min") if has_eval else ("train_loss", "min")
-
-
-def dataset_fingerprint(train: Any, evals: Any) -> str:
-    """A content hash of the datasets (Arrow IPC bytes), stable across processes."""
-    import pyarrow as pa
-
-    h = hashlib.sha256()
-    for ds in (train, evals):
-        if ds is None:
-            h.update(b"none")
-            continue
-        sink = pa.BufferOutputStream()
-        table = ds.data.table if hasattr(ds.data, "table") else ds.data
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        h.update(sink.getvalue().to_pybytes())
-    return h.hexdigest()[:16]
 
 
 def _default_create_model_fn() -> Callable[[Any], tuple[Any, Any]]:

@@ -23,25 +23,53 @@ from rf_ray.config import (
     check_trainer_field,
     is_knob,
 )
-from rf_ray.launch import NAMESPACE, build_specs, ensure_ray, scheduler_name
+from rf_ray.launch import (
+    NAMESPACE,
+    ClusterUnreachableError,
+    build_specs,
+    ensure_ray,
+    recorded_cluster,
+    scheduler_name,
+)
 
 _CALLABLE_FIELDS = ("formatting_func", "compute_metrics", "reward_funcs")
 
 
 def attach(exp_dir: str | Path) -> Any:
-    """The named scheduler actor of the experiment running from ``exp_dir`` (connecting to Ray
-    if needed)."""
+    """The named scheduler actor of the experiment running from ``exp_dir``, connecting to Ray
+    if needed: to ``RAY_ADDRESS``, else to the cluster the experiment's driver recorded in
+    ``exp_dir`` (so a script's private cluster is reachable from another terminal), else to a
+    ``ray start`` head (see ``launch.ensure_ray``)."""
     import ray
 
-    ensure_ray()
+    try:
+        ensure_ray(exp_dir)
+    except ClusterUnreachableError as e:
+        raise OpError(str(e)) from None
     name = scheduler_name(exp_dir)
     try:
         return ray.get_actor(name, namespace=NAMESPACE)
     except ValueError:
         raise OpError(
             f"experiment {Path(exp_dir).name!r} at {exp_dir} is not running on this Ray cluster "
-            f"(no actor {name!r}); start it with run_fit, or resume it"
+            f"(no actor {name!r}){_elsewhere(exp_dir)}; start it with run_fit, or resume it"
         ) from None
+
+
+def _elsewhere(exp_dir: str | Path) -> str:
+    """A hint when the experiment's driver recorded another cluster than the one this process
+    is connected to (e.g. a notebook already attached to a cluster of its own)."""
+    import ray
+
+    record = recorded_cluster(exp_dir)
+    here = ray.get_runtime_context().gcs_address
+    if record is None or record.get("address") in (None, here):
+        return ""
+    return (
+        f"; its driver recorded the cluster at {record['address']} but this process is "
+        f"connected to {here}: run this from a fresh process (e.g. `rf-ray ops`), or "
+        "ray.shutdown() first"
+    )
 
 
 def apply(scheduler: Any, op: str, run_id: int) -> dict[str, Any]:
@@ -103,8 +131,9 @@ def clone_modify(
     finally:
         store.close()
     new_id = _unwrap(lambda: ray.get(scheduler.reserve_run_id.remote()))
+    # The experiment's rows, not parent.plan.num_examples: for GRPO that counts sampler samples.
     (spec,) = build_specs(
-        [new_run], exp_dir, train_rows=parent.plan.num_examples, num_chunks=meta["num_chunks"],
+        [new_run], exp_dir, train_rows=meta["train_rows"], num_chunks=meta["num_chunks"],
         seed=meta["seed"], first_run_id=new_id,
     )  # fmt: skip
     spec.parent_run_id = run_id

@@ -1,22 +1,53 @@
 """Run specs and the experiment's model factory on disk: what a resume reads back.
 
-``write_spec`` stores a run's spec under ``<experiment dir>/runs/<id>/`` and never overwrites an
-existing run's files; ``read_spec`` rebuilds it. ``spec_blob`` is the in-memory form sent to the
-executor (the same bytes Ray would ship). Open only experiment directories you created: see
-``docs`` for what loading one executes.
+A run's spec is stored as data, in ``<experiment dir>/runs/<id>/spec.json``:
+
+    {"format": 1, "run_id": 3, "parent_run_id": null, "seed": 42,
+     "config": {"model_name": ..., "trainer_type": "SFT", "training_args": {...},
+                "lora": {...}, "model_kwargs": {...}, "tokenizer_kwargs": {...},
+                "generation_config": null},
+     "functions": {"formatting_func": {"import": "my_pkg.fmt:to_text"},
+                   "reward_funcs": [{"pickle": "functions/reward_funcs.0.cloudpickle"}],
+                   "compute_metrics": null},
+     "plan": {...}}
+
+``config`` is the run's ``RunConfig`` with its resolved values (``RunConfig.to_json``); reading
+rebuilds the TRL and PEFT configs and the chunk plan through ``launch.build_specs``, exactly as
+``run_fit`` built them (the stored ``plan`` is checked against the rebuilt one). A function is
+stored by importable reference (``module:qualname``) when importing that name gives back the
+very same object; only closures, lambdas and functions of ``__main__`` (or of a module that is
+not importable) are cloudpickled, one file per function. The experiment's ``create_model_fn``
+is stored the same way (``create_model_fn.json``).
+
+Reading an experiment directory therefore IMPORTS the referenced modules and UNPICKLES the
+cloudpickled functions, which runs code: open only directories you trust (docs/security.md).
+Files are written 0600, directories 0700; a run's spec is never overwritten (run ids are never
+reused). ``spec_blob`` is the in-memory form sent to the executor (cloudpickle, as Ray ships
+functions).
 """
 
 from __future__ import annotations
 
+import importlib
+import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from actors.durable import atomic_write
+from actors.durable import FILE_MODE, atomic_write, fsync_dir, make_private_dir
 from actors.spec import RunSpec
+from actors.store import Store
+from policies.chunking import ChunkPlan
 from policies.errors import ConfigError
 
-SPEC_FILE = "spec.cloudpickle"
-MODEL_FN_FILE = "create_model_fn.cloudpickle"
+FORMAT = 1
+SPEC_FILE = "spec.json"
+LEGACY_SPEC_FILE = "spec.cloudpickle"
+"""Specs written before ``FORMAT`` 1 (the whole RunSpec cloudpickled); still readable."""
+MODEL_FN_FILE = "create_model_fn.json"
+FUNCTIONS_DIR = "functions"
+_FUNCTION_FIELDS = ("formatting_func", "compute_metrics", "reward_funcs")
 
 
 def spec_blob(spec: RunSpec) -> bytes:
@@ -26,37 +57,182 @@ def spec_blob(spec: RunSpec) -> bytes:
     return bytes(cloudpickle.dumps(spec))
 
 
+def run_dir(exp_dir: Path, run_id: int) -> Path:
+    return Path(exp_dir) / "runs" / str(run_id)
+
+
+# ---------------------------------------------------------------------------- functions
+def import_reference(fn: Any) -> str | None:
+    """``"module:qualname"`` when importing it gives back ``fn`` itself, else None (a lambda,
+    a closure, a function of ``__main__`` or of a module that cannot be imported)."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not module or not qualname or module == "__main__" or "<" in qualname:
+        return None
+    try:
+        found = resolve_reference(f"{module}:{qualname}")
+    except (ImportError, AttributeError):
+        return None
+    return f"{module}:{qualname}" if found is fn else None
+
+
+def resolve_reference(reference: str) -> Any:
+    """The object named by ``"module:qualname"`` (imports the module)."""
+    module, _, qualname = reference.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _store_function(fn: Any, base: Path, name: str) -> dict[str, str] | None:
+    """How ``fn`` is stored: ``{"import": ref}`` or ``{"pickle": path relative to base}``."""
+    if fn is None:
+        return None
+    reference = import_reference(fn)
+    if reference is not None:
+        return {"import": reference}
+    import cloudpickle
+
+    relative = f"{FUNCTIONS_DIR}/{name}.cloudpickle"
+    make_private_dir(base / FUNCTIONS_DIR)
+    atomic_write(base / relative, cloudpickle.dumps(fn))
+    return {"pickle": relative}
+
+
+def _load_function(stored: dict[str, str] | None, base: Path) -> Any:
+    if stored is None:
+        return None
+    if "import" in stored:
+        try:
+            return resolve_reference(stored["import"])
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(
+                f"{base}: cannot import {stored['import']!r} ({e}); make its module importable "
+                "here (install it, or add its directory to PYTHONPATH) and try again"
+            ) from e
+    import cloudpickle
+
+    return cloudpickle.loads((base / stored["pickle"]).read_bytes())
+
+
+# ---------------------------------------------------------------------------- run specs
+def spec_record(spec: RunSpec) -> dict[str, Any]:
+    """The JSON part of ``spec`` (no functions); raises ``ConfigError`` naming a value that
+    JSON cannot hold. ``run_fit`` calls it while validating, before anything is written."""
+    return {
+        "format": FORMAT,
+        "run_id": spec.run_id,
+        "parent_run_id": spec.parent_run_id,
+        "seed": spec.seed,
+        "config": json.loads(spec.model_config.to_json()),
+        "plan": spec.plan.to_dict(),
+    }
+
+
 def write_spec(exp_dir: Path, spec: RunSpec) -> bytes:
     """Store ``spec`` for run ``spec.run_id``; refuse to overwrite an existing run's spec.
     Returns ``spec_blob(spec)``."""
-    blob = spec_blob(spec)
-    run_dir = Path(exp_dir) / "runs" / str(spec.run_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    record = spec_record(spec)
+    base = run_dir(exp_dir, spec.run_id)
+    target = base / SPEC_FILE
+    if target.exists() or (base / LEGACY_SPEC_FILE).exists():
+        raise _exists(spec.run_id, base)
+    make_private_dir(base)
+    functions: dict[str, Any] = {}
+    for field in _FUNCTION_FIELDS:
+        value = getattr(spec.model_config, field)
+        if field == "reward_funcs" and value is not None:
+            functions[field] = [
+                _store_function(f, base, f"{field}.{i}") for i, f in enumerate(value)
+            ]
+        else:
+            functions[field] = _store_function(value, base, field)
+    record["functions"] = functions
+    _write_new(target, json.dumps(record, indent=1, sort_keys=True).encode(), spec.run_id)
+    return spec_blob(spec)
+
+
+def _write_new(path: Path, data: bytes, run_id: int) -> None:
+    """Write ``path`` durably, atomically and only if it does not exist: a temp file, then
+    ``os.link`` (which fails on an existing target, unlike a rename)."""
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    atomic_write(tmp, data)
     try:
-        with open(run_dir / SPEC_FILE, "xb") as f:
-            f.write(blob)
+        os.link(tmp, path)
     except FileExistsError:
-        raise ConfigError(
-            f"run {spec.run_id} already has a spec at {run_dir}; run ids are never reused"
-        ) from None
-    return blob
+        raise _exists(run_id, path.parent) from None
+    finally:
+        os.unlink(tmp)
+    fsync_dir(path.parent)
+
+
+def _exists(run_id: int, base: Path) -> ConfigError:
+    return ConfigError(f"run {run_id} already has a spec at {base}; run ids are never reused")
 
 
 def read_spec(exp_dir: Path, run_id: int) -> tuple[RunSpec, bytes]:
-    """The stored spec of ``run_id`` and its blob."""
-    import cloudpickle
+    """The stored spec of ``run_id``, rebuilt through ``launch.build_specs``, and its blob.
+    Imports the modules its functions come from and unpickles the pickled ones."""
+    from rf_ray.config import RunConfig
+    from rf_ray.launch import build_specs
 
-    blob = (Path(exp_dir) / "runs" / str(run_id) / SPEC_FILE).read_bytes()
-    return cloudpickle.loads(blob), blob
+    base = run_dir(exp_dir, run_id)
+    if not (base / SPEC_FILE).exists() and (base / LEGACY_SPEC_FILE).exists():
+        import cloudpickle
+
+        spec = cloudpickle.loads((base / LEGACY_SPEC_FILE).read_bytes())
+        return spec, spec_blob(spec)
+    record = json.loads((base / SPEC_FILE).read_text())
+    if record.get("format") != FORMAT:
+        raise ConfigError(
+            f"{base / SPEC_FILE} has format {record.get('format')!r}; this rf-ray reads format "
+            f"{FORMAT}: open the experiment with the rf-ray version that wrote it"
+        )
+    stored = record["functions"]
+    rewards = stored.get("reward_funcs")
+    run = RunConfig.from_json(
+        json.dumps(record["config"]),
+        formatting_func=_load_function(stored.get("formatting_func"), base),
+        compute_metrics=_load_function(stored.get("compute_metrics"), base),
+        reward_funcs=None if rewards is None else [_load_function(r, base) for r in rewards],
+    )
+    plan = ChunkPlan.from_dict(record["plan"])
+    (spec,) = build_specs(
+        [run], Path(exp_dir), train_rows=_train_rows(exp_dir), num_chunks=plan.num_chunks,
+        seed=record["seed"], first_run_id=run_id,
+    )  # fmt: skip
+    if spec.plan != plan:
+        raise ConfigError(
+            f"{base / SPEC_FILE}: its stored chunk plan {plan} differs from the one rebuilt from "
+            f"its config ({spec.plan}); the experiment directory was changed, or written by "
+            "another rf-ray version"
+        )
+    spec.parent_run_id = record["parent_run_id"]
+    return spec, spec_blob(spec)
 
 
-def write_create_model_fn(exp_dir: Path, fn: Any) -> None:
-    import cloudpickle
+def _train_rows(exp_dir: Path) -> int:
+    store = Store(exp_dir, readonly=True)
+    try:
+        return int(store.meta()["train_rows"])
+    finally:
+        store.close()
 
-    atomic_write(Path(exp_dir) / MODEL_FN_FILE, cloudpickle.dumps(fn))
+
+# ---------------------------------------------------------------------------- model factory
+def write_create_model_fn(exp_dir: Path, fn: Callable[..., Any]) -> None:
+    """Store the experiment's ``create_model_fn`` (by reference, or cloudpickled)."""
+    base = make_private_dir(exp_dir)
+    stored = _store_function(fn, base, "create_model_fn")
+    atomic_write(base / MODEL_FN_FILE, json.dumps(stored).encode(), FILE_MODE)
 
 
 def read_create_model_fn(exp_dir: Path) -> Any:
-    import cloudpickle
+    """The experiment's ``create_model_fn`` (imports or unpickles it: see module docstring)."""
+    base = Path(exp_dir)
+    legacy = base / "create_model_fn.cloudpickle"
+    if not (base / MODEL_FN_FILE).exists() and legacy.exists():
+        import cloudpickle
 
-    return cloudpickle.loads((Path(exp_dir) / MODEL_FN_FILE).read_bytes())
+        return cloudpickle.loads(legacy.read_bytes())
+    return _load_function(json.loads((base / MODEL_FN_FILE).read_text()), base)

@@ -176,6 +176,36 @@ CASES = [
         ConfigError,
         ["eta", "1"],
     ),
+    (
+        "slice-timeout-zero",
+        lambda: {"slice_timeout": 0},
+        ConfigError,
+        ["slice_timeout=0", "> 0 or None", "max_slice_steps"],
+    ),
+    (
+        "slice-timeout-negative",
+        lambda: {"slice_timeout": -5.0},
+        ConfigError,
+        ["slice_timeout=-5.0"],
+    ),
+    (
+        "slice-timeout-not-a-number",
+        lambda: {"slice_timeout": "30m"},
+        ConfigError,
+        ["slice_timeout='30m'", "seconds"],
+    ),
+    (
+        "slice-timeout-infinite",
+        lambda: {"slice_timeout": float("inf")},
+        ConfigError,
+        ["slice_timeout=inf", "None (no deadline)"],
+    ),
+    (
+        "slice-timeout-bool",
+        lambda: {"slice_timeout": True},
+        ConfigError,
+        ["slice_timeout=True"],
+    ),
 ]
 
 
@@ -197,7 +227,7 @@ def test_bad_input_fails_before_anything_is_written_or_started(tmp_path, make, e
     assert ray.is_initialized() == ray_was_up
 
 
-@pytest.mark.parametrize("name", ["", "  ", "a/b", "..", 7])
+@pytest.mark.parametrize("name", ["", "  ", "a/b", "..", 7, "a#b", "a?b", "50%"])
 def test_bad_experiment_name(tmp_path, name):
     with pytest.raises(ConfigError, match="experiment_name"):
         Experiment(name, experiment_path=tmp_path)
@@ -208,4 +238,23 @@ def test_results_of_an_experiment_that_never_ran_say_so(tmp_path):
     exp = Experiment("never-ran", experiment_path=tmp_path)
     with pytest.raises(ConfigError, match="run_fit"):
         exp.get_runs_info()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("given", "planned"),
+    [({}, 1800.0), ({"slice_timeout": 90}, 90.0), ({"slice_timeout": None}, None)],
+    ids=["default", "int-seconds", "no-deadline"],
+)
+def test_slice_timeout_goes_into_the_plan(tmp_path, given, planned):
+    from rf_ray.launch import DEFAULT_SLICE_TIMEOUT
+
+    call = _valid_call()
+    exp = Experiment("slice-timeout", experiment_path=tmp_path)
+    plan = exp._prepare(
+        call["param_config"], None, call["train_dataset"], call["eval_dataset"],
+        call["num_chunks"], 42, None, None, True, **given,
+    )  # fmt: skip
+    assert plan.slice_timeout == planned
+    assert DEFAULT_SLICE_TIMEOUT == 1800.0
     assert list(tmp_path.iterdir()) == []

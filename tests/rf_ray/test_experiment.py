@@ -495,3 +495,66 @@ def test_wait_survives_a_scheduler_call_failing_in_transit(ray_cluster, tmp_path
     assert len(injected) == 2  # the fault was hit, twice, and waited through
     assert list(info["status"]) == ["completed", "completed"]
     assert (exp.get_chunk_results().groupby("run_id")["chunk"].max() == 2).all()
+
+
+def test_a_second_run_fit_on_the_same_object_stops_the_old_actors_first(ray_cluster, tmp_path):
+    """Issue 12, item 13: the old session's executor kept the device and its scheduler the
+    experiment's lock, so the new session could never start; before, run_fit refused."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    exp = Experiment("twice", experiment_path=tmp_path)
+    data = sft_dataset(64)
+    slow = RFModelConfig(
+        model_name=TOY_MODEL_NAME,
+        training_args=RFSFTConfig(per_device_train_batch_size=1, max_length=48, lora_rank=2),
+    )
+    quick = RFModelConfig(
+        model_name=TOY_MODEL_NAME,
+        training_args=RFSFTConfig(per_device_train_batch_size=4, max_steps=2, max_length=48,
+                                  lora_rank=2),
+    )  # fmt: skip
+    try:
+        exp.run_fit(slow, train_dataset=data, num_chunks=8, max_slice_steps=1, live_view=False,
+                    blocking=False)  # fmt: skip
+        old = exp._session  # the session's actors, to check they are gone
+        assert old is not None
+        assert not old.finished
+        info = exp.run_fit(quick, train_dataset=data, num_chunks=1, live_view=False)
+    finally:
+        exp.end()
+    for actor in [old.scheduler, *old.executors]:
+        with pytest.raises(RayActorError):
+            ray.get(actor.__ray_ready__.remote(), timeout=60)
+    assert info.set_index("run_id").loc[2, "status"] == "completed"
+
+
+def test_a_later_run_fit_takes_ids_after_every_used_one(ray_cluster, tmp_path):
+    """Issue 12, item 6: a refused clone burns an id, so ids have gaps; run_fit computed the next
+    id as len(runs)+1, reused a taken one and overwrote that run's spec before failing."""
+    exp = Experiment("ids", experiment_path=tmp_path)
+    data = sft_dataset(64)
+    slow = RFModelConfig(
+        model_name=TOY_MODEL_NAME,
+        training_args=RFSFTConfig(per_device_train_batch_size=1, max_length=48, lora_rank=2),
+    )
+    quick = RFModelConfig(
+        model_name=TOY_MODEL_NAME,
+        training_args=RFSFTConfig(per_device_train_batch_size=4, max_steps=2, max_length=48,
+                                  lora_rank=2),
+    )  # fmt: skip
+    try:
+        exp.run_fit(slow, train_dataset=data, num_chunks=8, max_slice_steps=1, live_view=False,
+                    blocking=False)  # fmt: skip
+        with pytest.raises(ConfigError, match=r"lora\.r"):  # refused after its id was reserved
+            exp.clone_modify(1, {"lora_rank": 4}, warm_start=True)
+        assert exp.clone_modify(1, {"max_steps": 2})["run_id"] == 3
+        exp.stop(1)
+        exp.wait()
+        spec_3 = (exp.dir / "runs" / "3" / "spec.json").read_bytes()
+        info = exp.run_fit(quick, train_dataset=data, num_chunks=1, live_view=False)
+    finally:
+        exp.end()
+    assert info["run_id"].tolist() == [1, 3, 4]
+    assert info.set_index("run_id").loc[4, "status"] == "completed"
+    assert (exp.dir / "runs" / "3" / "spec.json").read_bytes() == spec_3
