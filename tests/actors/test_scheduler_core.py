@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from actors.messages import RunEntry
 from actors.scheduler import Grant, SchedulerCore
 from policies.chunking import ChunkPlan
 from policies.pruning import NoPruning, SuccessiveHalving
@@ -15,8 +16,14 @@ from policies.state import RunStatus
 def _core(n_runs=4, pruner=None, chunks=4, **kw):
     core = SchedulerCore(pruner or NoPruning().with_defaults("train_loss", "min"), **kw)
     for rid in range(1, n_runs + 1):
-        core.add_run(rid, ChunkPlan(num_examples=64, batch_size=4, grad_accum=1, num_chunks=chunks))
+        core.add_run(
+            _entry(rid, ChunkPlan(num_examples=64, batch_size=4, grad_accum=1, num_chunks=chunks))
+        )
     return core
+
+
+def _entry(rid, plan, **kw):
+    return RunEntry(rid, plan.to_dict(), b"", {}, {}, **kw)
 
 
 def _step(loss, step=1):
@@ -139,7 +146,7 @@ def _fusing_core(n_runs, keys=None, tokens=100, **fusion):
     for rid in range(1, n_runs + 1):
         key = keys[rid - 1] if keys else "toy|SFT"
         plan = ChunkPlan(num_examples=64, batch_size=4, grad_accum=1, num_chunks=4)
-        core.add_run(rid, plan, fusion_key=key, fusion_tokens=tokens)
+        core.add_run(_entry(rid, plan, fusion_key=key, fusion_tokens=tokens))
     return core
 
 
