@@ -274,7 +274,7 @@ def test_a_resumed_run_closes_its_partial_chunk_as_an_uninterrupted_one():
             last_metric=row.last_metric,
             best_metric=row.best_metric,
             chunk_steps=list(row.chunk_steps),
-        )  # fmt: skip
+        )
     )
     for core in (whole, resumed):
         for step, loss in ((7, 0.2), (8, 0.1)):
