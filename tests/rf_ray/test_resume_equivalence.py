@@ -9,6 +9,7 @@ state, which is stored in the same transaction as the chunk it recorded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -116,6 +117,18 @@ def _wait_for_a_partial_chunk(exp_dir: Path, after_chunks: int, timeout: float =
     raise AssertionError(f"no run was mid-chunk after {after_chunks} chunks within {timeout} s")
 
 
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (Ray's head processes and workers) at once."""
+    import psutil
+
+    root = psutil.Process(pid)
+    procs = [root, *root.children(recursive=True)]
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(signal.SIGKILL)
+    psutil.wait_procs(procs, timeout=30)
+
+
 def test_a_resumed_experiment_has_the_uninterrupted_winner(reference, tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     script = tmp_path / "driver.py"
@@ -130,7 +143,7 @@ def test_a_resumed_experiment_has_the_uninterrupted_winner(reference, tmp_path):
     try:
         _wait_for_a_partial_chunk(exp_dir, after_chunks=3)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
+        _kill_tree(proc.pid)  # the driver and its Ray cluster at once: no slice lands later
         proc.wait(timeout=60)
         _kill_started_under(ray_tmp)
     assert _partial_chunks(exp_dir), "the driver must die with a chunk half trained"
