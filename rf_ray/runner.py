@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,6 +208,7 @@ class _Started:
     """What a start or resume has started so far (torn down if it fails)."""
 
     ray: bool
+    exp_dir: Path
     actors: list[Any] = field(default_factory=list)
 
     def teardown(self) -> None:
@@ -215,8 +217,23 @@ class _Started:
         for actor in self.actors:
             with contextlib.suppress(Exception):
                 ray.kill(actor)
+        if self.actors:
+            _wait_unlocked(self.exp_dir)
         if self.ray:
             ray.shutdown()
+
+
+def _wait_unlocked(exp_dir: Path, wait_s: float = LOCK_WAIT_SECONDS) -> None:
+    """Wait (bounded) until a scheduler just killed has let go of the experiment's lock, so that
+    the next start in this process is not refused by a scheduler that is still dying."""
+    from actors.scheduler_actor import hold_experiment_lock
+
+    try:
+        hold_experiment_lock(str(exp_dir), wait_s=wait_s).close()
+    except OpError:
+        logger.warning(
+            "experiment at %s: still locked %g s after its actors were killed", exp_dir, wait_s
+        )
 
 
 def _start_actors(
@@ -323,7 +340,7 @@ def start(
     back as it was."""
     import ray
 
-    started = _Started(ensure_ray())
+    started = _Started(ensure_ray(), plan.dir)
     try:
         num_executors = executor_count(num_executors)  # checked before anything is written
         lock = take_lock(plan.dir, lock_wait_s)
@@ -331,11 +348,14 @@ def start(
         started.teardown()
         raise
     added: list[int] = []
+    new_dirs: list[Path] = []
     try:
         launch.record_cluster(plan.dir)
         with Store(plan.dir) as store:
             meta_before, existing = store.meta(), {r["run_id"] for r in store.runs()}
         added = [s.run_id for s in plan.specs if s.run_id not in existing]
+        new_dirs = [plan.dir / "runs" / str(i) for i in added]
+        new_dirs = [d for d in new_dirs if not d.exists()]
         blobs = persist(plan)
         scheduler, executors = _start_actors(
             plan.name, plan.dir, plan.tracking_uri, plan.create_model_fn, plan.eval is not None,
@@ -352,6 +372,8 @@ def start(
         if added:  # put the store back as it was (only what this start added goes)
             with Store(plan.dir) as store:
                 store.undo_start(added, meta_before)
+            for run_dir in new_dirs:  # and the spec files it wrote for those runs
+                shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:
         lock.close()
@@ -370,7 +392,7 @@ def resume(
 
     if not Store.exists(exp_dir):
         raise ConfigError(f"experiment at {exp_dir} has nothing to resume (no store)")
-    started = _Started(ensure_ray())
+    started = _Started(ensure_ray(), exp_dir)
     try:
         num_executors = executor_count(num_executors)
         lock = take_lock(exp_dir, lock_wait_s)
@@ -519,5 +541,7 @@ def stop(session: Session) -> None:
             ray.kill(actor)
         except Exception:  # already gone
             logger.debug("actor already gone", exc_info=True)
+    if not session.finished:  # a killed scheduler lets go of the lock as its process ends
+        _wait_unlocked(session.dir)
     if session.started_ray:
         ray.shutdown()

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import ray
 
+from actors.scheduler_actor import experiment_locked
 from actors.store import Store
 from rf_ray import ConfigError, Experiment, NoPruning, RFModelConfig, RFSFTConfig, runner
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
@@ -153,3 +154,26 @@ def test_resume_right_after_a_driver_crash_waits_for_the_lock(ray_cluster, tmp_p
     info = exp.get_runs_info()
     assert info["status"].tolist() == ["completed"] * 3, info[["status", "error"]]
     assert (info["steps_done"] == ROWS * 2 // 4).all()
+
+
+def test_a_failed_start_tears_down_and_leaves_the_store_as_it_was(
+    ray_cluster, tmp_path, monkeypatch
+):
+    exp = Experiment("torn", experiment_path=tmp_path)
+    _finish(_start_held(exp, [1e-3]))
+    settings, files = _settings(exp.dir), _spec_files(exp.dir)
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("injected: registering the runs failed")
+
+    monkeypatch.setattr(runner, "entry_for", fail)  # fails once the actors are up
+    again = Experiment("torn", experiment_path=tmp_path)
+    with pytest.raises(RuntimeError, match="injected"):
+        _start_held(again, [3e-3, 3e-4], seed=7)
+    monkeypatch.undo()
+    assert _settings(exp.dir) == settings
+    assert _spec_files(exp.dir) == files
+    assert exp.get_runs_info()["run_id"].tolist() == [1]
+    assert not experiment_locked(str(exp.dir))  # its scheduler is gone, and with it the lock
+    _finish(_start_held(again, [3e-3]))  # nothing left behind blocks the next start
+    assert exp.get_runs_info()["status"].tolist() == ["completed", "completed"]
