@@ -18,6 +18,7 @@ import time
 
 import pytest
 import ray
+from mlflow.tracking import MlflowClient
 
 from actors.scheduler_actor import experiment_locked
 from actors.store import Store
@@ -218,6 +219,10 @@ def test_a_killed_trial_fails_only_its_run(ray_cluster, tmp_path):
     failed = info[info["status"] == "failed"]
     assert len(failed) == 1, info[["status", "error"]]
     assert "trial actor died" in failed["error"].iloc[0]
+    # The scheduler's watchdog closed the dead trial's MLflow run, as the trial would have.
+    mlflow_run = MlflowClient(exp.tracking_uri).get_run(failed["mlflow_run_id"].iloc[0])
+    assert mlflow_run.info.status == "FAILED"
+    assert mlflow_run.data.tags["rf_ray.error"] == failed["error"].iloc[0]
     others = info.drop(failed.index)
     assert (others["status"] == "completed").all()
     assert others["error"].isna().all()
