@@ -352,6 +352,7 @@ class SchedulerCore:
                 "best_metric": r.best_metric,
                 "pruned_at": r.pruned_at,
                 "error": r.error,
+                "failures": r.failures,
             }
             for r in sorted(self.runs.values(), key=lambda r: r.run_id)
         ]

@@ -16,6 +16,10 @@ the scheduler says the run is over (completed, pruned, stopped, failed, deleted)
 * A call that failed in transit while the executor process lived on (``ActorUnavailableError``)
   is retried with the same grant: the executor's ``run_slice`` is idempotent.
 * The trial never imports torch or TRL: the run spec travels to the executor as opaque bytes.
+
+Known limit (fused groups): the members of one fused grant call the executor together, so a
+member queued behind a hung one shares its deadline, and a death during the group's pass is
+charged to every member in flight. Time-sliced grants (one run per executor) have neither.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
 """Running an experiment on Ray: start, watch, resume and stop its actors.
 
-``start`` makes the experiment durable before any actor runs: the store (runs, settings), the
-datasets (Arrow files, ``datasets.save_to_disk``), and each run's spec. It then starts the
-executor(s) and the named scheduler, which starts one trial per run. ``resume`` rebuilds all of
+``start`` first takes the experiment directory's lock (a running experiment is refused before
+anything is written; one whose driver just crashed is waited for, bounded), then makes the
+experiment durable before any actor runs: the store (runs, settings), the datasets (Arrow files,
+``datasets.save_to_disk``), and each run's spec. It then starts the executor(s) and the named
+scheduler, hands it the lock, and the scheduler starts one trial per run. A start or resume that
+fails tears down what it started and puts the store back as it was. ``resume`` rebuilds all of
 it from the experiment directory after the driver died: every run restarts from its last
 completed slice (its durable checkpoint), and the pruner from its stored state, so the outcome
 equals an uninterrupted run with the same seed.
@@ -350,6 +353,8 @@ def start(
     added: list[int] = []
     new_dirs: list[Path] = []
     try:
+        # Recorded once the lock is ours: until then the record names the driver that holds it
+        # (``take_lock`` asks whether that one is gone).
         launch.record_cluster(plan.dir)
         with Store(plan.dir) as store:
             meta_before, existing = store.meta(), {r["run_id"] for r in store.runs()}

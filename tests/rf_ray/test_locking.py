@@ -146,11 +146,15 @@ def test_resume_right_after_a_driver_crash_waits_for_the_lock(ray_cluster, tmp_p
         _wait_for_steps(exp_dir, at_least=2)
         os.kill(proc.pid, signal.SIGKILL)  # only the driver: its actors wind down on their own
         proc.wait(timeout=60)
+        # A checkpoint write the crash interrupted: cleaned up before any executor starts.
+        leftover = exp_dir / "runs" / "1" / "checkpoints" / ".tmp-step-00000099"
+        leftover.mkdir(parents=True)
         exp = Experiment("crashed", experiment_path=tmp_path)
         exp.resume(live_view=False)  # at once: no waiting for the old scheduler here
         exp.end()
     finally:
         _kill_started_under(ray_tmp)
+    assert not leftover.exists()
     info = exp.get_runs_info()
     assert info["status"].tolist() == ["completed"] * 3, info[["status", "error"]]
     assert (info["steps_done"] == ROWS * 2 // 4).all()
