@@ -85,9 +85,7 @@ def test_a_second_driver_on_a_running_experiment_is_refused_and_changes_nothing(
                 live_view=False, fusion=False,
             )  # fmt: skip
         assert _settings(first.dir) == settings
-        assert (
-            sorted(p.relative_to(first.dir) for p in (first.dir / "runs").rglob("spec*")) == files
-        )
+        assert _spec_files(first.dir) == files
         assert [r["run_id"] for r in ray.get(session.scheduler.snapshot.remote())] == [1]
     finally:
         _finish(session)
