@@ -112,4 +112,5 @@ def test_a_hung_slice_fails_its_run_and_the_others_match_a_run_without_it(refere
     good = info.drop(index=2)
     assert (good["status"] == "completed").all(), info[["status", "error"]]
     assert good["error"].isna().all()
+    assert (good["failures"] == 0).all()  # the restart was not charged to the runs it hit
     assert losses_by_lr(exp, good) == reference
