@@ -259,8 +259,9 @@ class SchedulerActor:
                 run_id,
                 report.step_metrics,
                 chunk,
-                # The pruner recorded the chunk's value: durable with the chunk, never apart.
-                meta={"pruner_state": self.core.pruner.to_dict()} if closed else None,
+                # The pruner's state and its decisions are durable with the chunk, never apart.
+                meta={"pruner_state": self.core.pruner.to_dict()},
+                others={rid: self._pruned_fields(rid) for rid in pruned},
                 status=row.status.value,
                 steps_done=row.steps_done,
                 chunks_done=row.chunks_done,
@@ -268,7 +269,6 @@ class SchedulerActor:
                 last_metric=row.last_metric,
                 best_metric=row.best_metric,
             )
-            self._write_pruned(pruned)
             self.cond.notify_all()
             return ReportAck(row.status.value, chunk)
 
@@ -301,12 +301,14 @@ class SchedulerActor:
         self.store.update_run(run_id, status=RunStatus.FAILED.value, error=error)
         self._write_pruned(pruned)
 
+    def _pruned_fields(self, run_id: int) -> dict[str, Any]:
+        row = self.core.runs[run_id]
+        return {"status": row.status.value, "pruned_at": row.pruned_at}
+
     def _write_pruned(self, pruned: set[int]) -> None:
         for rid in pruned:
-            r = self.core.runs[rid]
-            self.store.update_run(rid, status=r.status.value, pruned_at=r.pruned_at)
-        if pruned:
-            self.store.set_meta(pruner_state=self.core.pruner.to_dict())
+            self.store.update_run(rid, **self._pruned_fields(rid))
+        self.store.set_meta(pruner_state=self.core.pruner.to_dict())
 
     async def set_mlflow_run(self, run_id: int, mlflow_run_id: str) -> None:
         self.core.runs[run_id].mlflow_run_id = mlflow_run_id

@@ -221,16 +221,25 @@ class Store:
         step_metrics: list[dict[str, float]],
         chunk: tuple[int, dict[str, float]] | None,
         meta: dict[str, Any] | None = None,
+        others: dict[int, dict[str, Any]] | None = None,
         **fields: Any,
     ) -> None:
         """One slice's outcome in one transaction: its step metrics, the chunk metrics when the
-        slice closed a chunk, the run's new progress fields and ``meta`` (the pruner's state,
-        which must never disagree with the chunks recorded)."""
-        unknown = set(fields) - set(RUN_FIELDS)
-        if unknown:
-            raise KeyError(f"unknown run fields {sorted(unknown)}; known: {RUN_FIELDS}")
+        slice closed a chunk, the run's new progress fields, ``meta`` (the pruner's state, which
+        must never disagree with the chunks recorded) and ``others``: fields of other runs that
+        changed with it (runs the pruner stopped)."""
+        for changed in (fields, *(others or {}).values()):
+            unknown = set(changed) - set(RUN_FIELDS)
+            if unknown:
+                raise KeyError(f"unknown run fields {sorted(unknown)}; known: {RUN_FIELDS}")
         cols = ", ".join(f"{k} = ?" for k in fields)
         with self._tx() as c:
+            for other, changed in (others or {}).items():
+                c.execute(
+                    f"UPDATE runs SET {', '.join(f'{k} = ?' for k in changed)}, updated = ?"
+                    " WHERE run_id = ?",
+                    (*changed.values(), time.time(), other),
+                )
             if meta:
                 c.executemany(
                     "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",

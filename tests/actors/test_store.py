@@ -95,3 +95,14 @@ def test_record_slice_writes_meta_in_the_same_transaction(tmp_path):
         store.record_slice(1, [], None, meta={"pruner_state": {"x": 1}}, failures=1)
         assert store.meta()["pruner_state"] == {"x": 1}
         assert store.run(1)["failures"] == 1
+
+
+def test_record_slice_updates_the_runs_the_pruner_stopped_with_it(tmp_path):
+    with Store(tmp_path) as store:
+        _add(store, 1)
+        _add(store, 2)
+        store.record_slice(
+            1, [{"step": 1, "loss": 1.0}], (1, {"train_loss": 1.0}),
+            others={2: {"status": "pruned", "pruned_at": 1}}, steps_done=1,
+        )  # fmt: skip
+        assert (store.run(2)["status"], store.run(2)["pruned_at"]) == ("pruned", 1)
