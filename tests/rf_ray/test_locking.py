@@ -106,6 +106,7 @@ def test_two_directories_with_the_same_name_run_at_once(ray_cluster, tmp_path):
             _finish(second)
     finally:
         _finish(first)
+    runner.stop(first)  # a second stop of a session does nothing
     assert a.get_runs_info()["status"].tolist() == ["completed"]
     assert b.get_runs_info()["status"].tolist() == ["completed", "completed"]
 
