@@ -192,9 +192,13 @@ def _clear_leftover_scheduler(exp_dir: Path) -> None:
         old = ray.get_actor(scheduler_name(exp_dir), namespace=NAMESPACE)
     except ValueError:
         return
+    from ray.exceptions import GetTimeoutError, RayActorError
+
     try:
         finished = ray.get(old.is_finished.remote(), timeout=10)
-    except Exception:  # dead, dying, or stuck: it cannot be running the experiment
+    except GetTimeoutError:  # still in its constructor, waiting for the lock we hold
+        finished = False
+    except RayActorError:  # dead or dying: it cannot be running the experiment
         finished = True
     if not finished:
         raise ConfigError(
