@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -153,6 +154,7 @@ def test_resume_right_after_a_driver_crash_waits_for_the_lock(ray_cluster, tmp_p
         exp.end()
     finally:
         _kill_started_under(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert not leftover.exists()
     info = exp.get_runs_info()
     assert info["status"].tolist() == ["completed"] * 3, info[["status", "error"]]

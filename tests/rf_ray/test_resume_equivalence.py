@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,6 +147,7 @@ def test_a_resumed_experiment_has_the_uninterrupted_winner(reference, tmp_path):
         _kill_tree(proc.pid)  # the driver and its Ray cluster at once: no slice lands later
         proc.wait(timeout=60)
         _kill_started_under(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert _partial_chunks(exp_dir), "the driver must die with a chunk half trained"
     exp = Experiment("killed", experiment_path=tmp_path)
     try:
