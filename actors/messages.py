@@ -69,6 +69,8 @@ class Grant:
     group: tuple[int, ...] = ()
     start_step: int = 0
     deadline_s: float | None = None
+    chunk: int = 1
+    """The chunk (1-based) the slice trains in: named in a deadline error."""
 
 
 @dataclass(frozen=True)

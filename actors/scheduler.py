@@ -16,23 +16,33 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.messages import Grant
+from actors.messages import Grant, RunEntry
 from policies.chunking import ChunkPlan
 from policies.errors import IllegalTransitionError, OpError
 from policies.fusion import Candidate, FusionPolicy, form_group
 from policies.order import next_run
 from policies.pruning import Pruner
-from policies.state import OPS, RunStatus, is_live, is_terminal, transition
+from policies.state import OPS, RunStatus, is_live, transition
 
 logger = logging.getLogger(__name__)
 
 
+MAX_CHARGED_DEATHS = 2
+"""Executor deaths charged to one run (its slice was in flight) before the run fails."""
+
+
 @dataclass
 class RunRow:
-    """The scheduler's view of one run."""
+    """The scheduler's one record of one run: what it trains (spec, plan), its progress, its
+    identity in MLflow and its last durable checkpoint. There is no second table beside it."""
 
     run_id: int
     plan: ChunkPlan
+    spec_blob: bytes = b""
+    """The run's ``RunSpec``, serialised for the executor (opaque here)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    parent_run_id: int | None = None
     status: RunStatus = RunStatus.PENDING
     steps_done: int = 0
     chunks_done: int = 0
@@ -43,9 +53,38 @@ class RunRow:
     best_metric: float | None = None
     pruned_at: int | None = None
     error: str | None = None
+    checkpoint: str | None = None
+    """The run's last durable checkpoint (recorded with its slice)."""
+    mlflow_run_id: str | None = None
+    failures: int = 0
+    """Executor deaths charged to this run (see ``on_lost``)."""
     fusion_key: str | None = None
     """Runs with equal keys may share a fused pass; ``None``: always time-sliced."""
     fusion_tokens: int = 0
+
+    @classmethod
+    def of(cls, entry: RunEntry) -> RunRow:
+        plan = ChunkPlan.from_dict(entry.plan)
+        return cls(
+            run_id=entry.run_id,
+            plan=plan,
+            spec_blob=entry.spec_blob,
+            params=entry.params,
+            tags=entry.tags,
+            parent_run_id=entry.parent_run_id,
+            status=RunStatus(entry.status),
+            steps_done=entry.steps_done,
+            chunks_done=plan.chunks_done(entry.steps_done),
+            chunk_steps=list(entry.chunk_steps),
+            last_metric=entry.last_metric,
+            best_metric=entry.best_metric,
+            pruned_at=entry.pruned_at,
+            checkpoint=entry.checkpoint,
+            mlflow_run_id=entry.mlflow_run_id,
+            failures=entry.failures,
+            fusion_key=entry.fusion_key,
+            fusion_tokens=entry.fusion_tokens,
+        )
 
 
 class SchedulerCore:
@@ -58,8 +97,11 @@ class SchedulerCore:
         has_eval: bool = False,
         max_slice_steps: int | None = None,
         fusion: FusionPolicy | None = None,
+        deadline_s: float | None = None,
     ) -> None:
         self.pruner = pruner
+        self.deadline_s = deadline_s
+        """Wall-clock bound of every slice granted (the experiment's ``slice_timeout``)."""
         self.has_eval = has_eval
         self.max_slice_steps = max_slice_steps
         self.fusion = fusion
@@ -77,27 +119,12 @@ class SchedulerCore:
         while any is held, even with no live run."""
 
     # ------------------------------------------------------------------ run table
-    def add_run(
-        self,
-        run_id: int,
-        plan: ChunkPlan,
-        status: RunStatus = RunStatus.PENDING,
-        steps_done: int = 0,
-        pruned_at: int | None = None,
-        fusion_key: str | None = None,
-        fusion_tokens: int = 0,
-    ) -> None:
+    def add_run(self, entry: RunEntry) -> RunRow:
         """Register a run, possibly with progress (a resumed experiment, a warm clone)."""
-        self.runs[run_id] = RunRow(
-            run_id=run_id,
-            plan=plan,
-            status=status,
-            steps_done=steps_done,
-            chunks_done=plan.chunks_done(steps_done),
-            pruned_at=pruned_at,
-            fusion_key=fusion_key,
-            fusion_tokens=fusion_tokens,
-        )
+        if entry.run_id in self.runs:
+            raise OpError(f"run {entry.run_id} is already registered; run ids are never reused")
+        row = self.runs[entry.run_id] = RunRow.of(entry)
+        return row
 
     def set_status(self, run_id: int, status: RunStatus) -> None:
         row = self.runs[run_id]
@@ -156,7 +183,10 @@ class SchedulerCore:
         row.in_flight, row.executor = True, executor
         self.busy[executor] += 1
         evaluate = self.has_eval and end == chunk_end
-        return Grant(row.run_id, executor, end, evaluate, group, start_step=row.steps_done)
+        return Grant(
+            row.run_id, executor, end, evaluate, group, row.steps_done, self.deadline_s,
+            chunk=row.chunks_done + 1,
+        )  # fmt: skip
 
     def _group_for(self, leader: RunRow, executor: int, candidates: dict[int, int]) -> list[int]:
         """The leader and the runs that share its fused pass (``policies.fusion``)."""
@@ -250,9 +280,22 @@ class SchedulerCore:
         # A failed run leaves its rung: a synchronous rung may now be complete.
         return self.apply_pruner()
 
-    def release(self, run_id: int) -> None:
-        """Hand back a granted slice that did not run (its executor was lost); no status change."""
-        self._release(run_id)
+    def on_lost(self, run_id: int, error: str | None = None) -> set[int] | None:
+        """The run's executor died before its slice finished: hand the grant back (the slice is
+        re-run). ``error``: the death happened while this run's call was in flight and is
+        charged to it; at the ``MAX_CHARGED_DEATHS``-th the run fails (returns the runs pruned
+        as a consequence, as ``on_failure`` does; ``None`` while the run goes on)."""
+        row = self._release(run_id)
+        if error is None or not is_live(row.status):
+            return None
+        row.failures += 1
+        if row.failures < MAX_CHARGED_DEATHS:
+            return None
+        return self.on_failure(
+            run_id,
+            f"the executor process died {_times(row.failures)} while this run's slice was in "
+            f"flight: {error}",
+        )
 
     # ------------------------------------------------------------------ interactive control
     def apply_op(self, op: str, run_id: int) -> set[int]:
@@ -287,12 +330,6 @@ class SchedulerCore:
             raise OpError(f"run {run_id!r} does not exist in this experiment (runs: {known})")
         return row
 
-    def next_run_id(self) -> int:
-        return max(self.runs, default=0) + 1
-
-    def is_over(self, run_id: int) -> bool:
-        return is_terminal(self.runs[run_id].status)
-
     def _release(self, run_id: int) -> RunRow:
         row = self.runs[run_id]
         if row.in_flight and row.executor is not None:
@@ -315,9 +352,14 @@ class SchedulerCore:
                 "best_metric": r.best_metric,
                 "pruned_at": r.pruned_at,
                 "error": r.error,
+                "failures": r.failures,
             }
             for r in sorted(self.runs.values(), key=lambda r: r.run_id)
         ]
+
+
+def _times(n: int) -> str:
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")
 
 
 def _candidate(row: RunRow) -> Candidate:

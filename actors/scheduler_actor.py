@@ -1,7 +1,8 @@
 """``SchedulerActor``: the async Ray shell around ``SchedulerCore``.
 
-One per experiment, created as a named actor (``rf_ray:<experiment>`` in namespace ``rf_ray``)
-so that other processes (``rf-ray ops``, a Ray Job, a Tune driver) can find a running experiment.
+One per experiment, created as a named actor (``rf_ray:<dir name>:<hash of the directory>`` in
+namespace ``rf_ray``) so that other processes (``rf-ray ops``, a Ray Job, a Tune driver) can
+find a running experiment.
 It starts one ``TrialActor`` per live run and keeps doing so as interactive-control ops resume or
 clone runs. Every change is written to the store in one transaction, and the pruner's state with
 it, so a killed driver can be resumed from the experiment directory.
@@ -14,12 +15,15 @@ once, in order of arrival.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import shutil
+import time
 from typing import Any
 
-from actors.scheduler import Grant, SchedulerCore
+from actors.messages import Exit, Grant, Report, ReportAck, RunEntry
+from actors.scheduler import RunRow, SchedulerCore
 from actors.store import Store
 from policies.chunking import ChunkPlan
 from policies.errors import OpError
@@ -32,22 +36,35 @@ logger = logging.getLogger(__name__)
 
 LOCK_FILE = "scheduler.lock"
 
+TRACKER_CALL_SECONDS = 60.0
+"""Bound on the MLflow call with which the watchdog closes a failed run's MLflow run."""
 
-def hold_experiment_lock(experiment_dir: str) -> Any:
+
+def hold_experiment_lock(experiment_dir: str, wait_s: float = 0.0) -> Any:
     """One live scheduler per experiment directory: an exclusive ``flock`` on a file in it, held
-    for the life of the process (the OS drops it when the process dies, however it dies)."""
+    until the returned handle is closed or the process dies (the OS drops it then, however the
+    process dies). ``wait_s``: how long to keep trying while another process holds it (a flock
+    has no waitable event with a timeout, so this polls, bounded); then ``OpError``."""
     import fcntl
 
-    handle = open(os.path.join(experiment_dir, LOCK_FILE), "a+")  # noqa: SIM115 (held open)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise OpError(
-            f"experiment at {experiment_dir} is already running (another scheduler holds "
-            f"{LOCK_FILE}); steer it with `rf-ray ops`, or wait for it to finish"
-        ) from None
-    return handle
+    os.makedirs(experiment_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(experiment_dir, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    handle = os.fdopen(fd, "a+")
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.close()
+                raise OpError(
+                    f"experiment at {experiment_dir} is already running (another scheduler "
+                    f"holds {LOCK_FILE}; waited {wait_s:g} s); steer it with `rf-ray ops`, or "
+                    "wait for it to finish"
+                ) from None
+            time.sleep(0.2)
 
 
 def experiment_locked(experiment_dir: str) -> bool:
@@ -77,10 +94,16 @@ class SchedulerActor:
         max_slice_steps: int | None,
         tracking_uri: str,
         fusion: dict[str, Any] | None = None,
+        slice_timeout: float | None = None,
+        lock_wait_s: float = 0.0,
     ) -> None:
         self.name = name
         self.dir = experiment_dir
-        self._lock = hold_experiment_lock(experiment_dir)
+        # The driver holds the lock while it writes the experiment and hands it over as it
+        # creates this actor: wait (bounded) for it to let go.
+        self._lock = hold_experiment_lock(experiment_dir, wait_s=lock_wait_s)
+        # Open for the actor's life (it is the only writer while the experiment runs); closed
+        # with the process. Every other user of the store opens it with ``with``.
         self.store = Store(experiment_dir)
         self.core = SchedulerCore(
             pruner_from_dict(pruner),
@@ -88,10 +111,10 @@ class SchedulerActor:
             has_eval,
             max_slice_steps,
             FusionPolicy.from_dict(fusion) if fusion else None,
+            deadline_s=slice_timeout,
         )
         self.executors = executors
         self.tracking_uri = tracking_uri
-        self.entries: dict[int, dict[str, Any]] = {}
         self.trials: list[tuple[int, Any, Any]] = []
         """(run id, trial actor, its run() ref) for every trial ever started."""
         self.looping: set[int] = set()
@@ -107,68 +130,58 @@ class SchedulerActor:
             self._cond = asyncio.Condition()
         return self._cond
 
-    # ------------------------------------------------------------------ runs and trials
-    async def add_runs(self, entries: list[dict[str, Any]]) -> None:
-        """Register runs and start a trial for each live one.
+    async def ready(self) -> str:
+        """Answers once the actor is up (it holds the experiment's lock by then)."""
+        return self.name
 
-        An entry holds run_id, plan (dict), spec_blob, params, tags, and for a resumed run its
-        status, steps_done, pruned_at, checkpoint and mlflow_run_id.
-        """
+    # ------------------------------------------------------------------ runs and trials
+    async def add_runs(self, entries: list[RunEntry]) -> None:
+        """Register runs (new, or resumed with their progress) and start a trial for each live
+        one."""
         async with self.cond:
             for entry in entries:
                 self._register(entry)
             self.cond.notify_all()
 
-    def _register(self, entry: dict[str, Any]) -> None:
-        run_id = int(entry["run_id"])
-        status = RunStatus(entry.get("status", RunStatus.PENDING.value))
-        self.core.add_run(
-            run_id,
-            ChunkPlan.from_dict(entry["plan"]),
-            status=status,
-            steps_done=int(entry.get("steps_done", 0)),
-            pruned_at=entry.get("pruned_at"),
-            fusion_key=entry.get("fusion_key"),
-            fusion_tokens=int(entry.get("fusion_tokens", 0)),
-        )
-        self.entries[run_id] = entry
-        if is_live(status):
-            self._spawn(run_id)
+    def _register(self, entry: RunEntry) -> None:
+        row = self.core.add_run(entry)
+        if is_live(row.status):
+            self._spawn(row)
 
-    def _spawn(self, run_id: int) -> None:
+    def _spawn(self, row: RunRow) -> None:
         import ray
 
         from actors.trial import TrialActor
 
-        entry = self.entries[run_id]
         trial = (
             ray.remote(TrialActor)
             .options(num_cpus=0)
             .remote(
-                run_id,
-                entry["spec_blob"],
-                entry["params"],
-                entry["tags"],
+                row.run_id,
+                row.spec_blob,
+                row.params,
+                row.tags,
                 self._self_handle(),
                 self.executors,
                 self.dir,
                 self.tracking_uri,
                 self.name,
-                entry.get("checkpoint"),
-                entry.get("mlflow_run_id"),
+                row.checkpoint,
+                row.mlflow_run_id,
             )
         )
         ref = trial.run.remote()
-        self.trials.append((run_id, trial, ref))
-        self.looping.add(run_id)
-        watch = asyncio.get_running_loop().create_task(self._watch(run_id, trial, ref))
+        self.trials.append((row.run_id, trial, ref))
+        self.looping.add(row.run_id)
+        watch = asyncio.get_running_loop().create_task(self._watch(row.run_id, trial, ref))
         self._watches.add(watch)
         watch.add_done_callback(self._watches.discard)
 
     async def _watch(self, run_id: int, trial: Any, ref: Any) -> None:
         """Fail the run of a trial that died outside a slice (its process was killed, or its
         own loop raised, e.g. a call that failed in transit). Without this its run would stay
-        live and the experiment would wait for it forever; the other runs go on."""
+        live and the experiment would wait for it forever; the other runs go on. The run's
+        MLflow run is closed as FAILED with the error, as its trial would have done."""
         try:
             await ref
             return
@@ -183,10 +196,27 @@ class SchedulerActor:
             if not (is_live(row.status) or row.in_flight):
                 return  # already over (pruned, stopped...): nothing is waiting on this trial
             logger.warning("run %s: %s", run_id, error)
-            pruned = self.core.on_failure(run_id, error)
-            self.store.update_run(run_id, status=RunStatus.FAILED.value, error=error)
-            self._write_pruned(pruned)
+            self._fail(run_id, error)
+            mlflow_run_id = row.mlflow_run_id
             self.cond.notify_all()
+        if mlflow_run_id is not None:
+            await self._close_mlflow_run(run_id, mlflow_run_id, error)
+
+    async def _close_mlflow_run(self, run_id: int, mlflow_run_id: str, error: str) -> None:
+        """Mark a run's MLflow run FAILED with its error (bounded; a tracking outage is logged,
+        never raised: the run's outcome is in the store either way)."""
+
+        def close() -> None:
+            from actors.tracking import Tracker  # lazy: MLflow only where it is needed
+
+            tracker = Tracker(self.tracking_uri, self.name)
+            tracker.set_tags(mlflow_run_id, {"rf_ray.status": "failed", "rf_ray.error": error})
+            tracker.finish(mlflow_run_id, "FAILED")
+
+        try:
+            await asyncio.wait_for(asyncio.to_thread(close), TRACKER_CALL_SECONDS)
+        except Exception:
+            logger.warning("run %s: could not close its MLflow run", run_id, exc_info=True)
 
     @staticmethod
     def _self_handle() -> Any:
@@ -195,8 +225,8 @@ class SchedulerActor:
         return ray.get_runtime_context().current_actor
 
     # ------------------------------------------------------------------ the slice protocol
-    async def request_slice(self, run_id: int) -> dict[str, Any]:
-        """Wait until ``run_id`` may train; return the grant, or ``{"exit": status}``."""
+    async def request_slice(self, run_id: int) -> Grant | Exit:
+        """Wait until ``run_id`` may train; return its ``Grant``, or ``Exit`` once it is over."""
         async with self.cond:
             while True:
                 decision = self.core.grant_for(run_id)
@@ -205,70 +235,83 @@ class SchedulerActor:
                         self.store.update_run(member, status=self.core.runs[member].status.value)
                     if len(decision.group) > 1:
                         self.cond.notify_all()  # the group's other members have grants now
-                    return {"grant": {**decision.__dict__, "group": list(decision.group)}}
+                    return decision
                 if isinstance(decision, RunStatus):
-                    row = self.core.runs[run_id]
                     self.looping.discard(run_id)
-                    return {"exit": decision.value, "pruned_at": row.pruned_at}
+                    return Exit(decision.value, self.core.runs[run_id].pruned_at)
                 await self.cond.wait()
 
-    async def report(
-        self,
-        run_id: int,
-        end_step: int,
-        step_metrics: list[dict[str, float]],
-        eval_metrics: dict[str, float] | None,
-        extra_chunk_metrics: dict[str, float],
-        checkpoint: str | None,
-        fusion_oom_tokens: int | None = None,
-    ) -> dict[str, Any]:
+    async def report(self, report: Report) -> ReportAck:
+        """Record a finished slice (one store transaction, the pruner's state with it)."""
         async with self.cond:
-            if fusion_oom_tokens:
-                self.core.on_fusion_oom(fusion_oom_tokens)
-            closed, pruned = self.core.on_result(run_id, end_step, step_metrics, eval_metrics)
+            if report.fusion_oom_tokens:
+                self.core.on_fusion_oom(report.fusion_oom_tokens)
+            run_id = report.run_id
+            closed, pruned = self.core.on_result(
+                run_id, report.end_step, report.step_metrics, report.eval_metrics
+            )
             row = self.core.runs[run_id]
-            self.entries[run_id]["checkpoint"] = checkpoint
+            row.checkpoint = report.checkpoint
             chunk = None
             if closed is not None:
-                chunk = (closed[0], {**closed[1], **extra_chunk_metrics})
+                chunk = (closed[0], {**closed[1], **report.chunk_extras})
             self.store.record_slice(
                 run_id,
-                step_metrics,
+                report.step_metrics,
                 chunk,
+                # The pruner's state and its decisions are durable with the chunk, never apart.
+                meta={"pruner_state": self.core.pruner.to_dict()},
+                others={rid: self._pruned_fields(rid) for rid in pruned},
                 status=row.status.value,
                 steps_done=row.steps_done,
                 chunks_done=row.chunks_done,
-                checkpoint=checkpoint,
+                checkpoint=report.checkpoint,
                 last_metric=row.last_metric,
                 best_metric=row.best_metric,
             )
-            self._write_pruned(pruned)
-            if closed is not None and not pruned:  # the pruner recorded a value: keep it durable
-                self.store.set_meta(pruner_state=self.core.pruner.to_dict())
             self.cond.notify_all()
-            return {"status": row.status.value, "chunk": chunk}
+            return ReportAck(row.status.value, chunk)
 
     async def report_failure(self, run_id: int, error: str) -> None:
         async with self.cond:
-            pruned = self.core.on_failure(run_id, error)
-            self.store.update_run(run_id, status=RunStatus.FAILED.value, error=error)
-            self._write_pruned(pruned)
+            self._fail(run_id, error)
             self.cond.notify_all()
 
-    async def release(self, run_id: int) -> None:
-        """The run's executor was lost mid-slice: free the grant, the slice will be re-run."""
+    async def release(self, run_id: int, error: str | None = None) -> None:
+        """The run's executor died before its slice finished: free the grant, the slice is
+        re-run. ``error``: the executor died while this run's call was in flight; the death is
+        charged to the run, and at the second one the run fails (the others go on)."""
         async with self.cond:
-            self.core.release(run_id)
+            pruned = self.core.on_lost(run_id, error)
+            row = self.core.runs[run_id]
+            if error is not None:
+                logger.warning(
+                    "run %s: executor died during its call (%s charged): %s",
+                    run_id, row.failures, error,
+                )  # fmt: skip
+            if error is not None:
+                self.store.update_run(run_id, failures=row.failures)
+            if pruned is not None:  # the run failed
+                self.store.update_run(run_id, status=row.status.value, error=row.error)
+                self._write_pruned(pruned)
             self.cond.notify_all()
+
+    def _fail(self, run_id: int, error: str) -> None:
+        pruned = self.core.on_failure(run_id, error)
+        self.store.update_run(run_id, status=RunStatus.FAILED.value, error=error)
+        self._write_pruned(pruned)
+
+    def _pruned_fields(self, run_id: int) -> dict[str, Any]:
+        row = self.core.runs[run_id]
+        return {"status": row.status.value, "pruned_at": row.pruned_at}
 
     def _write_pruned(self, pruned: set[int]) -> None:
         for rid in pruned:
-            r = self.core.runs[rid]
-            self.store.update_run(rid, status=r.status.value, pruned_at=r.pruned_at)
+            self.store.update_run(rid, **self._pruned_fields(rid))
         self.store.set_meta(pruner_state=self.core.pruner.to_dict())
 
     async def set_mlflow_run(self, run_id: int, mlflow_run_id: str) -> None:
-        self.entries[run_id]["mlflow_run_id"] = mlflow_run_id
+        self.core.runs[run_id].mlflow_run_id = mlflow_run_id
         self.store.update_run(run_id, mlflow_run_id=mlflow_run_id)
 
     async def set_adapter_path(self, run_id: int, path: str) -> None:
@@ -285,61 +328,64 @@ class SchedulerActor:
             self.store.update_run(run_id, status=row.status.value, pruned_at=row.pruned_at)
             self._write_pruned(pruned)
             if name == "resume" and run_id not in self.looping:
-                self.entries[run_id]["status"] = row.status.value
-                self._spawn(run_id)
+                self._spawn(row)
             self.ops_applied += 1
             self.cond.notify_all()
             return {"run_id": run_id, "status": row.status.value, "seq": self.ops_applied}
 
     async def reserve_run_id(self) -> int:
-        """A fresh run id for a clone (reserved, so concurrent clones never collide)."""
+        """A fresh run id for a clone, reserved in the store: concurrent clones never collide,
+        and a refused clone's id is never handed out again."""
         self._check_open()
-        run_id = max(self.core.next_run_id(), max(self.entries, default=0) + 1)
-        self.entries[run_id] = {"reserved": True}
-        return run_id
+        return self.store.reserve_run_ids(1)[0]
 
-    async def add_clone(self, entry: dict[str, Any]) -> dict[str, Any]:
-        """Add a new run while the experiment runs (built and validated by the client) and start
-        its trial: a clone when ``entry["parent_run_id"]`` is set (a search algorithm's new
-        config otherwise)."""
+    async def add_clone(self, entry: RunEntry) -> dict[str, Any]:
+        """Add a new run while the experiment runs (built and validated by the client, its spec
+        already written) and start its trial: a clone when ``entry.parent_run_id`` is set (a
+        search algorithm's new config otherwise)."""
         async with self.cond:
             self._check_open()
-            run_id = int(entry["run_id"])
-            parent_id = entry.get("parent_run_id")
-            parent = self.core.row_for_op(int(parent_id)) if parent_id is not None else None
-            if entry.get("warm_start") and parent is not None:
-                if parent.steps_done == 0 or not self.entries[parent.run_id].get("checkpoint"):
-                    raise OpError(
-                        f"run {parent.run_id} has no checkpoint yet to warm-start from; "
-                        "clone it cold (warm_start=False) or wait for its first slice"
-                    )
-                # Copy the parent's checkpoint now: the parent trains on and replaces its own.
-                source = self.entries[parent.run_id]["checkpoint"]
-                target = os.path.join(
-                    self.dir, "runs", str(run_id), "checkpoints", os.path.basename(source)
-                )
-                shutil.copytree(source, target, dirs_exist_ok=True)
-                entry["checkpoint"] = target
-                entry["steps_done"] = parent.steps_done
-            plan = ChunkPlan.from_dict(entry["plan"])
+            if entry.run_id in self.core.runs:
+                raise OpError(f"run {entry.run_id} already exists; reserve a fresh id")
+            parent = None
+            if entry.parent_run_id is not None:
+                parent = self.core.row_for_op(entry.parent_run_id)
+            if entry.warm_start and parent is not None:
+                entry = self._warm_from(entry, parent)
+            plan = ChunkPlan.from_dict(entry.plan)
             self.store.add_run(
-                run_id, entry["params"], RunStatus.PENDING.value, plan.total_steps,
-                plan.total_chunks, parent_id,
+                entry.run_id, entry.params, RunStatus.PENDING.value, plan.total_steps,
+                plan.total_chunks, entry.parent_run_id,
             )  # fmt: skip
-            if entry.get("steps_done"):
+            if entry.steps_done:
                 self.store.update_run(
-                    run_id,
-                    steps_done=entry["steps_done"],
-                    chunks_done=plan.chunks_done(entry["steps_done"]),
+                    entry.run_id,
+                    steps_done=entry.steps_done,
+                    chunks_done=plan.chunks_done(entry.steps_done),
+                    checkpoint=entry.checkpoint,
                 )
             self._register(entry)
             self.ops_applied += 1
             self.cond.notify_all()
-            return {"run_id": run_id, "status": "pending", "seq": self.ops_applied}
+            return {"run_id": entry.run_id, "status": "pending", "seq": self.ops_applied}
+
+    def _warm_from(self, entry: RunEntry, parent: RunRow) -> RunEntry:
+        """The clone starts from a copy of the parent's checkpoint (copied now: the parent
+        trains on and replaces its own)."""
+        if parent.steps_done == 0 or not parent.checkpoint:
+            raise OpError(
+                f"run {parent.run_id} has no checkpoint yet to warm-start from; "
+                "clone it cold (warm_start=False) or wait for its first slice"
+            )
+        source = parent.checkpoint
+        target = os.path.join(
+            self.dir, "runs", str(entry.run_id), "checkpoints", os.path.basename(source)
+        )
+        shutil.copytree(source, target, dirs_exist_ok=True)
+        return dataclasses.replace(entry, checkpoint=target, steps_done=parent.steps_done)
 
     async def get_spec_blob(self, run_id: int) -> bytes:
-        self.core.row_for_op(run_id)
-        return bytes(self.entries[run_id]["spec_blob"])
+        return bytes(self.core.row_for_op(run_id).spec_blob)
 
     def _check_open(self) -> None:
         if self.finished:
@@ -355,7 +401,14 @@ class SchedulerActor:
             await self.cond.wait_for(self.core.done)
             self.finished = True
         outcomes = await asyncio.gather(*(ref for _, _, ref in self.trials), return_exceptions=True)
+        # Over: nothing writes to the store any more, so let a new driver take the experiment
+        # (a second run_fit adding runs) even while this actor lingers.
+        self._lock.close()
         return [o if isinstance(o, dict) else {"error": repr(o)} for o in outcomes]
+
+    async def is_finished(self) -> bool:
+        """True once the experiment is over (its lock is released)."""
+        return self.finished
 
     async def hold(self, token: str) -> None:
         """Keep the experiment open under ``token`` (a driver that may still add runs) until
@@ -373,6 +426,3 @@ class SchedulerActor:
 
     async def snapshot(self) -> list[dict[str, Any]]:
         return self.core.snapshot()
-
-    async def done(self) -> bool:
-        return self.core.done()

@@ -10,12 +10,17 @@ open it read-only. Plain ``sqlite3``: no ORM, nothing to install.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import TracebackType
 from typing import Any
+
+from actors.durable import FILE_MODE
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,6 +40,7 @@ CREATE TABLE IF NOT EXISTS runs (
     pruned_at INTEGER,
     last_metric REAL,
     best_metric REAL,
+    failures INTEGER NOT NULL DEFAULT 0,
     updated REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS steps (
@@ -59,24 +65,52 @@ RUN_FIELDS = (
     "pruned_at",
     "last_metric",
     "best_metric",
+    "failures",
 )
+"""Columns ``update_run`` may set."""
+
+ADDED_COLUMNS = {"failures": "INTEGER NOT NULL DEFAULT 0"}
+"""Run columns added after the first release: added to an older store when it is opened."""
+
+
+RESERVED_KEY = "reserved_run_id"
+"""Meta key: the highest run id handed out by ``reserve_run_ids`` (used or not)."""
 
 
 class Store:
-    """Thin, transactional access to ``<experiment dir>/rf_ray.db``."""
+    """Thin, transactional access to ``<experiment dir>/rf_ray.db``; use it as a context
+    manager (``with Store(dir) as store:``) so the connection is always closed."""
 
     FILENAME = "rf_ray.db"
 
     def __init__(self, experiment_dir: str | Path, readonly: bool = False) -> None:
-        self.path = Path(experiment_dir) / self.FILENAME
+        self.dir = Path(experiment_dir)
+        self.path = self.dir / self.FILENAME
         if readonly:
-            self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+            self._conn = sqlite3.connect(readonly_uri(self.path), uri=True, timeout=30)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():  # private from the first byte: create it 0600
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
             self._conn = sqlite3.connect(self.path, timeout=30)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.executescript(SCHEMA)
+            have = {r[1] for r in self._conn.execute("PRAGMA table_info(runs)")}
+            for column, decl in ADDED_COLUMNS.items():
+                if column not in have:
+                    self._conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {decl}")
         self._conn.row_factory = sqlite3.Row
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     @staticmethod
     def exists(experiment_dir: str | Path) -> bool:
@@ -103,8 +137,35 @@ class Store:
 
     # ---------------------------------------------------------------- runs
     def next_run_id(self) -> int:
-        row = self._conn.execute("SELECT COALESCE(MAX(run_id), 0) AS m FROM runs").fetchone()
-        return int(row["m"]) + 1
+        """The first run id not taken: above every run in the table, every id reserved (a
+        refused clone burns its id) and every ``runs/<id>`` directory on disk."""
+        return self._next_id(self._conn)
+
+    def _next_id(self, conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT COALESCE(MAX(run_id), 0) AS m FROM runs").fetchone()
+        reserved = conn.execute("SELECT value FROM meta WHERE key = ?", (RESERVED_KEY,)).fetchone()
+        on_disk = [int(p.name) for p in (self.dir / "runs").glob("*") if p.name.isdigit()]
+        taken = max(int(row["m"]), int(json.loads(reserved["value"])) if reserved else 0)
+        return max([taken, *on_disk]) + 1
+
+    def reserve_run_ids(self, n: int = 1) -> list[int]:
+        """Reserve ``n`` fresh run ids atomically (``BEGIN IMMEDIATE``: no other writer can hand
+        out the same ids); a reserved id is never handed out again, used or not."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n!r}")
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            first = self._next_id(conn)
+            conn.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                (RESERVED_KEY, json.dumps(first + n - 1)),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return list(range(first, first + n))
 
     def add_run(
         self,
@@ -130,6 +191,19 @@ class Store:
                 ),
             )
 
+    def undo_start(self, run_ids: list[int], meta: dict[str, Any]) -> None:
+        """Undo a start that failed, in one transaction: remove the runs it added (their ids
+        stay taken: their spec files remain) and put the settings back as they were (``meta``,
+        as read before the start)."""
+        with self._tx() as c:
+            for table in ("runs", "steps", "chunks"):
+                c.executemany(f"DELETE FROM {table} WHERE run_id = ?", [(r,) for r in run_ids])
+            c.execute("DELETE FROM meta")
+            c.executemany(
+                "INSERT INTO meta(key, value) VALUES (?, ?)",
+                [(k, json.dumps(v)) for k, v in meta.items()],
+            )
+
     def update_run(self, run_id: int, **fields: Any) -> None:
         unknown = set(fields) - set(RUN_FIELDS)
         if unknown:
@@ -146,12 +220,31 @@ class Store:
         run_id: int,
         step_metrics: list[dict[str, float]],
         chunk: tuple[int, dict[str, float]] | None,
+        meta: dict[str, Any] | None = None,
+        others: dict[int, dict[str, Any]] | None = None,
         **fields: Any,
     ) -> None:
         """One slice's outcome in one transaction: its step metrics, the chunk metrics when the
-        slice closed a chunk, and the run's new progress fields."""
+        slice closed a chunk, the run's new progress fields, ``meta`` (the pruner's state, which
+        must never disagree with the chunks recorded) and ``others``: fields of other runs that
+        changed with it (runs the pruner stopped)."""
+        for changed in (fields, *(others or {}).values()):
+            unknown = set(changed) - set(RUN_FIELDS)
+            if unknown:
+                raise KeyError(f"unknown run fields {sorted(unknown)}; known: {RUN_FIELDS}")
         cols = ", ".join(f"{k} = ?" for k in fields)
         with self._tx() as c:
+            for other, changed in (others or {}).items():
+                c.execute(
+                    f"UPDATE runs SET {', '.join(f'{k} = ?' for k in changed)}, updated = ?"
+                    " WHERE run_id = ?",
+                    (*changed.values(), time.time(), other),
+                )
+            if meta:
+                c.executemany(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                    [(k, json.dumps(v)) for k, v in meta.items()],
+                )
             c.executemany(
                 "INSERT OR REPLACE INTO steps(run_id, step, metrics) VALUES (?, ?, ?)",
                 [(run_id, int(m["step"]), json.dumps(m)) for m in step_metrics],
@@ -178,10 +271,23 @@ class Store:
     def run(self, run_id: int) -> dict[str, Any] | None:
         return next((r for r in self.runs() if r["run_id"] == run_id), None)
 
-    def step_metrics(self) -> list[tuple[int, dict[str, float]]]:
-        rows = self._conn.execute("SELECT run_id, metrics FROM steps ORDER BY run_id, step")
+    def step_metrics(self, run_id: int | None = None) -> list[tuple[int, dict[str, float]]]:
+        """(run id, step metrics) rows in step order, of every run or of ``run_id``."""
+        if run_id is None:
+            rows = self._conn.execute("SELECT run_id, metrics FROM steps ORDER BY run_id, step")
+        else:
+            rows = self._conn.execute(
+                "SELECT run_id, metrics FROM steps WHERE run_id = ? ORDER BY step", (run_id,)
+            )
         return [(int(r["run_id"]), json.loads(r["metrics"])) for r in rows]
 
     def chunk_metrics(self) -> list[tuple[int, int, dict[str, float]]]:
         rows = self._conn.execute("SELECT * FROM chunks ORDER BY run_id, chunk")
         return [(int(r["run_id"]), int(r["chunk"]), json.loads(r["metrics"])) for r in rows]
+
+
+def readonly_uri(path: Path) -> str:
+    """SQLite's read-only URI for ``path``, escaped: a directory named with ``#``, ``?`` or ``%``
+    would otherwise end the path early (and open, or create, another file)."""
+    quoted = urllib.parse.quote(str(Path(path).resolve()), safe="/")
+    return f"file:{quoted}?mode=ro"

@@ -6,9 +6,20 @@ the slice (which also writes the checkpoint), report to the scheduler, log to ML
 the scheduler says the run is over (completed, pruned, stopped, failed, deleted).
 
 * An exception inside the run's slice marks only this run failed.
-* A lost executor is not the run's fault: the slice is handed back and re-run once the executor
-  is back (Ray restarts it; it loads the base model again, once).
+* Every executor call made for a grant (``add_run``, ``run_slice``) is bounded by the grant's
+  deadline (the experiment's ``slice_timeout``). Past it the run fails with an error naming the
+  slice and what the executor was doing, and the executor process is restarted (Ray restarts
+  it; it loads the base model again, once); the other runs are re-placed from their checkpoints.
+* An executor that died while this run's call was in flight (its process id changed) is charged
+  to the run: ``release(run_id, error)``; the scheduler fails the run at the second charge. One
+  found dead before the call ran is not the run's fault: ``release(run_id)``, the slice re-runs.
+* A call that failed in transit while the executor process lived on (``ActorUnavailableError``)
+  is retried with the same grant: the executor's ``run_slice`` is idempotent.
 * The trial never imports torch or TRL: the run spec travels to the executor as opaque bytes.
+
+Known limit (fused groups): the members of one fused grant call the executor together, so a
+member queued behind a hung one shares its deadline, and a death during the group's pass is
+charged to every member in flight. Time-sliced grants (one run per executor) have neither.
 """
 
 from __future__ import annotations
@@ -16,10 +27,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from actors.messages import SliceResult
+from actors.messages import Exit, Grant, Report, SliceResult
+from policies.errors import RunFailedError, RunNotPlacedError
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +44,26 @@ _MLFLOW_STATUS = {
     "deleted": "KILLED",
 }
 
-# How often a trial retries a slice whose executor died before giving the run up as failed.
-MAX_EXECUTOR_LOSSES = 5
+EXECUTOR_UP_SECONDS = 900.0
+"""Bound on waiting for the executor to answer (after a restart it imports torch and loads the
+base model, which is not the run's time: it is kept out of the slice deadline)."""
+ACTIVITY_SECONDS = 5.0
+"""Bound on asking a hung executor what it is doing."""
+SMALL_CALL_SECONDS = 120.0
+"""Bound on the executor's bookkeeping calls (has_run, remove_run, export)."""
+MAX_IN_TRANSIT_RETRIES = 5
+"""Retries of one call that failed in transit while the executor process lived on."""
+MAX_UNCHARGED_LOSSES = 10
+"""Grants in a row whose executor was found unreachable before this run's call ran; then the
+run fails (the executor is gone for good, e.g. killed without restart)."""
+
+
+class ExecutorLostError(Exception):
+    """The executor was lost; ``charged``: the error, when it died during this run's call."""
+
+    def __init__(self, charged: str | None, detail: str) -> None:
+        super().__init__(detail)
+        self.charged = charged
 
 
 class TrialActor:
@@ -77,82 +108,187 @@ class TrialActor:
         else:  # resumed: keep logging into the run's MLflow run
             tracker.reopen(self.mlflow_run_id)
         await self.scheduler.set_mlflow_run.remote(self.run_id, self.mlflow_run_id)
-        losses = 0
+        uncharged = 0
         while True:
             answer = await self.scheduler.request_slice.remote(self.run_id)
-            if "exit" in answer:
+            if isinstance(answer, Exit):
                 return await self._finish(tracker, answer)
-            grant = answer["grant"]
             try:
-                result = await self._train(grant)
-            except Exception as exc:
-                if _executor_lost(exc) and losses < MAX_EXECUTOR_LOSSES:
-                    losses += 1
-                    logger.warning("run %s: executor lost (%s); retrying", self.run_id, exc)
-                    self.placed_on = None
-                    await self.scheduler.release.remote(self.run_id)
-                    await asyncio.sleep(1.0)
+                result = await self._train(answer)
+            except ExecutorLostError as lost:
+                self.placed_on = None
+                uncharged = uncharged + 1 if lost.charged is None else 0
+                if uncharged <= MAX_UNCHARGED_LOSSES:
+                    logger.warning(
+                        "run %s: executor lost (%s); the slice re-runs", self.run_id, lost
+                    )
+                    await self.scheduler.release.remote(self.run_id, lost.charged)
+                    if lost.charged is None:  # give a restarting executor time to come up
+                        await asyncio.sleep(min(2.0**uncharged, 30.0))
                     continue
-                error = _describe(exc)  # one bad run never stops the others
-                logger.warning("run %s failed: %s", self.run_id, error)
-                await self.scheduler.report_failure.remote(self.run_id, error)
-                tracker.set_tags(self.mlflow_run_id, {"rf_ray.error": error})
-                await self._evict()
+                await self._fail(
+                    tracker,
+                    f"executor {answer.executor} was unreachable for {uncharged} grants in a "
+                    f"row: {lost}",
+                )
                 continue
+            except Exception as exc:  # one bad run never stops the others
+                await self._fail(tracker, _describe(exc))
+                continue
+            uncharged = 0
             self.checkpoint = result.checkpoint
-            report = await self.scheduler.report.remote(
-                self.run_id,
-                result.end_step,
-                result.step_metrics,
-                result.eval_metrics,
-                result.chunk_extras(),
-                result.checkpoint,
-                result.fusion_oom_tokens,
-            )
+            ack = await self.scheduler.report.remote(Report.of(result))
             rows = [(int(m["step"]), m) for m in result.step_metrics]
-            if report["chunk"] is not None:
-                chunk_no, chunk_metrics = report["chunk"]
+            if ack.chunk is not None:
+                chunk_no, chunk_metrics = ack.chunk
                 chunk_row = {f"chunk/{k}": v for k, v in chunk_metrics.items()}
                 rows.append((result.end_step, {**chunk_row, "chunk": chunk_no}))
             tracker.log_metrics(self.mlflow_run_id, rows)
 
-    async def _train(self, grant: dict[str, Any]) -> SliceResult:
+    async def _fail(self, tracker: Any, error: str) -> None:
+        logger.warning("run %s failed: %s", self.run_id, error)
+        await self.scheduler.report_failure.remote(self.run_id, error)
+        tracker.set_tags(self.mlflow_run_id, {"rf_ray.error": error})
+        await self._evict()
+
+    # ------------------------------------------------------------------ one slice
+    async def _train(self, grant: Grant) -> SliceResult:
         """Place the run on the granted executor if needed, then train the slice."""
-        executor = self.executors[grant["executor"]]
-        if self.placed_on is not None and self.placed_on != grant["executor"]:
+        executor = self.executors[grant.executor]
+        pid = await self._pid(grant.executor)
+        if pid is None:
+            raise ExecutorLostError(
+                None, f"executor {grant.executor} did not answer before the call"
+            )
+        if self.placed_on is not None and self.placed_on != grant.executor:
             await self._evict()  # moving: the old executor's copy would go stale
-        if self.placed_on != grant["executor"] or not await executor.has_run.remote(self.run_id):
-            await executor.add_run.remote(self.spec_blob, self.checkpoint, self.token)
-            self.placed_on = grant["executor"]
-        return await executor.run_slice.remote(
-            self.run_id,
-            grant["start_step"],
-            grant["end_step"],
-            grant["evaluate"],
-            str(self.run_dir),
-            grant.get("group"),
+        if self.placed_on != grant.executor or not await self._has_run(grant.executor):
+            await self._place(grant, pid)
+        for _ in range(MAX_IN_TRANSIT_RETRIES + 1):
+            try:
+                return await self._call(
+                    grant, pid, "run_slice",
+                    lambda: executor.run_slice.remote(
+                        self.run_id, grant.start_step, grant.end_step, grant.evaluate,
+                        str(self.run_dir), list(grant.group) or None,
+                    ),
+                )  # fmt: skip
+            except Exception as exc:
+                if not _is(exc, RunNotPlacedError):
+                    raise
+                # The executor does not hold the run at the grant's start (it restarted, or
+                # a retried call found it elsewhere): re-place it from the checkpoint.
+                logger.info(
+                    "run %s: not placed at step %s; re-placing", self.run_id, grant.start_step
+                )
+                await self._place(grant, pid)
+        raise RunFailedError(
+            f"run {self.run_id}: the executor kept reporting the run not placed at step "
+            f"{grant.start_step} after {MAX_IN_TRANSIT_RETRIES + 1} placements"
         )
+
+    async def _place(self, grant: Grant, pid: int) -> None:
+        executor = self.executors[grant.executor]
+        await self._call(
+            grant, pid, "add_run",
+            lambda: executor.add_run.remote(self.spec_blob, self.checkpoint, self.token),
+        )  # fmt: skip
+        self.placed_on = grant.executor
+
+    async def _call(
+        self, grant: Grant, pid: int, what: str, submit: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        """One executor call for ``grant``, bounded by its deadline; a call lost in transit
+        while the executor process lived on is sent again (same grant)."""
+        for _ in range(MAX_IN_TRANSIT_RETRIES + 1):
+            try:
+                return await asyncio.wait_for(submit(), grant.deadline_s)
+            except asyncio.TimeoutError:
+                await self._deadline_passed(grant, what)
+            except Exception as exc:
+                if not _executor_lost(exc):
+                    raise
+                now = await self._pid(grant.executor)
+                if now != pid:  # the process died while this run's call was in flight
+                    error = (
+                        f"{what} of steps {grant.start_step}..{grant.end_step}: {_describe(exc)}"
+                    )
+                    raise ExecutorLostError(error, error) from exc
+                logger.warning("run %s: %s lost in transit (%s); retrying", self.run_id, what, exc)
+        raise ExecutorLostError(None, f"{what}: lost in transit {MAX_IN_TRANSIT_RETRIES + 1} times")
+
+    async def _deadline_passed(self, grant: Grant, what: str) -> None:
+        """Fail the run, naming the slice and what the executor was doing; restart the
+        executor (its worker thread may be stuck in user code for good)."""
+        import ray
+
+        executor = self.executors[grant.executor]
+        activity = await _activity(executor)
+        logger.warning(
+            "run %s: %s passed the slice deadline; restarting executor %s", self.run_id, what,
+            grant.executor,
+        )  # fmt: skip
+        ray.kill(executor, no_restart=False)  # Ray restarts it; it reloads the base once
+        self.placed_on = None
+        raise RunFailedError(
+            f"run {self.run_id}: the slice of steps {grant.start_step}..{grant.end_step} "
+            f"(chunk {grant.chunk}) did not finish within slice_timeout={grant.deadline_s:g} s "
+            f"({what}); the executor was doing: {activity}. Its executor process was restarted. "
+            "Fix the hung function, or raise slice_timeout / cut slices with more chunks or "
+            "max_slice_steps"
+        )
+
+    async def _pid(self, index: int) -> int | None:
+        """The executor's process id, once it answers (bounded); None if it does not."""
+        try:
+            ready = await asyncio.wait_for(
+                self.executors[index].ready.remote(), EXECUTOR_UP_SECONDS
+            )
+            return int(ready["pid"])
+        except Exception:
+            logger.debug("run %s: executor %s unreachable", self.run_id, index, exc_info=True)
+            return None
+
+    async def _has_run(self, index: int) -> bool:
+        try:
+            return bool(
+                await asyncio.wait_for(
+                    self.executors[index].has_run.remote(self.run_id), SMALL_CALL_SECONDS
+                )
+            )
+        except Exception as exc:  # found dead before this run's call ran: not its fault
+            raise ExecutorLostError(None, f"has_run: {_describe(exc)}") from exc
 
     async def _evict(self) -> None:
         """Free the run's adapter and optimizer on the executor (its checkpoint stays on disk)."""
         if self.placed_on is not None:
             try:
-                await self.executors[self.placed_on].remove_run.remote(self.run_id, self.token)
+                await asyncio.wait_for(
+                    self.executors[self.placed_on].remove_run.remote(self.run_id, self.token),
+                    SMALL_CALL_SECONDS,
+                )
             except Exception:  # the executor is gone: nothing to free
                 logger.debug("run %s: executor gone while evicting", self.run_id, exc_info=True)
             self.placed_on = None
 
-    async def _finish(self, tracker: Any, answer: dict[str, Any]) -> dict[str, Any]:
-        status = answer["exit"]
-        outcome: dict[str, Any] = {"run_id": self.run_id, "mlflow_run_id": self.mlflow_run_id}
-        outcome.update(answer)
+    async def _finish(self, tracker: Any, answer: Exit) -> dict[str, Any]:
+        status = answer.status
+        outcome: dict[str, Any] = {
+            "run_id": self.run_id,
+            "mlflow_run_id": self.mlflow_run_id,
+            "exit": status,
+            "pruned_at": answer.pruned_at,
+        }
         tags = {"rf_ray.status": status}
-        if answer.get("pruned_at") is not None:
-            tags["rf_ray.pruned_at_chunk"] = str(answer["pruned_at"])
+        if answer.pruned_at is not None:
+            tags["rf_ray.pruned_at_chunk"] = str(answer.pruned_at)
         if status in ("completed", "pruned", "stopped") and self.placed_on is not None:
             # The adapter as the run left it, loadable with PeftModel.from_pretrained.
-            path = await self.executors[self.placed_on].export.remote(
-                self.run_id, str(self.run_dir / "adapter")
+            path = await asyncio.wait_for(
+                self.executors[self.placed_on].export.remote(
+                    self.run_id, str(self.run_dir / "adapter")
+                ),
+                SMALL_CALL_SECONDS,
             )
             outcome["adapter_path"] = path
             tags["rf_ray.adapter_path"] = path
@@ -163,11 +299,25 @@ class TrialActor:
         return outcome
 
 
+async def _activity(executor: Any) -> str:
+    """What the executor's worker thread is doing, or "unknown" (an executor without
+    ``activity()``, or one that does not answer within ``ACTIVITY_SECONDS``)."""
+    try:
+        return str(await asyncio.wait_for(executor.activity.remote(), ACTIVITY_SECONDS))
+    except Exception:
+        return "unknown"
+
+
 def _executor_lost(exc: BaseException) -> bool:
     """True when the executor process died or is restarting (not the run's own error)."""
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
     return isinstance(exc, (ActorDiedError, ActorUnavailableError, RayActorError))
+
+
+def _is(exc: BaseException, kind: type[BaseException]) -> bool:
+    """``exc`` is ``kind``, or a Ray task error whose cause is."""
+    return isinstance(exc, kind) or isinstance(getattr(exc, "cause", None), kind)
 
 
 def _describe(exc: BaseException) -> str:

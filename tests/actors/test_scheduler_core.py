@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from actors.messages import RunEntry
 from actors.scheduler import Grant, SchedulerCore
 from policies.chunking import ChunkPlan
 from policies.pruning import NoPruning, SuccessiveHalving
@@ -15,8 +16,14 @@ from policies.state import RunStatus
 def _core(n_runs=4, pruner=None, chunks=4, **kw):
     core = SchedulerCore(pruner or NoPruning().with_defaults("train_loss", "min"), **kw)
     for rid in range(1, n_runs + 1):
-        core.add_run(rid, ChunkPlan(num_examples=64, batch_size=4, grad_accum=1, num_chunks=chunks))
+        core.add_run(
+            _entry(rid, ChunkPlan(num_examples=64, batch_size=4, grad_accum=1, num_chunks=chunks))
+        )
     return core
+
+
+def _entry(rid, plan, **kw):
+    return RunEntry(rid, plan.to_dict(), b"", {}, {}, **kw)
 
 
 def _step(loss, step=1):
@@ -139,7 +146,7 @@ def _fusing_core(n_runs, keys=None, tokens=100, **fusion):
     for rid in range(1, n_runs + 1):
         key = keys[rid - 1] if keys else "toy|SFT"
         plan = ChunkPlan(num_examples=64, batch_size=4, grad_accum=1, num_chunks=4)
-        core.add_run(rid, plan, fusion_key=key, fusion_tokens=tokens)
+        core.add_run(_entry(rid, plan, fusion_key=key, fusion_tokens=tokens))
     return core
 
 
@@ -206,3 +213,73 @@ def test_only_runs_whose_trials_are_up_join_a_group():
     core = _fusing_core(3)
     assert core.grant_for(3) is None  # run 3's trial asked; run 2's has not yet (still starting)
     assert core.grant_for(1).group == (1, 3)
+
+
+# --------------------------------------------------------------------------- executor deaths
+
+
+def test_an_uncharged_loss_hands_the_slice_back_unchanged():
+    core = _core(2)
+    g = core.grant_for(1)
+    assert core.on_lost(1) is None
+    assert core.runs[1].failures == 0
+    assert core.runs[1].status is RunStatus.RUNNING
+    again = core.grant_for(1)
+    assert (again.start_step, again.end_step) == (g.start_step, g.end_step)
+
+
+def test_the_second_charged_death_fails_the_run_and_only_it():
+    core = _core(2)
+    core.grant_for(1)
+    assert core.on_lost(1, "ActorDiedError: gone") is None
+    assert core.runs[1].status is RunStatus.RUNNING
+    core.grant_for(1)
+    assert core.on_lost(1, "ActorDiedError: gone again") is not None
+    row = core.runs[1]
+    assert row.status is RunStatus.FAILED
+    assert row.error == (
+        "the executor process died twice while this run's slice was in flight: "
+        "ActorDiedError: gone again"
+    )
+    assert isinstance(core.grant_for(2), Grant)
+
+
+def test_grants_carry_the_deadline_and_the_chunk():
+    core = SchedulerCore(NoPruning().with_defaults("train_loss", "min"), deadline_s=12.5)
+    core.add_run(_entry(1, ChunkPlan(num_examples=64, batch_size=4, grad_accum=1, num_chunks=4)))
+    g = core.grant_for(1)
+    assert (g.deadline_s, g.chunk) == (12.5, 1)
+
+
+# --------------------------------------------------------------------------- resumed runs
+
+
+def test_a_resumed_run_closes_its_partial_chunk_as_an_uninterrupted_one():
+    plan = ChunkPlan(num_examples=64, batch_size=4, grad_accum=1, num_chunks=4)  # 4 steps/chunk
+    losses = [4.0, 3.0, 2.0, 1.0, 0.5, 0.25]
+    whole = SchedulerCore(NoPruning().with_defaults("train_loss", "min"), max_slice_steps=1)
+    whole.add_run(_entry(1, plan))
+    for i, loss in enumerate(losses):
+        g = whole.grant_for(1)
+        whole.on_result(1, g.end_step, [{"step": i + 1, "loss": loss}], None)
+    # The driver died after step 6: the run's record is rebuilt from the store.
+    row = whole.runs[1]
+    resumed = SchedulerCore(NoPruning().with_defaults("train_loss", "min"), max_slice_steps=1)
+    resumed.add_run(
+        _entry(
+            1,
+            plan,
+            status="running",
+            steps_done=6,
+            last_metric=row.last_metric,
+            best_metric=row.best_metric,
+            chunk_steps=list(row.chunk_steps),
+        )
+    )
+    for core in (whole, resumed):
+        for step, loss in ((7, 0.2), (8, 0.1)):
+            g = core.grant_for(1)
+            core.on_result(1, g.end_step, [{"step": step, "loss": loss}], None)
+    a, b = whole.runs[1], resumed.runs[1]
+    assert (a.last_metric, a.best_metric, a.chunks_done) == (b.last_metric, b.best_metric, 2)
+    assert math.isclose(b.last_metric, (0.5 + 0.25 + 0.2 + 0.1) / 4)

@@ -18,8 +18,8 @@ import time
 
 import pytest
 import ray
+from mlflow.tracking import MlflowClient
 
-from actors.scheduler_actor import experiment_locked
 from actors.store import Store
 from rf_ray import Experiment, List, NoPruning, RFModelConfig, RFSFTConfig, SuccessiveHalving
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
@@ -144,12 +144,8 @@ def test_a_killed_driver_resumes_to_the_uninterrupted_result(reference, tmp_path
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
         proc.wait(timeout=60)
         _kill_started_under(ray_tmp)
-    # Ray tears the dead driver's actors down asynchronously; the scheduler's lock on the
-    # experiment directory is released when its process is gone.
-    deadline = time.monotonic() + 120
-    while experiment_locked(str(exp_dir)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-
+    # Ray tears the dead driver's actors down asynchronously: resume waits (bounded) for the
+    # dead driver's scheduler to release the experiment's lock.
     exp = Experiment("killed", experiment_path=tmp_path)
     before = _statuses(exp)
     assert any(s in ("pending", "running") for s, _ in before.values()), before
@@ -218,6 +214,10 @@ def test_a_killed_trial_fails_only_its_run(ray_cluster, tmp_path):
     failed = info[info["status"] == "failed"]
     assert len(failed) == 1, info[["status", "error"]]
     assert "trial actor died" in failed["error"].iloc[0]
+    # The scheduler's watchdog closed the dead trial's MLflow run, as the trial would have.
+    mlflow_run = MlflowClient(exp.tracking_uri).get_run(failed["mlflow_run_id"].iloc[0])
+    assert mlflow_run.info.status == "FAILED"
+    assert mlflow_run.data.tags["rf_ray.error"] == failed["error"].iloc[0]
     others = info.drop(failed.index)
     assert (others["status"] == "completed").all()
     assert others["error"].isna().all()
