@@ -139,20 +139,7 @@ def save(state: dict[str, Any], run_dir: str | Path, keep: int = 1) -> Path:
 def copy(source: str | Path, run_dir: str | Path) -> Path:
     """Durably copy checkpoint ``source`` into ``run_dir/checkpoints/`` under the same
     ``step-N`` name (a warm-started clone's starting point); returns the copy."""
-    source = durable.resolve(source)
-    root = durable.make_private_dir(Path(run_dir) / "checkpoints")
-    final = root / source.name.removeprefix(durable.ASIDE_PREFIX)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    try:
-        for name in (ADAPTER_FILE, OPTIMIZER_FILE, STATE_FILE):
-            shutil.copyfile(source / name, tmp / name)
-            durable.fsync_file(tmp / name)
-        durable.fsync_dir(tmp)
-        durable.replace_dir(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return durable.copy_dir(source, Path(run_dir) / "checkpoints")
 
 
 def remove_partial_writes(experiment_dir: str | Path) -> list[Path]:

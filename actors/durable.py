@@ -140,3 +140,27 @@ def recover_asides(directory: str | os.PathLike[str]) -> list[Path]:
     if found:
         fsync_dir(directory)
     return found
+
+
+def copy_dir(source: str | os.PathLike[str], target_root: str | os.PathLike[str]) -> Path:
+    """Durably copy the files of directory ``source`` (or its aside copy) into
+    ``target_root/<same name>``, replacing one already there without a window; returns it.
+    Light on purpose (no torch): the scheduler copies a parent's checkpoint for a warm clone."""
+    import shutil
+    import tempfile
+
+    source = resolve(source)
+    root = make_private_dir(target_root)
+    final = root / source.name.removeprefix(ASIDE_PREFIX)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    try:
+        for item in sorted(source.iterdir()):
+            if item.is_file():
+                shutil.copyfile(item, tmp / item.name)
+                fsync_file(tmp / item.name)
+        fsync_dir(tmp)
+        replace_dir(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final

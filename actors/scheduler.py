@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 MAX_CHARGED_DEATHS = 2
 """Executor deaths charged to one run (its slice was in flight) before the run fails."""
 
+MAX_TRIAL_RESTARTS = 2
+"""New trials started for one run whose trial process died (killed, out of host memory, a call
+of its own that failed in transit), per driver session; the next death fails the run."""
+
 
 @dataclass
 class RunRow:
@@ -58,6 +62,8 @@ class RunRow:
     mlflow_run_id: str | None = None
     failures: int = 0
     """Executor deaths charged to this run (see ``on_lost``)."""
+    trial_restarts: int = 0
+    """Trials restarted for this run in this session (see ``on_trial_lost``)."""
     fusion_key: str | None = None
     """Runs with equal keys may share a fused pass; ``None``: always time-sliced."""
     fusion_tokens: int = 0
@@ -296,6 +302,24 @@ class SchedulerCore:
             f"the executor process died {_times(row.failures)} while this run's slice was in "
             f"flight: {error}",
         )
+
+    def on_trial_lost(self, run_id: int, error: str) -> tuple[bool, set[int]]:
+        """The run's trial process died. Hands back the run's grant (the executor finishes or
+        has finished the slice; a new trial's identical grant finds the result). Returns
+        (start a new trial?, runs pruned as a consequence): a live run with restarts left gets
+        a new trial; at the death after ``MAX_TRIAL_RESTARTS`` restarts it fails."""
+        row = self._release(run_id)
+        if not is_live(row.status):
+            return False, set()
+        if row.trial_restarts < MAX_TRIAL_RESTARTS:
+            row.trial_restarts += 1
+            return True, set()
+        pruned = self.on_failure(
+            run_id,
+            f"the run's trial actor died {row.trial_restarts + 1} times (restarted "
+            f"{row.trial_restarts} times); last: {error}",
+        )
+        return False, pruned
 
     # ------------------------------------------------------------------ interactive control
     def apply_op(self, op: str, run_id: int) -> set[int]:

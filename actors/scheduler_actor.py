@@ -18,12 +18,12 @@ import asyncio
 import dataclasses
 import logging
 import os
-import shutil
 import time
 from typing import Any
 
+from actors import durable
 from actors.messages import Exit, Grant, Report, ReportAck, RunEntry
-from actors.scheduler import RunRow, SchedulerCore
+from actors.scheduler import MAX_TRIAL_RESTARTS, RunRow, SchedulerCore
 from actors.store import Store
 from policies.chunking import ChunkPlan
 from policies.errors import OpError
@@ -178,10 +178,12 @@ class SchedulerActor:
         watch.add_done_callback(self._watches.discard)
 
     async def _watch(self, run_id: int, trial: Any, ref: Any) -> None:
-        """Fail the run of a trial that died outside a slice (its process was killed, or its
-        own loop raised, e.g. a call that failed in transit). Without this its run would stay
-        live and the experiment would wait for it forever; the other runs go on. The run's
-        MLflow run is closed as FAILED with the error, as its trial would have done."""
+        """Restart the trial of a live run whose trial died outside the executor (its process
+        was killed, or its own loop raised, e.g. a call that failed in transit): the run's
+        state is in its checkpoint and this record, so a new trial carries on where the old one
+        was (a slice the executor finished meanwhile is found by the new trial's identical
+        grant). After ``MAX_TRIAL_RESTARTS`` restarts the run fails, its MLflow run is closed
+        as FAILED with the error, and the other runs go on."""
         try:
             await ref
             return
@@ -191,13 +193,26 @@ class SchedulerActor:
             latest = next(t for rid, t, _ in reversed(self.trials) if rid == run_id)
             if run_id not in self.looping or latest is not trial:
                 return  # the trial had left its loop, or a resumed run has a new trial
-            self.looping.discard(run_id)
             row = self.core.runs[run_id]
             if not (is_live(row.status) or row.in_flight):
+                self.looping.discard(run_id)
                 return  # already over (pruned, stopped...): nothing is waiting on this trial
-            logger.warning("run %s: %s", run_id, error)
-            self._fail(run_id, error)
-            mlflow_run_id = row.mlflow_run_id
+            restart, pruned = self.core.on_trial_lost(run_id, error)
+            if restart:
+                logger.warning(
+                    "run %s: %s; starting a new trial (restart %s of %s)", run_id, error,
+                    row.trial_restarts, MAX_TRIAL_RESTARTS,
+                )  # fmt: skip
+                self._spawn(row)
+                self.cond.notify_all()
+                return
+            self.looping.discard(run_id)
+            mlflow_run_id = None
+            if row.status is RunStatus.FAILED:
+                logger.warning("run %s failed: %s", run_id, row.error)
+                self.store.update_run(run_id, status=row.status.value, error=row.error)
+                self._write_pruned(pruned)
+                mlflow_run_id, error = row.mlflow_run_id, str(row.error)
             self.cond.notify_all()
         if mlflow_run_id is not None:
             await self._close_mlflow_run(run_id, mlflow_run_id, error)
@@ -377,12 +392,10 @@ class SchedulerActor:
                 f"run {parent.run_id} has no checkpoint yet to warm-start from; "
                 "clone it cold (warm_start=False) or wait for its first slice"
             )
-        source = parent.checkpoint
-        target = os.path.join(
-            self.dir, "runs", str(entry.run_id), "checkpoints", os.path.basename(source)
+        target = durable.copy_dir(
+            parent.checkpoint, os.path.join(self.dir, "runs", str(entry.run_id), "checkpoints")
         )
-        shutil.copytree(source, target, dirs_exist_ok=True)
-        return dataclasses.replace(entry, checkpoint=target, steps_done=parent.steps_done)
+        return dataclasses.replace(entry, checkpoint=str(target), steps_done=parent.steps_done)
 
     async def get_spec_blob(self, run_id: int) -> bytes:
         return bytes(self.core.row_for_op(run_id).spec_blob)

@@ -100,14 +100,16 @@ class TrialActor:
     async def run(self) -> dict[str, Any]:
         from actors.tracking import Tracker
 
+        # The tracker never raises: an MLflow outage buffers writes (see actors.tracking), and
+        # the MLflow run may only exist later, once MLflow answers.
         tracker = Tracker(self.tracking_uri, self.mlflow_experiment)
         if self.mlflow_run_id is None:
-            self.mlflow_run_id = tracker.start_run(
+            tracker.start_run(
                 f"run-{self.run_id}", self.params, {**self.tags, "rf_ray.status": "running"}
             )
-        else:  # resumed: keep logging into the run's MLflow run
+        else:  # resumed or restarted: keep logging into the run's MLflow run
             tracker.reopen(self.mlflow_run_id)
-        await self.scheduler.set_mlflow_run.remote(self.run_id, self.mlflow_run_id)
+        await self._record_mlflow_run(tracker)
         uncharged = 0
         while True:
             answer = await self.scheduler.request_slice.remote(self.run_id)
@@ -144,6 +146,14 @@ class TrialActor:
                 chunk_row = {f"chunk/{k}": v for k, v in chunk_metrics.items()}
                 rows.append((result.end_step, {**chunk_row, "chunk": chunk_no}))
             tracker.log_metrics(self.mlflow_run_id, rows)
+            await self._record_mlflow_run(tracker)
+
+    async def _record_mlflow_run(self, tracker: Any) -> None:
+        """Tell the scheduler the run's MLflow run id once it exists (at once, unless MLflow
+        was unreachable when the trial started)."""
+        if self.mlflow_run_id is None and tracker.run_id is not None:
+            self.mlflow_run_id = tracker.run_id
+            await self.scheduler.set_mlflow_run.remote(self.run_id, self.mlflow_run_id)
 
     async def _fail(self, tracker: Any, error: str) -> None:
         logger.warning("run %s failed: %s", self.run_id, error)
@@ -296,6 +306,14 @@ class TrialActor:
         await self._evict()
         tracker.set_tags(self.mlflow_run_id, tags)
         tracker.finish(self.mlflow_run_id, _MLFLOW_STATUS.get(status, "KILLED"))
+        if not tracker.flush():
+            logger.warning(
+                "run %s: %d MLflow writes could not be sent (%d metrics dropped); the run's "
+                "results are in the experiment store", self.run_id, tracker.buffered,
+                tracker.dropped_metrics,
+            )  # fmt: skip
+        await self._record_mlflow_run(tracker)
+        outcome["mlflow_run_id"] = self.mlflow_run_id
         return outcome
 
 

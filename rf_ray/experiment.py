@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import string
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,9 +33,6 @@ from rf_ray.search import ConfigGroup, RFGridSearch
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROOT = "rf_experiments"
-
-LOCK_RELEASE_TIMEOUT = 30.0
-"""Seconds a stopped session's scheduler process may take to exit (and drop its lock)."""
 
 NAME_MAX_LEN = 100
 _NAME_CHARS = frozenset(string.ascii_letters + string.digits + "._-")
@@ -159,7 +155,6 @@ class Experiment:
         # hold token that keeps the experiment open, and starts its driver once the actors run.
         hold = getattr(param_config, "hold_token", None)
         self._session = runner.start(plan, num_executors=num_executors, hold=hold)
-        launch.record_cluster(self.dir)  # so `rf-ray ops` in another terminal finds the cluster
         self._differing, self._live_view = plan.differing, live_view
         if hasattr(param_config, "start_driver"):
             param_config.start_driver(self)
@@ -198,7 +193,6 @@ class Experiment:
             raise ConfigError(f"experiment {self.name!r} has nothing to resume at {self.dir}")
         self._stop_session()
         self._session = runner.resume(self.dir)
-        launch.record_cluster(self.dir)
         self._live_view = live_view
         self._differing = differing_keys(list(self._session.params.values()))
         return self.wait() if blocking else None
@@ -401,22 +395,11 @@ class Experiment:
 
     def _stop_session(self) -> None:
         """Stop this object's previous session, running or finished (its executor holds the
-        device and its scheduler the experiment's lock), and wait, bounded, for the lock."""
+        device and its scheduler the experiment's lock); ``runner.stop`` waits, bounded, until
+        the lock is free."""
         session, self._session = self._session, None
-        if session is None:
-            return
-        runner.stop(session)
-        from actors.scheduler_actor import experiment_locked
-
-        deadline = time.monotonic() + LOCK_RELEASE_TIMEOUT
-        while experiment_locked(str(self.dir)):
-            if time.monotonic() > deadline:
-                raise ConfigError(
-                    f"the previous session of experiment {self.name!r} still holds its lock at "
-                    f"{self.dir} {LOCK_RELEASE_TIMEOUT:g} s after its actors were stopped; is "
-                    "another process running it? Steer it with `rf-ray ops`, or try again"
-                )
-            time.sleep(0.1)
+        if session is not None:
+            runner.stop(session)
 
 
 def _as_group(param_config: Any) -> ConfigGroup:

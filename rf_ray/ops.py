@@ -142,8 +142,7 @@ def clone_modify(
     blob = specfiles.write_spec(exp_dir, spec)
     from rf_ray.runner import entry_for
 
-    entry = entry_for(spec, meta["name"], blob)
-    entry.update(parent_run_id=run_id, warm_start=warm_start)
+    entry = entry_for(spec, meta["name"], blob, warm_start=warm_start)
     return _unwrap(lambda: ray.get(scheduler.add_clone.remote(entry)))
 
 

@@ -11,9 +11,11 @@ completed slice (its durable checkpoint), and the pruner from its stored state, 
 equals an uninterrupted run with the same seed.
 
 What is stored as what: tensors (checkpoints) in safetensors, state in JSON and SQLite, data in
-Arrow; the user's code (``create_model_fn``, formatting and reward functions, inside the run
-specs) is stored with ``cloudpickle``, as Ray itself ships functions. Open only experiment
-directories you created.
+Arrow, run configs in JSON; the user's functions (``create_model_fn``, formatting and reward
+functions) by importable reference (``module:qualname``), cloudpickle only for closures and
+lambdas (``rf_ray/specfiles.py``). Files are private to their owner (0600, directories 0700).
+Opening an experiment directory imports the referenced modules and unpickles those functions:
+open only directories you trust (docs/security.md).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from actors.durable import make_private_dir, resolve
 from actors.messages import RunEntry
 from actors.store import Store
 from policies.errors import ConfigError, OpError
@@ -91,7 +94,7 @@ def persist(plan: Plan) -> dict[int, bytes]:
                 f"run ids {taken} are taken in experiment {plan.name!r} (the first free id is "
                 f"{first_free}); take new ids from Store.next_run_id()"
             )
-    data = plan.dir / "data"
+    data = make_private_dir(plan.dir / "data")
     if not (data / "train").exists():
         bars = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()
@@ -270,7 +273,7 @@ def _start_actors(
     if removed:
         logger.info("removed %d interrupted checkpoint writes under %s", len(removed), exp_dir)
     # The MLflow experiment is created here, once, before trials log to it concurrently.
-    Tracker(tracking_uri, name)
+    Tracker(tracking_uri, name).ensure_experiment()  # raises now if MLflow is unreachable
     _clear_leftover_scheduler(exp_dir)
     # Datasets travel as paths to the experiment's Arrow copy (see ``persist``).
     train_ref = str(exp_dir / "data" / "train")
@@ -479,7 +482,7 @@ def _checkpoint_at(exp_dir: Path, row: dict[str, Any]) -> str | None:
     if not row["steps_done"]:
         return None
     path = exp_dir / "runs" / str(row["run_id"]) / "checkpoints" / f"step-{row['steps_done']:08d}"
-    return str(path) if path.exists() else row["checkpoint"]
+    return str(path) if resolve(path).exists() else row["checkpoint"]
 
 
 # ---------------------------------------------------------------------------- waiting

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from actors.messages import RunEntry
-from actors.scheduler import Grant, SchedulerCore
+from actors.scheduler import MAX_TRIAL_RESTARTS, Grant, SchedulerCore
 from policies.chunking import ChunkPlan
 from policies.pruning import NoPruning, SuccessiveHalving
 from policies.state import RunStatus
@@ -242,6 +242,33 @@ def test_the_second_charged_death_fails_the_run_and_only_it():
         "ActorDiedError: gone again"
     )
     assert isinstance(core.grant_for(2), Grant)
+
+
+def test_a_dead_trial_is_restarted_with_the_same_grant_until_its_restarts_run_out():
+    core = _core(2)
+    g = core.grant_for(1)
+    for restart in range(1, MAX_TRIAL_RESTARTS + 1):
+        assert core.on_trial_lost(1, "ActorDiedError: trial gone") == (True, set())
+        assert core.runs[1].trial_restarts == restart
+        again = core.grant_for(1)  # the new trial's grant: the same slice
+        assert (again.start_step, again.end_step) == (g.start_step, g.end_step)
+    restart, pruned = core.on_trial_lost(1, "ActorDiedError: trial gone")
+    assert (restart, pruned) == (False, set())
+    assert core.runs[1].status is RunStatus.FAILED
+    assert core.runs[1].error == (
+        f"the run's trial actor died {MAX_TRIAL_RESTARTS + 1} times (restarted "
+        f"{MAX_TRIAL_RESTARTS} times); last: ActorDiedError: trial gone"
+    )
+    assert isinstance(core.grant_for(2), Grant)  # the others go on
+
+
+def test_a_dead_trial_of_a_run_that_is_over_is_not_restarted():
+    core = _core(2)
+    core.grant_for(1)
+    core.apply_op("stop", 1)  # takes effect at the slice boundary; the slice is in flight
+    assert core.on_trial_lost(1, "gone") == (False, set())
+    assert not core.runs[1].in_flight
+    assert core.runs[1].status is RunStatus.STOPPED
 
 
 def test_grants_carry_the_deadline_and_the_chunk():
