@@ -380,8 +380,18 @@ class Executor:
         return record.last_result
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast around a whole slice (several optimizer steps), with autocast's weight
+        cache OFF: the cache keeps one bf16 copy of each trainable leaf tensor (the LoRA
+        weights) for the life of the autocast region, and the optimizer updates the float32
+        weights in place without invalidating it, so every forward after the slice's first
+        step would see the slice's starting weights (measured: a 2-slice run diverged from a
+        1-slice one from the first step of the second slice; tests/actors/test_autocast.py).
+        ``use_bf16`` is chosen by the executor (CUDA with bf16 support); setting it on a CPU
+        executor runs the same path on the CPU (the test does)."""
         if self.use_bf16:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            return torch.autocast(
+                device_type=self.device.type, dtype=torch.bfloat16, cache_enabled=False
+            )
         return contextlib.nullcontext()
 
     def _optimizer_step(self, record: AdapterRecord, step: int) -> tuple[dict[str, float], int]:
