@@ -89,6 +89,11 @@ def _resume_check(executor, work: Path, dropout: float, cuda: bool) -> None:
     straight = ex.run_slice(1, STEPS)  # a second slice in the same executor
     print(f"slice memory: {straight.memory}", flush=True)
     want = [m["loss"] for m in half.step_metrics + straight.step_metrics]
+    ex = executor()  # the same run in ONE slice: cutting it must not change it
+    ex.add_run(_spec(work, 1, 3e-3, 8, dropout))
+    whole = [m["loss"] for m in ex.run_slice(1, STEPS).step_metrics]
+    cut_gap = max(abs(a - b) for a, b in zip(want, whole))
+    print(f"lora_dropout={dropout}: one slice vs two slices, max |loss diff| = {cut_gap:.3g}")
 
     ex = traced(executor())
     ex.add_run(_spec(work, 1, 3e-3, 8, dropout))
