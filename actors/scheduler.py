@@ -64,6 +64,11 @@ class RunRow:
     """Executor deaths charged to this run (see ``on_lost``)."""
     trial_restarts: int = 0
     """Trials restarted for this run in this session (see ``on_trial_lost``)."""
+    trial: int = 0
+    """Which of the run's trials is its current one (counts up as trials are started): only
+    the current trial is granted slices. A dead trial's request can still be waiting in the
+    scheduler (Ray runs an actor call to its end even when the caller died); granting it would
+    leave the run in flight forever and its executor busy."""
     fusion_key: str | None = None
     """Runs with equal keys may share a fused pass; ``None``: always time-sliced."""
     fusion_tokens: int = 0

@@ -153,11 +153,13 @@ class SchedulerActor:
 
         from actors.trial import TrialActor
 
+        row.trial += 1
         trial = (
             ray.remote(TrialActor)
             .options(num_cpus=0)
             .remote(
                 row.run_id,
+                row.trial,
                 row.spec_blob,
                 row.params,
                 row.tags,
@@ -240,10 +242,15 @@ class SchedulerActor:
         return ray.get_runtime_context().current_actor
 
     # ------------------------------------------------------------------ the slice protocol
-    async def request_slice(self, run_id: int) -> Grant | Exit:
-        """Wait until ``run_id`` may train; return its ``Grant``, or ``Exit`` once it is over."""
+    async def request_slice(self, run_id: int, trial: int) -> Grant | Exit:
+        """Wait until ``run_id`` may train; return its ``Grant``, or ``Exit`` once it is over.
+        ``trial``: which of the run's trials asks; one that is no longer the run's current
+        trial (it died and was replaced while it waited here) is sent away, never granted."""
         async with self.cond:
             while True:
+                row = self.core.runs[run_id]
+                if trial != row.trial:
+                    return Exit(row.status.value, row.pruned_at)
                 decision = self.core.grant_for(run_id)
                 if isinstance(decision, Grant):
                     for member in decision.group or (run_id,):

@@ -70,6 +70,7 @@ class TrialActor:
     def __init__(
         self,
         run_id: int,
+        generation: int,
         spec_blob: bytes,
         params: dict[str, Any],
         tags: dict[str, str],
@@ -82,6 +83,8 @@ class TrialActor:
         mlflow_run_id: str | None = None,
     ) -> None:
         self.run_id = run_id
+        self.generation = generation
+        """Which of the run's trials this is (``RunRow.trial``): sent with every request."""
         self.spec_blob = spec_blob
         self.params = params
         self.tags = tags
@@ -112,7 +115,7 @@ class TrialActor:
         await self._record_mlflow_run(tracker)
         uncharged = 0
         while True:
-            answer = await self.scheduler.request_slice.remote(self.run_id)
+            answer = await self.scheduler.request_slice.remote(self.run_id, self.generation)
             if isinstance(answer, Exit):
                 return await self._finish(tracker, answer)
             try:
