@@ -41,17 +41,68 @@ LORA_SHORTHAND = {
     "target_modules": "target_modules",
 }
 
-# TRL fields rf-ray sets itself; a user value would be silently overridden, so we refuse it.
-OWNED_TRAINER_FIELDS = {
-    "output_dir": "rf-ray sets it per run inside the experiment directory",
-    "report_to": "rf-ray logs every run to MLflow itself",
-    "use_cpu": "rf-ray picks the device for each run",
-    "push_to_hub": "rf-ray does not push; export the adapter once the experiment is done",
-    "save_strategy": "rf-ray checkpoints every run after each slice",
-    "logging_steps": "rf-ray logs every optimizer step",
-    "disable_tqdm": "rf-ray reports progress itself",
-    "model_init_kwargs": "the base model is loaded once; use RFModelConfig(model_kwargs=...)",
+# TRL fields that name something rf-ray does itself. A TRL script or RapidFire tutorial sets
+# many of them, so they are accepted. Those with a meaning here are honoured
+# (HONOURED_TRAINER_FIELDS); the rest are ignored with one IgnoredFieldWarning per field per
+# experiment saying what rf-ray does instead (``ignored_field_warnings``); only what would
+# break the engine is refused.
+HONOURED_TRAINER_FIELDS = {
+    "logging_steps": "how often a run's step metrics go to MLflow (every step goes to the store)",
+    "report_to": "rf-ray always logs to MLflow; 'wandb' and 'tensorboard' are also forwarded to "
+    "TRL's own integrations when the package is installed",
+    "eval_strategy": "'steps' evaluates every eval_steps optimizer steps inside a chunk; every "
+    "run is also evaluated at the end of each chunk (pruning compares those)",
+    "eval_steps": "with eval_strategy='steps': evaluate every eval_steps optimizer steps",
 }
+_CHECKPOINTS = "rf-ray checkpoints every run after each slice, in the experiment directory"
+_LOGS = "rf-ray keeps every step's metrics in its store and logs them to MLflow every logging_steps"
+_HUB = "rf-ray does not push; Experiment.export(run_id, path) writes a run's adapter to push"
+_BEST = "the pruner compares runs on its metric; Experiment.get_best_run() picks the best run"
+IGNORED_TRAINER_FIELDS = {
+    "output_dir": "rf-ray writes each run's files under <experiment dir>/runs/<run_id>",
+    "overwrite_output_dir": "rf-ray writes each run's files under <experiment dir>/runs/<run_id>",
+    "save_strategy": _CHECKPOINTS,
+    "save_steps": _CHECKPOINTS,
+    "save_total_limit": _CHECKPOINTS,
+    "save_only_model": _CHECKPOINTS,
+    "save_safetensors": _CHECKPOINTS,
+    "logging_strategy": _LOGS,
+    "logging_first_step": _LOGS,
+    "logging_dir": _LOGS,
+    "disable_tqdm": "rf-ray shows its own live view of all runs",
+    "use_cpu": "rf-ray picks the device for each run",
+    "no_cuda": "rf-ray picks the device for each run",
+    "push_to_hub": _HUB,
+    "hub_model_id": _HUB,
+    "hub_strategy": _HUB,
+    "hub_token": _HUB,
+    "hub_private_repo": _HUB,
+    "run_name": "each run is an MLflow run named run-<run_id>",
+    "load_best_model_at_end": _BEST,
+    "metric_for_best_model": _BEST + " (set it with run_fit(pruner=SuccessiveHalving(metric=...)))",
+    "greater_is_better": _BEST + " (set it with run_fit(pruner=SuccessiveHalving(mode=...)))",
+    "resume_from_checkpoint": "rf-ray resumes a whole experiment with Experiment.resume()",
+}
+# TRL fields that would break the engine: refused, saying why and what to do instead.
+REFUSED_TRAINER_FIELDS = {
+    "model_init_kwargs": "the base model is loaded once, by create_model_fn, and shared by every "
+    "run; put from_pretrained kwargs in RFModelConfig(model_kwargs=...)",
+    "deepspeed": "rf-ray keeps one resident base model per executor and trains every run as an "
+    "adapter on it; DeepSpeed would shard and own that model. Remove deepspeed=",
+    "fsdp": "rf-ray keeps one resident base model per executor and trains every run as an "
+    "adapter on it; FSDP would shard and own that model. Remove fsdp=",
+    "fsdp_config": "rf-ray does not shard the base model (see fsdp). Remove fsdp_config=",
+}
+# report_to names forwarded to TRL's integrations (the package name to import for each).
+FORWARDED_REPORTERS = {"wandb": "wandb", "tensorboard": "tensorboard"}
+
+
+class IgnoredFieldWarning(UserWarning):
+    """A config field rf-ray accepts but does not use (it does the job itself, another way).
+
+    Shown once per field per experiment; silence it with
+    ``warnings.filterwarnings("ignore", category=rf_ray.IgnoredFieldWarning)``."""
+
 
 # Set when a search names no model (the article's short form): the engine's create_model_fn
 # decides which model that is.
@@ -151,6 +202,17 @@ TRAINER_RULES: dict[str, _Rule] = {
     "per_device_train_batch_size": _COUNT,
     "gradient_accumulation_steps": _COUNT,
     "num_train_epochs": _POSITIVE,
+    # rf-ray reads logging_steps as a step count (HF's ratio form, a float < 1, is not taken).
+    "logging_steps": _Rule(
+        _COUNT.check,
+        "an integer >= 1 (a step count; rf-ray does not take the ratio form)",
+        integer=True,
+    ),
+    "eval_steps": _Rule(
+        _COUNT.check,
+        "an integer >= 1 (a step count; rf-ray does not take the ratio form)",
+        integer=True,
+    ),
 }
 LORA_RULES: dict[str, _Rule] = {
     "r": _Rule(_COUNT.check, "an integer > 0 (e.g. 8)", integer=True),
@@ -219,9 +281,12 @@ def _lora_fields() -> frozenset[str]:
 
 
 def check_trainer_field(trainer_type: str, name: str, path: str) -> None:
-    """Raise unless ``name`` is a TRL config field for ``trainer_type`` that users may set."""
-    if name in OWNED_TRAINER_FIELDS:
-        raise ConfigError(f"{path}: {OWNED_TRAINER_FIELDS[name]}; remove {name}= from the config.")
+    """Raise unless ``name`` is a TRL config field for ``trainer_type`` that users may set
+    (fields in ``IGNORED_TRAINER_FIELDS`` are accepted; ``REFUSED_TRAINER_FIELDS`` are not)."""
+    if name in REFUSED_TRAINER_FIELDS:
+        raise ConfigError(f"{path}: {name}= is not supported: {REFUSED_TRAINER_FIELDS[name]}.")
+    if name in IGNORED_TRAINER_FIELDS:
+        return  # accepted whether or not this TRL release still has it; never passed to TRL
     cls = trl_config_class(trainer_type)
     if name not in _init_fields(cls):
         extra = ""
@@ -325,26 +390,67 @@ def _is_callable_list(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and bool(value) and all(callable(f) for f in value)
 
 
+def _choices(field: str, value: Any, kind: type, what: str) -> tuple[Any, ...]:
+    """The alternatives of a field that takes one ``kind`` or a List (or plain list) of them."""
+    if isinstance(value, List):
+        items: tuple[Any, ...] = value.values
+    elif isinstance(value, (list, tuple)):
+        items = tuple(value)
+    else:
+        items = (value,)
+    if not items:
+        raise ConfigError(f"{field}=[] is empty: give at least one {what}")
+    for item in items:
+        if not isinstance(item, kind):
+            raise TypeError(f"{field} must be {what}, or a List of them, got {item!r}")
+    return items
+
+
+def _fn_choice(field: str, value: Any) -> None:
+    choices = value.values if isinstance(value, List) else (value,)
+    for fn in choices:
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{field} must be a callable, a List of callables, or None, got {fn!r}")
+
+
 class RFModelConfig:
     """One family of runs: a base model, its LoRA and trainer knobs, and the user's callables.
 
+    Field names follow RapidFire AI's ``RFModelConfig``. ``peft_config`` and ``training_args``
+    each take one config or a ``List`` (or plain list) of them: a search tries each. So do
+    ``formatting_func`` and ``compute_metrics`` (a ``List`` of callables).
     ``training_args=None`` means ``RFSFTConfig()`` (or, under a search given
     ``trainer_type``, that trainer's empty config; ``default_training_args`` records this).
     LoRA is set either by ``peft_config`` or by shorthand in ``training_args``, not both.
     ``reward_funcs`` (GRPO) is a list of callables, or a ``List`` of such lists.
+
+    RapidFire fields rf-ray handles its own way: ``tokenizer`` (create_model_fn loads the
+    tokenizer with the model), ``model_type`` (only "causal_lm"), ``ref_model_name`` /
+    ``ref_model_type`` / ``ref_model_kwargs`` (DPO's reference policy is the resident base with
+    adapters disabled, so only the base model itself is accepted), ``num_gpus`` (each run
+    trains on one executor; ``run_fit(num_executors=...)`` sets how many GPUs are used).
+    Accepted values that rf-ray does not use are reported by ``run_fit`` as one
+    ``IgnoredFieldWarning`` each.
     """
 
     def __init__(
         self,
         model_name: str | List,
-        peft_config: RFLoraConfig | None = None,
-        training_args: _TrainerKnobs | None = None,
-        formatting_func: Callable[..., Any] | None = None,
-        compute_metrics: Callable[..., Any] | None = None,
+        peft_config: RFLoraConfig | List | Sequence[RFLoraConfig] | None = None,
+        training_args: _TrainerKnobs | List | Sequence[_TrainerKnobs] | None = None,
+        formatting_func: Callable[..., Any] | List | None = None,
+        compute_metrics: Callable[..., Any] | List | None = None,
         model_kwargs: dict[str, Any] | None = None,
         tokenizer_kwargs: dict[str, Any] | None = None,
         reward_funcs: Sequence[Callable[..., Any]] | List | None = None,
         generation_config: dict[str, Any] | None = None,
+        *,
+        tokenizer: str | None = None,
+        model_type: str | None = "causal_lm",
+        ref_model_name: str | None = None,
+        ref_model_type: str | None = None,
+        ref_model_kwargs: dict[str, Any] | None = None,
+        num_gpus: int | None = None,
     ) -> None:
         names = model_name.values if isinstance(model_name, List) else (model_name,)
         for name in names:
@@ -352,19 +458,26 @@ class RFModelConfig:
                 raise TypeError(
                     f"model_name must be a non-empty str or a List of them, got {name!r}"
                 )
-        if peft_config is not None and not isinstance(peft_config, RFLoraConfig):
-            raise TypeError(f"peft_config must be an RFLoraConfig or None, got {peft_config!r}")
-        if training_args is not None and not isinstance(training_args, _TrainerKnobs):
-            raise TypeError(
-                "training_args must be an RFSFTConfig, RFDPOConfig or RFGRPOConfig, "
-                f"got {training_args!r}"
+        self.peft_choices: tuple[RFLoraConfig | None, ...] = (
+            (None,)
+            if peft_config is None
+            else _choices("peft_config", peft_config, RFLoraConfig, "an RFLoraConfig")
+        )
+        self.training_choices: tuple[_TrainerKnobs, ...] = (
+            ()
+            if training_args is None
+            else _choices(
+                "training_args", training_args, _TrainerKnobs,
+                "an RFSFTConfig, RFDPOConfig or RFGRPOConfig",
             )
-        for field, fn in (
-            ("formatting_func", formatting_func),
-            ("compute_metrics", compute_metrics),
-        ):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"{field} must be a callable or None, got {fn!r}")
+        )  # fmt: skip
+        if len({t.trainer_type for t in self.training_choices}) > 1:
+            raise ConfigError(
+                f"training_args={training_args!r} mixes trainer types; one RFModelConfig trains "
+                "with one trainer: put the other configs in their own RFModelConfig"
+            )
+        _fn_choice("formatting_func", formatting_func)
+        _fn_choice("compute_metrics", compute_metrics)
         if reward_funcs is not None:
             choices = reward_funcs.values if isinstance(reward_funcs, List) else (reward_funcs,)
             if not all(_is_callable_list(c) for c in choices):
@@ -373,15 +486,19 @@ class RFModelConfig:
                     f"such lists, got {reward_funcs!r}"
                 )
         self.default_training_args = training_args is None
-        self.training_args = training_args if training_args is not None else RFSFTConfig()
-        if peft_config is not None and self.training_args.lora_kwargs:
-            raise ConfigError(
-                f"LoRA is set twice: peft_config={peft_config!r} and shorthand "
-                f"{sorted(self.training_args.lora_kwargs)} in training_args; pick one "
-                "(move the shorthand into RFLoraConfig, e.g. lora_rank -> r)"
-            )
+        if not self.training_choices:
+            self.training_choices = (RFSFTConfig(),)
+        self.training_args = self.training_choices[0]
+        self.peft_config = self.peft_choices[0]
+        for lora in self.peft_choices:
+            for knobs in self.training_choices:
+                if lora is not None and knobs.lora_kwargs:
+                    raise ConfigError(
+                        f"LoRA is set twice: peft_config={lora!r} and shorthand "
+                        f"{sorted(knobs.lora_kwargs)} in training_args; pick one "
+                        "(move the shorthand into RFLoraConfig, e.g. lora_rank -> r)"
+                    )
         self.model_name = model_name
-        self.peft_config = peft_config
         self.formatting_func = formatting_func
         self.compute_metrics = compute_metrics
         self.model_kwargs = _check_kwargs_dict("model_kwargs", model_kwargs)
@@ -392,12 +509,68 @@ class RFModelConfig:
             if generation_config is None
             else _check_kwargs_dict("generation_config", generation_config)
         )
+        self.ignored = _rapidfire_fields(
+            model_name, tokenizer, model_type, ref_model_name, ref_model_type, ref_model_kwargs,
+            num_gpus,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return (
             f"RFModelConfig(model_name={self.model_name!r}, peft_config={self.peft_config!r}, "
             f"training_args={self.training_args!r})"
         )
+
+
+def _rapidfire_fields(
+    model_name: Any,
+    tokenizer: Any,
+    model_type: Any,
+    ref_model_name: Any,
+    ref_model_type: Any,
+    ref_model_kwargs: Any,
+    num_gpus: Any,
+) -> dict[str, str]:
+    """Check RapidFire's RFModelConfig fields rf-ray handles its own way; return
+    ``{field: note}`` for those accepted but not used (``ignored_field_warnings`` shows them)."""
+    names = set(model_name.values) if isinstance(model_name, List) else {model_name}
+    notes: dict[str, str] = {}
+    if model_type not in (None, "causal_lm"):
+        raise ConfigError(
+            f"model_type={model_type!r} is not supported: rf-ray trains causal language models "
+            "(SFT, DPO, GRPO with LoRA); use model_type='causal_lm' or leave it out"
+        )
+    if tokenizer is not None:
+        if not isinstance(tokenizer, str):
+            raise TypeError(f"tokenizer must be a str (a model name or path), got {tokenizer!r}")
+        if tokenizer not in names:
+            notes["tokenizer"] = (
+                f"tokenizer={tokenizer!r} is ignored: rf-ray loads the tokenizer with the model "
+                "in create_model_fn(model_config) -> (model, tokenizer); load it there"
+            )
+    if ref_model_name is not None and ref_model_name not in names:
+        raise ConfigError(
+            f"ref_model_name={ref_model_name!r} is not supported: rf-ray's DPO reference policy is "
+            "the resident base model with the run's adapter disabled (no second copy of the "
+            "weights), so the reference is always the base model; drop ref_model_name"
+        )
+    for field, value in (
+        ("ref_model_name", ref_model_name),
+        ("ref_model_type", ref_model_type),
+        ("ref_model_kwargs", ref_model_kwargs),
+    ):
+        if value is not None:
+            notes[field] = (
+                f"{field}={value!r} is ignored: the DPO reference policy is the base model itself "
+                "with the run's adapter disabled"
+            )
+    if num_gpus is not None:
+        if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 0:
+            raise ConfigError(f"num_gpus={num_gpus!r} must be an integer >= 0")
+        notes["num_gpus"] = (
+            f"num_gpus={num_gpus!r} is ignored: each run trains on one executor (one GPU) that "
+            "holds the base model; run_fit(num_executors=N) spreads runs over N GPUs"
+        )
+    return notes
 
 
 def _kwargs_repr(kwargs: dict[str, Any]) -> str:
@@ -489,6 +662,9 @@ class RunConfig:
     """GRPO reward functions, or None."""
     generation_config: dict[str, Any] | None = None
     """Generation settings (GRPO sampling, evaluation), or None."""
+    ignored: dict[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    """RFModelConfig fields accepted but not used: field -> what rf-ray does instead (not
+    stored: ``run_fit`` warns about them once)."""
 
     def __post_init__(self) -> None:
         if self.trainer_type not in TRAINER_TYPES:
@@ -601,12 +777,19 @@ def describe(run: RunConfig) -> str:
 def build_trl_config(run: RunConfig, output_dir: str, use_cpu: bool) -> Any:
     """The TRL config object for ``run``, with the fields rf-ray owns set by rf-ray.
 
+    Ignored fields (``IGNORED_TRAINER_FIELDS``) are left out; ``report_to`` keeps only the
+    integrations rf-ray forwards that are installed (``forwarded_reporters``). TRL itself logs
+    every step (``logging_steps=1``): the trial applies the user's ``logging_steps`` to MLflow.
     On CPU, bf16 and fp16 are forced off: TRL defaults to bf16 and raises on a CPU otherwise.
     """
     cls = trl_config_class(run.trainer_type)
-    kwargs = dict(run.training_args)
-    kwargs.update(output_dir=output_dir, report_to="none", use_cpu=use_cpu, save_strategy="no",
-                  logging_steps=1, disable_tqdm=True)  # fmt: skip
+    kwargs = {k: v for k, v in run.training_args.items() if k not in IGNORED_TRAINER_FIELDS}
+    reporters, _ = forwarded_reporters(run.training_args.get("report_to"))
+    if kwargs.get("eval_strategy") == "steps" and "eval_steps" not in kwargs:
+        # HF falls back to logging_steps, which rf-ray pins to 1 for TRL: use the user's.
+        kwargs["eval_steps"] = run.training_args.get("logging_steps", 500)
+    kwargs.update(output_dir=output_dir, report_to=reporters or "none", use_cpu=use_cpu,
+                  save_strategy="no", logging_steps=1, disable_tqdm=True)  # fmt: skip
     if use_cpu:
         kwargs.update(bf16=False, fp16=False)
     if run.trainer_type == "GRPO":
@@ -622,6 +805,67 @@ def build_trl_config(run: RunConfig, output_dir: str, use_cpu: bool) -> Any:
             f"trl.{cls.__name__} rejected the run ({describe(run)}): {e}. "
             "Change this run's training_args knobs."
         ) from e
+
+
+def forwarded_reporters(report_to: Any) -> tuple[list[str], list[str]]:
+    """``(forwarded, notes)`` for a TRL ``report_to`` value: the integrations handed to TRL
+    (wandb, tensorboard, when installed) and one note per name rf-ray does not forward."""
+    import importlib.util
+
+    if report_to is None:
+        return [], []
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    if "all" in names:
+        names = [n for n in FORWARDED_REPORTERS if importlib.util.find_spec(n) is not None]
+    forwarded, notes = [], []
+    for name in names:
+        if name in ("none", "mlflow"):
+            continue  # rf-ray logs every run to MLflow itself
+        package = FORWARDED_REPORTERS.get(name)
+        if package is None:
+            notes.append(
+                f"report_to={name!r} is not forwarded: rf-ray logs every run to MLflow and "
+                f"forwards only {', '.join(FORWARDED_REPORTERS)}"
+            )
+        elif importlib.util.find_spec(package) is None:
+            notes.append(
+                f"report_to={name!r} is not forwarded: the {package} package is not installed "
+                f"(pip install {package}); rf-ray still logs every run to MLflow"
+            )
+        else:
+            forwarded.append(name)
+    return forwarded, notes
+
+
+def ignored_field_warnings(runs: Sequence[RunConfig], has_eval: bool = True) -> dict[str, str]:
+    """``{field: message}`` for every config field the runs set that rf-ray accepts but does not
+    use as TRL would; ``Experiment.run_fit`` shows each once as an ``IgnoredFieldWarning``."""
+    out: dict[str, str] = {}
+    for run in runs:
+        for name, value in run.training_args.items():
+            if name in IGNORED_TRAINER_FIELDS:
+                what = IGNORED_TRAINER_FIELDS[name]
+                out.setdefault(name, f"training_args.{name}={value!r} is ignored: {what}")
+            elif name == "report_to":
+                for note in forwarded_reporters(value)[1]:
+                    out.setdefault(f"report_to:{note}", f"training_args.{note}")
+            elif name == "eval_strategy" and value not in ("steps", "no", "epoch"):
+                pass  # TRL rejects it when the config is built
+            elif name == "eval_strategy" and value != "steps":
+                out.setdefault(
+                    name,
+                    f"training_args.eval_strategy={value!r}: rf-ray evaluates every run at the "
+                    "end of each chunk whatever eval_strategy says (pruning compares those); "
+                    "eval_strategy='steps' with eval_steps adds evaluations inside a chunk",
+                )
+            elif name == "eval_strategy" and not has_eval:
+                out.setdefault(
+                    name,
+                    "training_args.eval_strategy='steps' is ignored: run_fit has no eval_dataset",
+                )
+        for name, note in run.ignored.items():
+            out.setdefault(name, note)
+    return out
 
 
 def check_grpo(run: RunConfig, cls: type) -> None:
@@ -677,6 +921,7 @@ def build_lora_config(run: RunConfig) -> Any:
 
 __all__ = [
     "TRAINER_TYPES",
+    "IgnoredFieldWarning",
     "List",
     "RFDPOConfig",
     "RFGRPOConfig",

@@ -36,6 +36,7 @@ from rf_ray.config import (
     UNNAMED_MODEL,
     List,
     Range,
+    RFLoraConfig,
     RFModelConfig,
     RunConfig,
     _TrainerKnobs,
@@ -64,25 +65,54 @@ class ConfigGroup(abc.ABC):
         """All runs of the group, concrete and validated, in a deterministic order."""
 
 
+Slot = tuple[str, tuple[str, ...]]
+"""Where a knob sits: a section of the template and the key path inside it (a knob may sit in
+a nested dict, e.g. ``model_kwargs={"quantization_config": {"bits": List([4, 8])}}``)."""
+
+
+def _knob_paths(values: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Key paths of every knob in ``values``, in the order written, nested dicts included."""
+    paths = []
+    for key, value in values.items():
+        if is_knob(value):
+            paths.append((*prefix, key))
+        elif isinstance(value, dict):
+            paths.extend(_knob_paths(value, (*prefix, str(key))))
+    return paths
+
+
+def _get(values: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        values = values[key]
+    return values
+
+
+def _set(values: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        values = values[key]
+    values[path[-1]] = value
+
+
 @dataclasses.dataclass
 class _Template:
-    """One model config with its knobs located: ``sections[section][key]`` is a knob or literal."""
+    """One model config with its knobs located: ``_get(sections[section], path)`` is a knob."""
 
     where: str
     trainer_type: str
     sections: dict[str, dict[str, Any]]
-    slots: list[tuple[str, str]]  # (section, key) of every knob, in a stable order
+    slots: list[Slot]  # every knob, in a stable order
     has_generation_config: bool
+    ignored: dict[str, str] = dataclasses.field(default_factory=dict)
 
-    def path(self, slot: tuple[str, str]) -> str:
-        section, key = slot
+    def path(self, slot: Slot) -> str:
+        section, keys = slot
         prefix = {
             "model": "",
             "callables": "",
             "lora": "peft_config.",
             "shorthand": "training_args.",
         }
-        return f"{self.where}{prefix.get(section, section + '.')}{key}"
+        return f"{self.where}{prefix.get(section, section + '.')}{'.'.join(keys)}"
 
     def size(self) -> int:
         """Number of grid points (only meaningful when every knob is a List)."""
@@ -91,8 +121,8 @@ class _Template:
     def has_range(self) -> bool:
         return any(isinstance(self._knob(s), Range) for s in self.slots)
 
-    def _knob(self, slot: tuple[str, str]) -> Any:
-        return self.sections[slot[0]][slot[1]]
+    def _knob(self, slot: Slot) -> Any:
+        return _get(self.sections[slot[0]], slot[1])
 
     def grid(self) -> list[RunConfig]:
         for slot in self.slots:
@@ -111,14 +141,12 @@ class _Template:
             chosen[slot] = knob.sample(rng) if isinstance(knob, Range) else rng.choice(knob.values)
         return self.resolve(chosen)
 
-    def resolve(self, chosen: dict[tuple[str, str], Any]) -> RunConfig:
-        c = {
-            section: {k: chosen.get((section, k), v) for k, v in values.items()}
-            for section, values in self.sections.items()
-        }
-        # Runs must not share mutable literals (a target_modules list, say) with each other.
-        data = {s: copy.deepcopy(c[s]) for s in c if s != "callables"}
-        c.update(data)
+    def resolve(self, chosen: dict[Slot, Any]) -> RunConfig:
+        # Runs must not share mutable literals (a target_modules list, say) with each other;
+        # callables are code and stay shared.
+        c = {s: dict(v) if s == "callables" else copy.deepcopy(v) for s, v in self.sections.items()}
+        for (section, keys), value in chosen.items():
+            _set(c[section], keys, value if section == "callables" else copy.deepcopy(value))
         lora = c["lora"] or {LORA_SHORTHAND[k]: v for k, v in c["shorthand"].items()}
         reward_funcs = c["callables"]["reward_funcs"]
         return RunConfig(
@@ -132,6 +160,7 @@ class _Template:
             compute_metrics=c["callables"]["compute_metrics"],
             reward_funcs=None if reward_funcs is None else list(reward_funcs),
             generation_config=c["generation_config"] if self.has_generation_config else None,
+            ignored=dict(self.ignored),
         )
 
 
@@ -179,14 +208,32 @@ def _templates(
                 f"configs[{i}] must be an RFModelConfig or RFSFTConfig/RFDPOConfig/RFGRPOConfig, "
                 f"got {item!r}"
             )
-        templates.append(_template(where, item, name, trainer_type))
+        templates.extend(_template(where, item, name, trainer_type))
     return templates
 
 
 def _template(
     where: str, cfg: RFModelConfig, model_name: str | List, trainer_type: str | None
+) -> list[_Template]:
+    """One template per (LoRA config, trainer config) pair of ``cfg`` (each may be a List)."""
+    templates = []
+    many = len(cfg.peft_choices) * len(cfg.training_choices) > 1
+    for (i, lora), (j, knobs) in itertools.product(
+        enumerate(cfg.peft_choices), enumerate(cfg.training_choices)
+    ):
+        label = f"{where}[peft_config {i}, training_args {j}] " if many else where
+        templates.append(_one_template(label, cfg, lora, knobs, model_name, trainer_type))
+    return templates
+
+
+def _one_template(
+    where: str,
+    cfg: RFModelConfig,
+    lora: RFLoraConfig | None,
+    knobs: _TrainerKnobs,
+    model_name: str | List,
+    trainer_type: str | None,
 ) -> _Template:
-    knobs = cfg.training_args
     if trainer_type is not None and cfg.default_training_args:
         knobs = TRAINER_KNOB_CLASSES[trainer_type]()
     elif trainer_type is not None and knobs.trainer_type != trainer_type:
@@ -199,7 +246,7 @@ def _template(
         "model": {"model_name": model_name},
         "model_kwargs": cfg.model_kwargs,
         "tokenizer_kwargs": cfg.tokenizer_kwargs,
-        "lora": cfg.peft_config.kwargs if cfg.peft_config else {},
+        "lora": lora.kwargs if lora else {},
         "shorthand": knobs.lora_kwargs,
         "training_args": knobs.kwargs,
         "generation_config": cfg.generation_config or {},
@@ -209,8 +256,11 @@ def _template(
             "reward_funcs": cfg.reward_funcs,
         },
     }
-    slots = [(s, k) for s, values in sections.items() for k, v in values.items() if is_knob(v)]
-    return _Template(where, knobs.trainer_type, sections, slots, cfg.generation_config is not None)
+    slots = [(s, p) for s, values in sections.items() for p in _knob_paths(values)]
+    return _Template(
+        where, knobs.trainer_type, sections, slots, cfg.generation_config is not None,
+        dict(cfg.ignored),
+    )  # fmt: skip
 
 
 def validate_run(run: RunConfig) -> None:
