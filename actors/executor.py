@@ -246,12 +246,15 @@ class Executor:
             # GRPOConfig.__post_init__ derives steps_per_generation from generation_batch_size
             # and refuses both set; re-deriving it gives the same value.
             derived["steps_per_generation"] = None
+        # report_to keeps what rf_ray.config.build_trl_config forwarded (wandb, tensorboard);
+        # evaluation is the executor's (inside a slice for eval_strategy="steps"), and TRL
+        # refuses an eval_strategy without an eval_dataset, so the trainer gets "no".
         return dataclasses.replace(
             args,
             use_cpu=self.device.type == "cpu",
             bf16=False,
             fp16=False,
-            report_to="none",
+            eval_strategy="no",
             **derived,
         )
 
@@ -350,6 +353,8 @@ class Executor:
             with self._autocast():
                 for step in range(first, end_step):
                     step_metrics, step_tokens = self._optimizer_step(record, step)
+                    if self._evaluates_at(record, step + 1, end_step, evaluate):
+                        step_metrics.update(self._evaluate_in_slice(record))
                     metrics.append(step_metrics)
                     tokens += step_tokens
         except BaseException:
@@ -556,6 +561,29 @@ class Executor:
             )
         self.busy_seconds += time.perf_counter() - start
         return outcomes
+
+    def _evaluates_at(
+        self, record: AdapterRecord, done: int, end_step: int, evaluate: bool
+    ) -> bool:
+        """TRL's ``eval_strategy="steps"``: evaluate every ``eval_steps`` optimizer steps, also
+        inside a chunk (the slice's own end-of-chunk evaluation is not doubled)."""
+        args = record.spec.trl_args
+        # IntervalStrategy is a str enum: it equals "steps".
+        if self.eval_dataset is None or getattr(args, "eval_strategy", "no") != "steps":
+            return False
+        every = int(args.eval_steps or 0)
+        return every > 0 and done % every == 0 and not (evaluate and done == end_step)
+
+    def _evaluate_in_slice(self, record: AdapterRecord) -> dict[str, float]:
+        """Evaluate the active run between two of its optimizer steps, leaving the torch RNG
+        where training had it (so the run's next steps draw what they would have)."""
+        phase = self.phase
+        self.phase = f"evaluating run {record.spec.run_id} (eval_steps)"
+        rng = torch.get_rng_state()
+        out = record.trainer.evaluate()
+        torch.set_rng_state(rng)
+        self.phase = phase
+        return {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
 
     def evaluate(self, run_id: int) -> dict[str, float] | None:
         """Evaluate the run on the eval set (its trainer's own ``evaluate``)."""
