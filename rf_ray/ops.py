@@ -135,7 +135,7 @@ def modified(run: RunConfig, changes: dict[str, Any]) -> RunConfig:
         raise ConfigError(f"changes must be a non-empty dict of knob -> value, got {changes!r}")
     changes = flat_changes(changes)
     training_args, lora = dict(run.training_args), dict(run.lora)
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "model_kwargs": dict(run.model_kwargs),
         "tokenizer_kwargs": dict(run.tokenizer_kwargs),
         "generation_config": dict(run.generation_config or {}),

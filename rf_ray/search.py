@@ -388,4 +388,45 @@ class RFRandomSearch(ConfigGroup):
             )
 
 
-__all__ = ["ConfigGroup", "RFGridSearch", "RFRandomSearch", "validate_run"]
+# A template section's knobs as flat knob names (``rf_ray.ops.modified`` / ``tune.apply_flat``).
+_FLAT_PREFIX = {
+    "model": "",
+    "training_args": "",
+    "shorthand": "",
+    "lora": "lora.",
+    "model_kwargs": "model_kwargs.",
+    "tokenizer_kwargs": "tokenizer_kwargs.",
+    "generation_config": "generation_config.",
+}
+
+
+def knob_space(
+    configs: Any, trainer_type: str | None = None, *, who: str = "this search"
+) -> tuple[RunConfig, dict[str, List | Range]]:
+    """One config's knobs as ``(base run, {flat knob name: List or Range})``, for searchers
+    that pick values themselves (Optuna through Ray Tune). The base takes each knob's first
+    value (a Range its low end). One config, knobs at the top level of a field, no knob over
+    functions: otherwise ``ConfigError`` naming the knob and what to do."""
+    templates = _templates(configs, _normalize_trainer_type(trainer_type), None)
+    if len(templates) != 1:
+        raise ConfigError(
+            f"{who} takes one RFModelConfig with one peft_config and one training_args; this "
+            f"group has {len(templates)} (Lists of configs): run one search per config, or use "
+            "RFGridSearch / RFRandomSearch, which expand Lists of configs"
+        )
+    (template,) = templates
+    space: dict[str, List | Range] = {}
+    for slot in template.slots:
+        section, keys = slot
+        if section == "callables" or len(keys) > 1:
+            raise ConfigError(
+                f"{template.path(slot)}: {who} searches over values at the top level of a "
+                "field, not over functions or nested dicts; use RFGridSearch or RFRandomSearch"
+            )
+        space[_FLAT_PREFIX[section] + keys[0]] = template._knob(slot)
+    first = {s: k.values[0] if isinstance(k, List) else k.low for s, k in
+             ((s, template._knob(s)) for s in template.slots)}  # fmt: skip
+    return template.resolve(first), space
+
+
+__all__ = ["ConfigGroup", "RFGridSearch", "RFRandomSearch", "knob_space", "validate_run"]
