@@ -702,6 +702,28 @@ class RunConfig:
                 f"reward_funcs must be a list of callables or None, got {self.reward_funcs!r}"
             )
 
+    def __getitem__(self, key: str) -> Any:
+        """RapidFire AI's create_model_fn reads its model config as a dict
+        (``model_config["model_name"]``, ``["model_kwargs"]``, ``["model_type"]``): the same
+        keys work here. ``model_type`` is always "causal_lm"; ``peft_params`` is ``lora``;
+        ``tokenizer`` is None (load the tokenizer from ``model_name``)."""
+        aliases: dict[str, Any] = {"model_type": "causal_lm", "peft_params": self.lora,
+                                   "tokenizer": None}  # fmt: skip
+        if key in aliases:
+            return aliases[key]
+        if key in _RUN_CONFIG_KEYS:
+            return getattr(self, key)
+        raise KeyError(
+            f"{key!r}: a run's model config has {', '.join([*_RUN_CONFIG_KEYS, *aliases])}"
+        )
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``self[key]``, or ``default`` for a key it does not have (as ``dict.get``)."""
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
     def flat_params(self) -> dict[str, str | int | float | bool]:
         """A flat, JSON-able, deterministic view for MLflow params and the leaderboard."""
         out: dict[str, str | int | float | bool] = {
@@ -752,6 +774,7 @@ class RunConfig:
 
 
 _MISSING = object()
+_RUN_CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != "ignored")
 
 
 def differing_keys(flats: Sequence[dict[str, Any]]) -> list[str]:
