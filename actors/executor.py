@@ -363,6 +363,7 @@ class Executor:
             self.bases[record.spec.model_key].model.zero_grad(set_to_none=True)
             raise
         train_seconds = time.perf_counter() - train_start
+        forward_logs(record.trainer, record.spec.params, metrics)
         record.rng_state = torch.get_rng_state()
         if record.cuda_rng_state is not None:
             record.cuda_rng_state = torch.cuda.get_rng_state(self.device)
@@ -544,6 +545,7 @@ class Executor:
                 outcomes[run_id] = c.error
                 continue
             evaluate = ends[run_id][1]
+            forward_logs(c.record.trainer, c.record.spec.params, c.metrics)
             outcomes[run_id] = SliceResult(
                 run_id=run_id,
                 start_step=c.first_step,
@@ -621,3 +623,27 @@ class Executor:
             "memory": memory_figures(self.device),
             "parameters": self.resident_parameter_count(),
         }
+
+
+def forward_logs(trainer: Any, params: dict[str, Any], metrics: list[dict[str, float]]) -> None:
+    """Hand a slice's step metrics to the TRL integrations the run's ``report_to`` kept (wandb,
+    tensorboard; ``rf_ray.config.build_trl_config``), as ``Trainer.log`` would: rf-ray drives
+    the steps itself, so nothing else calls their ``on_log``. Same cadence as MLflow: every
+    ``logging_steps`` steps, and every step that evaluated."""
+    if not trainer.args.report_to or trainer.args.report_to == ["none"]:
+        return
+    every = params.get("logging_steps", 1)
+    every = every if isinstance(every, int) and every >= 1 else 1
+    current = trainer.state.global_step
+    try:
+        for m in metrics:
+            step = int(m["step"])
+            if step % every and not any(k.startswith("eval_") for k in m):
+                continue
+            trainer.state.global_step = step  # the integrations read the step from the state
+            logs = {k: v for k, v in m.items() if k != "step"}
+            trainer.control = trainer.callback_handler.on_log(
+                trainer.args, trainer.state, trainer.control, logs
+            )
+    finally:
+        trainer.state.global_step = current
