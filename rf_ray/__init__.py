@@ -30,8 +30,8 @@ from policies.pruning import (
     ThresholdPruner,
 )
 from policies.state import RunStatus
+from rf_ray.compat import IgnoredFieldWarning
 from rf_ray.config import (
-    IgnoredFieldWarning,
     List,
     Range,
     RFDPOConfig,

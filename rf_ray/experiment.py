@@ -27,14 +27,8 @@ from policies.errors import ConfigError, ExperimentExistsError
 from policies.fusion import FusionPolicy
 from policies.pruning import Pruner, SuccessiveHalving
 from rf_ray import launch, ops, runner, specfiles
-from rf_ray.config import (
-    IgnoredFieldWarning,
-    RFModelConfig,
-    RunConfig,
-    differing_keys,
-    differing_params,
-    ignored_field_warnings,
-)
+from rf_ray.compat import IgnoredFieldWarning, ignored_field_warnings
+from rf_ray.config import RFModelConfig, RunConfig, differing_keys, differing_params
 from rf_ray.data import check_columns, dataset_fingerprint, to_dataset
 from rf_ray.search import ConfigGroup, RFGridSearch
 

@@ -18,9 +18,13 @@ import rf_ray
 import rf_ray.automl
 from policies.errors import ConfigError
 from rf_ray import ops
-from rf_ray.config import (
+from rf_ray.compat import (
     IGNORED_TRAINER_FIELDS,
     IgnoredFieldWarning,
+    forwarded_reporters,
+    ignored_field_warnings,
+)
+from rf_ray.config import (
     List,
     Range,
     RFDPOConfig,
@@ -29,8 +33,6 @@ from rf_ray.config import (
     RFSFTConfig,
     RunConfig,
     build_trl_config,
-    forwarded_reporters,
-    ignored_field_warnings,
 )
 from rf_ray.experiment import Experiment
 from rf_ray.search import RFGridSearch, RFRandomSearch
