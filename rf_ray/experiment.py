@@ -212,6 +212,7 @@ class Experiment:
         if not Store.exists(self.dir):
             raise ConfigError(f"experiment {self.name!r} has nothing to resume at {self.dir}")
         self._stop_session()
+        self._start_log_file()
         self._session = runner.resume(self.dir)
         self._live_view = live_view
         self._differing = differing_keys(list(self._session.params.values()))
