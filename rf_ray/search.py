@@ -12,7 +12,9 @@ Ray Tune searcher, say) can stand in for them.
 
 A config group is an ``RFModelConfig``, a trainer config (``RFSFTConfig(...)``: the article's
 short form, with the model named once by ``model_name=`` on the search or by
-``create_model_fn``), or a ``List`` or plain Python list of these.
+``create_model_fn``), or a ``List`` or plain Python list of these. Inside an ``RFModelConfig``,
+``peft_config`` and ``training_args`` may each be a List of configs, and a knob may sit in any
+field, nested dicts included (RapidFire AI's shapes).
 """
 
 from __future__ import annotations
@@ -116,28 +118,28 @@ class _Template:
 
     def size(self) -> int:
         """Number of grid points (only meaningful when every knob is a List)."""
-        return math.prod(len(self._knob(s).values) for s in self.slots)
+        return math.prod(len(self.knob(s).values) for s in self.slots)
 
     def has_range(self) -> bool:
-        return any(isinstance(self._knob(s), Range) for s in self.slots)
+        return any(isinstance(self.knob(s), Range) for s in self.slots)
 
-    def _knob(self, slot: Slot) -> Any:
+    def knob(self, slot: Slot) -> Any:
         return _get(self.sections[slot[0]], slot[1])
 
     def grid(self) -> list[RunConfig]:
         for slot in self.slots:
-            if isinstance(self._knob(slot), Range):
+            if isinstance(self.knob(slot), Range):
                 raise ConfigError(
-                    f"{self.path(slot)}={self._knob(slot)!r}: grid search cannot expand a Range; "
+                    f"{self.path(slot)}={self.knob(slot)!r}: grid search cannot expand a Range; "
                     "use RFRandomSearch, or a List of the values to try"
                 )
-        choices = itertools.product(*(self._knob(s).values for s in self.slots))
+        choices = itertools.product(*(self.knob(s).values for s in self.slots))
         return [self.resolve(dict(zip(self.slots, c))) for c in choices]
 
     def draw(self, rng: random.Random) -> RunConfig:
         chosen = {}
         for slot in self.slots:
-            knob = self._knob(slot)
+            knob = self.knob(slot)
             chosen[slot] = knob.sample(rng) if isinstance(knob, Range) else rng.choice(knob.values)
         return self.resolve(chosen)
 
@@ -292,9 +294,11 @@ def _run_key(run: RunConfig) -> tuple[Any, ...]:
 class RFGridSearch(ConfigGroup):
     """Every combination of every ``List`` knob; a ``Range`` is an error.
 
-    Order: the group's configs in the order given, then within each config the cartesian
-    product of its knobs (model_name, model_kwargs, tokenizer_kwargs, LoRA, trainer fields,
-    generation_config, callables; each in the order written), the last knob varying fastest.
+    Order: the group's configs in the order given; within a config, each of its LoRA configs
+    (``peft_config=List([...])``) times each of its trainer configs (``training_args=List(...)``),
+    then the cartesian product of their knobs (model_name, model_kwargs, tokenizer_kwargs, LoRA,
+    trainer fields, generation_config, callables; each in the order written), the last knob
+    varying fastest.
     ``trainer_type`` ("SFT", "DPO", "GRPO"), when given, picks the trainer for configs without
     ``training_args`` and must agree with the others. ``model_name`` names the model for bare
     trainer configs.
@@ -327,7 +331,8 @@ class RFGridSearch(ConfigGroup):
 class RFRandomSearch(ConfigGroup):
     """``num_runs`` distinct runs drawn with ``random.Random(seed)``.
 
-    Each draw picks one of the group's configs uniformly, then each ``List`` knob uniformly and
+    Each draw picks one of the group's (config, LoRA config, trainer config) combinations
+    uniformly, then each ``List`` knob uniformly and
     each ``Range`` by ``Range.sample``; a draw equal to an earlier one is drawn again. The same
     seed gives the same runs in the same order.
     """
@@ -423,9 +428,9 @@ def knob_space(
                 f"{template.path(slot)}: {who} searches over values at the top level of a "
                 "field, not over functions or nested dicts; use RFGridSearch or RFRandomSearch"
             )
-        space[_FLAT_PREFIX[section] + keys[0]] = template._knob(slot)
+        space[_FLAT_PREFIX[section] + keys[0]] = template.knob(slot)
     first = {s: k.values[0] if isinstance(k, List) else k.low for s, k in
-             ((s, template._knob(s)) for s in template.slots)}  # fmt: skip
+             ((s, template.knob(s)) for s in template.slots)}  # fmt: skip
     return template.resolve(first), space
 
 
