@@ -78,15 +78,28 @@ class List:
 
 
 class Range:
-    """A numeric interval knob, valid only under random search.
+    """A numeric interval knob, valid only under random search (and ``RFOptuna``).
 
     ``low`` and ``high`` are both included. With ``log=True`` values are drawn log-uniformly,
-    which is what learning rates usually want.
+    which is what learning rates usually want; with ``step`` they are ``low + k * step``.
+    ``dtype`` is ``int`` or ``float`` (or RapidFire's ``"int"`` / ``"float"``); left out, it is
+    ``int`` when both bounds are ints, as in RapidFire AI (``Range(8, 64)`` draws ranks).
     """
 
-    def __init__(self, low: float, high: float, log: bool = False, dtype: type = float) -> None:
+    def __init__(
+        self,
+        low: float,
+        high: float,
+        log: bool = False,
+        dtype: type | str | None = None,
+        step: float | None = None,
+    ) -> None:
+        if dtype is None:
+            ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high))
+            dtype = int if ints else float
+        dtype = {"int": int, "float": float}.get(dtype, dtype) if isinstance(dtype, str) else dtype
         if dtype not in (int, float):
-            raise ConfigError(f"Range(dtype={dtype!r}) must be int or float")
+            raise ConfigError(f"Range(dtype={dtype!r}) must be int or float ('int' or 'float')")
         for name, v in (("low", low), ("high", high)):
             if not _is_number(v) or (dtype is int and v != int(v)):
                 kind = "an integer" if dtype is int else "a finite number"
@@ -96,13 +109,21 @@ class Range:
             raise ConfigError(f"Range(low={low!r}, high={high!r}) needs low {rel} high")
         if log and low <= 0:
             raise ConfigError(f"Range(low={low!r}, log=True) needs low > 0; raise low or drop log")
+        if step is not None and (not _is_number(step) or step <= 0 or log):
+            raise ConfigError(
+                f"Range(step={step!r}) must be a number > 0, and cannot be used with log=True"
+            )
         self.low = dtype(low)
         self.high = dtype(high)
         self.log = log
         self.dtype = dtype
+        self.step = step
 
     def sample(self, rng: random.Random) -> int | float:
         """Draw one value in [low, high] from ``rng`` (log-uniformly when ``log``)."""
+        if self.step is not None:
+            k = rng.randint(0, math.floor((self.high - self.low) / self.step + 1e-9))
+            return self.dtype(min(self.low + k * self.step, self.high))
         if self.dtype is int and not self.log:
             return rng.randint(int(self.low), int(self.high))
         if self.log:
@@ -115,7 +136,10 @@ class Range:
         return self.dtype(min(max(value, self.low), self.high))
 
     def __repr__(self) -> str:
-        return f"Range({self.low!r}, {self.high!r}, log={self.log}, dtype={self.dtype.__name__})"
+        step = "" if self.step is None else f", step={self.step!r}"
+        return (
+            f"Range({self.low!r}, {self.high!r}, log={self.log}, dtype={self.dtype.__name__}{step})"
+        )
 
 
 def is_knob(value: Any) -> bool:

@@ -769,6 +769,10 @@ def _tune_domain(knob: List | Range) -> Any:
 
     if isinstance(knob, List):
         return tune.choice(list(knob.values))
+    if knob.step is not None:
+        if knob.dtype is int:
+            return tune.qrandint(int(knob.low), int(knob.high), int(knob.step))
+        return tune.quniform(knob.low, knob.high, knob.step)
     if knob.dtype is int:
         fn = tune.lograndint if knob.log else tune.randint
         return fn(int(knob.low), int(knob.high) + 1)  # Tune's upper bound is exclusive

@@ -109,6 +109,34 @@ def test_ranges_inside_a_list_of_lora_configs_under_random_search():
             assert isinstance(run.lora["lora_alpha"], int)
 
 
+@pytest.mark.parametrize(
+    ("knob", "allowed"),
+    [
+        (Range(8, 32), set(range(8, 33))),  # RapidFire: int bounds make an int Range
+        (Range(8, 32, dtype="int", step=8), {8, 16, 24, 32}),
+        (Range(4.0, 8.0, dtype="int"), set(range(4, 9))),
+    ],
+)
+def test_rapidfire_range_forms_draw_ints_for_a_rank(knob, allowed):
+    cfg = RFModelConfig("tiny", peft_config=RFLoraConfig(r=knob))
+    runs = RFRandomSearch(cfg, num_runs=4, seed=1).expand()
+    assert len(runs) == 4
+    for run in runs:
+        assert type(run.lora["r"]) is int
+        assert run.lora["r"] in allowed
+
+
+def test_a_stepped_float_range_and_its_refusals():
+    knob = Range(0.0, 0.2, step=0.05)
+    runs = RFRandomSearch(RFModelConfig("t", peft_config=RFLoraConfig(lora_dropout=knob)), 3)
+    for run in runs.expand():
+        assert round(run.lora["lora_dropout"] / 0.05, 6).is_integer()
+    with pytest.raises(ConfigError, match=r"step=0.1.*log=True"):
+        Range(1e-4, 1e-2, log=True, step=0.1)
+    with pytest.raises(ConfigError, match="'int' or 'float'"):
+        Range(1, 2, dtype="integer")
+
+
 def test_knobs_inside_kwargs_dicts_and_generation_config_nested_too():
     cfg = RFModelConfig(
         "tiny",
