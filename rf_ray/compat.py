@@ -62,6 +62,19 @@ IGNORED_TRAINER_FIELDS = {
     "greater_is_better": _BEST + " (set it with run_fit(pruner=SuccessiveHalving(mode=...)))",
     "resume_from_checkpoint": "rf-ray resumes a whole experiment with Experiment.resume()",
 }
+# Fields RapidFire's notebooks set that this TRL release's config for the trainer lacks (older
+# TRL had them). Accepted, and ignored with a warning, only where the class has no such field:
+# GRPOConfig still has max_completion_length, for example, and there it is honoured.
+_REFERENCE = "rf-ray's DPO reference policy is the resident base with the run's adapter disabled"
+RETIRED_TRAINER_FIELDS = {
+    "model_adapter_name": _REFERENCE,
+    "ref_adapter_name": _REFERENCE,
+    "force_use_ref_model": _REFERENCE,
+    "max_prompt_length": "this TRL release has no such field for this trainer: it truncates "
+    "with max_length",
+    "max_completion_length": "this TRL release has no such field for this trainer: it truncates "
+    "with max_length",
+}
 # TRL fields that would break the engine: refused, saying why and what to do instead.
 REFUSED_TRAINER_FIELDS = {
     "model_init_kwargs": "the base model is loaded once, by create_model_fn, and shared by every "
@@ -117,7 +130,10 @@ def ignored_field_warnings(runs: Sequence[RunConfig], has_eval: bool = True) -> 
     out: dict[str, str] = {}
     for run in runs:
         for name, value in run.training_args.items():
-            if name in IGNORED_TRAINER_FIELDS:
+            if name in RETIRED_TRAINER_FIELDS and name not in run.trl_fields():
+                what = RETIRED_TRAINER_FIELDS[name]
+                out.setdefault(name, f"training_args.{name}={value!r} is ignored: {what}")
+            elif name in IGNORED_TRAINER_FIELDS:
                 what = IGNORED_TRAINER_FIELDS[name]
                 out.setdefault(name, f"training_args.{name}={value!r} is ignored: {what}")
             elif name == "report_to":
@@ -198,6 +214,7 @@ __all__ = [
     "HONOURED_TRAINER_FIELDS",
     "IGNORED_TRAINER_FIELDS",
     "REFUSED_TRAINER_FIELDS",
+    "RETIRED_TRAINER_FIELDS",
     "IgnoredFieldWarning",
     "forwarded_reporters",
     "ignored_field_warnings",

@@ -17,6 +17,7 @@ objects. Every check runs on construction, so a bad value fails before any actor
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import enum
@@ -32,6 +33,7 @@ from policies.errors import ConfigError, UnknownKnobError
 from rf_ray.compat import (
     IGNORED_TRAINER_FIELDS,
     REFUSED_TRAINER_FIELDS,
+    RETIRED_TRAINER_FIELDS,
     IgnoredFieldWarning,
     forwarded_reporters,
     rapidfire_fields,
@@ -256,6 +258,8 @@ def check_trainer_field(trainer_type: str, name: str, path: str) -> None:
     if name in IGNORED_TRAINER_FIELDS:
         return  # accepted whether or not this TRL release still has it; never passed to TRL
     cls = trl_config_class(trainer_type)
+    if name not in _init_fields(cls) and name in RETIRED_TRAINER_FIELDS:
+        return  # an older TRL's field: ignored, with a warning (rf_ray.compat)
     if name not in _init_fields(cls):
         extra = ""
         if name in _lora_fields():
@@ -272,7 +276,44 @@ def check_lora_field(name: str, path: str) -> None:
 # --------------------------------------------------------------------------- user-facing configs
 
 
-class RFLoraConfig:
+class _Overrides:
+    """The fields a user set on one config class, each possibly a knob, in ``.kwargs``.
+
+    As RapidFire AI's configs (subclasses of the real ones) allow, a field can also be read and
+    set as an attribute (``cfg.r = 32``, checked like a keyword), and ``copy()`` gives an
+    independent copy (the tutorials derive variants with ``base.copy()`` and assignments).
+    """
+
+    _INTERNAL: ClassVar[frozenset[str]] = frozenset({"kwargs", "lora_kwargs"})
+
+    def __init__(self, **kwargs: Any) -> None:
+        object.__setattr__(self, "kwargs", {})
+        for name, value in kwargs.items():
+            self._set(name, value)
+
+    def _set(self, name: str, value: Any) -> None:
+        raise NotImplementedError
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._INTERNAL or name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            self._set(name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: a field the user set.
+        values = {**self.__dict__.get("kwargs", {}), **self.__dict__.get("lora_kwargs", {})}
+        if name in values:
+            return values[name]
+        raise AttributeError(f"{type(self).__name__} has no field {name!r} set")
+
+    def copy(self) -> Any:
+        """An independent copy (knobs and literals deep-copied; functions shared)."""
+        values = {**self.kwargs, **getattr(self, "lora_kwargs", {})}
+        return type(self)(**copy.deepcopy(values))
+
+
+class RFLoraConfig(_Overrides):
     """LoRA settings for a run; each value may be a ``List`` or ``Range`` knob.
 
     ``peft.LoraConfig`` is already the dataclass, with PEFT's defaults and checks. Mirroring its
@@ -283,17 +324,16 @@ class RFLoraConfig:
     ``target_modules`` left unset means PEFT infers them (``q_proj``, ``v_proj`` for Llama).
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        for name, value in kwargs.items():
-            check_lora_field(name, f"peft_config.{name}")
-            check_value(f"peft_config.{name}", value, LORA_RULES.get(name))
-        self.kwargs: dict[str, Any] = dict(kwargs)
+    def _set(self, name: str, value: Any) -> None:
+        check_lora_field(name, f"peft_config.{name}")
+        check_value(f"peft_config.{name}", value, LORA_RULES.get(name))
+        self.kwargs[name] = value
 
     def __repr__(self) -> str:
         return f"RFLoraConfig({_kwargs_repr(self.kwargs)})"
 
 
-class _TrainerKnobs:
+class _TrainerKnobs(_Overrides):
     """Overrides of one TRL config class, each possibly a knob, plus LoRA shorthand.
 
     Holds kwargs rather than mirroring the TRL dataclass for the same reasons as
@@ -305,17 +345,18 @@ class _TrainerKnobs:
     trainer_type: ClassVar[str]
 
     def __init__(self, **kwargs: Any) -> None:
-        self.kwargs: dict[str, Any] = {}
-        self.lora_kwargs: dict[str, Any] = {}
-        for name, value in kwargs.items():
-            path = f"training_args.{name}"
-            if name in LORA_SHORTHAND:
-                check_value(path, value, LORA_RULES.get(LORA_SHORTHAND[name]))
-                self.lora_kwargs[name] = value
-            else:
-                check_trainer_field(self.trainer_type, name, path)
-                check_value(path, value, TRAINER_RULES.get(name))
-                self.kwargs[name] = value
+        object.__setattr__(self, "lora_kwargs", {})
+        super().__init__(**kwargs)
+
+    def _set(self, name: str, value: Any) -> None:
+        path = f"training_args.{name}"
+        if name in LORA_SHORTHAND:
+            check_value(path, value, LORA_RULES.get(LORA_SHORTHAND[name]))
+            self.lora_kwargs[name] = value
+        else:
+            check_trainer_field(self.trainer_type, name, path)
+            check_value(path, value, TRAINER_RULES.get(name))
+            self.kwargs[name] = value
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({_kwargs_repr({**self.kwargs, **self.lora_kwargs})})"
@@ -618,6 +659,10 @@ class RunConfig:
                 f"reward_funcs must be a list of callables or None, got {self.reward_funcs!r}"
             )
 
+    def trl_fields(self) -> frozenset[str]:
+        """The field names of this run's TRL config class."""
+        return _init_fields(trl_config_class(self.trainer_type))
+
     def __getitem__(self, key: str) -> Any:
         """RapidFire AI's create_model_fn reads its model config as a dict
         (``model_config["model_name"]``, ``["model_kwargs"]``, ``["model_type"]``): the same
@@ -722,7 +767,12 @@ def build_trl_config(run: RunConfig, output_dir: str, use_cpu: bool) -> Any:
     On CPU, bf16 and fp16 are forced off: TRL defaults to bf16 and raises on a CPU otherwise.
     """
     cls = trl_config_class(run.trainer_type)
-    kwargs = {k: v for k, v in run.training_args.items() if k not in IGNORED_TRAINER_FIELDS}
+    fields = run.trl_fields()
+    kwargs = {
+        k: v
+        for k, v in run.training_args.items()
+        if k not in IGNORED_TRAINER_FIELDS and (k in fields or k not in RETIRED_TRAINER_FIELDS)
+    }
     reporters, _ = forwarded_reporters(run.training_args.get("report_to"))
     if kwargs.get("eval_strategy") == "steps" and "eval_steps" not in kwargs:
         # HF falls back to logging_steps, which rf-ray pins to 1 for TRL: use the user's.

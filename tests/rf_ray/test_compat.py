@@ -16,7 +16,7 @@ import pytest
 
 import rf_ray
 import rf_ray.automl
-from policies.errors import ConfigError
+from policies.errors import ConfigError, UnknownKnobError
 from rf_ray import ops
 from rf_ray.compat import (
     IGNORED_TRAINER_FIELDS,
@@ -190,6 +190,36 @@ def test_rf_searcher_names_the_knobs_of_a_list_of_lora_configs():
         (8, 1e-4), (8, 2e-4), (16, 1e-4), (16, 2e-4),
     ]  # fmt: skip
     assert searcher.to_run_config(points[3]).lora == {"r": 16, "lora_dropout": 0.1}
+
+
+def test_rapidfire_dpo_tutorial_shape_copies_and_attribute_assignments():
+    base_lora = RFLoraConfig(r=64, lora_alpha=64, lora_dropout=0.1, bias="none")
+    base_dpo = RFDPOConfig(
+        model_adapter_name="default", ref_adapter_name="reference", force_use_ref_model=False,
+        loss_type="sigmoid", beta=0.1, max_prompt_length=512, max_length=1024,
+        learning_rate=5e-5, save_strategy="no", output_dir="./output",
+    )  # fmt: skip
+    lora_2, dpo_2 = base_lora.copy(), base_dpo.copy()
+    lora_2.r = 32
+    dpo_2.beta = 0.01
+    assert (base_lora.r, base_dpo.beta) == (64, 0.1)  # the copies are independent
+    group = List([RFModelConfig("tiny", peft_config=base_lora, training_args=base_dpo),
+                  RFModelConfig("tiny", peft_config=lora_2, training_args=dpo_2)])  # fmt: skip
+    runs = RFGridSearch(configs=group, trainer_type="DPO").expand()
+    assert [(r.lora["r"], r.training_args["beta"]) for r in runs] == [(64, 0.1), (32, 0.01)]
+    notes = ignored_field_warnings(runs)
+    for field in ("model_adapter_name", "ref_adapter_name", "force_use_ref_model"):
+        assert "DPO reference policy is the resident base" in notes[field]
+    assert "truncates with max_length" in notes["max_prompt_length"]
+    with pytest.raises(UnknownKnobError, match="'bta'"):
+        dpo_2.bta = 0.2
+
+
+def test_a_field_this_trl_keeps_is_honoured_not_ignored(tmp_path):
+    run = RunConfig("tiny", trainer_type="GRPO", training_args={"max_completion_length": 12},
+                    reward_funcs=[fmt_a])  # fmt: skip
+    assert "max_completion_length" not in ignored_field_warnings([run])
+    assert build_trl_config(run, str(tmp_path), use_cpu=True).max_completion_length == 12
 
 
 # ------------------------------------------------------------------ 2. TRL fields rf-ray owns
