@@ -410,6 +410,16 @@ def _choices(field: str, value: Any, kind: type, what: str) -> tuple[Any, ...]:
     if not items:
         raise ConfigError(f"{field}=[] is empty: give at least one {what}")
     for item in items:
+        name = type(item).__name__
+        if not isinstance(item, kind) and name in ("SFTConfig", "DPOConfig", "GRPOConfig",
+                                                   "LoraConfig"):  # fmt: skip
+            # A TRL script's own config object: its __post_init__ has already filled derived
+            # fields, so what the user wrote cannot be told from them. Say how to write it.
+            raise ConfigError(
+                f"{field} is a {type(item).__module__.split('.')[0]}.{name}; rf-ray takes the "
+                f"same keyword arguments in RF{name}(...) (e.g. RF{name}(learning_rate=2e-4) "
+                f"for {name}(learning_rate=2e-4)), where any of them may be a List or Range"
+            )
         if not isinstance(item, kind):
             raise TypeError(f"{field} must be {what}, or a List of them, got {item!r}")
     return items

@@ -175,6 +175,17 @@ def test_a_wrong_object_in_a_peft_config_list_names_the_field():
         RFModelConfig("tiny", peft_config=List([RFLoraConfig(r=8), {"r": 16}]))
 
 
+def test_a_trl_scripts_own_config_objects_are_refused_naming_the_rf_class():
+    import peft
+    import trl
+
+    args = trl.SFTConfig(output_dir="out", learning_rate=2e-4, use_cpu=True, bf16=False)
+    with pytest.raises(ConfigError, match=r"training_args is a trl.SFTConfig.*RFSFTConfig\("):
+        RFModelConfig("tiny", training_args=args)
+    with pytest.raises(ConfigError, match=r"peft_config is a peft.LoraConfig.*RFLoraConfig\("):
+        RFModelConfig("tiny", peft_config=peft.LoraConfig(r=8))
+
+
 def test_rf_searcher_names_the_knobs_of_a_list_of_lora_configs():
     from rf_ray.tune import RFSearcher
 
