@@ -585,7 +585,11 @@ class Executor:
         out = record.trainer.evaluate()
         torch.set_rng_state(rng)
         self.phase = phase
-        return {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
+        return {
+            k: float(v)
+            for k, v in out.items()
+            if k.startswith("eval_") and isinstance(v, (int, float))
+        }
 
     def evaluate(self, run_id: int) -> dict[str, float] | None:
         """Evaluate the run on the eval set (its trainer's own ``evaluate``)."""
