@@ -38,6 +38,10 @@ DEFAULT_ROOT = "rf_experiments"
 LOG_FILE = "rf_ray.log"
 """The driver's log of an experiment, in its directory (``Experiment.get_log_file_path``)."""
 MODES = ("fit",)
+_LOGGERS = ("rf_ray", "actors", "policies")
+# Experiment directory -> its log file's handler. Kept here, not on the Experiment, so that an
+# Experiment stays picklable (a Tune trainable carries one; a handler holds a lock).
+_LOG_HANDLERS: dict[Path, logging.Handler] = {}
 
 NAME_MAX_LEN = 100
 _NAME_CHARS = frozenset(string.ascii_letters + string.digits + "._-")
@@ -114,7 +118,6 @@ class Experiment:
         self._live_view = True
         self._metric: tuple[str, str] | None = None
         self._warned: set[str] = set()
-        self._log_handler: logging.Handler | None = None
 
     # ------------------------------------------------------------------ run_fit
     def run_fit(
@@ -436,21 +439,20 @@ class Experiment:
         return self.dir / LOG_FILE
 
     def _start_log_file(self) -> None:
-        if self._log_handler is not None:
+        if self.dir in _LOG_HANDLERS:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(self.get_log_file_path(), encoding="utf-8")
-        handler.setLevel(logging.INFO)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        for name in ("rf_ray", "actors", "policies"):
+        for name in _LOGGERS:
             # Levels are the application's to set: the file gets what these loggers let through.
             logging.getLogger(name).addHandler(handler)
-        self._log_handler = handler
+        _LOG_HANDLERS[self.dir] = handler
 
     def _stop_log_file(self) -> None:
-        handler, self._log_handler = self._log_handler, None
+        handler = _LOG_HANDLERS.pop(self.dir, None)
         if handler is not None:
-            for name in ("rf_ray", "actors", "policies"):
+            for name in _LOGGERS:
                 logging.getLogger(name).removeHandler(handler)
             handler.close()
 
