@@ -65,15 +65,17 @@ IGNORED_TRAINER_FIELDS = {
 # Fields RapidFire's notebooks set that this TRL release's config for the trainer lacks (older
 # TRL had them). Accepted, and ignored with a warning, only where the class has no such field:
 # GRPOConfig still has max_completion_length, for example, and there it is honoured.
+_RETIRED_LENGTH = (
+    "this TRL release's config for this trainer has no such field; SFT and DPO truncate "
+    "whole sequences with max_length"
+)
 _REFERENCE = "rf-ray's DPO reference policy is the resident base with the run's adapter disabled"
 RETIRED_TRAINER_FIELDS = {
     "model_adapter_name": _REFERENCE,
     "ref_adapter_name": _REFERENCE,
     "force_use_ref_model": _REFERENCE,
-    "max_prompt_length": "this TRL release has no such field for this trainer: it truncates "
-    "with max_length",
-    "max_completion_length": "this TRL release has no such field for this trainer: it truncates "
-    "with max_length",
+    "max_prompt_length": _RETIRED_LENGTH,
+    "max_completion_length": _RETIRED_LENGTH,
 }
 # TRL fields that would break the engine: refused, saying why and what to do instead.
 REFUSED_TRAINER_FIELDS = {

@@ -221,7 +221,7 @@ def test_rapidfire_dpo_tutorial_shape_copies_and_attribute_assignments():
     notes = ignored_field_warnings(runs)
     for field in ("model_adapter_name", "ref_adapter_name", "force_use_ref_model"):
         assert "DPO reference policy is the resident base" in notes[field]
-    assert "truncates with max_length" in notes["max_prompt_length"]
+    assert "truncate whole sequences with max_length" in notes["max_prompt_length"]
     with pytest.raises(UnknownKnobError, match="'bta'"):
         dpo_2.bta = 0.2
 
