@@ -246,12 +246,15 @@ class Executor:
             # GRPOConfig.__post_init__ derives steps_per_generation from generation_batch_size
             # and refuses both set; re-deriving it gives the same value.
             derived["steps_per_generation"] = None
+        # report_to keeps what rf_ray.config.build_trl_config forwarded (wandb, tensorboard);
+        # evaluation is the executor's (inside a slice for eval_strategy="steps"), and TRL
+        # refuses an eval_strategy without an eval_dataset, so the trainer gets "no".
         return dataclasses.replace(
             args,
             use_cpu=self.device.type == "cpu",
             bf16=False,
             fp16=False,
-            report_to="none",
+            eval_strategy="no",
             **derived,
         )
 
@@ -350,6 +353,8 @@ class Executor:
             with self._autocast():
                 for step in range(first, end_step):
                     step_metrics, step_tokens = self._optimizer_step(record, step)
+                    if self._evaluates_at(record, step + 1, end_step, evaluate):
+                        step_metrics.update(self._evaluate_in_slice(record))
                     metrics.append(step_metrics)
                     tokens += step_tokens
         except BaseException:
@@ -358,6 +363,7 @@ class Executor:
             self.bases[record.spec.model_key].model.zero_grad(set_to_none=True)
             raise
         train_seconds = time.perf_counter() - train_start
+        forward_logs(record.trainer, record.spec.params, metrics)
         record.rng_state = torch.get_rng_state()
         if record.cuda_rng_state is not None:
             record.cuda_rng_state = torch.cuda.get_rng_state(self.device)
@@ -549,6 +555,7 @@ class Executor:
                 outcomes[run_id] = c.error
                 continue
             evaluate = ends[run_id][1]
+            forward_logs(c.record.trainer, c.record.spec.params, c.metrics)
             outcomes[run_id] = SliceResult(
                 run_id=run_id,
                 start_step=c.first_step,
@@ -566,6 +573,33 @@ class Executor:
             )
         self.busy_seconds += time.perf_counter() - start
         return outcomes
+
+    def _evaluates_at(
+        self, record: AdapterRecord, done: int, end_step: int, evaluate: bool
+    ) -> bool:
+        """TRL's ``eval_strategy="steps"``: evaluate every ``eval_steps`` optimizer steps, also
+        inside a chunk (the slice's own end-of-chunk evaluation is not doubled)."""
+        args = record.spec.trl_args
+        # IntervalStrategy is a str enum: it equals "steps".
+        if self.eval_dataset is None or getattr(args, "eval_strategy", "no") != "steps":
+            return False
+        every = int(args.eval_steps or 0)
+        return every > 0 and done % every == 0 and not (evaluate and done == end_step)
+
+    def _evaluate_in_slice(self, record: AdapterRecord) -> dict[str, float]:
+        """Evaluate the active run between two of its optimizer steps, leaving the torch RNG
+        where training had it (so the run's next steps draw what they would have)."""
+        phase = self.phase
+        self.phase = f"evaluating run {record.spec.run_id} (eval_steps)"
+        rng = torch.get_rng_state()
+        out = record.trainer.evaluate()
+        torch.set_rng_state(rng)
+        self.phase = phase
+        return {
+            k: float(v)
+            for k, v in out.items()
+            if k.startswith("eval_") and isinstance(v, (int, float))
+        }
 
     def evaluate(self, run_id: int) -> dict[str, float] | None:
         """Evaluate the run on the eval set (its trainer's own ``evaluate``)."""
@@ -603,3 +637,27 @@ class Executor:
             "memory": memory_figures(self.device),
             "parameters": self.resident_parameter_count(),
         }
+
+
+def forward_logs(trainer: Any, params: dict[str, Any], metrics: list[dict[str, float]]) -> None:
+    """Hand a slice's step metrics to the TRL integrations the run's ``report_to`` kept (wandb,
+    tensorboard; ``rf_ray.config.build_trl_config``), as ``Trainer.log`` would: rf-ray drives
+    the steps itself, so nothing else calls their ``on_log``. Same cadence as MLflow: every
+    ``logging_steps`` steps, and every step that evaluated."""
+    if not trainer.args.report_to or trainer.args.report_to == ["none"]:
+        return
+    every = params.get("logging_steps", 1)
+    every = every if isinstance(every, int) and every >= 1 else 1
+    current = trainer.state.global_step
+    try:
+        for m in metrics:
+            step = int(m["step"])
+            if step % every and not any(k.startswith("eval_") for k in m):
+                continue
+            trainer.state.global_step = step  # the integrations read the step from the state
+            logs = {k: v for k, v in m.items() if k != "step"}
+            trainer.control = trainer.callback_handler.on_log(
+                trainer.args, trainer.state, trainer.control, logs
+            )
+    finally:
+        trainer.state.global_step = current

@@ -52,9 +52,13 @@ class RunSpec:
     def fusion_key(self) -> str | None:
         """Runs with equal keys may share one fused pass over their base (``actors.fused``);
         ``None``: the run is always time-sliced (GRPO generates per run; DoRA has no fused
-        kernel). The executor re-checks what only the built trainer knows."""
+        kernel; eval_strategy="steps" evaluates between the run's own steps). The executor
+        re-checks what only the built trainer knows."""
         if self.trainer_type not in ("SFT", "DPO") or getattr(self.lora_config, "use_dora", False):
             return None
+        if getattr(self.trl_args, "eval_strategy", "no") == "steps":
+            return None  # evaluations inside a chunk run between this run's own steps
+
         return f"{self.model_key}|{self.trainer_type}"
 
     @property

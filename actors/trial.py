@@ -143,13 +143,21 @@ class TrialActor:
             uncharged = 0
             self.checkpoint = result.checkpoint
             ack = await self.scheduler.report.remote(Report.of(result))
-            rows = [(int(m["step"]), m) for m in result.step_metrics]
+            rows = [(int(m["step"]), m) for m in result.step_metrics if self._logs(m)]
             if ack.chunk is not None:
                 chunk_no, chunk_metrics = ack.chunk
                 chunk_row = {f"chunk/{k}": v for k, v in chunk_metrics.items()}
                 rows.append((result.end_step, {**chunk_row, "chunk": chunk_no}))
             tracker.log_metrics(self.mlflow_run_id, rows)
             await self._record_mlflow_run(tracker)
+
+    def _logs(self, metrics: dict[str, float]) -> bool:
+        """Whether a step's metrics go to MLflow: every ``logging_steps`` optimizer steps (the
+        run's TRL field; every step when unset), and any step that evaluated. The store keeps
+        every step either way (``Experiment.get_results``)."""
+        every = self.params.get("logging_steps", 1)
+        every = every if isinstance(every, int) and every >= 1 else 1
+        return int(metrics["step"]) % every == 0 or any(k.startswith("eval_") for k in metrics)
 
     async def _record_mlflow_run(self, tracker: Any) -> None:
         """Tell the scheduler the run's MLflow run id once it exists (at once, unless MLflow

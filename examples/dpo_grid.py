@@ -10,6 +10,8 @@ pairs (right answer vs a near-miss), in a few minutes on 2 CPU cores:
 
 It prints the leaderboard with each run's last-chunk DPO metrics (accuracy, margin) and where
 the MLflow runs are (``rf-ray dashboard`` shows them).
+
+It needs no extra: ``pip install rf-ray`` brings everything it imports.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ the right letters in scrambled order, so GRPO has a dense signal: at a good lear
 (3e-3) the mean reward climbs from about 0.3 to about 0.8 in one epoch, while 3e-2 collapses and
 3e-4 barely moves. The arithmetic task (``grpo_dataset`` + ``arithmetic_reward``) is also
 shipped; it is much harder for this toy.
+
+It needs no extra: ``pip install rf-ray`` brings everything it imports.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ or a GPU, in a few minutes. Run it with
 or as a Ray Job: ``ray job submit --working-dir . -- python examples/sft_grid.py``.
 It prints the leaderboard, the best run, where its adapter was exported and where the MLflow runs
 are (``rf-ray dashboard`` shows them).
+
+It needs no extra: ``pip install rf-ray`` brings everything it imports.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@
 Every Tune trial is one run of the shared rf-ray experiment "tune-optuna-asha": the trials add
 their runs to it and report each chunk's eval_loss to Tune; ASHA stops the weak ones (their runs
 are pruned) and Optuna proposes the next configs. The base model is loaded once for all trials.
+
+This example needs the tune extra: pip install "rf-ray[tune]"
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ from ray.tune.search.optuna import OptunaSearch
 from rf_ray import Experiment, RFModelConfig, RFSFTConfig
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
 from rf_ray.tune import start_shared
+
+NEEDS = 'This example needs the tune extra: pip install "rf-ray[tune]"'
+try:
+    import optuna  # noqa: F401  (OptunaSearch imports it only when a search starts)
+except ImportError:
+    raise SystemExit(NEEDS) from None
 
 
 def main() -> None:

@@ -2,7 +2,14 @@
 
 One resident base model, many configurations as LoRA adapters, trained chunk by chunk on Ray
 actors and pruned with successive halving; every run is an MLflow run.
+
+A RapidFire AI script runs with its imports changed: ``from rapidfireai import Experiment`` ->
+``from rf_ray import Experiment``, ``from rapidfireai.automl import ...`` ->
+``from rf_ray.automl import ...``. ``RFOptuna`` (in ``rf_ray.tune``, it needs Ray Tune and
+Optuna: ``pip install "rf-ray[tune]"``) is imported from here on first use.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from policies.errors import (
     ConfigError,
@@ -23,6 +30,7 @@ from policies.pruning import (
     ThresholdPruner,
 )
 from policies.state import RunStatus
+from rf_ray.compat import IgnoredFieldWarning
 from rf_ray.config import (
     List,
     Range,
@@ -38,6 +46,19 @@ from rf_ray.search import ConfigGroup, RFGridSearch, RFRandomSearch
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:  # loaded on use by __getattr__ below
+    from rf_ray.tune import RFOptuna
+
+
+def __getattr__(name: str) -> Any:
+    """``RFOptuna`` lives in ``rf_ray.tune`` (Ray Tune is slow to import): load it on use."""
+    if name == "RFOptuna":
+        from rf_ray.tune import RFOptuna
+
+        return RFOptuna
+    raise AttributeError(f"module 'rf_ray' has no attribute {name!r}")
+
+
 __all__ = [
     "ASHA",
     "ConfigError",
@@ -45,6 +66,7 @@ __all__ = [
     "Experiment",
     "ExperimentExistsError",
     "FusionPolicy",
+    "IgnoredFieldWarning",
     "IllegalTransitionError",
     "List",
     "MedianStopping",
@@ -56,6 +78,7 @@ __all__ = [
     "RFGridSearch",
     "RFLoraConfig",
     "RFModelConfig",
+    "RFOptuna",
     "RFRandomSearch",
     "RFRayError",
     "RFSFTConfig",

@@ -17,6 +17,7 @@ objects. Every check runs on construction, so a bad value fails before any actor
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import enum
@@ -29,6 +30,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from policies.errors import ConfigError, UnknownKnobError
+from rf_ray.compat import (
+    IGNORED_TRAINER_FIELDS,
+    REFUSED_TRAINER_FIELDS,
+    RETIRED_TRAINER_FIELDS,
+    IgnoredFieldWarning,
+    forwarded_reporters,
+    rapidfire_fields,
+)
 
 TRAINER_TYPES = ("SFT", "DPO", "GRPO")
 
@@ -39,18 +48,6 @@ LORA_SHORTHAND = {
     "lora_alpha": "lora_alpha",
     "lora_dropout": "lora_dropout",
     "target_modules": "target_modules",
-}
-
-# TRL fields rf-ray sets itself; a user value would be silently overridden, so we refuse it.
-OWNED_TRAINER_FIELDS = {
-    "output_dir": "rf-ray sets it per run inside the experiment directory",
-    "report_to": "rf-ray logs every run to MLflow itself",
-    "use_cpu": "rf-ray picks the device for each run",
-    "push_to_hub": "rf-ray does not push; export the adapter once the experiment is done",
-    "save_strategy": "rf-ray checkpoints every run after each slice",
-    "logging_steps": "rf-ray logs every optimizer step",
-    "disable_tqdm": "rf-ray reports progress itself",
-    "model_init_kwargs": "the base model is loaded once; use RFModelConfig(model_kwargs=...)",
 }
 
 # Set when a search names no model (the article's short form): the engine's create_model_fn
@@ -83,15 +80,28 @@ class List:
 
 
 class Range:
-    """A numeric interval knob, valid only under random search.
+    """A numeric interval knob, valid only under random search (and ``RFOptuna``).
 
     ``low`` and ``high`` are both included. With ``log=True`` values are drawn log-uniformly,
-    which is what learning rates usually want.
+    which is what learning rates usually want; with ``step`` they are ``low + k * step``.
+    ``dtype`` is ``int`` or ``float`` (or RapidFire's ``"int"`` / ``"float"``); left out, it is
+    ``int`` when both bounds are ints, as in RapidFire AI (``Range(8, 64)`` draws ranks).
     """
 
-    def __init__(self, low: float, high: float, log: bool = False, dtype: type = float) -> None:
+    def __init__(
+        self,
+        low: float,
+        high: float,
+        log: bool = False,
+        dtype: type | str | None = None,
+        step: float | None = None,
+    ) -> None:
+        if dtype is None:
+            ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high))
+            dtype = int if ints else float
+        dtype = {"int": int, "float": float}.get(dtype, dtype) if isinstance(dtype, str) else dtype
         if dtype not in (int, float):
-            raise ConfigError(f"Range(dtype={dtype!r}) must be int or float")
+            raise ConfigError(f"Range(dtype={dtype!r}) must be int or float ('int' or 'float')")
         for name, v in (("low", low), ("high", high)):
             if not _is_number(v) or (dtype is int and v != int(v)):
                 kind = "an integer" if dtype is int else "a finite number"
@@ -101,13 +111,21 @@ class Range:
             raise ConfigError(f"Range(low={low!r}, high={high!r}) needs low {rel} high")
         if log and low <= 0:
             raise ConfigError(f"Range(low={low!r}, log=True) needs low > 0; raise low or drop log")
+        if step is not None and (not _is_number(step) or step <= 0 or log):
+            raise ConfigError(
+                f"Range(step={step!r}) must be a number > 0, and cannot be used with log=True"
+            )
         self.low = dtype(low)
         self.high = dtype(high)
         self.log = log
         self.dtype = dtype
+        self.step = step
 
     def sample(self, rng: random.Random) -> int | float:
         """Draw one value in [low, high] from ``rng`` (log-uniformly when ``log``)."""
+        if self.step is not None:
+            k = rng.randint(0, math.floor((self.high - self.low) / self.step + 1e-9))
+            return self.dtype(min(self.low + k * self.step, self.high))
         if self.dtype is int and not self.log:
             return rng.randint(int(self.low), int(self.high))
         if self.log:
@@ -120,7 +138,10 @@ class Range:
         return self.dtype(min(max(value, self.low), self.high))
 
     def __repr__(self) -> str:
-        return f"Range({self.low!r}, {self.high!r}, log={self.log}, dtype={self.dtype.__name__})"
+        step = "" if self.step is None else f", step={self.step!r}"
+        return (
+            f"Range({self.low!r}, {self.high!r}, log={self.log}, dtype={self.dtype.__name__}{step})"
+        )
 
 
 def is_knob(value: Any) -> bool:
@@ -151,6 +172,17 @@ TRAINER_RULES: dict[str, _Rule] = {
     "per_device_train_batch_size": _COUNT,
     "gradient_accumulation_steps": _COUNT,
     "num_train_epochs": _POSITIVE,
+    # rf-ray reads logging_steps as a step count (HF's ratio form, a float < 1, is not taken).
+    "logging_steps": _Rule(
+        _COUNT.check,
+        "an integer >= 1 (a step count; rf-ray does not take the ratio form)",
+        integer=True,
+    ),
+    "eval_steps": _Rule(
+        _COUNT.check,
+        "an integer >= 1 (a step count; rf-ray does not take the ratio form)",
+        integer=True,
+    ),
 }
 LORA_RULES: dict[str, _Rule] = {
     "r": _Rule(_COUNT.check, "an integer > 0 (e.g. 8)", integer=True),
@@ -219,10 +251,15 @@ def _lora_fields() -> frozenset[str]:
 
 
 def check_trainer_field(trainer_type: str, name: str, path: str) -> None:
-    """Raise unless ``name`` is a TRL config field for ``trainer_type`` that users may set."""
-    if name in OWNED_TRAINER_FIELDS:
-        raise ConfigError(f"{path}: {OWNED_TRAINER_FIELDS[name]}; remove {name}= from the config.")
+    """Raise unless ``name`` is a TRL config field for ``trainer_type`` that users may set
+    (fields in ``IGNORED_TRAINER_FIELDS`` are accepted; ``REFUSED_TRAINER_FIELDS`` are not)."""
+    if name in REFUSED_TRAINER_FIELDS:
+        raise ConfigError(f"{path}: {name}= is not supported: {REFUSED_TRAINER_FIELDS[name]}.")
+    if name in IGNORED_TRAINER_FIELDS:
+        return  # accepted whether or not this TRL release still has it; never passed to TRL
     cls = trl_config_class(trainer_type)
+    if name not in _init_fields(cls) and name in RETIRED_TRAINER_FIELDS:
+        return  # an older TRL's field: ignored, with a warning (rf_ray.compat)
     if name not in _init_fields(cls):
         extra = ""
         if name in _lora_fields():
@@ -239,7 +276,44 @@ def check_lora_field(name: str, path: str) -> None:
 # --------------------------------------------------------------------------- user-facing configs
 
 
-class RFLoraConfig:
+class _Overrides:
+    """The fields a user set on one config class, each possibly a knob, in ``.kwargs``.
+
+    As RapidFire AI's configs (subclasses of the real ones) allow, a field can also be read and
+    set as an attribute (``cfg.r = 32``, checked like a keyword), and ``copy()`` gives an
+    independent copy (the tutorials derive variants with ``base.copy()`` and assignments).
+    """
+
+    _INTERNAL: ClassVar[frozenset[str]] = frozenset({"kwargs", "lora_kwargs"})
+
+    def __init__(self, **kwargs: Any) -> None:
+        object.__setattr__(self, "kwargs", {})
+        for name, value in kwargs.items():
+            self._set(name, value)
+
+    def _set(self, name: str, value: Any) -> None:
+        raise NotImplementedError
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._INTERNAL or name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            self._set(name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: a field the user set.
+        values = {**self.__dict__.get("kwargs", {}), **self.__dict__.get("lora_kwargs", {})}
+        if name in values:
+            return values[name]
+        raise AttributeError(f"{type(self).__name__} has no field {name!r} set")
+
+    def copy(self) -> Any:
+        """An independent copy (knobs and literals deep-copied; functions shared)."""
+        values = {**self.kwargs, **getattr(self, "lora_kwargs", {})}
+        return type(self)(**copy.deepcopy(values))
+
+
+class RFLoraConfig(_Overrides):
     """LoRA settings for a run; each value may be a ``List`` or ``Range`` knob.
 
     ``peft.LoraConfig`` is already the dataclass, with PEFT's defaults and checks. Mirroring its
@@ -250,17 +324,16 @@ class RFLoraConfig:
     ``target_modules`` left unset means PEFT infers them (``q_proj``, ``v_proj`` for Llama).
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        for name, value in kwargs.items():
-            check_lora_field(name, f"peft_config.{name}")
-            check_value(f"peft_config.{name}", value, LORA_RULES.get(name))
-        self.kwargs: dict[str, Any] = dict(kwargs)
+    def _set(self, name: str, value: Any) -> None:
+        check_lora_field(name, f"peft_config.{name}")
+        check_value(f"peft_config.{name}", value, LORA_RULES.get(name))
+        self.kwargs[name] = value
 
     def __repr__(self) -> str:
         return f"RFLoraConfig({_kwargs_repr(self.kwargs)})"
 
 
-class _TrainerKnobs:
+class _TrainerKnobs(_Overrides):
     """Overrides of one TRL config class, each possibly a knob, plus LoRA shorthand.
 
     Holds kwargs rather than mirroring the TRL dataclass for the same reasons as
@@ -272,17 +345,18 @@ class _TrainerKnobs:
     trainer_type: ClassVar[str]
 
     def __init__(self, **kwargs: Any) -> None:
-        self.kwargs: dict[str, Any] = {}
-        self.lora_kwargs: dict[str, Any] = {}
-        for name, value in kwargs.items():
-            path = f"training_args.{name}"
-            if name in LORA_SHORTHAND:
-                check_value(path, value, LORA_RULES.get(LORA_SHORTHAND[name]))
-                self.lora_kwargs[name] = value
-            else:
-                check_trainer_field(self.trainer_type, name, path)
-                check_value(path, value, TRAINER_RULES.get(name))
-                self.kwargs[name] = value
+        object.__setattr__(self, "lora_kwargs", {})
+        super().__init__(**kwargs)
+
+    def _set(self, name: str, value: Any) -> None:
+        path = f"training_args.{name}"
+        if name in LORA_SHORTHAND:
+            check_value(path, value, LORA_RULES.get(LORA_SHORTHAND[name]))
+            self.lora_kwargs[name] = value
+        else:
+            check_trainer_field(self.trainer_type, name, path)
+            check_value(path, value, TRAINER_RULES.get(name))
+            self.kwargs[name] = value
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({_kwargs_repr({**self.kwargs, **self.lora_kwargs})})"
@@ -325,26 +399,77 @@ def _is_callable_list(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and bool(value) and all(callable(f) for f in value)
 
 
+def _choices(field: str, value: Any, kind: type, what: str) -> tuple[Any, ...]:
+    """The alternatives of a field that takes one ``kind`` or a List (or plain list) of them."""
+    if isinstance(value, List):
+        items: tuple[Any, ...] = value.values
+    elif isinstance(value, (list, tuple)):
+        items = tuple(value)
+    else:
+        items = (value,)
+    if not items:
+        raise ConfigError(f"{field}=[] is empty: give at least one {what}")
+    for item in items:
+        name = type(item).__name__
+        if not isinstance(item, kind) and name in ("SFTConfig", "DPOConfig", "GRPOConfig",
+                                                   "LoraConfig"):  # fmt: skip
+            # A TRL script's own config object: its __post_init__ has already filled derived
+            # fields, so what the user wrote cannot be told from them. Say how to write it.
+            raise ConfigError(
+                f"{field} is a {type(item).__module__.split('.')[0]}.{name}; rf-ray takes the "
+                f"same keyword arguments in RF{name}(...) (e.g. RF{name}(learning_rate=2e-4) "
+                f"for {name}(learning_rate=2e-4)), where any of them may be a List or Range"
+            )
+        if not isinstance(item, kind):
+            raise TypeError(f"{field} must be {what}, or a List of them, got {item!r}")
+    return items
+
+
+def _fn_choice(field: str, value: Any) -> None:
+    choices = value.values if isinstance(value, List) else (value,)
+    for fn in choices:
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{field} must be a callable, a List of callables, or None, got {fn!r}")
+
+
 class RFModelConfig:
     """One family of runs: a base model, its LoRA and trainer knobs, and the user's callables.
 
+    Field names follow RapidFire AI's ``RFModelConfig``. ``peft_config`` and ``training_args``
+    each take one config or a ``List`` (or plain list) of them: a search tries each. So do
+    ``formatting_func`` and ``compute_metrics`` (a ``List`` of callables).
     ``training_args=None`` means ``RFSFTConfig()`` (or, under a search given
     ``trainer_type``, that trainer's empty config; ``default_training_args`` records this).
     LoRA is set either by ``peft_config`` or by shorthand in ``training_args``, not both.
     ``reward_funcs`` (GRPO) is a list of callables, or a ``List`` of such lists.
+
+    RapidFire fields rf-ray handles its own way: ``tokenizer`` (create_model_fn loads the
+    tokenizer with the model), ``model_type`` (only "causal_lm"), ``ref_model_name`` /
+    ``ref_model_type`` / ``ref_model_kwargs`` (DPO's reference policy is the resident base with
+    adapters disabled, so only the base model itself is accepted), ``num_gpus`` (each run
+    trains on one executor; ``run_fit(num_executors=...)`` sets how many GPUs are used).
+    Accepted values that rf-ray does not use are reported by ``run_fit`` as one
+    ``IgnoredFieldWarning`` each.
     """
 
     def __init__(
         self,
         model_name: str | List,
-        peft_config: RFLoraConfig | None = None,
-        training_args: _TrainerKnobs | None = None,
-        formatting_func: Callable[..., Any] | None = None,
-        compute_metrics: Callable[..., Any] | None = None,
+        peft_config: RFLoraConfig | List | Sequence[RFLoraConfig] | None = None,
+        training_args: _TrainerKnobs | List | Sequence[_TrainerKnobs] | None = None,
+        formatting_func: Callable[..., Any] | List | None = None,
+        compute_metrics: Callable[..., Any] | List | None = None,
         model_kwargs: dict[str, Any] | None = None,
         tokenizer_kwargs: dict[str, Any] | None = None,
         reward_funcs: Sequence[Callable[..., Any]] | List | None = None,
         generation_config: dict[str, Any] | None = None,
+        *,
+        tokenizer: str | None = None,
+        model_type: str | None = "causal_lm",
+        ref_model_name: str | None = None,
+        ref_model_type: str | None = None,
+        ref_model_kwargs: dict[str, Any] | None = None,
+        num_gpus: int | None = None,
     ) -> None:
         names = model_name.values if isinstance(model_name, List) else (model_name,)
         for name in names:
@@ -352,19 +477,26 @@ class RFModelConfig:
                 raise TypeError(
                     f"model_name must be a non-empty str or a List of them, got {name!r}"
                 )
-        if peft_config is not None and not isinstance(peft_config, RFLoraConfig):
-            raise TypeError(f"peft_config must be an RFLoraConfig or None, got {peft_config!r}")
-        if training_args is not None and not isinstance(training_args, _TrainerKnobs):
-            raise TypeError(
-                "training_args must be an RFSFTConfig, RFDPOConfig or RFGRPOConfig, "
-                f"got {training_args!r}"
+        self.peft_choices: tuple[RFLoraConfig | None, ...] = (
+            (None,)
+            if peft_config is None
+            else _choices("peft_config", peft_config, RFLoraConfig, "an RFLoraConfig")
+        )
+        self.training_choices: tuple[_TrainerKnobs, ...] = (
+            ()
+            if training_args is None
+            else _choices(
+                "training_args", training_args, _TrainerKnobs,
+                "an RFSFTConfig, RFDPOConfig or RFGRPOConfig",
             )
-        for field, fn in (
-            ("formatting_func", formatting_func),
-            ("compute_metrics", compute_metrics),
-        ):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"{field} must be a callable or None, got {fn!r}")
+        )  # fmt: skip
+        if len({t.trainer_type for t in self.training_choices}) > 1:
+            raise ConfigError(
+                f"training_args={training_args!r} mixes trainer types; one RFModelConfig trains "
+                "with one trainer: put the other configs in their own RFModelConfig"
+            )
+        _fn_choice("formatting_func", formatting_func)
+        _fn_choice("compute_metrics", compute_metrics)
         if reward_funcs is not None:
             choices = reward_funcs.values if isinstance(reward_funcs, List) else (reward_funcs,)
             if not all(_is_callable_list(c) for c in choices):
@@ -373,15 +505,19 @@ class RFModelConfig:
                     f"such lists, got {reward_funcs!r}"
                 )
         self.default_training_args = training_args is None
-        self.training_args = training_args if training_args is not None else RFSFTConfig()
-        if peft_config is not None and self.training_args.lora_kwargs:
-            raise ConfigError(
-                f"LoRA is set twice: peft_config={peft_config!r} and shorthand "
-                f"{sorted(self.training_args.lora_kwargs)} in training_args; pick one "
-                "(move the shorthand into RFLoraConfig, e.g. lora_rank -> r)"
-            )
+        if not self.training_choices:
+            self.training_choices = (RFSFTConfig(),)
+        self.training_args = self.training_choices[0]
+        self.peft_config = self.peft_choices[0]
+        for lora in self.peft_choices:
+            for knobs in self.training_choices:
+                if lora is not None and knobs.lora_kwargs:
+                    raise ConfigError(
+                        f"LoRA is set twice: peft_config={lora!r} and shorthand "
+                        f"{sorted(knobs.lora_kwargs)} in training_args; pick one "
+                        "(move the shorthand into RFLoraConfig, e.g. lora_rank -> r)"
+                    )
         self.model_name = model_name
-        self.peft_config = peft_config
         self.formatting_func = formatting_func
         self.compute_metrics = compute_metrics
         self.model_kwargs = _check_kwargs_dict("model_kwargs", model_kwargs)
@@ -392,6 +528,10 @@ class RFModelConfig:
             if generation_config is None
             else _check_kwargs_dict("generation_config", generation_config)
         )
+        self.ignored = rapidfire_fields(
+            set(names), tokenizer, model_type, ref_model_name, ref_model_type, ref_model_kwargs,
+            num_gpus,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return (
@@ -489,6 +629,9 @@ class RunConfig:
     """GRPO reward functions, or None."""
     generation_config: dict[str, Any] | None = None
     """Generation settings (GRPO sampling, evaluation), or None."""
+    ignored: dict[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    """RFModelConfig fields accepted but not used: field -> what rf-ray does instead (not
+    stored: ``run_fit`` warns about them once)."""
 
     def __post_init__(self) -> None:
         if self.trainer_type not in TRAINER_TYPES:
@@ -525,6 +668,32 @@ class RunConfig:
             raise TypeError(
                 f"reward_funcs must be a list of callables or None, got {self.reward_funcs!r}"
             )
+
+    def trl_fields(self) -> frozenset[str]:
+        """The field names of this run's TRL config class."""
+        return _init_fields(trl_config_class(self.trainer_type))
+
+    def __getitem__(self, key: str) -> Any:
+        """RapidFire AI's create_model_fn reads its model config as a dict
+        (``model_config["model_name"]``, ``["model_kwargs"]``, ``["model_type"]``): the same
+        keys work here. ``model_type`` is always "causal_lm"; ``peft_params`` is ``lora``;
+        ``tokenizer`` is None (load the tokenizer from ``model_name``)."""
+        aliases: dict[str, Any] = {"model_type": "causal_lm", "peft_params": self.lora,
+                                   "tokenizer": None}  # fmt: skip
+        if key in aliases:
+            return aliases[key]
+        if key in _RUN_CONFIG_KEYS:
+            return getattr(self, key)
+        raise KeyError(
+            f"{key!r}: a run's model config has {', '.join([*_RUN_CONFIG_KEYS, *aliases])}"
+        )
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``self[key]``, or ``default`` for a key it does not have (as ``dict.get``)."""
+        try:
+            return self[key]
+        except KeyError:
+            return default
 
     def flat_params(self) -> dict[str, str | int | float | bool]:
         """A flat, JSON-able, deterministic view for MLflow params and the leaderboard."""
@@ -576,6 +745,7 @@ class RunConfig:
 
 
 _MISSING = object()
+_RUN_CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != "ignored")
 
 
 def differing_keys(flats: Sequence[dict[str, Any]]) -> list[str]:
@@ -601,12 +771,24 @@ def describe(run: RunConfig) -> str:
 def build_trl_config(run: RunConfig, output_dir: str, use_cpu: bool) -> Any:
     """The TRL config object for ``run``, with the fields rf-ray owns set by rf-ray.
 
+    Ignored fields (``IGNORED_TRAINER_FIELDS``) are left out; ``report_to`` keeps only the
+    integrations rf-ray forwards that are installed (``forwarded_reporters``). TRL itself logs
+    every step (``logging_steps=1``): the trial applies the user's ``logging_steps`` to MLflow.
     On CPU, bf16 and fp16 are forced off: TRL defaults to bf16 and raises on a CPU otherwise.
     """
     cls = trl_config_class(run.trainer_type)
-    kwargs = dict(run.training_args)
-    kwargs.update(output_dir=output_dir, report_to="none", use_cpu=use_cpu, save_strategy="no",
-                  logging_steps=1, disable_tqdm=True)  # fmt: skip
+    fields = run.trl_fields()
+    kwargs = {
+        k: v
+        for k, v in run.training_args.items()
+        if k not in IGNORED_TRAINER_FIELDS and (k in fields or k not in RETIRED_TRAINER_FIELDS)
+    }
+    reporters, _ = forwarded_reporters(run.training_args.get("report_to"))
+    if kwargs.get("eval_strategy") == "steps" and "eval_steps" not in kwargs:
+        # HF falls back to logging_steps, which rf-ray pins to 1 for TRL: use the user's.
+        kwargs["eval_steps"] = run.training_args.get("logging_steps", 500)
+    kwargs.update(output_dir=output_dir, report_to=reporters or "none", use_cpu=use_cpu,
+                  save_strategy="no", logging_steps=1, disable_tqdm=True)  # fmt: skip
     if use_cpu:
         kwargs.update(bf16=False, fp16=False)
     if run.trainer_type == "GRPO":
@@ -677,6 +859,7 @@ def build_lora_config(run: RunConfig) -> Any:
 
 __all__ = [
     "TRAINER_TYPES",
+    "IgnoredFieldWarning",
     "List",
     "RFDPOConfig",
     "RFGRPOConfig",

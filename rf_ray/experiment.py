@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import string
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from policies.errors import ConfigError, ExperimentExistsError
 from policies.fusion import FusionPolicy
 from policies.pruning import Pruner, SuccessiveHalving
 from rf_ray import launch, ops, runner, specfiles
+from rf_ray.compat import IgnoredFieldWarning, ignored_field_warnings
 from rf_ray.config import RFModelConfig, RunConfig, differing_keys, differing_params
 from rf_ray.data import check_columns, dataset_fingerprint, to_dataset
 from rf_ray.search import ConfigGroup, RFGridSearch
@@ -33,6 +35,13 @@ from rf_ray.search import ConfigGroup, RFGridSearch
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROOT = "rf_experiments"
+LOG_FILE = "rf_ray.log"
+"""The driver's log of an experiment, in its directory (``Experiment.get_log_file_path``)."""
+MODES = ("fit",)
+_LOGGERS = ("rf_ray", "actors", "policies")
+# Experiment directory -> its log file's handler. Kept here, not on the Experiment, so that an
+# Experiment stays picklable (a Tune trainable carries one; a handler holds a lock).
+_LOG_HANDLERS: dict[Path, logging.Handler] = {}
 
 NAME_MAX_LEN = 100
 _NAME_CHARS = frozenset(string.ascii_letters + string.digits + "._-")
@@ -79,15 +88,27 @@ def _suggest(name: str) -> str:
 
 
 class Experiment:
-    """One named experiment: a directory with its store, checkpoints, adapters and MLflow db."""
+    """One named experiment: a directory with its store, checkpoints, adapters and MLflow db.
+
+    The signature is RapidFire AI's (``Experiment(experiment_name, mode="fit",
+    experiment_path=...)``); rf-ray trains (``mode="fit"``) and has no ``"evals"`` mode.
+    """
 
     def __init__(
         self,
         experiment_name: str,
+        mode: str = "fit",
         experiment_path: str | os.PathLike[str] | None = None,
         tracking_uri: str | None = None,
     ) -> None:
         check_experiment_name(experiment_name)
+        if mode not in MODES:
+            raise ConfigError(
+                f"mode={mode!r} is not supported: rf-ray fine-tunes (mode='fit', the default). "
+                "RapidFire's 'evals' mode (RAG and inference pipelines) has no rf-ray "
+                "equivalent; for evaluation during training pass eval_dataset to run_fit"
+            )
+        self.mode = mode
         self.name = experiment_name
         root = Path(experiment_path) if experiment_path is not None else Path(DEFAULT_ROOT)
         self.dir = (root / experiment_name).resolve()
@@ -96,6 +117,7 @@ class Experiment:
         self._differing: list[str] = []
         self._live_view = True
         self._metric: tuple[str, str] | None = None
+        self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ run_fit
     def run_fit(
@@ -151,6 +173,7 @@ class Experiment:
             slice_timeout,
         )
         self._stop_session()
+        self._start_log_file()
         # A source that adds runs while the experiment runs (rf_ray.tune.RFTuneSearch) names a
         # hold token that keeps the experiment open, and starts its driver once the actors run.
         hold = getattr(param_config, "hold_token", None)
@@ -192,6 +215,7 @@ class Experiment:
         if not Store.exists(self.dir):
             raise ConfigError(f"experiment {self.name!r} has nothing to resume at {self.dir}")
         self._stop_session()
+        self._start_log_file()
         self._session = runner.resume(self.dir)
         self._live_view = live_view
         self._differing = differing_keys(list(self._session.params.values()))
@@ -258,6 +282,7 @@ class Experiment:
             check_columns(train, run, "train_dataset")
             if evals is not None:
                 check_columns(evals, run, "eval_dataset")
+        self._warn_ignored(runs, has_eval=evals is not None)
         fingerprint = dataset_fingerprint(train, evals)
         first_run_id = self._check_existing(fingerprint)
         metric, mode = default_metric(runs, evals is not None)
@@ -392,6 +417,53 @@ class Experiment:
     def end(self) -> None:
         """Release the experiment's actors (and the local Ray cluster if run_fit started it)."""
         self._stop_session()
+        self._stop_log_file()
+
+    def cancel_current(self) -> None:
+        """Stop the ``run_fit`` running from this object (``blocking=False``): its actors are
+        released and every run keeps its last checkpoint, so ``resume()`` continues it. To stop
+        one run, use ``stop(run_id)``; from another process, ``rf-ray ops``."""
+        if self._session is None or self._session.finished:
+            logger.info("experiment %s: nothing is running from this object", self.name)
+            return
+        logger.warning(
+            "experiment %s: cancelled; every run keeps its last checkpoint (resume() continues)",
+            self.name,
+        )
+        self._stop_session()
+
+    def get_log_file_path(self) -> Path:
+        """The driver's log file of this experiment (``<experiment dir>/rf_ray.log``), written
+        from ``run_fit`` on: the records rf-ray's driver-side loggers let through (WARNING and
+        up unless the application sets ``logging.getLogger("rf_ray").setLevel(...)``)."""
+        return self.dir / LOG_FILE
+
+    def _start_log_file(self) -> None:
+        if self.dir in _LOG_HANDLERS:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.get_log_file_path(), encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for name in _LOGGERS:
+            # Levels are the application's to set: the file gets what these loggers let through.
+            logging.getLogger(name).addHandler(handler)
+        _LOG_HANDLERS[self.dir] = handler
+
+    def _stop_log_file(self) -> None:
+        handler = _LOG_HANDLERS.pop(self.dir, None)
+        if handler is not None:
+            for name in _LOGGERS:
+                logging.getLogger(name).removeHandler(handler)
+            handler.close()
+
+    def _warn_ignored(self, runs: list[RunConfig], has_eval: bool) -> None:
+        """One ``IgnoredFieldWarning`` per ignored field per experiment (not per run)."""
+        for key, note in ignored_field_warnings(runs, has_eval).items():
+            if key not in self._warned:
+                self._warned.add(key)
+                warnings.warn(
+                    f"experiment {self.name!r}: {note}", IgnoredFieldWarning, stacklevel=4
+                )
 
     def _stop_session(self) -> None:
         """Stop this object's previous session, running or finished (its executor holds the

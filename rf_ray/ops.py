@@ -83,32 +83,85 @@ def apply(scheduler: Any, op: str, run_id: int) -> dict[str, Any]:
     return _unwrap(lambda: ray.get(scheduler.op.remote(op, run_id)))
 
 
+# RapidFire-shaped change sections -> the flat key prefix they stand for.
+_SECTIONS = {
+    "training_args": "",
+    "peft_config": "lora.",
+    "model_kwargs": "model_kwargs.",
+    "tokenizer_kwargs": "tokenizer_kwargs.",
+    "generation_config": "generation_config.",
+}
+
+
+def flat_changes(changes: dict[str, Any]) -> dict[str, Any]:
+    """RapidFire's nested form (``{"training_args": {"learning_rate": 1e-4}, "peft_config":
+    {"r": 32}}``, or an ``RFLoraConfig`` / ``RFSFTConfig`` as the value) as flat knob names
+    (``{"learning_rate": 1e-4, "lora.r": 32}``); flat keys pass through. Raises
+    ``ConfigError`` naming a key given twice."""
+    from rf_ray.config import RFLoraConfig, _TrainerKnobs
+
+    out: dict[str, Any] = {}
+
+    def put(key: str, value: Any, source: str) -> None:
+        if key in out:
+            raise ConfigError(f"changes sets {key!r} twice (again in {source}); give it once")
+        out[key] = value
+
+    for key, value in changes.items():
+        if key in _SECTIONS and isinstance(value, (dict, RFLoraConfig, _TrainerKnobs)):
+            items = dict(value) if isinstance(value, dict) else dict(value.kwargs)
+            if isinstance(value, _TrainerKnobs):
+                items.update(value.lora_kwargs)
+            for name, v in items.items():
+                if not isinstance(name, str):
+                    raise ConfigError(f"changes[{key!r}] keys must be str, got {name!r}")
+                put(_SECTIONS[key] + name, v, f"changes[{key!r}]")
+        elif key in _SECTIONS:
+            raise ConfigError(
+                f"changes[{key!r}]={value!r} must be a dict of field -> value, e.g. "
+                f"{{{key!r}: {{'learning_rate': 1e-4}}}}, or flat names such as 'lora.r'"
+            )
+        else:
+            put(key, value, "changes")
+    return out
+
+
 def modified(run: RunConfig, changes: dict[str, Any]) -> RunConfig:
     """``run`` with ``changes`` applied: TRL fields, LoRA fields (``lora_rank`` or ``lora.r``
-    style), ``model_kwargs.x``, or the functions. Raises ``ConfigError`` naming a bad knob."""
+    style), ``model_kwargs.x`` / ``tokenizer_kwargs.x`` / ``generation_config.x``, or the
+    functions; or the same in RapidFire's nested shape (``flat_changes``). Raises
+    ``ConfigError`` naming a bad knob."""
     if not isinstance(changes, dict) or not changes:
         raise ConfigError(f"changes must be a non-empty dict of knob -> value, got {changes!r}")
+    changes = flat_changes(changes)
     training_args, lora = dict(run.training_args), dict(run.lora)
-    model_kwargs = dict(run.model_kwargs)
+    kwargs: dict[str, Any] = {
+        "model_kwargs": dict(run.model_kwargs),
+        "tokenizer_kwargs": dict(run.tokenizer_kwargs),
+        "generation_config": dict(run.generation_config or {}),
+    }
+    touched: set[str] = set()
     fields: dict[str, Any] = {}
     for key, value in changes.items():
         if is_knob(value):
             raise ConfigError(f"changes[{key!r}] is a knob ({value!r}); a clone takes one value")
+        section = key.split(".", 1)[0]
         if key in _CALLABLE_FIELDS:
             fields[key] = value
         elif key in LORA_SHORTHAND or key.startswith("lora."):
             name = LORA_SHORTHAND.get(key, key.removeprefix("lora."))
             check_lora_field(name, f"changes[{key!r}]")
             lora[name] = value
-        elif key.startswith("model_kwargs."):
-            model_kwargs[key.removeprefix("model_kwargs.")] = value
+        elif "." in key and section in kwargs:
+            kwargs[section][key.removeprefix(section + ".")] = value
+            touched.add(section)
         else:
             check_trainer_field(run.trainer_type, key, f"changes[{key!r}]")
             training_args[key] = value
+    if "generation_config" not in touched:
+        kwargs.pop("generation_config")  # keep None when the run had none
     # RunConfig validates names and values; build_specs validates TRL/PEFT construction.
-    return dataclasses.replace(
-        run, training_args=training_args, lora=lora, model_kwargs=model_kwargs, **fields
-    )
+    return dataclasses.replace(run, training_args=training_args, lora=lora, **kwargs, **fields)
 
 
 def clone_modify(

@@ -12,7 +12,9 @@ Ray Tune searcher, say) can stand in for them.
 
 A config group is an ``RFModelConfig``, a trainer config (``RFSFTConfig(...)``: the article's
 short form, with the model named once by ``model_name=`` on the search or by
-``create_model_fn``), or a ``List`` or plain Python list of these.
+``create_model_fn``), or a ``List`` or plain Python list of these. Inside an ``RFModelConfig``,
+``peft_config`` and ``training_args`` may each be a List of configs, and a knob may sit in any
+field, nested dicts included (RapidFire AI's shapes).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from rf_ray.config import (
     UNNAMED_MODEL,
     List,
     Range,
+    RFLoraConfig,
     RFModelConfig,
     RunConfig,
     _TrainerKnobs,
@@ -64,61 +67,88 @@ class ConfigGroup(abc.ABC):
         """All runs of the group, concrete and validated, in a deterministic order."""
 
 
+Slot = tuple[str, tuple[str, ...]]
+"""Where a knob sits: a section of the template and the key path inside it (a knob may sit in
+a nested dict, e.g. ``model_kwargs={"quantization_config": {"bits": List([4, 8])}}``)."""
+
+
+def _knob_paths(values: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Key paths of every knob in ``values``, in the order written, nested dicts included."""
+    paths = []
+    for key, value in values.items():
+        if is_knob(value):
+            paths.append((*prefix, key))
+        elif isinstance(value, dict):
+            paths.extend(_knob_paths(value, (*prefix, str(key))))
+    return paths
+
+
+def _get(values: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        values = values[key]
+    return values
+
+
+def _set(values: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        values = values[key]
+    values[path[-1]] = value
+
+
 @dataclasses.dataclass
 class _Template:
-    """One model config with its knobs located: ``sections[section][key]`` is a knob or literal."""
+    """One model config with its knobs located: ``_get(sections[section], path)`` is a knob."""
 
     where: str
     trainer_type: str
     sections: dict[str, dict[str, Any]]
-    slots: list[tuple[str, str]]  # (section, key) of every knob, in a stable order
+    slots: list[Slot]  # every knob, in a stable order
     has_generation_config: bool
+    ignored: dict[str, str] = dataclasses.field(default_factory=dict)
 
-    def path(self, slot: tuple[str, str]) -> str:
-        section, key = slot
+    def path(self, slot: Slot) -> str:
+        section, keys = slot
         prefix = {
             "model": "",
             "callables": "",
             "lora": "peft_config.",
             "shorthand": "training_args.",
         }
-        return f"{self.where}{prefix.get(section, section + '.')}{key}"
+        return f"{self.where}{prefix.get(section, section + '.')}{'.'.join(keys)}"
 
     def size(self) -> int:
         """Number of grid points (only meaningful when every knob is a List)."""
-        return math.prod(len(self._knob(s).values) for s in self.slots)
+        return math.prod(len(self.knob(s).values) for s in self.slots)
 
     def has_range(self) -> bool:
-        return any(isinstance(self._knob(s), Range) for s in self.slots)
+        return any(isinstance(self.knob(s), Range) for s in self.slots)
 
-    def _knob(self, slot: tuple[str, str]) -> Any:
-        return self.sections[slot[0]][slot[1]]
+    def knob(self, slot: Slot) -> Any:
+        return _get(self.sections[slot[0]], slot[1])
 
     def grid(self) -> list[RunConfig]:
         for slot in self.slots:
-            if isinstance(self._knob(slot), Range):
+            if isinstance(self.knob(slot), Range):
                 raise ConfigError(
-                    f"{self.path(slot)}={self._knob(slot)!r}: grid search cannot expand a Range; "
+                    f"{self.path(slot)}={self.knob(slot)!r}: grid search cannot expand a Range; "
                     "use RFRandomSearch, or a List of the values to try"
                 )
-        choices = itertools.product(*(self._knob(s).values for s in self.slots))
+        choices = itertools.product(*(self.knob(s).values for s in self.slots))
         return [self.resolve(dict(zip(self.slots, c))) for c in choices]
 
     def draw(self, rng: random.Random) -> RunConfig:
         chosen = {}
         for slot in self.slots:
-            knob = self._knob(slot)
+            knob = self.knob(slot)
             chosen[slot] = knob.sample(rng) if isinstance(knob, Range) else rng.choice(knob.values)
         return self.resolve(chosen)
 
-    def resolve(self, chosen: dict[tuple[str, str], Any]) -> RunConfig:
-        c = {
-            section: {k: chosen.get((section, k), v) for k, v in values.items()}
-            for section, values in self.sections.items()
-        }
-        # Runs must not share mutable literals (a target_modules list, say) with each other.
-        data = {s: copy.deepcopy(c[s]) for s in c if s != "callables"}
-        c.update(data)
+    def resolve(self, chosen: dict[Slot, Any]) -> RunConfig:
+        # Runs must not share mutable literals (a target_modules list, say) with each other;
+        # callables are code and stay shared.
+        c = {s: dict(v) if s == "callables" else copy.deepcopy(v) for s, v in self.sections.items()}
+        for (section, keys), value in chosen.items():
+            _set(c[section], keys, value if section == "callables" else copy.deepcopy(value))
         lora = c["lora"] or {LORA_SHORTHAND[k]: v for k, v in c["shorthand"].items()}
         reward_funcs = c["callables"]["reward_funcs"]
         return RunConfig(
@@ -132,6 +162,7 @@ class _Template:
             compute_metrics=c["callables"]["compute_metrics"],
             reward_funcs=None if reward_funcs is None else list(reward_funcs),
             generation_config=c["generation_config"] if self.has_generation_config else None,
+            ignored=dict(self.ignored),
         )
 
 
@@ -179,14 +210,32 @@ def _templates(
                 f"configs[{i}] must be an RFModelConfig or RFSFTConfig/RFDPOConfig/RFGRPOConfig, "
                 f"got {item!r}"
             )
-        templates.append(_template(where, item, name, trainer_type))
+        templates.extend(_template(where, item, name, trainer_type))
     return templates
 
 
 def _template(
     where: str, cfg: RFModelConfig, model_name: str | List, trainer_type: str | None
+) -> list[_Template]:
+    """One template per (LoRA config, trainer config) pair of ``cfg`` (each may be a List)."""
+    templates = []
+    many = len(cfg.peft_choices) * len(cfg.training_choices) > 1
+    for (i, lora), (j, knobs) in itertools.product(
+        enumerate(cfg.peft_choices), enumerate(cfg.training_choices)
+    ):
+        label = f"{where}[peft_config {i}, training_args {j}] " if many else where
+        templates.append(_one_template(label, cfg, lora, knobs, model_name, trainer_type))
+    return templates
+
+
+def _one_template(
+    where: str,
+    cfg: RFModelConfig,
+    lora: RFLoraConfig | None,
+    knobs: _TrainerKnobs,
+    model_name: str | List,
+    trainer_type: str | None,
 ) -> _Template:
-    knobs = cfg.training_args
     if trainer_type is not None and cfg.default_training_args:
         knobs = TRAINER_KNOB_CLASSES[trainer_type]()
     elif trainer_type is not None and knobs.trainer_type != trainer_type:
@@ -199,7 +248,7 @@ def _template(
         "model": {"model_name": model_name},
         "model_kwargs": cfg.model_kwargs,
         "tokenizer_kwargs": cfg.tokenizer_kwargs,
-        "lora": cfg.peft_config.kwargs if cfg.peft_config else {},
+        "lora": lora.kwargs if lora else {},
         "shorthand": knobs.lora_kwargs,
         "training_args": knobs.kwargs,
         "generation_config": cfg.generation_config or {},
@@ -209,8 +258,11 @@ def _template(
             "reward_funcs": cfg.reward_funcs,
         },
     }
-    slots = [(s, k) for s, values in sections.items() for k, v in values.items() if is_knob(v)]
-    return _Template(where, knobs.trainer_type, sections, slots, cfg.generation_config is not None)
+    slots = [(s, p) for s, values in sections.items() for p in _knob_paths(values)]
+    return _Template(
+        where, knobs.trainer_type, sections, slots, cfg.generation_config is not None,
+        dict(cfg.ignored),
+    )  # fmt: skip
 
 
 def validate_run(run: RunConfig) -> None:
@@ -242,9 +294,11 @@ def _run_key(run: RunConfig) -> tuple[Any, ...]:
 class RFGridSearch(ConfigGroup):
     """Every combination of every ``List`` knob; a ``Range`` is an error.
 
-    Order: the group's configs in the order given, then within each config the cartesian
-    product of its knobs (model_name, model_kwargs, tokenizer_kwargs, LoRA, trainer fields,
-    generation_config, callables; each in the order written), the last knob varying fastest.
+    Order: the group's configs in the order given; within a config, each of its LoRA configs
+    (``peft_config=List([...])``) times each of its trainer configs (``training_args=List(...)``),
+    then the cartesian product of their knobs (model_name, model_kwargs, tokenizer_kwargs, LoRA,
+    trainer fields, generation_config, callables; each in the order written), the last knob
+    varying fastest.
     ``trainer_type`` ("SFT", "DPO", "GRPO"), when given, picks the trainer for configs without
     ``training_args`` and must agree with the others. ``model_name`` names the model for bare
     trainer configs.
@@ -277,7 +331,8 @@ class RFGridSearch(ConfigGroup):
 class RFRandomSearch(ConfigGroup):
     """``num_runs`` distinct runs drawn with ``random.Random(seed)``.
 
-    Each draw picks one of the group's configs uniformly, then each ``List`` knob uniformly and
+    Each draw picks one of the group's (config, LoRA config, trainer config) combinations
+    uniformly, then each ``List`` knob uniformly and
     each ``Range`` by ``Range.sample``; a draw equal to an earlier one is drawn again. The same
     seed gives the same runs in the same order.
     """
@@ -338,4 +393,45 @@ class RFRandomSearch(ConfigGroup):
             )
 
 
-__all__ = ["ConfigGroup", "RFGridSearch", "RFRandomSearch", "validate_run"]
+# A template section's knobs as flat knob names (``rf_ray.ops.modified`` / ``tune.apply_flat``).
+_FLAT_PREFIX = {
+    "model": "",
+    "training_args": "",
+    "shorthand": "",
+    "lora": "lora.",
+    "model_kwargs": "model_kwargs.",
+    "tokenizer_kwargs": "tokenizer_kwargs.",
+    "generation_config": "generation_config.",
+}
+
+
+def knob_space(
+    configs: Any, trainer_type: str | None = None, *, who: str = "this search"
+) -> tuple[RunConfig, dict[str, List | Range]]:
+    """One config's knobs as ``(base run, {flat knob name: List or Range})``, for searchers
+    that pick values themselves (Optuna through Ray Tune). The base takes each knob's first
+    value (a Range its low end). One config, knobs at the top level of a field, no knob over
+    functions: otherwise ``ConfigError`` naming the knob and what to do."""
+    templates = _templates(configs, _normalize_trainer_type(trainer_type), None)
+    if len(templates) != 1:
+        raise ConfigError(
+            f"{who} takes one RFModelConfig with one peft_config and one training_args; this "
+            f"group has {len(templates)} (Lists of configs): run one search per config, or use "
+            "RFGridSearch / RFRandomSearch, which expand Lists of configs"
+        )
+    (template,) = templates
+    space: dict[str, List | Range] = {}
+    for slot in template.slots:
+        section, keys = slot
+        if section == "callables" or len(keys) > 1:
+            raise ConfigError(
+                f"{template.path(slot)}: {who} searches over values at the top level of a "
+                "field, not over functions or nested dicts; use RFGridSearch or RFRandomSearch"
+            )
+        space[_FLAT_PREFIX[section] + keys[0]] = template.knob(slot)
+    first = {s: k.values[0] if isinstance(k, List) else k.low for s, k in
+             ((s, template.knob(s)) for s in template.slots)}  # fmt: skip
+    return template.resolve(first), space
+
+
+__all__ = ["ConfigGroup", "RFGridSearch", "RFRandomSearch", "knob_space", "validate_run"]

@@ -63,10 +63,10 @@ CASES = [
         ["rank", "peft.LoraConfig"],
     ),
     (
-        "rf-ray-owned-trainer-knob",
-        lambda: {"param_config": _config(output_dir="/tmp/elsewhere")},
+        "engine-breaking-trainer-knob",
+        lambda: {"param_config": _config(deepspeed="ds_config.json")},
         ConfigError,
-        ["output_dir"],
+        ["deepspeed", "Remove deepspeed="],
     ),
     (
         "learning-rate-zero",

@@ -166,7 +166,7 @@ def test_group_items_must_be_configs(bad):
     [
         (RFModelConfig("tiny", training_args=RFGRPOConfig()), "reward_funcs"),
         (RFModelConfig("tiny", reward_funcs=[reward_len]), "reward_funcs"),
-        (_sft(load_best_model_at_end=True, eval_strategy="steps"), "load_best_model_at_end"),
+        (_sft(lr_scheduler_type="not-a-schedule"), "not-a-schedule"),
         (RFModelConfig("tiny", model_kwargs={"quant": object()}), r"model_kwargs\.quant"),
     ],
 )

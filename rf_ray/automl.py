@@ -1,0 +1,44 @@
+"""RapidFire AI's ``rapidfireai.automl`` names, so a RapidFire script changes only its imports:
+
+    from rf_ray.automl import List, Range, RFGridSearch, RFLoraConfig, RFModelConfig, RFSFTConfig
+
+``RFOptuna`` needs Ray Tune and Optuna (``pip install "rf-ray[tune]"``); it is loaded on use.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from rf_ray.config import (
+    List,
+    Range,
+    RFDPOConfig,
+    RFGRPOConfig,
+    RFLoraConfig,
+    RFModelConfig,
+    RFSFTConfig,
+)
+from rf_ray.search import RFGridSearch, RFRandomSearch
+
+if TYPE_CHECKING:  # loaded on use by __getattr__ below
+    from rf_ray.tune import RFOptuna
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RFOptuna":
+        from rf_ray.tune import RFOptuna
+
+        return RFOptuna
+    raise AttributeError(f"module 'rf_ray.automl' has no attribute {name!r}")
+
+
+__all__ = [
+    "List",
+    "RFDPOConfig",
+    "RFGRPOConfig",
+    "RFGridSearch",
+    "RFLoraConfig",
+    "RFModelConfig",
+    "RFOptuna",
+    "RFRandomSearch",
+    "RFSFTConfig",
+    "Range",
+]

@@ -1,0 +1,224 @@
+"""What rf-ray does with the fields a TRL script or a RapidFire AI notebook sets.
+
+TRL config fields that name something rf-ray does itself are accepted: those with a meaning here
+are honoured (``HONOURED_TRAINER_FIELDS``), the others ignored with one ``IgnoredFieldWarning``
+per field per experiment that says what rf-ray does instead (``ignored_field_warnings``;
+``Experiment.run_fit`` shows them). Only what would break the engine is refused, saying why and
+what to do (``REFUSED_TRAINER_FIELDS``). ``rapidfire_fields`` does the same for the fields of
+RapidFire's ``RFModelConfig`` that rf-ray handles its own way. ``rf_ray.config`` applies these
+rules when a config is written and when its TRL config is built.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from policies.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rf_ray.config import RunConfig
+
+# TRL fields that name something rf-ray does itself. A TRL script or RapidFire tutorial sets
+# many of them, so they are accepted. Those with a meaning here are honoured
+# (HONOURED_TRAINER_FIELDS); the rest are ignored with one IgnoredFieldWarning per field per
+# experiment saying what rf-ray does instead (``ignored_field_warnings``); only what would
+# break the engine is refused.
+HONOURED_TRAINER_FIELDS = {
+    "logging_steps": "how often a run's step metrics go to MLflow (every step goes to the store)",
+    "report_to": "rf-ray always logs to MLflow; 'wandb' and 'tensorboard' are also forwarded to "
+    "TRL's own integrations when the package is installed",
+    "eval_strategy": "'steps' evaluates every eval_steps optimizer steps inside a chunk; every "
+    "run is also evaluated at the end of each chunk (pruning compares those)",
+    "eval_steps": "with eval_strategy='steps': evaluate every eval_steps optimizer steps",
+}
+_CHECKPOINTS = "rf-ray checkpoints every run after each slice, in the experiment directory"
+_LOGS = "rf-ray keeps every step's metrics in its store and logs them to MLflow every logging_steps"
+_HUB = "rf-ray does not push; Experiment.export(run_id, path) writes a run's adapter to push"
+_BEST = "the pruner compares runs on its metric; Experiment.get_best_run() picks the best run"
+IGNORED_TRAINER_FIELDS = {
+    "output_dir": "rf-ray writes each run's files under <experiment dir>/runs/<run_id>",
+    "overwrite_output_dir": "rf-ray writes each run's files under <experiment dir>/runs/<run_id>",
+    "save_strategy": _CHECKPOINTS,
+    "save_steps": _CHECKPOINTS,
+    "save_total_limit": _CHECKPOINTS,
+    "save_only_model": _CHECKPOINTS,
+    "save_safetensors": _CHECKPOINTS,
+    "logging_strategy": _LOGS,
+    "logging_first_step": _LOGS,
+    "logging_dir": _LOGS,
+    "disable_tqdm": "rf-ray shows its own live view of all runs",
+    "use_cpu": "rf-ray picks the device for each run",
+    "no_cuda": "rf-ray picks the device for each run",
+    "push_to_hub": _HUB,
+    "hub_model_id": _HUB,
+    "hub_strategy": _HUB,
+    "hub_token": _HUB,
+    "hub_private_repo": _HUB,
+    "run_name": "each run is an MLflow run named run-<run_id>",
+    "load_best_model_at_end": _BEST,
+    "metric_for_best_model": _BEST + " (set it with run_fit(pruner=SuccessiveHalving(metric=...)))",
+    "greater_is_better": _BEST + " (set it with run_fit(pruner=SuccessiveHalving(mode=...)))",
+    "resume_from_checkpoint": "rf-ray resumes a whole experiment with Experiment.resume()",
+}
+# Fields RapidFire's notebooks set that this TRL release's config for the trainer lacks (older
+# TRL had them). Accepted, and ignored with a warning, only where the class has no such field:
+# GRPOConfig still has max_completion_length, for example, and there it is honoured.
+_RETIRED_LENGTH = (
+    "this TRL release's config for this trainer has no such field; SFT and DPO truncate "
+    "whole sequences with max_length"
+)
+_REFERENCE = "rf-ray's DPO reference policy is the resident base with the run's adapter disabled"
+RETIRED_TRAINER_FIELDS = {
+    "model_adapter_name": _REFERENCE,
+    "ref_adapter_name": _REFERENCE,
+    "force_use_ref_model": _REFERENCE,
+    "max_prompt_length": _RETIRED_LENGTH,
+    "max_completion_length": _RETIRED_LENGTH,
+}
+# TRL fields that would break the engine: refused, saying why and what to do instead.
+REFUSED_TRAINER_FIELDS = {
+    "model_init_kwargs": "the base model is loaded once, by create_model_fn, and shared by every "
+    "run; put from_pretrained kwargs in RFModelConfig(model_kwargs=...)",
+    "deepspeed": "rf-ray keeps one resident base model per executor and trains every run as an "
+    "adapter on it; DeepSpeed would shard and own that model. Remove deepspeed=",
+    "fsdp": "rf-ray keeps one resident base model per executor and trains every run as an "
+    "adapter on it; FSDP would shard and own that model. Remove fsdp=",
+    "fsdp_config": "rf-ray does not shard the base model (see fsdp). Remove fsdp_config=",
+}
+# report_to names forwarded to TRL's integrations (the package name to import for each).
+FORWARDED_REPORTERS = {"wandb": "wandb", "tensorboard": "tensorboard"}
+
+
+class IgnoredFieldWarning(UserWarning):
+    """A config field rf-ray accepts but does not use (it does the job itself, another way).
+
+    Shown once per field per experiment; silence it with
+    ``warnings.filterwarnings("ignore", category=rf_ray.IgnoredFieldWarning)``."""
+
+
+def forwarded_reporters(report_to: Any) -> tuple[list[str], list[str]]:
+    """``(forwarded, notes)`` for a TRL ``report_to`` value: the integrations handed to TRL
+    (wandb, tensorboard, when installed) and one note per name rf-ray does not forward."""
+    if report_to is None:
+        return [], []
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    if "all" in names:
+        names = [n for n in FORWARDED_REPORTERS if importlib.util.find_spec(n) is not None]
+    forwarded, notes = [], []
+    for name in names:
+        if name in ("none", "mlflow"):
+            continue  # rf-ray logs every run to MLflow itself
+        package = FORWARDED_REPORTERS.get(name)
+        if package is None:
+            notes.append(
+                f"report_to={name!r} is not forwarded: rf-ray logs every run to MLflow and "
+                f"forwards only {', '.join(FORWARDED_REPORTERS)}"
+            )
+        elif importlib.util.find_spec(package) is None:
+            notes.append(
+                f"report_to={name!r} is not forwarded: the {package} package is not installed "
+                f"(pip install {package}); rf-ray still logs every run to MLflow"
+            )
+        else:
+            forwarded.append(name)
+    return forwarded, notes
+
+
+def ignored_field_warnings(runs: Sequence[RunConfig], has_eval: bool = True) -> dict[str, str]:
+    """``{field: message}`` for every config field the runs set that rf-ray accepts but does not
+    use as TRL would; ``Experiment.run_fit`` shows each once as an ``IgnoredFieldWarning``."""
+    out: dict[str, str] = {}
+    for run in runs:
+        for name, value in run.training_args.items():
+            if name in RETIRED_TRAINER_FIELDS and name not in run.trl_fields():
+                what = RETIRED_TRAINER_FIELDS[name]
+                out.setdefault(name, f"training_args.{name}={value!r} is ignored: {what}")
+            elif name in IGNORED_TRAINER_FIELDS:
+                what = IGNORED_TRAINER_FIELDS[name]
+                out.setdefault(name, f"training_args.{name}={value!r} is ignored: {what}")
+            elif name == "report_to":
+                for note in forwarded_reporters(value)[1]:
+                    out.setdefault(f"report_to:{note}", f"training_args.{note}")
+            elif name == "eval_strategy" and value not in ("steps", "no", "epoch"):
+                pass  # TRL rejects it when the config is built
+            elif name == "eval_strategy" and value != "steps":
+                out.setdefault(
+                    name,
+                    f"training_args.eval_strategy={value!r}: rf-ray evaluates every run at the "
+                    "end of each chunk whatever eval_strategy says (pruning compares those); "
+                    "eval_strategy='steps' with eval_steps adds evaluations inside a chunk",
+                )
+            elif name == "eval_strategy" and not has_eval:
+                out.setdefault(
+                    name,
+                    "training_args.eval_strategy='steps' is ignored: run_fit has no eval_dataset",
+                )
+        for name, note in run.ignored.items():
+            out.setdefault(name, note)
+    return out
+
+
+def rapidfire_fields(
+    names: set[str],
+    tokenizer: Any,
+    model_type: Any,
+    ref_model_name: Any,
+    ref_model_type: Any,
+    ref_model_kwargs: Any,
+    num_gpus: Any,
+) -> dict[str, str]:
+    """Check RapidFire's RFModelConfig fields rf-ray handles its own way; return
+    ``{field: note}`` for those accepted but not used (``ignored_field_warnings`` shows them)."""
+    notes: dict[str, str] = {}
+    if model_type not in (None, "causal_lm"):
+        raise ConfigError(
+            f"model_type={model_type!r} is not supported: rf-ray trains causal language models "
+            "(SFT, DPO, GRPO with LoRA); use model_type='causal_lm' or leave it out"
+        )
+    if tokenizer is not None:
+        if not isinstance(tokenizer, str):
+            raise TypeError(f"tokenizer must be a str (a model name or path), got {tokenizer!r}")
+        if tokenizer not in names:
+            notes["tokenizer"] = (
+                f"tokenizer={tokenizer!r} is ignored: rf-ray loads the tokenizer with the model "
+                "in create_model_fn(model_config) -> (model, tokenizer); load it there"
+            )
+    if ref_model_name is not None and ref_model_name not in names:
+        raise ConfigError(
+            f"ref_model_name={ref_model_name!r} is not supported: rf-ray's DPO reference policy is "
+            "the resident base model with the run's adapter disabled (no second copy of the "
+            "weights), so the reference is always the base model; drop ref_model_name"
+        )
+    for field, value in (
+        ("ref_model_name", ref_model_name),
+        ("ref_model_type", ref_model_type),
+        ("ref_model_kwargs", ref_model_kwargs),
+    ):
+        if value is not None:
+            notes[field] = (
+                f"{field}={value!r} is ignored: the DPO reference policy is the base model itself "
+                "with the run's adapter disabled"
+            )
+    if num_gpus is not None:
+        if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 0:
+            raise ConfigError(f"num_gpus={num_gpus!r} must be an integer >= 0")
+        notes["num_gpus"] = (
+            f"num_gpus={num_gpus!r} is ignored: each run trains on one executor (one GPU) that "
+            "holds the base model; run_fit(num_executors=N) spreads runs over N GPUs"
+        )
+    return notes
+
+
+__all__ = [
+    "FORWARDED_REPORTERS",
+    "HONOURED_TRAINER_FIELDS",
+    "IGNORED_TRAINER_FIELDS",
+    "REFUSED_TRAINER_FIELDS",
+    "RETIRED_TRAINER_FIELDS",
+    "IgnoredFieldWarning",
+    "forwarded_reporters",
+    "ignored_field_warnings",
+    "rapidfire_fields",
+]
