@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from safetensors.torch import load_file
 from actors.store import Store
 from rf_ray import Experiment, List, NoPruning, RFModelConfig, RFSFTConfig
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
+from tests.rf_ray.test_durability import _descendants_named, _kill_started_under
 
 pytestmark = pytest.mark.slow
 
@@ -85,49 +87,6 @@ def _store_state(exp_dir: Path) -> dict[int, int]:
             return {r["run_id"]: r["steps_done"] for r in store.runs()}
     except Exception:  # the store is being created
         return {}
-
-
-def _descendants_named(root_pid: int, title: str) -> list[int]:
-    """Processes whose command line starts with ``title`` and whose parent chain reaches
-    ``root_pid``: the Ray workers of the cluster this round's driver started, no others."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if not f.read().startswith(title.encode()):
-                    continue
-            pid = int(entry)
-            while pid > 1:
-                with open(f"/proc/{pid}/stat") as f:
-                    pid = int(f.read().rsplit(")", 1)[1].split()[1])
-                if pid == root_pid:
-                    found.append(int(entry))
-                    break
-        except (OSError, ValueError):
-            continue
-    return sorted(found)
-
-
-def _kill_tree_under(marker: str, timeout: float = 60) -> None:
-    """SIGKILL whatever still names this round's Ray temp dir, and wait until it is gone."""
-    import psutil
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        mine = []
-        for p in psutil.process_iter(["cmdline"]):
-            with contextlib.suppress(psutil.Error):
-                if marker in " ".join(p.info["cmdline"] or ()):
-                    mine.append(p)
-        if not mine:
-            return
-        for p in mine:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        psutil.wait_procs(mine, timeout=5)
-    raise AssertionError(f"processes under {marker} survived SIGKILL")
 
 
 def _adapters(exp_dir: Path) -> dict[int, dict]:
@@ -221,7 +180,8 @@ def test_driver_executor_and_trial_killed_at_random_then_resumed(reference, tmp_
                 os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
             proc.wait(timeout=60)
             log.close()
-            _kill_tree_under(ray_tmp)
+            _kill_started_under(ray_tmp)
+            shutil.rmtree(ray_tmp, ignore_errors=True)  # the round's Ray temp dir
         if proc.returncode == 0:
             finished = True
             break

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,6 +145,7 @@ def test_a_killed_driver_resumes_to_the_uninterrupted_result(reference, tmp_path
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
         proc.wait(timeout=60)
         _kill_started_under(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)  # the round's Ray temp dir
     # Ray tears the dead driver's actors down asynchronously: resume waits (bounded) for the
     # dead driver's scheduler to release the experiment's lock.
     exp = Experiment("killed", experiment_path=tmp_path)
@@ -176,26 +178,28 @@ def test_a_killed_executor_restarts_and_no_run_is_lost(reference, tmp_path):
     assert _losses(exp) == _losses(reference)
 
 
-def _trial_pids_started_by_us() -> list[int]:
-    """Trial actor processes descended from this test process (its Ray cluster's), no others."""
-    me, found = os.getpid(), []
+def _descendants_named(root_pid: int, title: str) -> list[int]:
+    """Processes whose command line starts with ``title`` (a Ray worker's, e.g.
+    ``ray::TrialActor``) and whose parent chain reaches ``root_pid``: workers of the Ray cluster
+    that process started, no others."""
+    found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if not f.read().startswith(b"ray::TrialActor"):
+                if not f.read().startswith(title.encode()):
                     continue
             pid = int(entry)
             while pid > 1:  # walk up the parents
                 with open(f"/proc/{pid}/stat") as f:
                     pid = int(f.read().rsplit(")", 1)[1].split()[1])
-                if pid == me:
+                if pid == root_pid:
                     found.append(int(entry))
                     break
         except (OSError, ValueError):  # gone meanwhile
             continue
-    return found
+    return sorted(found)
 
 
 def test_a_killed_trial_is_restarted_and_its_run_completes(reference, tmp_path):
@@ -208,7 +212,7 @@ def test_a_killed_trial_is_restarted_and_its_run_completes(reference, tmp_path):
         _config(), train_dataset=sft_dataset(ROWS), pruner=NoPruning(), blocking=False, **FIT
     )
     _wait_for_steps(exp.dir, at_least=2)  # every run still has 10 or more steps to go
-    victims = _trial_pids_started_by_us()
+    victims = _descendants_named(os.getpid(), "ray::TrialActor")
     assert len(victims) == 3, victims
     os.kill(victims[0], signal.SIGKILL)
     info = exp.wait().set_index("run_id")
