@@ -173,11 +173,11 @@ class Experiment:
             slice_timeout,
         )
         self._stop_session()
-        self._start_log_file()
         # A source that adds runs while the experiment runs (rf_ray.tune.RFTuneSearch) names a
         # hold token that keeps the experiment open, and starts its driver once the actors run.
         hold = getattr(param_config, "hold_token", None)
         self._session = runner.start(plan, num_executors=num_executors, hold=hold)
+        self._start_log_file()  # only now: a refused start writes nothing, not even a log
         self._differing, self._live_view = plan.differing, live_view
         if hasattr(param_config, "start_driver"):
             param_config.start_driver(self)
@@ -215,8 +215,8 @@ class Experiment:
         if not Store.exists(self.dir):
             raise ConfigError(f"experiment {self.name!r} has nothing to resume at {self.dir}")
         self._stop_session()
-        self._start_log_file()
         self._session = runner.resume(self.dir)
+        self._start_log_file()
         self._live_view = live_view
         self._differing = differing_keys(list(self._session.params.values()))
         return self.wait() if blocking else None
@@ -441,7 +441,6 @@ class Experiment:
     def _start_log_file(self) -> None:
         if self.dir in _LOG_HANDLERS:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(self.get_log_file_path(), encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         for name in _LOGGERS:
