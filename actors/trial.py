@@ -97,6 +97,9 @@ class TrialActor:
         """The run's last durable checkpoint: where a (re)placed run is restored from."""
         self.mlflow_run_id = mlflow_run_id
         self.placed_on: int | None = None
+        self.placed_pid = 0
+        """Process id of the executor that holds the run (learned when it was placed): an
+        executor death during a call shows as a changed pid."""
         self.token = uuid.uuid4().hex
         """Identifies this trial to the executor (see ``BaseModelActor.add_run``)."""
 
@@ -176,14 +179,19 @@ class TrialActor:
     async def _train(self, grant: Grant) -> SliceResult:
         """Place the run on the granted executor if needed, then train the slice."""
         executor = self.executors[grant.executor]
-        pid = await self._pid(grant.executor)
-        if pid is None:
-            raise ExecutorLostError(
-                None, f"executor {grant.executor} did not answer before the call"
-            )
         if self.placed_on is not None and self.placed_on != grant.executor:
             await self._evict()  # moving: the old executor's copy would go stale
-        if self.placed_on != grant.executor or not await self._has_run(grant.executor):
+        if self.placed_on == grant.executor and await self._has_run(grant.executor):
+            # Still resident, so still the process it was placed in (a restarted executor
+            # starts empty): its pid is known, no extra round trip on the slice path.
+            pid = self.placed_pid
+        else:
+            found = await self._pid(grant.executor)
+            if found is None:
+                raise ExecutorLostError(
+                    None, f"executor {grant.executor} did not answer before the call"
+                )
+            pid = found
             await self._place(grant, pid)
         for _ in range(MAX_IN_TRANSIT_RETRIES + 1):
             try:
@@ -214,7 +222,7 @@ class TrialActor:
             grant, pid, "add_run",
             lambda: executor.add_run.remote(self.spec_blob, self.checkpoint, self.token),
         )  # fmt: skip
-        self.placed_on = grant.executor
+        self.placed_on, self.placed_pid = grant.executor, pid
 
     async def _call(
         self, grant: Grant, pid: int, what: str, submit: Callable[[], Awaitable[Any]]
