@@ -15,7 +15,7 @@ tuned four ways, each way a fresh process tree started from this script as a use
 3. **rf-ray + successive halving**: one ``run_fit`` with ``SuccessiveHalving(eta, min_chunks)``.
 4. **rf-ray, no pruning**: one ``run_fit`` with ``NoPruning()``.
 
-Every way trains the identical TRL config (``rf_ray.config.build_trl_config``) over the same
+Every way trains the identical TRL config (``rf_ray.specs.build_trl_config``) over the same
 example order, so their metrics after each chunk are the same numbers; only what they run, when,
 and at what cost differs. Per way it reports: wall time until the config it finally picks as
 best has finished training, wall time overall, time until every config has a first comparable
@@ -139,7 +139,7 @@ def _subset(runs: list[Any], idx: list[int]) -> list[Any]:
 def case_configs(case: dict[str, Any]) -> tuple[Any, list[Any], list[str]]:
     """(config group for run_fit, the concrete RunConfigs in run-id order, a short key each)."""
     from rf_ray import List, RFGridSearch, RFModelConfig, RFSFTConfig
-    from rf_ray.config import differing_params
+    from rf_ray.specs import differing_params
 
     if case["grid"] == "sft8":
         from examples.sft_grid import make_config_group

@@ -27,7 +27,7 @@ os.environ.setdefault("RF_RAY_LIVE", "0")
 import ray
 
 from rf_ray import Experiment, List, NoPruning, OpError, RFModelConfig, RFSFTConfig
-from rf_ray.launch import ensure_ray
+from rf_ray.cluster import ensure_ray
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
 
 

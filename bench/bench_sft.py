@@ -11,7 +11,7 @@ the same number of epochs:
 2. **serial vanilla TRL**: for each config a fresh Python process (``bench/vanilla.py``, as a
    user runs one script per config today) that loads the model, adds the same LoRA adapter
    (same seed) and calls ``trl.SFTTrainer(...).train()`` with the identical ``SFTConfig`` (built by
-   ``rf_ray.config.build_trl_config``), sequential sampling over rf-ray's epoch order, and an
+   ``rf_ray.specs.build_trl_config``), sequential sampling over rf-ray's epoch order, and an
    evaluation every "chunk" worth of steps so it produces the same comparable metrics.
 
 It reports wall time and tokens/s of each way, rf-ray's overhead per trained token, the time until
@@ -116,7 +116,7 @@ def bench_rf_ray(mode: dict[str, Any], workdir: Path, import_seconds: float) -> 
     import ray
 
     from rf_ray import Experiment, NoPruning
-    from rf_ray.launch import ensure_ray
+    from rf_ray.cluster import ensure_ray
     from rf_ray.toy import sft_dataset, sft_eval_dataset
 
     group, runs = select_runs(mode)

@@ -3,14 +3,14 @@
 The run loads the base model itself (the toy, from ``rf_ray.toy``; nothing is downloaded),
 adds the LoRA adapter seeded as rf-ray seeds it, and calls ``trl.SFTTrainer(...).train()`` or
 ``trl.GRPOTrainer(...).train()`` with the identical TRL config rf-ray builds
-(``rf_ray.config.build_trl_config``), over the example order rf-ray trains on:
+(``rf_ray.specs.build_trl_config``), over the example order rf-ray trains on:
 
 - SFT: rf-ray presents epoch 0 in ``policies.chunking.epoch_order`` with sequential sampling;
   the run does the same (one epoch only);
 - GRPO: TRL's own ``RepeatSampler`` order, which rf-ray's executor uses too.
 
 After each chunk's worth of optimizer steps (rf-ray's own ``ChunkPlan``, built by
-``rf_ray.launch.build_specs``) it records the comparable metric rf-ray prunes on: ``eval_loss``
+``rf_ray.specs.build_specs``) it records the comparable metric rf-ray prunes on: ``eval_loss``
 on the eval set for SFT (an evaluation triggered at the chunk boundary), the chunk's mean
 ``reward`` for GRPO. ``on_chunk`` (a Tune trial's ``tune.report``) receives each of them.
 
@@ -72,8 +72,7 @@ def train_vanilla(
     from trl import GRPOTrainer, SFTTrainer
 
     import rf_ray.toy
-    from rf_ray.config import RunConfig, build_lora_config, build_trl_config
-    from rf_ray.launch import build_specs
+    from rf_ray.specs import RunConfig, build_lora_config, build_specs, build_trl_config
 
     import_seconds = time.perf_counter() - t
 

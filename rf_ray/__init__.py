@@ -31,7 +31,7 @@ from policies.pruning import (
 )
 from policies.state import RunStatus
 from rf_ray.compat import IgnoredFieldWarning
-from rf_ray.config import (
+from rf_ray.configs import (
     List,
     Range,
     RFDPOConfig,
@@ -39,10 +39,10 @@ from rf_ray.config import (
     RFLoraConfig,
     RFModelConfig,
     RFSFTConfig,
-    RunConfig,
 )
 from rf_ray.experiment import Experiment
 from rf_ray.search import ConfigGroup, RFGridSearch, RFRandomSearch
+from rf_ray.specs import RunConfig
 
 __version__ = "0.1.0"
 

@@ -7,7 +7,7 @@
 
 from typing import TYPE_CHECKING, Any
 
-from rf_ray.config import (
+from rf_ray.configs import (
     List,
     Range,
     RFDPOConfig,

@@ -5,8 +5,8 @@ are honoured (``HONOURED_TRAINER_FIELDS``), the others ignored with one ``Ignore
 per field per experiment that says what rf-ray does instead (``ignored_field_warnings``;
 ``Experiment.run_fit`` shows them). Only what would break the engine is refused, saying why and
 what to do (``REFUSED_TRAINER_FIELDS``). ``rapidfire_fields`` does the same for the fields of
-RapidFire's ``RFModelConfig`` that rf-ray handles its own way. ``rf_ray.config`` applies these
-rules when a config is written and when its TRL config is built.
+RapidFire's ``RFModelConfig`` that rf-ray handles its own way. ``rf_ray.fields`` applies these
+rules when a config is written, ``rf_ray.specs`` when its TRL config is built.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from policies.errors import ConfigError
 
 if TYPE_CHECKING:
-    from rf_ray.config import RunConfig
+    from rf_ray.specs import RunConfig
 
 # TRL fields that name something rf-ray does itself. A TRL script or RapidFire tutorial sets
 # many of them, so they are accepted. Those with a meaning here are honoured

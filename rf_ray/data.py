@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from policies.errors import ConfigError
-from rf_ray.config import RunConfig
+from rf_ray.specs import RunConfig
 
 # Column sets each TRL trainer accepts (TRL's dataset formats), in the order we name them.
 _FORMATS: dict[str, list[tuple[str, ...]]] = {

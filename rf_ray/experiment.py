@@ -26,11 +26,12 @@ from actors.tracking import default_tracking_uri
 from policies.errors import ConfigError, ExperimentExistsError
 from policies.fusion import FusionPolicy
 from policies.pruning import Pruner, SuccessiveHalving
-from rf_ray import launch, ops, runner, specfiles
+from rf_ray import ops, session, spec_store
 from rf_ray.compat import IgnoredFieldWarning, ignored_field_warnings
-from rf_ray.config import RFModelConfig, RunConfig, differing_keys, differing_params
+from rf_ray.configs import RFModelConfig
 from rf_ray.data import check_columns, dataset_fingerprint, to_dataset
 from rf_ray.search import ConfigGroup, RFGridSearch
+from rf_ray.specs import RunConfig, build_specs, differing_keys, differing_params
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class Experiment:
         root = Path(experiment_path) if experiment_path is not None else Path(DEFAULT_ROOT)
         self.dir = (root / experiment_name).resolve()
         self.tracking_uri = tracking_uri or default_tracking_uri(self.dir)
-        self._session: runner.Session | None = None
+        self._session: session.Session | None = None
         self._differing: list[str] = []
         self._live_view = True
         self._metric: tuple[str, str] | None = None
@@ -134,7 +135,7 @@ class Experiment:
         num_executors: int | None = None,
         blocking: bool = True,
         fusion: bool | FusionPolicy = True,
-        slice_timeout: float | None = launch.DEFAULT_SLICE_TIMEOUT,
+        slice_timeout: float | None = session.DEFAULT_SLICE_TIMEOUT,
     ) -> pd.DataFrame | None:
         """Train every config of ``param_config`` chunk by chunk; return ``get_runs_info()``.
 
@@ -153,7 +154,7 @@ class Experiment:
         ``slice_timeout`` (seconds, > 0, or None for no deadline) bounds one slice: past it the
         run fails with an error naming the slice and what was running (a hung reward or
         formatting function), its executor is restarted and the other runs go on. The default,
-        ``launch.DEFAULT_SLICE_TIMEOUT`` (30 min), is far above a healthy slice (one chunk of
+        ``session.DEFAULT_SLICE_TIMEOUT`` (30 min), is far above a healthy slice (one chunk of
         one run); if yours are longer, cut them with more ``num_chunks`` or ``max_slice_steps``
         rather than raising the bound.
 
@@ -176,7 +177,7 @@ class Experiment:
         # A source that adds runs while the experiment runs (rf_ray.tune.RFTuneSearch) names a
         # hold token that keeps the experiment open, and starts its driver once the actors run.
         hold = getattr(param_config, "hold_token", None)
-        self._session = runner.start(plan, num_executors=num_executors, hold=hold)
+        self._session = session.start(plan, num_executors=num_executors, hold=hold)
         self._start_log_file()  # only now: a refused start writes nothing, not even a log
         self._differing, self._live_view = plan.differing, live_view
         if hasattr(param_config, "start_driver"):
@@ -189,7 +190,7 @@ class Experiment:
         """Block until every run is over (live view as chosen in run_fit); return runs info."""
         if self._session is None:
             raise ConfigError(f"experiment {self.name!r} is not running in this process")
-        runner.wait(self._session, live_view=self._live_view, differing=self._differing)
+        session.wait(self._session, live_view=self._live_view, differing=self._differing)
         return self.get_runs_info()
 
     # ------------------------------------------------------------------ interactive control
@@ -215,7 +216,7 @@ class Experiment:
         if not Store.exists(self.dir):
             raise ConfigError(f"experiment {self.name!r} has nothing to resume at {self.dir}")
         self._stop_session()
-        self._session = runner.resume(self.dir)
+        self._session = session.resume(self.dir)
         self._start_log_file()
         self._live_view = live_view
         self._differing = differing_keys(list(self._session.params.values()))
@@ -248,8 +249,8 @@ class Experiment:
         pruner: Pruner | None,
         max_slice_steps: int | None,
         fusion: bool | FusionPolicy = True,
-        slice_timeout: float | None = launch.DEFAULT_SLICE_TIMEOUT,
-    ) -> launch.Plan:
+        slice_timeout: float | None = session.DEFAULT_SLICE_TIMEOUT,
+    ) -> session.Plan:
         """Every check that can fail, before anything is written or started."""
         group = _as_group(param_config)
         runs: list[RunConfig] = group.expand()
@@ -273,7 +274,7 @@ class Experiment:
                 f"pruner must be a pruner such as SuccessiveHalving(), ASHA() or NoPruning(), "
                 f"got {pruner!r}"
             )
-        slice_timeout = launch.check_slice_timeout(slice_timeout)
+        slice_timeout = session.check_slice_timeout(slice_timeout)
         if train_dataset is None:
             raise ConfigError("train_dataset is required")
         train = to_dataset(train_dataset, "train_dataset")
@@ -288,7 +289,7 @@ class Experiment:
         metric, mode = default_metric(runs, evals is not None)
         pruner = (pruner or SuccessiveHalving()).with_defaults(metric, mode)
         self._metric = (pruner.metric or metric, pruner.mode or mode)
-        specs = launch.build_specs(
+        specs = build_specs(
             runs,
             self.dir,
             train_rows=len(train),
@@ -297,8 +298,8 @@ class Experiment:
             first_run_id=first_run_id,
         )
         for spec in specs:  # a value JSON cannot hold fails here, before anything is written
-            specfiles.spec_record(spec)
-        return launch.Plan(
+            spec_store.spec_record(spec)
+        return session.Plan(
             name=self.name,
             dir=self.dir,
             tracking_uri=self.tracking_uri,
@@ -466,11 +467,11 @@ class Experiment:
 
     def _stop_session(self) -> None:
         """Stop this object's previous session, running or finished (its executor holds the
-        device and its scheduler the experiment's lock); ``runner.stop`` waits, bounded, until
+        device and its scheduler the experiment's lock); ``session.stop`` waits, bounded, until
         the lock is free."""
-        session, self._session = self._session, None
-        if session is not None:
-            runner.stop(session)
+        old, self._session = self._session, None
+        if old is not None:
+            session.stop(old)
 
 
 def _as_group(param_config: Any) -> ConfigGroup:

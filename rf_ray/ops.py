@@ -15,22 +15,17 @@ from typing import Any
 from actors.store import Store
 from policies.errors import ConfigError, OpError
 from policies.state import OPS
-from rf_ray import specfiles
-from rf_ray.config import (
-    LORA_SHORTHAND,
-    RunConfig,
-    check_lora_field,
-    check_trainer_field,
-    is_knob,
-)
-from rf_ray.launch import (
+from rf_ray import spec_store
+from rf_ray.cluster import (
     NAMESPACE,
     ClusterUnreachableError,
-    build_specs,
     ensure_ray,
     recorded_cluster,
     scheduler_name,
 )
+from rf_ray.fields import LORA_SHORTHAND, check_lora_field, check_trainer_field
+from rf_ray.knobs import is_knob
+from rf_ray.specs import RunConfig, build_specs
 
 _CALLABLE_FIELDS = ("formatting_func", "compute_metrics", "reward_funcs")
 
@@ -39,7 +34,7 @@ def attach(exp_dir: str | Path) -> Any:
     """The named scheduler actor of the experiment running from ``exp_dir``, connecting to Ray
     if needed: to ``RAY_ADDRESS``, else to the cluster the experiment's driver recorded in
     ``exp_dir`` (so a script's private cluster is reachable from another terminal), else to a
-    ``ray start`` head (see ``launch.ensure_ray``)."""
+    ``ray start`` head (see ``cluster.ensure_ray``)."""
     import ray
 
     try:
@@ -98,7 +93,7 @@ def flat_changes(changes: dict[str, Any]) -> dict[str, Any]:
     {"r": 32}}``, or an ``RFLoraConfig`` / ``RFSFTConfig`` as the value) as flat knob names
     (``{"learning_rate": 1e-4, "lora.r": 32}``); flat keys pass through. Raises
     ``ConfigError`` naming a key given twice."""
-    from rf_ray.config import RFLoraConfig, _TrainerKnobs
+    from rf_ray.configs import RFLoraConfig, _TrainerKnobs
 
     out: dict[str, Any] = {}
 
@@ -192,8 +187,8 @@ def clone_modify(
     spec.parent_run_id = run_id
     if warm_start:
         _check_warm_start(parent, spec)
-    blob = specfiles.write_spec(exp_dir, spec)
-    from rf_ray.runner import entry_for
+    blob = spec_store.write_spec(exp_dir, spec)
+    from rf_ray.session import entry_for
 
     entry = entry_for(spec, meta["name"], blob, warm_start=warm_start)
     return _unwrap(lambda: ray.get(scheduler.add_clone.remote(entry)))
@@ -204,7 +199,7 @@ def add_runs(scheduler: Any, exp_dir: Path, runs: list[RunConfig]) -> list[int]:
     Each is validated here first; returns their run ids."""
     import ray
 
-    from rf_ray.runner import entry_for
+    from rf_ray.session import entry_for
 
     store = Store(exp_dir, readonly=True)
     try:
@@ -218,7 +213,7 @@ def add_runs(scheduler: Any, exp_dir: Path, runs: list[RunConfig]) -> list[int]:
             [run], exp_dir, train_rows=meta["train_rows"], num_chunks=meta["num_chunks"],
             seed=meta["seed"], first_run_id=new_id,
         )  # fmt: skip
-        blob = specfiles.write_spec(exp_dir, spec)
+        blob = spec_store.write_spec(exp_dir, spec)
         _unwrap(
             lambda b=blob, s=spec: ray.get(
                 scheduler.add_clone.remote(entry_for(s, meta["name"], b))

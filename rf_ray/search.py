@@ -31,7 +31,7 @@ import warnings
 from typing import Any
 
 from policies.errors import ConfigError
-from rf_ray.config import (
+from rf_ray.configs import (
     LORA_SHORTHAND,
     TRAINER_KNOB_CLASSES,
     TRAINER_TYPES,
@@ -40,13 +40,10 @@ from rf_ray.config import (
     Range,
     RFLoraConfig,
     RFModelConfig,
-    RunConfig,
     _TrainerKnobs,
-    build_lora_config,
-    build_trl_config,
-    describe,
     is_knob,
 )
+from rf_ray.specs import RunConfig, build_lora_config, build_trl_config, describe
 
 logger = logging.getLogger(__name__)
 

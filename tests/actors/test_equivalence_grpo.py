@@ -22,9 +22,9 @@ from trl import GRPOConfig, GRPOTrainer
 from actors.algorithms.grpo import LoaderBatches, checked_reward
 from actors.executor import Executor
 from policies.errors import RunFailedError
-from rf_ray.config import RFGRPOConfig, RFModelConfig
-from rf_ray.launch import build_specs
+from rf_ray.configs import RFGRPOConfig, RFModelConfig
 from rf_ray.search import RFGridSearch
+from rf_ray.specs import build_specs
 from rf_ray.toy import TOY_MODEL_NAME, arithmetic_reward, grpo_dataset, load_toy_model
 
 N = 8

@@ -149,9 +149,9 @@ def test_any_exception_from_the_worker_reaches_the_caller_as_the_run_failure(
 
 def test_a_grpo_plan_longer_than_its_data_fails_the_run_clearly(tmp_path):
     """Issue 12 item 1: a cold GRPO clone sized from the wrong count ran TRL's dataloader dry."""
-    from rf_ray.config import RFGRPOConfig, RFModelConfig
-    from rf_ray.launch import build_specs
+    from rf_ray.configs import RFGRPOConfig, RFModelConfig
     from rf_ray.search import RFGridSearch
+    from rf_ray.specs import build_specs
     from rf_ray.toy import TOY_MODEL_NAME, format_reward, grpo_dataset
 
     data = grpo_dataset(8)

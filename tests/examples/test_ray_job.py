@@ -281,7 +281,7 @@ def test_ensure_ray_fails_fast_when_no_cluster_listens():
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
     env.update(RAY_ADDRESS=f"127.0.0.1:{port}", PYTHONPATH=str(ROOT))
     # A subprocess: this test process may already be connected to the session cluster.
-    code = "from rf_ray.launch import ensure_ray; ensure_ray()"
+    code = "from rf_ray.cluster import ensure_ray; ensure_ray()"
     start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,

@@ -109,7 +109,7 @@ def test_cli_ops_and_a_second_python_driver_reach_a_scripts_private_cluster(tmp_
 
 
 def test_cluster_json_says_where_the_token_is_never_what_it_is(ray_cluster, tmp_path, monkeypatch):
-    from rf_ray.launch import record_cluster
+    from rf_ray.cluster import record_cluster
 
     secret = "not-a-real-token-0123456789"
     monkeypatch.setenv("RAY_AUTH_TOKEN", secret)

@@ -22,6 +22,7 @@ import pytest
 from actors.store import Store
 from policies.errors import ConfigError
 from rf_ray import cli
+from rf_ray.cli import dashboard, demo
 
 LONG_ERROR = "Traceback (most recent call last):\n  File 'x'\nRuntimeError: " + "out of memory " * 9
 
@@ -137,14 +138,16 @@ def test_help_lists_the_commands(capsys):
         assert name in out
 
 
-def test_a_command_name_is_registered_once():
-    with pytest.raises(ValueError, match="already registered"):
-        cli.register(cli.Command("status", "again", lambda p: None, lambda a: 0))
+def test_every_command_is_listed_once_and_parses():
+    names = [c.name for c in cli.COMMANDS]
+    assert names == ["list", "status", "dashboard", "demo", "ops", "resume"]
+    parser = cli.build_parser()
+    assert parser.parse_args(["status", "x"]).run is cli.COMMANDS[1].run
 
 
 @pytest.mark.parametrize(("host", "port"), [("127.0.0.1", 5000), ("::1", 8080)])
 def test_dashboard_command(tmp_path, host, port):
-    cmd = cli.dashboard_command(tmp_path / "exp" / "mlflow.db", host=host, port=port)
+    cmd = dashboard.dashboard_command(tmp_path / "exp" / "mlflow.db", host=host, port=port)
     assert cmd[:4] == [sys.executable, "-m", "mlflow", "ui"]
     uri = cmd[cmd.index("--backend-store-uri") + 1]
     assert uri == f"sqlite:///{(tmp_path / 'exp' / 'mlflow.db').resolve()}"
@@ -155,28 +158,28 @@ def test_dashboard_command(tmp_path, host, port):
 def test_dashboard_defaults_to_loopback():
     args = cli.build_parser().parse_args(["dashboard"])
     assert (args.host, args.port) == ("127.0.0.1", 5000)
-    assert "--host" in cli.dashboard_command("mlflow.db")
-    assert "0.0.0.0" not in cli.dashboard_command("mlflow.db")
+    assert "--host" in dashboard.dashboard_command("mlflow.db")
+    assert "0.0.0.0" not in dashboard.dashboard_command("mlflow.db")
 
 
 def test_dashboard_env_turns_mlflow_jobs_off_unless_set():
-    assert cli.dashboard_env({})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert dashboard.dashboard_env({})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true"}
-    assert cli.dashboard_env(env)["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true"
+    assert dashboard.dashboard_env(env)["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true"
 
 
 def test_dashboard_finds_the_experiment(root, tmp_path):
     sweep = root / "lr-sweep"
-    assert cli.resolve_dashboard_dir(str(sweep), None) == sweep  # the experiment dir itself
-    assert cli.resolve_dashboard_dir(str(root), None) == sweep  # the root's only mlflow.db
-    assert cli.resolve_dashboard_dir(str(root), "lr-sweep") == sweep
+    assert dashboard.resolve_dashboard_dir(str(sweep), None) == sweep  # the experiment dir itself
+    assert dashboard.resolve_dashboard_dir(str(root), None) == sweep  # the root's only mlflow.db
+    assert dashboard.resolve_dashboard_dir(str(root), "lr-sweep") == sweep
     _make_experiment(root, "rank-sweep")
     with pytest.raises(ConfigError, match=r"--name: lr-sweep, rank-sweep"):
-        cli.resolve_dashboard_dir(str(root), None)
+        dashboard.resolve_dashboard_dir(str(root), None)
     with pytest.raises(ConfigError, match=r"lr-sweep, rank-sweep"):
-        cli.resolve_dashboard_dir(str(root), "nope")
+        dashboard.resolve_dashboard_dir(str(root), "nope")
     with pytest.raises(ConfigError, match="no experiment"):
-        cli.resolve_dashboard_dir(str(tmp_path / "missing"), None)
+        dashboard.resolve_dashboard_dir(str(tmp_path / "missing"), None)
 
 
 def test_dashboard_points_to_mlflow_tracking_uri(monkeypatch, capsys):
@@ -201,12 +204,12 @@ def test_dashboard_rejects_a_bad_port(port, capsys):
 
 
 def test_demo_command():
-    script = cli.find_demo_script()
+    script = demo.find_demo_script()
     assert script is not None
     assert script.name == "sft_grid.py"
-    cmd = cli.demo_command(script, path="exps", live=False)
+    cmd = demo.demo_command(script, path="exps", live=False)
     assert cmd == [sys.executable, str(script), "--path", "exps", "--no-live"]
-    assert cli.demo_command(script) == [sys.executable, str(script)]
+    assert demo.demo_command(script) == [sys.executable, str(script)]
 
 
 def _free_port() -> int:

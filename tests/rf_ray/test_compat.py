@@ -24,18 +24,17 @@ from rf_ray.compat import (
     forwarded_reporters,
     ignored_field_warnings,
 )
-from rf_ray.config import (
+from rf_ray.configs import (
     List,
     Range,
     RFDPOConfig,
     RFLoraConfig,
     RFModelConfig,
     RFSFTConfig,
-    RunConfig,
-    build_trl_config,
 )
 from rf_ray.experiment import Experiment
 from rf_ray.search import RFGridSearch, RFRandomSearch
+from rf_ray.specs import RunConfig, build_trl_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

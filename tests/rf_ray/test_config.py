@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from policies.errors import ConfigError, UnknownKnobError
-from rf_ray.config import (
+from rf_ray.configs import (
     List,
     Range,
     RFDPOConfig,
@@ -17,11 +17,8 @@ from rf_ray.config import (
     RFLoraConfig,
     RFModelConfig,
     RFSFTConfig,
-    RunConfig,
-    build_lora_config,
-    build_trl_config,
-    differing_params,
 )
+from rf_ray.specs import RunConfig, build_lora_config, build_trl_config, differing_params
 
 
 def reward_len(completions, **kwargs):

@@ -24,7 +24,7 @@ PROBE = textwrap.dedent(
     """
     import logging, ray
     logging.basicConfig(level=logging.WARNING)
-    from rf_ray.launch import ensure_ray
+    from rf_ray.cluster import ensure_ray
     started = ensure_ray()
     try:
         print("RESULT", started, ray.get_runtime_context().gcs_address, flush=True)

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from rf_ray import Experiment, NoPruning, RFModelConfig, RFSFTConfig, runner
+from rf_ray import Experiment, NoPruning, RFModelConfig, RFSFTConfig
+from rf_ray import session as sessions
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
 
 pytestmark = pytest.mark.slow
@@ -63,7 +64,7 @@ def faulty(fn: Any) -> RFModelConfig:
 
 
 def fit(exp: Experiment, configs: list[RFModelConfig], slice_timeout: float | None) -> Any:
-    """run_fit with ``slice_timeout``; through the runner where run_fit does not take it yet."""
+    """run_fit with ``slice_timeout``; through rf_ray.session where run_fit does not take it."""
     kwargs = dict(train_dataset=sft_dataset(ROWS), live_view=False, **FIT)
     kwargs["pruner"] = NoPruning()
     if "slice_timeout" in inspect.signature(exp.run_fit).parameters:
@@ -76,11 +77,11 @@ def fit(exp: Experiment, configs: list[RFModelConfig], slice_timeout: float | No
         kwargs["pruner"], FIT["max_slice_steps"], FIT["fusion"],
     )  # fmt: skip
     plan.slice_timeout = slice_timeout
-    session = runner.start(plan)
+    session = sessions.start(plan)
     try:
-        runner.wait(session, live_view=False)
+        sessions.wait(session, live_view=False)
     finally:
-        runner.stop(session)
+        sessions.stop(session)
     return exp.get_runs_info().set_index("run_id")
 
 

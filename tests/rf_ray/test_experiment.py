@@ -460,7 +460,7 @@ def test_wait_survives_a_scheduler_call_failing_in_transit(ray_cluster, tmp_path
     import ray
     from ray.exceptions import ActorUnavailableError
 
-    from rf_ray import runner
+    from rf_ray import session as sessions
 
     exp = Experiment("unavailable", experiment_path=tmp_path)
     real_get, injected = ray.get, []
@@ -472,7 +472,7 @@ def test_wait_survives_a_scheduler_call_failing_in_transit(ray_cluster, tmp_path
             raise ActorUnavailableError("injected: connection reset by peer", None)
         return real_get(refs, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "SCHEDULER_UNAVAILABLE_RETRIES", 3)
+    monkeypatch.setattr(sessions, "SCHEDULER_UNAVAILABLE_RETRIES", 3)
     try:
         exp.run_fit(
             RFModelConfig(

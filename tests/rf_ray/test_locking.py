@@ -24,7 +24,8 @@ import ray
 
 from actors.scheduler_actor import experiment_locked
 from actors.store import Store
-from rf_ray import ConfigError, Experiment, NoPruning, RFModelConfig, RFSFTConfig, runner
+from rf_ray import ConfigError, Experiment, NoPruning, RFModelConfig, RFSFTConfig
+from rf_ray import session as sessions
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
 from tests.rf_ray.test_durability import _kill_started_under, _wait_for_steps
 
@@ -47,16 +48,16 @@ def _config(lrs: list[float]) -> list[RFModelConfig]:
     ]
 
 
-def _start_held(exp: Experiment, lrs: list[float], seed: int = 1) -> runner.Session:
+def _start_held(exp: Experiment, lrs: list[float], seed: int = 1) -> sessions.Session:
     """Start ``exp`` so that it stays running until ``unhold("test")`` (no race with its end)."""
     plan = exp._prepare(_config(lrs), None, sft_dataset(ROWS), None, 2, seed, NoPruning(), 1, False)
-    return runner.start(plan, hold="test")
+    return sessions.start(plan, hold="test")
 
 
-def _finish(session: runner.Session) -> None:
+def _finish(session: sessions.Session) -> None:
     ray.get(session.scheduler.unhold.remote("test"))
-    runner.wait(session, live_view=False)
-    runner.stop(session)
+    sessions.wait(session, live_view=False)
+    sessions.stop(session)
 
 
 def _spec_files(exp_dir: Any) -> list[tuple[str, int]]:
@@ -107,7 +108,7 @@ def test_two_directories_with_the_same_name_run_at_once(ray_cluster, tmp_path):
             _finish(second)
     finally:
         _finish(first)
-    runner.stop(first)  # a second stop of a session does nothing
+    sessions.stop(first)  # a second stop of a session does nothing
     assert a.get_runs_info()["status"].tolist() == ["completed"]
     assert b.get_runs_info()["status"].tolist() == ["completed", "completed"]
 
@@ -171,7 +172,7 @@ def test_a_failed_start_tears_down_and_leaves_the_store_as_it_was(
     def fail(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("injected: registering the runs failed")
 
-    monkeypatch.setattr(runner, "entry_for", fail)  # fails once the actors are up
+    monkeypatch.setattr(sessions, "entry_for", fail)  # fails once the actors are up
     again = Experiment("torn", experiment_path=tmp_path)
     with pytest.raises(RuntimeError, match="injected"):
         _start_held(again, [3e-3, 3e-4], seed=7)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies.errors import ConfigError
-from rf_ray.config import (
+from rf_ray.configs import (
     List,
     Range,
     RFDPOConfig,
@@ -15,10 +15,9 @@ from rf_ray.config import (
     RFLoraConfig,
     RFModelConfig,
     RFSFTConfig,
-    RunConfig,
-    differing_params,
 )
 from rf_ray.search import ConfigGroup, RFGridSearch, RFRandomSearch
+from rf_ray.specs import RunConfig, differing_params
 
 
 def reward_len(completions, **kwargs):

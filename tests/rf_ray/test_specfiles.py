@@ -1,4 +1,4 @@
-"""Run specs are stored as data (``rf_ray.specfiles``): JSON config, functions by reference.
+"""Run specs are stored as data (``rf_ray.spec_store``): JSON config, functions by reference.
 
 A spec read back equals the one written (TRL args, LoRA config, chunk plan, params; importable
 functions are the very same objects), a lambda or closure falls back to one cloudpickle file, the
@@ -15,9 +15,8 @@ import pytest
 
 from actors.store import Store
 from policies.errors import ConfigError
-from rf_ray import specfiles
-from rf_ray.config import RunConfig
-from rf_ray.launch import build_specs
+from rf_ray import spec_store as specfiles
+from rf_ray.specs import RunConfig, build_specs
 from rf_ray.toy import TOY_MODEL_NAME, arithmetic_reward, default_create_model_fn, format_reward
 
 TRAIN_ROWS = 16

@@ -21,7 +21,7 @@ from actors.store import Store
 from policies.errors import ConfigError, UnknownKnobError
 from policies.pruning import NoPruning
 from rf_ray import Experiment, List, RFGridSearch, RFModelConfig, RFSFTConfig
-from rf_ray.config import RunConfig
+from rf_ray.specs import RunConfig
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
 from rf_ray.tune import RFSearcher, RFTuneSearch, apply_flat, concrete, start_shared
 

@@ -13,7 +13,7 @@ equals an uninterrupted run with the same seed.
 What is stored as what: tensors (checkpoints) in safetensors, state in JSON and SQLite, data in
 Arrow, run configs in JSON; the user's functions (``create_model_fn``, formatting and reward
 functions) by importable reference (``module:qualname``), cloudpickle only for closures and
-lambdas (``rf_ray/specfiles.py``). Files are private to their owner (0600, directories 0700).
+lambdas (``rf_ray/spec_store.py``). Files are private to their owner (0600, directories 0700).
 Opening an experiment directory imports the referenced modules and unpickles those functions:
 open only directories you trust (docs/security.md).
 """
@@ -22,23 +22,89 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from actors.durable import make_private_dir, resolve
 from actors.messages import RunEntry
+from actors.spec import RunSpec
 from actors.store import Store
-from policies.errors import ConfigError, OpError
-from policies.pruning import pruner_from_dict
+from policies.errors import ConfigError
+from policies.fusion import FusionPolicy
+from policies.pruning import Pruner, pruner_from_dict
 from policies.state import RunStatus
-from rf_ray import launch, specfiles
-from rf_ray.launch import NAMESPACE, Plan, ensure_ray, scheduler_name
+from rf_ray import spec_store
+from rf_ray.cluster import (
+    LOCK_WAIT_SECONDS,
+    NAMESPACE,
+    clear_leftover_scheduler,
+    ensure_ray,
+    record_cluster,
+    scheduler_name,
+    take_lock,
+    wait_unlocked,
+)
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_SLICE_TIMEOUT = 1800.0
+"""Seconds one slice (or placing a run on an executor) may take before its run fails.
+
+Why 30 minutes: a slice is one chunk of one run (or ``max_slice_steps`` optimizer steps of it),
+so on the hardware rf-ray targets (one GPU node, LoRA on a base model that fits it) a healthy
+slice takes seconds to a few minutes; 30 minutes is an order of magnitude above that and still
+bounds a hung reward or formatting function to half an hour of a shared executor. A run whose
+slices are legitimately longer should be cut finer (more ``num_chunks``, or ``max_slice_steps``)
+rather than given a larger bound: shorter slices also make ops and pruning react sooner.
+"""
+
+
+def check_slice_timeout(slice_timeout: Any) -> float | None:
+    """``slice_timeout`` as a float number of seconds > 0, or None (no deadline); else
+    ``ConfigError`` naming the value."""
+    if slice_timeout is None:
+        return None
+    if (
+        isinstance(slice_timeout, bool)
+        or not isinstance(slice_timeout, (int, float))
+        or not math.isfinite(slice_timeout)
+        or slice_timeout <= 0
+    ):
+        raise ConfigError(
+            f"slice_timeout must be a number of seconds > 0 or None (no deadline), got "
+            f"slice_timeout={slice_timeout!r}; the default is {DEFAULT_SLICE_TIMEOUT:g} s. For "
+            "slices that legitimately take longer, use more num_chunks or max_slice_steps"
+        )
+    return float(slice_timeout)
+
+
+@dataclass
+class Plan:
+    """A validated experiment, ready to start; nothing has been written yet."""
+
+    name: str
+    dir: Path
+    tracking_uri: str
+    specs: list[RunSpec]
+    create_model_fn: Callable[[Any], tuple[Any, Any]]
+    train: Any
+    eval: Any
+    pruner: Pruner
+    max_slice_steps: int | None
+    fusion: FusionPolicy | None
+    fingerprint: str
+    seed: int
+    num_chunks: int
+    differing: list[str] = field(default_factory=list)
+    slice_timeout: float | None = DEFAULT_SLICE_TIMEOUT
+    """Wall-clock bound of one slice in seconds (``None``: none); see ``Grant.deadline_s``."""
+
 
 SCHEDULER_UNAVAILABLE_RETRIES = 8
 """How often ``wait`` re-asks a scheduler that is alive but whose call failed in transit."""
@@ -49,10 +115,6 @@ a run whose call was in flight when the executor died twice fails (``actors.sche
 run past its slice deadline fails at once, so one run's code causes at most two restarts and a
 finite experiment causes finitely many. A shared, fixed budget is what let one bad run use up
 the restarts of every run (issue 12, item 3)."""
-
-LOCK_WAIT_SECONDS = 60.0
-"""How long a start or resume waits for the lock of an experiment whose driver is gone (its
-actors take a few seconds to wind down and release it)."""
 
 HANDOVER_SECONDS = 30.0
 """How long the new scheduler waits for the driver to hand it the experiment lock."""
@@ -105,8 +167,8 @@ def persist(plan: Plan) -> dict[int, bytes]:
         finally:
             if bars:
                 datasets.enable_progress_bars()
-    specfiles.write_create_model_fn(plan.dir, plan.create_model_fn)
-    blobs = {spec.run_id: specfiles.write_spec(plan.dir, spec) for spec in plan.specs}
+    spec_store.write_create_model_fn(plan.dir, plan.create_model_fn)
+    blobs = {spec.run_id: spec_store.write_spec(plan.dir, spec) for spec in plan.specs}
     with Store(plan.dir) as store:
         store.set_meta(
             name=plan.name,
@@ -146,7 +208,7 @@ def entry_for(
     return RunEntry(
         run_id=spec.run_id,
         plan=spec.plan.to_dict(),
-        spec_blob=spec_blob if spec_blob is not None else specfiles.spec_blob(spec),
+        spec_blob=spec_blob if spec_blob is not None else spec_store.spec_blob(spec),
         params=spec.params,
         tags=tags,
         fusion_key=spec.fusion_key,
@@ -154,62 +216,6 @@ def entry_for(
         parent_run_id=spec.parent_run_id,
         warm_start=warm_start,
     )
-
-
-# ---------------------------------------------------------------------------- the lock
-def take_lock(exp_dir: Path, wait_s: float = LOCK_WAIT_SECONDS) -> Any:
-    """Hold the experiment's lock (before anything is written). Held by a live driver's
-    scheduler: refused. Held while the recorded driver is gone (it crashed, its actors are
-    winding down): wait for it, at most ``wait_s`` seconds, then take it."""
-    from actors.scheduler_actor import LOCK_FILE, hold_experiment_lock
-
-    try:
-        return hold_experiment_lock(str(exp_dir))
-    except OpError:
-        if not launch.driver_gone(exp_dir):
-            raise ConfigError(
-                f"experiment at {exp_dir} is already running (its scheduler holds {LOCK_FILE} "
-                "and its driver is alive): steer it with `rf-ray ops`, or wait for it to finish"
-            ) from None
-    logger.warning(
-        "experiment at %s: its driver is gone but its scheduler still holds %s; waiting up to "
-        "%g s for it to wind down",
-        exp_dir, LOCK_FILE, wait_s,
-    )  # fmt: skip
-    try:
-        return hold_experiment_lock(str(exp_dir), wait_s=wait_s)
-    except OpError:
-        raise ConfigError(
-            f"experiment at {exp_dir}: its driver is gone, but its scheduler still held "
-            f"{LOCK_FILE} after {wait_s:g} s; stop its Ray actors (or the Ray cluster) and retry"
-        ) from None
-
-
-def _clear_leftover_scheduler(exp_dir: Path) -> None:
-    """With the lock held, a scheduler registered under the experiment's name is a finished
-    or dead one (kill it: its name is needed), or one another driver is starting right now
-    (refuse)."""
-    import ray
-
-    try:
-        old = ray.get_actor(scheduler_name(exp_dir), namespace=NAMESPACE)
-    except ValueError:
-        return
-    from ray.exceptions import GetTimeoutError, RayActorError
-
-    try:
-        finished = ray.get(old.is_finished.remote(), timeout=10)
-    except GetTimeoutError:  # still in its constructor, waiting for the lock we hold
-        finished = False
-    except RayActorError:  # dead or dying: it cannot be running the experiment
-        finished = True
-    if not finished:
-        raise ConfigError(
-            f"experiment at {exp_dir} is being started by another driver right now; steer it "
-            "with `rf-ray ops` once it runs"
-        )
-    with contextlib.suppress(Exception):
-        ray.kill(old)
 
 
 # ---------------------------------------------------------------------------- actors
@@ -228,22 +234,9 @@ class _Started:
             with contextlib.suppress(Exception):
                 ray.kill(actor)
         if self.actors:
-            _wait_unlocked(self.exp_dir)
+            wait_unlocked(self.exp_dir)
         if self.ray:
             ray.shutdown()
-
-
-def _wait_unlocked(exp_dir: Path, wait_s: float = LOCK_WAIT_SECONDS) -> None:
-    """Wait (bounded) until a scheduler just killed has let go of the experiment's lock, so that
-    the next start in this process is not refused by a scheduler that is still dying."""
-    from actors.scheduler_actor import hold_experiment_lock
-
-    try:
-        hold_experiment_lock(str(exp_dir), wait_s=wait_s).close()
-    except OpError:
-        logger.warning(
-            "experiment at %s: still locked %g s after its actors were killed", exp_dir, wait_s
-        )
 
 
 def _start_actors(
@@ -274,7 +267,7 @@ def _start_actors(
         logger.info("removed %d interrupted checkpoint writes under %s", len(removed), exp_dir)
     # The MLflow experiment is created here, once, before trials log to it concurrently.
     Tracker(tracking_uri, name).ensure_experiment()  # raises now if MLflow is unreachable
-    _clear_leftover_scheduler(exp_dir)
+    clear_leftover_scheduler(exp_dir)
     # Datasets travel as paths to the experiment's Arrow copy (see ``persist``).
     train_ref = str(exp_dir / "data" / "train")
     eval_ref = str(exp_dir / "data" / "eval") if has_eval else None
@@ -362,7 +355,7 @@ def start(
     try:
         # Recorded once the lock is ours: until then the record names the driver that holds it
         # (``take_lock`` asks whether that one is gone).
-        launch.record_cluster(plan.dir)
+        record_cluster(plan.dir)
         with Store(plan.dir) as store:
             meta_before, existing = store.meta(), {r["run_id"] for r in store.runs()}
         added = [s.run_id for s in plan.specs if s.run_id not in existing]
@@ -417,19 +410,19 @@ def resume(
             steps = {row["run_id"]: store.step_metrics(row["run_id"]) for row in runs}
         if not runs:
             raise ConfigError(f"experiment at {exp_dir} has no runs to resume")
-        launch.record_cluster(exp_dir)
+        record_cluster(exp_dir)
         name = meta["name"]
         entries, params = [], {}
         for row in runs:
-            spec, blob = specfiles.read_spec(exp_dir, row["run_id"])
+            spec, blob = spec_store.read_spec(exp_dir, row["run_id"])
             entries.append(_resumed_entry(exp_dir, entry_for(spec, name, blob), row, steps))
             params[row["run_id"]] = row["params"]
         pruner = pruner_from_dict(meta["pruner_state"])
         scheduler, executors = _start_actors(
-            name, exp_dir, meta["tracking_uri"], specfiles.read_create_model_fn(exp_dir),
+            name, exp_dir, meta["tracking_uri"], spec_store.read_create_model_fn(exp_dir),
             bool(meta["has_eval"]), pruner.to_dict(), meta.get("max_slice_steps"),
             num_executors, meta.get("fusion"),
-            meta.get("slice_timeout", launch.DEFAULT_SLICE_TIMEOUT), lock, started,
+            meta.get("slice_timeout", DEFAULT_SLICE_TIMEOUT), lock, started,
         )  # fmt: skip
         ray.get(scheduler.add_runs.remote(entries))
     except BaseException:
@@ -554,6 +547,6 @@ def stop(session: Session) -> None:
         except Exception:  # already gone
             logger.debug("actor already gone", exc_info=True)
     if not session.finished:  # a killed scheduler lets go of the lock as its process ends
-        _wait_unlocked(session.dir)
+        wait_unlocked(session.dir)
     if session.started_ray:
         ray.shutdown()

@@ -12,7 +12,7 @@ A run's spec is stored as data, in ``<experiment dir>/runs/<id>/spec.json``:
      "plan": {...}}
 
 ``config`` is the run's ``RunConfig`` with its resolved values (``RunConfig.to_json``); reading
-rebuilds the TRL and PEFT configs and the chunk plan through ``launch.build_specs``, exactly as
+rebuilds the TRL and PEFT configs and the chunk plan through ``specs.build_specs``, exactly as
 ``run_fit`` built them (the stored ``plan`` is checked against the rebuilt one). A function is
 stored by importable reference (``module:qualname``) when importing that name gives back the
 very same object; only closures, lambdas and functions of ``__main__`` (or of a module that is
@@ -171,10 +171,9 @@ def _exists(run_id: int, base: Path) -> ConfigError:
 
 
 def read_spec(exp_dir: Path, run_id: int) -> tuple[RunSpec, bytes]:
-    """The stored spec of ``run_id``, rebuilt through ``launch.build_specs``, and its blob.
+    """The stored spec of ``run_id``, rebuilt through ``specs.build_specs``, and its blob.
     Imports the modules its functions come from and unpickles the pickled ones."""
-    from rf_ray.config import RunConfig
-    from rf_ray.launch import build_specs
+    from rf_ray.specs import RunConfig, build_specs
 
     base = run_dir(exp_dir, run_id)
     if not (base / SPEC_FILE).exists() and (base / LEGACY_SPEC_FILE).exists():

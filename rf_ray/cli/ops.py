@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from policies.errors import ConfigError
-from rf_ray.cli import Command, register
 from rf_ray.experiment import DEFAULT_ROOT
 
 
-def _add_ops(p: argparse.ArgumentParser) -> None:
+def add_ops(p: argparse.ArgumentParser) -> None:
     p.add_argument("op", choices=["stop", "resume", "delete", "prune", "clone"])
     p.add_argument("experiment", help="experiment name")
     p.add_argument("run_id", type=int, help="run id (see rf-ray status)")
@@ -66,7 +65,7 @@ def cmd_ops(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_resume(p: argparse.ArgumentParser) -> None:
+def add_resume(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", help="experiment name")
     p.add_argument("--path", default=DEFAULT_ROOT, help="experiments root")
     p.add_argument("--no-live", action="store_true", help="no live terminal view")
@@ -82,7 +81,3 @@ def cmd_resume(args: argparse.Namespace) -> int:
     finally:
         exp.end()
     return 0
-
-
-register(Command("ops", "steer a running experiment's runs", _add_ops, cmd_ops))
-register(Command("resume", "continue an experiment whose driver died", _add_resume, cmd_resume))

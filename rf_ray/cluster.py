@@ -1,63 +1,30 @@
-"""Starting, watching and stopping an experiment's actors on Ray.
+"""How a driver reaches Ray and claims an experiment on it.
 
-``build_specs`` turns concrete run configs into ``RunSpec``s (building the TRL and PEFT config
-objects, which validates them); ``start`` writes the experiment directory and starts the
-scheduler, the executor(s) and one trial per run; ``wait`` blocks with a live view; ``stop``
-releases them.
+``ensure_ray`` connects to Ray (``RAY_ADDRESS``, the cluster an experiment's driver recorded in
+its ``cluster.json``, a ``ray start`` head) or starts a private local cluster, never waiting
+minutes on a dead head. ``record_cluster`` writes that ``cluster.json`` so that ``rf-ray ops``
+from another terminal finds the experiment; ``scheduler_name`` is the named actor it looks for.
+``take_lock`` claims the experiment directory's lock before anything is written (the scheduler
+actor holds it while the experiment runs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors.spec import RunSpec
-from policies.chunking import ChunkPlan, repeat_sampler_length
-from policies.errors import ConfigError
-from policies.fusion import FusionPolicy
-from policies.pruning import Pruner
-from rf_ray.config import RunConfig, build_lora_config, build_trl_config, describe
+from policies.errors import ConfigError, OpError
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "rf_ray"
-
-DEFAULT_SLICE_TIMEOUT = 1800.0
-"""Seconds one slice (or placing a run on an executor) may take before its run fails.
-
-Why 30 minutes: a slice is one chunk of one run (or ``max_slice_steps`` optimizer steps of it),
-so on the hardware rf-ray targets (one GPU node, LoRA on a base model that fits it) a healthy
-slice takes seconds to a few minutes; 30 minutes is an order of magnitude above that and still
-bounds a hung reward or formatting function to half an hour of a shared executor. A run whose
-slices are legitimately longer should be cut finer (more ``num_chunks``, or ``max_slice_steps``)
-rather than given a larger bound: shorter slices also make ops and pruning react sooner.
-"""
-
 CLUSTER_FILE = "cluster.json"
 
-
-def check_slice_timeout(slice_timeout: Any) -> float | None:
-    """``slice_timeout`` as a float number of seconds > 0, or None (no deadline); else
-    ``ConfigError`` naming the value."""
-    import math
-
-    if slice_timeout is None:
-        return None
-    if (
-        isinstance(slice_timeout, bool)
-        or not isinstance(slice_timeout, (int, float))
-        or not math.isfinite(slice_timeout)
-        or slice_timeout <= 0
-    ):
-        raise ConfigError(
-            f"slice_timeout must be a number of seconds > 0 or None (no deadline), got "
-            f"slice_timeout={slice_timeout!r}; the default is {DEFAULT_SLICE_TIMEOUT:g} s. For "
-            "slices that legitimately take longer, use more num_chunks or max_slice_steps"
-        )
-    return float(slice_timeout)
+LOCK_WAIT_SECONDS = 60.0
+"""How long a start or resume waits for the lock of an experiment whose driver is gone (its
+actors take a few seconds to wind down and release it)."""
 
 
 def scheduler_name(experiment_dir: str | os.PathLike[str]) -> str:
@@ -71,112 +38,6 @@ def scheduler_name(experiment_dir: str | os.PathLike[str]) -> str:
     path = Path(experiment_dir).resolve()
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
     return f"rf_ray:{path.name}:{digest}"
-
-
-@dataclass
-class Plan:
-    """A validated experiment, ready to start; nothing has been written yet."""
-
-    name: str
-    dir: Path
-    tracking_uri: str
-    specs: list[RunSpec]
-    create_model_fn: Callable[[Any], tuple[Any, Any]]
-    train: Any
-    eval: Any
-    pruner: Pruner
-    max_slice_steps: int | None
-    fusion: FusionPolicy | None
-    fingerprint: str
-    seed: int
-    num_chunks: int
-    differing: list[str] = field(default_factory=list)
-    slice_timeout: float | None = DEFAULT_SLICE_TIMEOUT
-    """Wall-clock bound of one slice in seconds (``None``: none); see ``Grant.deadline_s``."""
-
-
-def build_specs(
-    runs: list[RunConfig],
-    experiment_dir: Path,
-    train_rows: int,
-    num_chunks: int,
-    seed: int,
-    first_run_id: int = 1,
-) -> list[RunSpec]:
-    """One ``RunSpec`` per run, validating TRL/PEFT configs and the chunking of each."""
-    specs = []
-    for i, run in enumerate(runs):
-        run_id = first_run_id + i
-        training_args = dict(run.training_args)
-        training_args.setdefault("seed", seed)
-        concrete = RunConfig(**{**run.__dict__, "training_args": training_args})
-        args = build_trl_config(concrete, str(experiment_dir / "runs" / str(run_id)), True)
-        lora = build_lora_config(concrete)
-        try:
-            plan = _chunk_plan(run.trainer_type, args, train_rows, num_chunks)
-        except ConfigError as e:
-            raise ConfigError(f"run {run_id} ({describe(run)}): {e}") from e
-        specs.append(
-            RunSpec(
-                run_id=run_id,
-                model_key=concrete.model_key(),
-                model_config=concrete,
-                trainer_type=run.trainer_type,
-                trl_args=args,
-                lora_config=lora,
-                plan=plan,
-                seed=seed,
-                params=concrete.flat_params(),
-                formatting_func=run.formatting_func,
-                compute_metrics=run.compute_metrics,
-                reward_funcs=run.reward_funcs,
-            )
-        )
-    return specs
-
-
-def _chunk_plan(trainer_type: str, args: Any, train_rows: int, num_chunks: int) -> ChunkPlan:
-    """The run's ChunkPlan, counting micro-batches as its TRL trainer's dataloader yields them.
-
-    SFT and DPO batch dataset rows. GRPO's dataloader yields generation batches of
-    ``generation_batch_size`` rows from TRL's ``RepeatSampler`` (each prompt ``num_generations``
-    times, each group of prompts ``num_iterations * steps_per_generation`` times), so its plan
-    counts that sampler's stream (``repeat_sampler_length``).
-    """
-    common = dict(
-        grad_accum=args.gradient_accumulation_steps,
-        num_chunks=num_chunks,
-        num_train_epochs=float(args.num_train_epochs),
-        max_steps=int(args.max_steps),
-        drop_last=bool(args.dataloader_drop_last),
-    )
-    if trainer_type != "GRPO":
-        return ChunkPlan(
-            num_examples=train_rows, batch_size=args.per_device_train_batch_size, **common
-        )
-    prompts_per_batch = args.generation_batch_size // args.num_generations
-    if train_rows < prompts_per_batch:
-        raise ConfigError(
-            f"GRPO needs at least one generation batch of {prompts_per_batch} prompts "
-            f"(generation_batch_size={args.generation_batch_size} / "
-            f"num_generations={args.num_generations}), but train_dataset has {train_rows}; "
-            "use more prompts or a smaller per_device_train_batch_size x "
-            "gradient_accumulation_steps"
-        )
-    repeat = args.num_iterations * args.steps_per_generation
-    samples = repeat_sampler_length(
-        train_rows, args.num_generations, args.generation_batch_size, repeat
-    )
-    try:
-        return ChunkPlan(num_examples=samples, batch_size=args.generation_batch_size, **common)
-    except ConfigError as e:
-        steps = -(-(samples // args.generation_batch_size) // args.gradient_accumulation_steps)
-        raise ConfigError(
-            f"{e} (GRPO counts generation batches: {train_rows} prompts make "
-            f"{train_rows // prompts_per_batch} groups of {prompts_per_batch} prompts x "
-            f"{args.num_generations} generations, each used {repeat} times "
-            f"(num_iterations x steps_per_generation), i.e. {steps} optimizer steps per epoch)"
-        ) from e
 
 
 # ---------------------------------------------------------------------------- Ray connection
@@ -358,3 +219,86 @@ def driver_gone(exp_dir: Path) -> bool:
     except PermissionError:
         return False
     return False
+
+
+# ---------------------------------------------------------------------------- the lock
+def take_lock(exp_dir: Path, wait_s: float = LOCK_WAIT_SECONDS) -> Any:
+    """Hold the experiment's lock (before anything is written). Held by a live driver's
+    scheduler: refused. Held while the recorded driver is gone (it crashed, its actors are
+    winding down): wait for it, at most ``wait_s`` seconds, then take it."""
+    from actors.scheduler_actor import LOCK_FILE, hold_experiment_lock
+
+    try:
+        return hold_experiment_lock(str(exp_dir))
+    except OpError:
+        if not driver_gone(exp_dir):
+            raise ConfigError(
+                f"experiment at {exp_dir} is already running (its scheduler holds {LOCK_FILE} "
+                "and its driver is alive): steer it with `rf-ray ops`, or wait for it to finish"
+            ) from None
+    logger.warning(
+        "experiment at %s: its driver is gone but its scheduler still holds %s; waiting up to "
+        "%g s for it to wind down",
+        exp_dir, LOCK_FILE, wait_s,
+    )  # fmt: skip
+    try:
+        return hold_experiment_lock(str(exp_dir), wait_s=wait_s)
+    except OpError:
+        raise ConfigError(
+            f"experiment at {exp_dir}: its driver is gone, but its scheduler still held "
+            f"{LOCK_FILE} after {wait_s:g} s; stop its Ray actors (or the Ray cluster) and retry"
+        ) from None
+
+
+def clear_leftover_scheduler(exp_dir: Path) -> None:
+    """With the lock held, a scheduler registered under the experiment's name is a finished
+    or dead one (kill it: its name is needed), or one another driver is starting right now
+    (refuse)."""
+    import ray
+
+    try:
+        old = ray.get_actor(scheduler_name(exp_dir), namespace=NAMESPACE)
+    except ValueError:
+        return
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    try:
+        finished = ray.get(old.is_finished.remote(), timeout=10)
+    except GetTimeoutError:  # still in its constructor, waiting for the lock we hold
+        finished = False
+    except RayActorError:  # dead or dying: it cannot be running the experiment
+        finished = True
+    if not finished:
+        raise ConfigError(
+            f"experiment at {exp_dir} is being started by another driver right now; steer it "
+            "with `rf-ray ops` once it runs"
+        )
+    with contextlib.suppress(Exception):
+        ray.kill(old)
+
+
+def wait_unlocked(exp_dir: Path, wait_s: float = LOCK_WAIT_SECONDS) -> None:
+    """Wait (bounded) until a scheduler just killed has let go of the experiment's lock, so that
+    the next start in this process is not refused by a scheduler that is still dying."""
+    from actors.scheduler_actor import hold_experiment_lock
+
+    try:
+        hold_experiment_lock(str(exp_dir), wait_s=wait_s).close()
+    except OpError:
+        logger.warning(
+            "experiment at %s: still locked %g s after its actors were killed", exp_dir, wait_s
+        )
+
+
+__all__ = [
+    "CLUSTER_FILE",
+    "NAMESPACE",
+    "ClusterUnreachableError",
+    "driver_gone",
+    "ensure_ray",
+    "record_cluster",
+    "recorded_cluster",
+    "scheduler_name",
+    "take_lock",
+    "wait_unlocked",
+]

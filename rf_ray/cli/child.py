@@ -1,0 +1,47 @@
+"""Run a child process in the foreground, passing Ctrl-C on to it (the dashboard, the demo)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+
+def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:
+    """Run ``cmd`` in the foreground; Ctrl-C (and SIGTERM) are passed on to it, then awaited.
+
+    On POSIX the child gets its own process group, so a terminal's Ctrl-C reaches it once,
+    through us, and reaches its own children too (``mlflow ui`` serves from a uvicorn child).
+    A third signal kills the group outright, for a child that hangs while shutting down.
+    """
+    sys.stdout.flush()
+    posix = os.name == "posix"
+    proc = subprocess.Popen(cmd, env=env, start_new_session=posix)
+    received = 0
+
+    def forward(signum: int, _frame: Any) -> None:
+        nonlocal received
+        received += 1
+        if proc.poll() is not None:
+            return
+        try:
+            if posix:
+                os.killpg(proc.pid, signal.SIGKILL if received >= 3 else signum)
+            else:
+                proc.send_signal(signum)
+        except ProcessLookupError:  # it ended between poll() and the signal
+            pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if proc.poll() is None:  # only if wait() itself was interrupted by an exception
+            proc.terminate()
+            proc.wait(timeout=10)
+    # A child ended by a signal reports -signum; the shell convention is 128 + signum.
+    return 128 - code if code < 0 else code

@@ -1,0 +1,199 @@
+"""``rf-ray list`` and ``rf-ray status``: the experiments under a root, and one experiment's runs.
+
+Both only read (the store is opened read-only), so they are safe while an experiment trains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sqlite3
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from actors.store import Store
+from policies.errors import ConfigError
+from rf_ray.experiment import DEFAULT_ROOT
+from rf_ray.specs import differing_keys
+
+ERROR_WIDTH = 40
+
+
+def find_experiments(root: Path) -> list[str]:
+    """Names of the experiment directories directly under ``root`` (those with a store)."""
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and Store.exists(d))
+
+
+def _candidates(root: Path) -> str:
+    names = find_experiments(root)
+    if not names:
+        return f"no experiments found under {root.resolve()}"
+    return f"experiments under {root.resolve()}: {', '.join(names)}"
+
+
+def read_experiment(exp_dir: Path) -> dict[str, Any]:
+    """Meta, runs and chunk metrics of one experiment, read through a read-only store."""
+    try:
+        store = Store(exp_dir, readonly=True)
+        try:
+            return {
+                "meta": store.meta(),
+                "runs": store.runs(),
+                "chunks": store.chunk_metrics(),
+            }
+        finally:
+            store.close()
+    except sqlite3.Error as exc:
+        raise ConfigError(
+            f"cannot read {exp_dir / Store.FILENAME}: {exc}; is it an rf-ray experiment store?"
+        ) from exc
+
+
+def differing_knobs(runs: list[dict[str, Any]]) -> list[str]:
+    """Keys of the runs' flat ``params`` whose values differ across runs (missing differs)."""
+    return differing_keys([r["params"] for r in runs]) if len(runs) > 1 else []
+
+
+# --------------------------------------------------------------------------- status
+
+
+def add_status(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="experiment name (a directory under the root)")
+    add_root(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def add_root(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--path", metavar="ROOT", default=None, help=f"experiments root (default ./{DEFAULT_ROOT})"
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    root = Path(args.path or DEFAULT_ROOT)
+    exp_dir = root / args.name
+    if not Store.exists(exp_dir):
+        raise ConfigError(
+            f"no experiment {args.name!r} under {root.resolve()}; {_candidates(root)}"
+        )
+    data = read_experiment(exp_dir)
+    if args.json:
+        print(json.dumps(status_json(args.name, exp_dir, data), indent=2))
+    else:
+        print(status_text(args.name, exp_dir, data))
+    return 0
+
+
+def status_json(name: str, exp_dir: Path, data: dict[str, Any]) -> dict[str, Any]:
+    per_run: dict[int, list[dict[str, Any]]] = {}
+    for run_id, chunk, metrics in data["chunks"]:
+        per_run.setdefault(run_id, []).append({"chunk": chunk, **metrics})
+    runs = [{**r, "chunks": per_run.get(r["run_id"], [])} for r in data["runs"]]
+    out = {
+        "name": name,
+        "dir": str(exp_dir.resolve()),
+        "meta": data["meta"],
+        "differing": differing_knobs(data["runs"]),
+        "runs": runs,
+    }
+    return _finite(out)
+
+
+def _finite(value: Any) -> Any:
+    """NaN and inf become None: ``json.dumps`` would write them as invalid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def status_text(name: str, exp_dir: Path, data: dict[str, Any]) -> str:
+    meta, runs = data["meta"], data["runs"]
+    pruner = meta.get("pruner") or {}
+    metric = pruner.get("metric") or "metric"
+    lines = [
+        f"Experiment {name} ({meta.get('status', 'unknown')}) at {exp_dir.resolve()}",
+        f"  fingerprint:  {meta.get('fingerprint', '-')}",
+        f"  pruner:       {pruner.get('type', '-')} on {metric} ({pruner.get('mode') or '-'})",
+        f"  tracking uri: {meta.get('tracking_uri', '-')}",
+        "",
+    ]
+    if not runs:
+        return "\n".join([*lines, "No runs yet."])
+    knobs = differing_knobs(runs)
+    headers = ["run", "status", "chunks", "steps", f"last {metric}", f"best {metric}", "pruned@"]
+    headers += [*knobs, "error"]
+    rows = [
+        [
+            str(r["run_id"]),
+            r["status"],
+            f"{r['chunks_done']}/{r['total_chunks']}",
+            f"{r['steps_done']}/{r['total_steps']}",
+            _fmt(r["last_metric"]),
+            _fmt(r["best_metric"]),
+            _fmt(r["pruned_at"]),
+            *(_fmt(r["params"].get(k)) for k in knobs),
+            _truncate(r["error"]),
+        ]
+        for r in runs
+    ]
+    counts = Counter(r["status"] for r in runs)
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    return "\n".join([*lines, format_table(headers, rows), "", f"{len(runs)} runs: {summary}"])
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """Plain left-aligned columns: readable in a terminal, a pipe and a CI log alike."""
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    lines = [headers, ["-" * w for w in widths], *rows]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _truncate(text: str | None, width: int = ERROR_WIDTH) -> str:
+    if not text:
+        return ""
+    line = " ".join(text.split())  # tracebacks are multi-line; the table wants one line
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+# --------------------------------------------------------------------------- list
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    root = Path(args.path or DEFAULT_ROOT)
+    if not root.is_dir():
+        raise ConfigError(f"{root.resolve()} is not a directory; pass the experiments root --path")
+    names = find_experiments(root)
+    if not names:
+        print(f"No experiments under {root.resolve()} (rf-ray demo makes one).")
+        return 0
+    rows = []
+    for name in names:
+        data = read_experiment(root / name)
+        counts = Counter(r["status"] for r in data["runs"])
+        rows.append(
+            [
+                name,
+                str(data["meta"].get("status", "unknown")),
+                str(len(data["runs"])),
+                ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "-",
+            ]
+        )
+    print(f"Experiments under {root.resolve()}:")
+    print(format_table(["name", "status", "runs", "by status"], rows))
+    return 0
