@@ -30,6 +30,7 @@ from rf_ray import ops, session, spec_store
 from rf_ray.compat import IgnoredFieldWarning, ignored_field_warnings
 from rf_ray.configs import RFModelConfig
 from rf_ray.data import check_columns, dataset_fingerprint, to_dataset
+from rf_ray.plan import DEFAULT_SLICE_TIMEOUT, Plan, check_slice_timeout
 from rf_ray.search import ConfigGroup, RFGridSearch
 from rf_ray.specs import RunConfig, build_specs, differing_keys, differing_params
 
@@ -135,7 +136,7 @@ class Experiment:
         num_executors: int | None = None,
         blocking: bool = True,
         fusion: bool | FusionPolicy = True,
-        slice_timeout: float | None = session.DEFAULT_SLICE_TIMEOUT,
+        slice_timeout: float | None = DEFAULT_SLICE_TIMEOUT,
     ) -> pd.DataFrame | None:
         """Train every config of ``param_config`` chunk by chunk; return ``get_runs_info()``.
 
@@ -154,15 +155,16 @@ class Experiment:
         ``slice_timeout`` (seconds, > 0, or None for no deadline) bounds one slice: past it the
         run fails with an error naming the slice and what was running (a hung reward or
         formatting function), its executor is restarted and the other runs go on. The default,
-        ``session.DEFAULT_SLICE_TIMEOUT`` (30 min), is far above a healthy slice (one chunk of
+        ``DEFAULT_SLICE_TIMEOUT`` (30 min), is far above a healthy slice (one chunk of
         one run); if yours are longer, cut them with more ``num_chunks`` or ``max_slice_steps``
         rather than raising the bound.
 
         A second ``run_fit`` (or ``resume()``) on the same object first stops the actors of the
         previous one, running or finished, so its executor frees the device.
         """
+        group = _as_group(param_config)
         plan = self._prepare(
-            param_config,
+            group,
             create_model_fn,
             train_dataset,
             eval_dataset,
@@ -174,14 +176,12 @@ class Experiment:
             slice_timeout,
         )
         self._stop_session()
-        # A source that adds runs while the experiment runs (rf_ray.tune.RFTuneSearch) names a
-        # hold token that keeps the experiment open, and starts its driver once the actors run.
-        hold = getattr(param_config, "hold_token", None)
-        self._session = session.start(plan, num_executors=num_executors, hold=hold)
+        # A group that adds runs while the experiment runs (rf_ray.tune.RFTuneSearch) names a
+        # hold token that keeps the experiment open, and starts its driver in on_start.
+        self._session = session.start(plan, num_executors=num_executors, hold=group.hold_token)
         self._start_log_file()  # only now: a refused start writes nothing, not even a log
         self._differing, self._live_view = plan.differing, live_view
-        if hasattr(param_config, "start_driver"):
-            param_config.start_driver(self)
+        group.on_start(self)
         if not blocking:
             return None
         return self.wait()
@@ -238,6 +238,24 @@ class Experiment:
         optimizer, LR-schedule state and data position. The clone records its parent."""
         return ops.clone_modify(self._scheduler(), self.dir, run_id, changes, warm_start)
 
+    # ------------------------------------------------------------------ hooks for integrations
+    # What a config group that adds runs while the experiment runs (rf_ray.tune) needs.
+    @property
+    def started_run_ids(self) -> list[int]:
+        """Ids of the runs the latest ``run_fit`` or ``resume()`` of this object started."""
+        return sorted(self._session.params) if self._session is not None else []
+
+    def add_runs(self, runs: list[RunConfig]) -> list[int]:
+        """Add concrete runs to the running experiment (each validated first); their ids."""
+        return ops.add_runs(self._scheduler(), self.dir, runs)
+
+    def unhold(self, token: str) -> None:
+        """Release the hold ``token`` (``ConfigGroup.hold_token``): once no hold is left and no
+        run is live, the experiment ends."""
+        import ray
+
+        ray.get(self._scheduler().unhold.remote(token))
+
     def _prepare(
         self,
         param_config: Any,
@@ -249,8 +267,8 @@ class Experiment:
         pruner: Pruner | None,
         max_slice_steps: int | None,
         fusion: bool | FusionPolicy = True,
-        slice_timeout: float | None = session.DEFAULT_SLICE_TIMEOUT,
-    ) -> session.Plan:
+        slice_timeout: float | None = DEFAULT_SLICE_TIMEOUT,
+    ) -> Plan:
         """Every check that can fail, before anything is written or started."""
         group = _as_group(param_config)
         runs: list[RunConfig] = group.expand()
@@ -274,7 +292,7 @@ class Experiment:
                 f"pruner must be a pruner such as SuccessiveHalving(), ASHA() or NoPruning(), "
                 f"got {pruner!r}"
             )
-        slice_timeout = session.check_slice_timeout(slice_timeout)
+        slice_timeout = check_slice_timeout(slice_timeout)
         if train_dataset is None:
             raise ConfigError("train_dataset is required")
         train = to_dataset(train_dataset, "train_dataset")
@@ -299,7 +317,7 @@ class Experiment:
         )
         for spec in specs:  # a value JSON cannot hold fails here, before anything is written
             spec_store.spec_record(spec)
-        return session.Plan(
+        return Plan(
             name=self.name,
             dir=self.dir,
             tracking_uri=self.tracking_uri,
@@ -307,6 +325,7 @@ class Experiment:
             create_model_fn=create_model_fn or _default_create_model_fn(),
             train=train,
             eval=evals,
+            has_eval=evals is not None,
             pruner=pruner,
             max_slice_steps=max_slice_steps,
             fusion=(FusionPolicy() if fusion is True else fusion) or None,

@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from actors.spec import RunSpec
 from actors.store import Store
 from policies.errors import ConfigError, OpError
 from policies.state import OPS
@@ -25,6 +26,7 @@ from rf_ray.cluster import (
 )
 from rf_ray.fields import LORA_SHORTHAND, check_lora_field, check_trainer_field
 from rf_ray.knobs import is_knob
+from rf_ray.plan import entry_for
 from rf_ray.specs import RunConfig, build_specs
 
 _CALLABLE_FIELDS = ("formatting_func", "compute_metrics", "reward_funcs")
@@ -173,57 +175,55 @@ def clone_modify(
 
     parent = cloudpickle.loads(_unwrap(lambda: ray.get(scheduler.get_spec_blob.remote(run_id))))
     new_run = modified(parent.model_config, changes)
-    store = Store(exp_dir, readonly=True)
-    try:
-        meta = store.meta()
-    finally:
-        store.close()
-    new_id = _unwrap(lambda: ray.get(scheduler.reserve_run_id.remote()))
-    # The experiment's rows, not parent.plan.num_examples: for GRPO that counts sampler samples.
-    (spec,) = build_specs(
-        [new_run], exp_dir, train_rows=meta["train_rows"], num_chunks=meta["num_chunks"],
-        seed=meta["seed"], first_run_id=new_id,
-    )  # fmt: skip
-    spec.parent_run_id = run_id
-    if warm_start:
-        _check_warm_start(parent, spec)
-    blob = spec_store.write_spec(exp_dir, spec)
-    from rf_ray.session import entry_for
-
-    entry = entry_for(spec, meta["name"], blob, warm_start=warm_start)
-    return _unwrap(lambda: ray.get(scheduler.add_clone.remote(entry)))
+    _, answer = _add_run(scheduler, exp_dir, _meta(exp_dir), new_run, parent, warm_start)
+    return answer
 
 
 def add_runs(scheduler: Any, exp_dir: Path, runs: list[RunConfig]) -> list[int]:
     """Add new concrete runs to a running experiment (e.g. a search algorithm's suggestions).
     Each is validated here first; returns their run ids."""
+    meta = _meta(exp_dir)
+    return [_add_run(scheduler, exp_dir, meta, run)[0] for run in runs]
+
+
+def _add_run(
+    scheduler: Any,
+    exp_dir: Path,
+    meta: dict[str, Any],
+    run: RunConfig,
+    parent: RunSpec | None = None,
+    warm_start: bool = False,
+) -> tuple[int, dict[str, Any]]:
+    """The one path of ``add_runs`` and ``clone_modify``: reserve a run id, build (so validate)
+    the run's spec, check a warm start against its ``parent``, write the spec and register the
+    run with the scheduler. Returns the new id and the scheduler's answer."""
     import ray
 
-    from rf_ray.session import entry_for
+    new_id = _unwrap(lambda: ray.get(scheduler.reserve_run_id.remote()))
+    # The experiment's rows, not parent.plan.num_examples: for GRPO that counts sampler samples.
+    (spec,) = build_specs(
+        [run], exp_dir, train_rows=meta["train_rows"], num_chunks=meta["num_chunks"],
+        seed=meta["seed"], first_run_id=new_id,
+    )  # fmt: skip
+    if parent is not None:
+        spec.parent_run_id = parent.run_id
+        if warm_start:
+            _check_warm_start(parent, spec)
+    blob = spec_store.write_spec(exp_dir, spec)
+    entry = entry_for(spec, meta["name"], blob, warm_start=warm_start)
+    return new_id, _unwrap(lambda: ray.get(scheduler.add_clone.remote(entry)))
 
+
+def _meta(exp_dir: Path) -> dict[str, Any]:
+    """The experiment's stored settings (read-only)."""
     store = Store(exp_dir, readonly=True)
     try:
-        meta = store.meta()
+        return store.meta()
     finally:
         store.close()
-    ids = []
-    for run in runs:
-        new_id = _unwrap(lambda: ray.get(scheduler.reserve_run_id.remote()))
-        (spec,) = build_specs(
-            [run], exp_dir, train_rows=meta["train_rows"], num_chunks=meta["num_chunks"],
-            seed=meta["seed"], first_run_id=new_id,
-        )  # fmt: skip
-        blob = spec_store.write_spec(exp_dir, spec)
-        _unwrap(
-            lambda b=blob, s=spec: ray.get(
-                scheduler.add_clone.remote(entry_for(s, meta["name"], b))
-            )
-        )
-        ids.append(new_id)
-    return ids
 
 
-def _check_warm_start(parent: Any, clone: Any) -> None:
+def _check_warm_start(parent: RunSpec, clone: RunSpec) -> None:
     """A warm start reuses the parent's tensors and data position: shapes and plan must match."""
     if parent.model_key != clone.model_key:
         raise ConfigError("a warm-started clone must keep the parent's base model; clone cold")

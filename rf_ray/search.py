@@ -57,11 +57,24 @@ _DEVICE_OPTIONS = ("bf16", "fp16", "tf32", "bf16_full_eval", "fp16_full_eval")
 
 
 class ConfigGroup(abc.ABC):
-    """Anything that yields the concrete runs of an experiment."""
+    """Anything that yields the concrete runs of an experiment.
+
+    A group that adds runs while the experiment runs (``rf_ray.tune.RFTuneSearch``) uses the
+    two hooks ``run_fit`` calls on every group: ``hold_token`` keeps the experiment open with no
+    live run until the group releases it (``Experiment.unhold``), and ``on_start`` is called
+    once the experiment's actors run.
+    """
+
+    hold_token: str | None = None
+    """A token that keeps the experiment open until ``Experiment.unhold(token)``; None: none."""
 
     @abc.abstractmethod
     def expand(self) -> list[RunConfig]:
         """All runs of the group, concrete and validated, in a deterministic order."""
+
+    def on_start(self, experiment: Any) -> None:  # noqa: B027  (a hook: does nothing by default)
+        """Called by ``run_fit`` once ``experiment``'s actors run and ``expand()``'s runs are
+        added (``experiment.started_run_ids`` holds their ids)."""
 
 
 Slot = tuple[str, tuple[str, ...]]

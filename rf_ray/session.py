@@ -1,14 +1,15 @@
 """Running an experiment on Ray: start, watch, resume and stop its actors.
 
-``start`` first takes the experiment directory's lock (a running experiment is refused before
-anything is written; one whose driver just crashed is waited for, bounded), then makes the
-experiment durable before any actor runs: the store (runs, settings), the datasets (Arrow files,
-``datasets.save_to_disk``), and each run's spec. It then starts the executor(s) and the named
-scheduler, hands it the lock, and the scheduler starts one trial per run. A start or resume that
-fails tears down what it started and puts the store back as it was. ``resume`` rebuilds all of
-it from the experiment directory after the driver died: every run restarts from its last
-completed slice (its durable checkpoint), and the pruner from its stored state, so the outcome
-equals an uninterrupted run with the same seed.
+``start`` (a new ``Plan`` from ``run_fit``) and ``resume`` (``Plan.from_store``) share one
+path (``_start``). It first takes the experiment directory's lock (a running experiment is
+refused before anything is written; one whose driver just crashed is waited for, bounded),
+then makes a new plan durable before any actor runs (``rf_ray.plan.persist``: the store's runs
+and settings, the datasets as Arrow files, each run's spec). It then starts the executor(s) and
+the named scheduler, hands it the lock, and the scheduler starts one trial per run. A start or
+resume that fails tears down what it started and puts the store back as it was. ``resume``
+rebuilds all of it from the experiment directory after the driver died: every run restarts
+from its last completed slice (its durable checkpoint), and the pruner from its stored state,
+so the outcome equals an uninterrupted run with the same seed.
 
 What is stored as what: tensors (checkpoints) in safetensors, state in JSON and SQLite, data in
 Arrow, run configs in JSON; the user's functions (``create_model_fn``, formatting and reward
@@ -22,24 +23,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors.durable import make_private_dir, resolve
-from actors.messages import RunEntry
-from actors.spec import RunSpec
 from actors.store import Store
 from policies.errors import ConfigError
-from policies.fusion import FusionPolicy
-from policies.pruning import Pruner, pruner_from_dict
-from policies.state import RunStatus
-from rf_ray import spec_store
 from rf_ray.cluster import (
     LOCK_WAIT_SECONDS,
     NAMESPACE,
@@ -50,61 +42,9 @@ from rf_ray.cluster import (
     take_lock,
     wait_unlocked,
 )
+from rf_ray.plan import Plan, Undo, persist
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_SLICE_TIMEOUT = 1800.0
-"""Seconds one slice (or placing a run on an executor) may take before its run fails.
-
-Why 30 minutes: a slice is one chunk of one run (or ``max_slice_steps`` optimizer steps of it),
-so on the hardware rf-ray targets (one GPU node, LoRA on a base model that fits it) a healthy
-slice takes seconds to a few minutes; 30 minutes is an order of magnitude above that and still
-bounds a hung reward or formatting function to half an hour of a shared executor. A run whose
-slices are legitimately longer should be cut finer (more ``num_chunks``, or ``max_slice_steps``)
-rather than given a larger bound: shorter slices also make ops and pruning react sooner.
-"""
-
-
-def check_slice_timeout(slice_timeout: Any) -> float | None:
-    """``slice_timeout`` as a float number of seconds > 0, or None (no deadline); else
-    ``ConfigError`` naming the value."""
-    if slice_timeout is None:
-        return None
-    if (
-        isinstance(slice_timeout, bool)
-        or not isinstance(slice_timeout, (int, float))
-        or not math.isfinite(slice_timeout)
-        or slice_timeout <= 0
-    ):
-        raise ConfigError(
-            f"slice_timeout must be a number of seconds > 0 or None (no deadline), got "
-            f"slice_timeout={slice_timeout!r}; the default is {DEFAULT_SLICE_TIMEOUT:g} s. For "
-            "slices that legitimately take longer, use more num_chunks or max_slice_steps"
-        )
-    return float(slice_timeout)
-
-
-@dataclass
-class Plan:
-    """A validated experiment, ready to start; nothing has been written yet."""
-
-    name: str
-    dir: Path
-    tracking_uri: str
-    specs: list[RunSpec]
-    create_model_fn: Callable[[Any], tuple[Any, Any]]
-    train: Any
-    eval: Any
-    pruner: Pruner
-    max_slice_steps: int | None
-    fusion: FusionPolicy | None
-    fingerprint: str
-    seed: int
-    num_chunks: int
-    differing: list[str] = field(default_factory=list)
-    slice_timeout: float | None = DEFAULT_SLICE_TIMEOUT
-    """Wall-clock bound of one slice in seconds (``None``: none); see ``Grant.deadline_s``."""
-
 
 SCHEDULER_UNAVAILABLE_RETRIES = 8
 """How often ``wait`` re-asks a scheduler that is alive but whose call failed in transit."""
@@ -140,84 +80,6 @@ class Session:
     stopped: bool = False
 
 
-# ---------------------------------------------------------------------------- persistence
-def persist(plan: Plan) -> dict[int, bytes]:
-    """Write what a resume needs: datasets, create_model_fn, specs (never overwriting a run's
-    files), store rows and settings. Returns each new run's spec blob. Call with the
-    experiment's lock held."""
-    import datasets
-
-    ids = [s.run_id for s in plan.specs]
-    with Store(plan.dir) as store:
-        first_free = store.next_run_id()
-        taken = sorted(i for i in ids if i < first_free)
-        if taken:
-            raise ConfigError(
-                f"run ids {taken} are taken in experiment {plan.name!r} (the first free id is "
-                f"{first_free}); take new ids from Store.next_run_id()"
-            )
-    data = make_private_dir(plan.dir / "data")
-    if not (data / "train").exists():
-        bars = datasets.is_progress_bar_enabled()
-        datasets.disable_progress_bars()
-        try:
-            plan.train.save_to_disk(str(data / "train"))
-            if plan.eval is not None:
-                plan.eval.save_to_disk(str(data / "eval"))
-        finally:
-            if bars:
-                datasets.enable_progress_bars()
-    spec_store.write_create_model_fn(plan.dir, plan.create_model_fn)
-    blobs = {spec.run_id: spec_store.write_spec(plan.dir, spec) for spec in plan.specs}
-    with Store(plan.dir) as store:
-        store.set_meta(
-            name=plan.name,
-            fingerprint=plan.fingerprint,
-            seed=plan.seed,
-            num_chunks=plan.num_chunks,
-            train_rows=len(plan.train),
-            has_eval=plan.eval is not None,
-            max_slice_steps=plan.max_slice_steps,
-            fusion=plan.fusion.to_dict() if plan.fusion is not None else None,
-            pruner={
-                "type": plan.pruner.to_dict()["type"],
-                "metric": plan.pruner.metric,
-                "mode": plan.pruner.mode,
-            },
-            pruner_state=plan.pruner.to_dict(),
-            tracking_uri=plan.tracking_uri,
-            slice_timeout=plan.slice_timeout,
-            status="running",
-        )
-        for spec in plan.specs:
-            store.add_run(
-                spec.run_id, spec.params, RunStatus.PENDING.value, spec.plan.total_steps,
-                spec.plan.total_chunks, spec.parent_run_id,
-            )  # fmt: skip
-    return blobs
-
-
-def entry_for(
-    spec: Any, name: str, spec_blob: bytes | None = None, warm_start: bool = False
-) -> RunEntry:
-    """The scheduler's registration record of a new run (see ``SchedulerActor.add_runs``); a
-    clone names its parent in ``spec.parent_run_id``."""
-    tags = {"rf_ray.experiment": name, "rf_ray.run_id": str(spec.run_id)}
-    if spec.parent_run_id is not None:
-        tags["rf_ray.parent_run_id"] = str(spec.parent_run_id)
-    return RunEntry(
-        run_id=spec.run_id,
-        plan=spec.plan.to_dict(),
-        spec_blob=spec_blob if spec_blob is not None else spec_store.spec_blob(spec),
-        params=spec.params,
-        tags=tags,
-        fusion_key=spec.fusion_key,
-        fusion_tokens=spec.fusion_tokens,
-        parent_run_id=spec.parent_run_id,
-        warm_start=warm_start,
-    )
-
-
 # ---------------------------------------------------------------------------- actors
 @dataclass
 class _Started:
@@ -240,18 +102,7 @@ class _Started:
 
 
 def _start_actors(
-    name: str,
-    exp_dir: Path,
-    tracking_uri: str,
-    create_model_fn: Any,
-    has_eval: bool,
-    pruner_state: dict[str, Any],
-    max_slice_steps: int | None,
-    num_executors: int,
-    fusion: dict[str, Any] | None,
-    slice_timeout: float | None,
-    lock: Any,
-    started: _Started,
+    plan: Plan, num_executors: int, lock: Any, started: _Started
 ) -> tuple[Any, list[Any]]:
     """Start the executor(s) and the scheduler, handing the experiment lock to the scheduler."""
     import ray
@@ -261,16 +112,17 @@ def _start_actors(
     from actors.scheduler_actor import SchedulerActor
     from actors.tracking import Tracker
 
+    exp_dir = plan.dir
     gpus = int(ray.cluster_resources().get("GPU", 0))
     removed = remove_partial_writes(exp_dir)  # before an executor could write
     if removed:
         logger.info("removed %d interrupted checkpoint writes under %s", len(removed), exp_dir)
     # The MLflow experiment is created here, once, before trials log to it concurrently.
-    Tracker(tracking_uri, name).ensure_experiment()  # raises now if MLflow is unreachable
+    Tracker(plan.tracking_uri, plan.name).ensure_experiment()  # raises if MLflow is unreachable
     clear_leftover_scheduler(exp_dir)
     # Datasets travel as paths to the experiment's Arrow copy (see ``persist``).
     train_ref = str(exp_dir / "data" / "train")
-    eval_ref = str(exp_dir / "data" / "eval") if has_eval else None
+    eval_ref = str(exp_dir / "data" / "eval") if plan.has_eval else None
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     executor_cls: Any = ray.remote(BaseModelActor)
     executors = []
@@ -281,7 +133,7 @@ def _start_actors(
                 num_gpus=1 if gpus else 0,
                 max_restarts=EXECUTOR_RESTARTS,
                 max_task_retries=0,  # a lost slice is re-run by its trial, from the checkpoint
-            ).remote(create_model_fn, train_ref, eval_ref, None, None if gpus else threads)
+            ).remote(plan.create_model_fn, train_ref, eval_ref, None, None if gpus else threads)
         )
         started.actors.append(executors[-1])
     scheduler: Any = (
@@ -290,15 +142,15 @@ def _start_actors(
             name=scheduler_name(exp_dir), namespace=NAMESPACE, num_cpus=0, max_concurrency=10_000
         )
         .remote(
-            name,
+            plan.name,
             str(exp_dir),
-            pruner_state,
+            plan.pruner.to_dict(),
             executors,
-            has_eval,
-            max_slice_steps,
-            tracking_uri,
-            fusion,
-            slice_timeout,
+            plan.has_eval,
+            plan.max_slice_steps,
+            plan.tracking_uri,
+            plan.fusion.to_dict() if plan.fusion is not None else None,
+            plan.slice_timeout,
             HANDOVER_SECONDS,
         )
     )
@@ -335,147 +187,66 @@ def start(
     hold: str | None = None,
     lock_wait_s: float = LOCK_WAIT_SECONDS,
 ) -> Session:
-    """Persist the experiment, start its actors and its runs. ``hold``: a token that keeps the
-    experiment open, even with no live run, until ``scheduler.unhold(token)``.
-
-    The experiment's lock is taken before anything is written (a running experiment is refused,
-    its store untouched); a start that fails tears down what it started and puts the store
-    back as it was."""
-    import ray
-
-    started = _Started(ensure_ray(), plan.dir)
-    try:
-        num_executors = executor_count(num_executors)  # checked before anything is written
-        lock = take_lock(plan.dir, lock_wait_s)
-    except BaseException:
-        started.teardown()
-        raise
-    added: list[int] = []
-    new_dirs: list[Path] = []
-    try:
-        # Recorded once the lock is ours: until then the record names the driver that holds it
-        # (``take_lock`` asks whether that one is gone).
-        record_cluster(plan.dir)
-        with Store(plan.dir) as store:
-            meta_before, existing = store.meta(), {r["run_id"] for r in store.runs()}
-        added = [s.run_id for s in plan.specs if s.run_id not in existing]
-        new_dirs = [plan.dir / "runs" / str(i) for i in added]
-        new_dirs = [d for d in new_dirs if not d.exists()]
-        blobs = persist(plan)
-        scheduler, executors = _start_actors(
-            plan.name, plan.dir, plan.tracking_uri, plan.create_model_fn, plan.eval is not None,
-            plan.pruner.to_dict(), plan.max_slice_steps, num_executors,
-            plan.fusion.to_dict() if plan.fusion is not None else None, plan.slice_timeout,
-            lock, started,
-        )  # fmt: skip
-        entries = [entry_for(s, plan.name, blobs[s.run_id]) for s in plan.specs]
-        ray.get(scheduler.add_runs.remote(entries))
-        if hold is not None:  # before wait_done, which would see an empty experiment as done
-            ray.get(scheduler.hold.remote(hold))
-    except BaseException:
-        started.teardown()
-        if added:  # put the store back as it was (only what this start added goes)
-            with Store(plan.dir) as store:
-                store.undo_start(added, meta_before)
-            for run_dir in new_dirs:  # and the spec files it wrote for those runs
-                shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    finally:
-        lock.close()
-    session = Session(plan.name, plan.dir, scheduler, executors, started.ray, time.perf_counter())
-    session.params = {s.run_id: s.params for s in plan.specs}
-    session.done_ref = scheduler.wait_done.remote()
-    return session
+    """Persist a new plan (``Experiment.run_fit``), start its actors and its runs. ``hold``: a
+    token that keeps the experiment open, even with no live run, until
+    ``scheduler.unhold(token)``."""
+    return _start(plan.dir, lambda: plan, num_executors, hold, lock_wait_s)
 
 
 def resume(
     exp_dir: Path, num_executors: int | None = None, lock_wait_s: float = LOCK_WAIT_SECONDS
 ) -> Session:
-    """Restart a stopped driver's experiment from its directory (see module docstring). Right
-    after a crash, waits (bounded) for the dead driver's scheduler to release the lock."""
-    import ray
-
+    """Restart a stopped driver's experiment from its directory (``Plan.from_store``, read once
+    the lock is ours). Right after a crash, waits (bounded) for the dead driver's scheduler to
+    release the lock."""
     if not Store.exists(exp_dir):
         raise ConfigError(f"experiment at {exp_dir} has nothing to resume (no store)")
+    return _start(exp_dir, lambda: Plan.from_store(exp_dir), num_executors, None, lock_wait_s)
+
+
+def _start(
+    exp_dir: Path,
+    make_plan: Callable[[], Plan],
+    num_executors: int | None,
+    hold: str | None,
+    lock_wait_s: float,
+) -> Session:
+    """The one path of start and resume. The experiment's lock is taken before anything is
+    written or read (a running experiment is refused, its store untouched); a start that fails
+    tears down what it started and puts the store back as it was."""
+    import ray
+
     started = _Started(ensure_ray(), exp_dir)
     try:
-        num_executors = executor_count(num_executors)
+        num_executors = executor_count(num_executors)  # checked before anything is written
         lock = take_lock(exp_dir, lock_wait_s)
     except BaseException:
         started.teardown()
         raise
+    undo: Undo | None = None
     try:
-        with Store(exp_dir) as store:
-            meta, runs = store.meta(), store.runs()
-            steps = {row["run_id"]: store.step_metrics(row["run_id"]) for row in runs}
-        if not runs:
-            raise ConfigError(f"experiment at {exp_dir} has no runs to resume")
+        plan = make_plan()
+        # Recorded once the lock is ours: until then the record names the driver that holds it
+        # (``take_lock`` asks whether that one is gone).
         record_cluster(exp_dir)
-        name = meta["name"]
-        entries, params = [], {}
-        for row in runs:
-            spec, blob = spec_store.read_spec(exp_dir, row["run_id"])
-            entries.append(_resumed_entry(exp_dir, entry_for(spec, name, blob), row, steps))
-            params[row["run_id"]] = row["params"]
-        pruner = pruner_from_dict(meta["pruner_state"])
-        scheduler, executors = _start_actors(
-            name, exp_dir, meta["tracking_uri"], spec_store.read_create_model_fn(exp_dir),
-            bool(meta["has_eval"]), pruner.to_dict(), meta.get("max_slice_steps"),
-            num_executors, meta.get("fusion"),
-            meta.get("slice_timeout", DEFAULT_SLICE_TIMEOUT), lock, started,
-        )  # fmt: skip
+        undo = Undo(plan)
+        blobs = persist(plan) if plan.is_new else {}
+        scheduler, executors = _start_actors(plan, num_executors, lock, started)
+        entries = plan.registrations(blobs)
         ray.get(scheduler.add_runs.remote(entries))
+        if hold is not None:  # before wait_done, which would see an empty experiment as done
+            ray.get(scheduler.hold.remote(hold))
     except BaseException:
-        started.teardown()  # the store is as it was: nothing above wrote to it
+        started.teardown()
+        if undo is not None:
+            undo()
         raise
     finally:
         lock.close()
-    session = Session(name, exp_dir, scheduler, executors, started.ray, time.perf_counter())
-    session.params = params
+    session = Session(plan.name, exp_dir, scheduler, executors, started.ray, time.perf_counter())
+    session.params = {e.run_id: e.params for e in entries}
     session.done_ref = scheduler.wait_done.remote()
     return session
-
-
-def _resumed_entry(
-    exp_dir: Path,
-    entry: RunEntry,
-    row: dict[str, Any],
-    steps: dict[int, list[tuple[int, dict[str, float]]]],
-) -> RunEntry:
-    """A stored run's registration with its progress: status, steps, metrics, the step metrics
-    of its partial chunk and its charged executor deaths, so that the resumed scheduler's view
-    equals the one it had when the driver died."""
-    import dataclasses
-
-    from policies.chunking import ChunkPlan
-
-    plan = ChunkPlan.from_dict(entry.plan)
-    done = int(row["steps_done"])
-    chunk_steps: list[dict[str, float]] = []
-    if plan.chunks_done(done) < plan.total_chunks:
-        start, _ = plan.chunk_bounds(plan.chunks_done(done))
-        chunk_steps = [m for _, m in steps[row["run_id"]] if start < int(m["step"]) <= done]
-    return dataclasses.replace(
-        entry,
-        status=row["status"],
-        steps_done=done,
-        pruned_at=row["pruned_at"],
-        checkpoint=_checkpoint_at(exp_dir, row),
-        mlflow_run_id=row["mlflow_run_id"],
-        last_metric=row["last_metric"],
-        best_metric=row["best_metric"],
-        chunk_steps=chunk_steps,
-        failures=int(row.get("failures") or 0),
-    )
-
-
-def _checkpoint_at(exp_dir: Path, row: dict[str, Any]) -> str | None:
-    """The checkpoint of the run's last recorded slice (a newer one may exist if the driver
-    died between the executor writing it and the scheduler recording the slice)."""
-    if not row["steps_done"]:
-        return None
-    path = exp_dir / "runs" / str(row["run_id"]) / "checkpoints" / f"step-{row['steps_done']:08d}"
-    return str(path) if resolve(path).exists() else row["checkpoint"]
 
 
 # ---------------------------------------------------------------------------- waiting

@@ -7,20 +7,18 @@ import logging
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from ray.tune.search import Searcher
 
 from policies.errors import ConfigError
 from policies.state import RunStatus, is_live
-from rf_ray import ops
 from rf_ray.configs import List, Range, RFModelConfig
 from rf_ray.experiment import Experiment
 from rf_ray.search import ConfigGroup, knob_space
 from rf_ray.specs import RunConfig
 from rf_ray.tune.flat import apply_flat, concrete
-from rf_ray.tune.shared import POLL_SECONDS, _read_store, _release
+from rf_ray.tune.shared import POLL_SECONDS, read_progress, release_hold
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +28,7 @@ class RFTuneSearch(ConfigGroup):
     """A Tune ``Searcher`` as an rf-ray config source (see module doc, direction (c)).
 
     ``expand()`` (called once by ``run_fit``) asks the searcher for the first
-    ``max_concurrent`` configs; ``start_driver`` (called by ``run_fit`` once the actors run)
+    ``max_concurrent`` configs; ``on_start`` (called by ``run_fit`` once the actors run)
     starts a thread that feeds chunk metrics back and adds a new run whenever fewer than
     ``max_concurrent`` of its runs are live, until ``num_runs`` configs (or the searcher says
     ``FINISHED``). The experiment stays open (a scheduler hold) until that thread is done.
@@ -59,7 +57,8 @@ class RFTuneSearch(ConfigGroup):
         self.num_runs = num_runs
         self.max_concurrent = max_concurrent
         self.base = concrete(base)
-        self.hold_token = f"search-{uuid.uuid4().hex[:8]}"
+        self.token = f"search-{uuid.uuid4().hex[:8]}"
+        self.hold_token = self.token
         self.trials: dict[str, RunConfig] = {}
         """trial id -> run, in suggestion order."""
         self.run_ids: dict[int, str] = {}
@@ -107,15 +106,13 @@ class RFTuneSearch(ConfigGroup):
             self._initial = initial
         return list(self._initial)
 
-    def start_driver(self, experiment: Experiment) -> None:
-        session = experiment._session
-        assert session is not None
-        ids = sorted(session.params)
+    def on_start(self, experiment: Experiment) -> None:
+        """Map the initial runs to their trials and start the driver thread."""
         trial_ids = [t for t in self.trials if t not in self.rejected]
-        self.run_ids = dict(zip(ids, trial_ids, strict=True))
+        self.run_ids = dict(zip(experiment.started_run_ids, trial_ids, strict=True))
         self._thread = threading.Thread(
             target=self._drive,
-            args=(session.scheduler, Path(experiment.dir)),
+            args=(experiment,),
             name=f"rf-ray-search-{experiment.name}",
             daemon=True,
         )
@@ -125,13 +122,13 @@ class RFTuneSearch(ConfigGroup):
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def _drive(self, scheduler: Any, exp_dir: Path) -> None:
+    def _drive(self, experiment: Experiment) -> None:
         fed: dict[int, int] = {}
         last: dict[int, dict[str, Any]] = {}
         complete: set[int] = set()
         try:
             while True:
-                runs, chunks = _read_store(exp_dir)
+                runs, chunks = read_progress(experiment.dir)
                 for run_id, chunk, metrics in sorted(chunks, key=lambda t: (t[1], t[0])):
                     if run_id in self.run_ids and chunk > fed.get(run_id, 0):
                         result = {**metrics, "training_iteration": chunk, "chunk": chunk}
@@ -155,7 +152,7 @@ class RFTuneSearch(ConfigGroup):
                     if run is None:
                         break
                     trial_id = list(self.trials)[-1]
-                    (run_id,) = ops.add_runs(scheduler, exp_dir, [run])
+                    (run_id,) = experiment.add_runs([run])
                     self.run_ids[run_id] = trial_id
                     live += 1
                     self.max_live_seen = max(self.max_live_seen, live)
@@ -167,7 +164,7 @@ class RFTuneSearch(ConfigGroup):
             logger.exception("rf-ray search driver failed; no more runs will be added")
             self.errors.append(repr(e))
         finally:
-            _release(scheduler, self.hold_token)
+            release_hold(experiment, self.token)
 
 
 # ---------------------------------------------------------------------------- RFOptuna

@@ -30,7 +30,8 @@ DEFAULT_TRIAL_RESOURCES: dict[str, float] = {"cpu": 0.1, "gpu": 0}
 
 
 # ---------------------------------------------------------------------------- store helpers
-def _read_store(exp_dir: Path) -> tuple[dict[int, dict[str, Any]], list[tuple[int, int, Any]]]:
+def read_progress(exp_dir: Path) -> tuple[dict[int, dict[str, Any]], list[tuple[int, int, Any]]]:
+    """The experiment's runs by id, and its chunk metrics ``(run_id, chunk, metrics)``."""
     from actors.store import Store
 
     store = Store(exp_dir, readonly=True)
@@ -46,11 +47,10 @@ def _end_run(scheduler: Any, run_id: int) -> None:
         ops.apply(scheduler, "prune", run_id)
 
 
-def _release(scheduler: Any, token: str) -> None:
-    import ray
-
-    with contextlib.suppress(Exception):  # the experiment's actors may be gone already
-        ray.get(scheduler.unhold.remote(token))
+def release_hold(experiment: Experiment, token: str) -> None:
+    """``experiment.unhold(token)``, quiet if the experiment's actors are gone already."""
+    with contextlib.suppress(Exception):
+        experiment.unhold(token)
 
 
 # ---------------------------------------------------------------------------- (a) Tune drives
@@ -104,17 +104,21 @@ class SharedExperiment:
         wrapped.shared = self  # type: ignore[attr-defined]
         return wrapped
 
+    def end_run(self, run_id: int) -> None:
+        """Prune ``run_id`` if it is still live (a pending run too); quiet if it already ended."""
+        with contextlib.suppress(OpError):
+            self.experiment.prune(run_id)
+
     def close(self, end: bool = True) -> pd.DataFrame:
         """After ``Tuner.fit``: prune runs still live (their trials are gone), drop the hold,
         wait for the experiment to end and (``end``) release its actors; return runs info."""
         try:
             if not self.closed:
-                scheduler = self.experiment._scheduler()
-                runs, _ = _read_store(self.experiment.dir)
+                runs, _ = read_progress(self.experiment.dir)
                 for run_id, row in runs.items():
                     if is_live(RunStatus(row["status"])):
-                        _end_run(scheduler, run_id)
-                _release(scheduler, self.token)
+                        self.end_run(run_id)
+                release_hold(self.experiment, self.token)
                 self.closed = True
             return self.experiment.wait()
         finally:
@@ -141,7 +145,7 @@ class PruneStoppedTrials(Callback):
         if run_id is None:
             run_id = (getattr(trial, "last_result", None) or {}).get("rf_run_id")
         if run_id is not None:
-            _end_run(self.shared.experiment._scheduler(), int(run_id))
+            self.shared.end_run(int(run_id))
 
     def on_trial_complete(  # type: ignore[override]
         self, iteration: int, trials: list[Any], trial: Any, **info: Any
@@ -174,7 +178,7 @@ def _make_trial_fn(name: str, exp_dir: str, base: RunConfig) -> Callable[[dict[s
         reported = 0
         try:
             while True:
-                runs, chunks = _read_store(Path(exp_dir))
+                runs, chunks = read_progress(Path(exp_dir))
                 mine = sorted((c, m) for r, c, m in chunks if r == run_id and c > reported)
                 for chunk, metrics in mine:
                     tune.report({**metrics, "chunk": chunk, "rf_run_id": run_id})

@@ -247,7 +247,7 @@ def test_results_of_an_experiment_that_never_ran_say_so(tmp_path):
     ids=["default", "int-seconds", "no-deadline"],
 )
 def test_slice_timeout_goes_into_the_plan(tmp_path, given, planned):
-    from rf_ray.session import DEFAULT_SLICE_TIMEOUT
+    from rf_ray.plan import DEFAULT_SLICE_TIMEOUT
 
     call = _valid_call()
     exp = Experiment("slice-timeout", experiment_path=tmp_path)

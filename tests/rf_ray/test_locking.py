@@ -25,6 +25,7 @@ import ray
 from actors.scheduler_actor import experiment_locked
 from actors.store import Store
 from rf_ray import ConfigError, Experiment, NoPruning, RFModelConfig, RFSFTConfig
+from rf_ray import plan as plans
 from rf_ray import session as sessions
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
 from tests.rf_ray.test_durability import _kill_started_under, _wait_for_steps
@@ -172,7 +173,7 @@ def test_a_failed_start_tears_down_and_leaves_the_store_as_it_was(
     def fail(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("injected: registering the runs failed")
 
-    monkeypatch.setattr(sessions, "entry_for", fail)  # fails once the actors are up
+    monkeypatch.setattr(plans, "entry_for", fail)  # fails once the actors are up
     again = Experiment("torn", experiment_path=tmp_path)
     with pytest.raises(RuntimeError, match="injected"):
         _start_held(again, [3e-3, 3e-4], seed=7)
