@@ -332,7 +332,7 @@ class Experiment:
             fingerprint=fingerprint,
             seed=seed,
             num_chunks=num_chunks,
-            differing=differing_params(runs) if len(runs) > 1 else [],
+            differing=differing_params(runs),
             slice_timeout=slice_timeout,
         )
 

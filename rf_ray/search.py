@@ -43,7 +43,14 @@ from rf_ray.configs import (
     _TrainerKnobs,
     is_knob,
 )
-from rf_ray.specs import RunConfig, build_lora_config, build_trl_config, describe
+from rf_ray.specs import (
+    UNPLACED,
+    RunConfig,
+    build_lora_config,
+    build_run_configs,
+    build_trl_config,
+    describe,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -288,11 +295,16 @@ def validate_run(run: RunConfig) -> None:
             "GRPO uses; drop reward_funcs or use RFGRPOConfig"
         )
     run.to_json()  # raises on a value the experiment store could not keep
-    build_lora_config(run)
     dry = {k: v for k, v in run.training_args.items() if k not in _DEVICE_OPTIONS}
+    if dry == run.training_args:
+        build_run_configs(run)  # built once: build_specs reuses these objects
+        return
+    # A device option is checked against the hardware of THIS machine: a CPU dry run leaves it
+    # out (the run's real build, in build_specs, keeps it).
+    build_lora_config(run)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TRL's deprecation notices show again on the real build
-        build_trl_config(dataclasses.replace(run, training_args=dry), "rf-ray-dry-run", True)
+        build_trl_config(dataclasses.replace(run, training_args=dry), UNPLACED, True)
 
 
 def _run_key(run: RunConfig) -> tuple[Any, ...]:

@@ -9,11 +9,13 @@ the package's one JSON sanitiser.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import json
+import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,22 +49,37 @@ def _find_knob(value: Any) -> bool:
     return False
 
 
-def _to_jsonable(value: Any, path: str) -> Any:
-    """``value`` in JSON types; a torch dtype becomes its name, which from_pretrained takes."""
+def to_jsonable(value: Any, path: str | None = None) -> Any:
+    """``value`` in JSON types: the package's one JSON sanitiser.
+
+    Enums become their value, a torch dtype its name (which ``from_pretrained`` takes), tuples
+    lists, dict keys str. With ``path`` (a run's stored config, which must round-trip) any other
+    value raises ``ConfigError`` naming ``path``. Without (params, status output), any other
+    value becomes its ``repr``, and NaN or inf becomes None (``json.dumps`` would write them as
+    invalid JSON).
+    """
+    if path is None and isinstance(value, float) and not math.isfinite(value):
+        return None
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, enum.Enum):
-        return _to_jsonable(value.value, path)
+        return to_jsonable(value.value, path)
     if isinstance(value, dict):
-        return {str(k): _to_jsonable(v, f"{path}.{k}") for k, v in value.items()}
+        return {str(k): to_jsonable(v, _at(path, f".{k}")) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_jsonable(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [to_jsonable(v, _at(path, f"[{i}]")) for i, v in enumerate(value)]
     if type(value).__module__ == "torch" and type(value).__name__ == "dtype":
         return str(value).removeprefix("torch.")
+    if path is None:
+        return repr(value)
     raise ConfigError(
         f"{path}={value!r} cannot be stored as JSON; use a str, number, bool, list or dict "
         "(for a torch dtype, its name such as 'bfloat16' works too)"
     )
+
+
+def _at(path: str | None, step: str) -> str | None:
+    return None if path is None else path + step
 
 
 def _flat_value(value: Any) -> str | int | float | bool:
@@ -75,19 +92,8 @@ def _flat_value(value: Any) -> str | int | float | bool:
     if isinstance(value, (list, tuple)):
         return ",".join(str(_flat_value(v)) for v in value)
     if isinstance(value, dict):
-        return json.dumps(_to_jsonable_loose(value), sort_keys=True)
-    return str(_to_jsonable_loose(value))
-
-
-def _to_jsonable_loose(value: Any) -> Any:
-    try:
-        return _to_jsonable(value, "value")
-    except ConfigError:
-        if isinstance(value, dict):
-            return {str(k): _to_jsonable_loose(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [_to_jsonable_loose(v) for v in value]
-        return repr(value)
+        return json.dumps(to_jsonable(value), sort_keys=True)
+    return str(to_jsonable(value))
 
 
 @dataclasses.dataclass
@@ -122,6 +128,10 @@ class RunConfig:
     ignored: dict[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
     """RFModelConfig fields accepted but not used: field -> what rf-ray does instead (not
     stored: ``run_fit`` warns about them once)."""
+    _built: tuple[str, Any, Any] | None = dataclasses.field(
+        default=None, init=False, compare=False, repr=False
+    )
+    """``build_run_configs``'s TRL and PEFT objects, with the ``to_json`` they were built from."""
 
     def __post_init__(self) -> None:
         if self.trainer_type not in TRAINER_TYPES:
@@ -204,12 +214,12 @@ class RunConfig:
 
     def model_key(self) -> str:
         """Identifies the base model: runs with equal keys can share one resident copy."""
-        return self.model_name + json.dumps(_to_jsonable_loose(self.model_kwargs), sort_keys=True)
+        return self.model_name + json.dumps(to_jsonable(self.model_kwargs), sort_keys=True)
 
     def to_json(self) -> str:
         """The JSON-able part as a JSON string; raises ConfigError naming a non-JSON value."""
         data = {
-            f: _to_jsonable(getattr(self, f), f)
+            f: to_jsonable(getattr(self, f), f)
             for f in ("model_name", "trainer_type", "training_args", "lora", "model_kwargs",
                       "tokenizer_kwargs", "generation_config")
         }  # fmt: skip
@@ -235,12 +245,15 @@ class RunConfig:
 
 
 _MISSING = object()
-_RUN_CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != "ignored")
+_RUN_CONFIG_KEYS = tuple(
+    f.name for f in dataclasses.fields(RunConfig) if f.name != "ignored" and f.init
+)
 
 
-def differing_keys(flats: Sequence[dict[str, Any]]) -> list[str]:
+def differing_keys(flats: Sequence[Mapping[str, Any]]) -> list[str]:
     """Keys whose values differ across flat param dicts (a missing key differs), in first-seen
-    order; for the leaderboard, ``rf-ray status`` and MLflow comparisons."""
+    order; for the live view, ``rf-ray status`` and Tune's ``RFSearcher``. The package's one
+    "keys that differ between runs" (one dict, or none, has none)."""
     keys = list(dict.fromkeys(k for f in flats for k in f))
     return [k for k in keys if len({repr(f.get(k, _MISSING)) for f in flats}) > 1]
 
@@ -256,6 +269,22 @@ def describe(run: RunConfig) -> str:
 
 
 # --------------------------------------------------------------------------- TRL / PEFT objects
+UNPLACED = "rf-ray-unplaced"
+"""The ``output_dir`` of a TRL config built before its run has an id (``build_specs`` sets it)."""
+
+
+def build_run_configs(run: RunConfig) -> tuple[Any, Any]:
+    """The run's TRL and PEFT config objects, built (so validated by TRL and PEFT) ONCE per run:
+    validation (``rf_ray.search.validate_run``) builds them, ``build_specs`` reuses them.
+
+    They are built before the run has a place: ``output_dir`` is ``UNPLACED`` and the seed is
+    the user's (or TRL's default); ``build_specs`` sets both on a copy. Neither takes part in
+    TRL's ``__post_init__`` beyond ``expanduser``, so this equals building with them set.
+    """
+    key = run.to_json()
+    if run._built is None or run._built[0] != key:
+        run._built = (key, build_trl_config(run, UNPLACED, True), build_lora_config(run))
+    return run._built[1], run._built[2]
 
 
 def build_trl_config(run: RunConfig, output_dir: str, use_cpu: bool) -> Any:
@@ -358,15 +387,18 @@ def build_specs(
     seed: int,
     first_run_id: int = 1,
 ) -> list[RunSpec]:
-    """One ``RunSpec`` per run, validating TRL/PEFT configs and the chunking of each."""
+    """One ``RunSpec`` per run, validating TRL/PEFT configs and the chunking of each. A run
+    without its own ``seed`` trains with the experiment's (stored in its config)."""
     specs = []
     for i, run in enumerate(runs):
         run_id = first_run_id + i
-        training_args = dict(run.training_args)
-        training_args.setdefault("seed", seed)
-        concrete = RunConfig(**{**run.__dict__, "training_args": training_args})
-        args = build_trl_config(concrete, str(experiment_dir / "runs" / str(run_id)), True)
-        lora = build_lora_config(concrete)
+        built, lora = build_run_configs(run)
+        args = copy.copy(built)  # this run's place and seed go on a copy of the built config
+        args.output_dir = str(experiment_dir / "runs" / str(run_id))
+        if "seed" not in run.training_args:
+            args.seed = seed
+        training_args = {**run.training_args, "seed": run.training_args.get("seed", seed)}
+        concrete = dataclasses.replace(run, training_args=training_args)
         try:
             plan = _chunk_plan(run.trainer_type, args, train_rows, num_chunks)
         except ConfigError as e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from actors.algorithms import base_as_reference
 from actors.spec import RunSpec
 
 
@@ -16,13 +17,8 @@ def make_trainer(
 ) -> Any:
     from trl import DPOTrainer
 
-    # Given a PeftModel, DPOTrainer assumes its "default" adapter may be pretrained and adds a
-    # frozen "ref" copy of it. rf-ray's adapters are fresh, so the reference is the base with
-    # adapters disabled (what TRL does when it wraps the model itself): satisfy the lookup, then
-    # drop the copy, and TRL falls back to ``use_adapter(model, None)`` (adapters disabled).
-    model.peft_config["default"] = model.peft_config[spec.adapter_name]
-    try:
-        trainer = DPOTrainer(
+    with base_as_reference(model, spec.adapter_name):
+        return DPOTrainer(
             model=model,
             args=args,
             train_dataset=train_dataset,
@@ -30,9 +26,3 @@ def make_trainer(
             processing_class=tokenizer,
             compute_metrics=spec.compute_metrics,
         )
-    finally:
-        del model.peft_config["default"]
-    if "ref" in model.peft_config:
-        model.delete_adapter("ref")
-    model.set_adapter(spec.adapter_name)
-    return trainer

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from actors.algorithms import base_as_reference
 from actors.spec import RunSpec
 from policies.errors import RunFailedError
 
@@ -38,13 +39,8 @@ def make_trainer(
 
     if not spec.reward_funcs:
         raise RunFailedError(f"run {spec.run_id}: GRPO needs reward_funcs; none were given")
-    # Given a PeftModel and beta > 0, GRPOTrainer copies its "default" adapter into a frozen "ref"
-    # one. rf-ray's adapters are fresh, so the reference is the base with adapters disabled (what
-    # TRL does when it wraps the model itself): satisfy the lookup, then drop the copy, and TRL
-    # falls back to ``use_adapter(model, None)``. Same as in ``actors.algorithms.dpo``.
-    model.peft_config["default"] = model.peft_config[spec.adapter_name]
-    try:
-        trainer = GRPOTrainer(
+    with base_as_reference(model, spec.adapter_name):
+        return GRPOTrainer(
             model=model,
             reward_funcs=[checked_reward(f) for f in spec.reward_funcs],
             args=args,
@@ -52,12 +48,6 @@ def make_trainer(
             eval_dataset=eval_dataset,
             processing_class=tokenizer,
         )
-    finally:
-        del model.peft_config["default"]
-    if "ref" in model.peft_config:
-        model.delete_adapter("ref")
-    model.set_adapter(spec.adapter_name)
-    return trainer
 
 
 class LoaderBatches:

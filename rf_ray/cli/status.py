@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sqlite3
 from collections import Counter
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 from actors.store import Store
 from policies.errors import ConfigError
 from rf_ray.experiment import DEFAULT_ROOT
-from rf_ray.specs import differing_keys
+from rf_ray.specs import differing_keys, to_jsonable
 
 ERROR_WIDTH = 40
 
@@ -51,11 +50,6 @@ def read_experiment(exp_dir: Path) -> dict[str, Any]:
         raise ConfigError(
             f"cannot read {exp_dir / Store.FILENAME}: {exc}; is it an rf-ray experiment store?"
         ) from exc
-
-
-def differing_knobs(runs: list[dict[str, Any]]) -> list[str]:
-    """Keys of the runs' flat ``params`` whose values differ across runs (missing differs)."""
-    return differing_keys([r["params"] for r in runs]) if len(runs) > 1 else []
 
 
 # --------------------------------------------------------------------------- status
@@ -97,21 +91,10 @@ def status_json(name: str, exp_dir: Path, data: dict[str, Any]) -> dict[str, Any
         "name": name,
         "dir": str(exp_dir.resolve()),
         "meta": data["meta"],
-        "differing": differing_knobs(data["runs"]),
+        "differing": differing_keys([r["params"] for r in data["runs"]]),
         "runs": runs,
     }
-    return _finite(out)
-
-
-def _finite(value: Any) -> Any:
-    """NaN and inf become None: ``json.dumps`` would write them as invalid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+    return dict(to_jsonable(out))  # NaN and inf become None: json.dumps writes invalid JSON
 
 
 def status_text(name: str, exp_dir: Path, data: dict[str, Any]) -> str:
@@ -127,7 +110,7 @@ def status_text(name: str, exp_dir: Path, data: dict[str, Any]) -> str:
     ]
     if not runs:
         return "\n".join([*lines, "No runs yet."])
-    knobs = differing_knobs(runs)
+    knobs = differing_keys([r["params"] for r in runs])
     headers = ["run", "status", "chunks", "steps", f"last {metric}", f"best {metric}", "pruned@"]
     headers += [*knobs, "error"]
     rows = [

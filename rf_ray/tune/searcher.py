@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,8 +12,9 @@ from ray.tune.search import Searcher
 
 from policies.errors import ConfigError
 from rf_ray.configs import RFModelConfig
+from rf_ray.knobs import is_number
 from rf_ray.search import ConfigGroup, RFGridSearch
-from rf_ray.specs import RunConfig
+from rf_ray.specs import RunConfig, differing_keys
 from rf_ray.tune.flat import apply_flat, flat_knobs, flatten, plain
 
 
@@ -44,11 +44,7 @@ class RFSearcher(Searcher):
             group = RFGridSearch(param_config)
         self.runs: list[RunConfig] = group.expand()
         flats = [flat_knobs(r) for r in self.runs]
-        keys = list(dict.fromkeys(k for f in flats for k in f))
-        missing = object()
-        self.keys = [
-            k for k in keys if len({json.dumps(f.get(k, missing), default=repr) for f in flats}) > 1
-        ]
+        self.keys = differing_keys(flats)
         self.points = [{k: f[k] for k in self.keys if k in f} for f in flats]
         self.next_index = 0
         self.assigned: dict[str, int] = {}
@@ -65,13 +61,13 @@ class RFSearcher(Searcher):
         return dict(self.points[self.assigned[trial_id]])
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        self.results[trial_id] = _jsonable(result)
+        self.results[trial_id] = _scalars(result)
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
         if result is not None:
-            self.results[trial_id] = _jsonable(result)
+            self.results[trial_id] = _scalars(result)
         if error:
             self.results.setdefault(trial_id, {})["error"] = True
         self.completed.add(trial_id)
@@ -89,7 +85,7 @@ class RFSearcher(Searcher):
         scored = [
             (tid, r[self.metric])
             for tid, r in self.results.items()
-            if self.metric and _finite(r.get(self.metric)) and tid in self.assigned
+            if self.metric and is_number(r.get(self.metric)) and tid in self.assigned
         ]
         if not scored:
             return None
@@ -140,11 +136,8 @@ def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     )
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _jsonable(result: Mapping[str, Any]) -> dict[str, Any]:
+def _scalars(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The scalar entries of a Tune result (NumPy scalars as Python numbers), kept as JSON."""
     return {
         str(k): plain(v)
         for k, v in result.items()
