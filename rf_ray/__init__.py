@@ -7,6 +7,33 @@ A RapidFire AI script runs with its imports changed: ``from rapidfireai import E
 ``from rf_ray import Experiment``, ``from rapidfireai.automl import ...`` ->
 ``from rf_ray.automl import ...``. ``RFOptuna`` (in ``rf_ray.tune``, it needs Ray Tune and
 Optuna: ``pip install "rf-ray[tune]"``) is imported from here on first use.
+
+Where things live (``rf_ray/`` is the user API and the driver; ``actors/`` and ``policies/``
+are the engine below it):
+
+What users write
+    ``configs``     RFModelConfig, RFLoraConfig, RF{SFT,DPO,GRPO}Config
+    ``knobs``       the search knobs List and Range
+    ``fields``      which TRL/PEFT fields a config may set, and the rules for their values
+    ``search``      config groups: RFGridSearch, RFRandomSearch (and the ConfigGroup hooks)
+    ``automl``      RapidFire AI's ``rapidfireai.automl`` names
+    ``compat``      what rf-ray does with TRL and RapidFire fields it ignores or refuses
+    ``data``        datasets in (lists, pandas, HF datasets), column checks, fingerprints
+From configs to running actors
+    ``specs``       RunConfig (one concrete run) -> TRL/PEFT configs -> RunSpec; chunk plans;
+                    the one JSON sanitiser and the one "keys that differ between runs"
+    ``spec_store``  run specs and the model factory on disk (what a resume reads back)
+    ``plan``        Plan: an experiment's settings, new from run_fit or from the store
+    ``session``     start, resume, wait and stop an experiment's actors (one start path)
+    ``cluster``     connect to Ray, cluster.json, the experiment lock, the scheduler's name
+    ``experiment``  Experiment, the user's handle: run_fit, results, IC ops, Tune hooks
+    ``ops``         interactive control of a running experiment (stop, resume, clone, ...)
+    ``live``        the live terminal view while run_fit waits
+Around it
+    ``cli``         the ``rf-ray`` command, one module per command group
+    ``tune``        Ray Tune in three directions (flat knobs, searcher, shared, driver)
+    ``toy``         the embedded tiny model, tokenizer and datasets for CPU runs and tests
+    ``config``      kept only for experiment directories written before this layout
 """
 
 from typing import TYPE_CHECKING, Any

@@ -326,3 +326,38 @@ def test_build_lora_config():
 def test_build_lora_config_wraps_peft_errors():
     with pytest.raises(ConfigError, match="LoRA"):
         build_lora_config(_run(lora={"r": 8, "layers_pattern": "layers"}))
+
+
+@pytest.mark.parametrize("user_seed", [None, 3])
+def test_each_runs_trl_config_is_built_once_and_equals_a_fresh_build(tmp_path, user_seed):
+    """Validation (expand) builds a run's TRL and PEFT configs; build_specs reuses them, with
+    the run's place and seed set on a copy: the result equals building with them set."""
+    from unittest import mock
+
+    from rf_ray import specs
+    from rf_ray.search import RFGridSearch
+
+    args = {"learning_rate": 3e-4, "per_device_train_batch_size": 2}
+    if user_seed is not None:
+        args["seed"] = user_seed
+    with mock.patch.object(specs, "build_trl_config", wraps=specs.build_trl_config) as builds:
+        (run,) = RFGridSearch(RFModelConfig("tiny", training_args=RFSFTConfig(**args))).expand()
+        (spec,) = specs.build_specs([run], tmp_path, train_rows=16, num_chunks=2, seed=7)
+    assert builds.call_count == 1
+    fresh = build_trl_config(spec.model_config, str(tmp_path / "runs" / "1"), use_cpu=True)
+    assert spec.trl_args.to_dict() == fresh.to_dict()
+    assert spec.trl_args.seed == (7 if user_seed is None else user_seed)
+    assert spec.model_config.training_args["seed"] == spec.trl_args.seed  # stored as before
+    validated, _ = specs.build_run_configs(run)
+    assert validated.output_dir == specs.UNPLACED  # the run's copy was placed, not the original
+
+
+def test_to_jsonable_is_strict_with_a_path_and_lenient_without():
+    from rf_ray.specs import to_jsonable
+
+    value = {"a": (1, float("nan")), "b": object}
+    with pytest.raises(ConfigError, match=r"kw\.b="):
+        to_jsonable(value, "kw")
+    lenient = to_jsonable(value)
+    assert lenient["a"] == [1, None]
+    assert lenient["b"] == repr(object)
