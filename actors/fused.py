@@ -53,7 +53,7 @@ class NotFusableError(Exception):
 
 
 # ---------------------------------------------------------------------------- eligibility
-def fusable(record: Any, model: Any) -> str | None:
+def fusable(record: Any, model: Any) -> str | None:  # noqa: PLR0911  one return per reason a run cannot be fused
     """``None`` if the run can be trained fused, else the reason it cannot (for logs and docs)."""
     from peft.tuners.lora.layer import Linear as LoraLinear
     from peft.tuners.lora.layer import LoraLayer

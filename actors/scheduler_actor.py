@@ -84,7 +84,7 @@ def experiment_locked(experiment_dir: str) -> bool:
 
 
 class SchedulerActor:
-    def __init__(
+    def __init__(  # noqa: PLR0913  a Ray actor constructor: the experiment settings it is created with
         self,
         name: str,
         experiment_dir: str,

@@ -67,7 +67,7 @@ class ExecutorLostError(Exception):
 
 
 class TrialActor:
-    def __init__(
+    def __init__(  # noqa: PLR0913  a Ray actor constructor: the run settings it is created with
         self,
         run_id: int,
         generation: int,

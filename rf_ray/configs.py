@@ -208,7 +208,7 @@ class RFModelConfig:
     ``IgnoredFieldWarning`` each.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  RapidFire AI's RFModelConfig signature
         self,
         model_name: str | List,
         peft_config: RFLoraConfig | List | Sequence[RFLoraConfig] | None = None,

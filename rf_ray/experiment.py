@@ -122,7 +122,7 @@ class Experiment:
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ run_fit
-    def run_fit(
+    def run_fit(  # noqa: PLR0913  RapidFire AI's run_fit signature plus rf-ray's options
         self,
         param_config: ConfigGroup | RFModelConfig | list[RFModelConfig],
         create_model_fn: Callable[[Any], tuple[Any, Any]] | None = None,
@@ -256,7 +256,7 @@ class Experiment:
 
         ray.get(self._scheduler().unhold.remote(token))
 
-    def _prepare(
+    def _prepare(  # noqa: PLR0913  run_fit's arguments, checked before anything starts
         self,
         param_config: Any,
         create_model_fn: Callable[[Any], tuple[Any, Any]] | None,

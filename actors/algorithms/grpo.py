@@ -118,7 +118,7 @@ class LoaderBatches:
         self.trainer._buffered_inputs = None
 
 
-def checked_reward(func: Callable[..., Any]) -> Callable[..., Any]:
+def checked_reward(func: Callable[..., Any]) -> Callable[..., Any]:  # noqa: C901  one check per way a reward function can be wrong, each with its own message
     """``func`` with its output checked: one value per completion, each a number or None.
 
     TRL itself would raise a bare ValueError (or, for a non-number, a torch error that names no

@@ -199,7 +199,7 @@ def _make_trial_fn(name: str, exp_dir: str, base: RunConfig) -> Callable[[dict[s
     return rf_ray_trial
 
 
-def start_shared(
+def start_shared(  # noqa: PLR0913  run_fit's options for the shared experiment
     experiment: str | Experiment,
     base: RFModelConfig | RunConfig,
     train_dataset: Any,
