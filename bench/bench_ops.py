@@ -28,6 +28,7 @@ import ray
 
 from rf_ray import Experiment, List, NoPruning, OpError, RFModelConfig, RFSFTConfig
 from rf_ray.cluster import ensure_ray
+from rf_ray.ops import attach
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
 
 
@@ -50,7 +51,7 @@ def measure(max_slice_steps: int | None, rows: int, ops: int, root: Path) -> dic
         _config(), train_dataset=sft_dataset(rows), num_chunks=2, pruner=NoPruning(),
         max_slice_steps=max_slice_steps, live_view=False, blocking=False,
     )  # fmt: skip
-    scheduler = exp._session.scheduler
+    scheduler = attach(exp.dir)  # the experiment's named scheduler, as rf-ray ops finds it
     rng = random.Random(0)
     latencies: list[float] = []
     while len(latencies) < ops:
