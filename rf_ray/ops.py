@@ -224,12 +224,12 @@ def _meta(exp_dir: Path) -> dict[str, Any]:
 
 
 def _check_warm_start(parent: RunSpec, clone: RunSpec) -> None:
-    """A warm start reuses the parent's tensors and data position: shapes and plan must match."""
+    """A warm start reuses the parent's tensors and data position: shapes, chunk plan must match."""
     if parent.model_key != clone.model_key:
         raise ConfigError("a warm-started clone must keep the parent's base model; clone cold")
     if parent.plan != clone.plan:
         raise ConfigError(
-            "a warm-started clone must keep the parent's data plan (batch size, gradient "
+            "a warm-started clone must keep the parent's chunk plan (batch size, gradient "
             f"accumulation, epochs, max_steps): {parent.plan} != {clone.plan}; clone cold"
         )
     for key in ("r", "target_modules", "use_dora", "bias"):

@@ -195,14 +195,14 @@ def read_spec(exp_dir: Path, run_id: int) -> tuple[RunSpec, bytes]:
         compute_metrics=_load_function(stored.get("compute_metrics"), base),
         reward_funcs=None if rewards is None else [_load_function(r, base) for r in rewards],
     )
-    plan = ChunkPlan.from_dict(record["plan"])
+    chunks = ChunkPlan.from_dict(record["plan"])
     (spec,) = build_specs(
-        [run], Path(exp_dir), train_rows=_train_rows(exp_dir), num_chunks=plan.num_chunks,
+        [run], Path(exp_dir), train_rows=_train_rows(exp_dir), num_chunks=chunks.num_chunks,
         seed=record["seed"], first_run_id=run_id,
     )  # fmt: skip
-    if spec.plan != plan:
+    if spec.plan != chunks:
         raise ConfigError(
-            f"{base / SPEC_FILE}: its stored chunk plan {plan} differs from the one rebuilt from "
+            f"{base / SPEC_FILE}: its stored chunk plan {chunks} differs from the one rebuilt from "
             f"its config ({spec.plan}); the experiment directory was changed, or written by "
             "another rf-ray version"
         )

@@ -400,7 +400,7 @@ def build_specs(
         training_args = {**run.training_args, "seed": run.training_args.get("seed", seed)}
         concrete = dataclasses.replace(run, training_args=training_args)
         try:
-            plan = _chunk_plan(run.trainer_type, args, train_rows, num_chunks)
+            chunks = _chunk_plan(run.trainer_type, args, train_rows, num_chunks)
         except ConfigError as e:
             raise ConfigError(f"run {run_id} ({describe(run)}): {e}") from e
         specs.append(
@@ -411,7 +411,7 @@ def build_specs(
                 trainer_type=run.trainer_type,
                 trl_args=args,
                 lora_config=lora,
-                plan=plan,
+                plan=chunks,
                 seed=seed,
                 params=concrete.flat_params(),
                 formatting_func=run.formatting_func,
