@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import string
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,7 @@ from rf_ray import ops, session, spec_store
 from rf_ray.compat import IgnoredFieldWarning, ignored_field_warnings
 from rf_ray.configs import RFModelConfig
 from rf_ray.data import check_columns, dataset_fingerprint, to_dataset
-from rf_ray.plan import DEFAULT_SLICE_TIMEOUT, Plan, check_slice_timeout
+from rf_ray.plan import DEFAULT_SLICE_TIMEOUT, Plan, check_experiment_name, check_settings
 from rf_ray.search import ConfigGroup, RFGridSearch
 from rf_ray.specs import RunConfig, build_specs, differing_keys, differing_params
 
@@ -44,49 +43,6 @@ _LOGGERS = ("rf_ray", "actors", "policies")
 # Experiment directory -> its log file's handler. Kept here, not on the Experiment, so that an
 # Experiment stays picklable (a Tune trainable carries one; a handler holds a lock).
 _LOG_HANDLERS: dict[Path, logging.Handler] = {}
-
-NAME_MAX_LEN = 100
-_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "._-")
-
-
-def check_experiment_name(name: Any) -> str:
-    """An experiment name is a directory name, part of actor names and of the store's read-only
-    SQLite URI, so it is limited to a safe set: letters, digits, ``.``, ``_`` and ``-``, the first
-    character a letter or digit, at most 100 characters. (``#``, ``?`` and ``%`` would change
-    the meaning of the ``file:`` URI; ``/`` and ``..`` would leave the experiments root.)"""
-    if not isinstance(name, str) or not name:
-        raise ConfigError(
-            f"experiment_name must be a non-empty str, got experiment_name={name!r}; use "
-            "letters, digits, '.', '_' and '-', e.g. 'lr-sweep'"
-        )
-    safe = "letters, digits, '.', '_' and '-'"
-    bad = next((c for c in name if c not in _NAME_CHARS), None)
-    if bad is not None:
-        hint = (
-            "; use experiment_path to choose where it is stored" if bad in "/\\" else
-            f"; replace it, e.g. experiment_name={_suggest(name)!r}"
-        )  # fmt: skip
-        raise ConfigError(
-            f"experiment_name={name!r} contains {bad!r}, which is not allowed: an experiment "
-            f"name may only use {safe}{hint}"
-        )
-    if not name[0].isalnum():
-        raise ConfigError(
-            f"experiment_name={name!r} must start with a letter or digit (it may then use "
-            f"{safe}); e.g. experiment_name={_suggest(name)!r}"
-        )
-    if len(name) > NAME_MAX_LEN:
-        raise ConfigError(
-            f"experiment_name has {len(name)} characters ({name[:20]!r}...); the limit is "
-            f"{NAME_MAX_LEN}: use a shorter name"
-        )
-    return name
-
-
-def _suggest(name: str) -> str:
-    """``name`` with every character outside the safe set replaced by ``-``."""
-    fixed = "".join(c if c in _NAME_CHARS else "-" for c in name).lstrip("._-")
-    return fixed[:NAME_MAX_LEN] or "my-experiment"
 
 
 class Experiment:
@@ -272,27 +228,9 @@ class Experiment:
         """Every check that can fail, before anything is written or started."""
         group = _as_group(param_config)
         runs: list[RunConfig] = group.expand()
-        if isinstance(num_chunks, bool) or not isinstance(num_chunks, int) or num_chunks < 1:
-            raise ConfigError(f"num_chunks must be an int >= 1, got num_chunks={num_chunks!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"seed must be an int, got seed={seed!r}")
-        if max_slice_steps is not None and (
-            not isinstance(max_slice_steps, int) or max_slice_steps < 1
-        ):
-            raise ConfigError(
-                f"max_slice_steps must be None or an int >= 1, got {max_slice_steps!r}"
-            )
-        if not isinstance(fusion, (bool, FusionPolicy)):
-            raise ConfigError(
-                f"fusion must be True, False or a FusionPolicy(max_runs=..., max_tokens=...), "
-                f"got fusion={fusion!r}"
-            )
-        if pruner is not None and not isinstance(pruner, Pruner):
-            raise ConfigError(
-                f"pruner must be a pruner such as SuccessiveHalving(), ASHA() or NoPruning(), "
-                f"got {pruner!r}"
-            )
-        slice_timeout = check_slice_timeout(slice_timeout)
+        slice_timeout = check_settings(
+            num_chunks, seed, max_slice_steps, fusion, pruner, slice_timeout
+        )
         if train_dataset is None:
             raise ConfigError("train_dataset is required")
         train = to_dataset(train_dataset, "train_dataset")

@@ -1,5 +1,8 @@
 """``Plan``: an experiment's settings and runs, ready to start; the one meaning of "plan" here.
 
+The settings are checked here too (``check_experiment_name``, ``check_settings``), before
+anything is written or started.
+
 (A run's ``ChunkPlan``, in ``policies.chunking``, is how its data is cut into chunks: another
 thing, always called a chunk plan.)
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import shutil
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +69,81 @@ def check_slice_timeout(slice_timeout: Any) -> float | None:
             "slices that legitimately take longer, use more num_chunks or max_slice_steps"
         )
     return float(slice_timeout)
+
+
+NAME_MAX_LEN = 100
+_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "._-")
+
+
+def check_experiment_name(name: Any) -> str:
+    """An experiment name is a directory name, part of actor names and of the store's read-only
+    SQLite URI, so it is limited to a safe set: letters, digits, ``.``, ``_`` and ``-``, the first
+    character a letter or digit, at most 100 characters. (``#``, ``?`` and ``%`` would change
+    the meaning of the ``file:`` URI; ``/`` and ``..`` would leave the experiments root.)"""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(
+            f"experiment_name must be a non-empty str, got experiment_name={name!r}; use "
+            "letters, digits, '.', '_' and '-', e.g. 'lr-sweep'"
+        )
+    safe = "letters, digits, '.', '_' and '-'"
+    bad = next((c for c in name if c not in _NAME_CHARS), None)
+    if bad is not None:
+        hint = (
+            "; use experiment_path to choose where it is stored" if bad in "/\\" else
+            f"; replace it, e.g. experiment_name={_suggest(name)!r}"
+        )  # fmt: skip
+        raise ConfigError(
+            f"experiment_name={name!r} contains {bad!r}, which is not allowed: an experiment "
+            f"name may only use {safe}{hint}"
+        )
+    if not name[0].isalnum():
+        raise ConfigError(
+            f"experiment_name={name!r} must start with a letter or digit (it may then use "
+            f"{safe}); e.g. experiment_name={_suggest(name)!r}"
+        )
+    if len(name) > NAME_MAX_LEN:
+        raise ConfigError(
+            f"experiment_name has {len(name)} characters ({name[:20]!r}...); the limit is "
+            f"{NAME_MAX_LEN}: use a shorter name"
+        )
+    return name
+
+
+def _suggest(name: str) -> str:
+    """``name`` with every character outside the safe set replaced by ``-``."""
+    fixed = "".join(c if c in _NAME_CHARS else "-" for c in name).lstrip("._-")
+    return fixed[:NAME_MAX_LEN] or "my-experiment"
+
+
+def check_settings(
+    num_chunks: Any,
+    seed: Any,
+    max_slice_steps: Any,
+    fusion: Any,
+    pruner: Any,
+    slice_timeout: Any,
+) -> float | None:
+    """Check ``run_fit``'s settings, each error naming the argument and its value; returns
+    ``slice_timeout`` as a float (or None)."""
+    if isinstance(num_chunks, bool) or not isinstance(num_chunks, int) or num_chunks < 1:
+        raise ConfigError(f"num_chunks must be an int >= 1, got num_chunks={num_chunks!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed must be an int, got seed={seed!r}")
+    if max_slice_steps is not None and (
+        not isinstance(max_slice_steps, int) or max_slice_steps < 1
+    ):
+        raise ConfigError(f"max_slice_steps must be None or an int >= 1, got {max_slice_steps!r}")
+    if not isinstance(fusion, (bool, FusionPolicy)):
+        raise ConfigError(
+            f"fusion must be True, False or a FusionPolicy(max_runs=..., max_tokens=...), "
+            f"got fusion={fusion!r}"
+        )
+    if pruner is not None and not isinstance(pruner, Pruner):
+        raise ConfigError(
+            f"pruner must be a pruner such as SuccessiveHalving(), ASHA() or NoPruning(), "
+            f"got {pruner!r}"
+        )
+    return check_slice_timeout(slice_timeout)
 
 
 @dataclass
@@ -291,6 +370,8 @@ __all__ = [
     "DEFAULT_SLICE_TIMEOUT",
     "Plan",
     "Undo",
+    "check_experiment_name",
+    "check_settings",
     "check_slice_timeout",
     "entry_for",
     "persist",

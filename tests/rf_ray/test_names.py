@@ -10,7 +10,7 @@ import pytest
 
 from policies.errors import ConfigError
 from rf_ray import Experiment
-from rf_ray.experiment import NAME_MAX_LEN
+from rf_ray.plan import NAME_MAX_LEN
 
 
 @pytest.mark.parametrize(
