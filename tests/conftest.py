@@ -41,7 +41,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Mark every test that needs a Ray cluster with ``ray`` (see the module docstring)."""
     for item in items:
         module = Path(str(item.fspath)).resolve().relative_to(TESTS).as_posix()
-        if "ray_cluster" in getattr(item, "fixturenames", ()) or module in STARTS_RAY_IN_A_SUBPROCESS:
+        uses_cluster = "ray_cluster" in getattr(item, "fixturenames", ())
+        if uses_cluster or module in STARTS_RAY_IN_A_SUBPROCESS:
             item.add_marker(pytest.mark.ray)
 
 
