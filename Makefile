@@ -1,6 +1,8 @@
-# rf-ray: the two commands a new user needs.
+# rf-ray: the commands a new user needs.
 #   make demo   installs everything into .venv and runs the main job (examples/sft_grid.py)
-#   make test   installs everything into .venv and runs lint, type checks and the test suite
+#   make check  the fast loop: lint, type checks and the tests that need no Ray cluster
+#               (tests/conftest.py marks the others `ray`)
+#   make test   installs everything into .venv and runs lint, type checks and the whole suite (CI)
 # Both work on a machine with only Python 3.10+ installed. Override PYTHON to pick the interpreter.
 
 PYTHON ?= python3
@@ -10,7 +12,7 @@ PY     := $(VENV)/bin/python
 # CUDA build of the same release. pyproject keeps an open range so your own torch also fits.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test lint clean
+.PHONY: install demo check test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +30,9 @@ lint: install
 	$(VENV)/bin/ruff check policies actors rf_ray tests examples bench scripts
 	$(VENV)/bin/ruff format --check policies actors rf_ray tests examples bench scripts
 	$(VENV)/bin/mypy
+
+check: lint
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -m "not ray and not slow"
 
 test: lint
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q

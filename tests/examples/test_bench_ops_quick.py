@@ -26,5 +26,8 @@ def test_bench_ops_quick(tmp_path):
     results = json.loads(out.read_text())
     assert [r["max_slice_steps"] for r in results] == [1, None]
     for r in results:
-        if r["ops"]:
-            assert r["latency_p50_s"] <= r["latency_max_s"]
+        # 4 runs of 16 steps, stopped at random moments while they train: every bound gets ops
+        # (quick mode asks for 3), and each latency is a real, ordered measurement.
+        assert r["ops"] >= 1, r
+        assert 0 < r["latency_p50_s"] <= r["latency_max_s"], r
+        assert r["chunk_slice_seconds_p50"] > 0, r

@@ -159,6 +159,7 @@ def ray_head():
     address = f"http://127.0.0.1:{dashboard_port}"
     try:
         deadline = time.monotonic() + 90
+        # A bounded poll: `ray start` detaches; the job API answering is the only sign it is up.
         while True:  # up when the job API answers (401: it answers, and demands a token)
             try:
                 urllib.request.urlopen(f"{address}/api/version", timeout=2)
@@ -185,6 +186,7 @@ def ray_head():
 
         deadline = time.monotonic() + 30
         alive = pids
+        # Bounded poll: the daemons are not our children, so there is nothing to wait() on.
         while alive and time.monotonic() < deadline:
             alive = {p for p in alive if psutil.pid_exists(p) and _is_live(p)}
             time.sleep(0.5)

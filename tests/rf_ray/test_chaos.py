@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,7 @@ from actors.store import Store
 from rf_ray import Experiment, List, NoPruning, RFModelConfig, RFSFTConfig
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
 from tests.rf_ray.test_durability import _descendants_named, _kill_started_under
+from tests.waits import wait_for_store
 
 pytestmark = pytest.mark.slow
 
@@ -117,12 +117,15 @@ def _kill_later(
     """Wait until 1 to 6 more steps are recorded, then SIGKILL ``victim`` (driver, executor or
     a trial) of this round. False if the driver exited first."""
     target = min(sum(_store_state(exp_dir).values()) + rng.randint(1, 6), total - 1)
-    deadline = time.monotonic() + ROUND_TIMEOUT
-    while sum(_store_state(exp_dir).values()) < target:
-        if proc.poll() is not None:
-            return False
-        assert time.monotonic() < deadline, f"no progress to {target} steps in {ROUND_TIMEOUT} s"
-        time.sleep(0.1)
+    reached = wait_for_store(  # the driver is another process: its store is all we share
+        exp_dir,
+        f"{target} steps in all",
+        lambda runs: sum(r["steps_done"] for r in runs) >= target,
+        ROUND_TIMEOUT,
+        proc=proc,
+    )
+    if reached is None:  # the driver exited first
+        return False
     if victim == "driver":
         os.killpg(proc.pid, signal.SIGKILL)
     else:

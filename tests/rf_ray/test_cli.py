@@ -21,6 +21,7 @@ import pytest
 
 from actors.store import Store
 from policies.errors import ConfigError
+from policies.pruning import SuccessiveHalving
 from rf_ray import cli
 from rf_ray.cli import dashboard, demo
 
@@ -31,10 +32,13 @@ def _make_experiment(root: Path, name: str, mlflow_db: bool = True) -> Path:
     """Three runs that differ in learning_rate and lora.r, not max_length."""
     exp_dir = root / name
     store = Store(exp_dir)
+    # The pruner's record as a start writes it: its own to_dict, summed up under "pruner".
+    pruner_state = SuccessiveHalving(metric="eval_loss", mode="min").to_dict()
     store.set_meta(
         name=name,
         fingerprint="0123abcd4567ef89",
-        pruner={"type": "SuccessiveHalving", "metric": "eval_loss", "mode": "min"},
+        pruner={key: pruner_state[key] for key in ("type", "metric", "mode")},
+        pruner_state=pruner_state,
         status="finished",
         tracking_uri=f"sqlite:///{exp_dir.resolve() / 'mlflow.db'}",
     )
@@ -69,7 +73,7 @@ def test_status_shows_every_run_and_the_differing_knobs(root, capsys):
     assert cli.main(["status", "lr-sweep", "--path", str(root)]) == 0
     out = capsys.readouterr().out
     assert "0123abcd4567ef89" in out
-    assert "SuccessiveHalving on eval_loss (min)" in out
+    assert "successive_halving on eval_loss (min)" in out
     assert "finished" in out
     assert "mlflow.db" in out  # the tracking uri
     header = next(line for line in out.splitlines() if line.startswith("run "))
@@ -219,6 +223,8 @@ def _free_port() -> int:
 
 
 def _wait_for_200(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    """A bounded poll: the MLflow server is another process and says nothing when it is up,
+    except by answering."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

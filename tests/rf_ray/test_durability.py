@@ -21,9 +21,9 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from actors.store import Store
 from rf_ray import Experiment, List, NoPruning, RFModelConfig, RFSFTConfig, SuccessiveHalving
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
+from tests.waits import wait_for_steps
 
 pytestmark = pytest.mark.slow
 
@@ -92,20 +92,8 @@ def _kill_started_under(marker: str, timeout: float = 60) -> None:
 
 
 def _wait_for_steps(exp_dir, at_least: int, timeout: float = 300) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if Store.exists(exp_dir):
-            store = Store(exp_dir, readonly=True)
-            try:
-                done = sum(r["steps_done"] for r in store.runs())
-            except Exception:  # the store is being created
-                done = 0
-            finally:
-                store.close()
-            if done >= at_least:
-                return done
-        time.sleep(0.2)
-    raise AssertionError(f"no progress to {at_least} steps in {timeout} s")
+    """The driver runs in another process: its store is all we share (tests/waits.py)."""
+    return wait_for_steps(exp_dir, at_least, timeout)
 
 
 DRIVER = textwrap.dedent(

@@ -4,11 +4,8 @@ work unchanged: a run leaving a group does not disturb the others."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from actors.store import Store
 from rf_ray import (
     ConfigError,
     Experiment,
@@ -20,6 +17,7 @@ from rf_ray import (
     SuccessiveHalving,
 )
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset, sft_eval_dataset
+from tests.waits import wait_for_run
 
 pytestmark = pytest.mark.slow
 
@@ -95,10 +93,7 @@ def test_budget_splits_groups(ray_cluster, tmp_path):
 
 def test_stopping_a_member_leaves_the_others_unchanged(time_sliced, tmp_path):
     exp = _fit(tmp_path, "steered", fusion=True, blocking=False, max_slice_steps=1)
-    deadline = time.monotonic() + 240
-    while _steps_done(exp, 2) < 1:
-        assert time.monotonic() < deadline, "run 2 made no progress"
-        time.sleep(0.05)
+    wait_for_run(exp.dir, 2, steps=1, timeout=240)  # why a poll: tests/waits.py
     exp.stop(2)  # it leaves the group at the next slice boundary
     info = exp.wait().set_index("run_id")
     exp.end()
@@ -125,11 +120,3 @@ def test_bad_fusion_value_is_refused_before_anything_starts(tmp_path):
     with pytest.raises(ConfigError, match=r"fusion=.yes."):
         exp.run_fit(_config(), train_dataset=sft_dataset(48), fusion="yes")
     assert not (tmp_path / "bad").exists()
-
-
-def _steps_done(exp, run_id):
-    store = Store(exp.dir, readonly=True)
-    try:
-        return int(store.run(run_id)["steps_done"])
-    finally:
-        store.close()

@@ -12,12 +12,10 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import ray
 
-from actors.store import Store
 from rf_ray import (
     ConfigError,
     Experiment,
@@ -29,6 +27,7 @@ from rf_ray import (
     UnknownKnobError,
 )
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
+from tests.waits import wait_for_run
 
 pytestmark = pytest.mark.slow
 
@@ -68,19 +67,8 @@ def _losses(exp: Experiment) -> dict[int, list[float]]:
     return {int(r): g.sort_values("step")["loss"].tolist() for r, g in df.groupby("run_id")}
 
 
-def _steps_done(exp: Experiment, run_id: int) -> int:
-    store = Store(exp.dir, readonly=True)
-    try:
-        return int(store.run(run_id)["steps_done"])
-    finally:
-        store.close()
-
-
 def _wait_steps(exp: Experiment, run_id: int, at_least: int, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while _steps_done(exp, run_id) < at_least:
-        assert time.monotonic() < deadline, f"run {run_id} made no progress"
-        time.sleep(0.1)
+    wait_for_run(exp.dir, run_id, steps=at_least, timeout=timeout)  # why a poll: tests/waits.py
 
 
 @pytest.fixture(scope="module")

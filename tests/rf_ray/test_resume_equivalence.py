@@ -17,15 +17,14 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-from actors.store import Store
 from rf_ray import Experiment, List, RFModelConfig, RFSFTConfig, SuccessiveHalving
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
 from tests.rf_ray.test_durability import _kill_started_under
+from tests.waits import store_runs, wait_for_store
 
 pytestmark = pytest.mark.slow
 
@@ -95,27 +94,21 @@ DRIVER = textwrap.dedent(
 
 def _partial_chunks(exp_dir: Path) -> list[int]:
     """Runs that have trained part of a chunk (and whose chunk is not closed yet)."""
-    if not Store.exists(exp_dir):
-        return []
-    try:
-        with Store(exp_dir, readonly=True) as store:
-            runs = store.runs()
-    except Exception:  # the store is being created
-        return []
-    return [r["run_id"] for r in runs if r["steps_done"] % STEPS_PER_CHUNK]
+    return [r["run_id"] for r in store_runs(exp_dir) if r["steps_done"] % STEPS_PER_CHUNK]
 
 
 def _wait_for_a_partial_chunk(exp_dir: Path, after_chunks: int, timeout: float = 300) -> None:
-    """Poll the store (another process writes it: there is no event to wait on) until some
-    run is mid-chunk after ``after_chunks`` chunks were closed in all."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _partial_chunks(exp_dir):
-            with Store(exp_dir, readonly=True) as store:
-                if sum(r["chunks_done"] for r in store.runs()) >= after_chunks:
-                    return
-        time.sleep(0.05)
-    raise AssertionError(f"no run was mid-chunk after {after_chunks} chunks within {timeout} s")
+    """Until some run is mid-chunk after ``after_chunks`` chunks were closed in all. The driver
+    runs in another process: its store is all we share (tests/waits.py)."""
+    wait_for_store(
+        exp_dir,
+        f"a run mid-chunk after {after_chunks} chunks",
+        lambda runs: (
+            any(r["steps_done"] % STEPS_PER_CHUNK for r in runs)
+            and sum(r["chunks_done"] for r in runs) >= after_chunks
+        ),
+        timeout,
+    )
 
 
 def _kill_tree(pid: int) -> None:
