@@ -3,7 +3,7 @@
     rf-ray list                      experiments under ./rf_experiments
     rf-ray status sft-grid           one experiment's runs, progress, metrics, differing knobs
     rf-ray status sft-grid --json    the same as JSON, for scripts
-    rf-ray dashboard --name sft-grid the MLflow UI over the experiment's mlflow.db (127.0.0.1)
+    rf-ray dashboard                 the web dashboard on 127.0.0.1:5000 (--mlflow: MLflow UI too)
     rf-ray demo                      examples/sft_grid.py: 8 LoRA SFT configs on the toy model
 
 Everything here only reads an experiment (the store is opened read-only), so it is safe to run
@@ -22,7 +22,6 @@ import json
 import math
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -278,32 +277,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- dashboard
 
 
-def _add_dashboard(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--path",
-        metavar="DIR",
-        default=None,
-        help=f"an experiment directory, or a root holding experiments (default ./{DEFAULT_ROOT})",
-    )
-    p.add_argument("--name", default=None, help="experiment under the root (needed if several)")
-    p.add_argument("--port", type=_port, default=5000, help="port to serve on (default 5000)")
-    p.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="interface to bind (default 127.0.0.1, this machine only; 0.0.0.0 exposes it)",
-    )
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"port must be an integer, got {text!r}") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be in 1..65535, got {port}")
-    return port
-
-
 def dashboard_command(
     mlflow_db: str | Path, host: str = "127.0.0.1", port: int = 5000, python: str | None = None
 ) -> list[str]:
@@ -364,37 +337,6 @@ def _dashboard_candidates(root: Path) -> str:
     if not found:
         return f"no experiment with an {MLFLOW_DB} under {root.resolve()}"
     return f"experiments under {root.resolve()}: {', '.join(found)}"
-
-
-def cmd_dashboard(args: argparse.Namespace) -> int:
-    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if env_uri and args.path is None and args.name is None:
-        # Runs went to that server (actors/tracking.py default_tracking_uri), not a local db.
-        print(f"MLFLOW_TRACKING_URI is set: runs are logged to {env_uri}.")
-        print("The dashboard belongs to that server; open its UI there, or unset the variable")
-        print("and pass --path/--name to serve an experiment's own mlflow.db.")
-        return 0
-    exp_dir = resolve_dashboard_dir(args.path, args.name)
-    _check_port_free(args.host, args.port)
-    cmd = dashboard_command(exp_dir / MLFLOW_DB, args.host, args.port)
-    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    if ":" in shown:
-        shown = f"[{shown}]"
-    if args.host in ("0.0.0.0", "::"):
-        print(f"warning: --host {args.host} serves the dashboard to every network interface.")
-    print(f"MLflow dashboard for {exp_dir.resolve()}: http://{shown}:{args.port}/  (Ctrl-C stops)")
-    return run_child(cmd, env=dashboard_env())
-
-
-def _check_port_free(host: str, port: int) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot serve on {host}:{port} ({exc.strerror}); pick another --port"
-            ) from None
 
 
 def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:
@@ -475,9 +417,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 register(Command("list", "list the experiments under a root", _add_root, cmd_list))
 register(Command("status", "show one experiment's runs and progress", _add_status, cmd_status))
-register(
-    Command("dashboard", "serve the MLflow UI over an experiment", _add_dashboard, cmd_dashboard)
-)
+# ---- dashboard (issue 17): the command's body lives in rf_ray/dashboard/command.py
+from rf_ray.dashboard import command as _dashboard  # noqa: E402
+
+register(Command("dashboard", "serve the web dashboard (--mlflow: and the MLflow UI)",
+                 _dashboard.add_arguments, _dashboard.run))  # fmt: skip
+# ---- end dashboard
 register(Command("demo", "run examples/sft_grid.py (8 LoRA SFT configs)", _add_demo, cmd_demo))
 
 # Commands that steer running experiments live in their own module and register themselves.
