@@ -52,8 +52,9 @@ class Settings:
     root: reads.Root
     guard: Guard = field(default_factory=Guard)
     mlflow_url: str | None = None
-    """Base URL of an MLflow UI over ``mlflow_experiment`` (``--mlflow``); runs link to it."""
+    """Base URL of an MLflow UI (``--mlflow``); runs link to their page there."""
     mlflow_experiment: str | None = None
+    """The one experiment that UI serves (its ``mlflow.db``); None: all of them (a server)."""
     steering: Steering = field(default_factory=Steering)
     poll_ms: int = POLL_MS
 
@@ -193,7 +194,8 @@ class _Api:
 
     async def _mlflow_links(self, name: str, runs: list[dict[str, Any]]) -> dict[int, str]:
         """Run id -> its page in the MLflow UI, for the experiment that UI serves."""
-        if self.s.mlflow_url is None or name != self.s.mlflow_experiment:
+        only = self.s.mlflow_experiment
+        if self.s.mlflow_url is None or (only is not None and name != only):
             return {}
         if name not in self._mlflow_ids:
             self._mlflow_ids[name] = await run_in_threadpool(_mlflow_experiment_id, self.s, name)

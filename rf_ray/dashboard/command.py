@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     mlflow = None
     try:
         if args.mlflow:
-            mlflow = _start_mlflow(args, settings)
+            mlflow = start_mlflow(args, settings)
         url = _url(args.host, args.port)
         print(f"rf-ray dashboard for {root.path}: {url}  (Ctrl-C stops)")
         if token is not None:
@@ -156,7 +156,7 @@ def _serve(app: Any, sock: socket.socket) -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def _start_mlflow(args: argparse.Namespace, settings: Any) -> subprocess.Popen[bytes] | None:
+def start_mlflow(args: argparse.Namespace, settings: Any) -> subprocess.Popen[bytes] | None:
     """Start the MLflow UI beside the page (its own process group) and point run links at it;
     with ``MLFLOW_TRACKING_URI`` set, runs went to that server: link to it instead."""
     from rf_ray.cli import MLFLOW_DB, dashboard_command, dashboard_env, resolve_dashboard_dir
@@ -165,8 +165,8 @@ def _start_mlflow(args: argparse.Namespace, settings: Any) -> subprocess.Popen[b
     names = settings.root.names()
     if env_uri:
         print(f"MLFLOW_TRACKING_URI is set: runs are logged to {env_uri}; open its UI there.")
-        if env_uri.startswith(("http://", "https://")) and len(names) == 1:
-            settings.mlflow_url, settings.mlflow_experiment = env_uri, names[0]
+        if env_uri.startswith(("http://", "https://")):
+            settings.mlflow_url = env_uri  # that server holds every experiment's runs
         return None
     exp_dir = resolve_dashboard_dir(str(settings.root.path), args.name or _only(names))
     port = args.mlflow_port or args.port + 1

@@ -38,7 +38,7 @@ function svg(tag, attrs = {}) {
 
 function fmt(v) {
   if (v === null || v === undefined) return "-";
-  if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toPrecision(4);
+  if (typeof v === "number") return Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(4)));
   return typeof v === "string" ? v : JSON.stringify(v);
 }
 
@@ -318,7 +318,7 @@ function drawChart(node, seriesByRun, v, xName) {
   let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
   for (const [runId, series] of seriesByRun) {
     const run = v.runs.get(runId);
-    if (!run || run.status === "deleted") continue;
+    if (!run) continue;
     let pts = [...series.entries()].sort((a, b) => a[0] - b[0]);
     if (pts.length > MAX_DRAWN) {
       const step = pts.length / MAX_DRAWN;
@@ -337,7 +337,7 @@ function drawChart(node, seriesByRun, v, xName) {
     node.replaceChildren(...children);
     return;
   }
-  if (x1 === x0) x1 = x0 + 1;
+  if (x1 === x0) { x0 -= 1; x1 += 1; }
   if (y1 === y0) { y1 += 0.5; y0 -= 0.5; }
   const sx = (x) => BOX.left + ((x - x0) / (x1 - x0)) * (BOX.right - BOX.left);
   const sy = (y) => BOX.bottom - ((y - y0) / (y1 - y0)) * (BOX.bottom - BOX.top);
@@ -348,9 +348,10 @@ function drawChart(node, seriesByRun, v, xName) {
     const t = svg("text", { x: 2, y: sy(y) + 4 });
     t.textContent = y.toPrecision(3);
     children.push(t);
-    const xv = x0 + ((x1 - x0) * i) / 4;
-    const tx = svg("text", { x: sx(xv) - 8, y: 252 });
-    tx.textContent = Number.isInteger(xv) ? String(xv) : xv.toFixed(1);
+  }
+  for (const xv of xTicks(x0, x1)) {
+    const tx = svg("text", { x: sx(xv) - 4, y: 252 });
+    tx.textContent = String(xv);
     children.push(tx);
   }
   const label = svg("text", { x: BOX.right - 40, y: 252 });
@@ -360,8 +361,16 @@ function drawChart(node, seriesByRun, v, xName) {
     const shown = pts.filter(([, y]) => y !== null);
     const attrs = { "data-series": runId, stroke: color(runId),
                     points: shown.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" ") };
-    if (run.status === "pruned" || run.status === "stopped") attrs["stroke-dasharray"] = "4 3";
+    if (run.status !== "running" && run.status !== "pending" && run.status !== "completed") {
+      attrs["stroke-dasharray"] = "4 3"; // stopped, pruned, failed or deleted
+    }
     children.push(svg("polyline", attrs));
+    if (xName === "chunk") { // few points per run: mark each one (a single point has no line)
+      for (const [x, y] of shown) {
+        children.push(svg("circle", { "data-series": runId, cx: sx(x).toFixed(1), cy: sy(y).toFixed(1),
+                                      r: 2.5, fill: color(runId) }));
+      }
+    }
     if (run.status === "pruned" && shown.length) {
       // The pruning point: where the run's curve stops (its last chunk at or before the rung).
       const at = xName === "chunk" && run.pruned_at !== null
@@ -373,6 +382,13 @@ function drawChart(node, seriesByRun, v, xName) {
     }
   }
   node.replaceChildren(...children);
+}
+
+function xTicks(x0, x1) {
+  // Whole numbers (steps and chunks are counts), at most five, evenly spread.
+  const ticks = new Set();
+  for (let i = 0; i <= 4; i++) ticks.add(Math.round(x0 + ((x1 - x0) * i) / 4));
+  return [...ticks].filter((x) => x >= x0 && x <= x1);
 }
 
 // ------------------------------------------------------------------ start
