@@ -288,3 +288,105 @@ def test_which_knobs_are_redacted(key, secret):
 def test_an_unknown_name_for_the_cli_is_a_clear_error(root, capsys):
     assert cli.main(["dashboard", "--path", str(root), "--name", "nope"]) == 2
     assert "no experiment 'nope'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- a real experiment
+
+
+@contextmanager
+def dashboard_process(root: Path) -> Iterator[str]:
+    """``rf-ray dashboard`` in its own process, as a user starts it: it reaches the experiment's
+    Ray cluster through ``cluster.json``, like ``rf-ray ops``. Yields its base URL once it
+    printed its address (it listens before it prints)."""
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+
+    sock = command.bind("127.0.0.1", 0)  # a free port, released just before the server binds it
+    port = sock.getsockname()[1]
+    sock.close()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rf_ray.cli", "dashboard", "--path", str(root), "--port", str(port)],
+        stdout=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 180)
+        line = proc.stdout.readline() if ready else ""  # type: ignore[union-attr]
+        assert "rf-ray dashboard for" in line, f"no address printed within 180 s: {line!r}"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_steering_a_running_experiment_goes_the_way_of_rf_ray_ops(ray_cluster, tmp_path):
+    import contextlib
+
+    from policies.errors import ConfigError, OpError
+    from rf_ray import Experiment, List, NoPruning, RFModelConfig, RFSFTConfig, ops
+    from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
+
+    config = RFModelConfig(
+        model_name=TOY_MODEL_NAME,
+        training_args=RFSFTConfig(
+            learning_rate=List([3e-3, 1e-3]), lora_rank=4, per_device_train_batch_size=4,
+            num_train_epochs=1, max_length=48,
+        ),
+    )  # fmt: skip
+    exp = Experiment("steered", experiment_path=tmp_path)
+    exp.run_fit(
+        config, train_dataset=sft_dataset(160), num_chunks=4, seed=1, max_slice_steps=1,
+        pruner=NoPruning(), live_view=False, blocking=False,
+    )  # fmt: skip
+    runs = "/api/experiments/steered/runs"
+    try:
+        with dashboard_process(tmp_path) as base:
+            session, csrf = page_session(base)
+            headers = {CSRF_HEADER: csrf}
+
+            def post(path: str, body: dict | None = None) -> requests.Response:
+                return session.post(base + runs + path, headers=headers, json=body, timeout=180)
+
+            assert requests.get(base + "/api/experiments/steered", timeout=60).json()["running"]
+            stopped = post("/1/stop")
+            assert stopped.status_code == 200, stopped.text
+            assert stopped.json()["status"] == "stopped"
+            again = post("/1/stop")  # refused by the scheduler, with rf-ray ops' message
+            assert again.status_code == 409
+            with pytest.raises(OpError) as direct:
+                ops.apply(ops.attach(exp.dir), "stop", 1)
+            assert again.json()["error"] == str(direct.value)
+
+            typo = post("/2/clone", {"changes": {"learnin_rate": "1e-3"}})
+            assert typo.status_code == 400
+            with pytest.raises(ConfigError) as direct_clone:
+                exp.clone_modify(2, {"learnin_rate": 1e-3})
+            assert typo.json()["error"] == str(direct_clone.value)
+
+            clone = post("/2/clone", {"changes": {"learning_rate": "5e-4"}, "warm_start": False})
+            assert clone.status_code == 200, clone.text
+            new_id = clone.json()["run_id"]
+            assert clone.json()["seq"] == stopped.json()["seq"] + 1  # each applied once
+            state = requests.get(base + "/api/experiments/steered", timeout=60).json()
+            row = next(r for r in state["runs"] if r["run_id"] == new_id)
+            assert row["parent_run_id"] == 2
+            assert row["params"]["learning_rate"] == 5e-4
+
+            assert post("/1/resume").json()["status"] == "running"
+            for run_id in (1, 2, new_id):  # end the experiment
+                with contextlib.suppress(OpError):
+                    exp.delete(run_id)
+            exp.wait()
+            refused = post("/1/resume")
+            assert refused.status_code == 409
+            assert "read-only" in refused.json()["error"]
+    finally:
+        exp.end()
