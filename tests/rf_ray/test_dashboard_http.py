@@ -166,6 +166,45 @@ def test_state_is_incremental(base, root):
     assert after["steps"] == {"2": [[2, 1.1]]}
 
 
+def test_with_64_runs_a_poll_carries_only_what_changed(tmp_path):
+    exp_dir = tmp_path / "wide"
+    with Store(exp_dir) as store:
+        store.set_meta(name="wide", status="running", pruner={"metric": "loss", "mode": "min"})
+        for run_id in range(1, 65):
+            params = {"learning_rate": 1e-4 * run_id, "lora.r": 8, "max_length": 64}
+            store.add_run(run_id, params, "running", total_steps=400, total_chunks=8)
+            steps = [{"step": s, "loss": 2.0 - s / 100} for s in range(1, 51)]
+            store.record_slice(run_id, steps, (1, {"loss": 1.6}), steps_done=50, chunks_done=1)
+    with serve(Settings(root=Root.at(tmp_path))) as base:
+        url = base + "/api/experiments/wide"
+        full = requests.get(url, timeout=TIMEOUT)
+        first = full.json()
+        assert len(first["runs"]) == 64
+        assert sum(len(p) for p in first["steps"].values()) == 64 * 50
+        with Store(exp_dir) as store:
+            store.record_slice(7, [{"step": 51, "loss": 1.4}], None, steps_done=51)
+        poll = requests.get(url, params=first["cursor"], timeout=TIMEOUT)
+        assert [r["run_id"] for r in poll.json()["runs"]] == [7, 64]  # 64: the cursor's row
+        assert poll.json()["steps"] == {"7": [[51, 1.4]]}
+        assert len(poll.content) * 20 < len(full.content)
+
+
+def test_runs_link_to_their_page_in_the_mlflow_ui(root):
+    from mlflow.tracking import MlflowClient
+
+    with Store(root / "sweep", readonly=True) as store:
+        uri = store.meta()["tracking_uri"]
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("sweep")
+    mlflow_run = client.create_run(exp_id).info.run_id
+    with Store(root / "sweep") as store:
+        store.update_run(1, mlflow_run_id=mlflow_run)
+    settings = Settings(root=Root.at(root), mlflow_url="http://127.0.0.1:5001/")
+    with serve(settings) as base:
+        links = requests.get(base + "/api/experiments/sweep", timeout=TIMEOUT).json()["mlflow"]
+    assert links == {"1": f"http://127.0.0.1:5001/#/experiments/{exp_id}/runs/{mlflow_run}"}
+
+
 def test_params_of_a_run_are_redacted_and_unknown_ones_are_404(base):
     got = requests.get(base + "/api/experiments/sweep/runs/2/params", timeout=TIMEOUT).json()
     assert got["params"]["lora.r"] == 16
@@ -314,7 +353,8 @@ def dashboard_process(root: Path) -> Iterator[str]:
     )  # fmt: skip
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 180)
-        line = proc.stdout.readline() if ready else ""  # type: ignore[union-attr]
+        assert proc.stdout is not None
+        line = proc.stdout.readline() if ready else ""
         assert "rf-ray dashboard for" in line, f"no address printed within 180 s: {line!r}"
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -161,7 +161,9 @@ function render(v) {
   const section = $("#experiment-view");
   section.classList.toggle("readonly", !v.running);
   const badge = $("#exp-badge");
-  badge.textContent = v.running ? "running" : `${v.status} (read-only)`;
+  // Not running with "running" recorded: the driver ended or died without recording the end.
+  const ended = v.status === "running" ? "not running" : v.status;
+  badge.textContent = v.running ? "running" : `${ended} (read-only)`;
   badge.className = v.running ? "badge running" : "badge";
   const counts = {};
   for (const r of v.runs.values()) counts[r.status] = (counts[r.status] || 0) + 1;
@@ -217,7 +219,8 @@ function renderRow(v, r) {
     ...v.differing.map((k) => el("td", { text: fmt((r.params || {})[k]) })),
     el("td", { class: "error", title: r.error || "", text: error }),
     el("td", {}, link ? el("a", { href: link, target: "_blank", rel: "noopener", text: "open" })
-                      : el("span", { class: "muted", text: r.mlflow_run_id ? r.mlflow_run_id.slice(0, 8) : "-" })),
+                      : el("span", { class: "muted", title: "start the dashboard with --mlflow to link runs",
+                                     text: r.mlflow_run_id ? r.mlflow_run_id.slice(0, 8) : "-" })),
     el("td", { class: "actions" }, ...OPS.map(([op, label]) =>
       el("button", { type: "button", "data-op": op, text: label }))),
   ];
@@ -385,10 +388,13 @@ function drawChart(node, seriesByRun, v, xName) {
 }
 
 function xTicks(x0, x1) {
-  // Whole numbers (steps and chunks are counts), at most five, evenly spread.
-  const ticks = new Set();
-  for (let i = 0; i <= 4; i++) ticks.add(Math.round(x0 + ((x1 - x0) * i) / 4));
-  return [...ticks].filter((x) => x >= x0 && x <= x1);
+  // Whole numbers (steps and chunks are counts): each one when few, else a round stride.
+  const first = Math.ceil(x0);
+  const span = Math.floor(x1) - first;
+  const stride = span <= 8 ? 1 : Math.ceil(span / 5 / 5) * 5;
+  const ticks = [];
+  for (let x = first; x <= x1; x += stride) ticks.push(x);
+  return ticks;
 }
 
 // ------------------------------------------------------------------ start
