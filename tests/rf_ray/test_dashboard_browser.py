@@ -35,8 +35,8 @@ WAIT_S = 240  # bound on each wait for the page (a slice on two loaded cores can
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 INSTALL = (
     "the dashboard's browser test needs Chromium, its driver and Selenium: "
-    "`apt-get install -y chromium chromium-driver` (Debian/Ubuntu; Ubuntu's snap-free "
-    "alternative is Google's chrome + chromedriver) and `pip install -e '.[dev]'` (selenium); "
+    "`apt-get install -y chromium chromium-driver` (Debian; elsewhere any Chromium or Chrome "
+    "with a matching chromedriver on PATH) and `pip install -e '.[dev]'` (selenium); "
     "or set RF_RAY_SKIP_BROWSER=1 to skip it on a machine without them"
 )
 
@@ -95,7 +95,7 @@ def _screenshot(driver: Any, tmp_path: Path, name: str) -> None:
     shutil.copyfile(tmp_path / name, ARTIFACTS / name)
 
 
-def test_watch_stop_and_clone_in_a_real_browser(ray_cluster, browser, tmp_path):
+def test_watch_stop_and_clone_in_a_real_browser(browser, ray_cluster, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
