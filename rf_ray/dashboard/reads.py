@@ -177,6 +177,7 @@ def read_state(exp_dir: Path, cursor: Cursor) -> dict[str, Any]:
     from rf_ray.cli import differing_knobs
 
     with _connect(exp_dir) as conn:
+        conn.execute("BEGIN")  # one snapshot for all reads (WAL: the writer is not blocked)
         meta = {r[0]: json.loads(r[1]) for r in conn.execute("SELECT key, value FROM meta")}
         all_params = [
             (int(r[0]), json.loads(r[1]))

@@ -3,7 +3,9 @@ validation and the same error messages, each request applied once.
 
 Ray calls block, so they run on one worker thread: the server keeps answering reads meanwhile,
 and two clicks are applied one after the other, in order of arrival, as the scheduler applies
-concurrent ``rf-ray ops`` calls. Every call is bounded by ``timeout_s``.
+concurrent ``rf-ray ops`` calls. Every call is bounded by ``timeout_s`` for the page; the
+thread itself waits as ``rf_ray.ops`` does (its ``ray.get`` has no bound), so ops sent after one
+that hung wait behind it and time out too, each saying so, until the scheduler answers.
 """
 
 from __future__ import annotations
