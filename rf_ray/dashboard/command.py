@@ -48,7 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="experiments root, or one experiment directory (default ./rf_experiments)",
     )
     p.add_argument("--name", default=None, help="show only this experiment under the root")
-    p.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="default 5000")
+    p.add_argument(
+        "--port", type=port_number, default=DEFAULT_PORT, help="port to serve on (default 5000)"
+    )
     p.add_argument(
         "--host",
         default="127.0.0.1",
