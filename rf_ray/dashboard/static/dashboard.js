@@ -313,7 +313,7 @@ async function submitClone(event) {
 
 // ------------------------------------------------------------------ charts (inline SVG)
 
-const BOX = { left: 48, right: 632, top: 10, bottom: 236 };
+const BOX = { left: 48, right: 624, top: 10, bottom: 236 };
 const MAX_DRAWN = 300; // points per run drawn; longer series are thinned evenly
 
 function drawChart(node, seriesByRun, v, xName) {
@@ -353,13 +353,10 @@ function drawChart(node, seriesByRun, v, xName) {
     children.push(t);
   }
   for (const xv of xTicks(x0, x1)) {
-    const tx = svg("text", { x: sx(xv) - 4, y: 252 });
+    const tx = svg("text", { x: sx(xv), y: 252, "text-anchor": "middle" });
     tx.textContent = String(xv);
     children.push(tx);
   }
-  const label = svg("text", { x: BOX.right - 40, y: 252 });
-  label.textContent = xName;
-  children.push(label);
   for (const [runId, run, pts] of lines) {
     const shown = pts.filter(([, y]) => y !== null);
     const attrs = { "data-series": runId, stroke: color(runId),
