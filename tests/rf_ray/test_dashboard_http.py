@@ -9,6 +9,8 @@ it); the steering test runs a real experiment on the shared Ray cluster.
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import threading
 from collections.abc import Iterator
@@ -56,9 +58,6 @@ def page_session(base: str) -> tuple[requests.Session, str]:
     page.raise_for_status()
     match = re.search(r'name="rf-ray-config" content="([^"]+)"', page.text)
     assert match is not None, "the page carries its config"
-    import html
-    import json
-
     return session, json.loads(html.unescape(match.group(1)))["csrf"]
 
 
