@@ -385,10 +385,11 @@ function drawChart(node, seriesByRun, v, xName) {
 }
 
 function xTicks(x0, x1) {
-  // Whole numbers (steps and chunks are counts): each one when few, else a round stride.
+  // Whole numbers (steps and chunks are counts), a 1-2-5 stride giving about five ticks.
   const first = Math.ceil(x0);
-  const span = Math.floor(x1) - first;
-  const stride = span <= 8 ? 1 : Math.ceil(span / 5 / 5) * 5;
+  const raw = Math.max((Math.floor(x1) - first) / 5, 1);
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const stride = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw);
   const ticks = [];
   for (let x = first; x <= x1; x += stride) ticks.push(x);
   return ticks;
