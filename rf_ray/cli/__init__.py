@@ -3,12 +3,13 @@
     rf-ray list                      experiments under ./rf_experiments
     rf-ray status sft-grid           one experiment's runs, progress, metrics, differing knobs
     rf-ray status sft-grid --json    the same as JSON, for scripts
-    rf-ray dashboard --name sft-grid the MLflow UI over the experiment's mlflow.db (127.0.0.1)
+    rf-ray dashboard                 the web dashboard on 127.0.0.1:5000 (--mlflow: MLflow UI too)
     rf-ray demo                      examples/sft_grid.py: 8 LoRA SFT configs on the toy model
     rf-ray ops stop sft-grid 3       steer a running experiment's runs (``rf_ray.cli.ops``)
     rf-ray resume sft-grid           continue an experiment whose driver died
 
-One module per command group: ``status`` (list, status), ``dashboard``, ``demo``, ``ops`` (ops,
+One module per command group: ``status`` (list, status), ``mlflow_ui`` (what ``dashboard --mlflow``
+starts; the dashboard itself is ``rf_ray/dashboard/``), ``demo``, ``ops`` (ops,
 resume); ``child`` runs a foreground child process. ``list``, ``status`` and ``dashboard`` only
 read an experiment (the store is opened read-only), so they are safe while it trains. A user
 error (unknown experiment, busy port, ...) prints one line to stderr and exits with status 2,
@@ -26,7 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from policies.errors import ConfigError, OpError
-from rf_ray.cli import dashboard, demo, ops, status
+from rf_ray.cli import demo, ops, status
+from rf_ray.dashboard import command as dashboard
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("list", "list the experiments under a root", status.add_root, status.cmd_list),
     Command("status", "show one experiment's runs and progress", status.add_status,
             status.cmd_status),
-    Command("dashboard", "serve the MLflow UI over an experiment", dashboard.add_dashboard,
-            dashboard.cmd_dashboard),
+    Command("dashboard", "serve the web dashboard (--mlflow: and the MLflow UI)",
+            dashboard.add_arguments, dashboard.run),
     Command("demo", "run examples/sft_grid.py (8 LoRA SFT configs)", demo.add_demo, demo.cmd_demo),
     Command("ops", "steer a running experiment's runs", ops.add_ops, ops.cmd_ops),
     Command("resume", "continue an experiment whose driver died", ops.add_resume,

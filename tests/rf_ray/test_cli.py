@@ -23,7 +23,8 @@ from actors.store import Store
 from policies.errors import ConfigError
 from policies.pruning import SuccessiveHalving
 from rf_ray import cli
-from rf_ray.cli import dashboard, demo
+from rf_ray.cli import demo
+from rf_ray.cli import mlflow_ui as dashboard
 
 LONG_ERROR = "Traceback (most recent call last):\n  File 'x'\nRuntimeError: " + "out of memory " * 9
 
@@ -186,10 +187,17 @@ def test_dashboard_finds_the_experiment(root, tmp_path):
         dashboard.resolve_dashboard_dir(str(tmp_path / "missing"), None)
 
 
-def test_dashboard_points_to_mlflow_tracking_uri(monkeypatch, capsys):
+def test_dashboard_links_runs_to_the_mlflow_tracking_uri_server(root, monkeypatch, capsys):
+    from rf_ray.dashboard.app import Settings
+    from rf_ray.dashboard.command import start_mlflow
+    from rf_ray.dashboard.reads import Root
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
-    assert cli.main(["dashboard"]) == 0
+    args = cli.build_parser().parse_args(["dashboard", "--mlflow", "--path", str(root)])
+    settings = Settings(root=Root.at(root))
+    assert start_mlflow(args, settings) is None  # no local MLflow UI: runs went to the server
     assert "http://mlflow.internal:5000" in capsys.readouterr().out
+    assert settings.mlflow_url == "http://mlflow.internal:5000"
 
 
 def test_dashboard_on_a_busy_port_exits_2(root, capsys):
@@ -240,25 +248,24 @@ def _wait_for_200(url: str, proc: subprocess.Popen, timeout: float) -> None:
 
 
 @pytest.mark.slow
-def test_dashboard_serves_the_mlflow_ui_and_stops_on_ctrl_c(tmp_path):
+def test_dashboard_serves_its_page_and_the_mlflow_ui_and_stops_on_ctrl_c(tmp_path):
     exp_dir = _make_experiment(tmp_path / "experiments", "lr-sweep")  # an empty mlflow.db
-    port = _free_port()
+    port, mlflow_port = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    cmd = [sys.executable, "-m", "rf_ray.cli", "dashboard", "--path", str(exp_dir)]
+    cmd = [sys.executable, "-m", "rf_ray.cli", "dashboard", "--path", str(exp_dir), "--mlflow"]
     proc = subprocess.Popen(
-        [*cmd, "--port", str(port)], cwd=tmp_path, env=env, start_new_session=True
-    )
+        [*cmd, "--port", str(port), "--mlflow-port", str(mlflow_port)],
+        cwd=tmp_path, env=env, start_new_session=True,
+    )  # fmt: skip
     try:
-        _wait_for_200(f"http://127.0.0.1:{port}/", proc, timeout=90)
-        proc.send_signal(signal.SIGINT)  # Ctrl-C: rf-ray forwards it to the MLflow server
+        _wait_for_200(f"http://127.0.0.1:{port}/", proc, timeout=90)  # the rf-ray page
+        _wait_for_200(f"http://127.0.0.1:{mlflow_port}/", proc, timeout=90)  # the MLflow UI
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: the page stops, and the MLflow UI with it
         proc.wait(timeout=30)
     finally:
-        for _ in range(3):  # a third signal makes rf-ray kill the server's process group
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                time.sleep(1)
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    with socket.socket() as s:  # the server is gone: its port is free again
-        s.bind(("127.0.0.1", port))
+    for p in (port, mlflow_port):  # both servers are gone: their ports are free again
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))
