@@ -3,13 +3,11 @@ beside the web dashboard (``rf_ray/dashboard/``)."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
 from policies.errors import ConfigError
-from rf_ray.cli.child import run_child
 from rf_ray.experiment import DEFAULT_ROOT
 
 MLFLOW_DB = "mlflow.db"

@@ -23,11 +23,11 @@ import requests
 from actors.scheduler_actor import hold_experiment_lock
 from actors.store import Store
 from rf_ray import cli
-from rf_ray.specs import differing_keys
 from rf_ray.dashboard import command
 from rf_ray.dashboard.app import Settings, create_app
 from rf_ray.dashboard.guard import CSRF_HEADER, Guard
 from rf_ray.dashboard.reads import Root, is_secret_key
+from rf_ray.specs import differing_keys
 
 TIMEOUT = 60  # seconds for one HTTP request (reads are milliseconds; ops wait for a slice)
 
@@ -131,8 +131,11 @@ def test_experiments_lists_every_experiment_with_counts(base):
 
 def test_state_has_runs_knobs_that_differ_curves_and_no_secret(base, root):
     state = requests.get(base + "/api/experiments/sweep", timeout=TIMEOUT).json()
+    # the same knobs as `rf-ray status`
     with Store(root / "sweep", readonly=True) as store:
-        assert state["differing"] == differing_keys([r["params"] for r in store.runs()])  # as `rf-ray status`
+        assert state["differing"] == differing_keys(
+            [r["params"] for r in store.runs()]
+        )  # as `rf-ray status`
     assert state["differing"] == ["learning_rate", "lora.r"]
     runs = {r["run_id"]: r for r in state["runs"]}
     assert runs[2]["status"] == "pruned"
