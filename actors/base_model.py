@@ -34,14 +34,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from actors.ckpt_writer import CheckpointError, CheckpointWriter
 from actors.messages import SliceResult
-from policies.errors import RunFailedError
+from policies.errors import RunFailedError, RunNotPlacedError
 
 logger = logging.getLogger(__name__)
 
 GROUP_WAIT_SECONDS = 30.0
 """How long the first member of a fused group waits for the others. A member whose trial does not
 come in time (it died, or is being re-placed slowly) trains on its own when it does come."""
+DURABLE_WAIT_SECONDS = 600.0
+"""Bound on waiting for one checkpoint write (``wait_durable``)."""
 
 
 @dataclasses.dataclass
@@ -86,6 +89,8 @@ class BaseModelActor:
         """Fused groups still gathering their members, by sorted member ids."""
         self._worker_thread: int | None = None
         """``threading.get_ident()`` of the worker thread, once it has run something."""
+        self.writer = CheckpointWriter()
+        """Writes checkpoints on its own thread while the worker trains the next grant."""
 
     async def _work(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` on the executor's worker thread (requests queue there, in order)."""
@@ -266,24 +271,51 @@ class BaseModelActor:
         return outcomes
 
     def _checkpointed(self, result: SliceResult, run_dir: str) -> SliceResult:
-        """Write the run's durable checkpoint after its slice; the result names it. A cached
-        outcome (a retried call) already names its checkpoint."""
+        """Queue the run's checkpoint after its slice; the result names it (durable once
+        ``wait_durable`` says so). A cached outcome (a retried call) already names it."""
         from actors import checkpoint
 
         if result.checkpoint is not None:
             return result
         record = self.executor.registry[result.run_id]
-        self.executor.phase = f"writing checkpoint of run {result.run_id}"
+        self.executor.phase = f"capturing checkpoint of run {result.run_id}"
         try:
+            # A host copy now; the disk write runs in the background while the next grant
+            # trains (actors.ckpt_writer). Keep the previous checkpoint too: the store points
+            # at it until the trial has waited for this one (``wait_durable``) and reported.
             state = checkpoint.capture(record, self.executor.bases[record.spec.model_key].model)
-            # Keep the previous checkpoint too: the store may still point at it if the process
-            # dies between this write and the scheduler recording the slice.
-            path = checkpoint.save(state, run_dir, keep=2)
+            self.executor.phase = f"queueing checkpoint of run {result.run_id}"
+            path = self.writer.submit(result.run_id, state, run_dir, keep=2)
         except BaseException:
             record.last_result = None  # not durable: a retry must not return it
             raise
         result.checkpoint = str(path)
         return result
+
+    async def wait_durable(
+        self, run_id: int, step: int, timeout: float = DURABLE_WAIT_SECONDS
+    ) -> str:
+        """Return the path of ``run_id``'s checkpoint at ``step`` once it is durable on disk.
+
+        Raises the run's ``CheckpointError`` if its write failed, and ``RunNotPlacedError`` if
+        this executor never queued it (it restarted since; or nothing was trained): the slice
+        is re-run from the run's last durable checkpoint."""
+        write = self.writer.pending(run_id, step)
+        if write is None:
+            raise RunNotPlacedError(
+                f"run {run_id}: this executor holds no checkpoint write of step {step} (it was "
+                "restarted since the slice ran); re-place the run from its last durable "
+                "checkpoint and run the slice again"
+            )
+        try:
+            path = await asyncio.wait_for(asyncio.wrap_future(write), timeout)
+        except asyncio.TimeoutError:
+            raise CheckpointError(
+                f"run {run_id}: its checkpoint of step {step} was not durable within "
+                f"{timeout:g} s; the disk under the experiment directory is too slow or stuck"
+            ) from None
+        self.writer.done_with(run_id, step)
+        return str(path)
 
     async def export(self, run_id: int, path: str) -> str:
         return await self._work(self._export, run_id, path)

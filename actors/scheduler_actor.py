@@ -115,6 +115,9 @@ class SchedulerActor:
         )
         self.executors = executors
         self.tracking_uri = tracking_uri
+        self._tracking: Any = None
+        """The experiment's ``TrackingActor`` (the one MLflow writer), started with the first
+        trial."""
         self.trials: list[tuple[int, Any, Any]] = []
         """(run id, trial actor, its run() ref) for every trial ever started."""
         self.looping: set[int] = set()
@@ -166,8 +169,7 @@ class SchedulerActor:
                 self._self_handle(),
                 self.executors,
                 self.dir,
-                self.tracking_uri,
-                self.name,
+                self.tracking,
                 row.checkpoint,
                 row.mlflow_run_id,
             )
@@ -219,19 +221,34 @@ class SchedulerActor:
         if mlflow_run_id is not None:
             await self._close_mlflow_run(run_id, mlflow_run_id, error)
 
+    @property
+    def tracking(self) -> Any:
+        """The experiment's ``TrackingActor``, started on first use. It lives as long as this
+        actor (Ray ends an actor with its owner); restarted if its process dies (what it had
+        buffered for an unreachable MLflow is lost then; the store has every result)."""
+        if self._tracking is None:
+            import ray
+
+            from actors.tracking_actor import TrackingActor
+
+            self._tracking = (
+                ray.remote(TrackingActor)
+                .options(num_cpus=0, max_restarts=-1, max_concurrency=1)
+                .remote(self.tracking_uri, self.name)
+            )
+        return self._tracking
+
     async def _close_mlflow_run(self, run_id: int, mlflow_run_id: str, error: str) -> None:
         """Mark a run's MLflow run FAILED with its error (bounded; a tracking outage is logged,
         never raised: the run's outcome is in the store either way)."""
-
-        def close() -> None:
-            from actors.tracking import Tracker  # lazy: MLflow only where it is needed
-
-            tracker = Tracker(self.tracking_uri, self.name)
-            tracker.set_tags(mlflow_run_id, {"rf_ray.status": "failed", "rf_ray.error": error})
-            tracker.finish(mlflow_run_id, "FAILED")
-
         try:
-            await asyncio.wait_for(asyncio.to_thread(close), TRACKER_CALL_SECONDS)
+            await asyncio.wait_for(
+                self.tracking.finish.remote(
+                    run_id, mlflow_run_id, {"rf_ray.status": "failed", "rf_ray.error": error},
+                    "FAILED",
+                ),
+                TRACKER_CALL_SECONDS,
+            )  # fmt: skip
         except Exception:
             logger.warning("run %s: could not close its MLflow run", run_id, exc_info=True)
 
@@ -443,6 +460,11 @@ class SchedulerActor:
         async with self.cond:
             self.core.holds.discard(token)
             self.cond.notify_all()
+
+    async def trial_of(self, run_id: int) -> Any:
+        """The handle of the run's latest trial actor (``None`` if it never had one): for
+        diagnostics, e.g. what a trial process has imported (``TrialActor.loaded_modules``)."""
+        return next((t for rid, t, _ in reversed(self.trials) if rid == run_id), None)
 
     async def snapshot(self) -> list[dict[str, Any]]:
         return self.core.snapshot()

@@ -25,6 +25,7 @@ charged to every member in flight. Time-sliced grants (one run per executor) hav
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.messages import Exit, Grant, Report, SliceResult
+from actors.tracking_actor import TrackingClient
 from policies.errors import RunFailedError, RunNotPlacedError
 
 logger = logging.getLogger(__name__)
@@ -77,8 +79,7 @@ class TrialActor:
         scheduler: Any,
         executors: list[Any],
         experiment_dir: str,
-        tracking_uri: str,
-        mlflow_experiment: str,
+        tracking: Any,
         checkpoint: str | None = None,
         mlflow_run_id: str | None = None,
     ) -> None:
@@ -91,8 +92,8 @@ class TrialActor:
         self.scheduler = scheduler
         self.executors = executors
         self.run_dir = Path(experiment_dir) / "runs" / str(run_id)
-        self.tracking_uri = tracking_uri
-        self.mlflow_experiment = mlflow_experiment
+        self.tracking = TrackingClient(tracking, run_id, mlflow_run_id)
+        """The run's MLflow writes go through the experiment's ``TrackingActor``."""
         self.checkpoint = checkpoint
         """The run's last durable checkpoint: where a (re)placed run is restored from."""
         self.mlflow_run_id = mlflow_run_id
@@ -103,18 +104,21 @@ class TrialActor:
         self.token = uuid.uuid4().hex
         """Identifies this trial to the executor (see ``BaseModelActor.add_run``)."""
 
-    async def run(self) -> dict[str, Any]:
-        from actors.tracking import Tracker
+    async def loaded_modules(self, names: list[str]) -> list[str]:
+        """Which of ``names`` this trial's process has imported (diagnostics: a trial is meant
+        to stay lean, without torch, TRL, pandas or MLflow)."""
+        import sys
 
-        # The tracker never raises: an MLflow outage buffers writes (see actors.tracking), and
-        # the MLflow run may only exist later, once MLflow answers.
-        tracker = Tracker(self.tracking_uri, self.mlflow_experiment)
-        if self.mlflow_run_id is None:
-            tracker.start_run(
-                f"run-{self.run_id}", self.params, {**self.tags, "rf_ray.status": "running"}
-            )
-        else:  # resumed or restarted: keep logging into the run's MLflow run
-            tracker.reopen(self.mlflow_run_id)
+        return [n for n in names if n in sys.modules]
+
+    async def run(self) -> dict[str, Any]:
+        # Tracking never raises: an MLflow outage buffers writes in the tracking actor (see
+        # actors.tracking), and the MLflow run may only exist later, once MLflow answers. A
+        # resumed or restarted run keeps logging into its MLflow run.
+        tracker = self.tracking
+        await tracker.open_run(
+            f"run-{self.run_id}", self.params, {**self.tags, "rf_ray.status": "running"}
+        )
         await self._record_mlflow_run(tracker)
         uncharged = 0
         while True:
@@ -151,7 +155,7 @@ class TrialActor:
                 chunk_no, chunk_metrics = ack.chunk
                 chunk_row = {f"chunk/{k}": v for k, v in chunk_metrics.items()}
                 rows.append((result.end_step, {**chunk_row, "chunk": chunk_no}))
-            tracker.log_metrics(self.mlflow_run_id, rows)
+            await tracker.log_metrics(rows)
             await self._record_mlflow_run(tracker)
 
     def _logs(self, metrics: dict[str, float]) -> bool:
@@ -162,17 +166,17 @@ class TrialActor:
         every = every if isinstance(every, int) and every >= 1 else 1
         return int(metrics["step"]) % every == 0 or any(k.startswith("eval_") for k in metrics)
 
-    async def _record_mlflow_run(self, tracker: Any) -> None:
+    async def _record_mlflow_run(self, tracker: TrackingClient) -> None:
         """Tell the scheduler the run's MLflow run id once it exists (at once, unless MLflow
         was unreachable when the trial started)."""
-        if self.mlflow_run_id is None and tracker.run_id is not None:
-            self.mlflow_run_id = tracker.run_id
+        if self.mlflow_run_id is None and tracker.mlflow_run_id is not None:
+            self.mlflow_run_id = tracker.mlflow_run_id
             await self.scheduler.set_mlflow_run.remote(self.run_id, self.mlflow_run_id)
 
-    async def _fail(self, tracker: Any, error: str) -> None:
+    async def _fail(self, tracker: TrackingClient, error: str) -> None:
         logger.warning("run %s failed: %s", self.run_id, error)
         await self.scheduler.report_failure.remote(self.run_id, error)
-        tracker.set_tags(self.mlflow_run_id, {"rf_ray.error": error})
+        await tracker.set_tags({"rf_ray.error": error})
         await self._evict()
 
     # ------------------------------------------------------------------ one slice
@@ -195,13 +199,20 @@ class TrialActor:
             await self._place(grant, pid)
         for _ in range(MAX_IN_TRANSIT_RETRIES + 1):
             try:
-                return await self._call(
+                result: SliceResult = await self._call(
                     grant, pid, "run_slice",
                     lambda: executor.run_slice.remote(
                         self.run_id, grant.start_step, grant.end_step, grant.evaluate,
                         str(self.run_dir), list(grant.group) or None,
                     ),
                 )  # fmt: skip
+                # Durable before recorded: the executor writes the checkpoint in the background
+                # (it trains other runs meanwhile); the slice is reported only once it is on disk.
+                result.checkpoint = await self._call(
+                    grant, pid, "wait_durable",
+                    functools.partial(executor.wait_durable.remote, self.run_id, result.end_step),
+                )  # fmt: skip
+                return result
             except Exception as exc:
                 if not _is(exc, RunNotPlacedError):
                     raise
@@ -300,7 +311,7 @@ class TrialActor:
                 logger.debug("run %s: executor gone while evicting", self.run_id, exc_info=True)
             self.placed_on = None
 
-    async def _finish(self, tracker: Any, answer: Exit) -> dict[str, Any]:
+    async def _finish(self, tracker: TrackingClient, answer: Exit) -> dict[str, Any]:
         status = answer.status
         outcome: dict[str, Any] = {
             "run_id": self.run_id,
@@ -323,14 +334,7 @@ class TrialActor:
             tags["rf_ray.adapter_path"] = path
             await self.scheduler.set_adapter_path.remote(self.run_id, path)
         await self._evict()
-        tracker.set_tags(self.mlflow_run_id, tags)
-        tracker.finish(self.mlflow_run_id, _MLFLOW_STATUS.get(status, "KILLED"))
-        if not tracker.flush():
-            logger.warning(
-                "run %s: %d MLflow writes could not be sent (%d metrics dropped); the run's "
-                "results are in the experiment store", self.run_id, tracker.buffered,
-                tracker.dropped_metrics,
-            )  # fmt: skip
+        await tracker.finish(tags, _MLFLOW_STATUS.get(status, "KILLED"))
         await self._record_mlflow_run(tracker)
         outcome["mlflow_run_id"] = self.mlflow_run_id
         return outcome
