@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from actors import algorithms, fused
+from actors.data_prep import PreparedDatasets
 from actors.messages import SliceResult
 from actors.spec import RunSpec
 from policies.errors import RunFailedError, RunNotPlacedError
@@ -149,6 +150,8 @@ class Executor:
         )
         self.phase = "idle"
         """What the executor is doing now, in words (``BaseModelActor.activity`` reports it)."""
+        self.prepared = PreparedDatasets()
+        """Prepared datasets shared by runs with the same preparation setting."""
 
     # ------------------------------------------------------------------ bases and adapters
     def _base(self, spec: RunSpec) -> BaseEntry:
@@ -193,9 +196,17 @@ class Executor:
         self._active = spec.run_id
         args = self._device_args(spec.trl_args)
         previous_forward = entry.raw_model.forward
+        # Data preparation once per distinct setting (actors.data_prep): a later run with the
+        # same setting gets the prepared datasets and TRL skips preparing them again.
+        prep_key = self.prepared.key(spec, args)
+        shared = self.prepared.lookup(prep_key)
+        build_spec, train, evals = spec, self.train_dataset, self.eval_dataset
+        if shared is not None:
+            build_spec, args = self.prepared.reuse(spec, args)
+            train, evals = shared.train, shared.eval
         try:
             trainer = algorithms.make_trainer(
-                spec, args, entry.model, entry.tokenizer, self.train_dataset, self.eval_dataset
+                build_spec, args, entry.model, entry.tokenizer, train, evals
             )
         except BaseException:
             # A trainer that fails half-way must not break the runs already here: its
@@ -213,6 +224,7 @@ class Executor:
             entry.raw_model.forward = previous_forward
         entry.forward_patched = True
         entry.run_ids.add(spec.run_id)
+        self.prepared.keep(prep_key, trainer)
         trainer.create_optimizer()
         trainer.create_scheduler(spec.plan.total_steps, optimizer=trainer.optimizer)
         # Trainer.__init__ has just called set_seed(args.seed), as a vanilla run does before its
