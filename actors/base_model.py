@@ -169,6 +169,22 @@ class BaseModelActor:
         self.executor.add_run(spec, state)
         return int(spec.run_id)
 
+    async def load_base(self, spec_blob: bytes) -> bool:
+        """Load the base model a run needs, ahead of its first ``add_run`` (start-up overlaps:
+        the base loads while the trials start). True if loaded; a failure is only logged here:
+        the run's own ``add_run`` raises it as the run's error."""
+        try:
+            await self._work(self._load_base, spec_blob)
+            return True
+        except Exception:
+            logger.warning("loading the base model ahead of its runs failed", exc_info=True)
+            return False
+
+    def _load_base(self, spec_blob: bytes) -> None:
+        import cloudpickle
+
+        self.executor.load_base(cloudpickle.loads(spec_blob))
+
     async def has_run(self, run_id: int) -> bool:
         return run_id in self.executor.registry
 

@@ -154,6 +154,10 @@ class Executor:
         """Prepared datasets shared by runs with the same preparation setting."""
 
     # ------------------------------------------------------------------ bases and adapters
+    def load_base(self, spec: RunSpec) -> None:
+        """Load ``spec``'s base model now (once per model; ``add_run`` finds it resident)."""
+        self._base(spec)
+
     def _base(self, spec: RunSpec) -> BaseEntry:
         entry = self.bases.get(spec.model_key)
         if entry is None:

@@ -170,10 +170,17 @@ class SchedulerCore:
         if row.in_flight or not free:
             return None
         live = self.live()
+        # Time-sliced, only runs whose trial is up (has asked for a slice) compete: at start-up
+        # the first trial up trains at once instead of waiting for a lower-numbered run's trial
+        # to start. A run that may fuse waits for the least-progressed one as before, so the
+        # group forms whole (a fused pass of N runs costs little more than one run's slice).
+        up_only = self.fusion is None or row.fusion_key is None
         candidates = {
             rid: chunks
             for rid, chunks in live.items()
-            if not self.runs[rid].in_flight and self.pruner.may_advance(rid, chunks, live)
+            if not self.runs[rid].in_flight
+            and (not up_only or rid == run_id or rid in self.trials_up)
+            and self.pruner.may_advance(rid, chunks, live)
         }
         executor = self._executor_for(run_id, free, candidates)
         if executor is None:

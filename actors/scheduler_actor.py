@@ -116,6 +116,8 @@ class SchedulerActor:
         self.executors = executors
         self.tracking_uri = tracking_uri
         self._tracking: Any = None
+        self.preloaded = False
+        """Whether the executors were asked to load a base model ahead of the first trial."""
         """The experiment's ``TrackingActor`` (the one MLflow writer), started with the first
         trial."""
         self.trials: list[tuple[int, Any, Any]] = []
@@ -142,9 +144,22 @@ class SchedulerActor:
         """Register runs (new, or resumed with their progress) and start a trial for each live
         one."""
         async with self.cond:
+            self._preload(entries)
             for entry in entries:
                 self._register(entry)
             self.cond.notify_all()
+
+    def _preload(self, entries: list[RunEntry]) -> None:
+        """At start-up, have every executor load the first live run's base model while the
+        trials start (not answered: a failure surfaces as that run's ``add_run`` error)."""
+        if self.preloaded:
+            return
+        first = next((e for e in entries if is_live(RunStatus(e.status))), None)
+        if first is None:
+            return
+        self.preloaded = True
+        for executor in self.executors:
+            executor.load_base.remote(first.spec_blob)
 
     def _register(self, entry: RunEntry) -> None:
         row = self.core.add_run(entry)

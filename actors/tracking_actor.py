@@ -122,6 +122,17 @@ class TrackingClient:
         self.actor = actor
         self.run_id = run_id
         self.mlflow_run_id = mlflow_run_id
+        self._opening: asyncio.Future[None] | None = None
+
+    def start_open_run(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> None:
+        """``open_run`` without waiting for it (the run's first slice need not wait for MLflow):
+        every later call waits for it first."""
+        self._opening = asyncio.ensure_future(self.open_run(run_name, params, tags))
+
+    async def opened(self) -> None:
+        """Wait for ``start_open_run``'s call, if any (it never raises)."""
+        if self._opening is not None:
+            await self._opening
 
     async def _call(self, what: str, ref: Any) -> Any:
         try:
@@ -141,6 +152,7 @@ class TrackingClient:
     async def log_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
         if not rows:
             return
+        await self.opened()
         try:
             ref = self.actor.log_metrics.remote(self.run_id, self.mlflow_run_id, rows)
         except Exception as exc:
@@ -150,10 +162,12 @@ class TrackingClient:
             self._learn(await self._call("log_metrics", ref))
 
     async def set_tags(self, tags: dict[str, str]) -> None:
+        await self.opened()
         ref = self.actor.set_tags.remote(self.run_id, self.mlflow_run_id, tags)
         self._learn(await self._call("set_tags", ref))
 
     async def finish(self, tags: dict[str, str], status: str) -> None:
+        await self.opened()
         ref = self.actor.finish.remote(self.run_id, self.mlflow_run_id, tags, status)
         outcome = await self._call("finish", ref)
         if not isinstance(outcome, TrackingOutcome):

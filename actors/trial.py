@@ -115,11 +115,11 @@ class TrialActor:
         # Tracking never raises: an MLflow outage buffers writes in the tracking actor (see
         # actors.tracking), and the MLflow run may only exist later, once MLflow answers. A
         # resumed or restarted run keeps logging into its MLflow run.
+        # The first slice does not wait for MLflow: the run is opened while it trains.
         tracker = self.tracking
-        await tracker.open_run(
+        tracker.start_open_run(
             f"run-{self.run_id}", self.params, {**self.tags, "rf_ray.status": "running"}
         )
-        await self._record_mlflow_run(tracker)
         uncharged = 0
         while True:
             answer = await self.scheduler.request_slice.remote(self.run_id, self.generation)
