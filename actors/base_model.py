@@ -29,6 +29,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Any
 
 from actors.ckpt_writer import CheckpointError, CheckpointWriter
 from actors.messages import SliceResult
+from actors.timeline import SliceTiming
 from policies.errors import RunFailedError, RunNotPlacedError
 
 logger = logging.getLogger(__name__)
@@ -236,7 +238,7 @@ class BaseModelActor:
         missing = sorted(set(gathering.key) - set(gathering.arrived))
         if missing:
             logger.warning("fused group %s: runs %s did not come in time", gathering.key, missing)
-        task = asyncio.ensure_future(self._work(self._fused, dict(gathering.arrived)))
+        task = asyncio.ensure_future(self._work(self._fused_timed, dict(gathering.arrived)))
         future = gathering.outcome
 
         def _done(t: asyncio.Future[dict[int, Any]]) -> None:
@@ -252,8 +254,26 @@ class BaseModelActor:
     def _solo(
         self, run_id: int, start_step: int, end_step: int, evaluate: bool, run_dir: str
     ) -> SliceResult:
+        timeline, started = self.executor.timeline, time.time()
+        compute = timeline.compute_seconds
         result = self.executor.run_slice(run_id, end_step, evaluate=evaluate, start_step=start_step)
-        return self._checkpointed(result, run_dir)
+        if result.checkpoint is not None:  # a retried call's cached outcome: nothing ran
+            return result
+        result = self._checkpointed(result, run_dir)
+        timeline.slices.append(
+            SliceTiming(run_id, started, time.time(), timeline.compute_seconds - compute)
+        )
+        return result
+
+    def _fused_timed(self, arrived: dict[int, tuple[int, int, bool, str]]) -> dict[int, Any]:
+        """``_fused``, its time on the worker recorded in the executor's timeline."""
+        started = time.time()
+        try:
+            return self._fused(arrived)
+        finally:
+            self.executor.timeline.slices.append(
+                SliceTiming(min(arrived), started, time.time(), None, runs=len(arrived))
+            )
 
     def _fused(self, arrived: dict[int, tuple[int, int, bool, str]]) -> dict[int, Any]:
         oom_before = self.executor.fusion_stats["oom"]
@@ -351,7 +371,12 @@ class BaseModelActor:
         await self._work(self.executor.remove_run, run_id)
 
     async def stats(self) -> dict[str, Any]:
-        return await self._work(self.executor.stats)
+        stats = await self._work(self.executor.stats)
+        return {
+            **stats,
+            "timeline": self.executor.timeline.to_dict(),
+            "checkpoint_queue_peak_mib": self.writer.peak_bytes / 2**20,
+        }
 
 
 def as_run_failure(exc: BaseException, during: str) -> RunFailedError:

@@ -33,6 +33,7 @@ from actors import algorithms, fused
 from actors.data_prep import PreparedDatasets
 from actors.messages import SliceResult
 from actors.spec import RunSpec
+from actors.timeline import Timeline
 from policies.errors import RunFailedError, RunNotPlacedError
 
 logger = logging.getLogger(__name__)
@@ -152,6 +153,8 @@ class Executor:
         """What the executor is doing now, in words (``BaseModelActor.activity`` reports it)."""
         self.prepared = PreparedDatasets()
         """Prepared datasets shared by runs with the same preparation setting."""
+        self.timeline = Timeline()
+        """Start-up milestones and slice timings (``actors.timeline``), for benchmarks."""
 
     # ------------------------------------------------------------------ bases and adapters
     def load_base(self, spec: RunSpec) -> None:
@@ -169,6 +172,7 @@ class Executor:
             entry = BaseEntry(model=None, raw_model=model, tokenizer=tokenizer)
             self.bases[spec.model_key] = entry
             self.base_loads[spec.model_key] = self.base_loads.get(spec.model_key, 0) + 1
+            self.timeline.base_loaded_at = self.timeline.base_loaded_at or time.time()
             logger.info("loaded base model %s on %s", spec.model_key, self.device)
         return entry
 
@@ -243,6 +247,7 @@ class Executor:
             else None,
         )
         self.registry[spec.run_id] = record
+        self.timeline.added_at.setdefault(spec.run_id, time.time())
         if state is not None:
             from actors.checkpoint import restore_into
 
@@ -430,6 +435,7 @@ class Executor:
         )
         # GRPO's batches are raw prompts; its trainer counts prompt + completion tokens itself.
         tokens_seen = trainer.state.num_input_tokens_seen
+        compute_start = time.perf_counter()
         loss = torch.zeros((), device=trainer.args.device)
         for inputs in batches:
             loss += trainer.training_step(model, inputs, num_items)
@@ -448,6 +454,7 @@ class Executor:
         learning_rate = trainer._get_learning_rate()
         trainer.lr_scheduler.step()
         model.zero_grad(set_to_none=True)
+        self.timeline.compute_seconds += time.perf_counter() - compute_start
         trainer.state.global_step += 1
         record.steps_done = step + 1
         tokens = tokens or int(trainer.state.num_input_tokens_seen - tokens_seen)

@@ -111,6 +111,12 @@ class TrialActor:
 
         return [n for n in names if n in sys.modules]
 
+    async def pid(self) -> int:
+        """This trial's process id (diagnostics: bench/bench_memory.py reads its PSS)."""
+        import os
+
+        return os.getpid()
+
     async def run(self) -> dict[str, Any]:
         # Tracking never raises: an MLflow outage buffers writes in the tracking actor (see
         # actors.tracking), and the MLflow run may only exist later, once MLflow answers. A
