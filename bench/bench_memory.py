@@ -16,6 +16,7 @@ Run it (a few minutes on 2 cores)::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import signal
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{time.time() - t:.0f} s", flush=True)  # fmt: skip
     slopes = [
         (b["peak_pss_mib"] - a["peak_pss_mib"]) / (b["k"] - a["k"])
-        for a, b in zip(points, points[1:])
+        for a, b in itertools.pairwise(points)
         if a["peak_pss_mib"] and b["peak_pss_mib"]
     ]
     first, last = points[0], points[-1]
