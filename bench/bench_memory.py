@@ -34,6 +34,9 @@ if str(REPO) not in sys.path:
 from bench.common import OFFLINE_ENV, TreeSampler, cores, machine_info, machine_line  # noqa: E402
 
 RATES = [3e-3, 1e-3, 3e-4, 1e-4, 2e-3, 5e-4, 2e-4, 5e-5]
+WATCHED = ["torch", "transformers", "trl", "peft", "datasets", "pandas", "mlflow", "sqlalchemy",
+           "pyarrow", "numpy", "ray.tune", "ray.data", "ray.train"]  # fmt: skip
+"""Modules whose presence in a trial process the results list (a trial needs none of them)."""
 
 
 def child(k: int, rows: int, workdir: str, result: str) -> int:
@@ -66,7 +69,8 @@ def child(k: int, rows: int, workdir: str, result: str) -> int:
         trial = ray.get(scheduler.trial_of.remote(run_id))
         pid = ray.get(trial.pid.remote())
         info = psutil.Process(pid).memory_full_info()
-        trials.append({"run_id": run_id, "pss_mib": info.pss / 2**20, "rss_mib": info.rss / 2**20})
+        trials.append({"run_id": run_id, "pss_mib": info.pss / 2**20, "rss_mib": info.rss / 2**20,
+                       "imported": ray.get(trial.loaded_modules.remote(WATCHED))})  # fmt: skip
     exp.wait()
     exp.end()
     Path(result).write_text(json.dumps({"trials": trials}))
@@ -103,6 +107,7 @@ def measure(k: int, rows: int, workdir: Path) -> dict[str, Any]:
         "peak_rss_mib": tree.peak_mib,
         "peak_processes": tree.peak_processes,
         "trial_pss_mib": sorted(t["pss_mib"] for t in trials),
+        "trial_imported": sorted({m for t in trials for m in t["imported"]}),
     }
 
 
