@@ -2,20 +2,25 @@
 
 Loop: ask the scheduler for a slice, make sure the executor holds the run (re-seeding it from the
 run's last durable checkpoint when it does not, e.g. after the executor restarted), have it train
-the slice (which also writes the checkpoint), report to the scheduler, log to MLflow; stop when
-the scheduler says the run is over (completed, pruned, stopped, failed, deleted).
+the slice, wait until the executor has written the slice's checkpoint (``wait_durable``: it is
+written in the background while the executor trains other runs), report to the scheduler, log to
+MLflow through the experiment's ``TrackingActor``; stop when the scheduler says the run is over
+(completed, pruned, stopped, failed, deleted).
 
+* The trial process stays lean: it imports neither torch, TRL, pandas nor MLflow (the run spec
+  travels to the executor as opaque bytes; MLflow writes go to the tracking actor).
+* A checkpoint that cannot be written fails this run (the error names the step and the cause).
 * An exception inside the run's slice marks only this run failed.
-* Every executor call made for a grant (``add_run``, ``run_slice``) is bounded by the grant's
-  deadline (the experiment's ``slice_timeout``). Past it the run fails with an error naming the
-  slice and what the executor was doing, and the executor process is restarted (Ray restarts
-  it; it loads the base model again, once); the other runs are re-placed from their checkpoints.
+* Every executor call made for a grant (``add_run``, ``run_slice``, ``wait_durable``) is
+  bounded by the grant's deadline (the experiment's ``slice_timeout``). Past it the run fails
+  with an error naming the slice and what the executor was doing, and the executor process is
+  restarted (Ray restarts it; it loads the base model again, once); the other runs are
+  re-placed from their checkpoints.
 * An executor that died while this run's call was in flight (its process id changed) is charged
   to the run: ``release(run_id, error)``; the scheduler fails the run at the second charge. One
   found dead before the call ran is not the run's fault: ``release(run_id)``, the slice re-runs.
 * A call that failed in transit while the executor process lived on (``ActorUnavailableError``)
   is retried with the same grant: the executor's ``run_slice`` is idempotent.
-* The trial never imports torch or TRL: the run spec travels to the executor as opaque bytes.
 
 Known limit (fused groups): the members of one fused grant call the executor together, so a
 member queued behind a hung one shares its deadline, and a death during the group's pass is
