@@ -219,10 +219,20 @@ class TrialActor:
                 )  # fmt: skip
                 # Durable before recorded: the executor writes the checkpoint in the background
                 # (it trains other runs meanwhile); the slice is reported only once it is on disk.
-                result.checkpoint = await self._call(
-                    grant, pid, "wait_durable",
-                    functools.partial(executor.wait_durable.remote, self.run_id, result.end_step),
-                )  # fmt: skip
+                try:
+                    result.checkpoint = await self._call(
+                        grant, pid, "wait_durable",
+                        functools.partial(
+                            executor.wait_durable.remote, self.run_id, result.end_step
+                        ),
+                    )  # fmt: skip
+                except ExecutorLostError as lost:
+                    # This run's compute was done: a death while its checkpoint was queued is
+                    # another run's doing (the one training then), not this run's. Not charged;
+                    # the slice re-runs from the last durable checkpoint.
+                    raise ExecutorLostError(
+                        None, f"while its checkpoint was queued: {lost}"
+                    ) from lost
                 return result
             except Exception as exc:
                 if not _is(exc, RunNotPlacedError):
