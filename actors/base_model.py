@@ -15,6 +15,11 @@ reaches the awaiting call: exceptions that asyncio cannot carry (StopIteration) 
 ``Exception`` (KeyboardInterrupt, SystemExit, GeneratorExit from user code) come back as the run's
 ``RunFailedError``. ``activity`` answers from the event loop even while the worker is stuck.
 
+Checkpoints are written in the background (``actors.ckpt_writer``): a slice's state is
+captured into host memory when its compute ends, and the worker takes the next grant while a
+writer thread puts it on disk; the run's trial waits for ``wait_durable`` before it reports, so
+the store records only durable slices.
+
 Slices are idempotent: a call retried after its reply was lost returns the slice's cached outcome
 instead of training again; a run not resident at the grant's start step raises
 ``RunNotPlacedError`` (see ``Executor.placement``).
@@ -199,7 +204,8 @@ class BaseModelActor:
         run_dir: str,
         group: list[int] | None = None,
     ) -> SliceResult:
-        """Train one slice, then write the run's durable checkpoint; return the outcome.
+        """Train one slice, then queue the run's checkpoint (written in the background;
+        ``wait_durable`` says when it is on disk); return the outcome.
 
         With a ``group`` of several runs (a fused grant), the call waits for the group's other
         members and they train together in one pass; each call returns its own run's outcome
@@ -344,7 +350,8 @@ class BaseModelActor:
                 "checkpoint and run the slice again"
             )
         try:
-            path = await asyncio.wait_for(asyncio.wrap_future(write), timeout)
+            # shield: giving up waiting must not cancel the queued write itself
+            path = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(write)), timeout)
         except asyncio.TimeoutError:
             raise CheckpointError(
                 f"run {run_id}: its checkpoint of step {step} was not durable within "
