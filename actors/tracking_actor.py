@@ -44,10 +44,11 @@ class TrackingOutcome:
 class TrackingActor:
     """One per experiment (started by its ``SchedulerActor``); see the module docstring."""
 
-    def __init__(self, tracking_uri: str, experiment_name: str) -> None:
+    def __init__(self, tracking_uri: str, experiment_name: str, client: Any = None) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
-        self._client: Any = None
+        self._client: Any = client
+        """``client`` is a test seam: an ``MlflowClient``-like object (e.g. one that fails)."""
         self.trackers: dict[int, Any] = {}
         """rf-ray run id -> its ``actors.tracking.Tracker``."""
 
