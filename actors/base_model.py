@@ -15,6 +15,11 @@ reaches the awaiting call: exceptions that asyncio cannot carry (StopIteration) 
 ``Exception`` (KeyboardInterrupt, SystemExit, GeneratorExit from user code) come back as the run's
 ``RunFailedError``. ``activity`` answers from the event loop even while the worker is stuck.
 
+Checkpoints are written in the background (``actors.ckpt_writer``): a slice's state is
+captured into host memory when its compute ends, and the worker takes the next grant while a
+writer thread puts it on disk; the run's trial waits for ``wait_durable`` before it reports, so
+the store records only durable slices.
+
 Slices are idempotent: a call retried after its reply was lost returns the slice's cached outcome
 instead of training again; a run not resident at the grant's start step raises
 ``RunNotPlacedError`` (see ``Executor.placement``).
@@ -29,19 +34,24 @@ import logging
 import os
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from actors.ckpt_writer import CheckpointError, CheckpointWriter
 from actors.messages import SliceResult
-from policies.errors import RunFailedError
+from actors.timeline import SliceTiming
+from policies.errors import RunFailedError, RunNotPlacedError
 
 logger = logging.getLogger(__name__)
 
 GROUP_WAIT_SECONDS = 30.0
 """How long the first member of a fused group waits for the others. A member whose trial does not
 come in time (it died, or is being re-placed slowly) trains on its own when it does come."""
+DURABLE_WAIT_SECONDS = 600.0
+"""Bound on waiting for one checkpoint write (``wait_durable``)."""
 
 
 @dataclasses.dataclass
@@ -86,6 +96,8 @@ class BaseModelActor:
         """Fused groups still gathering their members, by sorted member ids."""
         self._worker_thread: int | None = None
         """``threading.get_ident()`` of the worker thread, once it has run something."""
+        self.writer = CheckpointWriter()
+        """Writes checkpoints on its own thread while the worker trains the next grant."""
 
     async def _work(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` on the executor's worker thread (requests queue there, in order)."""
@@ -164,6 +176,22 @@ class BaseModelActor:
         self.executor.add_run(spec, state)
         return int(spec.run_id)
 
+    async def load_base(self, spec_blob: bytes) -> bool:
+        """Load the base model a run needs, ahead of its first ``add_run`` (start-up overlaps:
+        the base loads while the trials start). True if loaded; a failure is only logged here:
+        the run's own ``add_run`` raises it as the run's error."""
+        try:
+            await self._work(self._load_base, spec_blob)
+            return True
+        except Exception:
+            logger.warning("loading the base model ahead of its runs failed", exc_info=True)
+            return False
+
+    def _load_base(self, spec_blob: bytes) -> None:
+        import cloudpickle
+
+        self.executor.load_base(cloudpickle.loads(spec_blob))
+
     async def has_run(self, run_id: int) -> bool:
         return run_id in self.executor.registry
 
@@ -176,7 +204,8 @@ class BaseModelActor:
         run_dir: str,
         group: list[int] | None = None,
     ) -> SliceResult:
-        """Train one slice, then write the run's durable checkpoint; return the outcome.
+        """Train one slice, then queue the run's checkpoint (written in the background;
+        ``wait_durable`` says when it is on disk); return the outcome.
 
         With a ``group`` of several runs (a fused grant), the call waits for the group's other
         members and they train together in one pass; each call returns its own run's outcome
@@ -215,7 +244,7 @@ class BaseModelActor:
         missing = sorted(set(gathering.key) - set(gathering.arrived))
         if missing:
             logger.warning("fused group %s: runs %s did not come in time", gathering.key, missing)
-        task = asyncio.ensure_future(self._work(self._fused, dict(gathering.arrived)))
+        task = asyncio.ensure_future(self._work(self._fused_timed, dict(gathering.arrived)))
         future = gathering.outcome
 
         def _done(t: asyncio.Future[dict[int, Any]]) -> None:
@@ -231,8 +260,26 @@ class BaseModelActor:
     def _solo(
         self, run_id: int, start_step: int, end_step: int, evaluate: bool, run_dir: str
     ) -> SliceResult:
+        timeline, started = self.executor.timeline, time.time()
+        compute = timeline.compute_seconds
         result = self.executor.run_slice(run_id, end_step, evaluate=evaluate, start_step=start_step)
-        return self._checkpointed(result, run_dir)
+        if result.checkpoint is not None:  # a retried call's cached outcome: nothing ran
+            return result
+        result = self._checkpointed(result, run_dir)
+        timeline.slices.append(
+            SliceTiming(run_id, started, time.time(), timeline.compute_seconds - compute)
+        )
+        return result
+
+    def _fused_timed(self, arrived: dict[int, tuple[int, int, bool, str]]) -> dict[int, Any]:
+        """``_fused``, its time on the worker recorded in the executor's timeline."""
+        started = time.time()
+        try:
+            return self._fused(arrived)
+        finally:
+            self.executor.timeline.slices.append(
+                SliceTiming(min(arrived), started, time.time(), None, runs=len(arrived))
+            )
 
     def _fused(self, arrived: dict[int, tuple[int, int, bool, str]]) -> dict[int, Any]:
         oom_before = self.executor.fusion_stats["oom"]
@@ -266,24 +313,52 @@ class BaseModelActor:
         return outcomes
 
     def _checkpointed(self, result: SliceResult, run_dir: str) -> SliceResult:
-        """Write the run's durable checkpoint after its slice; the result names it. A cached
-        outcome (a retried call) already names its checkpoint."""
+        """Queue the run's checkpoint after its slice; the result names it (durable once
+        ``wait_durable`` says so). A cached outcome (a retried call) already names it."""
         from actors import checkpoint
 
         if result.checkpoint is not None:
             return result
         record = self.executor.registry[result.run_id]
-        self.executor.phase = f"writing checkpoint of run {result.run_id}"
+        self.executor.phase = f"capturing checkpoint of run {result.run_id}"
         try:
+            # A host copy now; the disk write runs in the background while the next grant
+            # trains (actors.ckpt_writer). Keep the previous checkpoint too: the store points
+            # at it until the trial has waited for this one (``wait_durable``) and reported.
             state = checkpoint.capture(record, self.executor.bases[record.spec.model_key].model)
-            # Keep the previous checkpoint too: the store may still point at it if the process
-            # dies between this write and the scheduler recording the slice.
-            path = checkpoint.save(state, run_dir, keep=2)
+            self.executor.phase = f"queueing checkpoint of run {result.run_id}"
+            path = self.writer.submit(result.run_id, state, run_dir, keep=2)
         except BaseException:
             record.last_result = None  # not durable: a retry must not return it
             raise
         result.checkpoint = str(path)
         return result
+
+    async def wait_durable(
+        self, run_id: int, step: int, timeout: float = DURABLE_WAIT_SECONDS
+    ) -> str:
+        """Return the path of ``run_id``'s checkpoint at ``step`` once it is durable on disk.
+
+        Raises the run's ``CheckpointError`` if its write failed, and ``RunNotPlacedError`` if
+        this executor never queued it (it restarted since; or nothing was trained): the slice
+        is re-run from the run's last durable checkpoint."""
+        write = self.writer.pending(run_id, step)
+        if write is None:
+            raise RunNotPlacedError(
+                f"run {run_id}: this executor holds no checkpoint write of step {step} (it was "
+                "restarted since the slice ran); re-place the run from its last durable "
+                "checkpoint and run the slice again"
+            )
+        try:
+            # shield: giving up waiting must not cancel the queued write itself
+            path = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(write)), timeout)
+        except asyncio.TimeoutError:
+            raise CheckpointError(
+                f"run {run_id}: its checkpoint of step {step} was not durable within "
+                f"{timeout:g} s; the disk under the experiment directory is too slow or stuck"
+            ) from None
+        self.writer.done_with(run_id, step)
+        return str(path)
 
     async def export(self, run_id: int, path: str) -> str:
         return await self._work(self._export, run_id, path)
@@ -303,7 +378,12 @@ class BaseModelActor:
         await self._work(self.executor.remove_run, run_id)
 
     async def stats(self) -> dict[str, Any]:
-        return await self._work(self.executor.stats)
+        stats = await self._work(self.executor.stats)
+        return {
+            **stats,
+            "timeline": self.executor.timeline.to_dict(),
+            "checkpoint_queue_peak_mib": self.writer.peak_bytes / 2**20,
+        }
 
 
 def as_run_failure(exc: BaseException, during: str) -> RunFailedError:

@@ -32,12 +32,14 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 
 
 def capture(record: Any, model: Any) -> dict[str, Any]:
-    """Collect a run's complete training state from the executor (tensors copied to CPU)."""
+    """Collect a run's complete training state from the executor: a snapshot in host memory
+    (tensors copied to the CPU, also when they are there already), so it can be written in the
+    background while the run trains on (``actors.ckpt_writer``)."""
     from peft import get_peft_model_state_dict
 
     name = record.spec.adapter_name
     adapter = {
-        k: v.detach().to("cpu").contiguous()
+        k: v.detach().to("cpu", copy=True).contiguous()
         for k, v in get_peft_model_state_dict(model, adapter_name=name).items()
     }
     trainer = record.trainer
@@ -47,7 +49,7 @@ def capture(record: Any, model: Any) -> dict[str, Any]:
     for idx, per_param in opt_state["state"].items():
         for key, value in per_param.items():
             if torch.is_tensor(value):
-                opt_tensors[f"{idx}.{key}"] = value.detach().to("cpu").contiguous()
+                opt_tensors[f"{idx}.{key}"] = value.detach().to("cpu", copy=True).contiguous()
             else:
                 opt_scalars.setdefault(str(idx), {})[key] = value
     rng = {"cpu": record.rng_state.clone()}

@@ -30,8 +30,10 @@ from typing import Any
 import torch
 
 from actors import algorithms, fused
+from actors.data_prep import PreparedDatasets
 from actors.messages import SliceResult
 from actors.spec import RunSpec
+from actors.timeline import Timeline
 from policies.errors import RunFailedError, RunNotPlacedError
 
 logger = logging.getLogger(__name__)
@@ -149,8 +151,16 @@ class Executor:
         )
         self.phase = "idle"
         """What the executor is doing now, in words (``BaseModelActor.activity`` reports it)."""
+        self.prepared = PreparedDatasets()
+        """Prepared datasets shared by runs with the same preparation setting."""
+        self.timeline = Timeline()
+        """Start-up milestones and slice timings (``actors.timeline``), for benchmarks."""
 
     # ------------------------------------------------------------------ bases and adapters
+    def load_base(self, spec: RunSpec) -> None:
+        """Load ``spec``'s base model now (once per model; ``add_run`` finds it resident)."""
+        self._base(spec)
+
     def _base(self, spec: RunSpec) -> BaseEntry:
         entry = self.bases.get(spec.model_key)
         if entry is None:
@@ -162,6 +172,7 @@ class Executor:
             entry = BaseEntry(model=None, raw_model=model, tokenizer=tokenizer)
             self.bases[spec.model_key] = entry
             self.base_loads[spec.model_key] = self.base_loads.get(spec.model_key, 0) + 1
+            self.timeline.base_loaded_at = self.timeline.base_loaded_at or time.time()
             logger.info("loaded base model %s on %s", spec.model_key, self.device)
         return entry
 
@@ -193,9 +204,17 @@ class Executor:
         self._active = spec.run_id
         args = self._device_args(spec.trl_args)
         previous_forward = entry.raw_model.forward
+        # Data preparation once per distinct setting (actors.data_prep): a later run with the
+        # same setting gets the prepared datasets and TRL skips preparing them again.
+        prep_key = self.prepared.key(spec, args)
+        shared = self.prepared.lookup(prep_key)
+        build_spec, train, evals = spec, self.train_dataset, self.eval_dataset
+        if shared is not None:
+            build_spec, args = self.prepared.reuse(spec, args)
+            train, evals = shared.train, shared.eval
         try:
             trainer = algorithms.make_trainer(
-                spec, args, entry.model, entry.tokenizer, self.train_dataset, self.eval_dataset
+                build_spec, args, entry.model, entry.tokenizer, train, evals
             )
         except BaseException:
             # A trainer that fails half-way must not break the runs already here: its
@@ -213,6 +232,7 @@ class Executor:
             entry.raw_model.forward = previous_forward
         entry.forward_patched = True
         entry.run_ids.add(spec.run_id)
+        self.prepared.keep(prep_key, trainer)
         trainer.create_optimizer()
         trainer.create_scheduler(spec.plan.total_steps, optimizer=trainer.optimizer)
         # Trainer.__init__ has just called set_seed(args.seed), as a vanilla run does before its
@@ -227,6 +247,7 @@ class Executor:
             else None,
         )
         self.registry[spec.run_id] = record
+        self.timeline.added_at.setdefault(spec.run_id, time.time())
         if state is not None:
             from actors.checkpoint import restore_into
 
@@ -414,6 +435,7 @@ class Executor:
         )
         # GRPO's batches are raw prompts; its trainer counts prompt + completion tokens itself.
         tokens_seen = trainer.state.num_input_tokens_seen
+        compute_start = time.perf_counter()
         loss = torch.zeros((), device=trainer.args.device)
         for inputs in batches:
             loss += trainer.training_step(model, inputs, num_items)
@@ -432,6 +454,7 @@ class Executor:
         learning_rate = trainer._get_learning_rate()
         trainer.lr_scheduler.step()
         model.zero_grad(set_to_none=True)
+        self.timeline.compute_seconds += time.perf_counter() - compute_start
         trainer.state.global_step += 1
         record.steps_done = step + 1
         tokens = tokens or int(trainer.state.num_input_tokens_seen - tokens_seen)

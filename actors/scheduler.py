@@ -121,6 +121,8 @@ class SchedulerCore:
         """Runs in flight per executor (a fused group counts each of its runs)."""
         self.pending: dict[int, Grant] = {}
         """Grants made to a group's members, until their trials pick them up."""
+        self.granted_any = False
+        """Whether any slice was granted yet (start-up: the first trial up goes first)."""
         self.trials_up: set[int] = set()
         """Runs whose trial is up (it has asked for a slice and not been sent away): only these
         join a fused group, so a group never waits for a trial that is still starting."""
@@ -170,10 +172,18 @@ class SchedulerCore:
         if row.in_flight or not free:
             return None
         live = self.live()
+        # Start-up, time-sliced: until the first grant, only runs whose trial is up (has asked)
+        # compete, so the first trial up trains at once instead of waiting for a lower-numbered
+        # run's trial to start. From then on least progress first over every live run, as the
+        # design says. A run that may fuse waits for the least-progressed one from the start,
+        # so the group forms whole (a fused pass of N runs costs little more than one slice).
+        up_only = not self.granted_any and (self.fusion is None or row.fusion_key is None)
         candidates = {
             rid: chunks
             for rid, chunks in live.items()
-            if not self.runs[rid].in_flight and self.pruner.may_advance(rid, chunks, live)
+            if not self.runs[rid].in_flight
+            and (not up_only or rid == run_id or rid in self.trials_up)
+            and self.pruner.may_advance(rid, chunks, live)
         }
         executor = self._executor_for(run_id, free, candidates)
         if executor is None:
@@ -193,6 +203,7 @@ class SchedulerCore:
             self.set_status(row.run_id, RunStatus.RUNNING)
         row.in_flight, row.executor = True, executor
         self.busy[executor] += 1
+        self.granted_any = True
         evaluate = self.has_eval and end == chunk_end
         return Grant(
             row.run_id, executor, end, evaluate, group, row.steps_done, self.deadline_s,

@@ -115,6 +115,11 @@ class SchedulerActor:
         )
         self.executors = executors
         self.tracking_uri = tracking_uri
+        self._tracking: Any = None
+        self.preloaded = False
+        """Whether the executors were asked to load a base model ahead of the first trial."""
+        """The experiment's ``TrackingActor`` (the one MLflow writer), started with the first
+        trial."""
         self.trials: list[tuple[int, Any, Any]] = []
         """(run id, trial actor, its run() ref) for every trial ever started."""
         self.looping: set[int] = set()
@@ -139,9 +144,22 @@ class SchedulerActor:
         """Register runs (new, or resumed with their progress) and start a trial for each live
         one."""
         async with self.cond:
+            self._preload(entries)
             for entry in entries:
                 self._register(entry)
             self.cond.notify_all()
+
+    def _preload(self, entries: list[RunEntry]) -> None:
+        """At start-up, have every executor load the first live run's base model while the
+        trials start (not answered: a failure surfaces as that run's ``add_run`` error)."""
+        if self.preloaded:
+            return
+        first = next((e for e in entries if is_live(RunStatus(e.status))), None)
+        if first is None:
+            return
+        self.preloaded = True
+        for executor in self.executors:
+            executor.load_base.remote(first.spec_blob)
 
     def _register(self, entry: RunEntry) -> None:
         row = self.core.add_run(entry)
@@ -166,8 +184,7 @@ class SchedulerActor:
                 self._self_handle(),
                 self.executors,
                 self.dir,
-                self.tracking_uri,
-                self.name,
+                self.tracking,
                 row.checkpoint,
                 row.mlflow_run_id,
             )
@@ -219,19 +236,34 @@ class SchedulerActor:
         if mlflow_run_id is not None:
             await self._close_mlflow_run(run_id, mlflow_run_id, error)
 
+    @property
+    def tracking(self) -> Any:
+        """The experiment's ``TrackingActor``, started on first use. It lives as long as this
+        actor (Ray ends an actor with its owner); restarted if its process dies (what it had
+        buffered for an unreachable MLflow is lost then; the store has every result)."""
+        if self._tracking is None:
+            import ray
+
+            from actors.tracking_actor import TrackingActor
+
+            self._tracking = (
+                ray.remote(TrackingActor)
+                .options(num_cpus=0, max_restarts=-1, max_concurrency=1)
+                .remote(self.tracking_uri, self.name)
+            )
+        return self._tracking
+
     async def _close_mlflow_run(self, run_id: int, mlflow_run_id: str, error: str) -> None:
         """Mark a run's MLflow run FAILED with its error (bounded; a tracking outage is logged,
         never raised: the run's outcome is in the store either way)."""
-
-        def close() -> None:
-            from actors.tracking import Tracker  # lazy: MLflow only where it is needed
-
-            tracker = Tracker(self.tracking_uri, self.name)
-            tracker.set_tags(mlflow_run_id, {"rf_ray.status": "failed", "rf_ray.error": error})
-            tracker.finish(mlflow_run_id, "FAILED")
-
         try:
-            await asyncio.wait_for(asyncio.to_thread(close), TRACKER_CALL_SECONDS)
+            await asyncio.wait_for(
+                self.tracking.finish.remote(
+                    run_id, mlflow_run_id, {"rf_ray.status": "failed", "rf_ray.error": error},
+                    "FAILED",
+                ),
+                TRACKER_CALL_SECONDS,
+            )  # fmt: skip
         except Exception:
             logger.warning("run %s: could not close its MLflow run", run_id, exc_info=True)
 
@@ -443,6 +475,11 @@ class SchedulerActor:
         async with self.cond:
             self.core.holds.discard(token)
             self.cond.notify_all()
+
+    async def trial_of(self, run_id: int) -> Any:
+        """The handle of the run's latest trial actor (``None`` if it never had one): for
+        diagnostics, e.g. what a trial process has imported (``TrialActor.loaded_modules``)."""
+        return next((t for rid, t, _ in reversed(self.trials) if rid == run_id), None)
 
     async def snapshot(self) -> list[dict[str, Any]]:
         return self.core.snapshot()

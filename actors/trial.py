@@ -2,20 +2,25 @@
 
 Loop: ask the scheduler for a slice, make sure the executor holds the run (re-seeding it from the
 run's last durable checkpoint when it does not, e.g. after the executor restarted), have it train
-the slice (which also writes the checkpoint), report to the scheduler, log to MLflow; stop when
-the scheduler says the run is over (completed, pruned, stopped, failed, deleted).
+the slice, wait until the executor has written the slice's checkpoint (``wait_durable``: it is
+written in the background while the executor trains other runs), report to the scheduler, log to
+MLflow through the experiment's ``TrackingActor``; stop when the scheduler says the run is over
+(completed, pruned, stopped, failed, deleted).
 
+* The trial process stays lean: it imports neither torch, TRL, pandas nor MLflow (the run spec
+  travels to the executor as opaque bytes; MLflow writes go to the tracking actor).
+* A checkpoint that cannot be written fails this run (the error names the step and the cause).
 * An exception inside the run's slice marks only this run failed.
-* Every executor call made for a grant (``add_run``, ``run_slice``) is bounded by the grant's
-  deadline (the experiment's ``slice_timeout``). Past it the run fails with an error naming the
-  slice and what the executor was doing, and the executor process is restarted (Ray restarts
-  it; it loads the base model again, once); the other runs are re-placed from their checkpoints.
+* Every executor call made for a grant (``add_run``, ``run_slice``, ``wait_durable``) is
+  bounded by the grant's deadline (the experiment's ``slice_timeout``). Past it the run fails
+  with an error naming the slice and what the executor was doing, and the executor process is
+  restarted (Ray restarts it; it loads the base model again, once); the other runs are
+  re-placed from their checkpoints.
 * An executor that died while this run's call was in flight (its process id changed) is charged
   to the run: ``release(run_id, error)``; the scheduler fails the run at the second charge. One
   found dead before the call ran is not the run's fault: ``release(run_id)``, the slice re-runs.
 * A call that failed in transit while the executor process lived on (``ActorUnavailableError``)
   is retried with the same grant: the executor's ``run_slice`` is idempotent.
-* The trial never imports torch or TRL: the run spec travels to the executor as opaque bytes.
 
 Known limit (fused groups): the members of one fused grant call the executor together, so a
 member queued behind a hung one shares its deadline, and a death during the group's pass is
@@ -25,6 +30,7 @@ charged to every member in flight. Time-sliced grants (one run per executor) hav
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.messages import Exit, Grant, Report, SliceResult
+from actors.tracking_actor import TrackingClient
 from policies.errors import RunFailedError, RunNotPlacedError
 
 logger = logging.getLogger(__name__)
@@ -77,8 +84,7 @@ class TrialActor:
         scheduler: Any,
         executors: list[Any],
         experiment_dir: str,
-        tracking_uri: str,
-        mlflow_experiment: str,
+        tracking: Any,
         checkpoint: str | None = None,
         mlflow_run_id: str | None = None,
     ) -> None:
@@ -91,8 +97,8 @@ class TrialActor:
         self.scheduler = scheduler
         self.executors = executors
         self.run_dir = Path(experiment_dir) / "runs" / str(run_id)
-        self.tracking_uri = tracking_uri
-        self.mlflow_experiment = mlflow_experiment
+        self.tracking = TrackingClient(tracking, run_id, mlflow_run_id)
+        """The run's MLflow writes go through the experiment's ``TrackingActor``."""
         self.checkpoint = checkpoint
         """The run's last durable checkpoint: where a (re)placed run is restored from."""
         self.mlflow_run_id = mlflow_run_id
@@ -103,19 +109,28 @@ class TrialActor:
         self.token = uuid.uuid4().hex
         """Identifies this trial to the executor (see ``BaseModelActor.add_run``)."""
 
-    async def run(self) -> dict[str, Any]:
-        from actors.tracking import Tracker
+    async def loaded_modules(self, names: list[str]) -> list[str]:
+        """Which of ``names`` this trial's process has imported (diagnostics: a trial is meant
+        to stay lean, without torch, TRL, pandas or MLflow)."""
+        import sys
 
-        # The tracker never raises: an MLflow outage buffers writes (see actors.tracking), and
-        # the MLflow run may only exist later, once MLflow answers.
-        tracker = Tracker(self.tracking_uri, self.mlflow_experiment)
-        if self.mlflow_run_id is None:
-            tracker.start_run(
-                f"run-{self.run_id}", self.params, {**self.tags, "rf_ray.status": "running"}
-            )
-        else:  # resumed or restarted: keep logging into the run's MLflow run
-            tracker.reopen(self.mlflow_run_id)
-        await self._record_mlflow_run(tracker)
+        return [n for n in names if n in sys.modules]
+
+    async def pid(self) -> int:
+        """This trial's process id (diagnostics: bench/bench_memory.py reads its PSS)."""
+        import os
+
+        return os.getpid()
+
+    async def run(self) -> dict[str, Any]:
+        # Tracking never raises: an MLflow outage buffers writes in the tracking actor (see
+        # actors.tracking), and the MLflow run may only exist later, once MLflow answers. A
+        # resumed or restarted run keeps logging into its MLflow run.
+        # The first slice does not wait for MLflow: the run is opened while it trains.
+        tracker = self.tracking
+        tracker.start_open_run(
+            f"run-{self.run_id}", self.params, {**self.tags, "rf_ray.status": "running"}
+        )
         uncharged = 0
         while True:
             answer = await self.scheduler.request_slice.remote(self.run_id, self.generation)
@@ -151,7 +166,7 @@ class TrialActor:
                 chunk_no, chunk_metrics = ack.chunk
                 chunk_row = {f"chunk/{k}": v for k, v in chunk_metrics.items()}
                 rows.append((result.end_step, {**chunk_row, "chunk": chunk_no}))
-            tracker.log_metrics(self.mlflow_run_id, rows)
+            await tracker.log_metrics(rows)
             await self._record_mlflow_run(tracker)
 
     def _logs(self, metrics: dict[str, float]) -> bool:
@@ -162,17 +177,17 @@ class TrialActor:
         every = every if isinstance(every, int) and every >= 1 else 1
         return int(metrics["step"]) % every == 0 or any(k.startswith("eval_") for k in metrics)
 
-    async def _record_mlflow_run(self, tracker: Any) -> None:
+    async def _record_mlflow_run(self, tracker: TrackingClient) -> None:
         """Tell the scheduler the run's MLflow run id once it exists (at once, unless MLflow
         was unreachable when the trial started)."""
-        if self.mlflow_run_id is None and tracker.run_id is not None:
-            self.mlflow_run_id = tracker.run_id
+        if self.mlflow_run_id is None and tracker.mlflow_run_id is not None:
+            self.mlflow_run_id = tracker.mlflow_run_id
             await self.scheduler.set_mlflow_run.remote(self.run_id, self.mlflow_run_id)
 
-    async def _fail(self, tracker: Any, error: str) -> None:
+    async def _fail(self, tracker: TrackingClient, error: str) -> None:
         logger.warning("run %s failed: %s", self.run_id, error)
         await self.scheduler.report_failure.remote(self.run_id, error)
-        tracker.set_tags(self.mlflow_run_id, {"rf_ray.error": error})
+        await tracker.set_tags({"rf_ray.error": error})
         await self._evict()
 
     # ------------------------------------------------------------------ one slice
@@ -195,13 +210,30 @@ class TrialActor:
             await self._place(grant, pid)
         for _ in range(MAX_IN_TRANSIT_RETRIES + 1):
             try:
-                return await self._call(
+                result: SliceResult = await self._call(
                     grant, pid, "run_slice",
                     lambda: executor.run_slice.remote(
                         self.run_id, grant.start_step, grant.end_step, grant.evaluate,
                         str(self.run_dir), list(grant.group) or None,
                     ),
                 )  # fmt: skip
+                # Durable before recorded: the executor writes the checkpoint in the background
+                # (it trains other runs meanwhile); the slice is reported only once it is on disk.
+                try:
+                    result.checkpoint = await self._call(
+                        grant, pid, "wait_durable",
+                        functools.partial(
+                            executor.wait_durable.remote, self.run_id, result.end_step
+                        ),
+                    )  # fmt: skip
+                except ExecutorLostError as lost:
+                    # This run's compute was done: a death while its checkpoint was queued is
+                    # another run's doing (the one training then), not this run's. Not charged;
+                    # the slice re-runs from the last durable checkpoint.
+                    raise ExecutorLostError(
+                        None, f"while its checkpoint was queued: {lost}"
+                    ) from lost
+                return result
             except Exception as exc:
                 if not _is(exc, RunNotPlacedError):
                     raise
@@ -300,7 +332,7 @@ class TrialActor:
                 logger.debug("run %s: executor gone while evicting", self.run_id, exc_info=True)
             self.placed_on = None
 
-    async def _finish(self, tracker: Any, answer: Exit) -> dict[str, Any]:
+    async def _finish(self, tracker: TrackingClient, answer: Exit) -> dict[str, Any]:
         status = answer.status
         outcome: dict[str, Any] = {
             "run_id": self.run_id,
@@ -323,14 +355,7 @@ class TrialActor:
             tags["rf_ray.adapter_path"] = path
             await self.scheduler.set_adapter_path.remote(self.run_id, path)
         await self._evict()
-        tracker.set_tags(self.mlflow_run_id, tags)
-        tracker.finish(self.mlflow_run_id, _MLFLOW_STATUS.get(status, "KILLED"))
-        if not tracker.flush():
-            logger.warning(
-                "run %s: %d MLflow writes could not be sent (%d metrics dropped); the run's "
-                "results are in the experiment store", self.run_id, tracker.buffered,
-                tracker.dropped_metrics,
-            )  # fmt: skip
+        await tracker.finish(tags, _MLFLOW_STATUS.get(status, "KILLED"))
         await self._record_mlflow_run(tracker)
         outcome["mlflow_run_id"] = self.mlflow_run_id
         return outcome

@@ -1,11 +1,14 @@
 """Benchmark: rf-ray beside the usual alternatives, on the same work and machine, in one run.
 
-The same K configs (8 and 16 LoRA SFT configs on the embedded toy Llama, and a GRPO case) are
-tuned four ways, each way a fresh process tree started from this script as a user would start it:
+The same K configs (8 and 16 LoRA SFT configs on the embedded toy Llama, 8 on the ``wide``
+model of ``bench/models.py``, and a GRPO case) are tuned five ways, each way a fresh process tree
+started from this script as a user would start it:
 
 1. **serial vanilla TRL**: one fresh process per config (``bench/vanilla.py``), each loading the
    model and calling ``SFTTrainer/GRPOTrainer.train()``, evaluated after every chunk's worth of
    steps; no pruning.
+1b. **serial TRL, one process**: the same runs as a for-loop in ONE process (imports paid once):
+   the cheapest thing a user can do (``vanilla.train_many``).
 2. **Ray Tune + ASHAScheduler**: ``tune.Tuner`` over the same configs, each trial a function
    trainable that loads its own model and runs the same vanilla TRL training, reporting the
    comparable metric after each chunk (``training_iteration`` = chunk). ASHA's
@@ -20,7 +23,9 @@ example order, so their metrics after each chunk are the same numbers; only what
 and at what cost differs. Per way it reports: wall time until the config it finally picks as
 best has finished training, wall time overall, time until every config has a first comparable
 metric, trained tokens and tokens/s, peak memory of the process tree (RSS and PSS; device
-memory where a GPU exists), memory each extra run adds ((peak at K=16 - peak at K=8) / 8),
+memory where a GPU exists), memory each extra run adds ((peak at K=16 - peak at K=8) / 8;
+``bench/bench_memory.py`` measures it at K=1,2,4,8), rf-ray's start-up breakdown, executor busy
+fraction (whole run and steady state) and slice overhead (``bench/engine_figures.py``),
 base-model loads, busy fraction (executor or trainer busy time over wall), rf-ray's adapter
 swap p50/p99 and interactive-control latency (``bench/bench_ops.py``), and whether all ways
 picked the same best config. Each (case, way) runs ``--reps`` times (the order of the ways
@@ -75,9 +80,10 @@ offline_env()
 
 SEED = 42  # run_fit's seed: the SFT example order and each run's TRL seed
 TRAIN_SEED, EVAL_SEED, EVAL_SIZE = 0, 1, 64  # the datasets examples/sft_grid.py trains on
-WAYS = ("serial", "tune_asha", "rf_sh", "rf_none")
+WAYS = ("serial", "serial_one", "tune_asha", "rf_sh", "rf_none")
 WAY_NAMES = {
     "serial": "serial vanilla TRL",
+    "serial_one": "serial TRL, one process",
     "tune_asha": "Ray Tune + ASHA",
     "rf_sh": "rf-ray + SH",
     "rf_none": "rf-ray, no pruning",
@@ -96,6 +102,10 @@ CASES: dict[str, dict[str, Any]] = {
     # examples/grpo_grid.py's 3 learning rates and pruner, on fewer prompts.
     "grpo": {"kind": "GRPO", "grid": "grpo3", "train_size": 128, "num_chunks": 4,
              "eta": 2, "min_chunks": 2},
+    # sft8 on bench/models.py's wide model (one optimizer step >= 100 ms on 2 cores), slices of
+    # at most 4 steps: per-slice costs show against real compute.
+    "sft8w": {"kind": "SFT", "grid": "sft8", "train_size": 256, "num_chunks": 4,
+              "eta": 2, "min_chunks": 1, "model": "wide", "max_slice_steps": 4},
     # Quick mode: the first and last config of the 8 (different learning rates and ranks).
     "sft2": {"kind": "SFT", "grid": "sft8", "subset": [0, 7], "train_size": 64,
              "num_chunks": 2, "eta": 2, "min_chunks": 1},
@@ -103,7 +113,7 @@ CASES: dict[str, dict[str, Any]] = {
               "num_chunks": 2, "eta": 2, "min_chunks": 1},
 }  # fmt: skip
 MODES: dict[str, dict[str, Any]] = {
-    "full": {"cases": ["sft8", "sft16", "grpo"], "reps": 3, "ops_bounds": [1, None],
+    "full": {"cases": ["sft8", "sft16", "grpo", "sft8w"], "reps": 3, "ops_bounds": [1, None],
              "ops_rows": 128, "ops_count": 5},
     # One small SFT case, all four ways; `--cases sft2,grpo2` adds a tiny GRPO case.
     "quick": {"cases": ["sft2"], "reps": 1, "ops_bounds": [], "ops_rows": 64, "ops_count": 2},
@@ -219,6 +229,7 @@ def vanilla_specs(case: dict[str, Any], workdir: Path) -> dict[str, dict[str, An
             "eval_seed": EVAL_SEED,
             "eval_size": EVAL_SIZE,
             "result": str(workdir / f"vanilla-{i}.result.json"),
+            "model": case.get("model", "toy"),
         }
     return specs
 
@@ -271,10 +282,16 @@ def child_rf_ray(spec: dict[str, Any]) -> dict[str, Any]:
         else NoPruning()
     )
     exp = Experiment(f"compare-{spec['way']}", experiment_path=Path(spec["workdir"]) / "rf")
+    model = None
+    if case.get("model", "toy") != "toy":
+        from bench.models import wide_model
+
+        model = wide_model
     fit_start = time.time()
     try:
-        exp.run_fit(group, train_dataset=train, eval_dataset=evals, num_chunks=case["num_chunks"],
-                    seed=SEED, pruner=pruner, live_view=False)  # fmt: skip
+        exp.run_fit(group, model, train_dataset=train, eval_dataset=evals,
+                    num_chunks=case["num_chunks"], seed=SEED, pruner=pruner, live_view=False,
+                    max_slice_steps=case.get("max_slice_steps"))  # fmt: skip
     finally:
         fit_end = time.time()
         exp.end()
@@ -301,9 +318,12 @@ def child_rf_ray(spec: dict[str, Any]) -> dict[str, Any]:
     swaps = [s for e in stats["executors"] for s in e["swap_seconds"]]
     rss = [float(x) for x in chunks.get("host_rss_mib", []) if x == x]
     dev = [float(x) for x in chunks.get("device_mem_peak_mib", []) if x == x]
+    from bench.engine_figures import engine_figures
+
     return {
         "runs": runs,
         "phases": {"ray_start": ray_start, "run_fit": fit_end - fit_start},
+        "engine": engine_figures(stats, fit_start, fit_end),
         "base_loads": stats["base_loads"],
         "busy_seconds": sum(e["busy_seconds"] for e in stats["executors"]),
         "engine_busy_fraction": stats["busy_fraction"],
@@ -443,8 +463,36 @@ def child_bf16(spec: dict[str, Any]) -> dict[str, Any] | None:
     return figures
 
 
+def child_serial_one(spec: dict[str, Any]) -> dict[str, Any]:
+    """Serial vanilla TRL in one process: a for-loop over the configs (``vanilla.train_many``)."""
+    from bench.vanilla import train_many
+
+    case, workdir = spec["case"], Path(spec["workdir"])
+    specs = vanilla_specs(case, workdir)
+    results = train_many(list(specs.values()))
+    runs = {
+        key: {
+            "status": "completed",
+            "pruned_at": None,
+            "chunks": [{"chunk": c["chunk"], "metric": c["metric"], "time": c["time"]}
+                       for c in r["chunks"]],
+            "steps": r["optimizer_steps"],
+            "tokens": r["tokens"],
+        }
+        for key, r in zip(specs, results)
+    }  # fmt: skip
+    devs = [r["device_peak_mib"] for r in results if r["device_peak_mib"] is not None]
+    return {
+        "runs": runs,
+        "base_loads": len(runs),
+        "busy_seconds": sum(r["train_seconds"] for r in results),
+        "device_peak_mib": max(devs, default=None),
+        "phases": {"first_import": results[0]["import_seconds"] if results else None},
+    }
+
+
 CHILDREN = {"rf_sh": child_rf_ray, "rf_none": child_rf_ray, "tune_asha": child_tune,
-            "ops": child_ops, "bf16": child_bf16}  # fmt: skip
+            "serial_one": child_serial_one, "ops": child_ops, "bf16": child_bf16}  # fmt: skip
 
 
 def child_main(way: str, spec_path: str) -> int:
@@ -593,6 +641,7 @@ def summarize(case: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
         "swap_p99_seconds": percentile(swaps, 99) if swaps else None,
         "cpu": raw["cpu"],
         "phases": out.get("phases", {}),
+        "engine": out.get("engine") or {},
         "metric": metric,
         "mode": mode,
         "best_config": best,

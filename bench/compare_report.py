@@ -12,13 +12,14 @@ from typing import Any
 
 WAY_NAMES = {
     "serial": "serial vanilla TRL",
+    "serial_one": "serial TRL, one process",
     "tune_asha": "Ray Tune + ASHA",
     "rf_sh": "rf-ray + SH",
     "rf_none": "rf-ray, no pruning",
 }
-SHORT_NAMES = {"serial": "serial TRL", "tune_asha": "Tune+ASHA", "rf_sh": "rf-ray SH",
-               "rf_none": "rf-ray no-prune"}  # fmt: skip
-CASE_NAMES = {"sft8": "SFT K=8", "sft16": "SFT K=16", "grpo": "GRPO K=3",
+SHORT_NAMES = {"serial": "serial TRL", "serial_one": "TRL loop", "tune_asha": "Tune+ASHA",
+               "rf_sh": "rf-ray SH", "rf_none": "rf-ray no-prune"}  # fmt: skip
+CASE_NAMES = {"sft8": "SFT K=8", "sft16": "SFT K=16", "grpo": "GRPO K=3", "sft8w": "SFT K=8 wide",
               "sft2": "SFT K=2", "grpo2": "GRPO K=2"}  # fmt: skip
 # Figures compared across ways: (key, label, format).
 FIGURES = [
@@ -44,8 +45,18 @@ SLOPE_ROWS = [
     ("device_peak_mib", "device memory, torch"),
     ("gpu_used_peak_mib", "GPU memory in use, nvidia-smi"),
 ]
-PAIRS = [("rf_sh", "serial"), ("rf_sh", "tune_asha"), ("rf_none", "serial"),
-         ("rf_none", "tune_asha")]  # fmt: skip
+PAIRS = [("rf_sh", "serial"), ("rf_sh", "serial_one"), ("rf_sh", "tune_asha"),
+         ("rf_none", "serial"), ("rf_none", "serial_one"), ("rf_none", "tune_asha")]  # fmt: skip
+# rf-ray's engine figures (bench/engine_figures.py): (key, label, format).
+ENGINE = [
+    ("executor_ready_s", "Start-up: base model resident (s after run_fit)", ".1f"),
+    ("first_slice_start_s", "Start-up: first slice starts (s)", ".1f"),
+    ("all_trials_up_s", "Start-up: every run placed (s)", ".1f"),
+    ("busy_fraction_whole", "Executor busy, whole run_fit", ".0%"),
+    ("busy_fraction_steady", "Executor busy, steady state", ".0%"),
+    ("slice_overhead", "Slice overhead (not fwd/bwd/optimizer)", ".1%"),
+    ("checkpoint_queue_peak_mib", "Checkpoint queue peak (MiB)", ".1f"),
+]
 
 
 def _median(values: list[Any]) -> float | None:
@@ -84,12 +95,19 @@ def aggregate(res: dict[str, Any]) -> dict[str, Any]:
                 key: _median([a[key] / b[key] for a, b in pairs if a[key] and b[key]])
                 for key, _, _ in FIGURES
             }
+        engine = {
+            way: {key: _median([r.get("engine", {}).get(key) for r in reps])
+                  for key, _, _ in ENGINE}
+            for way, reps in ways.items()
+            if reps and way.startswith("rf")
+        }  # fmt: skip
         reference = [r["best_config"] for r in ways.get("serial", [])]
         bests = {way: [r["best_config"] for r in reps] for way, reps in ways.items()}
         same = {way: all(b == reference[i] for i, b in enumerate(bs)) if reference else None
                 for way, bs in bests.items()}  # fmt: skip
         summary[case] = {
             "median": med,
+            "engine": engine,
             "ratios": ratios,
             "best_configs": bests,
             "same_best_as_serial": same,
@@ -198,6 +216,14 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append("| Best config (each repetition) | "
                      + " | ".join(", ".join(sorted(set(map(str, bests[w])))) for w in ways)
                      + " |")  # fmt: skip
+        engine = s.get("engine") or {}
+        if engine:
+            rf = list(engine)
+            lines += ["", "| rf-ray engine | " + " | ".join(WAY_NAMES[w] for w in rf) + " |",
+                      "|---|" + "---|" * len(rf)]  # fmt: skip
+            for key, label, spec in ENGINE:
+                lines.append(f"| {label} | " + " | ".join(_fmt(engine[w][key], spec) for w in rf)
+                             + " |")  # fmt: skip
         agree = "yes" if s["all_ways_same_best"] else "NO"
         where = _positions(res["results"][case])
         lines += ["", f"Same best config in every way and repetition: {agree}. {where}", ""]

@@ -21,7 +21,11 @@ Run as a fresh process (one config, as a user runs one script per config)::
 The spec is a dict: ``run`` (``RunConfig.to_json()``), ``reward_funcs`` (names in
 ``rf_ray.toy``), ``train_size``, ``num_chunks``, ``seed``, ``train_seed``, ``eval_seed``,
 ``eval_size``, ``out_dir``, ``result`` (path), and optionally ``loads_dir`` (a file per model
-load goes there).
+load goes there) and ``model`` (``bench/models.py``: "toy", the default, or "wide").
+
+``train_many`` is the cheapest thing a user can do: one process, a for-loop over the configs
+calling ``train()`` (imports paid once; the base model built again per config, as a script's
+loop over ``SFTTrainer`` does).
 """
 
 from __future__ import annotations
@@ -96,7 +100,9 @@ def train_vanilla(
     train, evals = _datasets(spec, kind)
 
     t = time.perf_counter()
-    model, tokenizer = rf_ray.toy.load_toy_model()
+    from bench.models import load_bench_model
+
+    model, tokenizer = load_bench_model(spec.get("model", "toy"))
     load_seconds = time.perf_counter() - t
     if spec.get("loads_dir"):  # one file per base-model load, counted by the benchmark
         Path(spec["loads_dir"], f"load-{uuid.uuid4().hex}").touch()
@@ -199,6 +205,11 @@ def train_vanilla(
         "device_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "steps_per_chunk": plan.chunk_bounds(0)[1],
     }
+
+
+def train_many(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Serial vanilla TRL in ONE process: ``train_vanilla`` for each spec, one after another."""
+    return [train_vanilla(spec) for spec in specs]
 
 
 def run_in_process(spec: dict[str, Any], spec_path: Path, timeout: float = 900) -> dict[str, Any]:

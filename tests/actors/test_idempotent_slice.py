@@ -110,6 +110,8 @@ def test_through_the_actor_retry_then_re_place(ray_cluster, tmp_path):
         run_dir = str(tmp_path / "run1")
         ray.get(actor.add_run.remote(blob, None, "t"), timeout=300)
         first = ray.get(actor.run_slice.remote(1, 0, 2, False, run_dir), timeout=300)
+        # The checkpoint is written in the background: durable once wait_durable answers.
+        assert ray.get(actor.wait_durable.remote(1, 2), timeout=300) == first.checkpoint
         again = ray.get(actor.run_slice.remote(1, 0, 2, False, run_dir), timeout=300)
         assert (again.step_metrics, again.checkpoint) == (first.step_metrics, first.checkpoint)
         with pytest.raises(RunNotPlacedError, match="starts at step 1"):
@@ -118,6 +120,7 @@ def test_through_the_actor_retry_then_re_place(ray_cluster, tmp_path):
         ray.get(actor.add_run.remote(blob, first.checkpoint, "t"), timeout=300)
         ray.get(actor.add_run.remote(blob, None, "t"), timeout=300)  # re-seeded at step 0
         redo = ray.get(actor.run_slice.remote(1, 0, 2, False, run_dir), timeout=300)
+        ray.get(actor.wait_durable.remote(1, 2), timeout=300)
         assert redo.step_metrics == first.step_metrics  # deterministic: trained again
         ray.get(actor.add_run.remote(blob, redo.checkpoint, "t"), timeout=300)  # no-op, at 2
         nxt = ray.get(actor.run_slice.remote(1, 2, 4, False, run_dir), timeout=300)

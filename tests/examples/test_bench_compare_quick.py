@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 
 from bench import bench_compare  # noqa: E402
 
-WAYS = {"serial", "tune_asha", "rf_sh", "rf_none"}
+WAYS = {"serial", "serial_one", "tune_asha", "rf_sh", "rf_none"}
 
 
 @pytest.mark.slow
@@ -75,17 +75,25 @@ def test_bench_compare_quick(tmp_path):
     # Base-model loads: one resident model against one load per config (per Tune trial).
     assert got["rf_sh"]["base_loads"] == got["rf_none"]["base_loads"] == 1
     assert got["serial"]["base_loads"] == got["tune_asha"]["base_loads"] == k
+    assert got["serial_one"]["base_loads"] == k
     # Pruning: the pruning ways stopped something, the others trained every config fully.
-    assert got["serial"]["pruned"] == got["rf_none"]["pruned"] == {}
+    assert got["serial"]["pruned"] == got["rf_none"]["pruned"] == got["serial_one"]["pruned"] == {}
     assert len(got["rf_sh"]["pruned"]) == k - math.ceil(k / case["eta"])
     assert all(c < case["num_chunks"] for c in got["rf_sh"]["pruned"].values())
     assert len(got["tune_asha"]["pruned"]) <= k - 1
     assert got["rf_sh"]["tokens"] < got["rf_none"]["tokens"] == got["serial"]["tokens"]
+    assert got["serial_one"]["tokens"] == got["serial"]["tokens"]
     # rf-ray-only figures.
     for way in ("rf_sh", "rf_none"):
         assert got[way]["swap_count"] >= k
         assert 0 <= got[way]["swap_p50_seconds"] <= got[way]["swap_p99_seconds"]
         assert got[way]["executor_peak_rss_mib"] > 0
+        engine = got[way]["engine"]  # start-up breakdown, busy fractions, slice overhead
+        assert 0 < engine["first_slice_start_s"] < engine["first_slice_end_s"]
+        assert engine["executor_ready_s"] <= engine["first_slice_start_s"]
+        assert 0 < engine["busy_fraction_whole"] <= 1
+        assert 0 < engine["busy_fraction_steady"] <= 1
+        assert engine["slices"] >= k
 
     # The same config trained the same way gives the same metric after each chunk, whichever
     # way ran it (identical TRL config and example order; chunked training equals vanilla).
