@@ -524,7 +524,10 @@ class Executor:
                     for c in live:
                         if not c.batches:
                             fused.start_step(c)
-                    fused.fused_micro_step(model, live, pad_id)
+                    shared = fused.fused_micro_step(model, live, pad_id)
+                    self.fusion_stats["shared_calls"] = self.fusion_stats.get("shared_calls", 0) + (
+                        shared or 0
+                    )
                     for c in live:
                         if c.error is not None:
                             for p in c.params:
