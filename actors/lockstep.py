@@ -190,6 +190,8 @@ class Lockstep:
         if len(names) != len(lanes):
             raise ValueError(f"lane names must be unique, got {[lane.name for lane in lanes]}")
         saved_rng = torch.get_rng_state()
+        cuda = [lane.device_generator.device for lane in lanes if lane.device_generator is not None]
+        saved_cuda_rng = torch.cuda.get_rng_state(cuda[0]) if cuda else None
         saved_loader_state = _gradient_state()
         for lane in lanes:
             lane.loader_state = _gradient_state()
@@ -220,6 +222,8 @@ class Lockstep:
                     if lane.done and lane._thread is not None:
                         lane._thread.join(timeout=self.step_timeout_s)
                 torch.set_rng_state(saved_rng)
+                if saved_cuda_rng is not None:
+                    torch.cuda.set_rng_state(saved_cuda_rng, cuda[0])
                 _put_gradient_state(saved_loader_state)
                 if generation_config is not None:
                     self.model.generation_config = generation_config

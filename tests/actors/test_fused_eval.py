@@ -13,6 +13,8 @@ eval_loss in the first or second digit on these trained adapters; checked below 
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from peft import LoraConfig
@@ -78,7 +80,7 @@ def _assert_same(fused, alone, specs):
         for key in set(want) - set(TIMING):
             assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (spec.run_id, key)
     losses = sorted(alone[s.run_id]["eval_loss"] for s in specs)
-    spread = min(b - a for a, b in zip(losses, losses[1:]))
+    spread = min(b - a for a, b in itertools.pairwise(losses))
     assert spread > 1e-3  # the runs really differ: a row served the wrong adapter would show
 
 
