@@ -27,7 +27,12 @@ from policies.chunking import ChunkPlan
 from rf_ray.toy import dpo_dataset, load_toy_model, sft_dataset
 
 SEED = 7
-TIMING = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+TIMING = (
+    "eval_runtime",
+    "eval_samples_per_second",
+    "eval_steps_per_second",
+    "eval_model_preparation_time",
+)
 
 
 def _sft(tmp_path, run_id, lr, r=4, eval_bs=4, targets=("q_proj", "v_proj")):
@@ -165,3 +170,35 @@ def test_fused_slice_evaluates_its_runs_fused(tmp_path):
         assert result.eval_metrics is not None
         assert result.eval_metrics["eval_loss"] == pytest.approx(want["eval_loss"], rel=1e-5)
     assert torch.is_grad_enabled()
+
+
+def test_out_of_memory_in_a_fused_eval_pass_serves_each_run_alone(tmp_path, monkeypatch):
+    """Fault injection: every fused forward runs out of memory. Each call is then served alone,
+    as time-sliced evaluation makes it (its adapter active), so the metrics are the same."""
+    import contextlib
+
+    from actors import fused
+
+    specs = [_sft(tmp_path, 1, 1e-2), _sft(tmp_path, 2, 3e-2, r=8)]
+    executor = _trained(specs, sft_dataset(24, seed=3), sft_dataset(8, seed=9))
+    alone = {s.run_id: executor.evaluate(s.run_id) for s in specs}
+
+    @contextlib.contextmanager
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("injected: CUDA out of memory")
+        yield
+
+    monkeypatch.setattr(fused, "segmented_lora", out_of_memory)
+    entry = executor.bases["toy"]
+    out, server = fused_eval.evaluate_fused(
+        entry.model, [executor.registry[s.run_id] for s in specs], 0, executor._autocast
+    )
+    assert server.stats.fused_forwards == 0
+    assert server.stats.fallbacks == 2  # two rounds of 4 rows each
+    assert server.stats.alone_calls == 4
+    for spec in specs:
+        got, want = out[spec.run_id], alone[spec.run_id]
+        assert not isinstance(got, BaseException), got
+        assert {k: v for k, v in got.items() if k not in TIMING} == {
+            k: v for k, v in want.items() if k not in TIMING
+        }
