@@ -12,6 +12,10 @@ scoring runs inside each lane, with the run's own functions. The loss then goes 
 ``actors.fused.fused_micro_step``'s capture/replay of each run's own ``compute_loss``, one fused
 forward and one backward for all runs.
 
+Without ``actors.generation`` (multi-adapter generation, built separately), generation itself
+is not batched: each run generates in turn, exactly as time-sliced; what is shared then are the
+old/reference log-prob passes and the loss pass (measured with ``bench/bench_fused.py --grpo``).
+
 Each lane runs with its run's own RNG stream (the fused cursor's), so with sampling every run
 draws exactly the numbers it draws time-sliced: same completions, same rewards, and losses that
 differ only by the fused forward's float rounding.
