@@ -547,7 +547,10 @@ class Executor:
                     for c in live:
                         if not c.batches:
                             fused.start_step(c)
-                    fused.fused_micro_step(model, live, pad_id)
+                    shared = fused.fused_micro_step(model, live, pad_id)
+                    self.fusion_stats["shared_calls"] = self.fusion_stats.get("shared_calls", 0) + (
+                        shared or 0
+                    )
                     for c in live:
                         if c.error is not None:
                             for p in c.params:
@@ -572,19 +575,26 @@ class Executor:
         self.fusion_stats["train_seconds"] += train_seconds
         memory = memory_figures(self.device)
         outcomes: dict[int, SliceResult | BaseException] = {}
+        evals = self.evaluate_group(
+            [
+                c.record.spec.run_id
+                for c in cursors
+                if c.error is None and ends[c.record.spec.run_id][1]
+            ]
+        )
         for c in cursors:
             run_id = c.record.spec.run_id
-            if c.error is not None:
-                outcomes[run_id] = c.error
+            eval_metrics = evals.get(run_id)
+            if c.error is not None or isinstance(eval_metrics, BaseException):
+                outcomes[run_id] = c.error or eval_metrics  # type: ignore[assignment]
                 continue
-            evaluate = ends[run_id][1]
             forward_logs(c.record.trainer, c.record.spec.params, c.metrics)
             outcomes[run_id] = SliceResult(
                 run_id=run_id,
                 start_step=c.first_step,
                 end_step=c.end_step,
                 step_metrics=c.metrics,
-                eval_metrics=self.evaluate(run_id) if evaluate else None,
+                eval_metrics=eval_metrics,
                 seconds=time.perf_counter() - start,
                 train_seconds=train_seconds,
                 swap_seconds=0.0,
@@ -623,6 +633,50 @@ class Executor:
             for k, v in out.items()
             if k.startswith("eval_") and isinstance(v, (int, float))
         }
+
+    def evaluate_group(
+        self, run_ids: list[int]
+    ) -> dict[int, dict[str, float] | BaseException | None]:
+        """Evaluate runs that share a base in one fused no-grad pass (``actors.fused_eval``),
+        each by its own trainer; a run its fused evaluation failed for, or that cannot be fused,
+        is evaluated time-sliced. Returns each run's metrics or the exception that failed it
+        (one run's failure never fails the others)."""
+        if self.eval_dataset is None:
+            return dict.fromkeys(run_ids)
+        outcomes: dict[int, dict[str, float] | BaseException | None] = {}
+        group = [r for r in run_ids if self.fusable(r) is None]
+        if len(group) >= 2 and len({self.registry[r].spec.model_key for r in group}) == 1:
+            from actors import fused_eval
+
+            self.phase = f"evaluating runs {group} fused"
+            entry = self.bases[self.registry[group[0]].spec.model_key]
+            start = time.perf_counter()
+            fused_out, _ = fused_eval.evaluate_fused(
+                entry.model,
+                [self.registry[r] for r in group],
+                entry.tokenizer.pad_token_id or 0,
+                self._autocast,
+            )
+            self._active = None  # lanes served alone may have switched the active adapter
+            self.busy_seconds += time.perf_counter() - start
+            self.fusion_stats["eval_groups"] = self.fusion_stats.get("eval_groups", 0) + 1
+            for run_id, out in fused_out.items():
+                if isinstance(out, BaseException):
+                    logger.warning(
+                        "fused evaluation of run %s failed (%r); retrying alone", run_id, out
+                    )
+                    self.fusion_stats["eval_fallbacks"] = (
+                        self.fusion_stats.get("eval_fallbacks", 0) + 1
+                    )
+                else:
+                    outcomes[run_id] = out
+        for run_id in run_ids:
+            if run_id not in outcomes:
+                try:
+                    outcomes[run_id] = self.evaluate(run_id)
+                except Exception as exc:
+                    outcomes[run_id] = exc
+        return outcomes
 
     def evaluate(self, run_id: int) -> dict[str, float] | None:
         """Evaluate the run on the eval set (its trainer's own ``evaluate``)."""

@@ -28,14 +28,19 @@ Rows are right-padded to the group's longest sequence (attention mask 0, label -
 model a token never attends to later positions, so padding changes a real token's outputs only
 by float rounding, from kernels that see different shapes.
 
-``fusable`` says whether a run can take part. When it cannot (GRPO's generation, DoRA, a custom
-loss, gradient checkpointing with dropout...), the executor time-slices it.
+GRPO fuses too (``actors.fused_grpo``): each run's input preparation (generation, reward scoring,
+old and reference log-probs) runs in lock step with the others', their model calls served
+together, and the loss then takes the same capture/replay path as SFT and DPO.
+
+``fusable`` says whether a run can take part. When it cannot (DoRA, a custom loss, gradient
+checkpointing with dropout, GRPO with vLLM...), the executor time-slices it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import time
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,7 +50,7 @@ import torch
 
 from policies.errors import RunFailedError
 
-FUSABLE_TRAINERS = ("SFT", "DPO")
+FUSABLE_TRAINERS = ("SFT", "DPO", "GRPO")
 
 
 class NotFusableError(Exception):
@@ -60,7 +65,13 @@ def fusable(record: Any, model: Any) -> str | None:  # noqa: PLR0911  one return
 
     spec, trainer = record.spec, record.trainer
     if spec.trainer_type not in FUSABLE_TRAINERS:
-        return f"{spec.trainer_type} is time-sliced (generation and scoring are per run)"
+        return f"{spec.trainer_type} is time-sliced"
+    if spec.trainer_type == "GRPO":
+        from actors import fused_grpo
+
+        reason = fused_grpo.fusable(trainer)
+        if reason is not None:
+            return reason
     if spec.trainer_type == "SFT":
         if trainer.compute_loss_func is not None or trainer.label_smoother is not None:
             return "a custom loss or label smoothing needs the full logits"
@@ -339,11 +350,27 @@ def start_step(cursor: Cursor) -> None:
     cursor.loss = torch.zeros((), device=trainer.args.device)
 
 
-def fused_micro_step(model: Any, cursors: list[Cursor], pad_id: int) -> None:
+def fused_micro_step(model: Any, cursors: list[Cursor], pad_id: int) -> int:
     """One micro-batch of each run in ``cursors``: one fused forward (and, for DPO, one fused
-    reference forward), each run's own TRL loss, one backward."""
+    reference forward), each run's own TRL loss, one backward. Returns how many of the runs'
+    input-preparation model calls (GRPO: generation, old and reference log-probs) were served
+    from a shared pass."""
+    started = time.perf_counter()
+    shared = 0
+    if any(c.record.spec.trainer_type == "GRPO" for c in cursors):
+        from actors import fused_grpo
+
+        # Generation and scoring, each run by its own trainer, model calls served together.
+        prepared, served = fused_grpo.prepare_inputs(model, cursors, pad_id)
+        shared = served.fused_calls + served.multi_generations
+        ready = [(c, x) for c, x in zip(cursors, prepared) if c.error is None]
+        if not ready:
+            return shared
+        cursors = [c for c, _ in ready]
+        inputs = [x for _, x in ready]
+    else:
+        inputs = [c.record.trainer._prepare_inputs(c.batches[c.micro]) for c in cursors]
     trainers = [c.record.trainer for c in cursors]
-    inputs = [t._prepare_inputs(c.batches[c.micro]) for t, c in zip(trainers, cursors)]
     calls = [
         capture_forward_kwargs(t, x, c.num_items) for t, x, c in zip(trainers, inputs, cursors)
     ]
@@ -395,6 +422,13 @@ def fused_micro_step(model: Any, cursors: list[Cursor], pad_id: int) -> None:
             total = loss if total is None else total + loss
         if total is not None:
             total.backward()
+    seconds = (time.perf_counter() - started) / len(cursors)
+    for cursor, trainer in zip(cursors, trainers):
+        if cursor.record.spec.trainer_type == "GRPO":
+            from actors import fused_grpo
+
+            fused_grpo.after_micro_step(trainer, seconds)
+    return shared
 
 
 @contextlib.contextmanager

@@ -50,16 +50,22 @@ class RunSpec:
 
     @property
     def fusion_key(self) -> str | None:
-        """Runs with equal keys may share one fused pass over their base (``actors.fused``);
-        ``None``: the run is always time-sliced (GRPO generates per run; DoRA has no fused
-        kernel; eval_strategy="steps" evaluates between the run's own steps). The executor
-        re-checks what only the built trainer knows."""
-        if self.trainer_type not in ("SFT", "DPO") or getattr(self.lora_config, "use_dora", False):
-            return None
-        if getattr(self.trl_args, "eval_strategy", "no") == "steps":
-            return None  # evaluations inside a chunk run between this run's own steps
+        """Runs with equal keys may share one fused pass over their base (``actors.fused``;
+        ``policies.fusion.fusion_key``); ``None``: the run is always time-sliced (DoRA has no
+        fused kernel; eval_strategy="steps" evaluates between the run's own steps; GRPO whose
+        generation settings are unknown or run outside the model). The executor re-checks what
+        only the built trainer knows."""
+        from policies.fusion import fusion_key  # fused-GRPO hunk (branch fused, NOTES-fused.md)
 
-        return f"{self.model_key}|{self.trainer_type}"
+        reason = None
+        if getattr(self.lora_config, "use_dora", False):
+            reason = "DoRA"
+        elif getattr(self.trl_args, "eval_strategy", "no") == "steps":
+            reason = "evaluations inside a chunk run between this run's own steps"
+        generation = None
+        if self.trainer_type == "GRPO" and hasattr(self.trl_args, "num_generations"):
+            generation = vars(self.trl_args)
+        return fusion_key(self.model_key, self.trainer_type, generation, reason)
 
     @property
     def fusion_tokens(self) -> int:

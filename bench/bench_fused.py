@@ -23,6 +23,13 @@ under-uses the device, and large) it reports, as medians of ``--reps`` repetitio
 
 Run it with ``python bench/bench_fused.py`` (a few minutes on 2 CPU cores) or ``--quick`` (the
 test suite's run: K=2, one batch size, one repetition).
+
+``--grpo`` benchmarks GRPO instead (issue 16): K GRPO configs (learning rates x LoRA ranks, each
+with its own reward functions) fused (generation, old/reference log-probs and loss passes
+shared; ``actors.fused_grpo``) against time-sliced, under successive halving (eta 2, mean reward
+of the chunk, max) over ``GRPO_CHUNKS`` chunks. It reports training tokens/s (prompt +
+completion tokens, as TRL counts them) and the time until every config is decided (pruned, or
+the one left as winner), model load included: ``python bench/bench_fused.py --grpo --ks 4``.
 """
 
 from __future__ import annotations
@@ -268,6 +275,144 @@ def run_serial(k: int, batch: int, workdir: Path, model_name: str) -> dict[str, 
     }
 
 
+# ---------------------------------------------------------------------------- GRPO
+GRPO_PROMPTS = 16
+GRPO_CHUNKS = 2
+
+
+def _grpo_specs(k: int, workdir: Path) -> list[Any]:
+    """K GRPO run specs: learning rates x LoRA ranks, alternating reward function sets, one
+    generation setting (so they may fuse)."""
+    from peft import LoraConfig
+    from trl import GRPOConfig
+
+    from actors.spec import RunSpec
+    from policies.chunking import ChunkPlan, repeat_sampler_length
+    from rf_ray.toy import arithmetic_reward, format_reward
+
+    rates = [5e-3, 2e-2, 1e-3, 1e-2, 3e-3, 3e-2, 2e-3, 5e-4]
+    specs = []
+    for i in range(k):
+        rank = 4 if i % 2 == 0 else 8
+        args = GRPOConfig(
+            output_dir=str(workdir / f"grpo{i + 1}"), per_device_train_batch_size=4,
+            gradient_accumulation_steps=2, num_generations=4, max_completion_length=8,
+            learning_rate=rates[i % len(rates)], num_train_epochs=1, beta=0.04,
+            logging_steps=1, report_to="none", use_cpu=_device() == "cpu", bf16=False,
+            seed=SEED + i, save_strategy="no", disable_tqdm=True,
+        )  # fmt: skip
+        lora = LoraConfig(
+            task_type="CAUSAL_LM", r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+            target_modules=["q_proj", "v_proj"],
+        )  # fmt: skip
+        samples = repeat_sampler_length(
+            GRPO_PROMPTS, args.num_generations, args.generation_batch_size,
+            args.num_iterations * args.steps_per_generation,
+        )  # fmt: skip
+        plan = ChunkPlan(
+            num_examples=samples, batch_size=args.generation_batch_size,
+            grad_accum=args.gradient_accumulation_steps, num_chunks=GRPO_CHUNKS,
+        )  # fmt: skip
+        rewards = [arithmetic_reward, format_reward] if i % 2 == 0 else [arithmetic_reward]
+        specs.append(
+            RunSpec(
+                run_id=i + 1,
+                model_key="toy",
+                model_config=None,
+                trainer_type="GRPO",
+                trl_args=args,
+                lora_config=lora,
+                plan=plan,
+                seed=SEED,
+                reward_funcs=rewards,
+            )
+        )
+    return specs
+
+
+def run_grpo(k: int, fused: bool, workdir: Path, model: str) -> dict[str, Any]:
+    """K GRPO runs under successive halving, fused or time-sliced, on one executor."""
+    from actors.executor import Executor
+    from policies.pruning import SuccessiveHalving
+    from rf_ray.toy import grpo_dataset
+
+    start = time.perf_counter()
+    specs = {s.run_id: s for s in _grpo_specs(k, workdir)}
+    executor = Executor(lambda _: load_model(model), grpo_dataset(GRPO_PROMPTS, seed=1))
+    for spec in specs.values():
+        executor.add_run(spec)
+    pruner = SuccessiveHalving(eta=2, metric="reward", mode="max")
+    live = set(specs)
+    train_seconds, tokens, decided = 0.0, 0, None
+    for chunk in range(GRPO_CHUNKS):
+        bounds = {r: specs[r].plan.chunk_bounds(chunk)[1] for r in sorted(live)}
+        t0 = time.perf_counter()
+        if fused:
+            results = {}
+            for group in _groups([specs[r] for r in sorted(live)]):
+                results.update(executor.run_fused([(r, bounds[r], False) for r in group]))
+        else:
+            results = {r: executor.run_slice(r, end) for r, end in bounds.items()}
+        train_seconds += time.perf_counter() - t0
+        for run_id, result in results.items():
+            if isinstance(result, BaseException):
+                raise result
+            tokens += result.tokens
+            rewards = [m["reward"] for m in result.step_metrics if "reward" in m]
+            pruner.record(run_id, chunk + 1, statistics.mean(rewards) if rewards else None)
+        live -= pruner.decide({r: chunk + 1 for r in live})
+        if len(live) <= 1:
+            decided = time.perf_counter() - start
+            break
+    return {
+        "tokens": tokens,
+        "train_seconds": train_seconds,
+        "tokens_per_second": tokens / train_seconds,
+        "decided_seconds": decided if decided is not None else time.perf_counter() - start,
+        "shared_calls": executor.fusion_stats.get("shared_calls", 0),
+        "fused_slices": executor.fusion_stats["slices"],
+    }
+
+
+def grpo_main(ks: list[int], reps: int, model: str, out: Path | None) -> int:
+    import tempfile
+
+    machine = f"{_machine()}; model: {model}"
+    print(f"Machine: {machine}", flush=True)
+    lines = [
+        "| K (GRPO) | tokens/s fused | time-sliced | fused / time-sliced | "
+        "all decided (s) fused | time-sliced |",
+        "|---|---|---|---|---|---|",
+    ]
+    cells = []
+    with tempfile.TemporaryDirectory(prefix="rf-ray-bench-grpo-") as tmp:
+        workdir = Path(tmp)
+        run_grpo(2, True, workdir, model)  # warm-up: imports, first load
+        for k in ks:
+            runs: dict[str, list[dict[str, Any]]] = {"fused": [], "time-sliced": []}
+            for _ in range(reps):
+                runs["fused"].append(run_grpo(k, True, workdir, model))
+                runs["time-sliced"].append(run_grpo(k, False, workdir, model))
+            f = {
+                key: _median(runs["fused"], key) for key in ("tokens_per_second", "decided_seconds")
+            }
+            t = {key: _median(runs["time-sliced"], key) for key in f}
+            cells.append({"k": k, "fused": f, "time-sliced": t, "reps": runs})
+            lines.append(
+                f"| {k} | {f['tokens_per_second']:.0f} | {t['tokens_per_second']:.0f} | "
+                f"{_ratio(f['tokens_per_second'], t['tokens_per_second'])} | "
+                f"{f['decided_seconds']:.1f} | {t['decided_seconds']:.1f} |"
+            )
+            print(lines[-1], flush=True)
+    lines += ["", f"Machine: {machine}. Medians of {reps} repetition(s)."]
+    print("\n" + "\n".join(lines))
+    path = out or REPO / "bench" / "results" / f"fused_grpo_{model}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine, "cells": cells}, indent=1))
+    print(f"\nresults: {path}")
+    return 0
+
+
 def _median(reps: list[dict[str, Any]], key: str) -> float:
     return statistics.median(float(r[key]) for r in reps)
 
@@ -281,7 +426,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-serial", action="store_true", help="skip serial vanilla TRL")
     parser.add_argument("--model", choices=("toy", "wide"), default="toy", help="see load_model")
     parser.add_argument("--out", default=None, help="results JSON path")
+    parser.add_argument("--grpo", action="store_true", help="GRPO fused vs time-sliced (K=4)")
     args = parser.parse_args(argv)
+    if args.grpo:
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.set_verbosity_error()
+        ks = [int(x) for x in args.ks.split(",")] if args.ks != "2,4,8,16" else [4]
+        reps = 1 if args.quick else args.reps
+        return grpo_main(ks, reps, args.model, Path(args.out) if args.out else None)
     if args.quick:
         args.ks, args.batches, args.reps = "2", "2", 1
     ks = [int(x) for x in args.ks.split(",")]

@@ -3,8 +3,8 @@
 When the scheduler grants a slice to a run (the leader), it may add other runs to the grant, so
 that the executor trains them together in one fused pass. A run joins the leader's group when:
 
-* it has the leader's fusion key, i.e. the same base model and an algorithm that fuses (SFT or
-  DPO; GRPO's generation is time-sliced);
+* it has the leader's fusion key (``fusion_key``), i.e. the same base model and algorithm and,
+  for GRPO, generation settings that can share one generation batch;
 * it is at the leader's rung (same chunks done), so a group never lets a run race ahead of the
   slice order, and pruning sees the same comparisons it would without fusion;
 * it is free to train (live, not in flight, not held at a rung by the pruner), and it is held by
@@ -19,10 +19,59 @@ Candidates are taken least progress first, then by run id, like the slice order 
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from policies._checks import check_int
+
+FUSING_ALGORITHMS = ("SFT", "DPO", "GRPO")
+
+GENERATION_SETTINGS = (
+    "max_completion_length",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "generation_kwargs",
+    "cache_implementation",
+)
+"""GRPO settings that shape one ``generate`` call (its logits processors, stopping and cache):
+runs generate in one batch only when all of these are equal. ``num_generations``, batch sizes,
+``steps_per_generation`` and ``num_iterations`` may differ (they change how many rows a run
+brings, or when it generates, not how a row is generated)."""
+
+UNFUSABLE_GENERATION = (
+    "use_vllm",
+    "use_transformers_continuous_batching",
+    "use_transformers_paged",
+)
+"""Generation back-ends outside the shared model: such a GRPO run is always time-sliced."""
+
+
+def fusion_key(
+    model_key: str,
+    algorithm: str,
+    generation: dict[str, Any] | None = None,
+    reason_not: str | None = None,
+) -> str | None:
+    """Runs with equal keys may share one fused pass; ``None``: the run is always time-sliced.
+
+    ``generation`` are a GRPO run's settings (its config's fields, at least those named in
+    ``GENERATION_SETTINGS`` and ``UNFUSABLE_GENERATION``); ``reason_not`` is set when the caller
+    already knows the run cannot fuse (a LoRA variant, evaluation between its own steps).
+    """
+    if reason_not is not None or algorithm not in FUSING_ALGORITHMS:
+        return None
+    if algorithm != "GRPO":
+        return f"{model_key}|{algorithm}"
+    if generation is None or any(generation.get(k) for k in UNFUSABLE_GENERATION):
+        return None
+    if any(k not in generation for k in GENERATION_SETTINGS):
+        return None  # settings unknown: cannot tell whether they share a batch
+    shared = {k: generation[k] for k in GENERATION_SETTINGS}
+    return f"{model_key}|GRPO|{json.dumps(shared, sort_keys=True, default=repr)}"
 
 
 @dataclass(frozen=True)
@@ -82,4 +131,4 @@ def form_group(leader: Candidate, others: list[Candidate], policy: FusionPolicy)
     return group
 
 
-__all__ = ["Candidate", "FusionPolicy", "form_group"]
+__all__ = ["Candidate", "FusionPolicy", "form_group", "fusion_key"]
