@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from actors.gen_eval import check_eval_set
 from actors.store import Store
 from actors.tracking import default_tracking_uri
 from policies.errors import ConfigError, ExperimentExistsError
@@ -28,7 +29,7 @@ from policies.fusion import FusionPolicy
 from policies.pruning import Pruner, SuccessiveHalving
 from rf_ray import launch, ops, runner, specfiles
 from rf_ray.compat import IgnoredFieldWarning, ignored_field_warnings
-from rf_ray.config import RFModelConfig, RunConfig, differing_keys, differing_params
+from rf_ray.config import RFModelConfig, RunConfig, describe, differing_keys, differing_params
 from rf_ray.data import check_columns, dataset_fingerprint, to_dataset
 from rf_ray.search import ConfigGroup, RFGridSearch
 
@@ -282,6 +283,8 @@ class Experiment:
             check_columns(train, run, "train_dataset")
             if evals is not None:
                 check_columns(evals, run, "eval_dataset")
+            if run.generation_eval is not None:  # --- gen: eval prompts readable, before start
+                check_eval_set(run.generation_eval, evals, describe(run), run.formatting_func)
         self._warn_ignored(runs, has_eval=evals is not None)
         fingerprint = dataset_fingerprint(train, evals)
         first_run_id = self._check_existing(fingerprint)

@@ -130,6 +130,7 @@ def build_specs(
                 formatting_func=run.formatting_func,
                 compute_metrics=run.compute_metrics,
                 reward_funcs=run.reward_funcs,
+                generation_eval=run.generation_eval,
             )
         )
     return specs

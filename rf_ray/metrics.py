@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from policies.errors import ConfigError
+
 __all__ = ["METRICS", "MetricSet", "bleu", "exact_match", "resolve_metrics_fn", "rouge_l",
            "token_f1", "tokens"]  # fmt: skip
 
@@ -141,7 +143,7 @@ class MetricSet:
     def __post_init__(self) -> None:
         unknown = [n for n in self.names if n not in METRICS]
         if unknown or not self.names:
-            raise ValueError(
+            raise ConfigError(
                 f"eval_metrics_fn={list(self.names)!r}: unknown metric name(s) {unknown!r}; "
                 f"use any of {sorted(METRICS)} or pass a function "
                 "f(predictions, references, prompts) -> dict[str, float]"
@@ -157,7 +159,7 @@ class MetricSet:
 
 def resolve_metrics_fn(value: Any, field: str = "eval_metrics_fn") -> Callable[..., Any] | None:
     """A metric name, a list of names, or a callable, as one callable (``None`` stays ``None``).
-    Raises ``ValueError`` naming ``field`` and the value for anything else."""
+    Raises ``ConfigError`` (a ``ValueError``) naming ``field`` and the value for anything else."""
     if value is None or callable(value):
         return value
     if isinstance(value, str):
@@ -165,9 +167,9 @@ def resolve_metrics_fn(value: Any, field: str = "eval_metrics_fn") -> Callable[.
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         try:
             return MetricSet(tuple(value))
-        except ValueError as e:
-            raise ValueError(str(e).replace("eval_metrics_fn=", f"{field}=", 1)) from None
-    raise ValueError(
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("eval_metrics_fn=", f"{field}=", 1)) from None
+    raise ConfigError(
         f"{field}={value!r} is neither a metric name ({', '.join(sorted(METRICS))}), a list of "
         "them, nor a function f(predictions, references, prompts) -> dict[str, float]"
     )
