@@ -169,6 +169,11 @@ def status_json(name: str, exp_dir: Path, data: dict[str, Any]) -> dict[str, Any
     for run_id, chunk, metrics in data["chunks"]:
         per_run.setdefault(run_id, []).append({"chunk": chunk, **metrics})
     runs = [{**r, "chunks": per_run.get(r["run_id"], [])} for r in data["runs"]]
+    from rf_ray.samples import generation_metrics  # --- gen
+
+    generated = generation_metrics(exp_dir, [r["run_id"] for r in runs])
+    for r in runs:
+        r["generation_metrics"] = generated.get(r["run_id"], {})  # --- end gen
     out = {
         "name": name,
         "dir": str(exp_dir.resolve()),
@@ -204,8 +209,14 @@ def status_text(name: str, exp_dir: Path, data: dict[str, Any]) -> str:
     if not runs:
         return "\n".join([*lines, "No runs yet."])
     knobs = differing_knobs(runs)
+    # --- gen: the runs' last generation metrics (runs/<id>/samples.json), beside the pruner's
+    from rf_ray.samples import generation_metrics, metric_columns
+
+    generated = generation_metrics(exp_dir, [r["run_id"] for r in runs])
+    gen_columns = metric_columns(generated, skip=pruner.get("metric"))
+    # --- end gen
     headers = ["run", "status", "chunks", "steps", f"last {metric}", f"best {metric}", "pruned@"]
-    headers += [*knobs, "error"]
+    headers += [*gen_columns, *knobs, "error"]
     rows = [
         [
             str(r["run_id"]),
@@ -215,6 +226,7 @@ def status_text(name: str, exp_dir: Path, data: dict[str, Any]) -> str:
             _fmt(r["last_metric"]),
             _fmt(r["best_metric"]),
             _fmt(r["pruned_at"]),
+            *(_fmt(generated.get(r["run_id"], {}).get(k)) for k in gen_columns),  # --- gen
             *(_fmt(r["params"].get(k)) for k in knobs),
             _truncate(r["error"]),
         ]
@@ -482,6 +494,7 @@ register(Command("demo", "run examples/sft_grid.py (8 LoRA SFT configs)", _add_d
 
 # Commands that steer running experiments live in their own module and register themselves.
 import rf_ray.cli_ops  # noqa: E402, F401
+from rf_ray import samples as _samples  # noqa: E402, F401  (--- gen: rf-ray samples)
 
 if __name__ == "__main__":
     # `python -m rf_ray.cli` runs this file as __main__; commands from other modules register

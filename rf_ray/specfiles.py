@@ -141,6 +141,8 @@ def write_spec(exp_dir: Path, spec: RunSpec) -> bytes:
     functions: dict[str, Any] = {}
     for field in _FUNCTION_FIELDS:
         value = getattr(spec.model_config, field)
+        if field == "generation_eval" and value is None:
+            continue  # --- gen: recorded only when set, so other specs read as before
         if field == "reward_funcs" and value is not None:
             functions[field] = [
                 _store_function(f, base, f"{field}.{i}") for i, f in enumerate(value)
