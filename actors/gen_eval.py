@@ -179,7 +179,7 @@ class GenTask:
     step: int = 0
 
 
-def _encode(tokenizer: Any, prompts: list[Any]) -> tuple[Any, Any]:
+def encode_prompts(tokenizer: Any, prompts: list[Any]) -> tuple[Any, Any]:
     """Left-padded ``input_ids`` and ``attention_mask`` for the prompts (the tokenizer's own
     padding side is left alone: the trainers share it)."""
     import torch
@@ -209,7 +209,7 @@ def _request(task: GenTask, tokenizer: Any, pairs: list[tuple[Any, str]], device
     settings.setdefault("eos_token_id", tokenizer.eos_token_id)
     settings.setdefault("pad_token_id", tokenizer.pad_token_id)
     config = transformers.GenerationConfig(**settings)
-    ids, mask = _encode(tokenizer, [p for p, _ in pairs])
+    ids, mask = encode_prompts(tokenizer, [p for p, _ in pairs])
     generator = None
     if config.do_sample:
         generator = torch.Generator(device=device).manual_seed(task.seed * 1_000_003 + task.step)
