@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"machine: {result['machine']}; load average {result['load_average']}")
     for c in cells:
         print(
-            f"{c['model']:>5} K={c['k']} x {c['prompts']} prompts, <= {c['new_tokens']} new tokens: "
+            f"{c['model']:>5} K={c['k']} x {c['prompts']} prompts, <= {c['new_tokens']} new: "
             f"batched {c['batched']['tokens_per_second']:.0f} tok/s, one after another "
             f"{c['one after another']['tokens_per_second']:.0f} tok/s, x{c['speedup']:.2f}; "
             f"identical tokens: {c['identical_tokens']}, "
