@@ -27,8 +27,8 @@ from typing import Any
 
 from policies.errors import ConfigError
 
-__all__ = ["METRICS", "MetricSet", "bleu", "exact_match", "resolve_metrics_fn", "rouge_l",
-           "token_f1", "tokens"]  # fmt: skip
+__all__ = ["METRICS", "FromComputeMetrics", "MetricSet", "bleu", "exact_match",
+           "resolve_metrics_fn", "rouge_l", "token_f1", "tokens"]  # fmt: skip
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
@@ -155,6 +155,29 @@ class MetricSet:
         self, predictions: Sequence[str], references: Sequence[str], prompts: Sequence[str]
     ) -> dict[str, float]:
         return {name: METRICS[name](predictions, references) for name in self.names}
+
+
+@dataclass(frozen=True)
+class FromComputeMetrics:
+    """A RapidFire-style text metric ``compute_metrics((predictions, references)) -> dict`` as an
+    ``eval_metrics_fn``: ``eval_metrics_fn=FromComputeMetrics(my_compute_metrics)``.
+
+    ``RFModelConfig(compute_metrics=...)`` itself stays TRL's: it gets the eval loop's logits and
+    labels (``EvalPrediction``), as ``examples/rapidfire_port.py`` uses it. A function written for
+    decoded text goes here instead."""
+
+    compute_metrics: Callable[..., Any]
+
+    def __post_init__(self) -> None:
+        if not callable(self.compute_metrics):
+            raise ConfigError(f"FromComputeMetrics({self.compute_metrics!r}): not callable")
+        name = getattr(self.compute_metrics, "__qualname__", type(self.compute_metrics).__name__)
+        object.__setattr__(self, "__qualname__", str(name))
+
+    def __call__(
+        self, predictions: Sequence[str], references: Sequence[str], prompts: Sequence[str]
+    ) -> dict[str, float]:
+        return dict(self.compute_metrics((list(predictions), list(references))))
 
 
 def resolve_metrics_fn(value: Any, field: str = "eval_metrics_fn") -> Callable[..., Any] | None:

@@ -8,6 +8,7 @@ import pickle
 import pytest
 
 from rf_ray.metrics import (
+    FromComputeMetrics,
     MetricSet,
     bleu,
     exact_match,
@@ -106,3 +107,15 @@ def test_bad_names_are_refused_naming_field_and_value(value, match):
 def test_metric_set_checks_its_names():
     with pytest.raises(ValueError, match="unknown metric"):
         MetricSet(("bogus",))
+
+
+def _rapidfire_style(eval_preds):
+    predictions, references = eval_preds
+    return {"same": sum(p == r for p, r in zip(predictions, references)) / len(predictions)}
+
+
+def test_a_rapidfire_text_compute_metrics_adapts_to_eval_metrics_fn():
+    f = resolve_metrics_fn(FromComputeMetrics(_rapidfire_style))
+    assert f(["a", "b"], ["a", "c"], ["p", "q"]) == {"same": 0.5}
+    assert f.__qualname__ == "_rapidfire_style"  # named as the user's function in errors
+    assert pickle.loads(pickle.dumps(f)) == f
