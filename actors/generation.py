@@ -268,7 +268,10 @@ def _generate_batch(
     device = _device(model)
     requests = [req for req, _ in picked]
     first = picked[0][1]
-    pad = first.pad_token_id if first.pad_token_id is not None else 0
+    # generate pads finished rows with pad_token_id, or the first eos id when there is none.
+    pad = first.pad_token_id
+    if pad is None:
+        pad = (_ids(first.eos_token_id) or (0,))[0]
     prompt_len = max(int(r.input_ids.shape[1]) for r in requests)
     ids, masks, rows, start = [], [], [], 0
     for req, resolved in picked:
