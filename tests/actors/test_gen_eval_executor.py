@@ -123,3 +123,57 @@ def test_time_sliced_chunk_end_generates_too(fused_chunk):
     with pytest.raises(RunFailedError, match="eval_metrics_fn _boom"):
         executor.run_slice(3, specs[2].plan.chunk_bounds(0)[1], evaluate=True)
     assert torch.is_grad_enabled()
+
+
+# --------------------------------------------------------------------------- eval-set formats
+@pytest.mark.parametrize(
+    ("row", "prompt", "reference"),
+    [
+        ({"prompt": "add: 1 2 =", "completion": " 3"}, "add: 1 2 =", " 3"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "copy: a"},
+                    {"role": "assistant", "content": "a"},
+                ]
+            },
+            [{"role": "user", "content": "copy: a"}],
+            "a",
+        ),
+        ({"prompt": "sort: 2 1 =", "chosen": " 1 2", "rejected": " 2 1"}, "sort: 2 1 =", " 1 2"),
+        (
+            {
+                "prompt": [{"role": "user", "content": "q"}],
+                "completion": [{"role": "assistant", "content": "r"}],
+            },
+            [{"role": "user", "content": "q"}],
+            "r",
+        ),
+    ],
+)
+def test_prompts_and_references_come_from_the_known_columns(row, prompt, reference):
+    from actors.gen_eval import prompt_and_reference
+
+    assert prompt_and_reference(row) == (prompt, reference)
+
+
+def test_a_prompts_fn_reads_other_columns_and_chat_prompts_use_the_template():
+    from actors.gen_eval import encode_prompts, prompt_and_reference
+
+    row = {"question": "reverse: a b", "answer": "b a"}
+    assert prompt_and_reference(row, lambda r: (r["question"], r["answer"])) == (
+        "reverse: a b",
+        "b a",
+    )
+    with pytest.raises(ValueError, match=r"columns \['answer', 'question'\].*eval_prompts_fn"):
+        prompt_and_reference(row)
+    _, tok = load_toy_model()
+    chat = [{"role": "user", "content": "copy: a b"}]
+    ids, mask = encode_prompts(tok, ["copy: a b", chat])
+    assert ids.shape == mask.shape
+    assert mask[0].sum() < mask[1].sum()  # left-padded to the longer chat prompt
+    assert mask[0, 0] == 0
+    assert mask[:, -1].tolist() == [1, 1]
+    text = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    assert ids[1][mask[1].bool()].tolist() == tok(text, add_special_tokens=False)["input_ids"]
+    assert int((ids[1] == tok.bos_token_id).sum()) == 1  # the template's, not a second one
