@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from actors import algorithms, fused
+from actors import algorithms, fused, gen_eval
 from actors.data_prep import PreparedDatasets
 from actors.messages import SliceResult
 from actors.spec import RunSpec
@@ -575,19 +575,23 @@ class Executor:
         self.fusion_stats["train_seconds"] += train_seconds
         memory = memory_figures(self.device)
         outcomes: dict[int, SliceResult | BaseException] = {}
-        evals = self.evaluate_group(
-            [
-                c.record.spec.run_id
-                for c in cursors
-                if c.error is None and ends[c.record.spec.run_id][1]
-            ]
-        )
+        evaluating = [
+            c.record.spec.run_id for c in cursors if c.error is None and ends[c.record.spec.run_id][1]
+        ]
+        evals = self.evaluate_group(evaluating)  # one fused no-grad pass where it can
+        generated = self.generation_metrics(evaluating)  # the group's generations in one batch
         for c in cursors:
             run_id = c.record.spec.run_id
             eval_metrics = evals.get(run_id)
             if c.error is not None or isinstance(eval_metrics, BaseException):
                 outcomes[run_id] = c.error or eval_metrics  # type: ignore[assignment]
                 continue
+            gen = generated.get(run_id)
+            if isinstance(gen, BaseException):
+                outcomes[run_id] = gen
+                continue
+            if eval_metrics is not None and gen:
+                eval_metrics.update(gen)
             forward_logs(c.record.trainer, c.record.spec.params, c.metrics)
             outcomes[run_id] = SliceResult(
                 run_id=run_id,
@@ -673,13 +677,14 @@ class Executor:
         for run_id in run_ids:
             if run_id not in outcomes:
                 try:
-                    outcomes[run_id] = self.evaluate(run_id)
+                    outcomes[run_id] = self.evaluate(run_id, generate=False)
                 except Exception as exc:
                     outcomes[run_id] = exc
         return outcomes
 
-    def evaluate(self, run_id: int) -> dict[str, float] | None:
-        """Evaluate the run on the eval set (its trainer's own ``evaluate``)."""
+    def evaluate(self, run_id: int, generate: bool = True) -> dict[str, float] | None:
+        """Evaluate the run on the eval set (its trainer's own ``evaluate``), plus its
+        generation metrics unless ``generate`` is False."""
         record = self.registry[run_id]
         if self.eval_dataset is None:
             return None
@@ -689,7 +694,25 @@ class Executor:
         with self._autocast():
             out = record.trainer.evaluate()
         torch.set_rng_state(rng)
-        return {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
+        metrics = {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
+        # --- gen: generation metrics (actors.gen_eval); fused slices generate for the group
+        if generate:
+            generated = self.generation_metrics([run_id]).get(run_id, {})
+            if isinstance(generated, BaseException):
+                raise generated
+            metrics.update(generated)
+        # --- end gen
+        return metrics
+
+    def generation_metrics(self, run_ids: list[int]) -> dict[int, dict[str, float] | BaseException]:
+        """Generation metrics of the runs that ask for them, all of a base in one batch
+        (``actors.gen_eval``); per run its metrics or the exception that fails it."""
+        records = [self.registry[r] for r in run_ids]
+        if self.eval_dataset is None or not any(r.spec.generation_eval for r in records):
+            return {}
+        self.phase = f"generating for runs {run_ids} (eval_metrics_fn)"
+        with self._autocast():
+            return gen_eval.evaluate_records(records, self.bases, self.eval_dataset)
 
     # ------------------------------------------------------------------ introspection
     def resident_parameter_count(self) -> dict[str, int]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from actors.gen_eval import GenerationEval
     from policies.chunking import ChunkPlan
 
 
@@ -42,6 +43,8 @@ class RunSpec:
     reward_funcs: list[Callable[..., Any]] | None = None
     parent_run_id: int | None = None
     """The run this one was cloned from, if any."""
+    generation_eval: GenerationEval | None = None
+    """Generation metrics at each chunk end (``actors.gen_eval``), or None."""
 
     @property
     def adapter_name(self) -> str:

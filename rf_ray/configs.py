@@ -226,7 +226,12 @@ class RFModelConfig:
         ref_model_type: str | None = None,
         ref_model_kwargs: dict[str, Any] | None = None,
         num_gpus: int | None = None,
+        eval_metrics_fn: Callable[..., Any] | str | Sequence[str] | None = None,
+        eval_generations: int = 32,
+        eval_prompts_fn: Callable[..., Any] | None = None,
     ) -> None:
+        # Generation metrics at each chunk end (actors.gen_eval, rf_ray.metrics)
+        self.generation_eval = _generation_eval(eval_metrics_fn, eval_generations, eval_prompts_fn)
         names = model_name.values if isinstance(model_name, List) else (model_name,)
         for name in names:
             if not isinstance(name, str) or not name:
@@ -294,6 +299,29 @@ class RFModelConfig:
             f"RFModelConfig(model_name={self.model_name!r}, peft_config={self.peft_config!r}, "
             f"training_args={self.training_args!r})"
         )
+
+
+def _generation_eval(metrics_fn: Any, generations: Any, prompts_fn: Any) -> Any:
+    """``RFModelConfig``'s generation-metric fields as one ``GenerationEval`` (or None)."""
+    from actors.gen_eval import GenerationEval
+    from rf_ray.metrics import resolve_metrics_fn
+
+    if is_knob(metrics_fn):
+        raise ConfigError(
+            f"eval_metrics_fn={metrics_fn!r} is a knob; runs are compared on one metric, so "
+            "give one function or metric name(s) for the whole search"
+        )
+    checked = GenerationEval(lambda *_: {}, generations, prompts_fn)  # field checks
+    if metrics_fn is None:
+        if prompts_fn is not None:
+            raise ConfigError(
+                f"eval_prompts_fn={prompts_fn!r} is set but eval_metrics_fn is None; set "
+                "eval_metrics_fn (e.g. 'rougeL') to score generations, or drop eval_prompts_fn"
+            )
+        return None
+    resolved = resolve_metrics_fn(metrics_fn)
+    assert resolved is not None  # metrics_fn is not None here
+    return GenerationEval(resolved, checked.num_prompts, prompts_fn)
 
 
 def _kwargs_repr(kwargs: dict[str, Any]) -> str:

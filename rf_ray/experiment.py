@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from actors.gen_eval import check_eval_set
 from actors.store import Store
 from actors.tracking import default_tracking_uri
 from policies.errors import ConfigError, ExperimentExistsError
@@ -31,7 +32,7 @@ from rf_ray.configs import RFModelConfig
 from rf_ray.data import check_columns, dataset_fingerprint, to_dataset
 from rf_ray.plan import DEFAULT_SLICE_TIMEOUT, Plan, check_experiment_name, check_settings
 from rf_ray.search import ConfigGroup, RFGridSearch
-from rf_ray.specs import RunConfig, build_specs, differing_keys, differing_params
+from rf_ray.specs import RunConfig, build_specs, describe, differing_keys, differing_params
 
 logger = logging.getLogger(__name__)
 
@@ -239,6 +240,8 @@ class Experiment:
             check_columns(train, run, "train_dataset")
             if evals is not None:
                 check_columns(evals, run, "eval_dataset")
+            if run.generation_eval is not None:  # --- gen: eval prompts readable, before start
+                check_eval_set(run.generation_eval, evals, describe(run), run.formatting_func)
         self._warn_ignored(runs, has_eval=evals is not None)
         fingerprint = dataset_fingerprint(train, evals)
         first_run_id = self._check_existing(fingerprint)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -20,6 +21,7 @@ class LiveView:
         params: dict[int, dict[str, Any]],
         differing: list[str],
         enabled: bool = True,
+        exp_dir: Path | None = None,
     ) -> None:
         self.enabled = enabled and os.environ.get("RF_RAY_LIVE", "1") != "0"
         self.params = params
@@ -27,6 +29,8 @@ class LiveView:
         self.name = name
         self._live: Any = None
         self._seen: dict[int, tuple[int, str]] = {}
+        self.exp_dir = exp_dir
+        """Where the runs' samples.json are: their generation metrics get columns."""
 
     def __enter__(self) -> LiveView:
         if self.enabled and sys.stdout.isatty():
@@ -51,11 +55,21 @@ class LiveView:
             if self._seen.get(row["run_id"]) != key:
                 self._seen[row["run_id"]] = key
                 progress = f"{row['chunks_done']}/{row['total_chunks']}"
+                gen = self._generated([row]).get(row["run_id"], {})
+                extra = "".join(f", {k} {_fmt(v)}" for k, v in sorted(gen.items()))
                 print(
                     f"[rf-ray {self.name}] run {row['run_id']}: {row['status']}, chunk "
-                    f"{progress}, metric {_fmt(row['last_metric'])}",
+                    f"{progress}, metric {_fmt(row['last_metric'])}{extra}",
                     flush=True,
                 )
+
+    def _generated(self, snapshot: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
+        """The runs' last generation metrics (``rf_ray.samples``), if any."""
+        if self.exp_dir is None:
+            return {}
+        from rf_ray.samples import generation_metrics
+
+        return generation_metrics(self.exp_dir, [r["run_id"] for r in snapshot])
 
     def render(self, snapshot: list[dict[str, Any]]) -> Any:
         from rich.console import Group
@@ -75,15 +89,21 @@ class LiveView:
             table.add_column(key)
         table.add_column("chunks", justify="right")
         table.add_column("metric", justify="right")
+        generated = self._generated(snapshot)
+        gen_columns = sorted({k for m in generated.values() for k in m})[:2]
+        for key in gen_columns:
+            table.add_column(key, justify="right")
         table.add_column("status")
         order = sorted(snapshot, key=_rank)
         for row in order:
             params = self.params.get(row["run_id"], {})
+            gen = generated.get(row["run_id"], {})
             table.add_row(
                 str(row["run_id"]),
                 *[str(params.get(k, "")) for k in self.differing],
                 f"{row['chunks_done']}/{row['total_chunks']}",
                 _fmt(row["last_metric"]),
+                *[_fmt(gen.get(k)) for k in gen_columns],
                 row["status"],
             )
         header = Text(f"chunks {done}/{max(total, 1)}")

@@ -179,6 +179,7 @@ class _Template:
             compute_metrics=c["callables"]["compute_metrics"],
             reward_funcs=None if reward_funcs is None else list(reward_funcs),
             generation_config=c["generation_config"] if self.has_generation_config else None,
+            generation_eval=c["callables"]["generation_eval"],
             ignored=dict(self.ignored),
         )
 
@@ -273,6 +274,7 @@ def _one_template(
             "formatting_func": cfg.formatting_func,
             "compute_metrics": cfg.compute_metrics,
             "reward_funcs": cfg.reward_funcs,
+            "generation_eval": cfg.generation_eval,
         },
     }
     slots = [(s, p) for s, values in sections.items() for p in _knob_paths(values)]
@@ -309,7 +311,8 @@ def validate_run(run: RunConfig) -> None:
 
 def _run_key(run: RunConfig) -> tuple[Any, ...]:
     """Equal for runs that would train identically; callables compare by identity."""
-    funcs = (run.formatting_func, run.compute_metrics, *(run.reward_funcs or ()))
+    funcs = (run.formatting_func, run.compute_metrics, *(run.reward_funcs or ()),
+             run.generation_eval)  # fmt: skip
     return (json.dumps(run.flat_params(), sort_keys=True), tuple(id(f) for f in funcs))
 
 

@@ -260,7 +260,9 @@ def wait(session: Session, live_view: bool = True, differing: list[str] | None =
         return
     from ray.exceptions import ActorUnavailableError
 
-    view = LiveView(session.name, session.params, differing or [], enabled=live_view)
+    view = LiveView(
+        session.name, session.params, differing or [], enabled=live_view, exp_dir=session.dir
+    )
     lost = 0
     with view:
         while True:

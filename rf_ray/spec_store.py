@@ -47,7 +47,7 @@ LEGACY_SPEC_FILE = "spec.cloudpickle"
 """Specs written before ``FORMAT`` 1 (the whole RunSpec cloudpickled); still readable."""
 MODEL_FN_FILE = "create_model_fn.json"
 FUNCTIONS_DIR = "functions"
-_FUNCTION_FIELDS = ("formatting_func", "compute_metrics", "reward_funcs")
+_FUNCTION_FIELDS = ("formatting_func", "compute_metrics", "reward_funcs", "generation_eval")
 
 
 def spec_blob(spec: RunSpec) -> bytes:
@@ -141,6 +141,8 @@ def write_spec(exp_dir: Path, spec: RunSpec) -> bytes:
     functions: dict[str, Any] = {}
     for field in _FUNCTION_FIELDS:
         value = getattr(spec.model_config, field)
+        if field == "generation_eval" and value is None:
+            continue  # --- gen: recorded only when set, so other specs read as before
         if field == "reward_funcs" and value is not None:
             functions[field] = [
                 _store_function(f, base, f"{field}.{i}") for i, f in enumerate(value)
@@ -194,6 +196,7 @@ def read_spec(exp_dir: Path, run_id: int) -> tuple[RunSpec, bytes]:
         formatting_func=_load_function(stored.get("formatting_func"), base),
         compute_metrics=_load_function(stored.get("compute_metrics"), base),
         reward_funcs=None if rewards is None else [_load_function(r, base) for r in rewards],
+        generation_eval=_load_function(stored.get("generation_eval"), base),
     )
     chunks = ChunkPlan.from_dict(record["plan"])
     (spec,) = build_specs(

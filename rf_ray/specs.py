@@ -125,6 +125,8 @@ class RunConfig:
     """GRPO reward functions, or None."""
     generation_config: dict[str, Any] | None = None
     """Generation settings (GRPO sampling, evaluation), or None."""
+    generation_eval: Any = None
+    """Generation metrics at each chunk end (an ``actors.gen_eval.GenerationEval``), or None."""
     ignored: dict[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
     """RFModelConfig fields accepted but not used: field -> what rf-ray does instead (not
     stored: ``run_fit`` warns about them once)."""
@@ -210,6 +212,9 @@ class RunConfig:
         for field in ("formatting_func", "compute_metrics", "reward_funcs"):
             if getattr(self, field) is not None:
                 out[field] = _flat_value(getattr(self, field))
+        if self.generation_eval is not None:
+            out["eval_metrics_fn"] = self.generation_eval.name
+            out["eval_generations"] = self.generation_eval.num_prompts
         return out
 
     def model_key(self) -> str:
@@ -233,6 +238,7 @@ class RunConfig:
         formatting_func: Callable[..., Any] | None = None,
         compute_metrics: Callable[..., Any] | None = None,
         reward_funcs: list[Callable[..., Any]] | None = None,
+        generation_eval: Any = None,
     ) -> RunConfig:
         """Rebuild from ``to_json`` output; pass the callables back in, they are not stored."""
         data = json.loads(text)
@@ -241,6 +247,7 @@ class RunConfig:
             formatting_func=formatting_func,
             compute_metrics=compute_metrics,
             reward_funcs=reward_funcs,
+            generation_eval=generation_eval,
         )
 
 
@@ -417,6 +424,7 @@ def build_specs(
                 formatting_func=run.formatting_func,
                 compute_metrics=run.compute_metrics,
                 reward_funcs=run.reward_funcs,
+                generation_eval=run.generation_eval,
             )
         )
     return specs

@@ -7,6 +7,7 @@
     rf-ray demo                      examples/sft_grid.py: 8 LoRA SFT configs on the toy model
     rf-ray ops stop sft-grid 3       steer a running experiment's runs (``rf_ray.cli.ops``)
     rf-ray resume sft-grid           continue an experiment whose driver died
+    rf-ray samples sft-gen 3         a run's last prompts, references and generations
 
 One module per command group: ``status`` (list, status), ``mlflow_ui`` (what ``dashboard --mlflow``
 starts; the dashboard itself is ``rf_ray/dashboard/``), ``demo``, ``ops`` (ops,
@@ -27,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from policies.errors import ConfigError, OpError
-from rf_ray.cli import demo, ops, status
+from rf_ray.cli import demo, ops, samples, status
 from rf_ray.dashboard import command as dashboard
 
 
@@ -52,6 +53,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("ops", "steer a running experiment's runs", ops.add_ops, ops.cmd_ops),
     Command("resume", "continue an experiment whose driver died", ops.add_resume,
             ops.cmd_resume),
+    Command("samples", "show a run's last prompts, references and generations",
+            samples.add_samples, samples.cmd_samples),
 )  # fmt: skip
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from actors.store import Store
 from policies.errors import ConfigError
 from rf_ray.experiment import DEFAULT_ROOT
+from rf_ray.samples import generation_metrics, metric_columns
 from rf_ray.specs import differing_keys, to_jsonable
 
 ERROR_WIDTH = 40
@@ -87,6 +88,9 @@ def status_json(name: str, exp_dir: Path, data: dict[str, Any]) -> dict[str, Any
     for run_id, chunk, metrics in data["chunks"]:
         per_run.setdefault(run_id, []).append({"chunk": chunk, **metrics})
     runs = [{**r, "chunks": per_run.get(r["run_id"], [])} for r in data["runs"]]
+    generated = generation_metrics(exp_dir, [r["run_id"] for r in runs])
+    for r in runs:
+        r["generation_metrics"] = generated.get(r["run_id"], {})
     out = {
         "name": name,
         "dir": str(exp_dir.resolve()),
@@ -111,8 +115,11 @@ def status_text(name: str, exp_dir: Path, data: dict[str, Any]) -> str:
     if not runs:
         return "\n".join([*lines, "No runs yet."])
     knobs = differing_keys([r["params"] for r in runs])
+    # the runs' last generation metrics (runs/<id>/samples.json), beside the pruner's metric
+    generated = generation_metrics(exp_dir, [r["run_id"] for r in runs])
+    gen_columns = metric_columns(generated, skip=pruner.get("metric"))
     headers = ["run", "status", "chunks", "steps", f"last {metric}", f"best {metric}", "pruned@"]
-    headers += [*knobs, "error"]
+    headers += [*gen_columns, *knobs, "error"]
     rows = [
         [
             str(r["run_id"]),
@@ -122,6 +129,7 @@ def status_text(name: str, exp_dir: Path, data: dict[str, Any]) -> str:
             _fmt(r["last_metric"]),
             _fmt(r["best_metric"]),
             _fmt(r["pruned_at"]),
+            *(_fmt(generated.get(r["run_id"], {}).get(k)) for k in gen_columns),
             *(_fmt(r["params"].get(k)) for k in knobs),
             _truncate(r["error"]),
         ]

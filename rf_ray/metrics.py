@@ -1,0 +1,198 @@
+"""Ready-made generation metrics, usable by name: ``eval_metrics_fn="rougeL"`` or a list.
+
+Every metric compares each prediction with its reference after the same normalisation (lower
+case, punctuation dropped, whitespace-split into tokens) and averages over the examples, except
+BLEU, which is a corpus score as its paper defines it. All run locally, in plain Python.
+
+* ``exact_match``: 1 when the normalised prediction equals the normalised reference.
+* ``token_f1``: harmonic mean of token precision and recall, counting tokens with multiplicity
+  (the SQuAD answer score, Rajpurkar et al. 2016).
+* ``rougeL``: ROUGE-L F1, from the longest common subsequence of tokens (Lin 2004, sec. 3.1).
+* ``bleu``: corpus BLEU-4 with the brevity penalty (Papineni et al. 2002), with add-one smoothing
+  of the 2- to 4-gram precisions (Lin and Och 2004) so that short answers do not all score 0.
+
+A ``MetricSet`` has the signature of a user's ``eval_metrics_fn``:
+``f(predictions, references, prompts) -> dict[str, float]``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from policies.errors import ConfigError
+
+__all__ = ["METRICS", "FromComputeMetrics", "MetricSet", "bleu", "exact_match",
+           "resolve_metrics_fn", "rouge_l", "token_f1", "tokens"]  # fmt: skip
+
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-cased words of ``text``, punctuation removed."""
+    return _PUNCT.sub(" ", text.lower()).split()
+
+
+def _check_lengths(predictions: Sequence[str], references: Sequence[str]) -> None:
+    if len(predictions) != len(references):
+        raise ValueError(
+            f"got {len(predictions)} predictions but {len(references)} references; "
+            "each prediction needs its reference"
+        )
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Fraction of predictions equal to their reference after normalisation."""
+    _check_lengths(predictions, references)
+    return _mean([float(tokens(p) == tokens(r)) for p, r in zip(predictions, references)])
+
+
+def _f1(pred: list[str], ref: list[str]) -> float:
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def token_f1(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean token-overlap F1 (tokens counted with multiplicity)."""
+    _check_lengths(predictions, references)
+    return _mean([_f1(tokens(p), tokens(r)) for p, r in zip(predictions, references)])
+
+
+def _lcs(a: list[str], b: list[str]) -> int:
+    """Length of the longest common subsequence (one row of the dynamic programme at a time)."""
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def _rouge_l(pred: list[str], ref: list[str]) -> float:
+    if not pred or not ref:
+        return float(pred == ref)
+    lcs = _lcs(pred, ref)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L F1 over the examples."""
+    _check_lengths(predictions, references)
+    return _mean([_rouge_l(tokens(p), tokens(r)) for p, r in zip(predictions, references)])
+
+
+def _ngrams(words: list[str], n: int) -> Counter[tuple[str, ...]]:
+    return Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+
+
+def bleu(predictions: Sequence[str], references: Sequence[str], max_n: int = 4) -> float:
+    """Corpus BLEU-``max_n`` in [0, 1] (one reference per prediction)."""
+    _check_lengths(predictions, references)
+    matches, totals = [0] * max_n, [0] * max_n
+    pred_len = ref_len = 0
+    for p, r in zip(predictions, references):
+        pw, rw = tokens(p), tokens(r)
+        pred_len, ref_len = pred_len + len(pw), ref_len + len(rw)
+        for n in range(1, max_n + 1):
+            counts = _ngrams(pw, n)
+            matches[n - 1] += sum((counts & _ngrams(rw, n)).values())
+            totals[n - 1] += sum(counts.values())
+    if pred_len == 0 or matches[0] == 0:
+        return 0.0
+    smooth = [0] + [1] * (max_n - 1)  # add-one for n >= 2 only
+    log_p = (
+        sum(math.log((m + s) / (t + s)) for m, t, s in zip(matches, totals, smooth) if t + s > 0)
+        / max_n
+    )
+    brevity = 1.0 if pred_len > ref_len else math.exp(1 - ref_len / pred_len)
+    return brevity * math.exp(log_p)
+
+
+METRICS: dict[str, Callable[[Sequence[str], Sequence[str]], float]] = {
+    "exact_match": exact_match,
+    "token_f1": token_f1,
+    "rougeL": rouge_l,
+    "bleu": bleu,
+}
+
+
+@dataclass(frozen=True)
+class MetricSet:
+    """Named metrics as one ``eval_metrics_fn``; picklable, so Ray ships it to the executor."""
+
+    names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        unknown = [n for n in self.names if n not in METRICS]
+        if unknown or not self.names:
+            raise ConfigError(
+                f"eval_metrics_fn={list(self.names)!r}: unknown metric name(s) {unknown!r}; "
+                f"use any of {sorted(METRICS)} or pass a function "
+                "f(predictions, references, prompts) -> dict[str, float]"
+            )
+        # MLflow params and the leaderboard show a callable by its __qualname__.
+        object.__setattr__(self, "__qualname__", "+".join(self.names))
+
+    def __call__(
+        self, predictions: Sequence[str], references: Sequence[str], prompts: Sequence[str]
+    ) -> dict[str, float]:
+        return {name: METRICS[name](predictions, references) for name in self.names}
+
+
+@dataclass(frozen=True)
+class FromComputeMetrics:
+    """A RapidFire-style text metric ``compute_metrics((predictions, references)) -> dict`` as an
+    ``eval_metrics_fn``: ``eval_metrics_fn=FromComputeMetrics(my_compute_metrics)``.
+
+    ``RFModelConfig(compute_metrics=...)`` itself stays TRL's: it gets the eval loop's logits and
+    labels (``EvalPrediction``), as ``examples/rapidfire_port.py`` uses it. A function written for
+    decoded text goes here instead."""
+
+    compute_metrics: Callable[..., Any]
+
+    def __post_init__(self) -> None:
+        if not callable(self.compute_metrics):
+            raise ConfigError(f"FromComputeMetrics({self.compute_metrics!r}): not callable")
+        name = getattr(self.compute_metrics, "__qualname__", type(self.compute_metrics).__name__)
+        object.__setattr__(self, "__qualname__", str(name))
+
+    def __call__(
+        self, predictions: Sequence[str], references: Sequence[str], prompts: Sequence[str]
+    ) -> dict[str, float]:
+        return dict(self.compute_metrics((list(predictions), list(references))))
+
+
+def resolve_metrics_fn(value: Any, field: str = "eval_metrics_fn") -> Callable[..., Any] | None:
+    """A metric name, a list of names, or a callable, as one callable (``None`` stays ``None``).
+    Raises ``ConfigError`` (a ``ValueError``) naming ``field`` and the value for anything else."""
+    if value is None or callable(value):
+        return value
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        try:
+            return MetricSet(tuple(value))
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("eval_metrics_fn=", f"{field}=", 1)) from None
+    raise ConfigError(
+        f"{field}={value!r} is neither a metric name ({', '.join(sorted(METRICS))}), a list of "
+        "them, nor a function f(predictions, references, prompts) -> dict[str, float]"
+    )
