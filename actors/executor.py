@@ -523,7 +523,7 @@ class Executor:
                 self.registry[run_id].last_result = outcome
         return outcomes
 
-    def _fused_slice(  # noqa: C901  one fused step over several runs; splitting it hides the step order
+    def _fused_slice(  # noqa: C901, PLR0912, PLR0915  one fused step over several runs; splitting it hides the step order
         self, run_ids: list[int], ends: dict[int, tuple[int, bool]]
     ) -> dict[int, SliceResult | BaseException]:
         records = [self.registry[r] for r in run_ids]
@@ -576,7 +576,9 @@ class Executor:
         memory = memory_figures(self.device)
         outcomes: dict[int, SliceResult | BaseException] = {}
         evaluating = [
-            c.record.spec.run_id for c in cursors if c.error is None and ends[c.record.spec.run_id][1]
+            c.record.spec.run_id
+            for c in cursors
+            if c.error is None and ends[c.record.spec.run_id][1]
         ]
         evals = self.evaluate_group(evaluating)  # one fused no-grad pass where it can
         generated = self.generation_metrics(evaluating)  # the group's generations in one batch

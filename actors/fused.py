@@ -58,7 +58,7 @@ class NotFusableError(Exception):
 
 
 # ---------------------------------------------------------------------------- eligibility
-def fusable(record: Any, model: Any) -> str | None:  # noqa: PLR0911  one return per reason a run cannot be fused
+def fusable(record: Any, model: Any) -> str | None:  # noqa: C901, PLR0911  one return per reason a run cannot be fused
     """``None`` if the run can be trained fused, else the reason it cannot (for logs and docs)."""
     from peft.tuners.lora.layer import Linear as LoraLinear
     from peft.tuners.lora.layer import LoraLayer
@@ -350,7 +350,9 @@ def start_step(cursor: Cursor) -> None:
     cursor.loss = torch.zeros((), device=trainer.args.device)
 
 
-def fused_micro_step(model: Any, cursors: list[Cursor], pad_id: int) -> int:
+def fused_micro_step(  # noqa: C901  the step order (capture, fused forward, losses, backward) reads top to bottom
+    model: Any, cursors: list[Cursor], pad_id: int
+) -> int:
     """One micro-batch of each run in ``cursors``: one fused forward (and, for DPO, one fused
     reference forward), each run's own TRL loss, one backward. Returns how many of the runs'
     input-preparation model calls (GRPO: generation, old and reference log-probs) were served

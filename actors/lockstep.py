@@ -184,7 +184,7 @@ class Lockstep:
                 f"{self.step_timeout_s:.0f} s"
             )
 
-    def run(self, lanes: list[Lane]) -> None:
+    def run(self, lanes: list[Lane]) -> None:  # noqa: C901  the scheduling loop: start, serve, fail, finish lanes
         """Run every lane to its end; each lane's ``result`` or ``error`` says how it ended."""
         names = {lane.name for lane in lanes}
         if len(names) != len(lanes):
