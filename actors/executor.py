@@ -267,7 +267,7 @@ class Executor:
             # GRPOConfig.__post_init__ derives steps_per_generation from generation_batch_size
             # and refuses both set; re-deriving it gives the same value.
             derived["steps_per_generation"] = None
-        # report_to keeps what rf_ray.config.build_trl_config forwarded (wandb, tensorboard);
+        # report_to keeps what rf_ray.specs.build_trl_config forwarded (wandb, tensorboard);
         # evaluation is the executor's (inside a slice for eval_strategy="steps"), and TRL
         # refuses an eval_strategy without an eval_dataset, so the trainer gets "no".
         return dataclasses.replace(
@@ -743,7 +743,7 @@ class Executor:
 
 def forward_logs(trainer: Any, params: dict[str, Any], metrics: list[dict[str, float]]) -> None:
     """Hand a slice's step metrics to the TRL integrations the run's ``report_to`` kept (wandb,
-    tensorboard; ``rf_ray.config.build_trl_config``), as ``Trainer.log`` would: rf-ray drives
+    tensorboard; ``rf_ray.specs.build_trl_config``), as ``Trainer.log`` would: rf-ray drives
     the steps itself, so nothing else calls their ``on_log``. Same cadence as MLflow: every
     ``logging_steps`` steps, and every step that evaluated."""
     if not trainer.args.report_to or trainer.args.report_to == ["none"]:

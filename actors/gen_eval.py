@@ -17,7 +17,7 @@ The last chunk's prompts, references and generations are kept per run in
 ``<run dir>/samples.json`` (atomically replaced; bounded by ``num_prompts`` and
 ``MAX_SAMPLE_CHARS``) for ``rf-ray samples``.
 
-This module imports torch only inside functions: ``rf_ray.config`` builds ``GenerationEval``
+This module imports torch only inside functions: ``rf_ray.configs`` builds ``GenerationEval``
 objects on the driver, which must stay light.
 """
 

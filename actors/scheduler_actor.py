@@ -458,6 +458,37 @@ class SchedulerActor:
         self._lock.close()
         return [o if isinstance(o, dict) else {"error": repr(o)} for o in outcomes]
 
+    async def wait_for_progress(
+        self, run_id: int, steps_done: int = 0, chunks_done: int = 0, timeout_s: float = 300.0
+    ) -> dict[str, Any]:
+        """Return the run's snapshot row once it has recorded ``steps_done`` optimizer steps and
+        ``chunks_done`` chunks, or as soon as it is no longer live (pruned, stopped, completed,
+        failed, deleted), whichever comes first. Raises ``TimeoutError`` after ``timeout_s``
+        naming the run, what was waited for and where the run stands."""
+
+        def reached() -> bool:
+            row = self.core.runs.get(run_id)
+            if row is None:  # not registered yet (a clone on its way): keep waiting
+                return False
+            done = row.steps_done >= steps_done and row.chunks_done >= chunks_done
+            return done or not is_live(row.status)
+
+        async with self.cond:
+            try:
+                await asyncio.wait_for(self.cond.wait_for(reached), timeout_s)
+            except TimeoutError:
+                row = self.core.runs.get(run_id)
+                where = (
+                    "not registered"
+                    if row is None
+                    else f"{row.status.value}, {row.steps_done} steps, {row.chunks_done} chunks"
+                )
+                raise TimeoutError(
+                    f"run {run_id} of {self.name!r} did not reach {steps_done} steps and "
+                    f"{chunks_done} chunks within {timeout_s:g} s (it is {where})"
+                ) from None
+            return next(r for r in self.core.snapshot() if r["run_id"] == run_id)
+
     async def is_finished(self) -> bool:
         """True once the experiment is over (its lock is released)."""
         return self.finished

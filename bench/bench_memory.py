@@ -45,9 +45,9 @@ def child(k: int, rows: int, workdir: str, result: str) -> int:
 
     import psutil
     import ray
-    from rf_ray.launch import NAMESPACE, scheduler_name
 
     from rf_ray import Experiment, List, NoPruning, RFModelConfig, RFSFTConfig
+    from rf_ray.cluster import NAMESPACE, scheduler_name
     from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
 
     os.environ.pop("RAY_ADDRESS", None)

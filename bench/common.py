@@ -262,7 +262,7 @@ def machine_line(m: dict[str, Any]) -> str:
 
 def with_seed(run: Any, seed: int) -> Any:
     """The RunConfig as rf-ray trains it: run_fit's seed is the TRL seed unless the run set one
-    (``launch.build_specs``)."""
+    (``specs.build_specs``)."""
     from rf_ray.specs import RunConfig
 
     args = dict(run.training_args)

@@ -156,6 +156,19 @@ class Experiment:
             return self._session.scheduler
         return ops.attach(self.dir)
 
+    def wait_for_progress(
+        self, run_id: int, steps: int = 0, chunks: int = 0, timeout: float = 300.0
+    ) -> dict[str, Any]:
+        """Block until run ``run_id`` has trained ``steps`` optimizer steps and closed ``chunks``
+        chunks, or is no longer live (pruned, stopped, over); return its progress row
+        (``status``, ``steps_done``, ``chunks_done``, metrics). Raises ``TimeoutError`` after
+        ``timeout`` seconds, saying where the run stands. Useful before an op that needs a
+        checkpoint (a warm clone) and in tests."""
+        import ray
+
+        ref = self._scheduler().wait_for_progress.remote(run_id, steps, chunks, timeout)
+        return dict(ray.get(ref, timeout=timeout + 30))
+
     def stop(self, run_id: int) -> dict[str, Any]:
         """Pause a run at its next slice boundary (its checkpoint is kept; ``resume`` it)."""
         return ops.apply(self._scheduler(), "stop", run_id)

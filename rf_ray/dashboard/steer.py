@@ -76,7 +76,7 @@ def _apply(exp_dir: Path, op: str, run_id: int) -> dict[str, Any]:
 
 def _clone(exp_dir: Path, run_id: int, changes: dict[str, str], warm: bool) -> dict[str, Any]:
     from rf_ray import ops
-    from rf_ray.cli_ops import parse_changes
+    from rf_ray.cli.ops import parse_changes
 
     if not isinstance(changes, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in changes.items()

@@ -20,11 +20,11 @@ import zlib
 import pytest
 import torch
 from peft import get_peft_model_state_dict
-from rf_ray.launch import build_specs
 
 from actors.executor import Executor
-from rf_ray.config import RFGRPOConfig, RFModelConfig
+from rf_ray.configs import RFGRPOConfig, RFModelConfig
 from rf_ray.search import RFGridSearch
+from rf_ray.specs import build_specs
 from rf_ray.toy import TOY_MODEL_NAME, arithmetic_reward, grpo_dataset, load_toy_model
 
 N = 8

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import ray
 from mlflow.tracking import MlflowClient
-from rf_ray.launch import NAMESPACE, scheduler_name
 
 from rf_ray import Experiment, List, NoPruning, RFModelConfig, RFSFTConfig
+from rf_ray.cluster import NAMESPACE, scheduler_name
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
 
 pytestmark = pytest.mark.slow
