@@ -19,6 +19,7 @@ What users write
     ``automl``      RapidFire AI's ``rapidfireai.automl`` names
     ``compat``      what rf-ray does with TRL and RapidFire fields it ignores or refuses
     ``data``        datasets in (lists, pandas, HF datasets), column checks, fingerprints
+    ``metrics``     generation metrics by name (exact_match, token_f1, rougeL, bleu)
 From configs to running actors
     ``specs``       RunConfig (one concrete run) -> TRL/PEFT configs -> RunSpec; chunk plans;
                     the one JSON sanitiser and the one "keys that differ between runs"
@@ -29,8 +30,10 @@ From configs to running actors
     ``experiment``  Experiment, the user's handle: run_fit, results, IC ops, Tune hooks
     ``ops``         interactive control of a running experiment (stop, resume, clone, ...)
     ``live``        the live terminal view while run_fit waits
+    ``samples``     a run's last chunk-end generations, read back (status, live view, CLI)
 Around it
     ``cli``         the ``rf-ray`` command, one module per command group
+    ``dashboard``   ``rf-ray dashboard``: the web page to watch and steer experiments
     ``tune``        Ray Tune in three directions (flat knobs, searcher, shared, driver)
     ``toy``         the embedded tiny model, tokenizer and datasets for CPU runs and tests
     ``config``      kept only for experiment directories written before this layout

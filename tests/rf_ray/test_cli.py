@@ -145,7 +145,7 @@ def test_help_lists_the_commands(capsys):
 
 def test_every_command_is_listed_once_and_parses():
     names = [c.name for c in cli.COMMANDS]
-    assert names == ["list", "status", "dashboard", "demo", "ops", "resume"]
+    assert names == ["list", "status", "dashboard", "demo", "ops", "resume", "samples"]
     parser = cli.build_parser()
     assert parser.parse_args(["status", "x"]).run is cli.COMMANDS[1].run
 
