@@ -73,11 +73,16 @@ def generate_multi(model: Any, requests: list[GenRequest]) -> list[torch.Tensor]
     outputs: list[torch.Tensor | None] = [None] * len(requests)
     batches: dict[tuple[Any, Any], list[int]] = {}
     resolved = []
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model_defaults = getattr(base, "generation_config", None)
+    defaults_ok = model_defaults is None or batchable(model_defaults, check_length=False)
     for i, req in enumerate(requests):
         _check(req, i)
         config = resolve_config(model, req.generation_config)
         resolved.append(config)
-        if batchable(config):
+        # Judged on what was set (the request's and the model's own generation config), not on
+        # the resolved config: that one carries every global default too.
+        if defaults_ok and batchable(req.generation_config):
             batches.setdefault((_ids(config.eos_token_id), config.pad_token_id), []).append(i)
         else:
             outputs[i] = generate_alone(model, req)
@@ -102,9 +107,12 @@ def resolve_config(
     return resolved
 
 
-def batchable(config: transformers.GenerationConfig) -> bool:
-    """Whether the batched path honours every setting of ``config``."""
-    return set(config.to_diff_dict()) <= BATCHABLE_FIELDS and config.max_new_tokens is not None
+def batchable(config: transformers.GenerationConfig, check_length: bool = True) -> bool:
+    """Whether the batched path honours every setting ``config`` makes (and, with
+    ``check_length``, whether it bounds the new tokens by ``max_new_tokens``)."""
+    if not set(config.to_diff_dict()) <= BATCHABLE_FIELDS:
+        return False
+    return not check_length or config.max_new_tokens is not None
 
 
 def _check(req: GenRequest, index: int) -> None:

@@ -64,6 +64,25 @@ def _config(tokenizer, **kw):
     )
 
 
+class _CountingGenerate:
+    """Counts the model's ``generate`` calls (the batched path makes one for all requests)."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+        self.original = model.generate
+
+    def __enter__(self):
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return self.original(*args, **kwargs)
+
+        self.model.generate = counted
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.generate
+
+
 def test_greedy_matches_each_adapter_alone(model_and_tokenizer):
     model, tok = model_and_tokenizer
     requests = []
@@ -78,7 +97,9 @@ def test_greedy_matches_each_adapter_alone(model_and_tokenizer):
                 None,
             )
         )
-    outs = generate_multi(model, requests)
+    with _CountingGenerate(model) as counter:
+        outs = generate_multi(model, requests)
+    assert counter.calls == 1  # one batched generate for the three adapters
     alone = [_alone(model, r) for r in requests]
     for req, got, want in zip(requests, outs, alone):
         assert torch.equal(got, want), req.adapter
@@ -102,7 +123,9 @@ def test_sampling_uses_each_runs_generator_like_generate_alone(model_and_tokeniz
         gen = torch.Generator().manual_seed(1000 * seed + i) if kw["do_sample"] else None
         requests.append(GenRequest(name, enc["input_ids"], enc["attention_mask"],
                                    _config(tok, **kw), gen))  # fmt: skip
-    outs = generate_multi(model, requests)
+    with _CountingGenerate(model) as counter:
+        outs = generate_multi(model, requests)
+    assert counter.calls == 1
     for i, (req, got) in enumerate(zip(requests, outs)):
         want = _alone(model, req, seed=1000 * seed + i if req.generator is not None else None)
         assert torch.equal(got, want), req.adapter
@@ -128,7 +151,9 @@ def test_unbatchable_settings_fall_back_to_their_own_generate(model_and_tokenize
         _config(tok, max_new_tokens=5, do_sample=False),
         None,
     )
-    outs = generate_multi(model, [beam, greedy])
+    with _CountingGenerate(model) as counter:
+        outs = generate_multi(model, [beam, greedy])
+    assert counter.calls == 2  # the beam-search request alone, the other batched
     assert torch.equal(outs[0], _alone(model, beam))
     assert torch.equal(outs[1], _alone(model, greedy))
 
