@@ -2,7 +2,8 @@
 #   make demo   installs everything into .venv and runs the main job (examples/sft_grid.py)
 #   make check  the fast loop: lint, type checks and the tests that need no Ray cluster
 #               (tests/conftest.py marks the others `ray`)
-#   make test   installs everything into .venv and runs lint, type checks and the whole suite (CI)
+#   make test   installs everything into .venv (and Chromium for the dashboard test) and runs
+#               lint, type checks and the whole suite (CI)
 # Both work on a machine with only Python 3.10+ installed. Override PYTHON to pick the interpreter.
 
 PYTHON ?= python3
@@ -12,7 +13,7 @@ PY     := $(VENV)/bin/python
 # CUDA build of the same release. pyproject keeps an open range so your own torch also fits.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo check test lint clean
+.PHONY: install browser demo check test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# The dashboard's browser test drives the system Chromium through selenium (dev extra). CI runs
+# as root; elsewhere apt-get goes through sudo. Skipped when a chromedriver is already on PATH.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromedriver >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
 
 demo: install
 	HF_HUB_OFFLINE=1 $(PY) examples/sft_grid.py
@@ -34,7 +42,7 @@ lint: install
 check: lint
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -m "not ray and not slow"
 
-test: lint
+test: lint browser
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q
 
 clean:
