@@ -1,11 +1,10 @@
 """Waiting for an experiment to make progress, from a test: one bounded read of its store.
 
-Why a poll and not an event: a test that steers or kills a running experiment must act once a
-run has trained so far (a step, a chunk), and no call in rf-ray returns at that moment yet. For
-a driver in another process (test_durability, test_resume_equivalence, test_chaos, test_locking)
-the store is the only state the test shares with it, so reading it is the right wait. For an
-in-process ``Experiment`` the scheduler could expose one; NOTES-docs.md names the call wanted
-(``SchedulerActor.wait_for_progress``), and this module is the one place to switch to it.
+An experiment in the test's own process is waited on with its scheduler's event,
+``Experiment.wait_for_progress(run_id, steps=, chunks=)``. A driver in another process
+(test_durability, test_resume_equivalence, test_chaos, test_locking) shares only its experiment
+directory with the test, so these waits read the store: a bounded poll, and the one place
+where the tests poll for progress.
 
 Every wait is bounded and says what it waited for when it gives up.
 """

@@ -17,7 +17,6 @@ from rf_ray import (
     SuccessiveHalving,
 )
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset, sft_eval_dataset
-from tests.waits import wait_for_run
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +92,7 @@ def test_budget_splits_groups(ray_cluster, tmp_path):
 
 def test_stopping_a_member_leaves_the_others_unchanged(time_sliced, tmp_path):
     exp = _fit(tmp_path, "steered", fusion=True, blocking=False, max_slice_steps=1)
-    wait_for_run(exp.dir, 2, steps=1, timeout=240)  # why a poll: tests/waits.py
+    exp.wait_for_progress(2, steps=1, timeout=240)
     exp.stop(2)  # it leaves the group at the next slice boundary
     info = exp.wait().set_index("run_id")
     exp.end()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from rf_ray import Experiment, NoPruning, RFGRPOConfig, RFModelConfig
 from rf_ray.toy import TOY_MODEL_NAME, arithmetic_reward, format_reward, grpo_dataset
-from tests.waits import wait_for_run
 
 # 8 prompts, 2 per generation batch (4 generations, 4 per device batch x 2 steps per
 # generation): 4 optimizer steps in 2 chunks of 2.
@@ -22,9 +21,9 @@ GRPO_ARGS = dict(
 
 
 def _wait_first_chunk(exp: Experiment, run_id: int, timeout: float = 300) -> None:
-    """Until the run's first chunk is recorded (a warm start needs its checkpoint); why a poll:
-    tests/waits.py."""
-    wait_for_run(exp.dir, run_id, chunks=1, timeout=timeout)
+    """Until the run's first chunk is recorded (a warm start needs its checkpoint)."""
+    row = exp.wait_for_progress(run_id, chunks=1, timeout=timeout)
+    assert row["chunks_done"] >= 1, row
 
 
 def test_a_grpo_run_clones_warm_and_cold_and_all_train_to_the_end(ray_cluster, tmp_path):

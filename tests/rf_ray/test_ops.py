@@ -27,7 +27,6 @@ from rf_ray import (
     UnknownKnobError,
 )
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
-from tests.waits import wait_for_run
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +67,8 @@ def _losses(exp: Experiment) -> dict[int, list[float]]:
 
 
 def _wait_steps(exp: Experiment, run_id: int, at_least: int, timeout: float = 240) -> None:
-    wait_for_run(exp.dir, run_id, steps=at_least, timeout=timeout)  # why a poll: tests/waits.py
+    row = exp.wait_for_progress(run_id, steps=at_least, timeout=timeout)  # the scheduler's event
+    assert row["steps_done"] >= at_least, row
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,10 @@ def test_stop_resume_delete_prune_and_their_errors(reference, tmp_path):
         exp.stop(99)
     with pytest.raises(OpError, match=r"cannot stop run 1"):
         exp.stop(1)  # already stopped: nothing changes
+    # A run that is no longer live ends the wait at once; one that never comes says so.
+    assert exp.wait_for_progress(1, steps=10**6, timeout=60)["status"] == "stopped"
+    with pytest.raises(TimeoutError, match=r"run 99 .* not registered"):
+        exp.wait_for_progress(99, steps=1, timeout=1)
     _wait_steps(exp, 3, at_least=2)  # the others train on meanwhile
     assert exp.resume(1)["status"] == "running"
     assert exp.resume(2)["status"] == "running"
