@@ -14,6 +14,11 @@ The slice loop mirrors ``transformers.Trainer._run_epoch`` step for step (same
 ``get_batch_samples`` token counting, ``training_step``, clipping, optimizer and scheduler
 order), so a run trained in interleaved slices equals a vanilla ``SFTTrainer.train()`` over the
 same example order; ``tests/actors/test_equivalence.py`` holds it to that.
+
+Two roles live in their own modules, as functions taking the executor, behind one-line methods
+here: the fused slice path (``run_fused``) in ``actors.fused_slice``, and evaluation
+(``evaluate``, ``evaluate_group``, ``generation_metrics``, evaluation inside a slice) in
+``actors.evaluation``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 
 import torch
 
-from actors import algorithms, fused, gen_eval
+from actors import algorithms, evaluation, fused, fused_slice
 from actors.data_prep import PreparedDatasets
 from actors.messages import SliceResult
 from actors.spec import RunSpec
@@ -37,14 +42,6 @@ from actors.timeline import Timeline
 from policies.errors import RunFailedError, RunNotPlacedError
 
 logger = logging.getLogger(__name__)
-
-
-class _FusedPassError(Exception):
-    """A fused pass stopped part-way; ``cursors`` say how far each run got."""
-
-    def __init__(self, cursors: list[fused.Cursor]) -> None:
-        super().__init__("fused pass failed")
-        self.cursors = cursors
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
@@ -374,8 +371,8 @@ class Executor:
             with self._autocast():
                 for step in range(first, end_step):
                     step_metrics, step_tokens = self._optimizer_step(record, step)
-                    if self._evaluates_at(record, step + 1, end_step, evaluate):
-                        step_metrics.update(self._evaluate_in_slice(record))
+                    if evaluation.evaluates_at(self, record, step + 1, end_step, evaluate):
+                        step_metrics.update(evaluation.evaluate_in_slice(self, record))
                     metrics.append(step_metrics)
                     tokens += step_tokens
         except BaseException:
@@ -466,255 +463,26 @@ class Executor:
         record = self.registry[run_id]
         return fused.fusable(record, self.bases[record.spec.model_key].model)
 
-    def run_fused(  # noqa: C901  the fused slice loop: per-run deadlines, failures and results in one place
+    def run_fused(
         self, grants: list[tuple[int, int, bool]]
     ) -> dict[int, SliceResult | BaseException]:
-        """Train several runs' slices ``(run_id, end_step, evaluate)`` in one pass over their
-        shared base model (``actors.fused``). Returns each run's ``SliceResult``, or the exception
-        that failed it: one run's failure never fails the others.
+        """Train several runs' slices in one fused pass (``actors.fused_slice.run_fused``)."""
+        return fused_slice.run_fused(self, grants)
 
-        Runs that cannot be fused are time-sliced after the fused group; so is the rest of the
-        group when its fused pass cannot be built (``NotFusableError``) or fails (e.g. out of
-        memory): the steps it finished stand, and nothing is lost but the interrupted step.
-        """
-        outcomes: dict[int, SliceResult | BaseException] = {}
-        ends: dict[int, tuple[int, bool]] = {}
-        for run_id, end, evaluate in grants:
-            try:
-                self._check_end(self.registry[run_id], end)
-                self.registry[run_id].last_result = None
-            except Exception as exc:
-                outcomes[run_id] = exc
-                continue
-            ends[run_id] = (end, evaluate)
-        group = [r for r in ends if self.fusable(r) is None]
-        if len(group) < 2 or len({self.registry[r].spec.model_key for r in group}) > 1:
-            group = []
-        done_early: dict[int, fused.Cursor] = {}
-        if group:
-            try:
-                outcomes.update(self._fused_slice(group, ends))
-            except _FusedPassError as failed:
-                cause = failed.__cause__
-                logger.warning("fused slice of runs %s fell back to time-slicing: %r", group, cause)
-                self.fusion_stats["fallbacks"] += 1
-                if isinstance(cause, torch.OutOfMemoryError):
-                    self.fusion_stats["oom"] += 1
-                    self.last_oom_tokens = sum(self.registry[r].spec.fusion_tokens for r in group)
-                    if self.device.type == "cuda":
-                        torch.cuda.empty_cache()
-                done_early = {c.record.spec.run_id: c for c in failed.cursors}
-        for run_id, (end, evaluate) in ends.items():
-            if run_id in outcomes:
-                continue
-            try:
-                result = self.run_slice(run_id, end, evaluate=evaluate)
-            except Exception as exc:
-                outcomes[run_id] = exc
-                continue
-            early = done_early.get(run_id)
-            if early is not None and early.metrics:  # the steps its fused pass finished
-                result.start_step = early.first_step
-                result.step_metrics = early.metrics + result.step_metrics
-                result.tokens += early.total_tokens
-            outcomes[run_id] = result
-        for run_id, outcome in outcomes.items():
-            if isinstance(outcome, SliceResult):
-                self.registry[run_id].last_result = outcome
-        return outcomes
-
-    def _fused_slice(  # noqa: C901, PLR0912, PLR0915  one fused step over several runs; splitting it hides the step order
-        self, run_ids: list[int], ends: dict[int, tuple[int, bool]]
-    ) -> dict[int, SliceResult | BaseException]:
-        records = [self.registry[r] for r in run_ids]
-        entry = self.bases[records[0].spec.model_key]
-        model = entry.model
-        self.phase = f"training runs {run_ids} fused, up to steps {[ends[r][0] for r in run_ids]}"
-        started_at = time.time()
-        start = time.perf_counter()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        cursors = [
-            fused.Cursor.open(record, ends[record.spec.run_id][0], model, self.device)
-            for record in records
-        ]
-        self._active = None  # the next time-sliced slice re-selects its adapter
-        model.train()
-        pad_id = entry.tokenizer.pad_token_id or 0
-        try:
-            with self._autocast():
-                while live := [c for c in cursors if not c.done]:
-                    for c in live:
-                        if not c.batches:
-                            fused.start_step(c)
-                    shared = fused.fused_micro_step(model, live, pad_id)
-                    self.fusion_stats["shared_calls"] = self.fusion_stats.get("shared_calls", 0) + (
-                        shared or 0
-                    )
-                    for c in live:
-                        if c.error is not None:
-                            for p in c.params:
-                                p.grad = None
-                            continue
-                        c.micro += 1
-                        if c.micro == len(c.batches):
-                            c.optimizer_step()
-        except Exception as exc:
-            # Finished steps stand (their state is consistent); a half-accumulated window is
-            # dropped and its step re-run time-sliced from the run's own step count.
-            model.zero_grad(set_to_none=True)
-            for c in cursors:
-                algorithms.drain_train_metrics(c.record.trainer)
-            raise _FusedPassError(cursors) from exc
-        finally:
-            for c in cursors:
-                c.keep_rng()
-        train_seconds = time.perf_counter() - start
-        self.fusion_stats["slices"] += 1
-        self.fusion_stats["runs"] += len(cursors)
-        self.fusion_stats["train_seconds"] += train_seconds
-        memory = memory_figures(self.device)
-        outcomes: dict[int, SliceResult | BaseException] = {}
-        evaluating = [
-            c.record.spec.run_id
-            for c in cursors
-            if c.error is None and ends[c.record.spec.run_id][1]
-        ]
-        evals = self.evaluate_group(evaluating)  # one fused no-grad pass where it can
-        generated = self.generation_metrics(evaluating)  # the group's generations in one batch
-        for c in cursors:
-            run_id = c.record.spec.run_id
-            eval_metrics = evals.get(run_id)
-            if c.error is not None or isinstance(eval_metrics, BaseException):
-                outcomes[run_id] = c.error or eval_metrics  # type: ignore[assignment]
-                continue
-            gen = generated.get(run_id)
-            if isinstance(gen, BaseException):
-                outcomes[run_id] = gen
-                continue
-            if eval_metrics is not None and gen:
-                eval_metrics.update(gen)
-            forward_logs(c.record.trainer, c.record.spec.params, c.metrics)
-            outcomes[run_id] = SliceResult(
-                run_id=run_id,
-                start_step=c.first_step,
-                end_step=c.end_step,
-                step_metrics=c.metrics,
-                eval_metrics=eval_metrics,
-                seconds=time.perf_counter() - start,
-                train_seconds=train_seconds,
-                swap_seconds=0.0,
-                tokens=c.total_tokens,
-                memory=memory,
-                started_at=started_at,
-                ended_at=time.time(),
-                fused_with=len(cursors),
-            )
-        self.busy_seconds += time.perf_counter() - start
-        return outcomes
-
-    def _evaluates_at(
-        self, record: AdapterRecord, done: int, end_step: int, evaluate: bool
-    ) -> bool:
-        """TRL's ``eval_strategy="steps"``: evaluate every ``eval_steps`` optimizer steps, also
-        inside a chunk (the slice's own end-of-chunk evaluation is not doubled)."""
-        args = record.spec.trl_args
-        # IntervalStrategy is a str enum: it equals "steps".
-        if self.eval_dataset is None or getattr(args, "eval_strategy", "no") != "steps":
-            return False
-        every = int(args.eval_steps or 0)
-        return every > 0 and done % every == 0 and not (evaluate and done == end_step)
-
-    def _evaluate_in_slice(self, record: AdapterRecord) -> dict[str, float]:
-        """Evaluate the active run between two of its optimizer steps, leaving the torch RNG
-        where training had it (so the run's next steps draw what they would have)."""
-        phase = self.phase
-        self.phase = f"evaluating run {record.spec.run_id} (eval_steps)"
-        rng = torch.get_rng_state()
-        out = record.trainer.evaluate()
-        torch.set_rng_state(rng)
-        self.phase = phase
-        return {
-            k: float(v)
-            for k, v in out.items()
-            if k.startswith("eval_") and isinstance(v, (int, float))
-        }
-
+    # ------------------------------------------------------------------ evaluation
     def evaluate_group(
         self, run_ids: list[int]
     ) -> dict[int, dict[str, float] | BaseException | None]:
-        """Evaluate runs that share a base in one fused no-grad pass (``actors.fused_eval``),
-        each by its own trainer; a run its fused evaluation failed for, or that cannot be fused,
-        is evaluated time-sliced. Returns each run's metrics or the exception that failed it
-        (one run's failure never fails the others)."""
-        if self.eval_dataset is None:
-            return dict.fromkeys(run_ids)
-        outcomes: dict[int, dict[str, float] | BaseException | None] = {}
-        group = [r for r in run_ids if self.fusable(r) is None]
-        if len(group) >= 2 and len({self.registry[r].spec.model_key for r in group}) == 1:
-            from actors import fused_eval
-
-            self.phase = f"evaluating runs {group} fused"
-            entry = self.bases[self.registry[group[0]].spec.model_key]
-            start = time.perf_counter()
-            fused_out, _ = fused_eval.evaluate_fused(
-                entry.model,
-                [self.registry[r] for r in group],
-                entry.tokenizer.pad_token_id or 0,
-                self._autocast,
-            )
-            self._active = None  # lanes served alone may have switched the active adapter
-            self.busy_seconds += time.perf_counter() - start
-            self.fusion_stats["eval_groups"] = self.fusion_stats.get("eval_groups", 0) + 1
-            for run_id, out in fused_out.items():
-                if isinstance(out, BaseException):
-                    logger.warning(
-                        "fused evaluation of run %s failed (%r); retrying alone", run_id, out
-                    )
-                    self.fusion_stats["eval_fallbacks"] = (
-                        self.fusion_stats.get("eval_fallbacks", 0) + 1
-                    )
-                else:
-                    outcomes[run_id] = out
-        for run_id in run_ids:
-            if run_id not in outcomes:
-                try:
-                    outcomes[run_id] = self.evaluate(run_id, generate=False)
-                except Exception as exc:
-                    outcomes[run_id] = exc
-        return outcomes
+        """Evaluate runs of one base fused where possible (``actors.evaluation.evaluate_group``)."""
+        return evaluation.evaluate_group(self, run_ids)
 
     def evaluate(self, run_id: int, generate: bool = True) -> dict[str, float] | None:
-        """Evaluate the run on the eval set (its trainer's own ``evaluate``), plus its
-        generation metrics unless ``generate`` is False."""
-        record = self.registry[run_id]
-        if self.eval_dataset is None:
-            return None
-        self.phase = f"evaluating run {run_id}"
-        self._activate(record)
-        rng = torch.get_rng_state()
-        with self._autocast():
-            out = record.trainer.evaluate()
-        torch.set_rng_state(rng)
-        metrics = {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
-        # --- gen: generation metrics (actors.gen_eval); fused slices generate for the group
-        if generate:
-            generated = self.generation_metrics([run_id]).get(run_id, {})
-            if isinstance(generated, BaseException):
-                raise generated
-            metrics.update(generated)
-        # --- end gen
-        return metrics
+        """Evaluate one run on the eval set (``actors.evaluation.evaluate``)."""
+        return evaluation.evaluate(self, run_id, generate)
 
     def generation_metrics(self, run_ids: list[int]) -> dict[int, dict[str, float] | BaseException]:
-        """Generation metrics of the runs that ask for them, all of a base in one batch
-        (``actors.gen_eval``); per run its metrics or the exception that fails it."""
-        records = [self.registry[r] for r in run_ids]
-        if self.eval_dataset is None or not any(r.spec.generation_eval for r in records):
-            return {}
-        self.phase = f"generating for runs {run_ids} (eval_metrics_fn)"
-        with self._autocast():
-            return gen_eval.evaluate_records(records, self.bases, self.eval_dataset)
+        """Generation metrics of the runs (``actors.evaluation.generation_metrics``)."""
+        return evaluation.generation_metrics(self, run_ids)
 
     # ------------------------------------------------------------------ introspection
     def resident_parameter_count(self) -> dict[str, int]:
