@@ -263,8 +263,8 @@ def machine_line(m: dict[str, Any]) -> str:
 def with_seed(run: Any, seed: int) -> Any:
     """The RunConfig as rf-ray trains it: run_fit's seed is the TRL seed unless the run set one
     (``specs.build_specs``)."""
-    from rf_ray.specs import RunConfig
+    import dataclasses
 
     args = dict(run.training_args)
     args.setdefault("seed", seed)
-    return RunConfig(**{**run.__dict__, "training_args": args})
+    return dataclasses.replace(run, training_args=args)

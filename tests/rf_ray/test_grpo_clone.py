@@ -8,7 +8,7 @@ was refused ("plan mismatch") and a cold one ran past TRL's dataloader. Sized fr
 
 from __future__ import annotations
 
-from rf_ray import Experiment, NoPruning, RFGRPOConfig, RFModelConfig
+from rf_ray import Experiment, NoPruning, RFGRPOConfig, RFGridSearch, RFModelConfig
 from rf_ray.toy import TOY_MODEL_NAME, arithmetic_reward, format_reward, grpo_dataset
 
 # 8 prompts, 2 per generation batch (4 generations, 4 per device batch x 2 steps per
@@ -33,15 +33,20 @@ def test_a_grpo_run_clones_warm_and_cold_and_all_train_to_the_end(ray_cluster, t
         training_args=RFGRPOConfig(**GRPO_ARGS),
         reward_funcs=[arithmetic_reward, format_reward],
     )
+    # The group holds the experiment open (the public hook Tune uses), so run 1 finishing its
+    # last chunk before the clones arrive does not end the experiment under them.
+    group = RFGridSearch(config)
+    group.hold_token = "clones"
     try:
         exp.run_fit(
-            config, train_dataset=grpo_dataset(8), num_chunks=2, seed=5, pruner=NoPruning(),
+            group, train_dataset=grpo_dataset(8), num_chunks=2, seed=5, pruner=NoPruning(),
             live_view=False,
             blocking=False,
         )  # fmt: skip
         _wait_first_chunk(exp, 1)
         warm = exp.clone_modify(1, {"learning_rate": 1e-3}, warm_start=True)["run_id"]
         cold = exp.clone_modify(1, {"learning_rate": 1e-3})["run_id"]
+        exp.unhold("clones")
         info = exp.wait().set_index("run_id")
     finally:
         exp.end()
