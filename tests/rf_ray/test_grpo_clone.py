@@ -8,7 +8,7 @@ was refused ("plan mismatch") and a cold one ran past TRL's dataloader. Sized fr
 
 from __future__ import annotations
 
-from rf_ray import Experiment, NoPruning, RFGRPOConfig, RFGridSearch, RFModelConfig
+from rf_ray import Experiment, NoPruning, RFGridSearch, RFGRPOConfig, RFModelConfig
 from rf_ray.toy import TOY_MODEL_NAME, arithmetic_reward, format_reward, grpo_dataset
 
 # 8 prompts, 2 per generation batch (4 generations, 4 per device batch x 2 steps per
