@@ -111,6 +111,31 @@ def _wait_for_a_partial_chunk(exp_dir: Path, after_chunks: int, timeout: float =
     )
 
 
+def _signal_tree(pid: int, sig: int) -> None:
+    import psutil
+
+    root = psutil.Process(pid)
+    for p in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(sig)
+
+
+def _freeze_mid_chunk(pid: int, exp_dir: Path, after_chunks: int, tries: int = 20) -> None:
+    """Stop (SIGSTOP) the driver's whole tree at a moment the store shows a run mid-chunk.
+
+    Seeing a run mid-chunk and killing the tree are not one step: a slice that closes the
+    chunk can land in between (slices of the toy take milliseconds). So the tree is frozen
+    first and the store read again; if the chunk closed meanwhile, the tree goes on and we wait
+    for the next partial chunk."""
+    for _ in range(tries):
+        _wait_for_a_partial_chunk(exp_dir, after_chunks)
+        _signal_tree(pid, signal.SIGSTOP)
+        if _partial_chunks(exp_dir):
+            return
+        _signal_tree(pid, signal.SIGCONT)
+    raise AssertionError(f"no run stayed mid-chunk in {tries} tries")
+
+
 def _kill_tree(pid: int) -> None:
     """SIGKILL a process and all its descendants (Ray's head processes and workers) at once."""
     import psutil
@@ -135,7 +160,7 @@ def test_a_resumed_experiment_has_the_uninterrupted_winner(reference, tmp_path):
     )  # fmt: skip
     exp_dir = tmp_path / "killed"
     try:
-        _wait_for_a_partial_chunk(exp_dir, after_chunks=3)
+        _freeze_mid_chunk(proc.pid, exp_dir, after_chunks=3)
     finally:
         _kill_tree(proc.pid)  # the driver and its Ray cluster at once: no slice lands later
         proc.wait(timeout=60)
