@@ -85,8 +85,14 @@ def test_bench_compare_quick(tmp_path):
     assert got["serial_one"]["tokens"] == got["serial"]["tokens"]
     # rf-ray-only figures.
     for way in ("rf_sh", "rf_none"):
-        assert got[way]["swap_count"] >= k
-        assert 0 <= got[way]["swap_p50_seconds"] <= got[way]["swap_p99_seconds"]
+        # A time-sliced slice switches the active adapter; a fused one switches none. Which the
+        # runs get depends on when their trials come up (the first grant goes to the first trial
+        # up), so a quick run may have no switch at all: the figures must agree either way.
+        swaps, p50, p99 = (
+            got[way][key] for key in ("swap_count", "swap_p50_seconds", "swap_p99_seconds")
+        )
+        assert (swaps == 0) == (p50 is None) == (p99 is None)
+        assert swaps == 0 or 0 <= p50 <= p99
         assert got[way]["executor_peak_rss_mib"] > 0
         engine = got[way]["engine"]  # start-up breakdown, busy fractions, slice overhead
         assert 0 < engine["first_slice_start_s"] < engine["first_slice_end_s"]
