@@ -59,10 +59,14 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
 def _f1(pred: list[str], ref: list[str]) -> float:
     if not pred or not ref:
         return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
+    return _f_measure(sum((Counter(pred) & Counter(ref)).values()), len(pred), len(ref))
+
+
+def _f_measure(overlap: int, pred_len: int, ref_len: int) -> float:
+    """F1 of an overlap of ``overlap`` tokens between a prediction and a reference."""
+    if overlap == 0:
         return 0.0
-    precision, recall = common / len(pred), common / len(ref)
+    precision, recall = overlap / pred_len, overlap / ref_len
     return 2 * precision * recall / (precision + recall)
 
 
@@ -86,11 +90,7 @@ def _lcs(a: list[str], b: list[str]) -> int:
 def _rouge_l(pred: list[str], ref: list[str]) -> float:
     if not pred or not ref:
         return float(pred == ref)
-    lcs = _lcs(pred, ref)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(pred), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    return _f_measure(_lcs(pred, ref), len(pred), len(ref))
 
 
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
