@@ -20,13 +20,15 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from policies.errors import ConfigError
 
 DEFAULT_PORT = 5000
 MLFLOW_STOP_S = 10.0
-"""How long the MLflow UI gets to stop after SIGTERM before its process group is killed."""
+"""How long the MLflow UI's process group gets to exit after SIGTERM (and again after SIGKILL)."""
 
 
 def port_number(text: str) -> int:
@@ -191,15 +193,54 @@ def _only(names: list[str]) -> str | None:
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the MLflow UI's process group (it serves from children), then SIGKILL."""
-    if child.poll() is not None:
+    """Stop the MLflow UI: SIGTERM its process group, wait until no process of the group is
+    left (``mlflow ui`` serves from a uvicorn child that can outlive the leader), then SIGKILL
+    whatever remains. Bounded: at most twice ``MLFLOW_STOP_S``."""
+    if os.name != "posix":
+        child.terminate()
+        try:
+            child.wait(timeout=MLFLOW_STOP_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(timeout=MLFLOW_STOP_S)
         return
-    kill = (lambda s: os.killpg(child.pid, s)) if os.name == "posix" else child.send_signal
-    try:
-        kill(signal.SIGTERM)
-        child.wait(timeout=MLFLOW_STOP_S)
-    except subprocess.TimeoutExpired:
-        kill(signal.SIGKILL)
-        child.wait(timeout=MLFLOW_STOP_S)
-    except ProcessLookupError:
-        pass
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(child.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            child.poll()
+            return
+        if _group_gone(child, MLFLOW_STOP_S):
+            return
+
+
+def _group_gone(child: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Whether every process of ``child``'s group has exited within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        child.poll()  # reap the leader: a zombie still counts as a member of its group
+        if not _group_alive(child.pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs. Where ``/proc`` exists, exited (zombie)
+    members not yet reaped by their new parent do not count; elsewhere any member does."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process exited while we looked
+        if fields[0] != "Z" and int(fields[2]) == pgid:  # state, ppid, pgrp
+            return True
+    return False

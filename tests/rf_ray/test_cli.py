@@ -266,6 +266,44 @@ def test_dashboard_serves_its_page_and_the_mlflow_ui_and_stops_on_ctrl_c(tmp_pat
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    for p in (port, mlflow_port):  # both servers are gone: their ports are free again
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", p))
+    for p in (port, mlflow_port):  # both servers are gone: nothing listens on their ports
+        with socket.socket() as s:  # (SO_REUSEADDR: the closed connections' TIME_WAIT may stay)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", p))  # fails while a listener holds the port
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", p), timeout=5).close()
+
+
+_LEADER = """
+import subprocess, sys, time
+# a server child that ignores SIGTERM and outlives its leader, as a slow uvicorn worker can
+child = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "import sys; open(sys.argv[1], 'w').write('up'); time.sleep(300)", sys.argv[1]])
+time.sleep(300)
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups are POSIX")
+def test_stopping_the_mlflow_ui_leaves_no_process_of_its_group(tmp_path, monkeypatch):
+    from rf_ray.dashboard import command
+
+    monkeypatch.setattr(command, "MLFLOW_STOP_S", 2.0)
+    ready = tmp_path / "ready"
+    leader = subprocess.Popen(
+        [sys.executable, "-c", _LEADER, str(ready)],
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():  # the child writes it once its SIGTERM handler is set
+            assert time.monotonic() < deadline, "the test's server child did not start"
+            assert leader.poll() is None
+            time.sleep(0.05)
+        assert command._group_alive(leader.pid)
+        command._stop(leader)
+        assert leader.returncode is not None  # the leader is reaped
+        assert not command._group_alive(leader.pid)  # and its SIGTERM-deaf child is gone too
+    finally:
+        if command._group_alive(leader.pid):
+            os.killpg(leader.pid, signal.SIGKILL)
