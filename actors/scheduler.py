@@ -28,7 +28,11 @@ logger = logging.getLogger(__name__)
 
 
 MAX_CHARGED_DEATHS = 2
-"""Executor deaths charged to one run (its slice was in flight) before the run fails."""
+"""Executor deaths charged to one run, with no slice of it recorded in between, before the run
+fails. A death is charged to the run whose call was in flight; the run's next recorded slice
+clears its charges. So a run whose slice kills the executor each time it is re-run fails at the
+second try, while deaths that only happened to fall during its slices at different points (a
+kill from outside, host memory taken by another process) never add up against it."""
 
 MAX_TRIAL_RESTARTS = 2
 """New trials started for one run whose trial process died (killed, out of host memory, a call
@@ -61,7 +65,7 @@ class RunRow:
     """The run's last durable checkpoint (recorded with its slice)."""
     mlflow_run_id: str | None = None
     failures: int = 0
-    """Executor deaths charged to this run (see ``on_lost``)."""
+    """Executor deaths charged to this run since its last recorded slice (see ``on_lost``)."""
     trial_restarts: int = 0
     """Trials restarted for this run in this session (see ``on_trial_lost``)."""
     trial: int = 0
@@ -262,6 +266,7 @@ class SchedulerCore:
         """
         row = self._release(run_id)
         row.steps_done = end_step
+        row.failures = 0  # the slice went through: earlier deaths were not this slice's doing
         row.chunk_steps.extend(step_metrics)
         closed = None
         if row.plan.chunks_done(end_step) > row.chunks_done:
@@ -305,8 +310,9 @@ class SchedulerCore:
     def on_lost(self, run_id: int, error: str | None = None) -> set[int] | None:
         """The run's executor died before its slice finished: hand the grant back (the slice is
         re-run). ``error``: the death happened while this run's call was in flight and is
-        charged to it; at the ``MAX_CHARGED_DEATHS``-th the run fails (returns the runs pruned
-        as a consequence, as ``on_failure`` does; ``None`` while the run goes on)."""
+        charged to it; at the ``MAX_CHARGED_DEATHS``-th charge with no slice recorded in between
+        the run fails (returns the runs pruned as a consequence, as ``on_failure`` does;
+        ``None`` while the run goes on)."""
         row = self._release(run_id)
         if error is None or not is_live(row.status):
             return None
@@ -316,7 +322,7 @@ class SchedulerCore:
         return self.on_failure(
             run_id,
             f"the executor process died {_times(row.failures)} while this run's slice was in "
-            f"flight: {error}",
+            f"flight, with no slice of it completing in between: {error}",
         )
 
     def on_trial_lost(self, run_id: int, error: str) -> tuple[bool, set[int]]:

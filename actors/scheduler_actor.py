@@ -322,6 +322,7 @@ class SchedulerActor:
                 checkpoint=report.checkpoint,
                 last_metric=row.last_metric,
                 best_metric=row.best_metric,
+                failures=row.failures,  # cleared by the slice (``SchedulerCore.on_result``)
             )
             self.cond.notify_all()
             return ReportAck(row.status.value, chunk)
@@ -334,7 +335,8 @@ class SchedulerActor:
     async def release(self, run_id: int, error: str | None = None) -> None:
         """The run's executor died before its slice finished: free the grant, the slice is
         re-run. ``error``: the executor died while this run's call was in flight; the death is
-        charged to the run, and at the second one the run fails (the others go on)."""
+        charged to the run, and at the second one with no slice of the run recorded in between
+        the run fails (the others go on)."""
         async with self.cond:
             pruned = self.core.on_lost(run_id, error)
             row = self.core.runs[run_id]

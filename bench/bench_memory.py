@@ -71,10 +71,39 @@ def child(k: int, rows: int, workdir: str, result: str) -> int:
         info = psutil.Process(pid).memory_full_info()
         trials.append({"run_id": run_id, "pss_mib": info.pss / 2**20, "rss_mib": info.rss / 2**20,
                        "imported": ray.get(trial.loaded_modules.remote(WATCHED))})  # fmt: skip
+    processes = _tree_breakdown()  # every process of the tree, while every actor is still up
     exp.wait()
     exp.end()
-    Path(result).write_text(json.dumps({"trials": trials}))
+    Path(result).write_text(json.dumps({"trials": trials, "processes": processes}))
     return 0
+
+
+def _tree_breakdown() -> list[dict[str, Any]]:
+    """This process and its descendants (Ray's own processes and workers), each with its PSS:
+    what the tree's floor is made of. A Ray worker is named by its process title
+    (``ray::ExecutorActor...``), any other process by its program."""
+    import psutil
+
+    me = psutil.Process()
+    rows = []
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            cmd = proc.cmdline()
+            pss = proc.memory_full_info().pss / 2**20
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        title = cmd[0] if cmd else proc.name()
+        name = (
+            "driver"
+            if proc.pid == me.pid
+            else title.split()[0]
+            if title.startswith("ray::")
+            else Path(title).name
+            if len(cmd) == 1 or not title.endswith(("python", "python3"))
+            else f"{Path(title).name} {' '.join(Path(c).name for c in cmd[1:3])}"
+        )
+        rows.append({"pid": proc.pid, "name": name[:60], "pss_mib": round(pss, 1)})
+    return sorted(rows, key=lambda r: -r["pss_mib"])
 
 
 def measure(k: int, rows: int, workdir: Path) -> dict[str, Any]:
@@ -108,6 +137,7 @@ def measure(k: int, rows: int, workdir: Path) -> dict[str, Any]:
         "peak_processes": tree.peak_processes,
         "trial_pss_mib": sorted(t["pss_mib"] for t in trials),
         "trial_imported": sorted({m for t in trials for m in t["imported"]}),
+        "processes_at_end": json.loads(result.read_text())["processes"],
     }
 
 
@@ -133,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             points.append(measure(k, args.rows, Path(tmp) / f"k{k}"))
             print(f"  K={k}: tree PSS {points[-1]['peak_pss_mib']:.0f} MiB, "
                   f"{time.time() - t:.0f} s", flush=True)  # fmt: skip
+            for row in points[-1]["processes_at_end"][:8]:
+                print(f"    {row['pss_mib']:7.1f} MiB  {row['name']}")
     slopes = [
         (b["peak_pss_mib"] - a["peak_pss_mib"]) / (b["k"] - a["k"])
         for a, b in itertools.pairwise(points)

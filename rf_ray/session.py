@@ -51,10 +51,11 @@ SCHEDULER_UNAVAILABLE_RETRIES = 8
 
 EXECUTOR_RESTARTS = -1
 """Executor processes restart without a shared limit. What bounds restarts is the charge per run:
-a run whose call was in flight when the executor died twice fails (``actors.scheduler``), and a
-run past its slice deadline fails at once, so one run's code causes at most two restarts and a
-finite experiment causes finitely many. A shared, fixed budget is what let one bad run use up
-the restarts of every run (issue 12, item 3)."""
+a run whose call was in flight when the executor died twice, with no slice of it recorded in
+between, fails (``actors.scheduler``), and a run past its slice deadline fails at once, so one
+run's code causes at most two restarts per slice of it and a finite experiment finitely many. A
+shared, fixed budget is what let one bad run use up the restarts of every run (issue 12, item 3).
+"""
 
 HANDOVER_SECONDS = 30.0
 """How long the new scheduler waits for the driver to hand it the experiment lock."""
@@ -104,7 +105,8 @@ class _Started:
 def _start_actors(
     plan: Plan, num_executors: int, lock: Any, started: _Started
 ) -> tuple[Any, list[Any]]:
-    """Start the executor(s) and the scheduler, handing the experiment lock to the scheduler."""
+    """Start the executor(s) and the scheduler, handing the experiment lock to the scheduler.
+    The executors come first: their start-up overlaps the driver's MLflow set-up."""
     import ray
 
     from actors.base_model import BaseModelActor
@@ -117,9 +119,7 @@ def _start_actors(
     removed = remove_partial_writes(exp_dir)  # before an executor could write
     if removed:
         logger.info("removed %d interrupted checkpoint writes under %s", len(removed), exp_dir)
-    # The MLflow experiment is created here, once, before trials log to it concurrently.
-    Tracker(plan.tracking_uri, plan.name).ensure_experiment()  # raises if MLflow is unreachable
-    clear_leftover_scheduler(exp_dir)
+    clear_leftover_scheduler(exp_dir)  # refuses a scheduler another driver is starting now
     # Datasets travel as paths to the experiment's Arrow copy (see ``persist``).
     train_ref = str(exp_dir / "data" / "train")
     eval_ref = str(exp_dir / "data" / "eval") if plan.has_eval else None
@@ -136,6 +136,9 @@ def _start_actors(
             ).remote(plan.create_model_fn, train_ref, eval_ref, None, None if gpus else threads)
         )
         started.actors.append(executors[-1])
+    # While the executors start (a process, torch, the base model: the longest part of start-up)
+    # the driver creates the MLflow experiment, once, before trials log to it concurrently.
+    Tracker(plan.tracking_uri, plan.name).ensure_experiment()  # raises if MLflow is unreachable
     scheduler: Any = (
         ray.remote(SchedulerActor)
         .options(

@@ -238,10 +238,25 @@ def test_the_second_charged_death_fails_the_run_and_only_it():
     row = core.runs[1]
     assert row.status is RunStatus.FAILED
     assert row.error == (
-        "the executor process died twice while this run's slice was in flight: "
-        "ActorDiedError: gone again"
+        "the executor process died twice while this run's slice was in flight, with no slice "
+        "of it completing in between: ActorDiedError: gone again"
     )
     assert isinstance(core.grant_for(2), Grant)
+
+
+def test_a_recorded_slice_clears_the_charges_so_deaths_at_different_slices_never_add_up():
+    core = _core(1)
+    for _ in range(3):  # three deaths in all, each on another slice of run 1 (kills from outside)
+        lost = core.grant_for(1)
+        assert core.on_lost(1, "ActorDiedError: killed") is None
+        assert core.runs[1].failures == 1
+        g = core.grant_for(1)  # the same slice, re-run after the restart, goes through
+        assert (g.start_step, g.end_step) == (lost.start_step, lost.end_step)
+        core.on_result(1, g.end_step, _step(1.0), None)
+        assert core.runs[1].failures == 0
+        assert core.runs[1].status is RunStatus.RUNNING
+    core.grant_for(1)
+    assert core.on_lost(1, "ActorDiedError: killed") is None  # one charge again, not four
 
 
 def test_a_dead_trial_is_restarted_with_the_same_grant_until_its_restarts_run_out():

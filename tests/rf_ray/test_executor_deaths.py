@@ -1,6 +1,7 @@
 """Executor deaths are charged to the run in flight: a run whose code kills the executor
 process (fault injection: ``os._exit`` in its formatting function, only inside the executor)
-fails after two deaths with an error that says so; the executor restarts and the others go on.
+fails after two deaths on the same slice with an error that says so; the executor restarts
+and the others go on.
 """
 
 from __future__ import annotations
