@@ -217,8 +217,8 @@ def bench_rf_ray(mode: dict[str, Any], workdir: Path, import_seconds: float) -> 
         "first_metric_seconds": first_metric,
         "base_loads": stats["base_loads"],
         "swap_count": len(swaps),
-        "swap_p50_seconds": percentile(swaps, 50),
-        "swap_p99_seconds": percentile(swaps, 99),
+        "swap_p50_seconds": percentile(swaps, 50) if swaps else None,  # fused slices switch none
+        "swap_p99_seconds": percentile(swaps, 99) if swaps else None,
         "busy_fraction": stats["busy_fraction"],
         "busy_seconds": sum(e["busy_seconds"] for e in stats["executors"]),
         "slice_seconds_sum": sum(slice_secs),
@@ -304,6 +304,13 @@ def bench_serial(mode: dict[str, Any], workdir: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- report
 
 
+def _swaps(rf: dict[str, Any]) -> str:
+    if not rf["swap_count"]:
+        return "no switch (every slice fused)"
+    p50, p99 = rf["swap_p50_seconds"] * 1e3, rf["swap_p99_seconds"] * 1e3
+    return f"{p50:.3f} / {p99:.3f} ({rf['swap_count']} swaps)"
+
+
 def _fmt(v: Any, spec: str = ".1f", none: str = "n/a") -> str:
     return none if v is None else format(v, spec)
 
@@ -331,9 +338,7 @@ def markdown_table(res: dict[str, Any]) -> str:
          f"({_fmt(rf['time_to_all_first_metric_from_start_seconds'])} incl. imports, Ray start)",
          f"{_fmt(se['time_to_all_first_metric_seconds'])} (config k waits for k-1 full runs)"),
         ("Base-model loads", str(rf["base_loads"]), str(se["base_loads"])),
-        ("Adapter swap p50 / p99 (ms)",
-         f"{rf['swap_p50_seconds'] * 1e3:.3f} / {rf['swap_p99_seconds'] * 1e3:.3f} "
-         f"({rf['swap_count']} swaps)", "- (one process per config)"),
+        ("Adapter swap p50 / p99 (ms)", _swaps(rf), "- (one process per config)"),
         ("Executor busy fraction: run_fit / steady state",
          f"{rf['busy_fraction']:.0%} / {_fmt(rf['steady_busy_fraction'], '.0%')}", "-"),
         ("Peak RSS, process tree (MiB)",

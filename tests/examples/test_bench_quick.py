@@ -79,8 +79,11 @@ def test_bench_quick(tmp_path):
     assert all(r["eval_count"] == res["setup"]["num_chunks"] for r in se["per_config"])
     assert rf["statuses"] == ["completed"]
 
-    assert rf["swap_count"] >= n
-    assert 0 <= rf["swap_p50_seconds"] <= rf["swap_p99_seconds"]
+    # A time-sliced slice switches the active adapter, a fused one switches none; which the runs
+    # get depends on when their trials come up, so the switch figures must agree either way.
+    swaps, p50, p99 = (rf[key] for key in ("swap_count", "swap_p50_seconds", "swap_p99_seconds"))
+    assert (swaps == 0) == (p50 is None) == (p99 is None)
+    assert swaps == 0 or 0 <= p50 <= p99
     assert 0 < rf["busy_fraction"] <= 1
     assert rf["steady_busy_fraction"] is None or 0 < rf["steady_busy_fraction"] <= 1
 
