@@ -36,7 +36,9 @@ kill from outside, host memory taken by another process) never add up against it
 
 MAX_TRIAL_RESTARTS = 2
 """New trials started for one run whose trial process died (killed, out of host memory, a call
-of its own that failed in transit), per driver session; the next death fails the run."""
+of its own that failed in transit) with no slice of it recorded in between; the next death fails
+the run. As with executor deaths, the run's next recorded slice clears the count, so deaths that
+fall far apart in a long sweep never add up against it."""
 
 
 @dataclass
@@ -67,7 +69,8 @@ class RunRow:
     failures: int = 0
     """Executor deaths charged to this run since its last recorded slice (see ``on_lost``)."""
     trial_restarts: int = 0
-    """Trials restarted for this run in this session (see ``on_trial_lost``)."""
+    """Trials restarted for this run since its last recorded slice, in this session (see
+    ``on_trial_lost``)."""
     trial: int = 0
     """Which of the run's trials is its current one (counts up as trials are started): only
     the current trial is granted slices. A dead trial's request can still be waiting in the
@@ -266,7 +269,8 @@ class SchedulerCore:
         """
         row = self._release(run_id)
         row.steps_done = end_step
-        row.failures = 0  # the slice went through: earlier deaths were not this slice's doing
+        # The slice went through: earlier executor or trial deaths were not this slice's doing.
+        row.failures = row.trial_restarts = 0
         row.chunk_steps.extend(step_metrics)
         closed = None
         if row.plan.chunks_done(end_step) > row.chunks_done:

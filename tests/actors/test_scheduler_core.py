@@ -259,6 +259,18 @@ def test_a_recorded_slice_clears_the_charges_so_deaths_at_different_slices_never
     assert core.on_lost(1, "ActorDiedError: killed") is None  # one charge again, not four
 
 
+def test_a_recorded_slice_clears_the_trial_restarts_too():
+    core = _core(1, chunks=MAX_TRIAL_RESTARTS + 2)  # one slice per chunk
+    for _ in range(MAX_TRIAL_RESTARTS + 2):  # more trial deaths than restarts, each on a new slice
+        core.grant_for(1)
+        assert core.on_trial_lost(1, "ActorDiedError: trial killed") == (True, set())
+        g = core.grant_for(1)  # the new trial's grant goes through
+        core.on_result(1, g.end_step, _step(1.0), None)
+        assert core.runs[1].trial_restarts == 0
+    assert core.runs[1].status is RunStatus.COMPLETED
+    assert core.runs[1].error is None
+
+
 def test_a_dead_trial_is_restarted_with_the_same_grant_until_its_restarts_run_out():
     core = _core(2)
     g = core.grant_for(1)
