@@ -92,18 +92,22 @@ def _tree_breakdown() -> list[dict[str, Any]]:
             pss = proc.memory_full_info().pss / 2**20
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        title = cmd[0] if cmd else proc.name()
-        name = (
-            "driver"
-            if proc.pid == me.pid
-            else title.split()[0]
-            if title.startswith("ray::")
-            else Path(title).name
-            if len(cmd) == 1 or not title.endswith(("python", "python3"))
-            else f"{Path(title).name} {' '.join(Path(c).name for c in cmd[1:3])}"
-        )
+        name = "driver" if proc.pid == me.pid else _label(cmd or [proc.name()])
         rows.append({"pid": proc.pid, "name": name[:60], "pss_mib": round(pss, 1)})
     return sorted(rows, key=lambda r: -r["pss_mib"])
+
+
+def _label(cmd: list[str]) -> str:
+    """``ray::TrialActor`` for a Ray worker (its process title), ``python -u monitor.py`` for a
+    Python script, the program's name otherwise (``raylet``, ``gcs_server``)."""
+    if cmd[0].startswith("ray::"):
+        return cmd[0].split()[0]
+    if len(cmd) == 1:  # a process that rewrote its title into one string
+        cmd = cmd[0].split()
+    program = Path(cmd[0]).name
+    if program.startswith("python"):
+        return " ".join([program, *(Path(c).name for c in cmd[1:3])])
+    return program
 
 
 def measure(k: int, rows: int, workdir: Path) -> dict[str, Any]:

@@ -85,7 +85,9 @@ def _train(specs, data, fuse):
 
 
 def _weights(executor, spec):
-    state = get_peft_model_state_dict(executor.bases["toy"].model, adapter_name=spec.adapter_name)
+    state = get_peft_model_state_dict(
+        executor.bases[spec.model_key].model, adapter_name=spec.adapter_name
+    )
     return torch.cat([v.flatten() for _, v in sorted(state.items())]).clone()
 
 

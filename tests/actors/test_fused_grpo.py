@@ -18,14 +18,14 @@ from __future__ import annotations
 import zlib
 
 import pytest
-import torch
-from peft import get_peft_model_state_dict
 
 from actors.executor import Executor
 from rf_ray.configs import RFGRPOConfig, RFModelConfig
 from rf_ray.search import RFGridSearch
 from rf_ray.specs import build_specs
 from rf_ray.toy import TOY_MODEL_NAME, arithmetic_reward, grpo_dataset, load_toy_model
+from tests.actors.test_fused import _train as train_both_chunks
+from tests.actors.test_fused import _weights
 
 N = 8
 BASE = dict(
@@ -59,29 +59,7 @@ def _specs(tmp_path, runs):
 
 
 def _train(specs, fuse):
-    executor = Executor(lambda _: load_toy_model(), grpo_dataset(N), device="cpu")
-    for spec in specs:
-        executor.add_run(spec)
-    initial = {s.run_id: _weights(executor, s) for s in specs}
-    steps = {s.run_id: [] for s in specs}
-    for chunk in range(2):
-        grants = [(s.run_id, s.plan.chunk_bounds(chunk)[1], False) for s in specs]
-        if fuse:
-            outcomes = executor.run_fused(grants)
-        else:
-            outcomes = {r: executor.run_slice(r, end) for r, end, _ in grants}
-        for run_id, result in outcomes.items():
-            assert not isinstance(result, BaseException), result
-            assert result.fused_with == (len(specs) if fuse else 1)
-            steps[run_id] += result.step_metrics
-    return executor, initial, steps
-
-
-def _weights(executor, spec):
-    state = get_peft_model_state_dict(
-        executor.bases[spec.model_key].model, adapter_name=spec.adapter_name
-    )
-    return torch.cat([v.flatten() for _, v in sorted(state.items())]).clone()
+    return train_both_chunks(specs, grpo_dataset(N), fuse)
 
 
 RUNS = [
