@@ -212,6 +212,11 @@ def _stop(child: subprocess.Popen[bytes]) -> None:
             return
         if _group_gone(child, MLFLOW_STOP_S):
             return
+    print(
+        f"the MLflow UI's process group {child.pid} still runs {MLFLOW_STOP_S:g} s after SIGKILL;"
+        f" stop it with: kill -9 -- -{child.pid}",
+        file=sys.stderr,
+    )
 
 
 def _group_gone(child: subprocess.Popen[bytes], timeout: float) -> bool:
