@@ -21,10 +21,10 @@ import os
 import time
 from typing import Any
 
-from actors import durable
 from actors.messages import Exit, Grant, Report, ReportAck, RunEntry
 from actors.scheduler import MAX_TRIAL_RESTARTS, RunRow, SchedulerCore
-from actors.store import Store
+from actors.storage import durable
+from actors.storage.store import Store
 from policies.chunking import ChunkPlan
 from policies.errors import OpError
 from policies.fusion import FusionPolicy
@@ -169,7 +169,7 @@ class SchedulerActor:
     def _spawn(self, row: RunRow) -> None:
         import ray
 
-        from actors.trial import TrialActor
+        from actors.trial_actor import TrialActor
 
         row.trial += 1
         trial = (

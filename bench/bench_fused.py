@@ -26,8 +26,8 @@ test suite's run: K=2, one batch size, one repetition).
 
 ``--grpo`` benchmarks GRPO instead (issue 16): K GRPO configs (learning rates x LoRA ranks, each
 with its own reward functions) fused (generation, old/reference log-probs and loss passes
-shared; ``actors.fused_grpo``) against time-sliced, under successive halving (eta 2, mean reward
-of the chunk, max) over ``GRPO_CHUNKS`` chunks. It reports training tokens/s (prompt +
+shared; ``actors.engine.fused_grpo``) against time-sliced, under successive halving (eta 2, mean
+reward of the chunk, max) over ``GRPO_CHUNKS`` chunks. It reports training tokens/s (prompt +
 completion tokens, as TRL counts them) and the time until every config is decided (pruned, or
 the one left as winner), model load included: ``python bench/bench_fused.py --grpo --ks 4``.
 """
@@ -76,7 +76,7 @@ def _specs(k: int, batch: int, workdir: Path) -> list[Any]:
     from peft import LoraConfig
     from trl import SFTConfig
 
-    from actors.spec import RunSpec
+    from actors.engine.spec import RunSpec
     from policies.chunking import ChunkPlan
 
     rates = [3e-3, 1e-3, 3e-4, 1e-4, 2e-3, 5e-4, 2e-4, 5e-5]
@@ -187,7 +187,7 @@ def _groups(specs: list[Any]) -> list[list[int]]:
 
 def run_engine(k: int, batch: int, fused: bool, workdir: Path, model: str) -> dict[str, Any]:
     """Fused or time-sliced: one executor, K runs, two chunks."""
-    from actors.executor import Executor
+    from actors.engine.executor import Executor
     from rf_ray.toy import sft_dataset
 
     start = time.perf_counter()
@@ -286,7 +286,7 @@ def _grpo_specs(k: int, workdir: Path) -> list[Any]:
     from peft import LoraConfig
     from trl import GRPOConfig
 
-    from actors.spec import RunSpec
+    from actors.engine.spec import RunSpec
     from policies.chunking import ChunkPlan, repeat_sampler_length
     from rf_ray.toy import arithmetic_reward, format_reward
 
@@ -332,7 +332,7 @@ def _grpo_specs(k: int, workdir: Path) -> list[Any]:
 
 def run_grpo(k: int, fused: bool, workdir: Path, model: str) -> dict[str, Any]:
     """K GRPO runs under successive halving, fused or time-sliced, on one executor."""
-    from actors.executor import Executor
+    from actors.engine.executor import Executor
     from policies.pruning import SuccessiveHalving
     from rf_ray.toy import grpo_dataset
 

@@ -6,7 +6,8 @@ that every adapter generates something of its own) sit on one resident base mode
 completes the same ``--prompts`` eval prompts of the toy task greedily, ``--new-tokens`` tokens
 at most, two ways:
 
-1. **batched**: ``actors.generation.generate_multi`` with all K requests: one ``generate`` call,
+1. **batched**: ``actors.engine.generation.generate_multi`` with all K requests: one ``generate``
+call,
    the base layers run once per decoding step for all K x prompts rows, each LoRA layer adds
    each run's adapter to its own rows;
 2. **one after another**: ``generate_multi`` with one request at a time (what a per-run
@@ -80,8 +81,8 @@ def build(model_name: str, k: int) -> tuple[Any, Any, list[str]]:
 def requests(tokenizer: Any, names: list[str], prompts: int, new_tokens: int) -> list[Any]:
     import transformers
 
-    from actors.gen_eval import encode_prompts
-    from actors.generation import GenRequest
+    from actors.engine.gen_eval import encode_prompts
+    from actors.engine.generation import GenRequest
     from rf_ray.toy import sft_eval_dataset
 
     texts = sft_eval_dataset(prompts, seed=1)["prompt"]
@@ -106,7 +107,7 @@ def generated_tokens(outputs: list[Any], reqs: list[Any], eos: int) -> int:
 def measure(model: Any, reqs: list[Any], batched: bool, eos: int) -> dict[str, Any]:
     import torch
 
-    from actors.generation import generate_multi
+    from actors.engine.generation import generate_multi
 
     if torch.cuda.is_available():
         torch.cuda.synchronize()

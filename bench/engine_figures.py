@@ -1,5 +1,5 @@
 """Start-up breakdown, busy fraction and slice overhead of one rf-ray ``run_fit``, from the
-executors' timelines (``actors.timeline``, in ``Experiment.stats()``).
+executors' timelines (``actors.engine.timeline``, in ``Experiment.stats()``).
 
 * start-up: seconds from ``run_fit``'s call to Ray being up (measured by the caller), the first
   executor's base model being resident, the first slice starting, and every run placed on an

@@ -35,7 +35,7 @@ def _spec(workdir: Path, run_id: int, lr: float, rank: int, dropout: float = 0.1
     from peft import LoraConfig
     from trl import SFTConfig
 
-    from actors.spec import RunSpec
+    from actors.engine.spec import RunSpec
     from policies.chunking import ChunkPlan
 
     args = SFTConfig(
@@ -66,7 +66,7 @@ def _resume_check(executor, work: Path, dropout: float, cuda: bool) -> None:
     losses must equal a run that never stopped (exactly on the CPU)."""
     import torch
 
-    from actors import checkpoint
+    from actors.storage import checkpoint
 
     seen: list[str] = []
 
@@ -119,7 +119,7 @@ def _resume_check(executor, work: Path, dropout: float, cuda: bool) -> None:
 def main() -> int:
     import torch
 
-    from actors.executor import Executor
+    from actors.engine.executor import Executor
     from rf_ray.toy import load_toy_model, sft_dataset
 
     cuda = torch.cuda.is_available()

@@ -1,4 +1,4 @@
-"""Fusion groups: which runs share one pass over the base model (see ``actors.fused``).
+"""Fusion groups: which runs share one pass over the base model (see ``actors.engine.fused``).
 
 When the scheduler grants a slice to a run (the leader), it may add other runs to the grant, so
 that the executor trains them together in one fused pass. A run joins the leader's group when:

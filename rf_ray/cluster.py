@@ -152,7 +152,7 @@ def record_cluster(exp_dir: Path) -> None:
 
     import ray
 
-    from actors.durable import atomic_write
+    from actors.storage.durable import atomic_write
 
     record = {
         "address": ray.get_runtime_context().gcs_address,

@@ -230,7 +230,7 @@ class RFModelConfig:
         eval_generations: int = 32,
         eval_prompts_fn: Callable[..., Any] | None = None,
     ) -> None:
-        # Generation metrics at each chunk end (actors.gen_eval, rf_ray.metrics)
+        # Generation metrics at each chunk end (actors.engine.gen_eval, rf_ray.metrics)
         self.generation_eval = _generation_eval(eval_metrics_fn, eval_generations, eval_prompts_fn)
         names = model_name.values if isinstance(model_name, List) else (model_name,)
         for name in names:
@@ -303,7 +303,7 @@ class RFModelConfig:
 
 def _generation_eval(metrics_fn: Any, generations: Any, prompts_fn: Any) -> Any:
     """``RFModelConfig``'s generation-metric fields as one ``GenerationEval`` (or None)."""
-    from actors.gen_eval import GenerationEval
+    from actors.engine.gen_eval import GenerationEval
     from rf_ray.metrics import resolve_metrics_fn
 
     if is_knob(metrics_fn):

@@ -20,8 +20,8 @@ from typing import Any
 
 import pandas as pd
 
-from actors.gen_eval import check_eval_set
-from actors.store import Store
+from actors.engine.gen_eval import check_eval_set
+from actors.storage.store import Store
 from actors.tracking import default_tracking_uri
 from policies.errors import ConfigError, ExperimentExistsError
 from policies.fusion import FusionPolicy
@@ -106,8 +106,8 @@ class Experiment:
         with ``wait()``.
 
         ``fusion`` trains runs that share a base model (SFT, DPO) several at a time in one pass
-        over it (``actors.fused``); ``False`` time-slices every run, a ``FusionPolicy`` sets the
-        group size and token budget.
+        over it (``actors.engine.fused``); ``False`` time-slices every run, a ``FusionPolicy`` sets
+        the group size and token budget.
 
         ``slice_timeout`` (seconds, > 0, or None for no deadline) bounds one slice: past it the
         run fails with an error naming the slice and what was running (a hung reward or

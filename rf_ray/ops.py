@@ -12,8 +12,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from actors.spec import RunSpec
-from actors.store import Store
+from actors.engine.spec import RunSpec
+from actors.storage.store import Store
 from policies.errors import ConfigError, OpError
 from policies.state import OPS
 from rf_ray import spec_store

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors.durable import make_private_dir, resolve
+from actors.engine.spec import RunSpec
 from actors.messages import RunEntry
-from actors.spec import RunSpec
-from actors.store import Store
+from actors.storage.durable import make_private_dir, resolve
+from actors.storage.store import Store
 from policies.chunking import ChunkPlan
 from policies.errors import ConfigError
 from policies.fusion import FusionPolicy

@@ -2,7 +2,7 @@
 (``rf_ray/cli/samples.py``), ``rf-ray status`` and the live view.
 
 Runs with ``eval_metrics_fn`` keep their last chunk's eval prompts, references and generations
-in ``runs/<id>/samples.json`` (``actors.gen_eval``); this reads that file only, so it is safe
+in ``runs/<id>/samples.json`` (``actors.engine.gen_eval``); this reads that file only, so it is safe
 while the experiment trains. ``generation_metrics`` gives ``rf-ray status`` and the live view
 the runs' last generation metrics from the same files.
 """
@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from actors.gen_eval import read_samples
+from actors.engine.gen_eval import read_samples
 
 MAX_COLUMNS = 2
 """At most this many generation metrics get a column in status and the live view."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors.store import Store
+from actors.storage.store import Store
 from policies.errors import ConfigError
 from rf_ray.cluster import (
     LOCK_WAIT_SECONDS,
@@ -109,9 +109,9 @@ def _start_actors(
     The executors come first: their start-up overlaps the driver's MLflow set-up."""
     import ray
 
-    from actors.base_model import BaseModelActor
-    from actors.checkpoint import remove_partial_writes
+    from actors.base_model_actor import BaseModelActor
     from actors.scheduler_actor import SchedulerActor
+    from actors.storage.checkpoint import remove_partial_writes
     from actors.tracking import Tracker
 
     exp_dir = plan.dir

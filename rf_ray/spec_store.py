@@ -35,9 +35,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from actors.durable import FILE_MODE, atomic_write, fsync_dir, make_private_dir
-from actors.spec import RunSpec
-from actors.store import Store
+from actors.engine.spec import RunSpec
+from actors.storage.durable import FILE_MODE, atomic_write, fsync_dir, make_private_dir
+from actors.storage.store import Store
 from policies.chunking import ChunkPlan
 from policies.errors import ConfigError
 

@@ -2,9 +2,9 @@
 
 ``RunConfig`` is one run with no knobs left (``rf_ray.search`` expands a search into these).
 ``build_trl_config`` and ``build_lora_config`` turn it into the TRL and PEFT objects (which
-validates them); ``build_specs`` makes each run's ``RunSpec`` (``actors.spec``): those objects,
-the run's chunk plan (``policies.chunking.ChunkPlan``) and its flat params. ``to_jsonable`` is
-the package's one JSON sanitiser.
+validates them); ``build_specs`` makes each run's ``RunSpec`` (``actors.engine.spec``): those
+objects, the run's chunk plan (``policies.chunking.ChunkPlan``) and its flat params.
+``to_jsonable`` is the package's one JSON sanitiser.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from actors.spec import RunSpec
+from actors.engine.spec import RunSpec
 from policies.chunking import ChunkPlan, repeat_sampler_length
 from policies.errors import ConfigError
 from rf_ray.compat import IGNORED_TRAINER_FIELDS, RETIRED_TRAINER_FIELDS, forwarded_reporters
@@ -126,7 +126,8 @@ class RunConfig:
     generation_config: dict[str, Any] | None = None
     """Generation settings (GRPO sampling, evaluation), or None."""
     generation_eval: Any = None
-    """Generation metrics at each chunk end (an ``actors.gen_eval.GenerationEval``), or None."""
+    """Generation metrics at each chunk end (an ``actors.engine.gen_eval.GenerationEval``), or
+    None."""
     ignored: dict[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
     """RFModelConfig fields accepted but not used: field -> what rf-ray does instead (not
     stored: ``run_fit`` warns about them once)."""

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from actors.store import Store
+from actors.storage.store import Store
 from tests import waits
 
 

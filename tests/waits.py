@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from actors.store import Store
+from actors.storage.store import Store
 
 POLL_SECONDS = 0.1
 

@@ -14,8 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from actors.gen_eval import SAMPLES_FILE, read_samples
-from actors.store import Store
+from actors.engine.gen_eval import SAMPLES_FILE, read_samples
+from actors.storage.store import Store
 from policies.errors import ConfigError
 from rf_ray.experiment import DEFAULT_ROOT
 from rf_ray.samples import side_by_side

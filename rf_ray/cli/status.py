@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from actors.store import Store
+from actors.storage.store import Store
 from policies.errors import ConfigError
 from rf_ray.experiment import DEFAULT_ROOT
 from rf_ray.samples import generation_metrics, metric_columns

@@ -33,7 +33,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from actors.store import Store
+from actors.storage.store import Store
 from policies.errors import ConfigError, OpError
 from rf_ray.dashboard import reads
 from rf_ray.dashboard.guard import Guard, GuardMiddleware, session_of, set_session

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.scheduler_actor import LOCK_FILE
-from actors.store import Store, readonly_uri
+from actors.storage.store import Store, readonly_uri
 from policies.errors import ConfigError
 
 logger = logging.getLogger(__name__)

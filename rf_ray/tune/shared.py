@@ -32,7 +32,7 @@ DEFAULT_TRIAL_RESOURCES: dict[str, float] = {"cpu": 0.1, "gpu": 0}
 # ---------------------------------------------------------------------------- store helpers
 def read_progress(exp_dir: Path) -> tuple[dict[int, dict[str, Any]], list[tuple[int, int, Any]]]:
     """The experiment's runs by id, and its chunk metrics ``(run_id, chunk, metrics)``."""
-    from actors.store import Store
+    from actors.storage.store import Store
 
     store = Store(exp_dir, readonly=True)
     try:

@@ -21,9 +21,9 @@ import cloudpickle
 import pytest
 import torch
 
-from actors import checkpoint
-from actors.base_model import BaseModelActor
-from actors.ckpt_writer import CheckpointError, CheckpointWriter, state_bytes
+from actors.base_model_actor import BaseModelActor
+from actors.engine.ckpt_writer import CheckpointError, CheckpointWriter, state_bytes
+from actors.storage import checkpoint
 from policies.errors import RunNotPlacedError
 from rf_ray.toy import load_toy_model, sft_dataset
 from tests.actors.test_idempotent_slice import N, _spec

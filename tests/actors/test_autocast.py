@@ -13,8 +13,8 @@ from __future__ import annotations
 from peft import LoraConfig
 from trl import SFTConfig
 
-from actors.executor import Executor
-from actors.spec import RunSpec
+from actors.engine.executor import Executor
+from actors.engine.spec import RunSpec
 from policies.chunking import ChunkPlan
 from rf_ray.toy import load_toy_model, sft_dataset
 

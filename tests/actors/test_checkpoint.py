@@ -8,9 +8,9 @@ import torch
 from peft import LoraConfig, get_peft_model_state_dict
 from trl import SFTConfig
 
-from actors import checkpoint
-from actors.executor import Executor
-from actors.spec import RunSpec
+from actors.engine.executor import Executor
+from actors.engine.spec import RunSpec
+from actors.storage import checkpoint
 from policies.chunking import ChunkPlan
 from rf_ray.toy import load_toy_model, sft_dataset
 

@@ -10,7 +10,7 @@ import stat
 import pytest
 import torch
 
-from actors import checkpoint, durable
+from actors.storage import checkpoint, durable
 
 
 def _state(steps: int, value: float) -> dict:

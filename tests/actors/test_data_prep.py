@@ -10,7 +10,7 @@ import dataclasses
 import torch
 from peft import get_peft_model_state_dict
 
-from actors.executor import Executor
+from actors.engine.executor import Executor
 from rf_ray.toy import load_toy_model, sft_dataset
 from tests.actors.test_idempotent_slice import N, _spec
 

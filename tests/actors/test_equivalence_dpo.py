@@ -10,8 +10,8 @@ import torch
 from peft import LoraConfig, get_peft_model_state_dict
 from trl import DPOConfig, DPOTrainer
 
-from actors.executor import Executor
-from actors.spec import RunSpec
+from actors.engine.executor import Executor
+from actors.engine.spec import RunSpec
 from policies.chunking import ChunkPlan, epoch_order
 from rf_ray.toy import dpo_dataset, load_toy_model
 

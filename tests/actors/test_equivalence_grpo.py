@@ -19,8 +19,8 @@ from peft import LoraConfig, get_peft_model_state_dict
 from transformers.trainer_callback import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from actors.algorithms.grpo import LoaderBatches, checked_reward
-from actors.executor import Executor
+from actors.engine.algorithms.grpo import LoaderBatches, checked_reward
+from actors.engine.executor import Executor
 from policies.errors import RunFailedError
 from rf_ray.configs import RFGRPOConfig, RFModelConfig
 from rf_ray.search import RFGridSearch

@@ -23,9 +23,9 @@ import torch
 from peft import LoraConfig, get_peft_model_state_dict
 from trl import DPOConfig, SFTConfig
 
-from actors import fused
-from actors.executor import Executor
-from actors.spec import RunSpec
+from actors.engine import fused
+from actors.engine.executor import Executor
+from actors.engine.spec import RunSpec
 from policies.chunking import ChunkPlan
 from rf_ray.toy import dpo_dataset, load_toy_model, sft_dataset
 

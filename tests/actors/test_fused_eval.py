@@ -20,9 +20,9 @@ import torch
 from peft import LoraConfig
 from trl import DPOConfig, SFTConfig
 
-from actors import fused_eval
-from actors.executor import Executor
-from actors.spec import RunSpec
+from actors.engine import fused_eval
+from actors.engine.executor import Executor
+from actors.engine.spec import RunSpec
 from policies.chunking import ChunkPlan
 from rf_ray.toy import dpo_dataset, load_toy_model, sft_dataset
 
@@ -177,7 +177,7 @@ def test_out_of_memory_in_a_fused_eval_pass_serves_each_run_alone(tmp_path, monk
     as time-sliced evaluation makes it (its adapter active), so the metrics are the same."""
     import contextlib
 
-    from actors import fused
+    from actors.engine import fused
 
     specs = [_sft(tmp_path, 1, 1e-2), _sft(tmp_path, 2, 3e-2, r=8)]
     executor = _trained(specs, sft_dataset(24, seed=3), sft_dataset(8, seed=9))

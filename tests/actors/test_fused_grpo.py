@@ -19,7 +19,7 @@ import zlib
 
 import pytest
 
-from actors.executor import Executor
+from actors.engine.executor import Executor
 from rf_ray.configs import RFGRPOConfig, RFModelConfig
 from rf_ray.search import RFGridSearch
 from rf_ray.specs import build_specs

@@ -12,9 +12,9 @@ from peft import LoraConfig
 from transformers import GenerationConfig
 from trl import SFTConfig
 
-from actors.executor import Executor
-from actors.gen_eval import SAMPLES_FILE, GenerationEval
-from actors.spec import RunSpec
+from actors.engine.executor import Executor
+from actors.engine.gen_eval import SAMPLES_FILE, GenerationEval
+from actors.engine.spec import RunSpec
 from policies.chunking import ChunkPlan
 from policies.errors import RunFailedError
 from rf_ray.metrics import MetricSet
@@ -152,13 +152,13 @@ def test_time_sliced_chunk_end_generates_too(fused_chunk):
     ],
 )
 def test_prompts_and_references_come_from_the_known_columns(row, prompt, reference):
-    from actors.gen_eval import prompt_and_reference
+    from actors.engine.gen_eval import prompt_and_reference
 
     assert prompt_and_reference(row) == (prompt, reference)
 
 
 def test_a_prompts_fn_reads_other_columns_and_chat_prompts_use_the_template():
-    from actors.gen_eval import encode_prompts, prompt_and_reference
+    from actors.engine.gen_eval import encode_prompts, prompt_and_reference
 
     row = {"question": "reverse: a b", "answer": "b a"}
     assert prompt_and_reference(row, lambda r: (r["question"], r["answer"])) == (

@@ -1,4 +1,4 @@
-"""Multi-adapter generation (``actors.generation.generate_multi``) against each adapter's own
+"""Multi-adapter generation (``actors.engine.generation.generate_multi``) against each adapter's own
 ``model.generate``: one batched call must give every request what it would get alone.
 
 Greedy: identical tokens. Sampling: each request draws from its own generator in the order its
@@ -13,7 +13,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import GenerationConfig
 
-from actors.generation import GenRequest, generate_multi
+from actors.engine.generation import GenRequest, generate_multi
 from rf_ray.toy import load_toy_model, sft_eval_dataset
 
 RANKS = {"run_1": 2, "run_2": 4, "run_3": 8}

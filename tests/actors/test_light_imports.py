@@ -1,8 +1,8 @@
 """The processes that hold no model stay light: importing what they import pulls in no torch.
 
 Ray imports an actor's module wherever one of its handles is deserialized: every trial holds a
-``BaseModelActor`` handle, so a module-level ``import torch`` in ``actors/base_model.py`` would
-load torch into every trial process (about 250 MiB each, measured by bench/bench_compare.py).
+``BaseModelActor`` handle, so a module-level ``import torch`` in ``actors/base_model_actor.py``
+would load torch into every trial process (about 250 MiB each, measured by bench/bench_compare.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ HEAVY = ("torch", "transformers", "trl", "peft", "datasets")
 
 @pytest.mark.parametrize(
     "module",
-    ["actors.base_model", "actors.trial", "actors.scheduler_actor", "actors.tracking"],
+    ["actors.base_model_actor", "actors.trial_actor", "actors.scheduler_actor", "actors.tracking"],
 )
 def test_module_imports_no_heavy_library(module: str) -> None:
     code = (

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from actors.store import Store
+from actors.storage.store import Store
 
 
 def _add(store: Store, run_id: int) -> None:

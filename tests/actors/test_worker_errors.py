@@ -18,9 +18,9 @@ import pytest
 from peft import LoraConfig
 from trl import SFTConfig
 
-from actors.base_model import BaseModelActor
-from actors.executor import Executor
-from actors.spec import RunSpec
+from actors.base_model_actor import BaseModelActor
+from actors.engine.executor import Executor
+from actors.engine.spec import RunSpec
 from policies.chunking import ChunkPlan
 from policies.errors import RunFailedError
 from rf_ray.toy import load_toy_model, sft_dataset, sft_eval_dataset

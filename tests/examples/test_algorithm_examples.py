@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.store import Store
+from actors.storage.store import Store
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -210,7 +210,7 @@ def _is_live(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_sft_grid_runs_as_a_ray_job(ray_head, tmp_path):
-    from actors.store import Store
+    from actors.storage.store import Store
 
     address, env = ray_head
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from actors.store import Store
+from actors.storage.store import Store
 from rf_ray import Experiment, List, NoPruning, RFModelConfig, RFSFTConfig
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
 from tests.rf_ray.test_durability import _descendants_named, _kill_started_under

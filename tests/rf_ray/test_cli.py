@@ -1,7 +1,7 @@
 """The ``rf-ray`` command line: status, list, dashboard and demo, on a real store built by hand.
 
-No Ray: the experiment directory is written with ``actors.store.Store`` directly, the way the
-scheduler writes it, and ``rf_ray.cli.main(argv)`` is called in-process.
+No Ray: the experiment directory is written with ``actors.storage.store.Store`` directly, the way
+the scheduler writes it, and ``rf_ray.cli.main(argv)`` is called in-process.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.store import Store
+from actors.storage.store import Store
 from policies.errors import ConfigError
 from policies.pruning import SuccessiveHalving
 from rf_ray import cli

@@ -3,8 +3,8 @@ Origin or Host, no access token when remote, ops on a finished experiment, ops t
 refuses) and steering a real running experiment through the same path as ``rf-ray ops``.
 
 The server is the real app under uvicorn on a loopback port, in a thread of the test process.
-The fast tests read a store written by hand with ``actors.store.Store`` (as the scheduler writes
-it); the steering test runs a real experiment on the shared Ray cluster.
+The fast tests read a store written by hand with ``actors.storage.store.Store`` (as the scheduler
+writes it); the steering test runs a real experiment on the shared Ray cluster.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from actors.scheduler_actor import hold_experiment_lock
-from actors.store import Store
+from actors.storage.store import Store
 from rf_ray import cli
 from rf_ray.dashboard import command
 from rf_ray.dashboard.app import Settings, create_app

@@ -23,7 +23,7 @@ import pytest
 import ray
 
 from actors.scheduler_actor import experiment_locked
-from actors.store import Store
+from actors.storage.store import Store
 from rf_ray import ConfigError, Experiment, NoPruning, RFModelConfig, RFSFTConfig
 from rf_ray import plan as plans
 from rf_ray import session as sessions

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.store import Store
+from actors.storage.store import Store
 from rf_ray import ConfigError, Experiment
 from tests.rf_ray.test_locking import ROWS, _config, _finish, _start_held
 

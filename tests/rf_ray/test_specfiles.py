@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.store import Store
+from actors.storage.store import Store
 from policies.errors import ConfigError
 from rf_ray import spec_store as specfiles
 from rf_ray.specs import RunConfig, build_specs

@@ -17,7 +17,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from actors.store import Store
+from actors.storage.store import Store
 from policies.errors import ConfigError, UnknownKnobError
 from policies.pruning import NoPruning
 from rf_ray import Experiment, List, RFGridSearch, RFModelConfig, RFSFTConfig

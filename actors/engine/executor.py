@@ -16,9 +16,9 @@ order), so a run trained in interleaved slices equals a vanilla ``SFTTrainer.tra
 same example order; ``tests/actors/test_equivalence.py`` holds it to that.
 
 Two roles live in their own modules, as functions taking the executor, behind one-line methods
-here: the fused slice path (``run_fused``) in ``actors.fused_slice``, and evaluation
+here: the fused slice path (``run_fused``) in ``actors.engine.fused_slice``, and evaluation
 (``evaluate``, ``evaluate_group``, ``generation_metrics``, evaluation inside a slice) in
-``actors.evaluation``.
+``actors.engine.evaluation``.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from typing import Any
 
 import torch
 
-from actors import algorithms, evaluation, fused, fused_slice
-from actors.data_prep import PreparedDatasets
+from actors.engine import algorithms, evaluation, fused, fused_slice
+from actors.engine.data_prep import PreparedDatasets
+from actors.engine.spec import RunSpec
+from actors.engine.timeline import Timeline
 from actors.messages import SliceResult
-from actors.spec import RunSpec
-from actors.timeline import Timeline
 from policies.errors import RunFailedError, RunNotPlacedError
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class Executor:
         self.prepared = PreparedDatasets()
         """Prepared datasets shared by runs with the same preparation setting."""
         self.timeline = Timeline()
-        """Start-up milestones and slice timings (``actors.timeline``), for benchmarks."""
+        """Start-up milestones and slice timings (``actors.engine.timeline``), for benchmarks."""
 
     # ------------------------------------------------------------------ bases and adapters
     def load_base(self, spec: RunSpec) -> None:
@@ -201,7 +201,7 @@ class Executor:
         self._active = spec.run_id
         args = self._device_args(spec.trl_args)
         previous_forward = entry.raw_model.forward
-        # Data preparation once per distinct setting (actors.data_prep): a later run with the
+        # Data preparation once per distinct setting (actors.engine.data_prep): a later run with the
         # same setting gets the prepared datasets and TRL skips preparing them again.
         prep_key = self.prepared.key(spec, args)
         shared = self.prepared.lookup(prep_key)
@@ -246,7 +246,7 @@ class Executor:
         self.registry[spec.run_id] = record
         self.timeline.added_at.setdefault(spec.run_id, time.time())
         if state is not None:
-            from actors.checkpoint import restore_into
+            from actors.storage.checkpoint import restore_into
 
             restore_into(record, entry.model, state)
 
@@ -459,29 +459,29 @@ class Executor:
 
     # ------------------------------------------------------------------ fused slices
     def fusable(self, run_id: int) -> str | None:
-        """``None`` if the run can share a fused pass, else why not (see ``actors.fused``)."""
+        """``None`` if the run can share a fused pass, else why not (see ``fused.fusable``)."""
         record = self.registry[run_id]
         return fused.fusable(record, self.bases[record.spec.model_key].model)
 
     def run_fused(
         self, grants: list[tuple[int, int, bool]]
     ) -> dict[int, SliceResult | BaseException]:
-        """Train several runs' slices in one fused pass (``actors.fused_slice.run_fused``)."""
+        """Train several runs' slices in one fused pass (``fused_slice.run_fused``)."""
         return fused_slice.run_fused(self, grants)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_group(
         self, run_ids: list[int]
     ) -> dict[int, dict[str, float] | BaseException | None]:
-        """Evaluate runs of one base fused where possible (``actors.evaluation.evaluate_group``)."""
+        """Evaluate runs of one base fused where possible (``evaluation.evaluate_group``)."""
         return evaluation.evaluate_group(self, run_ids)
 
     def evaluate(self, run_id: int, generate: bool = True) -> dict[str, float] | None:
-        """Evaluate one run on the eval set (``actors.evaluation.evaluate``)."""
+        """Evaluate one run on the eval set (``actors.engine.evaluation.evaluate``)."""
         return evaluation.evaluate(self, run_id, generate)
 
     def generation_metrics(self, run_ids: list[int]) -> dict[int, dict[str, float] | BaseException]:
-        """Generation metrics of the runs (``actors.evaluation.generation_metrics``)."""
+        """Generation metrics of the runs (``actors.engine.evaluation.generation_metrics``)."""
         return evaluation.generation_metrics(self, run_ids)
 
     # ------------------------------------------------------------------ introspection

@@ -1,6 +1,6 @@
 """The fused slice path of the executor: several runs' slices trained in one pass.
 
-``run_fused`` trains a group of runs that share a base model in one pass (``actors.fused``
+``run_fused`` trains a group of runs that share a base model in one pass (``actors.engine.fused``
 holds the fused LoRA layers and the per-run cursors); runs that cannot be fused, and the rest
 of a group whose fused pass fails, are time-sliced through ``Executor.run_slice``. The
 functions take the executor (``Executor.run_fused`` delegates here).
@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from actors import algorithms, fused
+from actors.engine import algorithms, fused
 from actors.messages import SliceResult
 
 if TYPE_CHECKING:
-    from actors.executor import Executor
+    from actors.engine.executor import Executor
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ def run_fused(  # noqa: C901  the fused slice loop: per-run deadlines, failures 
     ex: Executor, grants: list[tuple[int, int, bool]]
 ) -> dict[int, SliceResult | BaseException]:
     """Train several runs' slices ``(run_id, end_step, evaluate)`` in one pass over their
-    shared base model (``actors.fused``). Returns each run's ``SliceResult``, or the exception
-    that failed it: one run's failure never fails the others.
+    shared base model (``actors.engine.fused``). Returns each run's ``SliceResult``, or the
+    exception that failed it: one run's failure never fails the others.
 
     Runs that cannot be fused are time-sliced after the fused group; so is the rest of the
     group when its fused pass cannot be built (``NotFusableError``) or fails (e.g. out of
@@ -92,7 +92,7 @@ def run_fused(  # noqa: C901  the fused slice loop: per-run deadlines, failures 
 def _fused_slice(  # noqa: C901, PLR0912, PLR0915  one fused step over several runs; splitting it hides the step order
     ex: Executor, run_ids: list[int], ends: dict[int, tuple[int, bool]]
 ) -> dict[int, SliceResult | BaseException]:
-    from actors.executor import forward_logs, memory_figures  # executor imports this module
+    from actors.engine.executor import forward_logs, memory_figures  # executor imports this module
 
     records = [ex.registry[r] for r in run_ids]
     entry = ex.bases[records[0].spec.model_key]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from actors.gen_eval import GenerationEval
+    from actors.engine.gen_eval import GenerationEval
     from policies.chunking import ChunkPlan
 
 
@@ -44,7 +44,7 @@ class RunSpec:
     parent_run_id: int | None = None
     """The run this one was cloned from, if any."""
     generation_eval: GenerationEval | None = None
-    """Generation metrics at each chunk end (``actors.gen_eval``), or None."""
+    """Generation metrics at each chunk end (``actors.engine.gen_eval``), or None."""
 
     @property
     def adapter_name(self) -> str:
@@ -53,7 +53,7 @@ class RunSpec:
 
     @property
     def fusion_key(self) -> str | None:
-        """Runs with equal keys may share one fused pass over their base (``actors.fused``;
+        """Runs with equal keys may share one fused pass over their base (``actors.engine.fused``;
         ``policies.fusion.fusion_key``); ``None``: the run is always time-sliced (DoRA has no
         fused kernel; eval_strategy="steps" evaluates between the run's own steps; GRPO whose
         generation settings are unknown or run outside the model). The executor re-checks what

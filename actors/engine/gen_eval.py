@@ -11,8 +11,8 @@ every chunk, so chunks compare), read from whichever columns the row has:
 
 A chat prompt (a list of ``{"role", "content"}`` messages) goes through the tokenizer's chat
 template with the generation prompt, as the trainer formats it; a text prompt is tokenized as is.
-All runs evaluated together generate in one batch (``actors.generation.generate_multi``); a run
-whose generation or metric function fails gets its own ``RunFailedError`` and the others go on.
+All runs evaluated together generate in one batch (``actors.engine.generation.generate_multi``); a
+run whose generation or metric function fails gets its own ``RunFailedError`` and the others go on.
 The last chunk's prompts, references and generations are kept per run in
 ``<run dir>/samples.json`` (atomically replaced; bounded by ``num_prompts`` and
 ``MAX_SAMPLE_CHARS``) for ``rf-ray samples``.
@@ -202,7 +202,7 @@ def _request(task: GenTask, tokenizer: Any, pairs: list[tuple[Any, str]], device
     import torch
     import transformers
 
-    from actors.generation import GenRequest
+    from actors.engine.generation import GenRequest
 
     settings = dict(task.generation_config or DEFAULT_GENERATION)
     settings.setdefault("max_new_tokens", DEFAULT_GENERATION["max_new_tokens"])
@@ -221,7 +221,7 @@ def run_tasks(
 ) -> dict[int, dict[str, float] | BaseException]:
     """Generate for every task in one batch, score each with its metric function, keep its
     samples. Per run: its metrics, or the exception that fails it (never raises for one run)."""
-    from actors.generation import generate_multi
+    from actors.engine.generation import generate_multi
 
     device = next(model.parameters()).device
     out: dict[int, dict[str, float] | BaseException] = {}
@@ -316,7 +316,7 @@ def _keep_samples(
     fatal: the metrics stand)."""
     if task.out_dir is None:
         return
-    from actors.durable import atomic_write, make_private_dir
+    from actors.storage.durable import atomic_write, make_private_dir
 
     record = {
         "run_id": task.run_id,

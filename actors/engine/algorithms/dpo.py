@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.algorithms import base_as_reference
-from actors.spec import RunSpec
+from actors.engine.algorithms import base_as_reference
+from actors.engine.spec import RunSpec
 
 
 def make_trainer(

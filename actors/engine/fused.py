@@ -28,8 +28,8 @@ Rows are right-padded to the group's longest sequence (attention mask 0, label -
 model a token never attends to later positions, so padding changes a real token's outputs only
 by float rounding, from kernels that see different shapes.
 
-GRPO fuses too (``actors.fused_grpo``): each run's input preparation (generation, reward scoring,
-old and reference log-probs) runs in lock step with the others', their model calls served
+GRPO fuses too (``actors.engine.fused_grpo``): each run's input preparation (generation, reward
+scoring, old and reference log-probs) runs in lock step with the others', their model calls served
 together, and the loss then takes the same capture/replay path as SFT and DPO.
 
 ``fusable`` says whether a run can take part. When it cannot (DoRA, a custom loss, gradient
@@ -67,7 +67,7 @@ def fusable(record: Any, model: Any) -> str | None:  # noqa: C901, PLR0911  one 
     if spec.trainer_type not in FUSABLE_TRAINERS:
         return f"{spec.trainer_type} is time-sliced"
     if spec.trainer_type == "GRPO":
-        from actors import fused_grpo
+        from actors.engine import fused_grpo
 
         reason = fused_grpo.fusable(trainer)
         if reason is not None:
@@ -295,7 +295,7 @@ class Cursor:
     def optimizer_step(self) -> None:
         """Close the run's accumulation window: clip its own gradients, step its own optimizer
         and schedule, clear its own gradients (other runs of the group may be mid-window)."""
-        from actors import algorithms
+        from actors.engine import algorithms
 
         trainer = self.record.trainer
         assert self.loss is not None
@@ -360,7 +360,7 @@ def fused_micro_step(  # noqa: C901  the step order (capture, fused forward, los
     started = time.perf_counter()
     shared = 0
     if any(c.record.spec.trainer_type == "GRPO" for c in cursors):
-        from actors import fused_grpo
+        from actors.engine import fused_grpo
 
         # Generation and scoring, each run by its own trainer, model calls served together.
         prepared, served = fused_grpo.prepare_inputs(model, cursors, pad_id)
@@ -427,7 +427,7 @@ def fused_micro_step(  # noqa: C901  the step order (capture, fused forward, los
     seconds = (time.perf_counter() - started) / len(cursors)
     for cursor, trainer in zip(cursors, trainers):
         if cursor.record.spec.trainer_type == "GRPO":
-            from actors import fused_grpo
+            from actors.engine import fused_grpo
 
             fused_grpo.after_micro_step(trainer, seconds)
     return shared

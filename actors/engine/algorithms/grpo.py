@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from actors.algorithms import base_as_reference
-from actors.spec import RunSpec
+from actors.engine.algorithms import base_as_reference
+from actors.engine.spec import RunSpec
 from policies.errors import RunFailedError
 
 

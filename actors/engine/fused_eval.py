@@ -2,9 +2,9 @@
 
 Each run is evaluated by its OWN trainer's ``evaluate()`` (TRL's evaluation loop, its
 ``prediction_step``, ``compute_loss``, metrics and ``compute_metrics``: nothing re-implemented),
-each in a lane of ``actors.lockstep``. The lanes' model calls meet after every batch and are
+each in a lane of ``actors.engine.lockstep``. The lanes' model calls meet after every batch and are
 served together: their eval batches concatenated along the batch dimension, the base layers run
-once, each LoRA layer adding each run's adapter to its own rows (``actors.fused``). DPO's
+once, each LoRA layer adding each run's adapter to its own rows (``actors.engine.fused``). DPO's
 reference forward (``use_adapter(model, None)``) is lane-local and the runs' reference rows are
 served in one adapters-off pass. Runs with different eval batch sizes simply keep meeting until
 the longest loop is done; a run whose trainer calls the model differently (say, for
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from actors.lockstep import FusedServer, Lane, Lockstep, load_generate_multi
+from actors.engine.lockstep import FusedServer, Lane, Lockstep, load_generate_multi
 
 logger = logging.getLogger(__name__)
 

@@ -4,15 +4,15 @@ A GRPO micro-step is TRL's ``GRPOTrainer._prepare_inputs`` (every ``steps_per_ge
 micro-steps: generate completions with the run's adapter, score them with the run's own reward
 functions, compute advantages, old and reference log-probs; in between: take the next slice of
 the buffered generation batch) followed by the loss. Here each run's ``_prepare_inputs`` runs in
-a lane of ``actors.lockstep``: the runs' ``generate`` calls meet and are served together
-(``actors.generation.generate_multi`` when present, else one run after another with its own
+a lane of ``actors.engine.lockstep``: the runs' ``generate`` calls meet and are served together
+(``actors.engine.generation.generate_multi`` when present, else one run after another with its own
 adapter and RNG stream), and so are their no-grad forwards (old log-probs with the adapters on,
 reference log-probs with adapters off: ``use_adapter(model, None)`` is lane-local). Reward
 scoring runs inside each lane, with the run's own functions. The loss then goes through
-``actors.fused.fused_micro_step``'s capture/replay of each run's own ``compute_loss``, one fused
-forward and one backward for all runs.
+``actors.engine.fused.fused_micro_step``'s capture/replay of each run's own ``compute_loss``, one
+fused forward and one backward for all runs.
 
-Without ``actors.generation`` (multi-adapter generation, built separately), generation itself
+Without ``actors.engine.generation`` (multi-adapter generation, built separately), generation itself
 is not batched: each run generates in turn, exactly as time-sliced; what is shared then are the
 old/reference log-prob passes and the loss pass (measured with ``bench/bench_fused.py --grpo``).
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from actors.lockstep import FusedServer, Lane, Lockstep, ServeStats, load_generate_multi
+from actors.engine.lockstep import FusedServer, Lane, Lockstep, ServeStats, load_generate_multi
 
 logger = logging.getLogger(__name__)
 

@@ -64,7 +64,7 @@ class CheckpointWriter:
         save: Callable[..., Path] | None = None,
     ) -> None:
         if save is None:
-            from actors import checkpoint
+            from actors.storage import checkpoint
 
             save = checkpoint.save
         self.budget_bytes = budget_bytes

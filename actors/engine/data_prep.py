@@ -21,7 +21,7 @@ import hashlib
 import logging
 from typing import Any
 
-from actors.spec import RunSpec
+from actors.engine.spec import RunSpec
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ Where an optimizer step's micro-batches come from differs by algorithm, so that 
 other hook: ``make_batch_source(spec, trainer)`` returns an object whose ``take(step)`` gives the
 micro-batches of optimizer step ``step``, exactly as ``Trainer._run_epoch`` would receive them
 from ``get_batch_samples``. SFT and DPO collate the ``ChunkPlan``'s index lists (rf-ray's own
-seed-shuffled order); GRPO reads its trainer's own dataloader (see ``actors.algorithms.grpo``).
+seed-shuffled order); GRPO reads its trainer's own dataloader (see
+``actors.engine.algorithms.grpo``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
-from actors.spec import RunSpec
+from actors.engine.spec import RunSpec
 
 
 @contextlib.contextmanager
@@ -82,15 +83,15 @@ def make_trainer(
 ) -> Any:
     """Build the run's TRL trainer on the shared ``PeftModel``."""
     if spec.trainer_type == "SFT":
-        from actors.algorithms import sft
+        from actors.engine.algorithms import sft
 
         trainer = sft.make_trainer(spec, args, model, tokenizer, train_dataset, eval_dataset)
     elif spec.trainer_type == "DPO":
-        from actors.algorithms import dpo
+        from actors.engine.algorithms import dpo
 
         trainer = dpo.make_trainer(spec, args, model, tokenizer, train_dataset, eval_dataset)
     elif spec.trainer_type == "GRPO":
-        from actors.algorithms import grpo
+        from actors.engine.algorithms import grpo
 
         trainer = grpo.make_trainer(spec, args, model, tokenizer, train_dataset, eval_dataset)
     else:
@@ -102,7 +103,7 @@ def make_trainer(
 def make_batch_source(spec: RunSpec, trainer: Any) -> BatchSource:
     """Where the run's micro-batches come from (see the module docstring)."""
     if spec.trainer_type == "GRPO":
-        from actors.algorithms import grpo
+        from actors.engine.algorithms import grpo
 
         return grpo.LoaderBatches(spec, trainer)
     return PlanBatches(spec, trainer)

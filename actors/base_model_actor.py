@@ -15,7 +15,7 @@ reaches the awaiting call: exceptions that asyncio cannot carry (StopIteration) 
 ``Exception`` (KeyboardInterrupt, SystemExit, GeneratorExit from user code) come back as the run's
 ``RunFailedError``. ``activity`` answers from the event loop even while the worker is stuck.
 
-Checkpoints are written in the background (``actors.ckpt_writer``): a slice's state is
+Checkpoints are written in the background (``actors.engine.ckpt_writer``): a slice's state is
 captured into host memory when its compute ends, and the worker takes the next grant while a
 writer thread puts it on disk; the run's trial waits for ``wait_durable`` before it reports, so
 the store records only durable slices.
@@ -40,9 +40,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from actors.ckpt_writer import CheckpointError, CheckpointWriter
+from actors.engine.ckpt_writer import CheckpointError, CheckpointWriter
+from actors.engine.timeline import SliceTiming
 from actors.messages import SliceResult
-from actors.timeline import SliceTiming
 from policies.errors import RunFailedError, RunNotPlacedError
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class BaseModelActor:
     ) -> None:
         import torch
 
-        from actors.executor import Executor
+        from actors.engine.executor import Executor
 
         if cpu_threads:
             # Ray pins OMP_NUM_THREADS to the actor's CPU share; the executor is the only
@@ -156,7 +156,7 @@ class BaseModelActor:
         whose result was never recorded) is replaced by the checkpoint's state."""
         import cloudpickle
 
-        from actors import checkpoint
+        from actors.storage import checkpoint
 
         spec = cloudpickle.loads(spec_blob)
         record = self.executor.registry.get(spec.run_id)
@@ -315,7 +315,7 @@ class BaseModelActor:
     def _checkpointed(self, result: SliceResult, run_dir: str) -> SliceResult:
         """Queue the run's checkpoint after its slice; the result names it (durable once
         ``wait_durable`` says so). A cached outcome (a retried call) already names it."""
-        from actors import checkpoint
+        from actors.storage import checkpoint
 
         if result.checkpoint is not None:
             return result
@@ -323,7 +323,7 @@ class BaseModelActor:
         self.executor.phase = f"capturing checkpoint of run {result.run_id}"
         try:
             # A host copy now; the disk write runs in the background while the next grant
-            # trains (actors.ckpt_writer). Keep the previous checkpoint too: the store points
+            # trains (actors.engine.ckpt_writer). Keep the previous checkpoint too: the store points
             # at it until the trial has waited for this one (``wait_durable``) and reported.
             state = checkpoint.capture(record, self.executor.bases[record.spec.model_key].model)
             self.executor.phase = f"queueing checkpoint of run {result.run_id}"
@@ -364,7 +364,7 @@ class BaseModelActor:
         return await self._work(self._export, run_id, path)
 
     def _export(self, run_id: int, path: str) -> str:
-        from actors import checkpoint
+        from actors.storage import checkpoint
 
         record = self.executor.registry[run_id]
         model = self.executor.bases[record.spec.model_key].model

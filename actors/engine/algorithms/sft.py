@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from actors.spec import RunSpec
+from actors.engine.spec import RunSpec
 
 
 def make_trainer(

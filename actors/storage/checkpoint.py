@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from actors import durable
+from actors.storage import durable
 
 STATE_FILE = "state.json"
 ADAPTER_FILE = "adapter.safetensors"
@@ -34,7 +34,7 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 def capture(record: Any, model: Any) -> dict[str, Any]:
     """Collect a run's complete training state from the executor: a snapshot in host memory
     (tensors copied to the CPU, also when they are there already), so it can be written in the
-    background while the run trains on (``actors.ckpt_writer``)."""
+    background while the run trains on (``actors.engine.ckpt_writer``)."""
     from peft import get_peft_model_state_dict
 
     name = record.spec.adapter_name

@@ -1,7 +1,7 @@
 """Several runs' TRL code driven in lock step, their model calls served together.
 
-Fused training (``actors.fused``) captures the one forward a trainer's ``compute_loss`` makes.
-Evaluation and GRPO's input preparation make many model calls, in an order TRL decides (DPO's
+Fused training (``actors.engine.fused``) captures the one forward a trainer's ``compute_loss``
+makes. Evaluation and GRPO's input preparation make many model calls, in an order TRL decides (DPO's
 reference forward under ``use_adapter(model, None)``; GRPO's ``generate``, old and reference
 log-probs, reward scoring). Rather than re-implement those loops, each run's own trainer method
 (``trainer.evaluate()``, ``trainer._prepare_inputs(batch)``) runs in a *lane*: a thread that runs
@@ -14,9 +14,9 @@ batched generation) and resumes each lane with its own result.
 What makes a run a run stays per lane:
 
 * **Adapter:** each lane's calls are served with its own adapter on its own rows (the segmented
-  LoRA forward of ``actors.fused``). ``model.disable_adapter()`` is lane-local inside the block:
-  a lane in its reference context gets the base (adapters off) for its calls, without switching
-  the adapters off for the lanes beside it.
+  LoRA forward of ``actors.engine.fused``). ``model.disable_adapter()`` is lane-local inside the
+  block: a lane in its reference context gets the base (adapters off) for its calls, without
+  switching the adapters off for the lanes beside it.
 * **RNG:** a lane runs with its run's own global RNG state, swapped in when it resumes and kept
   when it parks (GRPO samples its generations from the global RNG, as a time-sliced slice does).
 * **Dataloader state:** accelerate keeps which dataloader is active, and whether it reached its
@@ -310,9 +310,10 @@ class FusedServer:
     on/off and grad mode) run as ONE forward: rows concatenated and right-padded
     (``fused.concat_rows``), each lane's adapter on its own rows (``fused.segmented_lora``); each
     lane gets its rows back (``fused.slice_outputs``). Generation goes to
-    ``actors.generation.generate_multi`` when that module is present, else it runs per lane with
-    the lane's adapter active and its RNG stream in place (what a time-sliced run does). A fused
-    forward that fails is re-served one call at a time; a call that fails alone fails its lane.
+    ``actors.engine.generation.generate_multi`` when that module is present, else it runs per lane
+    with the lane's adapter active and its RNG stream in place (what a time-sliced run does). A
+    fused forward that fails is re-served one call at a time; a call that fails alone fails its
+    lane.
     """
 
     def __init__(
@@ -350,7 +351,7 @@ class FusedServer:
             self._generate(generations)
 
     def _fused_forward(self, group: list[tuple[Lane, Call]]) -> None:
-        from actors import fused
+        from actors.engine import fused
 
         calls = [call for _, call in group]
         try:
@@ -414,7 +415,7 @@ class FusedServer:
             for lane, call in generations:
                 self._alone(lane, call)
             return
-        from actors.generation import GenRequest  # type: ignore[import-not-found,unused-ignore]
+        from actors.engine.generation import GenRequest  # type: ignore[import-not-found,unused-ignore]
 
         requests = [
             GenRequest(
@@ -479,9 +480,9 @@ def _dropout_stream(lane: Lane) -> torch.Generator | None:
 
 
 def load_generate_multi() -> Callable[..., list[torch.Tensor]] | None:
-    """``actors.generation.generate_multi`` (multi-adapter batched generation) if present."""
+    """``actors.engine.generation.generate_multi`` (multi-adapter batched generation) if present."""
     try:
-        from actors.generation import generate_multi  # type: ignore[import-not-found,unused-ignore]
+        from actors.engine.generation import generate_multi  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return None
     return generate_multi  # type: ignore[no-any-return]

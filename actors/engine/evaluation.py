@@ -1,8 +1,8 @@
 """Evaluation on the executor: a run's eval set, in a slice or at its end, fused or alone.
 
 ``evaluate`` runs one run's trainer ``evaluate`` (plus its generation metrics,
-``actors.gen_eval``); ``evaluate_group`` evaluates runs of one base in one fused no-grad pass
-(``actors.fused_eval``); ``evaluates_at`` / ``evaluate_in_slice`` are TRL's
+``actors.engine.gen_eval``); ``evaluate_group`` evaluates runs of one base in one fused no-grad pass
+(``actors.engine.fused_eval``); ``evaluates_at`` / ``evaluate_in_slice`` are TRL's
 ``eval_strategy="steps"`` inside a slice. The functions take the executor (its ``evaluate``,
 ``evaluate_group`` and ``generation_metrics`` methods delegate here).
 """
@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from actors import gen_eval
+from actors.engine import gen_eval
 
 if TYPE_CHECKING:
-    from actors.executor import AdapterRecord, Executor
+    from actors.engine.executor import AdapterRecord, Executor
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def evaluate_in_slice(ex: Executor, record: AdapterRecord) -> dict[str, float]:
 def evaluate_group(
     ex: Executor, run_ids: list[int]
 ) -> dict[int, dict[str, float] | BaseException | None]:
-    """Evaluate runs that share a base in one fused no-grad pass (``actors.fused_eval``),
+    """Evaluate runs that share a base in one fused no-grad pass (``actors.engine.fused_eval``),
     each by its own trainer; a run its fused evaluation failed for, or that cannot be fused,
     is evaluated time-sliced. Returns each run's metrics or the exception that failed it
     (one run's failure never fails the others)."""
@@ -62,7 +62,7 @@ def evaluate_group(
     outcomes: dict[int, dict[str, float] | BaseException | None] = {}
     group = [r for r in run_ids if ex.fusable(r) is None]
     if len(group) >= 2 and len({ex.registry[r].spec.model_key for r in group}) == 1:
-        from actors import fused_eval
+        from actors.engine import fused_eval
 
         ex.phase = f"evaluating runs {group} fused"
         entry = ex.bases[ex.registry[group[0]].spec.model_key]
@@ -106,7 +106,7 @@ def evaluate(ex: Executor, run_id: int, generate: bool = True) -> dict[str, floa
         out = record.trainer.evaluate()
     torch.set_rng_state(rng)
     metrics = {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
-    # --- gen: generation metrics (actors.gen_eval); fused slices generate for the group
+    # --- gen: generation metrics (actors.engine.gen_eval); fused slices generate for the group
     if generate:
         generated = generation_metrics(ex, [run_id]).get(run_id, {})
         if isinstance(generated, BaseException):
@@ -120,7 +120,7 @@ def generation_metrics(
     ex: Executor, run_ids: list[int]
 ) -> dict[int, dict[str, float] | BaseException]:
     """Generation metrics of the runs that ask for them, all of a base in one batch
-    (``actors.gen_eval``); per run its metrics or the exception that fails it."""
+    (``actors.engine.gen_eval``); per run its metrics or the exception that fails it."""
     records = [ex.registry[r] for r in run_ids]
     if ex.eval_dataset is None or not any(r.spec.generation_eval for r in records):
         return {}
