@@ -199,9 +199,11 @@ class RFSearcher(Searcher):
         if found:
             return found
         known = {k: sorted({repr(p[k]) for p in self.points if k in p}) for k in picked}
+        has = "; ".join(
+            f"{k}: {', '.join(v) or 'one value, not varying'}" for k, v in known.items()
+        )
         raise ConfigError(
-            f"no run of this RFSearcher's group has {dict(picked)!r}; the group has "
-            + "; ".join(f"{k}: {', '.join(v) or 'one value, not varying'}" for k, v in known.items())
+            f"no run of this RFSearcher's group has {dict(picked)!r}; the group has {has}"
         )
 
     def best(
@@ -247,7 +249,7 @@ class RFSearcher(Searcher):
         self.__dict__.update(state)
 
     def _fingerprint(self) -> str:
-        return json.dumps(self.points, sort_keys=True, default=repr)
+        return _key(self.points)
 
     def save(self, checkpoint_path: str) -> None:
         """Write ``get_state()`` to ``checkpoint_path`` (temp file, then ``os.replace``).
@@ -316,7 +318,7 @@ def check_objective(metric: Any, mode: Any) -> None:
 def _distinct(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``points``, with ``GROUP_INDEX`` added to every point when two of them are equal (two
     runs that differ in nothing a flat dict shows): each suggestion names one run."""
-    seen = [json.dumps(p, sort_keys=True, default=repr) for p in points]
+    seen = [_key(p) for p in points]
     if len(set(seen)) == len(seen):
         return points
     return [{**p, GROUP_INDEX: i} for i, p in enumerate(points)]
@@ -325,7 +327,11 @@ def _distinct(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _same(a: Any, b: Any) -> bool:
     if a is _MISSING or b is _MISSING:
         return a is b
-    return json.dumps(a, sort_keys=True, default=repr) == json.dumps(b, sort_keys=True, default=repr)
+    return _key(a) == _key(b)
+
+
+def _key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=repr)
 
 
 def _scalars(result: Mapping[str, Any]) -> dict[str, Any]:

@@ -59,8 +59,7 @@ def test_every_suggestion_names_its_run_when_functions_vary() -> None:
     # Each suggestion maps back to its own run, functions included.
     runs = [searcher.to_run_config(p) for p in points]
     assert [(r.training_args["learning_rate"], r.formatting_func) for r in runs] == [
-        (p["learning_rate"], {"upper": upper, "lower": lower}[p["formatting_func"]])
-        for p in points
+        (p["learning_rate"], {"upper": upper, "lower": lower}[p["formatting_func"]]) for p in points
     ]
     # A changed value keeps the function the suggestion names.
     changed = searcher.to_run_config({"learning_rate": 5e-4, "formatting_func": "lower"})
@@ -93,7 +92,7 @@ def test_metric_and_mode_are_checked_and_needed_before_a_suggestion() -> None:
     assert searcher.set_search_properties("loss", "min", {}) is False  # the space is rf-ray's
     assert (searcher.metric, searcher.mode) == ("loss", "min")
     assert searcher.suggest("t0") == {"learning_rate": 1e-4}
-    with pytest.raises(ConfigError, match="TuneConfig.metric='acc'. differs"):
+    with pytest.raises(ConfigError, match=r"TuneConfig\(metric='acc'\) differs"):
         searcher.set_search_properties("acc", "max", {})
     with pytest.raises(ConfigError, match="mode='best'"):
         _grid(metric="loss", mode="best")
