@@ -86,14 +86,14 @@ class RFSearcher(Searcher):
         """Take ``TuneConfig(metric=, mode=)`` (Tune calls this when the Tuner has a
         ``param_space``). Returns False: the search space is the rf-ray group, so a param space
         with Tune domains in it is refused by Tune; constants in it reach every trial."""
-        for name, given, own in (("metric", metric, self._metric), ("mode", mode, self._mode)):
+        for name, given, own in (("metric", metric, self.metric), ("mode", mode, self.mode)):
             if given is not None and own is not None and given != own:
                 raise ConfigError(
                     f"TuneConfig({name}={given!r}) differs from RFSearcher({name}={own!r}); "
                     f"give {name} once (to one of them) or the same in both"
                 )
-        metric = self._metric if metric is None else metric
-        mode = self._mode if mode is None else mode
+        metric = self.metric if metric is None else metric
+        mode = self.mode if mode is None else mode
         check_objective(metric, mode)
         self._metric, self._mode = metric, mode
         return False
