@@ -278,8 +278,8 @@ def trainable(
     **kwargs: Any,
 ) -> Any:
     """``start_shared(...)`` then ``.trainable()``; ``param_space`` (optional) is checked now.
-    The result carries ``.shared``: pass ``.shared.callback`` to Tune, call
-    ``.shared.close()`` after ``fit``."""
+    The result carries ``.shared``: pass ``run_config=.shared.run_config()`` to the Tuner (it
+    holds ``.shared.callback``), call ``.shared.close()`` after ``fit``."""
     shared = start_shared(
         experiment, base, train_dataset, eval_dataset, num_chunks, seed, create_model_fn, **kwargs
     )
