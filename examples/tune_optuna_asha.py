@@ -64,7 +64,8 @@ def main() -> None:
                 num_samples=args.samples,
                 max_concurrent_trials=4,
             ),
-            run_config=tune.RunConfig(callbacks=[shared.callback], verbose=1),
+            # Tune's results go under the experiment directory; shared.callback is added.
+            run_config=shared.run_config(verbose=1),
         )
         results = tuner.fit()
     finally:

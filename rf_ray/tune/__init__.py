@@ -8,9 +8,10 @@ Where each lives: ``flat`` (the flat knob mapping shared by all three), ``shared
     to that experiment (``ops.add_runs``) and reports its chunk metrics to Tune, one
     ``tune.report`` per chunk (``training_iteration`` == chunks done). Tune's search algorithms
     (Optuna, HyperOpt, ...) pick configs, Tune's schedulers (ASHA) stop trials; a stopped trial's
-    run is pruned by ``shared.callback`` (pass it to ``tune.RunConfig(callbacks=...)``: Tune kills
-    a stopped trial's process, so the trial itself cannot), and ``shared.close()`` prunes any run
-    still live, releases the experiment and waits for it.
+    run is pruned by ``shared.callback`` (Tune kills a stopped trial's process, so the trial
+    itself cannot), and ``shared.close()`` prunes any run still live, releases the experiment and
+    waits for it. ``shared.run_config(**kw)`` is the ``tune.RunConfig`` to pass: Tune writes
+    under ``<experiment dir>/tune`` and the callback is in it.
 
         import rf_ray.tune as rft
         from ray import tune
@@ -29,7 +30,7 @@ Where each lives: ``flat`` (the flat knob mapping shared by all three), ``shared
                 scheduler=ASHAScheduler(metric="eval_loss", mode="min", max_t=4,
                                         grace_period=1),
                 num_samples=8, max_concurrent_trials=4),
-            run_config=tune.RunConfig(callbacks=[shared.callback]),
+            run_config=shared.run_config(),  # under the experiment dir; adds shared.callback
         )
         results = tuner.fit()
         shared.close()  # -> runs info; shared.experiment.stats()["base_loads"] == 1
@@ -41,8 +42,9 @@ Where each lives: ``flat`` (the flat knob mapping shared by all three), ``shared
     (``shared.check(param_space)`` checks a space in the driver before ``Tuner.fit``).
 
 (b) rf-ray's knob spaces as a Tune ``Searcher``: ``RFSearcher(RFGridSearch(...))`` suggests the
-    group's runs in order, as flat dicts of the knobs that vary (``{"learning_rate": 1e-4,
-    "lora.r": 8}``), then ``Searcher.FINISHED``; ``searcher.to_run_config(flat)`` maps one back.
+    group's runs in order, as flat dicts of what varies (``{"learning_rate": 1e-4, "lora.r": 8}``;
+    a function by its name: ``{"formatting_func": "fmt_a"}``), then ``Searcher.FINISHED``;
+    ``searcher.to_run_config(flat)`` maps one back.
 
         tuner = tune.Tuner(my_trainable, tune_config=tune.TuneConfig(
             search_alg=RFSearcher(RFGridSearch(cfg), metric="eval_loss", mode="min"),

@@ -2,12 +2,16 @@
 
 Tune's search spaces and searchers speak in flat dicts; these functions map them onto an rf-ray
 run and back, with the same knob names as ``clone_modify`` (``rf_ray.ops.modified``).
+
+A run also differs from another in what is not a value: its trainer and its functions
+(``formatting_func``, ``compute_metrics``, ``reward_funcs``, ``eval_metrics_fn``). In a flat dict
+these are *labels*: the trainer type, and one stable name per function (``FunctionNames``).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from policies.errors import ConfigError, UnknownKnobError
@@ -17,6 +21,10 @@ from rf_ray.search import RFGridSearch, validate_run
 from rf_ray.specs import RunConfig
 
 _SECTIONS = ("lora.", "model_kwargs.", "tokenizer_kwargs.", "generation_config.")
+FUNCTION_FIELDS = ("formatting_func", "compute_metrics", "reward_funcs")
+LABELS = ("trainer_type", *FUNCTION_FIELDS, "eval_metrics_fn")
+"""Flat keys that name what a run is rather than set a value: they pick a run, never change
+one."""
 
 
 # ---------------------------------------------------------------------------- flat <-> RunConfig
@@ -106,3 +114,58 @@ def concrete(base: Any) -> RunConfig:
             "the knobs to tune in the Tune search space"
         )
     return runs[0]
+
+
+# ---------------------------------------------------------------------------- labels
+class FunctionNames:
+    """One stable, distinct name per function of a set of runs, in the order first met:
+    the function's ``__qualname__`` (``<locals>`` and angle brackets dropped), with ``#2``,
+    ``#3``... after it when different functions share it (two lambdas)."""
+
+    def __init__(self, runs: Sequence[RunConfig]) -> None:
+        self.by_id: dict[int, str] = {}
+        self.keep: list[Any] = []  # ids stay unique while the functions live
+        for run in runs:
+            for fn in _functions(run):
+                if id(fn) not in self.by_id:
+                    self._add(fn)
+
+    def _add(self, fn: Any) -> None:
+        base = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+        base = base.replace("<locals>.", "").replace("<", "").replace(">", "")
+        taken = set(self.by_id.values())
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}#{n}"
+        self.by_id[id(fn)] = name
+        self.keep.append(fn)
+
+    def name(self, fn: Any) -> str:
+        return self.by_id[id(fn)]
+
+
+def _functions(run: RunConfig) -> list[Any]:
+    fns = [run.formatting_func, run.compute_metrics, *(run.reward_funcs or [])]
+    if run.generation_eval is not None:
+        fns.append(run.generation_eval.metrics_fn)
+    return [f for f in fns if f is not None]
+
+
+def labels(run: RunConfig, names: FunctionNames) -> dict[str, Any]:
+    """The run's labels (see module doc): ``trainer_type`` and a name per function it has."""
+    out: dict[str, Any] = {"trainer_type": run.trainer_type}
+    if run.formatting_func is not None:
+        out["formatting_func"] = names.name(run.formatting_func)
+    if run.compute_metrics is not None:
+        out["compute_metrics"] = names.name(run.compute_metrics)
+    if run.reward_funcs is not None:
+        out["reward_funcs"] = [names.name(f) for f in run.reward_funcs]
+    if run.generation_eval is not None:
+        out["eval_metrics_fn"] = names.name(run.generation_eval.metrics_fn)
+    return out
+
+
+def identity(run: RunConfig, names: FunctionNames) -> dict[str, Any]:
+    """Everything that tells ``run`` apart, flat: its knobs (``flat_knobs``) and labels."""
+    return {**flat_knobs(run), **labels(run, names)}

@@ -27,6 +27,8 @@ POLL_SECONDS = 0.25
 """How often a trial or a driver reads the experiment store for new chunk metrics."""
 DEFAULT_TRIAL_RESOURCES: dict[str, float] = {"cpu": 0.1, "gpu": 0}
 """A Tune trial only waits on the store; the executor actor holds the CPU/GPU that trains."""
+TUNE_DIRNAME = "tune"
+"""Where ``SharedExperiment.run_config`` has Tune write, inside the experiment directory."""
 
 
 # ---------------------------------------------------------------------------- store helpers
@@ -103,6 +105,21 @@ class SharedExperiment:
         wrapped = tune.with_resources(fn, dict(resources or self.resources))
         wrapped.shared = self  # type: ignore[attr-defined]
         return wrapped
+
+    def run_config(self, **kwargs: Any) -> Any:
+        """``tune.RunConfig(**kwargs)`` for this experiment's Tuner: Tune writes its results
+        under ``<experiment dir>/tune`` (not ``~/ray_results``) unless ``storage_path`` is
+        given, and ``callback`` is added to ``callbacks``."""
+        from ray import tune
+
+        from actors.storage.durable import make_private_dir
+
+        if kwargs.get("storage_path") is None:
+            kwargs["storage_path"] = str(make_private_dir(self.experiment.dir / TUNE_DIRNAME))
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        if self.callback not in callbacks:
+            callbacks.insert(0, self.callback)
+        return tune.RunConfig(callbacks=callbacks, **kwargs)
 
     def end_run(self, run_id: int) -> None:
         """Prune ``run_id`` if it is still live (a pending run too); quiet if it already ended."""
@@ -261,8 +278,8 @@ def trainable(
     **kwargs: Any,
 ) -> Any:
     """``start_shared(...)`` then ``.trainable()``; ``param_space`` (optional) is checked now.
-    The result carries ``.shared``: pass ``.shared.callback`` to Tune, call
-    ``.shared.close()`` after ``fit``."""
+    The result carries ``.shared``: pass ``run_config=.shared.run_config()`` to the Tuner (it
+    holds ``.shared.callback``), call ``.shared.close()`` after ``fit``."""
     shared = start_shared(
         experiment, base, train_dataset, eval_dataset, num_chunks, seed, create_model_fn, **kwargs
     )

@@ -1,29 +1,37 @@
 """Ray Tune integration: rf-ray knob spaces as a Tune Searcher (b), Tune trials as runs of one
 shared experiment (a), and a Tune searcher feeding rf-ray's run_fit (c).
 
-All on the session's one small Ray cluster (2 CPUs): the executor takes one CPU, Tune's trials
-ask for 0.1 CPU each, so several trials wait on the one resident toy base model together.
+Every test that runs a Tuner runs it in a child process with its own bounded Ray cluster
+(``tune_scenarios.py``): a Tune run can leave trial actors holding every CPU of a shared one.
+The searcher's checks that need no cluster are in ``test_tune_searcher.py``. (c) drives no
+Tuner, so it uses the session's cluster (2 CPUs: the executor takes one).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from actors.storage.store import Store
 from policies.errors import ConfigError, UnknownKnobError
 from policies.pruning import NoPruning
-from rf_ray import Experiment, List, RFGridSearch, RFModelConfig, RFSFTConfig
-from rf_ray.specs import RunConfig
+from rf_ray import Experiment, List, RFModelConfig, RFSFTConfig
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
-from rf_ray.tune import RFSearcher, RFTuneSearch, apply_flat, concrete, start_shared
+from rf_ray.tune import RFTuneSearch, apply_flat, concrete
+from tests.rf_ray.test_durability import _kill_started_under
+
+ROOT = Path(__file__).resolve().parents[2]
 
 ROWS = 16  # batch 4: 4 optimizer steps per run
 CHUNKS = 2
@@ -33,10 +41,6 @@ def _base(**knobs) -> RFModelConfig:
     args = dict(per_device_train_batch_size=4, max_length=48, num_train_epochs=1, lora_rank=4)
     args.update(knobs)
     return RFModelConfig(TOY_MODEL_NAME, training_args=RFSFTConfig(**args))
-
-
-def _tune_run_config(tmp_path, **kw) -> tune.RunConfig:
-    return tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0, **kw)
 
 
 # --------------------------------------------------------------------------- no Ray needed
@@ -56,151 +60,69 @@ def test_apply_flat_maps_knobs_and_names_an_unknown_key() -> None:
         concrete(_base(learning_rate=List([1e-4, 2e-4])))
 
 
-# --------------------------------------------------------------------------- (b) RFSearcher
-def test_rf_searcher_drives_a_tuner_and_round_trips(ray_cluster, tmp_path) -> None:
-    group = RFGridSearch(_base(learning_rate=List([1e-4, 3e-4]), lora_rank=List([4, 8])))
-    searcher = RFSearcher(group, metric="score", mode="max")
-    assert sorted(searcher.keys) == ["learning_rate", "lora.r"]
+# --------------------------------------------------------------------------- Tune runs
+def run_scenario(name: str, tmp_path: Path, timeout: float) -> str:
+    """Run ``tune_scenarios.<name>`` in a child process with its own Ray cluster (under a
+    private temp dir) and HOME, within ``timeout`` seconds; kill whatever it leaves. Fails the
+    test if the scenario fails, or if Tune wrote to ``~/ray_results``."""
+    ray_tmp = tempfile.mkdtemp(prefix="rft", dir="/tmp")  # short: Ray's socket paths
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(HOME=str(home), PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
+    log_path = tmp_path / f"{name}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.rf_ray.tune_scenarios", name, str(tmp_path), ray_tmp],
+            cwd=ROOT, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            rc: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            rc = None
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the child and the Ray cluster it started
+            proc.wait(timeout=60)
+            _kill_started_under(ray_tmp)
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+    out = log_path.read_text()
+    assert rc == 0, f"{name} {'timed out' if rc is None else f'exited {rc}'}:\n{out[-6000:]}"
+    assert not (home / "ray_results").exists(), sorted((home / "ray_results").rglob("*"))[:5]
+    return out
 
-    def score(config):
-        tune.report({"score": config["learning_rate"] * 1e4 + config["lora.r"]})
 
-    tuner = tune.Tuner(
-        tune.with_resources(score, {"cpu": 0.1}),
-        tune_config=tune.TuneConfig(
-            search_alg=searcher, num_samples=10, max_concurrent_trials=2, reuse_actors=True
-        ),
-        run_config=_tune_run_config(tmp_path),
-    )
-    results = tuner.fit()
-    # num_samples=10 but the grid has 4 points: FINISHED ends the search after them.
-    configs = sorted((r.config["learning_rate"], r.config["lora.r"]) for r in results)
-    assert configs == [(1e-4, 4), (1e-4, 8), (3e-4, 4), (3e-4, 8)]
-    assert searcher.suggest("one-more") == Searcher.FINISHED
-    assert len(searcher.completed) == 4
-    best = searcher.best()
-    assert best is not None
-    best_flat, best_result = best
-    assert best_flat == {"learning_rate": 3e-4, "lora.r": 8}
-    assert best_result["score"] == pytest.approx(11.0)
+@pytest.mark.ray
+def test_rf_searcher_in_tune(tmp_path) -> None:
+    """Ports test_searchers.py's InvalidValuesTest, MultiObjectiveTest and
+    AddEvaluatedPointTest::run_add_evaluated_trials onto RFSearcher in real Tuner runs; each
+    trial of a group with a List of functions maps back to its own run (issue 21.18)."""
+    run_scenario("searcher_in_tune", tmp_path, timeout=420)
 
-    # A suggestion maps back to the group's run; changed values build a validated run.
-    run = searcher.to_run_config(best_flat)
-    assert isinstance(run, RunConfig)
-    assert run.lora["r"] == 8
-    assert searcher.to_run_config({"learning_rate": 5e-4}).training_args["learning_rate"] == 5e-4
-    with pytest.raises(UnknownKnobError, match="lr"):
-        searcher.to_run_config({"lr": 1e-3})
 
-    # save/restore: JSON, atomic, into a searcher over the same space.
-    path = tmp_path / "ckpt" / "searcher.json"
-    searcher.save(str(path))
-    assert json.loads(path.read_text())["next_index"] == 4
-    assert [p.name for p in path.parent.iterdir()] == ["searcher.json"]  # no temp file left
-    fresh = RFSearcher(group)
-    fresh.restore(str(path))
-    assert fresh.assigned == searcher.assigned
-    assert fresh.results == searcher.results
-    assert fresh.metric == "score"
-    assert fresh.mode == "max"
-    assert fresh.suggest("again") == Searcher.FINISHED
-    half = RFSearcher(group, metric="score", mode="max")
-    half.suggest("t0")
-    half.save(str(path))
-    resumed = RFSearcher(group)
-    resumed.restore(str(path))
-    assert resumed.suggest("t1") == half.points[1] != half.points[0]
-    other = RFSearcher(RFGridSearch(_base(learning_rate=List([1e-5, 2e-5]))))
-    with pytest.raises(ConfigError, match="different search space"):
-        other.restore(str(path))
+@pytest.mark.ray
+def test_rf_searcher_under_the_tune_controller(tmp_path) -> None:
+    """Ports execution/test_controller_search_alg_integration.py's notification and
+    scheduler-stop tests onto RFSearcher."""
+    run_scenario("controller", tmp_path, timeout=300)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_rf_searcher_survives_tuner_restore(tmp_path) -> None:
+    """Ports test_tuner_restore.py's test_custom_searcher_and_scheduler_restore (a subclass's
+    own state comes back: issue 21.18), test_tuner_restore_num_trials and
+    test_tuner_restore_resume_errored / _restart_errored onto RFSearcher."""
+    run_scenario("restore", tmp_path, timeout=540)
 
 
 # --------------------------------------------------------------------------- (a) Tune drives
+@pytest.mark.ray
 @pytest.mark.slow
-def test_tune_optuna_asha_trials_share_one_base_model(ray_cluster, tmp_path) -> None:
-    shared = start_shared(
-        Experiment("tune-shared", experiment_path=tmp_path),
-        base=_base(learning_rate=1e-4),
-        train_dataset=sft_dataset(ROWS),
-        eval_dataset=sft_dataset(8, seed=1),
-        num_chunks=CHUNKS,
-        seed=0,
-    )
-    space = {"learning_rate": tune.loguniform(1e-5, 3e-3), "lora_rank": tune.choice([2, 4])}
-    # Bad input: a key that is no knob is named, in the driver, before any trial runs.
-    with pytest.raises(UnknownKnobError, match="lora_rnak"):
-        shared.check({**space, "lora_rnak": tune.choice([2])})
-    shared.check(space)
-
-    asha = ASHAScheduler(
-        time_attr="training_iteration", max_t=CHUNKS, grace_period=1, reduction_factor=2
-    )
-    tuner = tune.Tuner(
-        shared.trainable(),
-        param_space=space,
-        tune_config=tune.TuneConfig(
-            search_alg=OptunaSearch(metric="eval_loss", mode="min", seed=0),
-            scheduler=asha,
-            metric="eval_loss",
-            mode="min",
-            num_samples=4,
-            max_concurrent_trials=3,
-            reuse_actors=True,
-        ),
-        run_config=_tune_run_config(tmp_path, callbacks=[shared.callback]),
-    )
-    started = time.monotonic()
-    try:
-        results = tuner.fit()
-        # Bad input that reaches a trial anyway: it errors, naming the key, and adds no run.
-        bad = tune.Tuner(
-            shared.trainable(),
-            param_space={"learnig_rate": tune.choice([1e-4])},
-            tune_config=tune.TuneConfig(num_samples=1),
-            run_config=_tune_run_config(tmp_path, name="bad-key"),
-        ).fit()
-        # Runs of trials that Tune stopped were pruned when Tune stopped them, not at close().
-        store = Store(shared.experiment.dir, readonly=True)
-        try:
-            rows = {r["run_id"]: r for r in store.runs()}
-            chunk_rows = store.chunk_metrics()
-        finally:
-            store.close()
-    finally:
-        info = shared.close()
-    assert not results.errors, results.errors
-    assert len(bad.errors) == 1
-    assert "learnig_rate" in str(bad.errors[0])
-
-    assert len(results) == 4
-    by_run = {}
-    for r in results:
-        m = r.metrics
-        run_id = m["rf_run_id"]
-        by_run[run_id] = r
-        iterations = m["training_iteration"]
-        # One Tune report per chunk, carrying that chunk's metrics.
-        assert m["chunk"] == iterations
-        assert 1 <= iterations <= CHUNKS
-        row = rows[run_id]
-        mine = sorted(c for rid, c, _ in chunk_rows if rid == run_id)
-        assert mine[:iterations] == list(range(1, iterations + 1))
-        cfg = json.loads(json.dumps(row["params"]))
-        assert cfg["learning_rate"] == pytest.approx(r.config["learning_rate"])
-        assert cfg["lora.r"] == r.config["lora_rank"]
-        if iterations == CHUNKS:
-            assert row["status"] == "completed"
-        elif row["status"] == "completed":
-            # ASHA stopped the trial, but the run trains at its own pace: it had finished all
-            # its chunks before the stop reached it (a race of a 4-step run, not a leak).
-            assert mine == list(range(1, CHUNKS + 1)), row
-        else:  # ASHA stopped it: its run is not left live
-            assert row["status"] in ("pruned", "stopped"), row
-    assert len(by_run) == 4  # every Tune trial has its own rf-ray run
-    early = [r for r in results if r.metrics["training_iteration"] < CHUNKS]
-    print(f"ASHA stopped {len(early)} of 4 trials early in {time.monotonic() - started:.0f}s")
-    assert set(info["status"]) <= {"completed", "pruned", "stopped"}
-    assert shared.experiment.stats()["base_loads"] == 1
+def test_tune_optuna_asha_trials_share_one_base_model(tmp_path) -> None:
+    """Optuna + ASHA trials each add a run to one shared experiment (one base model load);
+    Tune writes under the experiment directory, never ~/ray_results (issue 21.9)."""
+    run_scenario("shared_experiment", tmp_path, timeout=540)
 
 
 # --------------------------------------------------------------------------- (c) rf-ray drives
