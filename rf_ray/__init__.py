@@ -16,6 +16,9 @@ What users write
     ``knobs``       the search knobs List and Range
     ``fields``      which TRL/PEFT fields a config may set, and the rules for their values
     ``search``      config groups: RFGridSearch, RFRandomSearch (and the ConfigGroup hooks)
+    ``knob_template`` one config with its knobs located: the grid/random expander both
+                    modes share
+    ``evals``       evals mode: RAG spec, prompt manager, generator configs, pipeline checks
     ``automl``      RapidFire AI's ``rapidfireai.automl`` names
     ``compat``      what rf-ray does with TRL and RapidFire fields it ignores or refuses
     ``data``        datasets in (lists, pandas, HF datasets), column checks, fingerprints
