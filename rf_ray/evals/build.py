@@ -96,7 +96,8 @@ def generation_settings(
     if temperature > 0:
         out["temperature"] = temperature
     top_k = int(sampling.get("top_k", -1))
-    out["top_k"] = 0 if top_k < 0 else top_k  # vLLM's -1 (off) is transformers' 0
+    if top_k > 0:  # vLLM's -1 is "off"
+        out["top_k"] = top_k
     if out["max_new_tokens"] < 1:
         raise ConfigError(f"{where}sampling_params['max_tokens'] must be >= 1")
     seed = sampling.get("seed")

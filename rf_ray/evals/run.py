@@ -86,6 +86,28 @@ def pipeline_spec(
     )
 
 
+def load_corpora(specs: list[PipelineSpec]) -> None:
+    """Load and split each distinct corpus once, on the driver (a loader's error surfaces
+    here, before anything starts); pipelines with the same corpus share the document list."""
+    corpora: dict[str, list[Any]] = {}
+    for spec in specs:
+        rag = spec.rag
+        if rag is None or rag.retriever is not None:
+            continue
+        key = json.dumps([rag.described["loaders"], rag.described["splitter"]], sort_keys=True)
+        if key not in corpora:
+            try:
+                corpora[key] = rag.load_corpus()
+            except Exception as exc:
+                raise ConfigError(
+                    f"pipeline {spec.run_id}: loading its documents failed: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            if not corpora[key]:
+                raise ConfigError(f"pipeline {spec.run_id}: its document loaders found nothing")
+        rag.documents, rag.loaders, rag.splitter = corpora[key], [], None
+
+
 def check_evals_settings(rows: int, num_shards: Any, seed: Any, pruner: Any) -> None:
     if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
         raise ConfigError(f"num_shards must be an int >= 1, got num_shards={num_shards!r}")
@@ -132,6 +154,7 @@ def evals_plan(  # noqa: PLR0913  run_evals' arguments, checked before anything 
         pipeline_spec(c, first + i, len(data), num_shards, seed, experiments_root)
         for i, c in enumerate(configs)
     ]
+    load_corpora(specs)
     chosen = pruner or NoPruning()
     pruner_set = chosen.with_defaults(chosen.metric or "Samples Processed", chosen.mode or "max")
     return Plan(

@@ -98,9 +98,7 @@ class Retrieval:
         key = spec.index_key()
         if key not in self.indexes:
             started = time.perf_counter()
-            docs = [doc for loader in spec.loaders for doc in loader.load()]
-            if spec.splitter is not None:
-                docs = spec.splitter.split_documents(docs)
+            docs = spec.load_corpus()
             if not docs:
                 raise ValueError("the rag spec's document loaders produced no documents")
             store = self._build_store(spec, docs)

@@ -76,7 +76,11 @@ class RagSpec:
     """A pipeline's retrieval, resolved from ``RFLangChainRagSpec`` (LangChain objects kept)."""
 
     loaders: list[Any] = field(default_factory=list)
+    """LangChain document loaders; the driver loads them (``load_corpus``) and clears them:
+    a loader may hold what cannot be pickled (a compiled jq program)."""
     splitter: Any = None
+    documents: list[Any] | None = None
+    """The corpus, loaded and split on the driver: what the executor indexes."""
     embedding_cls: Any = None
     embedding_kwargs: dict[str, Any] = field(default_factory=dict)
     store_type: str = "faiss"
@@ -92,6 +96,17 @@ class RagSpec:
     described: dict[str, Any] = field(default_factory=dict)
     """The JSON view of the index-building part (loaders, splitter, embedding, store), from
     which ``index_key`` is hashed."""
+
+    def load_corpus(self) -> list[Any]:
+        """Load the documents with the loaders and split them (once; then ship the result
+        instead of the loaders)."""
+        if self.documents is None:
+            docs = [doc for loader in self.loaders for doc in loader.load()]
+            if self.splitter is not None:
+                docs = self.splitter.split_documents(docs)
+            self.documents = docs
+        self.loaders, self.splitter = [], None
+        return self.documents
 
     def index_key(self) -> str:
         """Equal for pipelines whose index is the same (corpus, splitter, embedding, store):
