@@ -140,6 +140,6 @@ def test_character_splitter_and_bm25_share_an_index_key_only_when_equal() -> Non
     a = rag_spec({"document_loader": (loader := ListLoader(["x"])), "embedding_cfg": EMBED,
                   "search_cfg": {"k": 1}})  # fmt: skip
     b = rag_spec({"document_loader": loader, "embedding_cfg": EMBED, "search_cfg": {"k": 3}})
-    c = rag_spec({"document_loader": loader, "embedding_cfg": EMBED,
-                  "text_splitter": CharacterTextSplitter(chunk_size=5, chunk_overlap=0)})  # fmt: skip
+    splitter = CharacterTextSplitter(chunk_size=5, chunk_overlap=0)
+    c = rag_spec({"document_loader": loader, "embedding_cfg": EMBED, "text_splitter": splitter})
     assert a.index_key() == b.index_key() != c.index_key()
