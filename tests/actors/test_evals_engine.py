@@ -11,8 +11,8 @@ import pytest
 from datasets import Dataset
 
 from actors.engine.evals.engine import PipelineEngine, read_state
-from actors.engine.executor import Executor
 from actors.engine.evals.spec import GeneratorModel, GeneratorSpec, PipelineSpec
+from actors.engine.executor import Executor
 from policies.chunking import ChunkPlan
 from rf_ray.toy import TOY_MODEL_NAME, default_create_model_fn
 
