@@ -25,8 +25,8 @@ def prompts(batch, rag, prompt_manager):
 
 def metrics(batch):
     hits = [float(g.strip() == a) for g, a in zip(batch["generated_text"], batch["answer"])]
-    return {"Total": {"value": len(hits)},
-            "em": {"value": sum(hits) / len(hits), "is_algebraic": True, "value_range": (0, 1)}}  # fmt: skip
+    em = {"value": sum(hits) / len(hits), "is_algebraic": True, "value_range": (0, 1)}
+    return {"Total": {"value": len(hits)}, "em": em}
 
 
 def accumulate(agg):

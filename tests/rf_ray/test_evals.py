@@ -40,7 +40,7 @@ def preprocess(batch, rag, prompt_manager):
         "retrieved_documents": [[d.metadata["doc_id"] for d in ds] for ds in docs],
         "prompts": [
             [{"role": "user", "content": f"{c} {q}"}] for c, q in zip(context, batch["query"])
-        ],  # fmt: skip
+        ],
     }
 
 
