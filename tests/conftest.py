@@ -23,6 +23,7 @@ TESTS = Path(__file__).resolve().parent
 
 STARTS_RAY_IN_A_SUBPROCESS = frozenset(
     {
+        "examples/rapidfire/test_rf_colab_rag_fiqa_tutorial.py",
         "examples/test_algorithm_examples.py",
         "examples/test_bench_compare_quick.py",
         "examples/test_bench_ops_quick.py",
