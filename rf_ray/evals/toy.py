@@ -28,6 +28,9 @@ from typing import Any
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 TINY_EMBEDDER = str(ASSETS / "tiny-embedder")
 TINY_CROSS_ENCODER = str(ASSETS / "tiny-cross-encoder")
+TINY_READER = str(ASSETS / "tiny-reader")
+"""A tiny Llama (the toy tokenizer) trained to answer a key's value from the facts in its
+context (``scripts/build_reader_asset.py``): it answers right only with the right fact."""
 
 LETTERS = tuple("abcdefghijklmnopqrstuvwxyz")
 RETRIEVAL_VOCAB: tuple[str, ...] = (
@@ -69,4 +72,4 @@ def fact_corpus(
     return docs, queries
 
 
-__all__ = ["RETRIEVAL_VOCAB", "TINY_CROSS_ENCODER", "TINY_EMBEDDER", "fact_corpus"]
+__all__ = ["RETRIEVAL_VOCAB", "TINY_CROSS_ENCODER", "TINY_EMBEDDER", "TINY_READER", "fact_corpus"]
