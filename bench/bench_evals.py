@@ -65,7 +65,7 @@ def config_group(k: int, new_tokens: int) -> RFGridSearch:
             content_key="text",
             json_lines=True,
             metadata_func=doc_id,
-        ),  # fmt: skip
+        ),
         vector_store_cfg={"type": "bm25"},
         search_cfg={"type": "similarity", "k": List(list(range(1, k + 1)))},
     )

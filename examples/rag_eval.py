@@ -70,7 +70,7 @@ def main() -> None:
             content_key="text",
             json_lines=True,
             metadata_func=doc_id,
-        ),  # fmt: skip
+        ),
         embedding_cfg={"class": HuggingFaceEmbeddings, "model_name": TINY_EMBEDDER},
         vector_store_cfg=List([{"type": "faiss"}, {"type": "bm25"}]),
         search_cfg={"type": "similarity", "k": List([1, 3])},

@@ -24,8 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from rf_ray import toy
 from rf_ray.evals.toy import LETTERS, TINY_READER
 
-SHAPE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "num_key_value_heads": 4, "intermediate_size": 128, "max_position_embeddings": 256}  # fmt: skip
+SHAPE = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "intermediate_size": 128,
+    "max_position_embeddings": 256,
+}
 
 
 def example(rng: random.Random) -> tuple[str, str]:
@@ -43,7 +49,9 @@ def batch(rng: random.Random, tokenizer, size: int) -> dict[str, torch.Tensor]:
         messages, value = example(rng)
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        answer = tokenizer(f" {value}", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        answer = tokenizer(f" {value}", add_special_tokens=False)["input_ids"] + [
+            tokenizer.eos_token_id
+        ]
         rows.append(ids + answer)
         labels.append([-100] * len(ids) + answer)
     width = max(map(len, rows))
@@ -51,7 +59,7 @@ def batch(rng: random.Random, tokenizer, size: int) -> dict[str, torch.Tensor]:
     return {
         "input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows]),
         "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
-        "labels": torch.tensor([l + [-100] * (width - len(l)) for l in labels]),
+        "labels": torch.tensor([x + [-100] * (width - len(x)) for x in labels]),
     }
 
 
@@ -61,8 +69,10 @@ def accuracy(model, tokenizer, n: int = 200) -> float:
         messages, value = example(rng)
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        out = model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        right += tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip() == value
+        out = model.generate(
+            ids, max_new_tokens=2, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
+        right += tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip() == value
     return right / n
 
 
@@ -70,8 +80,8 @@ def main(steps: int = 3000) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(toy.TOY_MODEL_PATH)
-    config = LlamaConfig(vocab_size=len(tokenizer), **SHAPE, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    ids = {k: getattr(tokenizer, k) for k in ("pad_token_id", "bos_token_id", "eos_token_id")}
+    config = LlamaConfig(vocab_size=len(tokenizer), **SHAPE, **ids)
     model = LlamaForCausalLM(config)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.05)
@@ -90,8 +100,9 @@ def main(steps: int = 3000) -> None:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "README.md").write_text(
-        "# rf-ray/tiny-reader\n\nA tiny Llama (the toy tokenizer) trained from scratch to answer "
-        "a key's value from the facts in its context (`scripts/build_reader_asset.py`).\n\n```json\n"
+        "# rf-ray/tiny-reader\n\nA tiny Llama (the toy tokenizer) trained from scratch to "
+        "answer a key's value from the facts in its context "
+        "(`scripts/build_reader_asset.py`).\n\n```json\n"
         + json.dumps({"shape": SHAPE, "steps": steps, "accuracy_fact_in_context": acc}, indent=2)
         + "\n```\n"
     )
