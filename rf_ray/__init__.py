@@ -54,6 +54,7 @@ from policies.errors import (
     UnknownKnobError,
 )
 from policies.fusion import FusionPolicy
+from policies.interval_pruning import IntervalPruner
 from policies.pruning import (
     ASHA,
     MedianStopping,
@@ -101,6 +102,7 @@ __all__ = [
     "FusionPolicy",
     "IgnoredFieldWarning",
     "IllegalTransitionError",
+    "IntervalPruner",
     "List",
     "MedianStopping",
     "NoPruning",
