@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors.engine.evals.spec import is_pipeline
+from actors.engine.evals.spec import PipelineSpec, is_pipeline
 from actors.engine.spec import RunSpec
 from actors.messages import RunEntry
 from actors.storage.durable import make_private_dir, resolve
@@ -325,7 +325,10 @@ def _write_datasets(plan: Plan) -> None:
 
 
 def entry_for(
-    spec: RunSpec, name: str, spec_blob: bytes | None = None, warm_start: bool = False
+    spec: RunSpec | PipelineSpec,
+    name: str,
+    spec_blob: bytes | None = None,
+    warm_start: bool = False,
 ) -> RunEntry:
     """The scheduler's registration record of a new run (see ``SchedulerActor.add_runs``); a
     clone names its parent in ``spec.parent_run_id``."""

@@ -76,8 +76,9 @@ class ConfigGroup(abc.ABC):
     """A token that keeps the experiment open until ``Experiment.unhold(token)``; None: none."""
 
     @abc.abstractmethod
-    def expand(self) -> list[RunConfig]:
-        """All runs of the group, concrete and validated, in a deterministic order."""
+    def expand(self) -> list[Any]:
+        """All runs of the group, concrete and validated, in a deterministic order: fit mode's
+        ``RunConfig``s, or evals mode's ``PipelineConfig``s for evals config sets."""
 
     def on_start(self, experiment: Any) -> None:  # noqa: B027  (a hook: does nothing by default)
         """Called by ``run_fit`` once ``experiment``'s actors run and ``expand()``'s runs are

@@ -272,8 +272,9 @@ class PipelineEngine:
             model = entry.model if entry.model is not None else entry.raw_model
             requests = [self._local_request(rid, prepared[rid]["prompts"]) for rid in rids]
             self.executor.phase = f"generating for pipelines {rids}"
+            texts: list[list[str] | None]
             try:
-                texts = generate_group(model, entry.tokenizer, requests)
+                texts = list(generate_group(model, entry.tokenizer, requests))
             except Exception as exc:  # a bad prompt of one pipeline: retry each alone
                 logger.warning("batched generation for %s failed (%s); one by one", rids, exc)
                 texts = []
