@@ -1,6 +1,7 @@
 """Benchmark: K evals pipelines on one generator, batched against one after another.
 
-K pipelines share the shipped fact corpus's BM25 index and the toy generator; they differ in
+K pipelines share the shipped fact corpus's BM25 index and the tiny reader (``TINY_READER``:
+a 0.1 M-parameter Llama); they differ in
 ``k`` (1..K retrieved documents), so each builds its own prompts. ``run_evals`` runs them over
 the same shards two ways:
 
@@ -10,7 +11,7 @@ the same shards two ways:
 2. **one after another** (``batched=False``): each pipeline's shard is its own slice and its own
    ``generate`` calls.
 
-It reports generated tokens per second (whitespace words of the generations, over the span
+It reports generated tokens per second (new tokens up to each row's end of sequence, over the span
 from the first shard's start to the last shard's end, from the store's slice times) and the
 time to all decided (that span: every pipeline scored on every shard), and checks that both
 ways produced identical answers (greedy decoding). Actor start-up is left out of both figures.
@@ -42,7 +43,7 @@ from langchain_community.document_loaders import JSONLoader  # noqa: E402
 
 from rf_ray import Experiment  # noqa: E402
 from rf_ray.automl import List, RFGridSearch, RFLangChainRagSpec, RFvLLMModelConfig  # noqa: E402
-from rf_ray.toy import TOY_MODEL_NAME  # noqa: E402
+from rf_ray.evals.toy import TINY_READER  # noqa: E402
 
 DATA = REPO / "examples" / "data" / "facts"
 
@@ -70,7 +71,7 @@ def config_group(k: int, new_tokens: int) -> RFGridSearch:
         search_cfg={"type": "similarity", "k": List(list(range(1, k + 1)))},
     )
     generator = RFvLLMModelConfig(
-        model_config={"model": TOY_MODEL_NAME},
+        model_config={"model": TINY_READER},
         sampling_params={"temperature": 0.0, "max_tokens": new_tokens}, rag=rag,
     )  # fmt: skip
     return RFGridSearch({"vllm_config": generator, "batch_size": 8, "preprocess_fn": preprocess})
@@ -88,7 +89,8 @@ def measure(root: Path, name: str, args: argparse.Namespace, queries: list, batc
     finally:
         exp.end()
     span = float(chunks["slice_ended_at"].max() - chunks["slice_started_at"].min())
-    tokens = sum(len(t.split()) for rows, _ in results.values() for t in rows["generated_text"])
+    # Each shard's generated tokens (end-of-sequence included): its tokens/s x its seconds.
+    tokens = round(float((chunks["tokens_per_second"] * chunks["slice_seconds"]).sum()))
     answers = {rid: list(zip(rows["query_id"], rows["generated_text"]))
                for rid, (rows, _) in results.items()}  # fmt: skip
     return {

@@ -206,11 +206,10 @@ class PipelineEngine:
                 except Exception as exc:
                     failed[rid] = exc
                     live.pop(rid)
-            generated = self._generate(prepared, failed, live)
+            generated = self._generate(prepared, failed, live, tokens)
             for rid, texts in generated.items():
                 batch = prepared[rid]
                 batch["generated_text"] = texts
-                tokens[rid] += sum(len(t.split()) for t in texts)
                 try:
                     self._score(self.pipelines[rid], batch)
                 except Exception as exc:
@@ -252,7 +251,11 @@ class PipelineEngine:
         return out
 
     def _generate(
-        self, prepared: dict[int, dict], failed: dict[int, BaseException], live: dict
+        self,
+        prepared: dict[int, dict],
+        failed: dict[int, BaseException],
+        live: dict,
+        tokens: dict[int, int],
     ) -> dict[int, list[str]]:
         """Completions per pipeline: local ones in one batched call per base model."""
         out: dict[int, list[str]] = {}
@@ -285,9 +288,10 @@ class PipelineEngine:
                         failed[rid] = one
                         live.pop(rid)
                         texts.append(None)
-            for rid, t in zip(rids, texts):
+            for rid, t, req in zip(rids, texts, requests):
                 if t is not None:
                     out[rid] = t
+                    tokens[rid] += req.new_tokens
         return out
 
     def _local_request(self, rid: int, prompts: list[Any]) -> LocalRequest:

@@ -33,6 +33,9 @@ class LocalRequest:
     generation: dict[str, Any]
     adapter: str | None = None
     generator: torch.Generator | None = None
+    new_tokens: int = 0
+    """Set by ``generate_group``: tokens generated for this request (end-of-sequence included,
+    padding not)."""
 
 
 def render(tokenizer: Any, prompt: Any) -> str:
@@ -107,6 +110,7 @@ def generate_group(model: Any, tokenizer: Any, requests: list[LocalRequest]) -> 
     texts = []
     for i, g in enumerate(built):
         new = outputs[i][:, g.input_ids.shape[1] :]
+        requests[i].new_tokens = int((new != tokenizer.pad_token_id).sum())
         texts.append(tokenizer.batch_decode(new, skip_special_tokens=True))
     return [[t.strip() for t in batch] for batch in texts]
 
