@@ -82,6 +82,8 @@ def main() -> None:
         rag=rag,
     )
     config_set = {"vllm_config": reader, "batch_size": 8, "preprocess_fn": preprocess,
+                  # Wilson's interval stays honest at 0 of n right (normal's collapses to 0)
+                  "online_strategy_kwargs": {"strategy_name": "wilson"},
                   **evals_metrics(retrieval_k=3, generation=("exact_match",))}  # fmt: skip
     experiment = Experiment("rag-eval", mode="evals", experiment_path=root)
     try:

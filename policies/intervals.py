@@ -25,7 +25,10 @@ Strategies (``strategy=``):
 With ``use_fpc`` (the default) the finite-population correction ``sqrt((N - n) / (N - 1))``
 shrinks the error as the shards cover the set; at ``n = N`` the interval is the point. An
 estimate at a bound of its range (every answer right) has no spread to estimate: its interval
-is the point too, as in RapidFire. Intervals are clipped to the range.
+is the point too, as in RapidFire, except under ``"wilson"``: Wilson's interval is defined at 0
+and 1 (``[0, z^2 / (n + z^2)]`` at 0), so 0 of 12 right is not taken as certainly 0 (RapidFire
+collapses it to the point, which makes a pruner on intervals overconfident after one shard).
+Intervals are clipped to the range.
 
 Pure: no numpy or scipy (``statistics.NormalDist`` gives ``z``).
 """
@@ -130,16 +133,17 @@ def mean_interval(
     low, high = value_range
     if n <= 0:
         return low, high
-    if mean <= low or mean >= high:
+    proportion = (low, high) == (0.0, 1.0)
+    wilson = strategy.strategy_name == "wilson" and proportion
+    if (mean <= low or mean >= high) and not wilson:
         return mean, mean  # no spread to estimate (RapidFire's rule)
     fpc = _fpc(n, population, strategy.use_fpc)
     alpha = 1 - strategy.confidence_level
     z = NormalDist().inv_cdf(1 - alpha / 2)
-    proportion = (low, high) == (0.0, 1.0)
     if strategy.strategy_name == "hoeffding":
         margin = (high - low) * math.sqrt(math.log(2 / alpha) / (2 * n)) * fpc
         return max(low, mean - margin), min(high, mean + margin)
-    if strategy.strategy_name == "wilson" and proportion:
+    if wilson:
         if fpc == 0.0:
             return mean, mean
         eff = n / fpc**2  # the corrected sample counts as this many draws with replacement

@@ -32,8 +32,12 @@ def test_fpc_shrinks_and_closes_at_the_whole_set() -> None:
     assert mean_interval(0.3, 100, (0.0, 1.0), fpc, population=100) == (0.3, 0.3)
 
 
-def test_estimate_at_a_bound_has_no_spread() -> None:
+def test_estimate_at_a_bound_has_no_spread_except_under_wilson() -> None:
     assert mean_interval(1.0, 3, (0.0, 1.0), NORMAL) == (1.0, 1.0)
+    low, high = mean_interval(0.0, 12, (0.0, 1.0), OnlineStrategy("wilson", 0.95, False))
+    z2 = 1.959964**2
+    assert low == 0.0
+    assert high == pytest.approx(z2 / (12 + z2), rel=1e-5)
 
 
 def test_wilson_and_hoeffding_differ_from_normal_as_expected() -> None:
