@@ -27,7 +27,7 @@ def test_rag_eval_example(tmp_path: Path) -> None:
     for line in proc.stdout.splitlines():
         cells = line.split()
         if len(cells) > 8 and cells[0].isdigit():
-            run, store, k, status = cells[:4]
+            _run, store, k, status = cells[:4]
             rows[(store, int(k))] = (status, float(cells[8]))  # exact match estimate
     assert set(rows) == {("faiss", 1), ("faiss", 3), ("bm25", 1), ("bm25", 3)}
     best = max(rows, key=lambda key: rows[key][1])
