@@ -4,6 +4,7 @@ only, named; a shard's state is durable and a repeated grant returns its cached 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -102,3 +103,36 @@ def test_state_is_durable_and_a_repeated_grant_is_cached(engine: PipelineEngine,
     second = restored.run_group({1: (4, 8, str(tmp_path))})[1]
     assert json.loads(Path(second.checkpoint).read_text())["rows_done"] == 8
     assert len(restored.pipelines[1].results["q"]) == 8
+
+
+def test_a_pipeline_generates_with_its_adapter_resident_beside_the_base(
+    engine: PipelineEngine, tmp_path
+) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from rf_ray.toy import load_toy_model
+
+    model, _ = load_toy_model()
+    torch.manual_seed(0)
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    for name, param in peft.named_parameters():
+        if "lora_B" in name:  # a trained adapter is not zero: make this one change the output
+            torch.nn.init.normal_(param, std=0.5)
+    peft.save_pretrained(tmp_path / "adapter")
+    with_adapter = spec(2, GREEDY)
+    with_adapter.adapter = str(tmp_path / "adapter")
+    engine.add(spec(1, GREEDY))
+    engine.add(with_adapter)
+    out = engine.run_group({1: (0, 4, str(tmp_path / "1")), 2: (0, 4, str(tmp_path / "2"))})
+    assert out[1].fused_with == out[2].fused_with == 2
+    base = engine.pipelines[1].results["generated_text"]
+    tuned = engine.pipelines[2].results["generated_text"]
+    assert base != tuned
+    assert engine.executor.base_loads == {"toy": 1}  # one base, the adapter beside it
+    alone = PipelineEngine(engine.executor, engine.dataset)
+    alone.add(dataclasses.replace(with_adapter, run_id=3))
+    alone.run_group({3: (0, 4, str(tmp_path / "3"))})
+    assert alone.pipelines[3].results["generated_text"] == tuned
+    engine.remove(2)
+    assert "pipeline_2" not in engine.executor.bases["toy"].model.peft_config
