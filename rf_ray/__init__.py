@@ -74,6 +74,12 @@ from rf_ray.configs import (
     RFModelConfig,
     RFSFTConfig,
 )
+from rf_ray.evals.configs import (
+    RFAPIModelConfig,
+    RFLangChainRagSpec,
+    RFPromptManager,
+    RFvLLMModelConfig,
+)
 from rf_ray.experiment import Experiment
 from rf_ray.search import ConfigGroup, RFGridSearch, RFRandomSearch
 from rf_ray.specs import RunConfig
@@ -108,15 +114,19 @@ __all__ = [
     "NoPruning",
     "OpError",
     "Pruner",
+    "RFAPIModelConfig",
     "RFDPOConfig",
     "RFGRPOConfig",
     "RFGridSearch",
+    "RFLangChainRagSpec",
     "RFLoraConfig",
     "RFModelConfig",
     "RFOptuna",
+    "RFPromptManager",
     "RFRandomSearch",
     "RFRayError",
     "RFSFTConfig",
+    "RFvLLMModelConfig",
     "Range",
     "RunConfig",
     "RunFailedError",
