@@ -65,3 +65,29 @@ def test_reranker_keeps_top_n_and_context_is_serialized() -> None:
     text = rag.get_context(["a b ="])[0]
     assert "doc_id=" in text
     assert " = " in text
+
+
+def test_prompt_manager_picks_k_few_shot_examples_per_query() -> None:
+    from langchain_core.example_selectors import SemanticSimilarityExampleSelector
+    from langchain_core.prompts import PromptTemplate
+
+    from actors.engine.evals.prompts import PromptManager
+    from rf_ray.evals.build import prompt_spec
+
+    examples = [{"question": f"{a} {b} =", "answer": str(i)}
+                for i, (a, b) in enumerate(zip("abcdef", "ghijkl"))]  # fmt: skip
+    spec = prompt_spec({
+        "instructions": "answer with the value", "examples": examples, "k": 2,
+        "embedding_cfg": EMBED, "example_selector_cls": SemanticSimilarityExampleSelector,
+        "example_prompt_template": PromptTemplate.from_template("{question} {answer}"),
+    })  # fmt: skip
+    retrieval = Retrieval()
+    manager = PromptManager(spec, retrieval.embedding(spec.embedding_cls, spec.embedding_kwargs))
+    assert manager.get_instructions() == "answer with the value"
+    shots = manager.get_fewshot_examples(["a g =", "f l ="])
+    assert len(shots) == 2
+    formatted = {f"{e['question']} {e['answer']}" for e in examples}
+    for text in shots:
+        lines = [line for line in text.split("\n\n") if line.strip()]
+        assert len(lines) == 2
+        assert set(lines) <= formatted
