@@ -219,9 +219,9 @@ class RFvLLMModelConfig(_GeneratorConfig):
     ``sampling_params={"temperature": ..., "top_p": ..., "max_tokens": ...}``.
 
     rf-ray serves it from the executor's resident model (loaded once by ``create_model_fn``,
-    shared by every pipeline, batched across pipelines); vLLM serves it only where vLLM is
-    installed on a GPU machine. The vLLM-only engine arguments (``gpu_memory_utilization``,
-    ``tensor_parallel_size``, ...) are kept for vLLM and otherwise unused."""
+    shared by every pipeline, batched across pipelines) and logs one line saying so; a vLLM
+    engine is not wired in yet. The vLLM-only engine arguments (``gpu_memory_utilization``,
+    ``tensor_parallel_size``, ...) are kept in the spec and unused."""
 
     _fields = ("model_config", "sampling_params", "rag", "prompt_manager")
     _no_knobs = frozenset({"rag", "prompt_manager"})

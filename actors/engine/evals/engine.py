@@ -111,8 +111,7 @@ class PipelineEngine:
         self.pipelines[spec.run_id] = record
 
     def _note_vllm(self, spec: PipelineSpec) -> None:
-        """RFvLLMModelConfig is served here: say so once (vLLM serves it only where installed
-        on a GPU, which this executor is not using)."""
+        """RFvLLMModelConfig is served here: say so once (no vLLM engine is wired in yet)."""
         if spec.generator.wants_vllm and not self.vllm_note_logged:
             self.vllm_note_logged = True
             logger.warning(

@@ -58,8 +58,7 @@ class GeneratorSpec:
     seed: int | None = None
     """Local sampling: the pipeline's own RNG stream starts here."""
     wants_vllm: bool = False
-    """The user asked for vLLM (``RFvLLMModelConfig``); served by vLLM only where it is
-    installed on a GPU."""
+    """The user asked for vLLM (``RFvLLMModelConfig``); the executor serves it and says so."""
     vllm_config: dict[str, Any] = field(default_factory=dict)
     vllm_sampling: dict[str, Any] = field(default_factory=dict)
     client: dict[str, Any] = field(default_factory=dict)
