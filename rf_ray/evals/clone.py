@@ -1,7 +1,7 @@
 """Clone-modify of an evals pipeline: a new pipeline from a running one's spec with changes.
 
     experiment.clone_modify(2, {"search_cfg": {"k": 3}, "reranker_cfg": {"top_n": 1}})
-    rf-ray ops clone my-exp 2 --set sampling_params.temperature=0.2
+    experiment.clone_modify(2, {"sampling_params.temperature": 0.2})
 
 Changes (each merged into the parent's value, then checked as ``run_evals`` checks it):
 ``search_cfg`` and ``reranker_cfg`` keys (the index is shared, so no rebuild), ``sampling_params``
