@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.engine.ckpt_writer import CheckpointError, CheckpointWriter
+from actors.engine.evals.spec import is_pipeline
 from actors.engine.timeline import SliceTiming
 from actors.messages import SliceResult
 from policies.errors import RunFailedError, RunNotPlacedError
@@ -62,6 +63,8 @@ class _Gathering:
     outcome: asyncio.Future[dict[int, Any]]
     arrived: dict[int, tuple[int, int, bool, str]] = dataclasses.field(default_factory=dict)
     """Members that called in: ``(start_step, end_step, evaluate, run_dir)`` by run id."""
+    work: Callable[..., dict[int, Any]] | None = None
+    """What runs the gathered group (None: a fused training pass; evals: one shard's step)."""
 
 
 class BaseModelActor:
@@ -98,6 +101,19 @@ class BaseModelActor:
         """``threading.get_ident()`` of the worker thread, once it has run something."""
         self.writer = CheckpointWriter()
         """Writes checkpoints on its own thread while the worker trains the next grant."""
+        self.pipelines: Any = None
+        """Evals pipelines placed here (``actors.engine.evals.engine.PipelineEngine``), made
+        on the first one; fine-tuning runs never create it."""
+
+    def _pipeline_engine(self) -> Any:
+        if self.pipelines is None:
+            from actors.engine.evals.engine import PipelineEngine
+
+            self.pipelines = PipelineEngine(self.executor, self.executor.train_dataset)
+        return self.pipelines
+
+    def _is_pipeline(self, run_id: int) -> bool:
+        return self.pipelines is not None and run_id in self.pipelines.pipelines
 
     async def _work(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` on the executor's worker thread (requests queue there, in order)."""
@@ -159,6 +175,8 @@ class BaseModelActor:
         from actors.storage import checkpoint
 
         spec = cloudpickle.loads(spec_blob)
+        if is_pipeline(spec):  # evals mode: a pipeline, placed from its last state file
+            return self._add_pipeline(spec, checkpoint_path)
         record = self.executor.registry.get(spec.run_id)
         if record is not None:
             target = checkpoint.steps_done(checkpoint_path) if checkpoint_path else 0
@@ -176,6 +194,18 @@ class BaseModelActor:
         self.executor.add_run(spec, state)
         return int(spec.run_id)
 
+    def _add_pipeline(self, spec: Any, state_path: str | None) -> int:
+        from actors.engine.evals.engine import read_state
+
+        engine = self._pipeline_engine()
+        record = engine.pipelines.get(spec.run_id)
+        target = read_state(state_path) if state_path else None
+        if record is not None and record.rows_done == (target or {}).get("rows_done", 0):
+            return int(spec.run_id)
+        engine.remove(spec.run_id)
+        engine.add(spec, target)
+        return int(spec.run_id)
+
     async def load_base(self, spec_blob: bytes) -> bool:
         """Load the base model a run needs, ahead of its first ``add_run`` (start-up overlaps:
         the base loads while the trials start). True if loaded; a failure is only logged here:
@@ -190,10 +220,13 @@ class BaseModelActor:
     def _load_base(self, spec_blob: bytes) -> None:
         import cloudpickle
 
-        self.executor.load_base(cloudpickle.loads(spec_blob))
+        spec = cloudpickle.loads(spec_blob)
+        if is_pipeline(spec) and spec.generator.kind != "local":
+            return  # an API pipeline has no resident model
+        self.executor.load_base(spec)
 
     async def has_run(self, run_id: int) -> bool:
-        return run_id in self.executor.registry
+        return run_id in self.executor.registry or self._is_pipeline(run_id)
 
     async def run_slice(
         self,
@@ -214,11 +247,18 @@ class BaseModelActor:
         Idempotent: a slice that already ran returns its cached outcome; a run not resident here
         at ``start_step`` raises ``RunNotPlacedError`` (re-place it with ``add_run``, retry).
         """
+        evals = self._is_pipeline(run_id)
         gathering = self._groups.get(tuple(sorted(group or ())))
         if gathering is None and group and len(group) > 1:
-            gathering = self._gather(tuple(sorted(group)))
+            gathering = self._gather(tuple(sorted(group)), self._shard if evals else None)
         if gathering is None or run_id in gathering.arrived:
             # Time-sliced; or a member too late for its group, or a retried call: on its own.
+            if evals:
+                arrived = {run_id: (start_step, end_step, evaluate, run_dir)}
+                outcome = (await self._work(self._shard, arrived))[run_id]
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                return outcome  # type: ignore[no-any-return]
             return await self._work(self._solo, run_id, start_step, end_step, evaluate, run_dir)
         gathering.arrived[run_id] = (start_step, end_step, evaluate, run_dir)
         if set(gathering.arrived) == set(gathering.key):
@@ -228,10 +268,12 @@ class BaseModelActor:
             raise outcome
         return outcome
 
-    def _gather(self, key: tuple[int, ...]) -> _Gathering:
+    def _gather(
+        self, key: tuple[int, ...], work: Callable[..., dict[int, Any]] | None = None
+    ) -> _Gathering:
         """Start gathering a fused group; it trains when complete, or after the wait."""
         loop = asyncio.get_running_loop()
-        gathering = _Gathering(key=key, outcome=loop.create_future())
+        gathering = _Gathering(key=key, outcome=loop.create_future(), work=work)
         self._groups[key] = gathering
         loop.call_later(GROUP_WAIT_SECONDS, self._launch, gathering)
         return gathering
@@ -244,7 +286,8 @@ class BaseModelActor:
         missing = sorted(set(gathering.key) - set(gathering.arrived))
         if missing:
             logger.warning("fused group %s: runs %s did not come in time", gathering.key, missing)
-        task = asyncio.ensure_future(self._work(self._fused_timed, dict(gathering.arrived)))
+        work = gathering.work or self._fused_timed
+        task = asyncio.ensure_future(self._work(work, dict(gathering.arrived)))
         future = gathering.outcome
 
         def _done(t: asyncio.Future[dict[int, Any]]) -> None:
@@ -270,6 +313,19 @@ class BaseModelActor:
             SliceTiming(run_id, started, time.time(), timeline.compute_seconds - compute)
         )
         return result
+
+    def _shard(self, arrived: dict[int, tuple[int, int, bool, str]]) -> dict[int, Any]:
+        """Evals: a group of pipelines over one shard (``PipelineEngine.run_group``); each
+        pipeline's state is durable when this returns."""
+        grants = {rid: (start, end, run_dir) for rid, (start, end, _, run_dir) in arrived.items()}
+        outcomes: dict[int, Any] = self._pipeline_engine().run_group(grants)
+        for rid, outcome in outcomes.items():
+            if isinstance(outcome, BaseException) and not (
+                isinstance(outcome, Exception)
+                and not isinstance(outcome, (StopIteration, StopAsyncIteration))
+            ):
+                outcomes[rid] = as_run_failure(outcome, f"running pipeline {rid}")
+        return outcomes
 
     def _fused_timed(self, arrived: dict[int, tuple[int, int, bool, str]]) -> dict[int, Any]:
         """``_fused``, its time on the worker recorded in the executor's timeline."""
@@ -342,6 +398,8 @@ class BaseModelActor:
         Raises the run's ``CheckpointError`` if its write failed, and ``RunNotPlacedError`` if
         this executor never queued it (it restarted since; or nothing was trained): the slice
         is re-run from the run's last durable checkpoint."""
+        if self.pipelines is not None and (run_id, step) in self.pipelines.durable:
+            return str(self.pipelines.durable[(run_id, step)])  # written before the step returned
         write = self.writer.pending(run_id, step)
         if write is None:
             raise RunNotPlacedError(
@@ -366,6 +424,9 @@ class BaseModelActor:
     def _export(self, run_id: int, path: str) -> str:
         from actors.storage import checkpoint
 
+        if self._is_pipeline(run_id):
+            return ""  # a pipeline trains nothing: there is no adapter to export
+
         record = self.executor.registry[run_id]
         model = self.executor.bases[record.spec.model_key].model
         return str(checkpoint.export_adapter(model, record.spec.adapter_name, Path(path)))
@@ -375,6 +436,9 @@ class BaseModelActor:
         if self.owners.get(run_id) != owner:
             return
         self.owners.pop(run_id, None)
+        if self._is_pipeline(run_id):
+            await self._work(self.pipelines.remove, run_id)
+            return
         await self._work(self.executor.remove_run, run_id)
 
     async def stats(self) -> dict[str, Any]:

@@ -278,7 +278,7 @@ class SchedulerCore:
             metrics = _chunk_means(row.chunk_steps)
             metrics.update(eval_metrics or {})
             value = metrics.get(self.pruner.metric or "train_loss")
-            self.pruner.record(run_id, row.chunks_done, value)
+            self.pruner.observe(run_id, row.chunks_done, metrics)
             row.last_metric = value
             if value is not None and math.isfinite(value):
                 better = row.best_metric is None or (

@@ -351,9 +351,10 @@ class TrialActor:
                 ),
                 SMALL_CALL_SECONDS,
             )
-            outcome["adapter_path"] = path
-            tags["rf_ray.adapter_path"] = path
-            await self.scheduler.set_adapter_path.remote(self.run_id, path)
+            if path:  # an evals pipeline has no adapter to export
+                outcome["adapter_path"] = path
+                tags["rf_ray.adapter_path"] = path
+                await self.scheduler.set_adapter_path.remote(self.run_id, path)
         await self._evict()
         await tracker.finish(tags, _MLFLOW_STATUS.get(status, "KILLED"))
         await self._record_mlflow_run(tracker)

@@ -1,5 +1,5 @@
-"""Pure decisions of rf-ray: run states, chunk plans, slice order, fusion groups and
-pruning rules.
+"""Pure decisions of rf-ray: run states, chunk plans, slice order, fusion groups, pruning
+rules and confidence intervals (evals mode's online aggregation).
 
 Nothing here imports Ray, torch or any training library, and nothing acts: plain inputs (run
 ids, chunk counts, metric values) go in, a decision value comes out. ``tests/policies`` checks
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from policies.chunking import ChunkPlan, epoch_order
 from policies.fusion import Candidate, FusionPolicy, form_group
+from policies.interval_pruning import IntervalPruner
+from policies.intervals import OnlineStrategy, add_intervals
 from policies.order import next_run
 from policies.pruning import (
     ASHA,
@@ -28,12 +30,15 @@ __all__ = [
     "Candidate",
     "ChunkPlan",
     "FusionPolicy",
+    "IntervalPruner",
     "MedianStopping",
     "NoPruning",
+    "OnlineStrategy",
     "Pruner",
     "RunStatus",
     "SuccessiveHalving",
     "ThresholdPruner",
+    "add_intervals",
     "epoch_order",
     "form_group",
     "is_live",

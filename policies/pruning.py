@@ -81,6 +81,11 @@ class Pruner:
         self._records.setdefault(run_id, {})[chunk] = clean
         self._on_record(run_id, chunk, clean)
 
+    def observe(self, run_id: int, chunk: int, metrics: Mapping[str, Any]) -> None:
+        """Record ``run_id``'s chunk from all of the chunk's metrics (the scheduler calls this):
+        the value of ``metric`` by default; a pruner that needs more (an interval) reads it."""
+        self.record(run_id, chunk, metrics.get(self.metric or "train_loss"))
+
     def may_advance(self, run_id: int, chunks_done: int, live: Mapping[int, int]) -> bool:
         """May ``run_id`` start its next chunk now? ``live`` maps every live run to chunks done."""
         return True

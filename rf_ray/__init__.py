@@ -16,6 +16,9 @@ What users write
     ``knobs``       the search knobs List and Range
     ``fields``      which TRL/PEFT fields a config may set, and the rules for their values
     ``search``      config groups: RFGridSearch, RFRandomSearch (and the ConfigGroup hooks)
+    ``knob_template`` one config with its knobs located: the grid/random expander both
+                    modes share
+    ``evals``       evals mode: RAG spec, prompt manager, generator configs, pipeline checks
     ``automl``      RapidFire AI's ``rapidfireai.automl`` names
     ``compat``      what rf-ray does with TRL and RapidFire fields it ignores or refuses
     ``data``        datasets in (lists, pandas, HF datasets), column checks, fingerprints
@@ -51,6 +54,7 @@ from policies.errors import (
     UnknownKnobError,
 )
 from policies.fusion import FusionPolicy
+from policies.interval_pruning import IntervalPruner
 from policies.pruning import (
     ASHA,
     MedianStopping,
@@ -69,6 +73,12 @@ from rf_ray.configs import (
     RFLoraConfig,
     RFModelConfig,
     RFSFTConfig,
+)
+from rf_ray.evals.configs import (
+    RFAPIModelConfig,
+    RFLangChainRagSpec,
+    RFPromptManager,
+    RFvLLMModelConfig,
 )
 from rf_ray.experiment import Experiment
 from rf_ray.search import ConfigGroup, RFGridSearch, RFRandomSearch
@@ -98,20 +108,25 @@ __all__ = [
     "FusionPolicy",
     "IgnoredFieldWarning",
     "IllegalTransitionError",
+    "IntervalPruner",
     "List",
     "MedianStopping",
     "NoPruning",
     "OpError",
     "Pruner",
+    "RFAPIModelConfig",
     "RFDPOConfig",
     "RFGRPOConfig",
     "RFGridSearch",
+    "RFLangChainRagSpec",
     "RFLoraConfig",
     "RFModelConfig",
     "RFOptuna",
+    "RFPromptManager",
     "RFRandomSearch",
     "RFRayError",
     "RFSFTConfig",
+    "RFvLLMModelConfig",
     "Range",
     "RunConfig",
     "RunFailedError",

@@ -1,6 +1,7 @@
 """RapidFire AI's ``rapidfireai.automl`` names, so a RapidFire script changes only its imports:
 
     from rf_ray.automl import List, Range, RFGridSearch, RFLoraConfig, RFModelConfig, RFSFTConfig
+    from rf_ray.automl import RFLangChainRagSpec, RFPromptManager, RFvLLMModelConfig  # evals
 
 ``RFOptuna`` needs Ray Tune and Optuna (``pip install "rf-ray[tune]"``); it is loaded on use.
 """
@@ -15,6 +16,12 @@ from rf_ray.configs import (
     RFLoraConfig,
     RFModelConfig,
     RFSFTConfig,
+)
+from rf_ray.evals.configs import (
+    RFAPIModelConfig,
+    RFLangChainRagSpec,
+    RFPromptManager,
+    RFvLLMModelConfig,
 )
 from rf_ray.search import RFGridSearch, RFRandomSearch
 
@@ -32,13 +39,17 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "List",
+    "RFAPIModelConfig",
     "RFDPOConfig",
     "RFGRPOConfig",
     "RFGridSearch",
+    "RFLangChainRagSpec",
     "RFLoraConfig",
     "RFModelConfig",
     "RFOptuna",
+    "RFPromptManager",
     "RFRandomSearch",
     "RFSFTConfig",
+    "RFvLLMModelConfig",
     "Range",
 ]

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_ROOT = "rf_experiments"
 LOG_FILE = "rf_ray.log"
 """The driver's log of an experiment, in its directory (``Experiment.get_log_file_path``)."""
-MODES = ("fit",)
+MODES = ("fit", "evals")
 _LOGGERS = ("rf_ray", "actors", "policies")
 # Experiment directory -> its log file's handler. Kept here, not on the Experiment, so that an
 # Experiment stays picklable (a Tune trainable carries one; a handler holds a lock).
@@ -50,7 +50,8 @@ class Experiment:
     """One named experiment: a directory with its store, checkpoints, adapters and MLflow db.
 
     The signature is RapidFire AI's (``Experiment(experiment_name, mode="fit",
-    experiment_path=...)``); rf-ray trains (``mode="fit"``) and has no ``"evals"`` mode.
+    experiment_path=...)``): ``mode="fit"`` trains (``run_fit``), ``mode="evals"`` compares
+    RAG and prompt pipelines (``run_evals``).
     """
 
     def __init__(
@@ -63,9 +64,8 @@ class Experiment:
         check_experiment_name(experiment_name)
         if mode not in MODES:
             raise ConfigError(
-                f"mode={mode!r} is not supported: rf-ray fine-tunes (mode='fit', the default). "
-                "RapidFire's 'evals' mode (RAG and inference pipelines) has no rf-ray "
-                "equivalent; for evaluation during training pass eval_dataset to run_fit"
+                f"mode={mode!r} is not supported: use mode='fit' (fine-tuning, run_fit) or "
+                "mode='evals' (RAG and prompt pipelines, run_evals)"
             )
         self.mode = mode
         self.name = experiment_name
@@ -119,6 +119,7 @@ class Experiment:
         A second ``run_fit`` (or ``resume()``) on the same object first stops the actors of the
         previous one, running or finished, so its executor frees the device.
         """
+        self._check_mode("fit", "run_fit")
         group = _as_group(param_config)
         plan = self._prepare(
             group,
@@ -142,6 +143,72 @@ class Experiment:
         if not blocking:
             return None
         return self.wait()
+
+    # ------------------------------------------------------------------ run_evals
+    def run_evals(  # noqa: PLR0913  RapidFire AI's run_evals signature plus rf-ray's options
+        self,
+        config_group: ConfigGroup | dict[str, Any],
+        dataset: Any,
+        num_shards: int = 4,
+        seed: int = 42,
+        create_model_fn: Callable[[Any], tuple[Any, Any]] | None = None,
+        pruner: Pruner | None = None,
+        batched: bool = True,
+        live_view: bool = True,
+        blocking: bool = True,
+        num_executors: int | None = None,
+        slice_timeout: float | None = DEFAULT_SLICE_TIMEOUT,
+    ) -> dict[int, tuple[dict[str, list[Any]], dict[str, Any]]] | None:
+        """Run every pipeline of ``config_group`` over ``dataset`` shard by shard; return
+        ``{run_id: (aggregated_results, cumulative_metrics)}`` as RapidFire AI does.
+
+        Each pipeline is a run; the eval set, in a ``seed``-shuffled order, is cut into
+        ``num_shards`` shards (the chunks); every live pipeline gets its turn per shard, and
+        after each shard its cumulative metrics carry confidence intervals. ``pruner``
+        (default: none) drops pipelines, e.g. ``IntervalPruner(metric="NDCG@5", mode="max")``
+        once an interval lies wholly below another's, or ``SuccessiveHalving(...)`` on shards.
+        ``create_model_fn(model_config) -> (model, tokenizer)`` loads a local generator once
+        (default: the toy model or ``from_pretrained``). With ``batched`` the pipelines on one
+        generator generate each batch in one call; ``False`` runs them one after another.
+        Steer pipelines while it runs (``blocking=False``) with stop/resume/delete/
+        clone_modify, as fit runs."""
+        from rf_ray.evals.run import evals_plan
+
+        self._check_mode("evals", "run_evals")
+        group = config_group if isinstance(config_group, ConfigGroup) else RFGridSearch(
+            config_group
+        )  # fmt: skip
+        plan = evals_plan(
+            name=self.name, exp_dir=self.dir, tracking_uri=self.tracking_uri,
+            configs=group.expand(), dataset=dataset, num_shards=num_shards, seed=seed,
+            pruner=pruner, create_model_fn=create_model_fn or _default_create_model_fn(),
+            batched=batched, slice_timeout=slice_timeout, experiments_root=self.dir.parent,
+        )  # fmt: skip
+        self._stop_session()
+        self._session = session.start(plan, num_executors=num_executors)
+        self._start_log_file()
+        self._differing, self._live_view = plan.differing, live_view
+        self._metric = (plan.pruner.metric or "", plan.pruner.mode or "max")
+        if not blocking:
+            return None
+        self.wait()
+        return self.get_evals_results()
+
+    def get_evals_results(self) -> dict[int, tuple[dict[str, list[Any]], dict[str, Any]]]:
+        """Per pipeline (not failed or deleted): ``(aggregated_results, cumulative_metrics)``
+        as of its last shard, the metrics with confidence intervals."""
+        from rf_ray.evals.run import read_results
+
+        self._check_mode("evals", "get_evals_results")
+        self._store().close()  # a clear error when nothing ran yet
+        return read_results(self.dir)
+
+    def _check_mode(self, mode: str, what: str) -> None:
+        if self.mode != mode:
+            raise ConfigError(
+                f"{what}() is for mode={mode!r}; this experiment was opened with "
+                f"mode={self.mode!r}: Experiment({self.name!r}, mode={mode!r})"
+            )
 
     def wait(self) -> pd.DataFrame:
         """Block until every run is over (live view as chosen in run_fit); return runs info."""

@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from actors.engine.evals.spec import is_pipeline
 from actors.engine.spec import RunSpec
 from actors.storage.store import Store
 from policies.errors import ConfigError, OpError
@@ -174,9 +175,30 @@ def clone_modify(
     import ray
 
     parent = cloudpickle.loads(_unwrap(lambda: ray.get(scheduler.get_spec_blob.remote(run_id))))
+    if is_pipeline(parent):  # evals mode (rf_ray.evals.clone)
+        return _clone_pipeline(scheduler, exp_dir, parent, changes, warm_start)
     new_run = modified(parent.model_config, changes)
     _, answer = _add_run(scheduler, exp_dir, _meta(exp_dir), new_run, parent, warm_start)
     return answer
+
+
+def _clone_pipeline(
+    scheduler: Any, exp_dir: Path, parent: Any, changes: dict[str, Any], warm_start: bool
+) -> dict[str, Any]:
+    """Clone an evals pipeline with ``changes`` (``rf_ray.evals.clone``), always cold."""
+    import ray
+
+    from rf_ray.evals.clone import modified_pipeline
+    from rf_ray.evals.store import write_pipeline_spec
+
+    if warm_start:
+        raise ConfigError("an evals pipeline has no trained state to warm-start from; clone cold")
+    modified_pipeline(parent, changes, parent.run_id)  # validate before reserving an id
+    new_id = _unwrap(lambda: ray.get(scheduler.reserve_run_id.remote()))
+    spec = modified_pipeline(parent, changes, new_id)
+    blob = write_pipeline_spec(exp_dir, spec)
+    entry = entry_for(spec, _meta(exp_dir)["name"], blob)
+    return dict(_unwrap(lambda: ray.get(scheduler.add_clone.remote(entry))))
 
 
 def add_runs(scheduler: Any, exp_dir: Path, runs: list[RunConfig]) -> list[int]:

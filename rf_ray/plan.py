@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from actors.engine.evals.spec import PipelineSpec, is_pipeline
 from actors.engine.spec import RunSpec
 from actors.messages import RunEntry
 from actors.storage.durable import make_private_dir, resolve
@@ -39,6 +40,7 @@ from policies.fusion import FusionPolicy
 from policies.pruning import Pruner, pruner_from_dict
 from policies.state import RunStatus
 from rf_ray import spec_store
+from rf_ray.evals import store as pipeline_store
 
 DEFAULT_SLICE_TIMEOUT = 1800.0
 """Seconds one slice (or placing a run on an executor) may take before its run fails.
@@ -153,7 +155,8 @@ class Plan:
     name: str
     dir: Path
     tracking_uri: str
-    specs: list[RunSpec]
+    specs: list[Any]
+    """Each run's ``RunSpec`` (fit) or ``PipelineSpec`` (evals)."""
     create_model_fn: Callable[[Any], tuple[Any, Any]]
     pruner: Pruner
     max_slice_steps: int | None
@@ -190,7 +193,12 @@ class Plan:
             raise ConfigError(f"experiment at {exp_dir} has no runs to resume")
         specs, stored = [], {}
         for row in runs:
-            spec, blob = spec_store.read_spec(exp_dir, row["run_id"])
+            rid = row["run_id"]
+            spec, blob = (
+                pipeline_store.read_pipeline_spec(exp_dir, rid)
+                if pipeline_store.has_pipeline_spec(exp_dir, rid)
+                else spec_store.read_spec(exp_dir, rid)
+            )
             specs.append(spec)
             entry = entry_for(spec, meta["name"], blob)
             stored[spec.run_id] = _with_progress(exp_dir, entry, row, steps[row["run_id"]])
@@ -262,7 +270,7 @@ def persist(plan: Plan) -> dict[int, bytes]:
             )
     _write_datasets(plan)
     spec_store.write_create_model_fn(plan.dir, plan.create_model_fn)
-    blobs = {spec.run_id: spec_store.write_spec(plan.dir, spec) for spec in plan.specs}
+    blobs = {spec.run_id: _write_spec(plan.dir, spec) for spec in plan.specs}
     with Store(plan.dir) as store:
         store.set_meta(
             name=plan.name,
@@ -291,6 +299,13 @@ def persist(plan: Plan) -> dict[int, bytes]:
     return blobs
 
 
+def _write_spec(exp_dir: Path, spec: Any) -> bytes:
+    """A fit run's spec (``spec_store``) or an evals pipeline's (``rf_ray.evals.store``)."""
+    if is_pipeline(spec):
+        return pipeline_store.write_pipeline_spec(exp_dir, spec)
+    return spec_store.write_spec(exp_dir, spec)
+
+
 def _write_datasets(plan: Plan) -> None:
     """The experiment's Arrow copy of its datasets (once: a later run_fit reuses it)."""
     import datasets
@@ -310,7 +325,10 @@ def _write_datasets(plan: Plan) -> None:
 
 
 def entry_for(
-    spec: RunSpec, name: str, spec_blob: bytes | None = None, warm_start: bool = False
+    spec: RunSpec | PipelineSpec,
+    name: str,
+    spec_blob: bytes | None = None,
+    warm_start: bool = False,
 ) -> RunEntry:
     """The scheduler's registration record of a new run (see ``SchedulerActor.add_runs``); a
     clone names its parent in ``spec.parent_run_id``."""

@@ -25,7 +25,6 @@ import dataclasses
 import itertools
 import json
 import logging
-import math
 import random
 import warnings
 from typing import Any
@@ -41,8 +40,9 @@ from rf_ray.configs import (
     RFLoraConfig,
     RFModelConfig,
     _TrainerKnobs,
-    is_knob,
 )
+from rf_ray.evals.space import is_evals_config, pipeline_templates
+from rf_ray.knob_template import KnobTemplate, Slot, knob_paths, set_path
 from rf_ray.specs import (
     UNPLACED,
     RunConfig,
@@ -76,51 +76,21 @@ class ConfigGroup(abc.ABC):
     """A token that keeps the experiment open until ``Experiment.unhold(token)``; None: none."""
 
     @abc.abstractmethod
-    def expand(self) -> list[RunConfig]:
-        """All runs of the group, concrete and validated, in a deterministic order."""
+    def expand(self) -> list[Any]:
+        """All runs of the group, concrete and validated, in a deterministic order: fit mode's
+        ``RunConfig``s, or evals mode's ``PipelineConfig``s for evals config sets."""
 
     def on_start(self, experiment: Any) -> None:  # noqa: B027  (a hook: does nothing by default)
         """Called by ``run_fit`` once ``experiment``'s actors run and ``expand()``'s runs are
         added (``experiment.started_run_ids`` holds their ids)."""
 
 
-Slot = tuple[str, tuple[str, ...]]
-"""Where a knob sits: a section of the template and the key path inside it (a knob may sit in
-a nested dict, e.g. ``model_kwargs={"quantization_config": {"bits": List([4, 8])}}``)."""
-
-
-def _knob_paths(values: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    """Key paths of every knob in ``values``, in the order written, nested dicts included."""
-    paths = []
-    for key, value in values.items():
-        if is_knob(value):
-            paths.append((*prefix, key))
-        elif isinstance(value, dict):
-            paths.extend(_knob_paths(value, (*prefix, str(key))))
-    return paths
-
-
-def _get(values: dict[str, Any], path: tuple[str, ...]) -> Any:
-    for key in path:
-        values = values[key]
-    return values
-
-
-def _set(values: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    for key in path[:-1]:
-        values = values[key]
-    values[path[-1]] = value
-
-
 @dataclasses.dataclass
-class _Template:
-    """One model config with its knobs located: ``_get(sections[section], path)`` is a knob."""
+class _Template(KnobTemplate):
+    """One model config with its knobs located; a concrete choice is a fine-tuning run."""
 
-    where: str
-    trainer_type: str
-    sections: dict[str, dict[str, Any]]
-    slots: list[Slot]  # every knob, in a stable order
-    has_generation_config: bool
+    trainer_type: str = "SFT"
+    has_generation_config: bool = False
     ignored: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def path(self, slot: Slot) -> str:
@@ -133,39 +103,18 @@ class _Template:
         }
         return f"{self.where}{prefix.get(section, section + '.')}{'.'.join(keys)}"
 
-    def size(self) -> int:
-        """Number of grid points (only meaningful when every knob is a List)."""
-        return math.prod(len(self.knob(s).values) for s in self.slots)
+    def validate(self, config: RunConfig) -> None:
+        validate_run(config)
 
-    def has_range(self) -> bool:
-        return any(isinstance(self.knob(s), Range) for s in self.slots)
-
-    def knob(self, slot: Slot) -> Any:
-        return _get(self.sections[slot[0]], slot[1])
-
-    def grid(self) -> list[RunConfig]:
-        for slot in self.slots:
-            if isinstance(self.knob(slot), Range):
-                raise ConfigError(
-                    f"{self.path(slot)}={self.knob(slot)!r}: grid search cannot expand a Range; "
-                    "use RFRandomSearch, or a List of the values to try"
-                )
-        choices = itertools.product(*(self.knob(s).values for s in self.slots))
-        return [self.resolve(dict(zip(self.slots, c))) for c in choices]
-
-    def draw(self, rng: random.Random) -> RunConfig:
-        chosen = {}
-        for slot in self.slots:
-            knob = self.knob(slot)
-            chosen[slot] = knob.sample(rng) if isinstance(knob, Range) else rng.choice(knob.values)
-        return self.resolve(chosen)
+    def key(self, config: RunConfig) -> tuple[Any, ...]:
+        return _run_key(config)
 
     def resolve(self, chosen: dict[Slot, Any]) -> RunConfig:
         # Runs must not share mutable literals (a target_modules list, say) with each other;
         # callables are code and stay shared.
         c = {s: dict(v) if s == "callables" else copy.deepcopy(v) for s, v in self.sections.items()}
         for (section, keys), value in chosen.items():
-            _set(c[section], keys, value if section == "callables" else copy.deepcopy(value))
+            set_path(c[section], keys, value if section == "callables" else copy.deepcopy(value))
         lora = c["lora"] or {LORA_SHORTHAND[k]: v for k, v in c["shorthand"].items()}
         reward_funcs = c["callables"]["reward_funcs"]
         return RunConfig(
@@ -197,7 +146,7 @@ def _normalize_trainer_type(trainer_type: str | None) -> str | None:
 
 def _templates(
     configs: Any, trainer_type: str | None, model_name: str | List | None
-) -> list[_Template]:
+) -> list[KnobTemplate]:
     """Locate every knob of every config in the group, checking types and trainer types."""
     if isinstance(configs, List):
         items = list(configs.values)
@@ -207,9 +156,12 @@ def _templates(
         items = list(configs)
     else:
         items = [configs]
-    templates = []
+    templates: list[KnobTemplate] = []
     for i, item in enumerate(items):
         where = f"configs[{i}]." if len(items) > 1 else ""
+        if is_evals_config(item):  # evals mode: a pipeline config set (rf_ray.evals.space)
+            templates.extend(pipeline_templates(where, item))
+            continue
         if isinstance(item, _TrainerKnobs):
             # A stand-in name lets RFModelConfig check the rest; the real one is set just below.
             item = RFModelConfig(
@@ -225,8 +177,8 @@ def _templates(
             name = item.model_name
         else:
             raise TypeError(
-                f"configs[{i}] must be an RFModelConfig or RFSFTConfig/RFDPOConfig/RFGRPOConfig, "
-                f"got {item!r}"
+                f"configs[{i}] must be an RFModelConfig or RFSFTConfig/RFDPOConfig/RFGRPOConfig "
+                f"(fit), or an evals config set dict with a generator config, got {item!r}"
             )
         templates.extend(_template(where, item, name, trainer_type))
     return templates
@@ -277,9 +229,9 @@ def _one_template(
             "generation_eval": cfg.generation_eval,
         },
     }
-    slots = [(s, p) for s, values in sections.items() for p in _knob_paths(values)]
+    slots = [(s, p) for s, values in sections.items() for p in knob_paths(values)]
     return _Template(
-        where, knobs.trainer_type, sections, slots, cfg.generation_config is not None,
+        where, sections, slots, knobs.trainer_type, cfg.generation_config is not None,
         dict(cfg.ignored),
     )  # fmt: skip
 
@@ -339,11 +291,12 @@ class RFGridSearch(ConfigGroup):
         self.trainer_type = _normalize_trainer_type(trainer_type)
         self._templates = _templates(configs, self.trainer_type, model_name)
 
-    def expand(self) -> list[RunConfig]:
-        runs = [run for t in self._templates for run in t.grid()]
-        for run in runs:
-            validate_run(run)
-        distinct = len({_run_key(r) for r in runs})
+    def expand(self) -> list[Any]:
+        pairs = [(t, run) for t in self._templates for run in t.grid()]
+        for t, run in pairs:
+            t.validate(run)
+        runs = [run for _, run in pairs]
+        distinct = len({t.key(r) for t, r in pairs})
         if distinct < len(runs):
             logger.warning(
                 "grid search gives %d runs but only %d distinct; a List repeats a value",
@@ -380,27 +333,28 @@ class RFRandomSearch(ConfigGroup):
         self.trainer_type = _normalize_trainer_type(trainer_type)
         self._templates = _templates(configs, self.trainer_type, model_name)
 
-    def expand(self) -> list[RunConfig]:
+    def expand(self) -> list[Any]:
         self._check_space_size()
         rng = random.Random(self.seed)
-        runs: list[RunConfig] = []
+        pairs: list[tuple[KnobTemplate, Any]] = []
         seen: set[tuple[Any, ...]] = set()
         draws = 0
-        while len(runs) < self.num_runs:
+        while len(pairs) < self.num_runs:
             if draws >= _DRAWS_PER_RUN * self.num_runs:
                 raise ConfigError(
-                    f"num_runs={self.num_runs} but {draws} draws found only {len(runs)} distinct "
-                    "configs; lower num_runs or widen the space"
+                    f"num_runs={self.num_runs} but {draws} draws found only {len(pairs)} "
+                    "distinct configs; lower num_runs or widen the space"
                 )
             draws += 1
-            run = self._templates[rng.randrange(len(self._templates))].draw(rng)
-            key = _run_key(run)
+            template = self._templates[rng.randrange(len(self._templates))]
+            run = template.draw(rng)
+            key = template.key(run)
             if key not in seen:
                 seen.add(key)
-                runs.append(run)
-        for run in runs:
-            validate_run(run)
-        return runs
+                pairs.append((template, run))
+        for template, run in pairs:
+            template.validate(run)
+        return [run for _, run in pairs]
 
     def _check_space_size(self) -> None:
         if any(t.has_range() for t in self._templates):
@@ -410,7 +364,7 @@ class RFRandomSearch(ConfigGroup):
             return  # too large to count; the draw limit catches a space with many repeats
         distinct = points
         if points <= _ENUMERATE_LIMIT:
-            distinct = len({_run_key(r) for t in self._templates for r in t.grid()})
+            distinct = len({t.key(r) for t in self._templates for r in t.grid()})
         if distinct < self.num_runs:
             raise ConfigError(
                 f"num_runs={self.num_runs} but this space has only {distinct} distinct configs; "
@@ -445,6 +399,8 @@ def knob_space(
             "RFGridSearch / RFRandomSearch, which expand Lists of configs"
         )
     (template,) = templates
+    if not isinstance(template, _Template):
+        raise ConfigError(f"{who} searches fine-tuning configs; evals pipelines use RFGridSearch")
     space: dict[str, List | Range] = {}
     for slot in template.slots:
         section, keys = slot
@@ -454,9 +410,7 @@ def knob_space(
                 "field, not over functions or nested dicts; use RFGridSearch or RFRandomSearch"
             )
         space[_FLAT_PREFIX[section] + keys[0]] = template.knob(slot)
-    first = {s: k.values[0] if isinstance(k, List) else k.low for s, k in
-             ((s, template.knob(s)) for s in template.slots)}  # fmt: skip
-    return template.resolve(first), space
+    return template.first(), space
 
 
 __all__ = ["ConfigGroup", "RFGridSearch", "RFRandomSearch", "knob_space", "validate_run"]

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from actors.engine.evals.spec import PipelineSpec
 from actors.engine.spec import RunSpec
 from actors.storage.durable import FILE_MODE, atomic_write, fsync_dir, make_private_dir
 from actors.storage.store import Store
@@ -50,7 +51,7 @@ FUNCTIONS_DIR = "functions"
 _FUNCTION_FIELDS = ("formatting_func", "compute_metrics", "reward_funcs", "generation_eval")
 
 
-def spec_blob(spec: RunSpec) -> bytes:
+def spec_blob(spec: RunSpec | PipelineSpec) -> bytes:
     """The spec as bytes for the executor (cloudpickle, as Ray ships functions)."""
     import cloudpickle
 

@@ -23,11 +23,14 @@ TESTS = Path(__file__).resolve().parent
 
 STARTS_RAY_IN_A_SUBPROCESS = frozenset(
     {
+        "examples/rapidfire/test_rf_colab_rag_fiqa_tutorial.py",
         "examples/test_algorithm_examples.py",
         "examples/test_bench_compare_quick.py",
+        "examples/test_bench_evals_quick.py",
         "examples/test_bench_ops_quick.py",
         "examples/test_bench_quick.py",
         "examples/test_rapidfire_port.py",
+        "examples/test_rag_eval.py",
         "examples/test_ray_job.py",
         "examples/test_sft_grid.py",
         "rf_ray/test_attach.py",

@@ -363,9 +363,14 @@ def test_experiment_takes_rapidfire_positional_mode(tmp_path):
     exp.cancel_current()  # nothing running: a no-op, not an error
 
 
-def test_evals_mode_is_refused_naming_the_rf_ray_way(tmp_path):
-    with pytest.raises(ConfigError, match=r"mode='evals' is not supported.*eval_dataset"):
-        Experiment("port", mode="evals", experiment_path=tmp_path)
+def test_modes_are_fit_and_evals_and_each_method_names_its_mode(tmp_path):
+    with pytest.raises(ConfigError, match=r"mode='eval' is not supported.*'fit'.*'evals'"):
+        Experiment("port", mode="eval", experiment_path=tmp_path)
+    evals = Experiment("port", mode="evals", experiment_path=tmp_path)
+    with pytest.raises(ConfigError, match=r"run_fit\(\) is for mode='fit'"):
+        evals.run_fit(RFModelConfig("tiny"), train_dataset=[{"text": "a"}])
+    with pytest.raises(ConfigError, match=r"run_evals\(\) is for mode='evals'"):
+        Experiment("port", experiment_path=tmp_path).run_evals({}, [{"query": "q"}])
 
 
 def test_rapidfire_model_config_fields():

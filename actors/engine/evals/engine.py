@@ -1,0 +1,404 @@
+"""``PipelineEngine``: the evals pipelines placed on one executor, and one shard's step.
+
+The ``BaseModelActor`` hands every evals request here (a pipeline spec is recognised by
+``spec.is_pipeline``); fine-tuning runs go to the ``Executor`` as before. The engine uses the
+executor's resident base models (``Executor.load_base``, once per model for every pipeline)
+and its device, and owns what is evals' own:
+
+* one ``PipelineRecord`` per pipeline: its spec, built retrieval (``Rag``) and prompt manager,
+  its progress (rows of the eval set done), the per-batch metrics and results so far, and its
+  RNG stream;
+* ``Retrieval``: indexes built once per distinct (corpus, splitter, embedding), shared;
+* one ``ApiClient`` per endpoint and model (its rate limit shared by the pipelines calling it).
+
+``run_group`` runs a group of pipelines over their granted rows (one shard): per batch, each
+pipeline's ``preprocess_fn`` builds its prompts, all local pipelines' prompts generate in one
+batched call (``generate.generate_group``), then each pipeline's ``postprocess_fn`` and
+``compute_metrics_fn``. After the shard each pipeline's cumulative metrics get confidence
+intervals (``policies.intervals``) and its state is written, durably, before the step returns.
+An exception in one pipeline's function fails that pipeline only, named; the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from actors.engine.evals.generate import LocalRequest, generate_group
+from actors.engine.evals.prompts import PromptManager
+from actors.engine.evals.retrieval import Rag, Retrieval
+from actors.engine.evals.spec import PipelineSpec
+from actors.messages import SliceResult
+from actors.storage.durable import atomic_write, make_private_dir
+from policies.chunking import epoch_order
+from policies.errors import RunFailedError, RunNotPlacedError
+from policies.intervals import OnlineStrategy, add_intervals, flat_metrics
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "evals_state.json"
+SAMPLES = "Samples Processed"
+
+
+@dataclass
+class PipelineRecord:
+    """Everything the executor keeps for one pipeline: one record."""
+
+    spec: PipelineSpec
+    rag: Rag | None
+    prompt: PromptManager | None
+    rows_done: int = 0
+    metrics: dict[str, list[Any]] = field(default_factory=dict)
+    """Per metric, its value dict of every batch so far (RapidFire's aggregated metrics)."""
+    results: dict[str, list[Any]] = field(default_factory=dict)
+    """Per column, every row's value so far (RapidFire's aggregated results)."""
+    generator: torch.Generator | None = None
+    last_result: SliceResult | None = None
+    cumulative: dict[str, Any] = field(default_factory=dict)
+    """The cumulative metrics with intervals after the last shard (RapidFire's shape)."""
+
+
+class PipelineFailedError(RunFailedError):
+    """One pipeline's own function raised; the message names the pipeline and the function."""
+
+
+class PipelineEngine:
+    """Evals pipelines on one executor (see module docstring)."""
+
+    def __init__(self, executor: Any, dataset: Any) -> None:
+        self.executor = executor
+        self.dataset = dataset
+        """The eval set (a ``datasets.Dataset``): shards are rows of its seeded order."""
+        self.retrieval = Retrieval()
+        self.pipelines: dict[int, PipelineRecord] = {}
+        self.api_clients: dict[tuple[str, str], Any] = {}
+        self.durable: dict[tuple[int, int], str] = {}
+        """(run id, rows done) -> the state file written after that shard."""
+        self.vllm_note_logged = False
+
+    # ------------------------------------------------------------------ placement
+    def add(self, spec: PipelineSpec, state: dict[str, Any] | None = None) -> None:
+        """Place a pipeline (restored from its state file's content when given)."""
+        if spec.run_id in self.pipelines:
+            return
+        self.executor.phase = f"placing pipeline {spec.run_id}"
+        if spec.generator.kind == "local":
+            self._note_vllm(spec)
+            entry = self._base(spec)
+            if spec.adapter is not None:
+                self._load_adapter(entry, spec)
+        rag = self.retrieval.rag(spec.rag) if spec.rag is not None else None
+        prompt = None
+        if spec.prompt is not None:
+            p = spec.prompt
+            embedding = (self.retrieval.embedding(p.embedding_cls, p.embedding_kwargs)
+                         if p.embedding_cls is not None else None)  # fmt: skip
+            prompt = PromptManager(p, embedding)
+        record = PipelineRecord(spec, rag, prompt)
+        if spec.generator.seed is not None:
+            record.generator = torch.Generator(device=self.executor.device)
+            record.generator.manual_seed(int(spec.generator.seed))
+        if state is not None:
+            record.rows_done = int(state["rows_done"])
+            record.metrics, record.results = state["metrics"], state["results"]
+            record.cumulative = state.get("cumulative", {})
+        self.pipelines[spec.run_id] = record
+
+    def _note_vllm(self, spec: PipelineSpec) -> None:
+        """RFvLLMModelConfig is served here: say so once (no vLLM engine is wired in yet)."""
+        if spec.generator.wants_vllm and not self.vllm_note_logged:
+            self.vllm_note_logged = True
+            logger.warning(
+                "RFvLLMModelConfig(%s) is served by the executor's resident model with "
+                "transformers generate, batched across pipelines (vLLM is not used here)",
+                spec.generator.model_name,
+            )
+
+    def _base(self, spec: PipelineSpec) -> Any:
+        self.executor.load_base(spec)
+        return self.executor.bases[spec.model_key]
+
+    def _load_adapter(self, entry: Any, spec: PipelineSpec) -> None:
+        """Load the pipeline's exported adapter as a resident adapter on the base."""
+        from peft import PeftModel
+
+        name = spec.adapter_name
+        if entry.model is None:
+            entry.model = PeftModel.from_pretrained(
+                entry.raw_model, spec.adapter, adapter_name=name
+            )
+        elif name not in entry.model.peft_config:
+            entry.model.load_adapter(spec.adapter, adapter_name=name)
+        entry.run_ids.add(spec.run_id)
+
+    def remove(self, run_id: int) -> None:
+        record = self.pipelines.pop(run_id, None)
+        if record is None or record.spec.adapter is None:
+            return
+        entry = self.executor.bases.get(record.spec.model_key)
+        if entry is not None and entry.model is not None:
+            entry.run_ids.discard(run_id)
+            if record.spec.adapter_name in entry.model.peft_config:
+                entry.model.delete_adapter(record.spec.adapter_name)
+
+    def placement(self, run_id: int, start: int, end: int) -> SliceResult | None:
+        """Cached outcome of a shard that already ran, None to run it; ``RunNotPlacedError``
+        when the pipeline is not here at ``start`` (re-place it from its state, retry)."""
+        record = self.pipelines.get(run_id)
+        if record is None:
+            raise RunNotPlacedError(f"pipeline {run_id} is not resident on this executor")
+        last = record.last_result
+        if record.rows_done == end and last is not None and last.start_step == start:
+            return last
+        if record.rows_done != start:
+            raise RunNotPlacedError(
+                f"pipeline {run_id} is at row {record.rows_done} here, its grant starts at row "
+                f"{start}; re-place it from its state file"
+            )
+        return None
+
+    # ------------------------------------------------------------------ one shard
+    def run_group(
+        self, grants: dict[int, tuple[int, int, str]]
+    ) -> dict[int, SliceResult | BaseException]:
+        """Run each granted pipeline (``run id -> (start row, end row, run dir)``) over its
+        rows; one outcome per pipeline: its ``SliceResult`` or its own error."""
+        outcomes: dict[int, SliceResult | BaseException] = {}
+        todo: dict[int, tuple[int, int, str]] = {}
+        for rid, (start, end, run_dir) in grants.items():
+            try:
+                cached = self.placement(rid, start, end)
+            except Exception as exc:
+                outcomes[rid] = exc
+                continue
+            if cached is not None:
+                outcomes[rid] = cached
+            else:
+                todo[rid] = (start, end, run_dir)
+        if todo:
+            outcomes.update(self._run(todo))
+        return outcomes
+
+    def _rows(self, start: int, end: int, seed: int) -> list[int]:
+        return epoch_order(len(self.dataset), seed, 0)[start:end]
+
+    def _run(self, todo: dict[int, tuple[int, int, str]]) -> dict[int, Any]:
+        started_at, started = time.time(), time.perf_counter()
+        live = dict(todo)
+        failed: dict[int, BaseException] = {}
+        batches = {
+            rid: self._batches(self.pipelines[rid], start, end)
+            for rid, (start, end, _) in todo.items()
+        }
+        tokens: dict[int, int] = dict.fromkeys(todo, 0)
+        for index in range(max(len(b) for b in batches.values())):
+            prepared: dict[int, dict[str, list[Any]]] = {}
+            for rid in [r for r in live if index < len(batches[r])]:
+                try:
+                    prepared[rid] = self._preprocess(self.pipelines[rid], batches[rid][index])
+                except Exception as exc:
+                    failed[rid] = exc
+                    live.pop(rid)
+            generated = self._generate(prepared, failed, live, tokens)
+            for rid, texts in generated.items():
+                batch = prepared[rid]
+                batch["generated_text"] = texts
+                try:
+                    self._score(self.pipelines[rid], batch)
+                except Exception as exc:
+                    failed[rid] = exc
+                    live.pop(rid)
+        outcomes: dict[int, Any] = dict(failed)
+        seconds = time.perf_counter() - started
+        for rid in live:
+            start, end, run_dir = todo[rid]
+            try:
+                outcomes[rid] = self._close_shard(
+                    self.pipelines[rid], start, end, run_dir, seconds, started_at, tokens[rid],
+                    len(todo),
+                )  # fmt: skip
+            except Exception as exc:
+                outcomes[rid] = exc
+        return outcomes
+
+    def _batches(self, record: PipelineRecord, start: int, end: int) -> list[dict[str, list]]:
+        rows = self.dataset.select(self._rows(start, end, record.spec.seed))
+        size = record.spec.batch_size
+        return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+    def _preprocess(self, record: PipelineRecord, batch: dict[str, list]) -> dict[str, list]:
+        fn = record.spec.preprocess_fn
+        if fn is None:
+            if "prompts" not in batch:
+                raise PipelineFailedError(
+                    f"pipeline {record.spec.run_id}: no preprocess_fn and the eval set has no "
+                    "'prompts' column; give a preprocess_fn that returns {'prompts': [...], ...}"
+                )
+            return dict(batch)
+        out = _call(record, "preprocess_fn", fn, dict(batch), record.rag, record.prompt)
+        if not isinstance(out, dict) or "prompts" not in out:
+            raise PipelineFailedError(
+                f"pipeline {record.spec.run_id}: preprocess_fn must return a dict with a "
+                f"'prompts' list, got {type(out).__name__}"
+            )
+        return out
+
+    def _generate(
+        self,
+        prepared: dict[int, dict],
+        failed: dict[int, BaseException],
+        live: dict,
+        tokens: dict[int, int],
+    ) -> dict[int, list[str]]:
+        """Completions per pipeline: local ones in one batched call per base model."""
+        out: dict[int, list[str]] = {}
+        by_base: dict[str, list[int]] = {}
+        for rid in prepared:
+            spec = self.pipelines[rid].spec
+            if spec.generator.kind == "api":
+                try:
+                    out[rid] = self._api(spec, prepared[rid]["prompts"])
+                except Exception as exc:
+                    failed[rid] = exc
+                    live.pop(rid)
+            else:
+                by_base.setdefault(spec.model_key, []).append(rid)
+        for key, rids in by_base.items():
+            entry = self.executor.bases[key]
+            model = entry.model if entry.model is not None else entry.raw_model
+            requests = [self._local_request(rid, prepared[rid]["prompts"]) for rid in rids]
+            self.executor.phase = f"generating for pipelines {rids}"
+            texts: list[list[str] | None]
+            try:
+                texts = list(generate_group(model, entry.tokenizer, requests))
+            except Exception as exc:  # a bad prompt of one pipeline: retry each alone
+                logger.warning("batched generation for %s failed (%s); one by one", rids, exc)
+                texts = []
+                for rid, req in zip(rids, requests):
+                    try:
+                        texts.append(generate_group(model, entry.tokenizer, [req])[0])
+                    except Exception as one:
+                        failed[rid] = one
+                        live.pop(rid)
+                        texts.append(None)
+            for rid, t, req in zip(rids, texts, requests):
+                if t is not None:
+                    out[rid] = t
+                    tokens[rid] += req.new_tokens
+        return out
+
+    def _local_request(self, rid: int, prompts: list[Any]) -> LocalRequest:
+        record = self.pipelines[rid]
+        adapter = record.spec.adapter_name if record.spec.adapter is not None else None
+        return LocalRequest(list(prompts), dict(record.spec.generator.generation), adapter,
+                            record.generator)  # fmt: skip
+
+    def _api(self, spec: PipelineSpec, prompts: list[Any]) -> list[str]:
+        from actors.engine.evals.api_client import ApiClient, RateLimiter
+
+        g = spec.generator
+        key = (str(g.client.get("base_url")), g.model_name)
+        client = self.api_clients.get(key)
+        if client is None:
+            client = ApiClient(
+                base_url=key[0], model=g.model_name, api_key=g.client.get("api_key"),
+                timeout=float(g.client.get("timeout", 60.0)),
+                max_retries=int(g.client.get("max_retries", 5)),
+                limiter=RateLimiter(g.rpm_limit, g.tpm_limit),
+            )  # fmt: skip
+            self.api_clients[key] = client
+        request = {**g.request, "max_completion_tokens": g.max_completion_tokens}
+        return [client.complete(p, **request) for p in prompts]
+
+    def _score(self, record: PipelineRecord, batch: dict[str, list]) -> None:
+        if record.spec.postprocess_fn is not None:
+            batch = _call(record, "postprocess_fn", record.spec.postprocess_fn, batch)
+        metrics: dict[str, Any] = {SAMPLES: {"value": len(batch["generated_text"])}}
+        if record.spec.compute_metrics_fn is not None and record.spec.accumulate_metrics_fn:
+            metrics.update(_call(record, "compute_metrics_fn", record.spec.compute_metrics_fn,
+                                 batch))  # fmt: skip
+        for key, values in batch.items():
+            record.results.setdefault(key, []).extend(_jsonable(values))
+        for key, value in metrics.items():
+            record.metrics.setdefault(key, []).append(_jsonable(value))
+
+    def _cumulative(self, record: PipelineRecord) -> dict[str, Any]:
+        """RapidFire's cumulative metrics: the batches accumulated by
+        ``accumulate_metrics_fn``, else ``compute_metrics_fn`` over every row so far."""
+        spec = record.spec
+        seen = sum(m["value"] for m in record.metrics.get(SAMPLES, []))
+        out: dict[str, Any] = {SAMPLES: {"value": seen}}
+        if spec.accumulate_metrics_fn is not None:
+            out.update(_call(record, "accumulate_metrics_fn", spec.accumulate_metrics_fn,
+                             record.metrics))  # fmt: skip
+        elif spec.compute_metrics_fn is not None:
+            out.update(_call(record, "compute_metrics_fn", spec.compute_metrics_fn,
+                             record.results))  # fmt: skip
+        strategy = OnlineStrategy.from_kwargs(spec.online or None)
+        return add_intervals(out, seen, strategy, population=len(self.dataset))
+
+    def _close_shard(
+        self, record: PipelineRecord, start: int, end: int, run_dir: str, seconds: float,
+        started_at: float, tokens: int, group: int,
+    ) -> SliceResult:  # fmt: skip
+        record.cumulative = self._cumulative(record)
+        record.rows_done = end
+        path = self._write_state(record, run_dir)
+        result = SliceResult(
+            run_id=record.spec.run_id, start_step=start, end_step=end, step_metrics=[],
+            eval_metrics={**flat_metrics(record.cumulative), "shard_seconds": seconds},
+            seconds=seconds, train_seconds=seconds, swap_seconds=0.0, tokens=tokens,
+            memory={}, started_at=started_at, ended_at=time.time(), fused_with=group,
+            checkpoint=path,
+        )  # fmt: skip
+        record.last_result = result
+        return result
+
+    def _write_state(self, record: PipelineRecord, run_dir: str) -> str:
+        """The pipeline's state after the shard, durable (fsynced, atomic) before it counts."""
+        base = make_private_dir(Path(run_dir))
+        state = {"rows_done": record.rows_done, "metrics": record.metrics,
+                 "results": record.results, "cumulative": record.cumulative}  # fmt: skip
+        path = base / f"{STATE_FILE[:-5]}-{record.rows_done:08d}.json"
+        atomic_write(path, json.dumps(_jsonable(state)).encode())
+        self.durable[(record.spec.run_id, record.rows_done)] = str(path)
+        return str(path)
+
+
+def read_state(path: str) -> dict[str, Any]:
+    """A pipeline's state file (what ``add`` restores)."""
+    return dict(json.loads(Path(path).read_text()))
+
+
+def _call(record: PipelineRecord, name: str, fn: Any, *args: Any) -> Any:
+    """The user's function; what it raises fails this pipeline, named."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        raise PipelineFailedError(
+            f"pipeline {record.spec.run_id}: its {name} "
+            f"({getattr(fn, '__qualname__', fn)!s}) raised {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types (a document or tensor becomes its text)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "ndim", 1) == 0:
+        return item()
+    return str(value)
+
+
+__all__ = ["STATE_FILE", "PipelineEngine", "PipelineFailedError", "PipelineRecord", "read_state"]

@@ -1,0 +1,193 @@
+"""``run_evals``'s driver side: a config group and an eval set into a ``Plan``, and results back.
+
+Everything that can fail is checked here, before anything is written or started: the config
+group expands and every pipeline is checked whole (``rf_ray.evals.build``), the eval set is
+readable, ``num_shards`` fits it, a named adapter exists. Each pipeline becomes a run whose
+``PipelineSpec`` plan has the eval set's rows as steps and its shards as chunks, so the engine
+that trains fit runs chunk by chunk schedules, prunes, steers and records pipelines shard by
+shard (``docs/guides/evals.md``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from actors.engine.evals.spec import PipelineSpec
+from actors.storage.store import Store
+from policies.chunking import ChunkPlan
+from policies.errors import ConfigError
+from policies.fusion import FusionPolicy
+from policies.pruning import NoPruning, Pruner
+from rf_ray.data import dataset_fingerprint, to_dataset
+from rf_ray.evals.build import (
+    PipelineConfig,
+    check_settings,
+    describe,
+    generator_parts,
+    prompt_spec,
+    rag_spec,
+)
+from rf_ray.plan import DEFAULT_SLICE_TIMEOUT, Plan, check_slice_timeout
+
+MAX_BATCHED_PIPELINES = 16
+"""The most pipelines granted one shard together (one batched generation per batch index)."""
+
+
+def resolve_adapter(adapter: Any, experiments_root: Path) -> str | None:
+    """An adapter setting as a directory: an exported adapter, or a fit run's final adapter
+    (``{"experiment": name, "run_id": n, "experiment_path": root}``); refused if missing."""
+    if adapter is None:
+        return None
+    if isinstance(adapter, dict):
+        root = Path(adapter.get("experiment_path") or experiments_root)
+        path = root / str(adapter["experiment"]) / "runs" / str(adapter["run_id"]) / "adapter"
+    else:
+        path = Path(adapter)
+    if not (path / "adapter_config.json").exists():
+        raise ConfigError(
+            f"adapter={adapter!r}: no PEFT adapter at {path} (adapter_config.json missing); "
+            "name an Experiment.export directory, or a fit run that trained at least one slice"
+        )
+    return str(path.resolve())
+
+
+def pipeline_spec(
+    config: PipelineConfig, run_id: int, rows: int, num_shards: int, seed: int,
+    experiments_root: Path,
+) -> PipelineSpec:  # fmt: skip
+    """The executor's record of one concrete, checked pipeline."""
+    online = check_settings(config.settings)
+    generator, model = generator_parts(config)
+    if model is None:  # an API generator: no resident model; a key naming the endpoint
+        model_key = f"api:{generator.client.get('base_url')}:{generator.model_name}"
+    else:
+        model_key = f"{model.model_name}:{json.dumps(model.model_kwargs, sort_keys=True)}"
+    s = config.settings
+    return PipelineSpec(
+        run_id=run_id,
+        model_key=model_key,
+        model_config=model,  # type: ignore[arg-type]  # None only for API pipelines
+        plan=ChunkPlan(num_examples=rows, batch_size=1, grad_accum=1, num_chunks=num_shards),
+        seed=seed,
+        generator=generator,
+        rag=rag_spec(config.rag) if config.rag is not None else None,
+        prompt=prompt_spec(config.prompt) if config.prompt is not None else None,
+        adapter=resolve_adapter(s.get("adapter"), experiments_root),
+        batch_size=int(s.get("batch_size", 8)),
+        preprocess_fn=s.get("preprocess_fn"),
+        postprocess_fn=s.get("postprocess_fn"),
+        compute_metrics_fn=s.get("compute_metrics_fn"),
+        accumulate_metrics_fn=s.get("accumulate_metrics_fn"),
+        online=online.to_dict(),
+        params=describe(config),
+    )
+
+
+def load_corpora(specs: list[PipelineSpec]) -> None:
+    """Load and split each distinct corpus once, on the driver (a loader's error surfaces
+    here, before anything starts); pipelines with the same corpus share the document list."""
+    corpora: dict[str, list[Any]] = {}
+    for spec in specs:
+        rag = spec.rag
+        if rag is None or rag.retriever is not None:
+            continue
+        key = json.dumps([rag.described["loaders"], rag.described["splitter"]], sort_keys=True)
+        if key not in corpora:
+            try:
+                corpora[key] = rag.load_corpus()
+            except Exception as exc:
+                raise ConfigError(
+                    f"pipeline {spec.run_id}: loading its documents failed: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            if not corpora[key]:
+                raise ConfigError(f"pipeline {spec.run_id}: its document loaders found nothing")
+        rag.documents, rag.loaders, rag.splitter = corpora[key], [], None
+
+
+def check_evals_settings(rows: int, num_shards: Any, seed: Any, pruner: Any) -> None:
+    if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
+        raise ConfigError(f"num_shards must be an int >= 1, got num_shards={num_shards!r}")
+    if num_shards > rows:
+        raise ConfigError(
+            f"num_shards={num_shards} is more than the eval set's {rows} rows: a shard needs "
+            f"at least one row; use num_shards <= {rows}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed must be an int, got seed={seed!r}")
+    if pruner is not None and not isinstance(pruner, Pruner):
+        raise ConfigError(f"pruner must be a pruner such as IntervalPruner(...), got {pruner!r}")
+    if pruner is not None and not isinstance(pruner, NoPruning) and pruner.metric is None:
+        raise ConfigError(
+            f"{type(pruner).__name__} needs metric=: the name of one of your metrics (a key "
+            "of what accumulate_metrics_fn returns), and mode='max' or 'min'"
+        )
+
+
+def evals_plan(  # noqa: PLR0913  run_evals' arguments, checked before anything starts
+    *, name: str, exp_dir: Path, tracking_uri: str, configs: list[PipelineConfig],
+    dataset: Any, num_shards: int, seed: int, pruner: Pruner | None,
+    create_model_fn: Callable[[Any], tuple[Any, Any]], batched: bool,
+    slice_timeout: float | None = DEFAULT_SLICE_TIMEOUT, experiments_root: Path,
+) -> Plan:  # fmt: skip
+    """A new evals plan (nothing written yet)."""
+    data = to_dataset(dataset, "dataset")
+    check_evals_settings(len(data), num_shards, seed, pruner)
+    timeout = check_slice_timeout(slice_timeout)
+    fingerprint = dataset_fingerprint(data, None)
+    first = 1
+    if Store.exists(exp_dir):
+        store = Store(exp_dir, readonly=True)
+        try:
+            meta, first = store.meta(), store.next_run_id()
+        finally:
+            store.close()
+        if meta.get("fingerprint") not in (None, fingerprint):
+            raise ConfigError(
+                f"experiment {name!r} already exists at {exp_dir} with another eval set; use a "
+                "new experiment_name"
+            )
+    specs = [
+        pipeline_spec(c, first + i, len(data), num_shards, seed, experiments_root)
+        for i, c in enumerate(configs)
+    ]
+    load_corpora(specs)
+    chosen = pruner or NoPruning()
+    pruner_set = chosen.with_defaults(chosen.metric or "Samples Processed", chosen.mode or "max")
+    return Plan(
+        name=name, dir=exp_dir, tracking_uri=tracking_uri, specs=specs,
+        create_model_fn=create_model_fn, pruner=pruner_set, max_slice_steps=None,
+        fusion=FusionPolicy(MAX_BATCHED_PIPELINES, 10**9) if batched else None,
+        fingerprint=fingerprint, seed=seed, num_chunks=num_shards, has_eval=False,
+        train=data, eval=None, differing=_differing(specs), slice_timeout=timeout,
+    )  # fmt: skip
+
+
+def _differing(specs: list[PipelineSpec]) -> list[str]:
+    from rf_ray.specs import differing_keys
+
+    return differing_keys([s.params for s in specs])
+
+
+def read_results(exp_dir: Path) -> dict[int, tuple[dict[str, list[Any]], dict[str, Any]]]:
+    """RapidFire's ``run_evals`` result: per pipeline that is not failed or deleted, its
+    aggregated results (every row's columns) and cumulative metrics with intervals, as of its
+    last recorded shard."""
+    store = Store(exp_dir, readonly=True)
+    try:
+        runs = store.runs()
+    finally:
+        store.close()
+    out: dict[int, tuple[dict[str, list[Any]], dict[str, Any]]] = {}
+    for row in runs:
+        if row["status"] in ("failed", "deleted") or not row.get("checkpoint"):
+            continue
+        state = json.loads(Path(row["checkpoint"]).read_text())
+        out[int(row["run_id"])] = (state["results"], state["cumulative"])
+    return out
+
+
+__all__ = ["check_evals_settings", "evals_plan", "pipeline_spec", "read_results", "resolve_adapter"]

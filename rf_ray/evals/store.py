@@ -1,0 +1,66 @@
+"""An evals pipeline's spec on disk: ``runs/<id>/pipeline.json`` and ``pipeline.cloudpickle``.
+
+A pipeline's settings are data (``pipeline.json``: its flat params, plan, seed, parent), shown
+by ``rf-ray status`` and read by a person; the spec itself holds LangChain objects (loaders,
+splitters, classes) and the user's functions, which are code, so the whole ``PipelineSpec`` is
+cloudpickled beside it, as Ray ships it (``rf_ray.spec_store`` stores a fit run's functions the
+same way when they have no importable name). Opening an experiment directory unpickles it:
+open only directories you trust (docs/security.md). Never overwritten: run ids are not reused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from actors.engine.evals.spec import PipelineSpec
+from actors.storage.durable import atomic_write, make_private_dir
+from policies.errors import ConfigError
+from rf_ray.spec_store import run_dir, spec_blob
+
+RECORD_FILE = "pipeline.json"
+PICKLE_FILE = "pipeline.cloudpickle"
+
+
+def pipeline_record(spec: PipelineSpec) -> dict[str, Any]:
+    """The JSON part of a pipeline's spec."""
+    return {
+        "format": 1,
+        "run_id": spec.run_id,
+        "parent_run_id": spec.parent_run_id,
+        "seed": spec.seed,
+        "params": spec.params,
+        "plan": spec.plan.to_dict(),
+        "adapter": spec.adapter,
+    }
+
+
+def write_pipeline_spec(exp_dir: Path, spec: PipelineSpec) -> bytes:
+    """Store ``spec`` for run ``spec.run_id`` (refusing to overwrite); returns its blob."""
+    base = run_dir(exp_dir, spec.run_id)
+    if (base / RECORD_FILE).exists():
+        raise ConfigError(f"run {spec.run_id} already has a spec at {base}; ids are never reused")
+    make_private_dir(base)
+    blob = spec_blob(spec)
+    atomic_write(base / PICKLE_FILE, blob)
+    atomic_write(base / RECORD_FILE, json.dumps(pipeline_record(spec), indent=1).encode())
+    return blob
+
+
+def has_pipeline_spec(exp_dir: Path, run_id: int) -> bool:
+    return (run_dir(exp_dir, run_id) / RECORD_FILE).exists()
+
+
+def read_pipeline_spec(exp_dir: Path, run_id: int) -> tuple[PipelineSpec, bytes]:
+    """The stored spec of pipeline ``run_id`` and its blob (unpickles it)."""
+    import cloudpickle
+
+    blob = (run_dir(exp_dir, run_id) / PICKLE_FILE).read_bytes()
+    spec = cloudpickle.loads(blob)
+    if not isinstance(spec, PipelineSpec):
+        raise ConfigError(f"{run_dir(exp_dir, run_id)} holds no evals pipeline spec")
+    return spec, blob
+
+
+__all__ = ["has_pipeline_spec", "pipeline_record", "read_pipeline_spec", "write_pipeline_spec"]

@@ -1,0 +1,145 @@
+"""Evals configs: RapidFire's RAG spec, prompt manager and generator configs expand through
+RFGridSearch / RFRandomSearch, and bad input is refused up front with a clear error."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from langchain_classic.retrievers.document_compressors import CrossEncoderReranker
+from langchain_community.embeddings import HuggingFaceEmbeddings
+from langchain_core.document_loaders import BaseLoader
+from langchain_core.documents import Document
+from langchain_text_splitters import CharacterTextSplitter, RecursiveCharacterTextSplitter
+
+from policies.errors import ConfigError
+from rf_ray.automl import (
+    List,
+    RFAPIModelConfig,
+    RFGridSearch,
+    RFLangChainRagSpec,
+    RFPromptManager,
+    RFRandomSearch,
+    RFvLLMModelConfig,
+)
+from rf_ray.evals.build import describe, rag_spec
+from rf_ray.evals.toy import TINY_CROSS_ENCODER, TINY_EMBEDDER
+from rf_ray.toy import TOY_MODEL_NAME
+
+
+class ListLoader(BaseLoader):
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+
+    def load(self) -> list[Document]:
+        return [Document(t, metadata={"i": i}) for i, t in enumerate(self.texts)]
+
+
+EMBED = {"class": HuggingFaceEmbeddings, "model_name": TINY_EMBEDDER}
+RERANK = {"class": CrossEncoderReranker, "model_name": TINY_CROSS_ENCODER}
+
+
+def rag(**kw):
+    base = dict(document_loader=ListLoader(["a b = 1 .", "c d = 2 ."]), embedding_cfg=EMBED)
+    return RFLangChainRagSpec(**{**base, **kw})
+
+
+def generator(**kw):
+    return RFvLLMModelConfig(model_config={"model": TOY_MODEL_NAME},
+                             sampling_params={"temperature": 0, "max_tokens": 4}, **kw)  # fmt: skip
+
+
+def test_tutorial_grid_gives_one_pipeline_per_combination() -> None:
+    spec = rag(
+        text_splitter=List([RecursiveCharacterTextSplitter(chunk_size=256, chunk_overlap=32),
+                            RecursiveCharacterTextSplitter(chunk_size=128, chunk_overlap=32)]),
+        search_cfg={"type": "similarity", "k": 8},
+        reranker_cfg={**RERANK, "top_n": List([2, 5])},
+    )  # fmt: skip
+    pipelines = RFGridSearch({"vllm_config": generator(rag=spec), "batch_size": 8}).expand()
+    params = [describe(p) for p in pipelines]
+    assert len(pipelines) == 4
+    assert [(p["rag.text_splitter"], p["rag.reranker.top_n"]) for p in params] == [
+        ("RecursiveCharacterTextSplitter(256/32)", 2),
+        ("RecursiveCharacterTextSplitter(256/32)", 5),
+        ("RecursiveCharacterTextSplitter(128/32)", 2),
+        ("RecursiveCharacterTextSplitter(128/32)", 5),
+    ]
+    assert all(p["batch_size"] == 8 for p in params)
+
+
+def test_lists_anywhere_in_components_and_settings_and_a_list_of_generators() -> None:
+    gens = [generator(rag=rag(search_cfg={"k": List([1, 2])})), generator()]
+    pipelines = RFGridSearch({"vllm_config": gens, "batch_size": List([2, 4])}).expand()
+    assert len(pipelines) == (2 + 1) * 2
+    drawn = RFRandomSearch({"vllm_config": gens, "batch_size": List([2, 4])}, 3, seed=0).expand()
+    assert len({tuple(sorted(describe(p).items())) for p in drawn}) == 3
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: rag(enable_gpu_search=List([True, False])), "enable_gpu_search"),
+        (lambda: generator(rag=List([rag(), rag()])), "rag="),
+        (lambda: RFAPIModelConfig(client_config={"base_url": "http://x"},
+                                  model_config={"model": "m"}, rpm_limit=List([1, 2])),
+         "rpm_limit"),
+        (lambda: RFGridSearch({"vllm_config": generator(),
+                               "online_strategy_kwargs": {"confidence_level": List([0.9, 0.95])}}),
+         "online_strategy_kwargs"),
+    ],
+)  # fmt: skip
+def test_a_list_where_none_is_allowed_is_refused_by_name(make, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        make()
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"document_loader": "corpus.jsonl"}, "not a LangChain document loader"),
+        ({"text_splitter": object()}, "not a LangChain text splitter"),
+        ({"embedding_cfg": {"class": dict}}, "embedding_cfg\\['class'\\]"),
+        ({"vector_store_cfg": {"type": "pinecone"}}, "vector_store_cfg\\['type'\\]"),
+        ({"search_cfg": {"type": "fuzzy"}}, "search_cfg\\['type'\\]"),
+        ({"search_cfg": {"k": 2}, "reranker_cfg": {**RERANK, "top_n": 3}}, "top_n=3"),
+    ],
+)
+def test_wrong_kind_of_component_is_refused_when_the_search_expands(kw, match: str) -> None:
+    group = RFGridSearch({"vllm_config": generator(rag=rag(**kw))})
+    with pytest.raises(ConfigError, match=match):
+        group.expand()
+
+
+def test_unknown_sampling_param_and_unknown_argument_are_named() -> None:
+    bad = RFvLLMModelConfig(model_config={"model": TOY_MODEL_NAME}, sampling_params={"n": 4})
+    with pytest.raises(ConfigError, match="'n'"):
+        RFGridSearch({"vllm_config": bad}).expand()
+    with pytest.raises(TypeError, match="retreiver"):
+        RFLangChainRagSpec(document_loader=ListLoader([]), retreiver=None)  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match="unknown key"):
+        RFGridSearch({"vllm_config": generator(), "batchsize": 4})
+    with pytest.raises(ConfigError, match="k=0"):
+        RFPromptManager(instructions="x", k=0)
+
+
+def test_missing_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fault injection: this machine has faiss; hide it as a machine without it would.
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "faiss" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"faiss.*rf-ray\[evals\]"):
+        rag_spec({"document_loader": ListLoader(["x"]), "embedding_cfg": EMBED})
+    # BM25 does not need it.
+    spec = rag_spec({"document_loader": ListLoader(["x"]), "vector_store_cfg": {"type": "bm25"}})
+    assert spec.store_type == "bm25"
+
+
+def test_character_splitter_and_bm25_share_an_index_key_only_when_equal() -> None:
+    a = rag_spec({"document_loader": (loader := ListLoader(["x"])), "embedding_cfg": EMBED,
+                  "search_cfg": {"k": 1}})  # fmt: skip
+    b = rag_spec({"document_loader": loader, "embedding_cfg": EMBED, "search_cfg": {"k": 3}})
+    splitter = CharacterTextSplitter(chunk_size=5, chunk_overlap=0)
+    c = rag_spec({"document_loader": loader, "embedding_cfg": EMBED, "text_splitter": splitter})
+    assert a.index_key() == b.index_key() != c.index_key()
