@@ -3,8 +3,8 @@
 Every run is a LoRA adapter on the same resident base. ``generate_multi`` stacks the rows of all
 requests into one batch and calls the model's own ``generate`` (so the KV cache, position ids
 from the attention mask, end-of-sequence handling and padding of finished rows are transformers'
-own) inside ``actors.engine.fused.segmented_lora``: at every decoding step each LoRA layer runs the
-base once over all rows and adds each request's adapter to its own rows only.
+own) inside ``actors.engine.lora_kernel.segmented_lora``: at every decoding step each LoRA
+layer runs the base once over all rows and adds each request's adapter to its own rows only.
 
 What differs between requests is handled per row, not by splitting the batch:
 
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import transformers
 
-from actors.engine.fused import Segment, segmented_lora
+from actors.engine.lora_kernel import Segment, segmented_lora
 
 # GenerationConfig fields the batched path honours per request; any other non-default field
 # sends the request to its own ``generate`` call.

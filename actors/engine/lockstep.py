@@ -13,9 +13,9 @@ batched generation) and resumes each lane with its own result.
 
 What makes a run a run stays per lane:
 
-* **Adapter:** each lane's calls are served with its own adapter on its own rows (the segmented
-  LoRA forward of ``actors.engine.fused``). ``model.disable_adapter()`` is lane-local inside the
-  block: a lane in its reference context gets the base (adapters off) for its calls, without
+* **Adapter:** each lane's calls are served with its own adapter on its own rows
+  (``actors.engine.lora_kernel``). ``model.disable_adapter()`` is lane-local inside the block:
+  a lane in its reference context gets the base (adapters off) for its calls, without
   switching the adapters off for the lanes beside it.
 * **RNG:** a lane runs with its run's own global RNG state, swapped in when it resumes and kept
   when it parks (GRPO samples its generations from the global RNG, as a time-sliced slice does).
@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from actors.engine import lora_kernel
 
 logger = logging.getLogger(__name__)
 
@@ -308,10 +310,11 @@ class FusedServer:
 
     Forwards whose arguments can share a batch (same keys, same non-tensor values, same adapters
     on/off and grad mode) run as ONE forward: rows concatenated and right-padded
-    (``fused.concat_rows``), each lane's adapter on its own rows (``fused.segmented_lora``); each
-    lane gets its rows back (``fused.slice_outputs``). Generation goes to
-    ``actors.engine.generation.generate_multi`` when that module is present, else it runs per lane
-    with the lane's adapter active and its RNG stream in place (what a time-sliced run does). A
+    (``lora_kernel.concat_rows``), each lane's adapter on its own rows
+    (``lora_kernel.segmented_lora``); each lane gets its rows back
+    (``lora_kernel.slice_outputs``). Generation goes to
+    ``actors.engine.generation.generate_multi`` when that module is present, else it runs per
+    lane with the lane's adapter active and its RNG stream in place (what a time-sliced run does). A
     fused forward that fails is re-served one call at a time; a call that fails alone fails its
     lane.
     """
@@ -351,12 +354,10 @@ class FusedServer:
             self._generate(generations)
 
     def _fused_forward(self, group: list[tuple[Lane, Call]]) -> None:
-        from actors.engine import fused
-
         calls = [call for _, call in group]
         try:
-            combined, lengths = fused.concat_rows([c.kwargs for c in calls], self.pad_id)
-        except fused.NotFusableError:
+            combined, lengths = lora_kernel.concat_rows([c.kwargs for c in calls], self.pad_id)
+        except lora_kernel.NotFusableError:
             for lane, call in group:
                 self._alone(lane, call)
             return
@@ -364,7 +365,9 @@ class FusedServer:
         segments, start = [], 0
         for lane, call in group:
             rows = int(call.kwargs["input_ids"].shape[0])
-            segments.append(fused.Segment(lane.adapter, start, start + rows, _dropout_stream(lane)))
+            segments.append(
+                lora_kernel.Segment(lane.adapter, start, start + rows, _dropout_stream(lane))
+            )
             start += rows
         first = calls[0]
         try:
@@ -373,7 +376,7 @@ class FusedServer:
                     with self.model.disable_adapter():
                         out = self.model(**combined)
                 else:
-                    with fused.segmented_lora(self.model, segments):
+                    with lora_kernel.segmented_lora(self.model, segments):
                         out = self.model(**combined)
         except Exception as exc:  # out of memory and the like: serve one by one
             logger.warning(
@@ -386,7 +389,7 @@ class FusedServer:
         self.stats.fused_forwards += 1
         self.stats.fused_calls += len(calls)
         for seg, call, length in zip(segments, calls, lengths):
-            call.result = fused.slice_outputs(out, seg.start, seg.stop, longest - length)
+            call.result = lora_kernel.slice_outputs(out, seg.start, seg.stop, longest - length)
 
     def _alone(self, lane: Lane, call: Call) -> None:
         """One call as the time-sliced run would make it: its adapter active, its RNG in place."""

@@ -23,7 +23,7 @@ import torch
 from peft import LoraConfig, get_peft_model_state_dict
 from trl import DPOConfig, SFTConfig
 
-from actors.engine import fused
+from actors.engine import fused, lora_kernel
 from actors.engine.executor import Executor
 from actors.engine.spec import RunSpec
 from policies.chunking import ChunkPlan
@@ -245,14 +245,14 @@ def test_concat_rows_pads_right_with_neutral_values():
          "attention_mask": torch.ones(1, 3, dtype=torch.long), "use_cache": False}  # fmt: skip
     b = {"input_ids": torch.tensor([[8, 9]] * 2), "labels": torch.tensor([[8, 9]] * 2),
          "attention_mask": torch.ones(2, 2, dtype=torch.long), "use_cache": False}  # fmt: skip
-    combined, lengths = fused.concat_rows([a, b], pad_id=0)
+    combined, lengths = lora_kernel.concat_rows([a, b], pad_id=0)
     assert lengths == [3, 2]
     assert combined["input_ids"].tolist() == [[5, 6, 7], [8, 9, 0], [8, 9, 0]]
     assert combined["labels"][1:, 2].tolist() == [-100, -100]
     assert combined["attention_mask"][1:, 2].tolist() == [0, 0]
     assert combined["use_cache"] is False
-    with pytest.raises(fused.NotFusableError, match="use_cache"):
-        fused.concat_rows([a, {**b, "use_cache": True}], pad_id=0)
+    with pytest.raises(lora_kernel.NotFusableError, match="use_cache"):
+        lora_kernel.concat_rows([a, {**b, "use_cache": True}], pad_id=0)
 
 
 def test_out_of_memory_mid_slice_falls_back_to_time_slicing(tmp_path, monkeypatch):

@@ -177,7 +177,7 @@ def test_out_of_memory_in_a_fused_eval_pass_serves_each_run_alone(tmp_path, monk
     as time-sliced evaluation makes it (its adapter active), so the metrics are the same."""
     import contextlib
 
-    from actors.engine import fused
+    from actors.engine import lora_kernel
 
     specs = [_sft(tmp_path, 1, 1e-2), _sft(tmp_path, 2, 3e-2, r=8)]
     executor = _trained(specs, sft_dataset(24, seed=3), sft_dataset(8, seed=9))
@@ -188,7 +188,7 @@ def test_out_of_memory_in_a_fused_eval_pass_serves_each_run_alone(tmp_path, monk
         raise torch.OutOfMemoryError("injected: CUDA out of memory")
         yield
 
-    monkeypatch.setattr(fused, "segmented_lora", out_of_memory)
+    monkeypatch.setattr(lora_kernel, "segmented_lora", out_of_memory)
     entry = executor.bases["toy"]
     out, server = fused_eval.evaluate_fused(
         entry.model, [executor.registry[s.run_id] for s in specs], 0, executor._autocast
