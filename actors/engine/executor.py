@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from actors.engine import algorithms, evaluation, fused, fused_slice
+from actors.engine import algorithms, eligibility, evaluation, fused_slice
 from actors.engine.data_prep import PreparedDatasets
 from actors.engine.spec import RunSpec
 from actors.engine.timeline import Timeline
@@ -459,9 +459,9 @@ class Executor:
 
     # ------------------------------------------------------------------ fused slices
     def fusable(self, run_id: int) -> str | None:
-        """``None`` if the run can share a fused pass, else why not (see ``fused.fusable``)."""
+        """``None`` if the run can share a fused pass, else why not (``eligibility.fusable``)."""
         record = self.registry[run_id]
-        return fused.fusable(record, self.bases[record.spec.model_key].model)
+        return eligibility.fusable(record, self.bases[record.spec.model_key].model)
 
     def run_fused(
         self, grants: list[tuple[int, int, bool]]

@@ -32,8 +32,9 @@ GRPO fuses too (``actors.engine.fused_grpo``): each run's input preparation (gen
 scoring, old and reference log-probs) runs in lock step with the others', their model calls served
 together, and the loss then takes the same capture/replay path as SFT and DPO.
 
-``fusable`` says whether a run can take part. When it cannot (DoRA, a custom loss, gradient
-checkpointing with dropout, GRPO with vLLM...), the executor time-slices it.
+Whether a run can take part is ``actors.engine.eligibility.fusable``'s call. When it cannot
+(DoRA, a custom loss, gradient checkpointing with dropout, GRPO with vLLM...), the executor
+time-slices it.
 """
 
 from __future__ import annotations
@@ -51,56 +52,10 @@ from actors.engine.lora_kernel import (
     NotFusableError,
     Segment,
     concat_rows,
-    dropout_probability,
     segmented_lora,
     slice_outputs,
 )
 from policies.errors import RunFailedError
-
-FUSABLE_TRAINERS = ("SFT", "DPO", "GRPO")
-
-
-# ---------------------------------------------------------------------------- eligibility
-def fusable(record: Any, model: Any) -> str | None:  # noqa: C901, PLR0911  one return per reason a run cannot be fused
-    """``None`` if the run can be trained fused, else the reason it cannot (for logs and docs)."""
-    from peft.tuners.lora.layer import Linear as LoraLinear
-    from peft.tuners.lora.layer import LoraLayer
-
-    spec, trainer = record.spec, record.trainer
-    if spec.trainer_type not in FUSABLE_TRAINERS:
-        return f"{spec.trainer_type} is time-sliced"
-    if spec.trainer_type == "GRPO":
-        from actors.engine import fused_grpo
-
-        reason = fused_grpo.fusable(trainer)
-        if reason is not None:
-            return reason
-    if spec.trainer_type == "SFT":
-        if trainer.compute_loss_func is not None or trainer.label_smoother is not None:
-            return "a custom loss or label smoothing needs the full logits"
-        if getattr(trainer, "aux_loss_enabled", False):
-            return "MoE auxiliary loss"
-    if spec.trainer_type == "DPO" and (
-        trainer.ld_alpha is not None
-        or trainer.precompute_ref_logps
-        or trainer.ref_model is not None
-    ):
-        return "DPO with ld_alpha, precomputed or separate reference model"
-    if trainer.accelerator.gradient_accumulation_steps != 1:
-        return "accelerate-side gradient accumulation"
-    name = spec.adapter_name
-    checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
-    for module in model.modules():
-        if isinstance(module, LoraLayer) and name in module.lora_A:
-            if not isinstance(module, LoraLinear):
-                return f"LoRA on {type(module).__name__} layers (only Linear layers are fused)"
-            if name in module.lora_variant or module.merged:
-                return "DoRA or another LoRA variant, or merged weights"
-            dropout = module.lora_dropout[name]
-            if checkpointing and dropout_probability(dropout) > 0:
-                # Recomputation in backward would redraw a run's own dropout masks differently.
-                return "gradient checkpointing with LoRA dropout"
-    return None
 
 
 # ---------------------------------------------------------------------------- capture / replay

@@ -31,24 +31,6 @@ from actors.engine.lockstep import FusedServer, Lane, Lockstep, ServeStats, load
 logger = logging.getLogger(__name__)
 
 
-def fusable(trainer: Any) -> str | None:
-    """``None`` if a GRPO trainer's generation and scoring can run in a lane, else why not."""
-    args = trainer.args
-    if getattr(trainer, "use_vllm", False) or getattr(args, "use_vllm", False):
-        return "GRPO with vLLM generates outside the shared model"
-    if getattr(args, "use_transformers_continuous_batching", False) or getattr(
-        args, "use_transformers_paged", False
-    ):
-        return "GRPO with transformers' continuous batching"
-    if getattr(trainer, "tools", None) or getattr(trainer, "rollout_func", None) is not None:
-        return "GRPO with tools or a rollout function"
-    if getattr(trainer, "_is_vlm", False):
-        return "GRPO on a vision-language model"
-    if getattr(trainer, "aux_loss_enabled", False):
-        return "MoE auxiliary loss"
-    return None
-
-
 def prepare_inputs(model: Any, cursors: list[Any], pad_id: int) -> tuple[list[Any], ServeStats]:
     """Each cursor's next micro-batch, prepared by its own trainer's ``_prepare_inputs`` with the
     runs' model calls served together. A run whose preparation raised (a reward function that

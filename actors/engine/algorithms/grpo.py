@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from actors.engine.algorithms import base_as_reference
+from actors.engine.algorithms.reference import base_as_reference
 from actors.engine.spec import RunSpec
 from policies.errors import RunFailedError
 
