@@ -9,9 +9,13 @@ segment, gradient checkpointing with LoRA dropout. A run that is not fusable is 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from actors.engine.algorithms import trl_internals
 from actors.engine.lora_kernel import dropout_probability
+
+if TYPE_CHECKING:
+    from actors.engine.registry import AdapterRegistry
 
 FUSABLE_TRAINERS = ("SFT", "DPO", "GRPO")
 
@@ -67,8 +71,21 @@ def grpo_fusable(trainer: Any) -> str | None:
         return "GRPO with transformers' continuous batching"
     if getattr(trainer, "tools", None) or getattr(trainer, "rollout_func", None) is not None:
         return "GRPO with tools or a rollout function"
-    if getattr(trainer, "_is_vlm", False):
+    if trl_internals.grpo_is_vlm(trainer):
         return "GRPO on a vision-language model"
     if getattr(trainer, "aux_loss_enabled", False):
         return "MoE auxiliary loss"
     return None
+
+
+def fused_group(registry: AdapterRegistry, run_ids: list[int]) -> list[int]:
+    """The runs of ``run_ids`` that share one fused pass: those ``fusable`` on one base model;
+    empty when fewer than two are (the caller time-slices them all)."""
+    group = []
+    for run_id in run_ids:
+        record = registry[run_id]
+        if fusable(record, registry.model_of(record)) is None:
+            group.append(run_id)
+    if len(group) < 2 or len({registry[r].spec.model_key for r in group}) > 1:
+        return []
+    return group

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from actors.engine import algorithms, eligibility, evaluation, fused_slice
+from actors.engine.algorithms import accelerate_internals, transformers_internals
 from actors.engine.data_prep import PreparedDatasets
 from actors.engine.spec import RunSpec
 from actors.engine.timeline import Timeline
@@ -102,23 +103,6 @@ class AdapterRecord:
     training again (see ``Executor.placement``)."""
 
 
-def _accelerate_state() -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """accelerate's process-wide (Borg) state dicts, with a copy of each."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    return [
-        (c._shared_state, dict(c._shared_state))
-        for c in (PartialState, AcceleratorState, GradientState)
-    ]
-
-
-def _restore_accelerate_state(saved: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
-    """Put the copies back in place: every live Accelerator reads these very dicts."""
-    for shared, copy in saved:
-        shared.clear()
-        shared.update(copy)
-
-
 class Executor:
     """Owns base models and the adapter registry; trains one run's slice at a time."""
 
@@ -183,7 +167,8 @@ class Executor:
             return
         from peft import get_peft_model
 
-        saved = _accelerate_state()  # before the run's TrainingArguments touch it
+        # Before the run's TrainingArguments touch accelerate's process-wide state:
+        saved = accelerate_internals.save_shared_state()
 
         entry = self._base(spec)
         self.phase = f"building trainer of run {spec.run_id}"
@@ -218,7 +203,7 @@ class Executor:
             # TrainingArguments reset accelerate's process-wide state, which only a finished
             # Trainer rebuilds (seen: a raising formatting_func left the next run's slices with
             # "'AcceleratorState' object has no attribute 'parallelism_config'").
-            _restore_accelerate_state(saved)
+            accelerate_internals.restore_shared_state(saved)
             entry.raw_model.forward = previous_forward
             entry.model.delete_adapter(name)
             self._active = None
@@ -424,7 +409,7 @@ class Executor:
         model = self.bases[record.spec.model_key].model
         batches = record.batches.take(step)
         trainer.current_gradient_accumulation_steps = len(batches)
-        num_items = trainer._get_num_items_in_batch(batches, trainer.args.device)
+        num_items = transformers_internals.num_items_in_batch(trainer, batches)
         tokens = sum(
             int(b["attention_mask"].sum())
             for b in batches
@@ -442,13 +427,13 @@ class Executor:
                 f"run {record.spec.run_id}: loss became {loss_value} at optimizer step {step + 1}; "
                 "lower the learning rate or enable gradient clipping (max_grad_norm)"
             )
-        trainer.accelerator.gradient_state._set_sync_gradients(True)
+        accelerate_internals.sync_gradients(trainer)
         if trainer.args.max_grad_norm and trainer.args.max_grad_norm > 0:
-            grad_norm = trainer._clip_grad_norm(model)
+            grad_norm = transformers_internals.clip_grad_norm(trainer, model)
         else:
-            grad_norm = trainer._get_grad_norm(model)
+            grad_norm = transformers_internals.grad_norm(trainer, model)
         trainer.optimizer.step()
-        learning_rate = trainer._get_learning_rate()
+        learning_rate = transformers_internals.learning_rate(trainer)
         trainer.lr_scheduler.step()
         model.zero_grad(set_to_none=True)
         self.timeline.compute_seconds += time.perf_counter() - compute_start

@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 
+from actors.engine.algorithms import accelerate_internals, transformers_internals
 from actors.engine.lora_kernel import (
     NotFusableError,
     Segment,
@@ -162,13 +163,13 @@ class Cursor:
         trainer = self.record.trainer
         assert self.loss is not None
         loss_value = float(self.loss)
-        trainer.accelerator.gradient_state._set_sync_gradients(True)
+        accelerate_internals.sync_gradients(trainer)
         max_norm = trainer.args.max_grad_norm
         grad_norm = trainer.accelerator.clip_grad_norm_(
             self.params, max_norm if max_norm and max_norm > 0 else float("inf")
         )
         trainer.optimizer.step()
-        learning_rate = trainer._get_learning_rate()
+        learning_rate = transformers_internals.learning_rate(trainer)
         trainer.lr_scheduler.step()
         for p in self.params:
             p.grad = None
@@ -203,7 +204,7 @@ def start_step(cursor: Cursor) -> None:
         cursor.generator.set_state(torch.get_rng_state())
         torch.set_rng_state(saved)
     trainer.current_gradient_accumulation_steps = len(cursor.batches)
-    cursor.num_items = trainer._get_num_items_in_batch(cursor.batches, trainer.args.device)
+    cursor.num_items = transformers_internals.num_items_in_batch(trainer, cursor.batches)
     cursor.tokens = sum(
         int(b["attention_mask"].sum()) for b in cursor.batches if "attention_mask" in b
     )
@@ -233,7 +234,10 @@ def fused_micro_step(  # noqa: C901  the step order (capture, fused forward, los
         cursors = [c for c, _ in ready]
         inputs = [x for _, x in ready]
     else:
-        inputs = [c.record.trainer._prepare_inputs(c.batches[c.micro]) for c in cursors]
+        inputs = [
+            transformers_internals.prepare_inputs(c.record.trainer, c.batches[c.micro])
+            for c in cursors
+        ]
     trainers = [c.record.trainer for c in cursors]
     calls = [
         capture_forward_kwargs(t, x, c.num_items) for t, x, c in zip(trainers, inputs, cursors)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from actors.engine.lockstep import FusedServer, Lane, Lockstep, load_generate_multi
+from actors.engine.lockstep import FusedServer, Lane, Lockstep
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def evaluate_fused(
     Returns each run's metrics (as ``Executor.evaluate`` returns them) or the exception its
     evaluation raised, and the server (its ``stats`` say how much was fused).
     """
-    server = FusedServer(model, pad_id, load_generate_multi())
+    server = FusedServer(model, pad_id)
     lanes = []
     for record in records:
         # Evaluation draws nothing (dropout is off), and a time-sliced evaluation puts the RNG

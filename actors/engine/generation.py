@@ -38,6 +38,7 @@ from typing import Any
 import torch
 import transformers
 
+from actors.engine.algorithms import transformers_internals
 from actors.engine.lora_kernel import Segment, segmented_lora
 
 # GenerationConfig fields the batched path honours per request; any other non-default field
@@ -99,12 +100,7 @@ def resolve_config(
     """``config`` with its unset fields filled as ``generate`` fills them: from the model's own
     generation config, then transformers' global defaults (``top_k=50`` when sampling)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    prepare = getattr(base, "_prepare_generation_config", None)
-    if prepare is None:  # not a transformers GenerationMixin: take the config as given
-        return config
-    # The one place transformers resolves these; re-implementing its precedence would drift.
-    resolved, _ = prepare(copy.deepcopy(config))
-    return resolved
+    return transformers_internals.resolve_generation_config(base, copy.deepcopy(config))
 
 
 def batchable(config: transformers.GenerationConfig, check_length: bool = True) -> bool:

@@ -44,6 +44,8 @@ from typing import Any
 import torch
 
 from actors.engine import lora_kernel
+from actors.engine.algorithms.accelerate_internals import gradient_state, put_gradient_state
+from actors.engine.generation import GenRequest, generate_multi
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ class Lane:
     _thread: threading.Thread | None = None
 
     def swap_in(self) -> None:
-        _put_gradient_state(self.loader_state)
+        put_gradient_state(self.loader_state)
         if self.generator is not None:
             torch.set_rng_state(self.generator.get_state())
         if self.device_generator is not None:
@@ -105,7 +107,7 @@ class Lane:
             )
 
     def swap_out(self) -> None:
-        self.loader_state = _gradient_state()
+        self.loader_state = gradient_state()
         if self.generator is not None:
             self.generator.set_state(torch.get_rng_state())
         if self.device_generator is not None:
@@ -194,9 +196,9 @@ class Lockstep:
         saved_rng = torch.get_rng_state()
         cuda = [lane.device_generator.device for lane in lanes if lane.device_generator is not None]
         saved_cuda_rng = torch.cuda.get_rng_state(cuda[0]) if cuda else None
-        saved_loader_state = _gradient_state()
+        saved_loader_state = gradient_state()
         for lane in lanes:
-            lane.loader_state = _gradient_state()
+            lane.loader_state = gradient_state()
         generation_config = getattr(self.model, "generation_config", None)
         with self._patched():
             for lane in lanes:
@@ -226,7 +228,7 @@ class Lockstep:
                 torch.set_rng_state(saved_rng)
                 if saved_cuda_rng is not None:
                     torch.cuda.set_rng_state(saved_cuda_rng, cuda[0])
-                _put_gradient_state(saved_loader_state)
+                put_gradient_state(saved_loader_state)
                 if generation_config is not None:
                     self.model.generation_config = generation_config
 
@@ -266,24 +268,6 @@ def _lane_adapters_off(lane: Lane) -> Iterator[None]:
         lane.adapters_off = previous
 
 
-def _gradient_state() -> dict[str, Any]:
-    """A copy of accelerate's shared ``GradientState`` (its lists copied too: they are mutated in
-    place as dataloaders begin and end)."""
-    from accelerate.state import GradientState
-
-    return {
-        k: list(v) if isinstance(v, list) else v for k, v in GradientState._shared_state.items()
-    }
-
-
-def _put_gradient_state(state: dict[str, Any]) -> None:
-    from accelerate.state import GradientState
-
-    shared = GradientState._shared_state
-    shared.clear()
-    shared.update(state)
-
-
 def _grad() -> bool:
     return torch.is_grad_enabled()
 
@@ -312,22 +296,16 @@ class FusedServer:
     on/off and grad mode) run as ONE forward: rows concatenated and right-padded
     (``lora_kernel.concat_rows``), each lane's adapter on its own rows
     (``lora_kernel.segmented_lora``); each lane gets its rows back
-    (``lora_kernel.slice_outputs``). Generation goes to
-    ``actors.engine.generation.generate_multi`` when that module is present, else it runs per
-    lane with the lane's adapter active and its RNG stream in place (what a time-sliced run does). A
-    fused forward that fails is re-served one call at a time; a call that fails alone fails its
-    lane.
+    (``lora_kernel.slice_outputs``). Two or more plain generations go to
+    ``actors.engine.generation.generate_multi`` (one batched decode); any other generation runs
+    alone with the lane's adapter active and its RNG stream in place (what a time-sliced run
+    does). A fused forward or batched generation that fails is re-served one call at a time; a
+    call that fails alone fails its lane.
     """
 
-    def __init__(
-        self,
-        model: Any,
-        pad_id: int,
-        generate_multi: Callable[..., list[torch.Tensor]] | None = None,
-    ) -> None:
+    def __init__(self, model: Any, pad_id: int) -> None:
         self.model = model
         self.pad_id = pad_id
-        self.generate_multi = generate_multi
         self.stats = ServeStats()
 
     def __call__(self, parked: list[tuple[Lane, Call]]) -> None:
@@ -414,12 +392,10 @@ class FusedServer:
 
     def _generate(self, generations: list[tuple[Lane, Call]]) -> None:
         plain = [(lane, call) for lane, call in generations if _plain_generation(call)]
-        if self.generate_multi is None or len(plain) < 2:
+        if len(plain) < 2:
             for lane, call in generations:
                 self._alone(lane, call)
             return
-        from actors.engine.generation import GenRequest  # type: ignore[import-not-found,unused-ignore]
-
         requests = [
             GenRequest(
                 adapter=lane.adapter,
@@ -432,7 +408,7 @@ class FusedServer:
         ]
         try:
             with torch.no_grad():
-                outputs = self.generate_multi(self.model, requests)
+                outputs = generate_multi(self.model, requests)
         except Exception as exc:  # serve them one by one
             logger.warning("multi-adapter generation failed, generating per run: %r", exc)
             self.stats.fallbacks += 1
@@ -480,12 +456,3 @@ def _plain_generation(call: Call) -> bool:
 def _dropout_stream(lane: Lane) -> torch.Generator | None:
     """The lane's RNG stream on the model's device: dropout and sampling draw from it."""
     return lane.device_generator if lane.device_generator is not None else lane.generator
-
-
-def load_generate_multi() -> Callable[..., list[torch.Tensor]] | None:
-    """``actors.engine.generation.generate_multi`` (multi-adapter batched generation) if present."""
-    try:
-        from actors.engine.generation import generate_multi  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
-    return generate_multi  # type: ignore[no-any-return]
