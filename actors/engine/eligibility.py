@@ -78,14 +78,16 @@ def grpo_fusable(trainer: Any) -> str | None:
     return None
 
 
+def run_fusable(registry: AdapterRegistry, run_id: int) -> str | None:
+    """``fusable`` for a run of ``registry``: ``None``, or why it cannot share a fused pass."""
+    record = registry[run_id]
+    return fusable(record, registry.model_of(record))
+
+
 def fused_group(registry: AdapterRegistry, run_ids: list[int]) -> list[int]:
     """The runs of ``run_ids`` that share one fused pass: those ``fusable`` on one base model;
     empty when fewer than two are (the caller time-slices them all)."""
-    group = []
-    for run_id in run_ids:
-        record = registry[run_id]
-        if fusable(record, registry.model_of(record)) is None:
-            group.append(run_id)
+    group = [r for r in run_ids if run_fusable(registry, r) is None]
     if len(group) < 2 or len({registry[r].spec.model_key for r in group}) > 1:
         return []
     return group

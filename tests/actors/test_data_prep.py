@@ -67,5 +67,5 @@ def test_runs_with_other_processing_settings_prepare_their_own(tmp_path):
     executor.add_run(_run(tmp_path, 4, shuffle_dataset=True, seed=2))
     datasets = [executor.registry[r].trainer.train_dataset for r in (1, 2, 3, 4)]
     assert len({id(d) for d in datasets}) == 4
-    assert len(executor.prepared.by_key) == 4
+    assert len(executor.registry.prepared.by_key) == 4
     assert max(len(row) for row in datasets[1]["input_ids"]) <= 24

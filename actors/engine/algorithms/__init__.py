@@ -9,6 +9,15 @@ micro-batches of optimizer step ``step``, exactly as ``Trainer._run_epoch`` woul
 from ``get_batch_samples``. SFT and DPO collate the ``ChunkPlan``'s index lists (rf-ray's own
 seed-shuffled order); GRPO reads its trainer's own dataloader (see
 ``actors.engine.algorithms.grpo``).
+
+Here too: ``step_metrics`` (one optimizer step's metrics, as ``Trainer`` logs them) and
+``forward_logs`` (those metrics to the integrations a run's ``report_to`` kept).
+
+Files: ``sft.py``, ``dpo.py``, ``grpo.py`` (one per algorithm); ``reference.py`` (DPO's and
+GRPO's reference policy: the base with adapters off); ``internals.py`` with
+``transformers_internals.py``, ``accelerate_internals.py``, ``trl_internals.py`` and
+``torch_internals.py``: every library private rf-ray touches, one module per library, each
+checked by ``tests/actors/test_library_internals.py``.
 """
 
 from __future__ import annotations
