@@ -46,6 +46,7 @@ import torch
 from actors.engine import lora_kernel
 from actors.engine.algorithms.accelerate_internals import gradient_state, put_gradient_state
 from actors.engine.generation import GenRequest, generate_multi
+from policies.errors import LockstepTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +54,6 @@ DEFAULT_STEP_TIMEOUT_S = 3600.0
 """How long the driver waits for one lane to reach its next model call. A lane runs user code
 (reward functions, formatting); the executor's own slice deadline is the real bound, this one only
 keeps a wedged lane from hanging the driver forever."""
-
-
-class LockstepTimeoutError(RuntimeError):
-    """A lane neither called the model nor finished within the step timeout."""
 
 
 @dataclass
