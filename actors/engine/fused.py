@@ -48,7 +48,8 @@ from typing import Any
 
 import torch
 
-from actors.engine.algorithms import accelerate_internals, transformers_internals
+from actors.engine import algorithms, fused_grpo
+from actors.engine.algorithms import accelerate_internals, transformers_internals, trl_internals
 from actors.engine.lora_kernel import (
     NotFusableError,
     Segment,
@@ -158,8 +159,6 @@ class Cursor:
     def optimizer_step(self) -> None:
         """Close the run's accumulation window: clip its own gradients, step its own optimizer
         and schedule, clear its own gradients (other runs of the group may be mid-window)."""
-        from actors.engine import algorithms
-
         trainer = self.record.trainer
         assert self.loss is not None
         loss_value = float(self.loss)
@@ -223,8 +222,6 @@ def fused_micro_step(  # noqa: C901  the step order (capture, fused forward, los
     started = time.perf_counter()
     shared = 0
     if any(c.record.spec.trainer_type == "GRPO" for c in cursors):
-        from actors.engine import fused_grpo
-
         # Generation and scoring, each run by its own trainer, model calls served together.
         prepared, served = fused_grpo.prepare_inputs(model, cursors, pad_id)
         shared = served.fused_calls + served.multi_generations
@@ -272,7 +269,8 @@ def fused_micro_step(  # noqa: C901  the step order (capture, fused forward, los
         total = None
         for trainer, cursor, x, (lo, hi), length in zip(trainers, cursors, inputs, bounds, lengths):
             replay = _ReplayingModel(slice_outputs(outputs, lo, hi, longest - length))
-            with _reference_from_inputs(trainer), trainer.compute_loss_context_manager():
+            dpo = cursor.record.spec.trainer_type == "DPO"
+            with _reference_from_inputs(trainer, dpo), trainer.compute_loss_context_manager():
                 loss = trainer.compute_loss(replay, x, num_items_in_batch=cursor.num_items)
             if not _loss_is_scaled(trainer, cursor.num_items):
                 loss = loss / trainer.current_gradient_accumulation_steps
@@ -293,16 +291,16 @@ def fused_micro_step(  # noqa: C901  the step order (capture, fused forward, los
     seconds = (time.perf_counter() - started) / len(cursors)
     for cursor, trainer in zip(cursors, trainers):
         if cursor.record.spec.trainer_type == "GRPO":
-            from actors.engine import fused_grpo
-
-            fused_grpo.after_micro_step(trainer, seconds)
+            # What GRPOTrainer.training_step does after the loss: count the micro-step (its
+            # generation cadence reads it), log the step time when a window closes.
+            trl_internals.grpo_count_micro_step(trainer, seconds)
     return shared
 
 
 @contextlib.contextmanager
-def _reference_from_inputs(trainer: Any) -> Iterator[None]:
+def _reference_from_inputs(trainer: Any, dpo: bool) -> Iterator[None]:
     """Have a DPO trainer read the reference log-probs from its inputs (TRL's precompute path)."""
-    if not hasattr(trainer, "precompute_ref_logps"):
+    if not dpo:
         yield
         return
     trainer.precompute_ref_logps = True

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from actors.engine.algorithms import transformers_internals, trl_internals
+from actors.engine.algorithms import transformers_internals
 from actors.engine.lockstep import FusedServer, Lane, Lockstep, ServeStats
 
 logger = logging.getLogger(__name__)
@@ -62,10 +62,3 @@ def _preparation(trainer: Any, batch: Any) -> Any:
         return transformers_internals.prepare_inputs(trainer, batch)
 
     return work
-
-
-def after_micro_step(trainer: Any, seconds: float) -> None:
-    """What ``GRPOTrainer.training_step`` does after the loss: count the micro-step (its
-    generation cadence and buffer index read ``_step``) and log the step time when an
-    accumulation window closes."""
-    trl_internals.grpo_count_micro_step(trainer, seconds)
