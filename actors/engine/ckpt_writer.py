@@ -132,7 +132,8 @@ class CheckpointWriter:
                 del self._writes[key]
 
     def drain(self, timeout: float) -> bool:
-        """Wait until nothing is queued (bounded); True when the queue is empty."""
+        """Wait until nothing is queued (bounded); True when the queue is empty. The event a
+        caller waits on instead of polling (``tests/actors/test_async_checkpoint.py`` does)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while self.queued_bytes:

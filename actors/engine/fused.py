@@ -212,29 +212,15 @@ def start_step(cursor: Cursor) -> None:
     cursor.loss = torch.zeros((), device=trainer.args.device)
 
 
-def fused_micro_step(  # noqa: C901  the step order (capture, fused forward, losses, backward) reads top to bottom
-    model: Any, cursors: list[Cursor], pad_id: int
-) -> int:
+def fused_micro_step(model: Any, cursors: list[Cursor], pad_id: int) -> int:
     """One micro-batch of each run in ``cursors``: one fused forward (and, for DPO, one fused
     reference forward), each run's own TRL loss, one backward. Returns how many of the runs'
     input-preparation model calls (GRPO: generation, old and reference log-probs) were served
     from a shared pass."""
     started = time.perf_counter()
-    shared = 0
-    if any(c.record.spec.trainer_type == "GRPO" for c in cursors):
-        # Generation and scoring, each run by its own trainer, model calls served together.
-        prepared, served = fused_grpo.prepare_inputs(model, cursors, pad_id)
-        shared = served.fused_calls + served.multi_generations
-        ready = [(c, x) for c, x in zip(cursors, prepared) if c.error is None]
-        if not ready:
-            return shared
-        cursors = [c for c, _ in ready]
-        inputs = [x for _, x in ready]
-    else:
-        inputs = [
-            transformers_internals.prepare_inputs(c.record.trainer, c.batches[c.micro])
-            for c in cursors
-        ]
+    cursors, inputs, shared = _prepare(model, cursors, pad_id)
+    if not cursors:
+        return shared
     trainers = [c.record.trainer for c in cursors]
     calls = [
         capture_forward_kwargs(t, x, c.num_items) for t, x, c in zip(trainers, inputs, cursors)
@@ -246,14 +232,8 @@ def fused_micro_step(  # noqa: C901  the step order (capture, fused forward, los
         rows = int(call["input_ids"].shape[0])
         bounds.append((start, start + rows))
         start += rows
-
     if any(c.record.spec.trainer_type == "DPO" for c in cursors):
-        # DPO's reference: the base with adapters disabled, once for every run's rows.
-        with torch.no_grad(), model.disable_adapter():
-            ref = model(**combined)
-        for (lo, hi), x, length in zip(bounds, inputs, lengths):
-            logps = slice_outputs(ref, lo, hi, longest - length).log_probs.sum(dim=1)
-            x["ref_chosen_logps"], x["ref_rejected_logps"] = logps.chunk(2, dim=0)
+        _dpo_reference(model, combined, bounds, inputs, [longest - n for n in lengths])
 
     for c in cursors:
         # Leaving ``disable_adapter`` re-applies ``set_adapter``, which freezes all adapters
@@ -266,26 +246,8 @@ def fused_micro_step(  # noqa: C901  the step order (capture, fused forward, los
     ]
     with segmented_lora(model, segments):
         outputs = model(**combined)
-        total = None
-        for trainer, cursor, x, (lo, hi), length in zip(trainers, cursors, inputs, bounds, lengths):
-            replay = _ReplayingModel(slice_outputs(outputs, lo, hi, longest - length))
-            dpo = cursor.record.spec.trainer_type == "DPO"
-            with _reference_from_inputs(trainer, dpo), trainer.compute_loss_context_manager():
-                loss = trainer.compute_loss(replay, x, num_items_in_batch=cursor.num_items)
-            if not _loss_is_scaled(trainer, cursor.num_items):
-                loss = loss / trainer.current_gradient_accumulation_steps
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                # This run fails alone; the others' losses still train them.
-                cursor.error = RunFailedError(
-                    f"run {cursor.record.spec.run_id}: loss became {value} at optimizer step "
-                    f"{cursor.step + 1}; lower the learning rate or enable gradient clipping "
-                    "(max_grad_norm)"
-                )
-                continue
-            assert cursor.loss is not None
-            cursor.loss += loss.detach()
-            total = loss if total is None else total + loss
+        own = [slice_outputs(outputs, lo, hi, longest - n) for (lo, hi), n in zip(bounds, lengths)]
+        total = _losses(cursors, inputs, own)
         if total is not None:
             total.backward()
     seconds = (time.perf_counter() - started) / len(cursors)
@@ -295,6 +257,71 @@ def fused_micro_step(  # noqa: C901  the step order (capture, fused forward, los
             # generation cadence reads it), log the step time when a window closes.
             trl_internals.grpo_count_micro_step(trainer, seconds)
     return shared
+
+
+def _losses(cursors: list[Cursor], inputs: list[Any], rows: list[Any]) -> torch.Tensor | None:
+    """Each run's own TRL loss (its trainer's ``compute_loss``, replayed on the run's rows of
+    the fused outputs), scaled as ``Trainer.training_step`` scales it; the sum to
+    back-propagate (``None``: no run has a finite loss). A run whose loss is not finite fails
+    alone; the others' losses still train them."""
+    total = None
+    for cursor, x, own in zip(cursors, inputs, rows):
+        trainer = cursor.record.trainer
+        dpo = cursor.record.spec.trainer_type == "DPO"
+        with _reference_from_inputs(trainer, dpo), trainer.compute_loss_context_manager():
+            loss = trainer.compute_loss(
+                _ReplayingModel(own), x, num_items_in_batch=cursor.num_items
+            )
+        if not _loss_is_scaled(trainer, cursor.num_items):
+            loss = loss / trainer.current_gradient_accumulation_steps
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            cursor.error = RunFailedError(
+                f"run {cursor.record.spec.run_id}: loss became {value} at optimizer step "
+                f"{cursor.step + 1}; lower the learning rate or enable gradient clipping "
+                "(max_grad_norm)"
+            )
+            continue
+        assert cursor.loss is not None
+        cursor.loss += loss.detach()
+        total = loss if total is None else total + loss
+    return total
+
+
+def _prepare(model: Any, cursors: list[Cursor], pad_id: int) -> tuple[list[Cursor], list[Any], int]:
+    """Each run's micro-batch made ready for its loss by its own trainer: the runs still in
+    the step, their inputs, and how many model calls were served from a shared pass. GRPO
+    generates and scores here (``fused_grpo.prepare_inputs``: each run by its own trainer, the
+    model calls served together); a run whose preparation raised drops out with its error."""
+    if not any(c.record.spec.trainer_type == "GRPO" for c in cursors):
+        inputs = [
+            transformers_internals.prepare_inputs(c.record.trainer, c.batches[c.micro])
+            for c in cursors
+        ]
+        return cursors, inputs, 0
+    prepared, served = fused_grpo.prepare_inputs(model, cursors, pad_id)
+    ready = [(c, x) for c, x in zip(cursors, prepared) if c.error is None]
+    return (
+        [c for c, _ in ready],
+        [x for _, x in ready],
+        served.fused_calls + served.multi_generations,
+    )
+
+
+def _dpo_reference(
+    model: Any,
+    combined: dict[str, Any],
+    bounds: list[tuple[int, int]],
+    inputs: list[Any],
+    trims: list[int],
+) -> None:
+    """DPO's reference: the base with adapters disabled, once for every run's rows; each run's
+    inputs get its reference log-probs (TRL's precomputed-reference path reads them)."""
+    with torch.no_grad(), model.disable_adapter():
+        ref = model(**combined)
+    for (lo, hi), x, trim in zip(bounds, inputs, trims):
+        logps = slice_outputs(ref, lo, hi, trim).log_probs.sum(dim=1)
+        x["ref_chosen_logps"], x["ref_rejected_logps"] = logps.chunk(2, dim=0)
 
 
 @contextlib.contextmanager

@@ -90,9 +90,11 @@ class Lane:
     adapters_off: bool = False
     loader_state: dict[str, Any] = field(default_factory=dict)
     """The lane's copy of accelerate's process-wide ``GradientState``."""
-    _go: threading.Event = field(default_factory=threading.Event)
-    _back: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    go: threading.Event = field(default_factory=threading.Event)
+    """Set by the driver to let the lane run."""
+    back: threading.Event = field(default_factory=threading.Event)
+    """Set by the lane when it parks on a call or ends: the driver's turn."""
+    thread: threading.Thread | None = None
 
     def swap_in(self) -> None:
         put_gradient_state(self.loader_state)
@@ -152,9 +154,9 @@ class Lockstep:
     def _park(self, lane: Lane, call: Call) -> Any:
         lane.call = call
         lane.swap_out()
-        lane._go.clear()
-        lane._back.set()
-        lane._go.wait()
+        lane.go.clear()
+        lane.back.set()
+        lane.go.wait()
         lane.swap_in()
         lane.call = None
         if call.error is not None:
@@ -163,7 +165,7 @@ class Lockstep:
 
     def _body(self, lane: Lane) -> None:
         self._local.lane = lane
-        lane._go.wait()
+        lane.go.wait()
         lane.swap_in()
         try:
             lane.result = lane.work()
@@ -172,14 +174,14 @@ class Lockstep:
         finally:
             lane.swap_out()
             lane.done = True
-            lane._back.set()
+            lane.back.set()
 
     # ---------------------------------------------------------------- the driver
     def _resume(self, lane: Lane) -> None:
         """Let ``lane`` run until it parks on a call or finishes."""
-        lane._back.clear()
-        lane._go.set()
-        if not lane._back.wait(self.step_timeout_s):
+        lane.back.clear()
+        lane.go.set()
+        if not lane.back.wait(self.step_timeout_s):
             raise LockstepTimeoutError(
                 f"lane {lane.name} neither called the model nor finished within "
                 f"{self.step_timeout_s:.0f} s"
@@ -199,10 +201,10 @@ class Lockstep:
         generation_config = getattr(self.model, "generation_config", None)
         with self._patched():
             for lane in lanes:
-                lane._thread = threading.Thread(
+                lane.thread = threading.Thread(
                     target=self._body, args=(lane,), name=f"rf-lockstep-{lane.name}", daemon=True
                 )
-                lane._thread.start()
+                lane.thread.start()
             live = list(lanes)
             try:
                 while live:
@@ -216,12 +218,12 @@ class Lockstep:
                 for lane in live:  # only after a timeout: free the parked lanes, leave a wedged one
                     if lane.call is not None and not lane.done:
                         lane.call.error = LockstepTimeoutError(f"lane {lane.name} abandoned")
-                        lane._go.set()
+                        lane.go.set()
                     else:
                         logger.error("lockstep lane %s abandoned while running", lane.name)
                 for lane in lanes:
-                    if lane.done and lane._thread is not None:
-                        lane._thread.join(timeout=self.step_timeout_s)
+                    if lane.done and lane.thread is not None:
+                        lane.thread.join(timeout=self.step_timeout_s)
                 torch.set_rng_state(saved_rng)
                 if saved_cuda_rng is not None:
                     torch.cuda.set_rng_state(saved_cuda_rng, cuda[0])
