@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import torch
 
@@ -146,7 +147,7 @@ class FusedSlices:
         self.runtime.stats.busy_seconds += time.perf_counter() - start
         return outcomes
 
-    def _train(self, model: object, cursors: list[fused.Cursor], pad_id: int) -> None:
+    def _train(self, model: Any, cursors: list[fused.Cursor], pad_id: int) -> None:
         """Micro-step every live cursor together until each reaches its end or fails alone.
         Raises ``_FusedPassError`` when the pass itself fails (out of memory, say)."""
         try:
@@ -169,7 +170,7 @@ class FusedSlices:
         except Exception as exc:
             # Finished steps stand (their state is consistent); a half-accumulated window is
             # dropped and its step re-run time-sliced from the run's own step count.
-            model.zero_grad(set_to_none=True)  # type: ignore[attr-defined]
+            model.zero_grad(set_to_none=True)
             for c in cursors:
                 algorithms.drain_train_metrics(c.record.trainer)
             raise _FusedPassError(cursors) from exc

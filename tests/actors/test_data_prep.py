@@ -44,7 +44,7 @@ def test_a_second_run_with_the_same_settings_reuses_the_prepared_rows_and_trains
     first, second = shared.registry[1].trainer, shared.registry[2].trainer
     assert second.train_dataset is first.train_dataset  # not prepared again
     assert second.eval_dataset is first.eval_dataset
-    assert [p.runs for p in shared.prepared.by_key.values()] == [2]
+    assert [p.runs for p in shared.registry.prepared.by_key.values()] == [2]
     shared.run_slice(2, 2, evaluate=True)
 
     alone = Executor(load_toy_model, sft_dataset(N, seed=0), sft_dataset(8, seed=5), device="cpu")
