@@ -53,6 +53,10 @@ class Executor:
         self.fused_slices = FusedSlices(
             self.registry, self.runtime, self.time_sliced, self.evaluator
         )
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        """The datasets the executor was started with (its runs' trainers prepare their own
+        copies; ``AdapterRegistry`` hands these to them)."""
         self.device: torch.device = self.runtime.device
         self.stats = self.runtime.stats
         """The executor's counters (``EngineStats``); ``summary`` reports them."""
