@@ -40,11 +40,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from actors.engine.ckpt_writer import CheckpointError, CheckpointWriter
+from actors.engine.ckpt_writer import CheckpointWriter
 from actors.engine.evals.spec import is_pipeline
 from actors.engine.timeline import SliceTiming
 from actors.messages import SliceResult
-from policies.errors import RunFailedError, RunNotPlacedError
+from policies.errors import CheckpointError, RunFailedError, RunNotPlacedError
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class BaseModelActor:
         """Run ``fn``; turn what asyncio cannot carry back into the run's ``RunFailedError``.
 
         A StopIteration set on the future of ``run_in_executor`` never reaches the awaiting
-        coroutine (asyncio refuses it and the call hangs; DESIGN.md, traps), and a
+        coroutine (asyncio refuses it and, in Python 3.11, the call hangs), and a
         BaseException that is not an Exception would unwind the actor's event loop.
         """
         self._worker_thread = threading.get_ident()
@@ -338,7 +338,6 @@ class BaseModelActor:
             )
 
     def _fused(self, arrived: dict[int, tuple[int, int, bool, str]]) -> dict[int, Any]:
-        oom_before = self.executor.fusion_stats["oom"]
         outcomes: dict[int, Any] = {}
         grants = []
         for rid, (start, end, evaluate, _) in sorted(arrived.items()):
@@ -364,8 +363,6 @@ class BaseModelActor:
                 outcomes[run_id] = self._checkpointed(result, arrived[run_id][3])
             except Exception as exc:  # e.g. a full disk: this run's slice is not durable
                 outcomes[run_id] = exc
-            if self.executor.fusion_stats["oom"] > oom_before:
-                result.fusion_oom_tokens = self.executor.last_oom_tokens
         return outcomes
 
     def _checkpointed(self, result: SliceResult, run_dir: str) -> SliceResult:
@@ -381,7 +378,7 @@ class BaseModelActor:
             # A host copy now; the disk write runs in the background while the next grant
             # trains (actors.engine.ckpt_writer). Keep the previous checkpoint too: the store points
             # at it until the trial has waited for this one (``wait_durable``) and reported.
-            state = checkpoint.capture(record, self.executor.bases[record.spec.model_key].model)
+            state = checkpoint.capture(record, self.executor.registry.model_of(record))
             self.executor.phase = f"queueing checkpoint of run {result.run_id}"
             path = self.writer.submit(result.run_id, state, run_dir, keep=2)
         except BaseException:
@@ -428,7 +425,7 @@ class BaseModelActor:
             return ""  # a pipeline trains nothing: there is no adapter to export
 
         record = self.executor.registry[run_id]
-        model = self.executor.bases[record.spec.model_key].model
+        model = self.executor.registry.model_of(record)
         return str(checkpoint.export_adapter(model, record.spec.adapter_name, Path(path)))
 
     async def remove_run(self, run_id: int, owner: str | None = None) -> None:
@@ -442,7 +439,7 @@ class BaseModelActor:
         await self._work(self.executor.remove_run, run_id)
 
     async def stats(self) -> dict[str, Any]:
-        stats = await self._work(self.executor.stats)
+        stats = await self._work(self.executor.summary)
         return {
             **stats,
             "timeline": self.executor.timeline.to_dict(),

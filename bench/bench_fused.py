@@ -222,7 +222,7 @@ def run_engine(k: int, batch: int, fused: bool, workdir: Path, model: str) -> di
         "first_comparison_seconds": first_comparison,
         "wall_seconds": time.perf_counter() - start,
         "memory_mib": peak,
-        "fused_slices": executor.fusion_stats["slices"],
+        "fused_slices": executor.stats.fusion.slices,
     }
 
 
@@ -369,8 +369,8 @@ def run_grpo(k: int, fused: bool, workdir: Path, model: str) -> dict[str, Any]:
         "train_seconds": train_seconds,
         "tokens_per_second": tokens / train_seconds,
         "decided_seconds": decided if decided is not None else time.perf_counter() - start,
-        "shared_calls": executor.fusion_stats.get("shared_calls", 0),
-        "fused_slices": executor.fusion_stats["slices"],
+        "shared_calls": executor.stats.fusion.shared_calls,
+        "fused_slices": executor.stats.fusion.slices,
     }
 
 

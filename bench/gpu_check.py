@@ -71,14 +71,14 @@ def _resume_check(executor, work: Path, dropout: float, cuda: bool) -> None:
     seen: list[str] = []
 
     def traced(ex):
-        activate = ex._activate
+        activate = ex.registry.activate
 
         def wrapper(record):
             out = activate(record)
             seen.append(_rng_digest(torch))  # the device RNG the slice starts from
             return out
 
-        ex._activate = wrapper
+        ex.registry.activate = wrapper
         return ex
 
     ex = traced(executor())
@@ -157,9 +157,10 @@ def main() -> int:
                 tokens = sum(r.tokens for r in out.values() if not isinstance(r, BaseException))
                 peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")
                 way = "fused" if fused else "time-sliced"
+                loads = sum(ex.stats.base_loads.values())
                 print(
                     f"K={k} {way:11s}: {tokens / seconds:9.0f} tokens/s, {seconds:6.2f} s, "
-                    f"peak device memory {peak:7.1f} MiB, base loads {sum(ex.base_loads.values())}",
+                    f"peak device memory {peak:7.1f} MiB, base loads {loads}",
                     flush=True,
                 )
                 del ex

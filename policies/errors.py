@@ -7,11 +7,18 @@
     ├── IllegalTransitionError (ValueError)    a run status change the state machine forbids
     ├── OpError (ValueError)        an interactive-control op that cannot apply (unknown run...)
     ├── RunFailedError (RuntimeError)          a run's slice raised, or its loss went NaN/inf
-    └── RunNotPlacedError (RuntimeError)       the executor does not hold the run at the step
-                                               the grant expects: re-place it from its checkpoint
+    │   └── CheckpointError         the run's checkpoint could not be queued or written
+    ├── RunNotPlacedError (RuntimeError)       the executor does not hold the run at the step
+    │                                          the grant expects: re-place it from its checkpoint
+    └── LockstepTimeoutError (RuntimeError)    a lane of a fused evaluation or GRPO preparation
+                                               neither called the model nor finished in time
 
-The module lives in ``policies/`` because that is the bottom layer: every layer may import it,
-and it imports nothing. ``rf_ray`` re-exports the public names.
+Why here: every layer raises these (``rf_ray`` refuses a config, the scheduler an op or a
+transition, the engine fails a run), and a caller in another layer catches them, so they need a
+home that every layer may import. ``policies/`` is the bottom layer and this module imports
+nothing, so it is that home; ``rf_ray`` re-exports the public names. Exceptions that never reach
+a user stay beside their code as private control flow (the fused path's ``NotFusableError``
+fallback signal, the trial's ``ExecutorLostError``).
 """
 
 from __future__ import annotations
@@ -45,15 +52,26 @@ class RunFailedError(RFRayError, RuntimeError):
     """A run's slice raised, or its loss became NaN or infinite."""
 
 
+class CheckpointError(RunFailedError):
+    """A run's checkpoint could not be queued or written: the run fails, the others go on."""
+
+
 class RunNotPlacedError(RFRayError, RuntimeError):
     """The executor does not hold the run at the step a grant starts from (it restarted, or a
     retried call finds the run elsewhere): the trial re-places it from its checkpoint."""
 
 
+class LockstepTimeoutError(RFRayError, RuntimeError):
+    """A lane (``actors.engine.lockstep``) neither called the model nor finished within its
+    step timeout: a user function (a reward, a formatting function) is stuck."""
+
+
 __all__ = [
+    "CheckpointError",
     "ConfigError",
     "ExperimentExistsError",
     "IllegalTransitionError",
+    "LockstepTimeoutError",
     "OpError",
     "RFRayError",
     "RunFailedError",

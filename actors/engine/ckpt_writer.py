@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from policies.errors import RunFailedError
+from policies.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +36,6 @@ DEFAULT_BUDGET_BYTES = 1 << 30
 Adam moments even for a large base model."""
 DEFAULT_WAIT_SECONDS = 600.0
 """Bound on waiting for room in the queue (the disk is that slow, or stuck)."""
-
-
-class CheckpointError(RunFailedError):
-    """A run's checkpoint could not be queued or written: the run fails, the others go on."""
 
 
 def state_bytes(state: dict[str, Any]) -> int:
@@ -136,7 +132,8 @@ class CheckpointWriter:
                 del self._writes[key]
 
     def drain(self, timeout: float) -> bool:
-        """Wait until nothing is queued (bounded); True when the queue is empty."""
+        """Wait until nothing is queued (bounded); True when the queue is empty. The event a
+        caller waits on instead of polling (``tests/actors/test_async_checkpoint.py`` does)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while self.queued_bytes:

@@ -32,8 +32,9 @@ GRPO fuses too (``actors.engine.fused_grpo``): each run's input preparation (gen
 scoring, old and reference log-probs) runs in lock step with the others', their model calls served
 together, and the loss then takes the same capture/replay path as SFT and DPO.
 
-``fusable`` says whether a run can take part. When it cannot (DoRA, a custom loss, gradient
-checkpointing with dropout, GRPO with vLLM...), the executor time-slices it.
+Whether a run can take part is ``actors.engine.eligibility.fusable``'s call. When it cannot
+(DoRA, a custom loss, gradient checkpointing with dropout, GRPO with vLLM...), the executor
+time-slices it.
 """
 
 from __future__ import annotations
@@ -41,121 +42,22 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from actors.engine import algorithms, fused_grpo
+from actors.engine.algorithms import accelerate_internals, transformers_internals, trl_internals
+from actors.engine.lora_kernel import (
+    NotFusableError,
+    Segment,
+    concat_rows,
+    segmented_lora,
+    slice_outputs,
+)
 from policies.errors import RunFailedError
-
-FUSABLE_TRAINERS = ("SFT", "DPO", "GRPO")
-
-
-class NotFusableError(Exception):
-    """Raised when a group cannot be trained in one pass; the executor time-slices it instead."""
-
-
-# ---------------------------------------------------------------------------- eligibility
-def fusable(record: Any, model: Any) -> str | None:  # noqa: C901, PLR0911  one return per reason a run cannot be fused
-    """``None`` if the run can be trained fused, else the reason it cannot (for logs and docs)."""
-    from peft.tuners.lora.layer import Linear as LoraLinear
-    from peft.tuners.lora.layer import LoraLayer
-
-    spec, trainer = record.spec, record.trainer
-    if spec.trainer_type not in FUSABLE_TRAINERS:
-        return f"{spec.trainer_type} is time-sliced"
-    if spec.trainer_type == "GRPO":
-        from actors.engine import fused_grpo
-
-        reason = fused_grpo.fusable(trainer)
-        if reason is not None:
-            return reason
-    if spec.trainer_type == "SFT":
-        if trainer.compute_loss_func is not None or trainer.label_smoother is not None:
-            return "a custom loss or label smoothing needs the full logits"
-        if getattr(trainer, "aux_loss_enabled", False):
-            return "MoE auxiliary loss"
-    if spec.trainer_type == "DPO" and (
-        trainer.ld_alpha is not None
-        or trainer.precompute_ref_logps
-        or trainer.ref_model is not None
-    ):
-        return "DPO with ld_alpha, precomputed or separate reference model"
-    if trainer.accelerator.gradient_accumulation_steps != 1:
-        return "accelerate-side gradient accumulation"
-    name = spec.adapter_name
-    checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
-    for module in model.modules():
-        if isinstance(module, LoraLayer) and name in module.lora_A:
-            if not isinstance(module, LoraLinear):
-                return f"LoRA on {type(module).__name__} layers (only Linear layers are fused)"
-            if name in module.lora_variant or module.merged:
-                return "DoRA or another LoRA variant, or merged weights"
-            dropout = module.lora_dropout[name]
-            if checkpointing and _dropout_p(dropout) > 0:
-                # Recomputation in backward would redraw a run's own dropout masks differently.
-                return "gradient checkpointing with LoRA dropout"
-    return None
-
-
-def _dropout_p(module: Any) -> float:
-    return float(module.p) if isinstance(module, torch.nn.Dropout) else 0.0
-
-
-# ---------------------------------------------------------------------------- LoRA row segments
-@dataclass
-class Segment:
-    """Rows ``start:stop`` of the fused batch belong to adapter ``adapter``."""
-
-    adapter: str
-    start: int
-    stop: int
-    generator: torch.Generator | None = None
-    """The run's dropout stream (on the device of the activations)."""
-
-
-def _segmented_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """``lora.Linear.forward`` over a fused batch: the base layer once over all rows, then each
-    run's adapter over its own rows (PEFT's vanilla-LoRA arithmetic, per segment)."""
-    kwargs.pop("adapter_names", None)
-    result = self.base_layer(x, *args, **kwargs)
-    if self.disable_adapters:
-        return result
-    out_dtype = result.dtype
-    parts = []
-    for seg in self._rf_segments:
-        rows = result[seg.start : seg.stop]
-        if seg.adapter in self.lora_A:
-            down = self.lora_A[seg.adapter]
-            xs = self._cast_input_dtype(x[seg.start : seg.stop], down.weight.dtype)
-            dropout = self.lora_dropout[seg.adapter]
-            p = _dropout_p(dropout)
-            if p > 0 and dropout.training:
-                keep = torch.empty_like(xs).bernoulli_(1 - p, generator=seg.generator)
-                xs = xs * keep / (1 - p)
-            rows = rows + self.lora_B[seg.adapter](down(xs)) * self.scaling[seg.adapter]
-        parts.append(rows)
-    return torch.cat(parts, dim=0).to(out_dtype)
-
-
-@contextlib.contextmanager
-def segmented_lora(model: Any, segments: list[Segment]) -> Iterator[None]:
-    """Within the block every LoRA Linear layer of ``model`` applies each segment's adapter to
-    that segment's rows. Keep it open through backward (gradient checkpointing recomputes)."""
-    from peft.tuners.lora.layer import Linear as LoraLinear
-
-    patched = [m for m in model.modules() if isinstance(m, LoraLinear)]
-    for module in patched:
-        module._rf_segments = segments
-        module.forward = types.MethodType(_segmented_forward, module)
-    try:
-        yield
-    finally:
-        for module in patched:
-            del module.forward
-            del module._rf_segments
 
 
 # ---------------------------------------------------------------------------- capture / replay
@@ -198,44 +100,6 @@ def capture_forward_kwargs(trainer: Any, inputs: dict[str, Any], num_items: Any)
     except _CapturedCall as captured:
         return captured.kwargs
     raise NotFusableError("the trainer computed its loss without calling the model")
-
-
-_PAD_VALUES = {"labels": -100, "attention_mask": 0, "completion_mask": 0}
-
-
-def concat_rows(calls: list[dict[str, Any]], pad_id: int) -> tuple[dict[str, Any], list[int]]:
-    """Concatenate several runs' forward kwargs along the batch; right-pad 2-D integer tensors to
-    the longest sequence. Returns the combined kwargs and each run's sequence length."""
-    keys = set(calls[0])
-    if any(set(c) != keys for c in calls):
-        raise NotFusableError("the runs' forward arguments differ")
-    lengths = [int(c["input_ids"].shape[1]) for c in calls]
-    longest = max(lengths)
-    combined: dict[str, Any] = {}
-    for key in sorted(keys):
-        values = [c[key] for c in calls]
-        if not isinstance(values[0], torch.Tensor):
-            if any(v != values[0] for v in values):
-                raise NotFusableError(f"the runs pass different {key!r}")
-            combined[key] = values[0]
-            continue
-        if any(v.dim() != 2 or v.is_floating_point() for v in values):
-            raise NotFusableError(f"forward argument {key!r} is not a 2-D integer tensor")
-        pad = _PAD_VALUES.get(key, pad_id if key == "input_ids" else 0)
-        combined[key] = torch.cat(
-            [torch.nn.functional.pad(v, (0, longest - v.shape[1]), value=pad) for v in values]
-        )
-    return combined, lengths
-
-
-def slice_outputs(outputs: Any, start: int, stop: int, trim: int) -> Any:
-    """One run's rows of a fused forward's outputs, with the padding columns cut off. The fused
-    scalars (``loss``, ``aux_loss``) mix runs and are dropped."""
-    fields = {}
-    for key, value in outputs.items():
-        if isinstance(value, torch.Tensor) and value.dim() >= 2:
-            fields[key] = value[start:stop, : value.shape[1] - trim]
-    return type(outputs)(**fields)
 
 
 # ---------------------------------------------------------------------------- the fused slice
@@ -295,18 +159,16 @@ class Cursor:
     def optimizer_step(self) -> None:
         """Close the run's accumulation window: clip its own gradients, step its own optimizer
         and schedule, clear its own gradients (other runs of the group may be mid-window)."""
-        from actors.engine import algorithms
-
         trainer = self.record.trainer
         assert self.loss is not None
         loss_value = float(self.loss)
-        trainer.accelerator.gradient_state._set_sync_gradients(True)
+        accelerate_internals.sync_gradients(trainer)
         max_norm = trainer.args.max_grad_norm
         grad_norm = trainer.accelerator.clip_grad_norm_(
             self.params, max_norm if max_norm and max_norm > 0 else float("inf")
         )
         trainer.optimizer.step()
-        learning_rate = trainer._get_learning_rate()
+        learning_rate = transformers_internals.learning_rate(trainer)
         trainer.lr_scheduler.step()
         for p in self.params:
             p.grad = None
@@ -341,7 +203,7 @@ def start_step(cursor: Cursor) -> None:
         cursor.generator.set_state(torch.get_rng_state())
         torch.set_rng_state(saved)
     trainer.current_gradient_accumulation_steps = len(cursor.batches)
-    cursor.num_items = trainer._get_num_items_in_batch(cursor.batches, trainer.args.device)
+    cursor.num_items = transformers_internals.num_items_in_batch(trainer, cursor.batches)
     cursor.tokens = sum(
         int(b["attention_mask"].sum()) for b in cursor.batches if "attention_mask" in b
     )
@@ -350,28 +212,15 @@ def start_step(cursor: Cursor) -> None:
     cursor.loss = torch.zeros((), device=trainer.args.device)
 
 
-def fused_micro_step(  # noqa: C901  the step order (capture, fused forward, losses, backward) reads top to bottom
-    model: Any, cursors: list[Cursor], pad_id: int
-) -> int:
+def fused_micro_step(model: Any, cursors: list[Cursor], pad_id: int) -> int:
     """One micro-batch of each run in ``cursors``: one fused forward (and, for DPO, one fused
     reference forward), each run's own TRL loss, one backward. Returns how many of the runs'
     input-preparation model calls (GRPO: generation, old and reference log-probs) were served
     from a shared pass."""
     started = time.perf_counter()
-    shared = 0
-    if any(c.record.spec.trainer_type == "GRPO" for c in cursors):
-        from actors.engine import fused_grpo
-
-        # Generation and scoring, each run by its own trainer, model calls served together.
-        prepared, served = fused_grpo.prepare_inputs(model, cursors, pad_id)
-        shared = served.fused_calls + served.multi_generations
-        ready = [(c, x) for c, x in zip(cursors, prepared) if c.error is None]
-        if not ready:
-            return shared
-        cursors = [c for c, _ in ready]
-        inputs = [x for _, x in ready]
-    else:
-        inputs = [c.record.trainer._prepare_inputs(c.batches[c.micro]) for c in cursors]
+    cursors, inputs, shared = _prepare(model, cursors, pad_id)
+    if not cursors:
+        return shared
     trainers = [c.record.trainer for c in cursors]
     calls = [
         capture_forward_kwargs(t, x, c.num_items) for t, x, c in zip(trainers, inputs, cursors)
@@ -383,14 +232,8 @@ def fused_micro_step(  # noqa: C901  the step order (capture, fused forward, los
         rows = int(call["input_ids"].shape[0])
         bounds.append((start, start + rows))
         start += rows
-
     if any(c.record.spec.trainer_type == "DPO" for c in cursors):
-        # DPO's reference: the base with adapters disabled, once for every run's rows.
-        with torch.no_grad(), model.disable_adapter():
-            ref = model(**combined)
-        for (lo, hi), x, length in zip(bounds, inputs, lengths):
-            logps = slice_outputs(ref, lo, hi, longest - length).log_probs.sum(dim=1)
-            x["ref_chosen_logps"], x["ref_rejected_logps"] = logps.chunk(2, dim=0)
+        _dpo_reference(model, combined, bounds, inputs, [longest - n for n in lengths])
 
     for c in cursors:
         # Leaving ``disable_adapter`` re-applies ``set_adapter``, which freezes all adapters
@@ -403,40 +246,88 @@ def fused_micro_step(  # noqa: C901  the step order (capture, fused forward, los
     ]
     with segmented_lora(model, segments):
         outputs = model(**combined)
-        total = None
-        for trainer, cursor, x, (lo, hi), length in zip(trainers, cursors, inputs, bounds, lengths):
-            replay = _ReplayingModel(slice_outputs(outputs, lo, hi, longest - length))
-            with _reference_from_inputs(trainer), trainer.compute_loss_context_manager():
-                loss = trainer.compute_loss(replay, x, num_items_in_batch=cursor.num_items)
-            if not _loss_is_scaled(trainer, cursor.num_items):
-                loss = loss / trainer.current_gradient_accumulation_steps
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                # This run fails alone; the others' losses still train them.
-                cursor.error = RunFailedError(
-                    f"run {cursor.record.spec.run_id}: loss became {value} at optimizer step "
-                    f"{cursor.step + 1}; lower the learning rate or enable gradient clipping "
-                    "(max_grad_norm)"
-                )
-                continue
-            assert cursor.loss is not None
-            cursor.loss += loss.detach()
-            total = loss if total is None else total + loss
+        own = [slice_outputs(outputs, lo, hi, longest - n) for (lo, hi), n in zip(bounds, lengths)]
+        total = _losses(cursors, inputs, own)
         if total is not None:
             total.backward()
     seconds = (time.perf_counter() - started) / len(cursors)
     for cursor, trainer in zip(cursors, trainers):
         if cursor.record.spec.trainer_type == "GRPO":
-            from actors.engine import fused_grpo
-
-            fused_grpo.after_micro_step(trainer, seconds)
+            # What GRPOTrainer.training_step does after the loss: count the micro-step (its
+            # generation cadence reads it), log the step time when a window closes.
+            trl_internals.grpo_count_micro_step(trainer, seconds)
     return shared
 
 
+def _losses(cursors: list[Cursor], inputs: list[Any], rows: list[Any]) -> torch.Tensor | None:
+    """Each run's own TRL loss (its trainer's ``compute_loss``, replayed on the run's rows of
+    the fused outputs), scaled as ``Trainer.training_step`` scales it; the sum to
+    back-propagate (``None``: no run has a finite loss). A run whose loss is not finite fails
+    alone; the others' losses still train them."""
+    total = None
+    for cursor, x, own in zip(cursors, inputs, rows):
+        trainer = cursor.record.trainer
+        dpo = cursor.record.spec.trainer_type == "DPO"
+        with _reference_from_inputs(trainer, dpo), trainer.compute_loss_context_manager():
+            loss = trainer.compute_loss(
+                _ReplayingModel(own), x, num_items_in_batch=cursor.num_items
+            )
+        if not _loss_is_scaled(trainer, cursor.num_items):
+            loss = loss / trainer.current_gradient_accumulation_steps
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            cursor.error = RunFailedError(
+                f"run {cursor.record.spec.run_id}: loss became {value} at optimizer step "
+                f"{cursor.step + 1}; lower the learning rate or enable gradient clipping "
+                "(max_grad_norm)"
+            )
+            continue
+        assert cursor.loss is not None
+        cursor.loss += loss.detach()
+        total = loss if total is None else total + loss
+    return total
+
+
+def _prepare(model: Any, cursors: list[Cursor], pad_id: int) -> tuple[list[Cursor], list[Any], int]:
+    """Each run's micro-batch made ready for its loss by its own trainer: the runs still in
+    the step, their inputs, and how many model calls were served from a shared pass. GRPO
+    generates and scores here (``fused_grpo.prepare_inputs``: each run by its own trainer, the
+    model calls served together); a run whose preparation raised drops out with its error."""
+    if not any(c.record.spec.trainer_type == "GRPO" for c in cursors):
+        inputs = [
+            transformers_internals.prepare_inputs(c.record.trainer, c.batches[c.micro])
+            for c in cursors
+        ]
+        return cursors, inputs, 0
+    prepared, served = fused_grpo.prepare_inputs(model, cursors, pad_id)
+    ready = [(c, x) for c, x in zip(cursors, prepared) if c.error is None]
+    return (
+        [c for c, _ in ready],
+        [x for _, x in ready],
+        served.fused_calls + served.multi_generations,
+    )
+
+
+def _dpo_reference(
+    model: Any,
+    combined: dict[str, Any],
+    bounds: list[tuple[int, int]],
+    inputs: list[Any],
+    trims: list[int],
+) -> None:
+    """DPO's reference: the base with adapters disabled, once for every run's rows; each run's
+    inputs get its reference log-probs (TRL's precomputed-reference path reads them)."""
+    with torch.no_grad(), model.disable_adapter():
+        ref = model(**combined)
+    for (lo, hi), x, trim in zip(bounds, inputs, trims):
+        logps = slice_outputs(ref, lo, hi, trim).log_probs.sum(dim=1)
+        x["ref_chosen_logps"], x["ref_rejected_logps"] = logps.chunk(2, dim=0)
+
+
 @contextlib.contextmanager
-def _reference_from_inputs(trainer: Any) -> Iterator[None]:
+def _reference_from_inputs(trainer: Any, dpo: bool) -> Iterator[None]:
     """Have a DPO trainer read the reference log-probs from its inputs (TRL's precompute path)."""
-    if not hasattr(trainer, "precompute_ref_logps"):
+    if not dpo:
         yield
         return
     trainer.precompute_ref_logps = True

@@ -11,8 +11,8 @@ the longest loop is done; a run whose trainer calls the model differently (say, 
 ``compute_metrics`` logits) has those calls served alone.
 
 Time-slicing stays the fallback: a fused forward that fails (out of memory) is re-served call by
-call, and a run whose fused evaluation raised is evaluated again on its own (``Executor.evaluate``);
-only if that fails too does the run fail, alone.
+call, and a run whose fused evaluation raised is evaluated again on its own
+(``Evaluator.evaluate``); only if that fails too does the run fail, alone.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from actors.engine.lockstep import FusedServer, Lane, Lockstep, load_generate_multi
+from actors.engine.lockstep import FusedServer, Lane, Lockstep
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +44,10 @@ def evaluate_fused(
 ) -> tuple[dict[int, EvalOutcome], FusedServer]:
     """Evaluate ``records`` (executor ``AdapterRecord``s sharing ``model``) in lock step.
 
-    Returns each run's metrics (as ``Executor.evaluate`` returns them) or the exception its
+    Returns each run's metrics (as ``Evaluator.evaluate`` returns them) or the exception its
     evaluation raised, and the server (its ``stats`` say how much was fused).
     """
-    server = FusedServer(model, pad_id, load_generate_multi())
+    server = FusedServer(model, pad_id)
     lanes = []
     for record in records:
         # Evaluation draws nothing (dropout is off), and a time-sliced evaluation puts the RNG

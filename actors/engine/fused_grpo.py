@@ -5,16 +5,12 @@ micro-steps: generate completions with the run's adapter, score them with the ru
 functions, compute advantages, old and reference log-probs; in between: take the next slice of
 the buffered generation batch) followed by the loss. Here each run's ``_prepare_inputs`` runs in
 a lane of ``actors.engine.lockstep``: the runs' ``generate`` calls meet and are served together
-(``actors.engine.generation.generate_multi`` when present, else one run after another with its own
-adapter and RNG stream), and so are their no-grad forwards (old log-probs with the adapters on,
-reference log-probs with adapters off: ``use_adapter(model, None)`` is lane-local). Reward
-scoring runs inside each lane, with the run's own functions. The loss then goes through
-``actors.engine.fused.fused_micro_step``'s capture/replay of each run's own ``compute_loss``, one
-fused forward and one backward for all runs.
-
-Without ``actors.engine.generation`` (multi-adapter generation, built separately), generation itself
-is not batched: each run generates in turn, exactly as time-sliced; what is shared then are the
-old/reference log-prob passes and the loss pass (measured with ``bench/bench_fused.py --grpo``).
+in one batched decode (``actors.engine.generation.generate_multi``; a generation it cannot batch
+runs alone with its run's adapter and RNG stream), and so are their no-grad forwards (old
+log-probs with the adapters on, reference log-probs with adapters off: ``use_adapter(model,
+None)`` is lane-local). Reward scoring runs inside each lane, with the run's own functions. The
+loss then goes through ``actors.engine.fused.fused_micro_step``'s capture/replay of each run's
+own ``compute_loss``, one fused forward and one backward for all runs.
 
 Each lane runs with its run's own RNG stream (the fused cursor's), so with sampling every run
 draws exactly the numbers it draws time-sliced: same completions, same rewards, and losses that
@@ -26,34 +22,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from actors.engine.lockstep import FusedServer, Lane, Lockstep, ServeStats, load_generate_multi
+from actors.engine.algorithms import transformers_internals
+from actors.engine.lockstep import FusedServer, Lane, Lockstep, ServeStats
 
 logger = logging.getLogger(__name__)
-
-
-def fusable(trainer: Any) -> str | None:
-    """``None`` if a GRPO trainer's generation and scoring can run in a lane, else why not."""
-    args = trainer.args
-    if getattr(trainer, "use_vllm", False) or getattr(args, "use_vllm", False):
-        return "GRPO with vLLM generates outside the shared model"
-    if getattr(args, "use_transformers_continuous_batching", False) or getattr(
-        args, "use_transformers_paged", False
-    ):
-        return "GRPO with transformers' continuous batching"
-    if getattr(trainer, "tools", None) or getattr(trainer, "rollout_func", None) is not None:
-        return "GRPO with tools or a rollout function"
-    if getattr(trainer, "_is_vlm", False):
-        return "GRPO on a vision-language model"
-    if getattr(trainer, "aux_loss_enabled", False):
-        return "MoE auxiliary loss"
-    return None
 
 
 def prepare_inputs(model: Any, cursors: list[Any], pad_id: int) -> tuple[list[Any], ServeStats]:
     """Each cursor's next micro-batch, prepared by its own trainer's ``_prepare_inputs`` with the
     runs' model calls served together. A run whose preparation raised (a reward function that
     fails, say) gets the exception as ``cursor.error`` and ``None`` as its inputs."""
-    server = FusedServer(model, pad_id, load_generate_multi())
+    server = FusedServer(model, pad_id)
     lanes = []
     for cursor in cursors:
         record = cursor.record
@@ -80,17 +59,6 @@ def prepare_inputs(model: Any, cursors: list[Any], pad_id: int) -> tuple[list[An
 
 def _preparation(trainer: Any, batch: Any) -> Any:
     def work() -> Any:
-        return trainer._prepare_inputs(batch)
+        return transformers_internals.prepare_inputs(trainer, batch)
 
     return work
-
-
-def after_micro_step(trainer: Any, seconds: float) -> None:
-    """What ``GRPOTrainer.training_step`` does after the loss: count the micro-step (its
-    generation cadence and buffer index read ``_step``) and log the step time when an
-    accumulation window closes."""
-    trainer._step += 1
-    trainer._current_train_step_time += seconds
-    if trainer._step % trainer.current_gradient_accumulation_steps == 0:
-        trainer._metrics["train"]["step_time"].append(trainer._current_train_step_time)
-        trainer._current_train_step_time = 0.0

@@ -3,8 +3,8 @@
 Every run is a LoRA adapter on the same resident base. ``generate_multi`` stacks the rows of all
 requests into one batch and calls the model's own ``generate`` (so the KV cache, position ids
 from the attention mask, end-of-sequence handling and padding of finished rows are transformers'
-own) inside ``actors.engine.fused.segmented_lora``: at every decoding step each LoRA layer runs the
-base once over all rows and adds each request's adapter to its own rows only.
+own) inside ``actors.engine.lora_kernel.segmented_lora``: at every decoding step each LoRA
+layer runs the base once over all rows and adds each request's adapter to its own rows only.
 
 What differs between requests is handled per row, not by splitting the batch:
 
@@ -38,7 +38,8 @@ from typing import Any
 import torch
 import transformers
 
-from actors.engine.fused import Segment, segmented_lora
+from actors.engine.algorithms import transformers_internals
+from actors.engine.lora_kernel import Segment, segmented_lora
 
 # GenerationConfig fields the batched path honours per request; any other non-default field
 # sends the request to its own ``generate`` call.
@@ -99,12 +100,7 @@ def resolve_config(
     """``config`` with its unset fields filled as ``generate`` fills them: from the model's own
     generation config, then transformers' global defaults (``top_k=50`` when sampling)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    prepare = getattr(base, "_prepare_generation_config", None)
-    if prepare is None:  # not a transformers GenerationMixin: take the config as given
-        return config
-    # The one place transformers resolves these; re-implementing its precedence would drift.
-    resolved, _ = prepare(copy.deepcopy(config))
-    return resolved
+    return transformers_internals.resolve_generation_config(base, copy.deepcopy(config))
 
 
 def batchable(config: transformers.GenerationConfig, check_length: bool = True) -> bool:

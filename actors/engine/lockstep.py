@@ -13,9 +13,9 @@ batched generation) and resumes each lane with its own result.
 
 What makes a run a run stays per lane:
 
-* **Adapter:** each lane's calls are served with its own adapter on its own rows (the segmented
-  LoRA forward of ``actors.engine.fused``). ``model.disable_adapter()`` is lane-local inside the
-  block: a lane in its reference context gets the base (adapters off) for its calls, without
+* **Adapter:** each lane's calls are served with its own adapter on its own rows
+  (``actors.engine.lora_kernel``). ``model.disable_adapter()`` is lane-local inside the block:
+  a lane in its reference context gets the base (adapters off) for its calls, without
   switching the adapters off for the lanes beside it.
 * **RNG:** a lane runs with its run's own global RNG state, swapped in when it resumes and kept
   when it parks (GRPO samples its generations from the global RNG, as a time-sliced slice does).
@@ -43,16 +43,17 @@ from typing import Any
 
 import torch
 
+from actors.engine import lora_kernel
+from actors.engine.algorithms.accelerate_internals import gradient_state, put_gradient_state
+from actors.engine.generation import GenRequest, generate_multi
+from policies.errors import LockstepTimeoutError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_STEP_TIMEOUT_S = 3600.0
 """How long the driver waits for one lane to reach its next model call. A lane runs user code
 (reward functions, formatting); the executor's own slice deadline is the real bound, this one only
 keeps a wedged lane from hanging the driver forever."""
-
-
-class LockstepTimeoutError(RuntimeError):
-    """A lane neither called the model nor finished within the step timeout."""
 
 
 @dataclass
@@ -89,12 +90,14 @@ class Lane:
     adapters_off: bool = False
     loader_state: dict[str, Any] = field(default_factory=dict)
     """The lane's copy of accelerate's process-wide ``GradientState``."""
-    _go: threading.Event = field(default_factory=threading.Event)
-    _back: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    go: threading.Event = field(default_factory=threading.Event)
+    """Set by the driver to let the lane run."""
+    back: threading.Event = field(default_factory=threading.Event)
+    """Set by the lane when it parks on a call or ends: the driver's turn."""
+    thread: threading.Thread | None = None
 
     def swap_in(self) -> None:
-        _put_gradient_state(self.loader_state)
+        put_gradient_state(self.loader_state)
         if self.generator is not None:
             torch.set_rng_state(self.generator.get_state())
         if self.device_generator is not None:
@@ -103,7 +106,7 @@ class Lane:
             )
 
     def swap_out(self) -> None:
-        self.loader_state = _gradient_state()
+        self.loader_state = gradient_state()
         if self.generator is not None:
             self.generator.set_state(torch.get_rng_state())
         if self.device_generator is not None:
@@ -151,9 +154,9 @@ class Lockstep:
     def _park(self, lane: Lane, call: Call) -> Any:
         lane.call = call
         lane.swap_out()
-        lane._go.clear()
-        lane._back.set()
-        lane._go.wait()
+        lane.go.clear()
+        lane.back.set()
+        lane.go.wait()
         lane.swap_in()
         lane.call = None
         if call.error is not None:
@@ -162,7 +165,7 @@ class Lockstep:
 
     def _body(self, lane: Lane) -> None:
         self._local.lane = lane
-        lane._go.wait()
+        lane.go.wait()
         lane.swap_in()
         try:
             lane.result = lane.work()
@@ -171,14 +174,14 @@ class Lockstep:
         finally:
             lane.swap_out()
             lane.done = True
-            lane._back.set()
+            lane.back.set()
 
     # ---------------------------------------------------------------- the driver
     def _resume(self, lane: Lane) -> None:
         """Let ``lane`` run until it parks on a call or finishes."""
-        lane._back.clear()
-        lane._go.set()
-        if not lane._back.wait(self.step_timeout_s):
+        lane.back.clear()
+        lane.go.set()
+        if not lane.back.wait(self.step_timeout_s):
             raise LockstepTimeoutError(
                 f"lane {lane.name} neither called the model nor finished within "
                 f"{self.step_timeout_s:.0f} s"
@@ -192,16 +195,16 @@ class Lockstep:
         saved_rng = torch.get_rng_state()
         cuda = [lane.device_generator.device for lane in lanes if lane.device_generator is not None]
         saved_cuda_rng = torch.cuda.get_rng_state(cuda[0]) if cuda else None
-        saved_loader_state = _gradient_state()
+        saved_loader_state = gradient_state()
         for lane in lanes:
-            lane.loader_state = _gradient_state()
+            lane.loader_state = gradient_state()
         generation_config = getattr(self.model, "generation_config", None)
         with self._patched():
             for lane in lanes:
-                lane._thread = threading.Thread(
+                lane.thread = threading.Thread(
                     target=self._body, args=(lane,), name=f"rf-lockstep-{lane.name}", daemon=True
                 )
-                lane._thread.start()
+                lane.thread.start()
             live = list(lanes)
             try:
                 while live:
@@ -215,16 +218,16 @@ class Lockstep:
                 for lane in live:  # only after a timeout: free the parked lanes, leave a wedged one
                     if lane.call is not None and not lane.done:
                         lane.call.error = LockstepTimeoutError(f"lane {lane.name} abandoned")
-                        lane._go.set()
+                        lane.go.set()
                     else:
                         logger.error("lockstep lane %s abandoned while running", lane.name)
                 for lane in lanes:
-                    if lane.done and lane._thread is not None:
-                        lane._thread.join(timeout=self.step_timeout_s)
+                    if lane.done and lane.thread is not None:
+                        lane.thread.join(timeout=self.step_timeout_s)
                 torch.set_rng_state(saved_rng)
                 if saved_cuda_rng is not None:
                     torch.cuda.set_rng_state(saved_cuda_rng, cuda[0])
-                _put_gradient_state(saved_loader_state)
+                put_gradient_state(saved_loader_state)
                 if generation_config is not None:
                     self.model.generation_config = generation_config
 
@@ -264,24 +267,6 @@ def _lane_adapters_off(lane: Lane) -> Iterator[None]:
         lane.adapters_off = previous
 
 
-def _gradient_state() -> dict[str, Any]:
-    """A copy of accelerate's shared ``GradientState`` (its lists copied too: they are mutated in
-    place as dataloaders begin and end)."""
-    from accelerate.state import GradientState
-
-    return {
-        k: list(v) if isinstance(v, list) else v for k, v in GradientState._shared_state.items()
-    }
-
-
-def _put_gradient_state(state: dict[str, Any]) -> None:
-    from accelerate.state import GradientState
-
-    shared = GradientState._shared_state
-    shared.clear()
-    shared.update(state)
-
-
 def _grad() -> bool:
     return torch.is_grad_enabled()
 
@@ -308,23 +293,18 @@ class FusedServer:
 
     Forwards whose arguments can share a batch (same keys, same non-tensor values, same adapters
     on/off and grad mode) run as ONE forward: rows concatenated and right-padded
-    (``fused.concat_rows``), each lane's adapter on its own rows (``fused.segmented_lora``); each
-    lane gets its rows back (``fused.slice_outputs``). Generation goes to
-    ``actors.engine.generation.generate_multi`` when that module is present, else it runs per lane
-    with the lane's adapter active and its RNG stream in place (what a time-sliced run does). A
-    fused forward that fails is re-served one call at a time; a call that fails alone fails its
-    lane.
+    (``lora_kernel.concat_rows``), each lane's adapter on its own rows
+    (``lora_kernel.segmented_lora``); each lane gets its rows back
+    (``lora_kernel.slice_outputs``). Two or more plain generations go to
+    ``actors.engine.generation.generate_multi`` (one batched decode); any other generation runs
+    alone with the lane's adapter active and its RNG stream in place (what a time-sliced run
+    does). A fused forward or batched generation that fails is re-served one call at a time; a
+    call that fails alone fails its lane.
     """
 
-    def __init__(
-        self,
-        model: Any,
-        pad_id: int,
-        generate_multi: Callable[..., list[torch.Tensor]] | None = None,
-    ) -> None:
+    def __init__(self, model: Any, pad_id: int) -> None:
         self.model = model
         self.pad_id = pad_id
-        self.generate_multi = generate_multi
         self.stats = ServeStats()
 
     def __call__(self, parked: list[tuple[Lane, Call]]) -> None:
@@ -351,12 +331,10 @@ class FusedServer:
             self._generate(generations)
 
     def _fused_forward(self, group: list[tuple[Lane, Call]]) -> None:
-        from actors.engine import fused
-
         calls = [call for _, call in group]
         try:
-            combined, lengths = fused.concat_rows([c.kwargs for c in calls], self.pad_id)
-        except fused.NotFusableError:
+            combined, lengths = lora_kernel.concat_rows([c.kwargs for c in calls], self.pad_id)
+        except lora_kernel.NotFusableError:
             for lane, call in group:
                 self._alone(lane, call)
             return
@@ -364,7 +342,9 @@ class FusedServer:
         segments, start = [], 0
         for lane, call in group:
             rows = int(call.kwargs["input_ids"].shape[0])
-            segments.append(fused.Segment(lane.adapter, start, start + rows, _dropout_stream(lane)))
+            segments.append(
+                lora_kernel.Segment(lane.adapter, start, start + rows, _dropout_stream(lane))
+            )
             start += rows
         first = calls[0]
         try:
@@ -373,7 +353,7 @@ class FusedServer:
                     with self.model.disable_adapter():
                         out = self.model(**combined)
                 else:
-                    with fused.segmented_lora(self.model, segments):
+                    with lora_kernel.segmented_lora(self.model, segments):
                         out = self.model(**combined)
         except Exception as exc:  # out of memory and the like: serve one by one
             logger.warning(
@@ -386,7 +366,7 @@ class FusedServer:
         self.stats.fused_forwards += 1
         self.stats.fused_calls += len(calls)
         for seg, call, length in zip(segments, calls, lengths):
-            call.result = fused.slice_outputs(out, seg.start, seg.stop, longest - length)
+            call.result = lora_kernel.slice_outputs(out, seg.start, seg.stop, longest - length)
 
     def _alone(self, lane: Lane, call: Call) -> None:
         """One call as the time-sliced run would make it: its adapter active, its RNG in place."""
@@ -411,12 +391,10 @@ class FusedServer:
 
     def _generate(self, generations: list[tuple[Lane, Call]]) -> None:
         plain = [(lane, call) for lane, call in generations if _plain_generation(call)]
-        if self.generate_multi is None or len(plain) < 2:
+        if len(plain) < 2:
             for lane, call in generations:
                 self._alone(lane, call)
             return
-        from actors.engine.generation import GenRequest  # type: ignore[import-not-found,unused-ignore]
-
         requests = [
             GenRequest(
                 adapter=lane.adapter,
@@ -429,7 +407,7 @@ class FusedServer:
         ]
         try:
             with torch.no_grad():
-                outputs = self.generate_multi(self.model, requests)
+                outputs = generate_multi(self.model, requests)
         except Exception as exc:  # serve them one by one
             logger.warning("multi-adapter generation failed, generating per run: %r", exc)
             self.stats.fallbacks += 1
@@ -477,12 +455,3 @@ def _plain_generation(call: Call) -> bool:
 def _dropout_stream(lane: Lane) -> torch.Generator | None:
     """The lane's RNG stream on the model's device: dropout and sampling draw from it."""
     return lane.device_generator if lane.device_generator is not None else lane.generator
-
-
-def load_generate_multi() -> Callable[..., list[torch.Tensor]] | None:
-    """``actors.engine.generation.generate_multi`` (multi-adapter batched generation) if present."""
-    try:
-        from actors.engine.generation import generate_multi  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
-    return generate_multi  # type: ignore[no-any-return]

@@ -57,8 +57,8 @@ class RunSpec:
         ``policies.fusion.fusion_key``); ``None``: the run is always time-sliced (DoRA has no
         fused kernel; eval_strategy="steps" evaluates between the run's own steps; GRPO whose
         generation settings are unknown or run outside the model). The executor re-checks what
-        only the built trainer knows."""
-        from policies.fusion import fusion_key  # fused-GRPO hunk (branch fused, NOTES-fused.md)
+        only the built trainer knows (``actors.engine.eligibility``)."""
+        from policies.fusion import fusion_key
 
         reason = None
         if getattr(self.lora_config, "use_dora", False):

@@ -36,7 +36,7 @@ class Timeline:
     """When each run was first placed here (its trial was up and asked)."""
     slices: list[SliceTiming] = field(default_factory=list)
     compute_seconds: float = 0.0
-    """Running total of forward/backward/optimizer time (``Executor._optimizer_step``)."""
+    """Running total of forward/backward/optimizer time (``TimeSliced._optimizer_step``)."""
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from actors.engine.algorithms import torch_internals, trl_internals
 from actors.storage import durable
 
 STATE_FILE = "state.json"
@@ -61,7 +62,7 @@ def capture(record: Any, model: Any) -> dict[str, Any]:
         "optimizer_param_groups": _jsonable(opt_state["param_groups"]),
         "optimizer_scalars": opt_scalars,
         "scheduler": _jsonable(trainer.lr_scheduler.state_dict()),
-        "total_train_tokens": int(getattr(trainer, "_total_train_tokens", 0) or 0),
+        "total_train_tokens": trl_internals.total_train_tokens(trainer),
     }
     return {"adapter": adapter, "optimizer": opt_tensors, "rng": rng, "meta": meta}
 
@@ -93,8 +94,7 @@ def restore_into(record: Any, model: Any, state: dict[str, Any]) -> None:
         record.cuda_rng_state = state["rng"]["cuda"].clone()
     record.steps_done = int(meta["steps_done"])
     trainer.state.global_step = record.steps_done
-    if hasattr(trainer, "_total_train_tokens"):
-        trainer._total_train_tokens = meta["total_train_tokens"]
+    trl_internals.set_total_train_tokens(trainer, meta["total_train_tokens"])
 
 
 def _apply_config_learning_rate(trainer: Any, learning_rate: float) -> None:
@@ -109,7 +109,7 @@ def _apply_config_learning_rate(trainer: Any, learning_rate: float) -> None:
         scheduler.base_lrs[i] = learning_rate
         group["initial_lr"] = learning_rate
         group["lr"] = learning_rate * factor
-    scheduler._last_lr = [g["lr"] for g in trainer.optimizer.param_groups]
+    torch_internals.set_last_lrs(scheduler, [g["lr"] for g in trainer.optimizer.param_groups])
 
 
 def save(state: dict[str, Any], run_dir: str | Path, keep: int = 1) -> Path:

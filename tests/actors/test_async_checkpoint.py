@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from actors.base_model_actor import BaseModelActor
-from actors.engine.ckpt_writer import CheckpointError, CheckpointWriter, state_bytes
+from actors.engine.ckpt_writer import CheckpointWriter, state_bytes
 from actors.storage import checkpoint
-from policies.errors import RunNotPlacedError
+from policies.errors import CheckpointError, RunNotPlacedError
 from rf_ray.toy import load_toy_model, sft_dataset
 from tests.actors.test_idempotent_slice import N, _spec
 

@@ -44,7 +44,7 @@ def test_a_second_run_with_the_same_settings_reuses_the_prepared_rows_and_trains
     first, second = shared.registry[1].trainer, shared.registry[2].trainer
     assert second.train_dataset is first.train_dataset  # not prepared again
     assert second.eval_dataset is first.eval_dataset
-    assert [p.runs for p in shared.prepared.by_key.values()] == [2]
+    assert [p.runs for p in shared.registry.prepared.by_key.values()] == [2]
     shared.run_slice(2, 2, evaluate=True)
 
     alone = Executor(load_toy_model, sft_dataset(N, seed=0), sft_dataset(8, seed=5), device="cpu")
@@ -67,5 +67,5 @@ def test_runs_with_other_processing_settings_prepare_their_own(tmp_path):
     executor.add_run(_run(tmp_path, 4, shuffle_dataset=True, seed=2))
     datasets = [executor.registry[r].trainer.train_dataset for r in (1, 2, 3, 4)]
     assert len({id(d) for d in datasets}) == 4
-    assert len(executor.prepared.by_key) == 4
+    assert len(executor.registry.prepared.by_key) == 4
     assert max(len(row) for row in datasets[1]["input_ids"]) <= 24

@@ -95,7 +95,7 @@ def test_interleaved_slices_equal_vanilla_sft(tmp_path, slice_steps):
             result = executor.run_slice(run_id, min(end, total))
             losses[run_id] += [m["loss"] for m in result.step_metrics]
 
-    assert executor.base_loads == {"toy": 1}
+    assert executor.stats.base_loads == {"toy": 1}
     assert losses[1] == want_losses
     got = get_peft_model_state_dict(executor.bases["toy"].model, adapter_name="run_1")
     assert set(got) == set(want_weights)

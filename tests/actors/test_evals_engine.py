@@ -65,7 +65,7 @@ def test_a_batched_shard_equals_each_pipeline_alone(engine: PipelineEngine, tmp_
     for s in specs:
         engine.add(s)
     together = engine.run_group({s.run_id: (0, 4, str(tmp_path / str(s.run_id))) for s in specs})
-    assert engine.executor.base_loads == {"toy": 1}
+    assert engine.executor.stats.base_loads == {"toy": 1}
     for s in specs:
         alone = PipelineEngine(engine.executor, engine.dataset)
         alone.add(s)
@@ -129,7 +129,7 @@ def test_a_pipeline_generates_with_its_adapter_resident_beside_the_base(
     base = engine.pipelines[1].results["generated_text"]
     tuned = engine.pipelines[2].results["generated_text"]
     assert base != tuned
-    assert engine.executor.base_loads == {"toy": 1}  # one base, the adapter beside it
+    assert engine.executor.stats.base_loads == {"toy": 1}  # one base, the adapter beside it
     alone = PipelineEngine(engine.executor, engine.dataset)
     alone.add(dataclasses.replace(with_adapter, run_id=3))
     alone.run_group({3: (0, 4, str(tmp_path / "3"))})

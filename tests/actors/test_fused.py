@@ -23,7 +23,7 @@ import torch
 from peft import LoraConfig, get_peft_model_state_dict
 from trl import DPOConfig, SFTConfig
 
-from actors.engine import fused
+from actors.engine import eligibility, fused, lora_kernel
 from actors.engine.executor import Executor
 from actors.engine.spec import RunSpec
 from policies.chunking import ChunkPlan
@@ -128,7 +128,7 @@ def test_fused_sft_matches_time_sliced_mixed_runs(tmp_path):
     alone = _train(specs, data, fuse=False)
     together = _train(specs, data, fuse=True)
     _assert_matches(specs, alone, together)
-    assert together[0].fusion_stats["slices"] == 2
+    assert together[0].stats.fusion.slices == 2
     # Cadence: run 3 (batch 2, no accumulation) took 22 optimizer steps, run 1 took 6.
     assert len(together[2][3]) == 22
     assert len(together[2][1]) == 6
@@ -233,11 +233,11 @@ def test_unfusable_runs_are_time_sliced(tmp_path):
     executor = Executor(lambda _: load_toy_model(), data, device="cpu")
     executor.add_run(plain)
     executor.add_run(dora)
-    assert executor.fusable(1) is None
-    assert "DoRA" in executor.fusable(2)
+    assert eligibility.run_fusable(executor.registry, 1) is None
+    assert "DoRA" in eligibility.run_fusable(executor.registry, 2)
     out = executor.run_fused([(1, 3, False), (2, 3, False)])
     assert all(r.fused_with == 1 for r in out.values())
-    assert executor.fusion_stats["slices"] == 0
+    assert executor.stats.fusion.slices == 0
 
 
 def test_concat_rows_pads_right_with_neutral_values():
@@ -245,14 +245,14 @@ def test_concat_rows_pads_right_with_neutral_values():
          "attention_mask": torch.ones(1, 3, dtype=torch.long), "use_cache": False}  # fmt: skip
     b = {"input_ids": torch.tensor([[8, 9]] * 2), "labels": torch.tensor([[8, 9]] * 2),
          "attention_mask": torch.ones(2, 2, dtype=torch.long), "use_cache": False}  # fmt: skip
-    combined, lengths = fused.concat_rows([a, b], pad_id=0)
+    combined, lengths = lora_kernel.concat_rows([a, b], pad_id=0)
     assert lengths == [3, 2]
     assert combined["input_ids"].tolist() == [[5, 6, 7], [8, 9, 0], [8, 9, 0]]
     assert combined["labels"][1:, 2].tolist() == [-100, -100]
     assert combined["attention_mask"][1:, 2].tolist() == [0, 0]
     assert combined["use_cache"] is False
-    with pytest.raises(fused.NotFusableError, match="use_cache"):
-        fused.concat_rows([a, {**b, "use_cache": True}], pad_id=0)
+    with pytest.raises(lora_kernel.NotFusableError, match="use_cache"):
+        lora_kernel.concat_rows([a, {**b, "use_cache": True}], pad_id=0)
 
 
 def test_out_of_memory_mid_slice_falls_back_to_time_slicing(tmp_path, monkeypatch):
@@ -280,9 +280,9 @@ def test_out_of_memory_mid_slice_falls_back_to_time_slicing(tmp_path, monkeypatc
         assert not isinstance(result, BaseException), result
         assert (result.start_step, result.end_step) == (0, 6)
         assert [m["step"] for m in result.step_metrics] == [1, 2, 3, 4, 5, 6]
-    assert executor.fusion_stats["oom"] == 1
-    assert executor.fusion_stats["fallbacks"] == 1
-    assert executor.last_oom_tokens == sum(s.fusion_tokens for s in specs)
+    assert executor.stats.fusion.oom == 1
+    assert executor.stats.fusion.fallbacks == 1
+    assert executor.stats.fusion.last_oom_tokens == sum(s.fusion_tokens for s in specs)
     monkeypatch.setattr(fused, "fused_micro_step", real)
     _, _, alone = _train(specs, data, fuse=False)
     for run_id in (1, 2):

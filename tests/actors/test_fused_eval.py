@@ -98,10 +98,10 @@ def test_fused_sft_eval_equals_time_sliced_mixed_ranks(tmp_path):
         _sft(tmp_path, 3, 2e-2, r=2, eval_bs=5, targets=("q_proj", "k_proj", "o_proj")),
     ]
     executor = _trained(specs, sft_dataset(24, seed=3), sft_dataset(14, seed=9))
-    alone = {s.run_id: executor.evaluate(s.run_id) for s in specs}
+    alone = {s.run_id: executor.evaluator.evaluate(s.run_id) for s in specs}
     entry = executor.bases["toy"]
     fused, server = fused_eval.evaluate_fused(
-        entry.model, [executor.registry[s.run_id] for s in specs], 0, executor._autocast
+        entry.model, [executor.registry[s.run_id] for s in specs], 0, executor.runtime.autocast
     )
     _assert_same(fused, alone, specs)
     # 14 rows in batches of 4 (4 batches), 3 (5) and 5 (3): three rounds of all three runs,
@@ -110,9 +110,9 @@ def test_fused_sft_eval_equals_time_sliced_mixed_ranks(tmp_path):
     assert server.stats.fused_calls == 3 * 3 + 2
     assert server.stats.alone_calls == 1
     # The executor's own group path gives the same, and counts the group.
-    grouped = executor.evaluate_group([s.run_id for s in specs])
+    grouped = executor.evaluator.evaluate_group([s.run_id for s in specs])
     _assert_same(grouped, alone, specs)
-    assert executor.fusion_stats["eval_groups"] == 1
+    assert executor.stats.fusion.eval_groups == 1
 
 
 def test_fused_dpo_eval_equals_time_sliced(tmp_path):
@@ -120,10 +120,10 @@ def test_fused_dpo_eval_equals_time_sliced(tmp_path):
     adapters-off pass, the policy forwards in another."""
     specs = [_dpo(tmp_path, 1, 2e-2), _dpo(tmp_path, 2, 5e-2, beta=0.3, r=8, eval_bs=3)]
     executor = _trained(specs, dpo_dataset(24), dpo_dataset(10, seed=5))
-    alone = {s.run_id: executor.evaluate(s.run_id) for s in specs}
+    alone = {s.run_id: executor.evaluator.evaluate(s.run_id) for s in specs}
     entry = executor.bases["toy"]
     fused, server = fused_eval.evaluate_fused(
-        entry.model, [executor.registry[s.run_id] for s in specs], 0, executor._autocast
+        entry.model, [executor.registry[s.run_id] for s in specs], 0, executor.runtime.autocast
     )
     _assert_same(fused, alone, specs)
     assert any(k.startswith("eval_rewards/") for k in fused[1])
@@ -138,17 +138,17 @@ def test_a_failing_eval_fails_only_its_run(tmp_path):
     retry fails too); the others get their metrics, as if evaluated alone."""
     specs = [_sft(tmp_path, 1, 1e-2), _sft(tmp_path, 2, 3e-2, r=8), _sft(tmp_path, 3, 2e-2)]
     executor = _trained(specs, sft_dataset(24, seed=3), sft_dataset(14, seed=9))
-    alone = {s.run_id: executor.evaluate(s.run_id) for s in specs}
+    alone = {s.run_id: executor.evaluator.evaluate(s.run_id) for s in specs}
 
     def broken(*args, **kwargs):
         raise RuntimeError("injected: eval loss exploded")
 
     executor.registry[2].trainer.compute_loss = broken
-    out = executor.evaluate_group([1, 2, 3])
+    out = executor.evaluator.evaluate_group([1, 2, 3])
     assert isinstance(out[2], RuntimeError)
     assert "injected" in str(out[2])
     _assert_same(out, alone, [specs[0], specs[2]])
-    assert executor.fusion_stats["eval_fallbacks"] == 1
+    assert executor.stats.fusion.eval_fallbacks == 1
 
 
 def test_fused_slice_evaluates_its_runs_fused(tmp_path):
@@ -161,12 +161,12 @@ def test_fused_slice_evaluates_its_runs_fused(tmp_path):
     for spec in specs:
         executor.add_run(spec)
     out = executor.run_fused([(s.run_id, s.plan.chunk_bounds(0)[1], True) for s in specs])
-    assert executor.fusion_stats["eval_groups"] == 1
+    assert executor.stats.fusion.eval_groups == 1
     for spec in specs:
         result = out[spec.run_id]
         assert not isinstance(result, BaseException), result
         assert result.fused_with == 2
-        want = executor.evaluate(spec.run_id)
+        want = executor.evaluator.evaluate(spec.run_id)
         assert result.eval_metrics is not None
         assert result.eval_metrics["eval_loss"] == pytest.approx(want["eval_loss"], rel=1e-5)
     assert torch.is_grad_enabled()
@@ -177,21 +177,21 @@ def test_out_of_memory_in_a_fused_eval_pass_serves_each_run_alone(tmp_path, monk
     as time-sliced evaluation makes it (its adapter active), so the metrics are the same."""
     import contextlib
 
-    from actors.engine import fused
+    from actors.engine import lora_kernel
 
     specs = [_sft(tmp_path, 1, 1e-2), _sft(tmp_path, 2, 3e-2, r=8)]
     executor = _trained(specs, sft_dataset(24, seed=3), sft_dataset(8, seed=9))
-    alone = {s.run_id: executor.evaluate(s.run_id) for s in specs}
+    alone = {s.run_id: executor.evaluator.evaluate(s.run_id) for s in specs}
 
     @contextlib.contextmanager
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("injected: CUDA out of memory")
         yield
 
-    monkeypatch.setattr(fused, "segmented_lora", out_of_memory)
+    monkeypatch.setattr(lora_kernel, "segmented_lora", out_of_memory)
     entry = executor.bases["toy"]
     out, server = fused_eval.evaluate_fused(
-        entry.model, [executor.registry[s.run_id] for s in specs], 0, executor._autocast
+        entry.model, [executor.registry[s.run_id] for s in specs], 0, executor.runtime.autocast
     )
     assert server.stats.fused_forwards == 0
     assert server.stats.fallbacks == 2  # two rounds of 4 rows each

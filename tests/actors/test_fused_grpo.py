@@ -80,9 +80,9 @@ def test_fused_grpo_matches_time_sliced(tmp_path):
     assert specs[0].fusion_key is not None
     ex_a, init, alone = _train(specs, fuse=False)
     ex_f, _, together = _train(specs, fuse=True)
-    assert ex_f.fusion_stats["slices"] == 2
+    assert ex_f.stats.fusion.slices == 2
     # Old/reference log-probs of the runs were computed in shared passes.
-    assert ex_f.fusion_stats["shared_calls"] > 0
+    assert ex_f.stats.fusion.shared_calls > 0
     for spec in specs:
         rid = spec.run_id
         a, f = alone[rid], together[rid]

@@ -43,10 +43,10 @@ def executor(tmp_path):
 
 def test_a_retried_slice_returns_its_cached_result_without_training(executor):
     first = executor.run_slice(1, 2, start_step=0)
-    swaps = len(executor.swap_seconds)
+    swaps = len(executor.stats.swap_seconds)
     again = executor.run_slice(1, 2, start_step=0)  # the reply of the first call was lost
     assert again is first  # same metrics (and, on the actor, same checkpoint)
-    assert len(executor.swap_seconds) == swaps  # nothing trained
+    assert len(executor.stats.swap_seconds) == swaps  # nothing trained
     assert executor.registry[1].steps_done == 2
     assert [m["step"] for m in again.step_metrics] == [1.0, 2.0]
 
@@ -88,14 +88,14 @@ def test_fused_members_are_each_checked(tmp_path):
 
     first = asyncio.run(fused([(1, 0, 2), (2, 0, 2)]))
     assert [r.fused_with for r in first] == [2, 2]
-    swaps = len(actor.executor.swap_seconds)
+    swaps = len(actor.executor.stats.swap_seconds)
     # Run 1's call is retried (its reply was lost); run 2's grant is from a step it is not at.
     again = asyncio.run(fused([(1, 0, 2), (2, 1, 3)]))
     assert again[0].step_metrics == first[0].step_metrics
     assert again[0].checkpoint == first[0].checkpoint
     assert isinstance(again[1], RunNotPlacedError)
-    assert len(actor.executor.swap_seconds) == swaps
-    assert actor.executor.fusion_stats["slices"] == 1  # nothing trained the second time
+    assert len(actor.executor.stats.swap_seconds) == swaps
+    assert actor.executor.stats.fusion.slices == 1  # nothing trained the second time
 
 
 def test_through_the_actor_retry_then_re_place(ray_cluster, tmp_path):

@@ -2,7 +2,7 @@
 
 Time-sliced, the first run whose trial asks is granted even though a lower-numbered run's trial
 has not asked yet (it is still starting). After that first grant, least progress first over
-every live run, ties by run id, holds as before (DESIGN.md, slice order). Runs that may fuse
+every live run, ties by run id (``policies.order.next_run``), holds as before. Runs that may fuse
 wait for the least-progressed one from the start, so a fused group forms whole
 (tests/actors/test_scheduler_core.py holds that)."""
 

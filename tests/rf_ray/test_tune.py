@@ -157,8 +157,7 @@ def test_rf_tune_search_feeds_optuna_within_max_concurrent(ray_cluster, tmp_path
         blocking=False,
     )
     # Watch the scheduler from outside: never more than max_concurrent live runs. A poll: the
-    # peak is a property of every moment, and no call reports when the live set changes (the
-    # call wanted is in NOTES-docs.md: SchedulerActor.wait_for_progress could serve it too).
+    # peak is a property of every moment, and no call reports when the live set changes.
     peak, stop = [0], threading.Event()
 
     def watch():

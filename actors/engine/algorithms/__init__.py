@@ -9,39 +9,26 @@ micro-batches of optimizer step ``step``, exactly as ``Trainer._run_epoch`` woul
 from ``get_batch_samples``. SFT and DPO collate the ``ChunkPlan``'s index lists (rf-ray's own
 seed-shuffled order); GRPO reads its trainer's own dataloader (see
 ``actors.engine.algorithms.grpo``).
+
+Here too: ``step_metrics`` (one optimizer step's metrics, as ``Trainer`` logs them) and
+``forward_logs`` (those metrics to the integrations a run's ``report_to`` kept).
+
+Files: ``sft.py``, ``dpo.py``, ``grpo.py`` (one per algorithm); ``reference.py`` (DPO's and
+GRPO's reference policy: the base with adapters off); ``internals.py`` with
+``transformers_internals.py``, ``accelerate_internals.py``, ``trl_internals.py`` and
+``torch_internals.py``: every library private rf-ray touches, one module per library, each
+checked by ``tests/actors/test_library_internals.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from typing import Any, Protocol
 
 import torch
 
+from actors.engine.algorithms import transformers_internals, trl_internals
 from actors.engine.spec import RunSpec
-
-
-@contextlib.contextmanager
-def base_as_reference(model: Any, adapter_name: str) -> Iterator[None]:
-    """Build a DPO or GRPO trainer inside this block: its reference policy is the shared base
-    with adapters disabled, and ``adapter_name`` is the active adapter afterwards.
-
-    Given a PeftModel (GRPO: with beta > 0), TRL's DPOTrainer and GRPOTrainer assume its
-    "default" adapter may be pretrained and add a frozen "ref" copy of it. rf-ray's adapters are
-    fresh, so the reference is the base with adapters disabled (what TRL does when it wraps the
-    model itself): satisfy the lookup, then drop the copy, and TRL falls back to
-    ``use_adapter(model, None)`` (adapters disabled).
-    """
-    model.peft_config["default"] = model.peft_config[adapter_name]
-    try:
-        yield
-    finally:
-        del model.peft_config["default"]
-    if "ref" in model.peft_config:
-        model.delete_adapter("ref")
-    model.set_adapter(adapter_name)
 
 
 class BatchSource(Protocol):
@@ -64,7 +51,7 @@ class PlanBatches:
         self.seed = spec.seed
         self.collate = trainer.data_collator
         # The trainer's prepared (tokenized, column-pruned) training set, indexed by dataset row.
-        self.rows = trainer._remove_unused_columns(trainer.train_dataset, "training")
+        self.rows = transformers_internals.model_columns(trainer, trainer.train_dataset)
 
     def take(self, step: int) -> list[Any]:
         if step % self.plan.steps_per_epoch == 0:
@@ -120,20 +107,19 @@ def _quiet(trainer: Any) -> None:
 def drain_train_metrics(trainer: Any) -> dict[str, float]:
     """Average and clear the metrics TRL accumulated during the last optimizer step.
 
-    TRL trainers collect per-micro-batch metrics in ``_metrics["train"]`` and average them in
-    ``log()``; with ``logging_steps=1`` that is once per optimizer step, which this mirrors. NaN
-    entries are left out of the mean as ``GRPOTrainer.log`` does (a reward function may return
-    None, i.e. "not applicable", for a whole batch); a metric with no finite entry is omitted.
+    TRL trainers collect per-micro-batch metrics (``trl_internals.train_metric_lists``) and
+    average them in ``log()``; with ``logging_steps=1`` that is once per optimizer step, which
+    this mirrors. NaN entries are left out of the mean as ``GRPOTrainer.log`` does (a reward
+    function may return None, i.e. "not applicable", for a whole batch); a metric with no finite
+    entry is omitted.
     """
-    store = getattr(trainer, "_metrics", None)
-    if not store or "train" not in store:
-        return {}
+    lists = trl_internals.train_metric_lists(trainer)
     out = {}
-    for key, values in store["train"].items():
+    for key, values in lists.items():
         valid = [v for v in values if not math.isnan(v)]
         if valid:
             out[key] = float(sum(valid) / len(valid))
-    store["train"].clear()
+    lists.clear()
     return out
 
 
@@ -147,3 +133,27 @@ def step_metrics(
         out["grad_norm"] = float(grad_norm)
     out.update(drain_train_metrics(trainer))
     return out
+
+
+def forward_logs(trainer: Any, params: dict[str, Any], metrics: list[dict[str, float]]) -> None:
+    """Hand a slice's step metrics to the TRL integrations the run's ``report_to`` kept (wandb,
+    tensorboard; ``rf_ray.specs.build_trl_config``), as ``Trainer.log`` would: rf-ray drives
+    the steps itself, so nothing else calls their ``on_log``. Same cadence as MLflow: every
+    ``logging_steps`` steps, and every step that evaluated."""
+    if not trainer.args.report_to or trainer.args.report_to == ["none"]:
+        return
+    every = params.get("logging_steps", 1)
+    every = every if isinstance(every, int) and every >= 1 else 1
+    current = trainer.state.global_step
+    try:
+        for m in metrics:
+            step = int(m["step"])
+            if step % every and not any(k.startswith("eval_") for k in m):
+                continue
+            trainer.state.global_step = step  # the integrations read the step from the state
+            logs = {k: v for k, v in m.items() if k != "step"}
+            trainer.control = trainer.callback_handler.on_log(
+                trainer.args, trainer.state, trainer.control, logs
+            )
+    finally:
+        trainer.state.global_step = current

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.engine.algorithms import base_as_reference
+from actors.engine.algorithms.reference import base_as_reference
 from actors.engine.spec import RunSpec
 
 

@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from actors.engine.algorithms import base_as_reference
+from actors.engine.algorithms import trl_internals
+from actors.engine.algorithms.reference import base_as_reference
 from actors.engine.spec import RunSpec
 from policies.errors import RunFailedError
 
@@ -114,8 +115,8 @@ class LoaderBatches:
                 next(iterator)
         self.iterator = iterator
         torch.set_rng_state(rng)
-        self.trainer._step = epoch * self.plan.batches_per_epoch + consumed
-        self.trainer._buffered_inputs = None
+        micro_step = epoch * self.plan.batches_per_epoch + consumed
+        trl_internals.grpo_regenerate_at(self.trainer, micro_step)
 
 
 def checked_reward(func: Callable[..., Any]) -> Callable[..., Any]:  # noqa: C901  one check per way a reward function can be wrong, each with its own message
