@@ -215,12 +215,16 @@ def cores() -> int:
 
 
 def machine_info() -> dict[str, Any]:
+    import importlib.util
+
     import peft
     import psutil
-    import ray
     import torch
     import transformers
     import trl
+
+    # The GPU machine runs the executor without Ray (bench/bench_scale.py): no Ray there.
+    ray = importlib.import_module("ray") if importlib.util.find_spec("ray") else None
 
     cpu = platform.processor() or "unknown"
     try:
@@ -241,7 +245,7 @@ def machine_info() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "trl": trl.__version__,
         "peft": peft.__version__,
-        "ray": ray.__version__,
+        "ray": ray.__version__ if ray is not None else None,
         "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
         "cuda_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
         if cuda
@@ -256,7 +260,7 @@ def machine_line(m: dict[str, Any]) -> str:
     return (
         f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {device}; Python {m['python']}, "
         f"torch {m['torch']}, transformers {m['transformers']}, TRL {m['trl']}, "
-        f"PEFT {m['peft']}, Ray {m['ray']}"
+        f"PEFT {m['peft']}, Ray {m['ray'] or 'not installed'}"
     )
 
 
