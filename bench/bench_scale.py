@@ -395,7 +395,7 @@ def run_engine(cell: Cell, fused: bool, chunks: int, steps: int, workdir: Path) 
         else None,
         "compute_share": compute_seconds / slice_seconds if slice_seconds else None,
         "executor_busy": executor_seconds / train_seconds,
-        "fused_passes": executor.stats()["fusion"]["slices"],
+        "fused_passes": executor.stats.fusion.slices,
         "losses": losses,
     }
     if not fused:
