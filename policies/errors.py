@@ -7,6 +7,7 @@
     ├── IllegalTransitionError (ValueError)    a run status change the state machine forbids
     ├── OpError (ValueError)        an interactive-control op that cannot apply (unknown run...)
     ├── RunFailedError (RuntimeError)          a run's slice raised, or its loss went NaN/inf
+    │   └── NoRunTrainedError                  run_fit ended: runs failed and none trained
     └── RunNotPlacedError (RuntimeError)       the executor does not hold the run at the step
                                                the grant expects: re-place it from its checkpoint
 
@@ -45,6 +46,11 @@ class RunFailedError(RFRayError, RuntimeError):
     """A run's slice raised, or its loss became NaN or infinite."""
 
 
+class NoRunTrainedError(RunFailedError):
+    """``run_fit`` ended with failed runs and not one run that trained: the message names each
+    failure (a script whose every run failed must not exit 0)."""
+
+
 class RunNotPlacedError(RFRayError, RuntimeError):
     """The executor does not hold the run at the step a grant starts from (it restarted, or a
     retried call finds the run elsewhere): the trial re-places it from its checkpoint."""
@@ -54,6 +60,7 @@ __all__ = [
     "ConfigError",
     "ExperimentExistsError",
     "IllegalTransitionError",
+    "NoRunTrainedError",
     "OpError",
     "RFRayError",
     "RunFailedError",

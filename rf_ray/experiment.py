@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -20,13 +21,14 @@ from typing import Any
 
 import pandas as pd
 
+from actors import logs
 from actors.engine.gen_eval import check_eval_set
 from actors.storage.store import Store
 from actors.tracking import default_tracking_uri
 from policies.errors import ConfigError, ExperimentExistsError
 from policies.fusion import FusionPolicy
-from policies.pruning import Pruner, SuccessiveHalving
-from rf_ray import ops, session, spec_store
+from policies.pruning import Pruner, SuccessiveHalving, pruner_from_dict
+from rf_ray import ops, session, spec_store, summary
 from rf_ray.compat import IgnoredFieldWarning, ignored_field_warnings
 from rf_ray.configs import RFModelConfig
 from rf_ray.data import check_columns, dataset_fingerprint, to_dataset
@@ -37,13 +39,43 @@ from rf_ray.specs import RunConfig, build_specs, describe, differing_keys, diffe
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROOT = "rf_experiments"
-LOG_FILE = "rf_ray.log"
-"""The driver's log of an experiment, in its directory (``Experiment.get_log_file_path``)."""
+LOG_FILE = logs.LOG_FILE
+"""An experiment's log (the driver's and the actors' records), in its directory."""
+LOG_TYPES = (None, "main", "experiment", "training")
+"""RapidFire's ``get_log_file_path`` kinds; rf-ray keeps one log holding all of them."""
 MODES = ("fit",)
-_LOGGERS = ("rf_ray", "actors", "policies")
-# Experiment directory -> its log file's handler. Kept here, not on the Experiment, so that an
-# Experiment stays picklable (a Tune trainable carries one; a handler holds a lock).
-_LOG_HANDLERS: dict[Path, logging.Handler] = {}
+BACKGROUND_ENV = "RF_RAY_BACKGROUND"
+"""``1``: ``run_fit`` trains in a background thread by default (as RapidFire does on Colab);
+``0``: it blocks by default, even on Colab. Unset: background on Colab only."""
+BACKGROUND_JOIN_SECONDS = 60.0
+"""How long ``end()`` waits for a background run_fit's thread once its actors are stopped."""
+_latest: list[Experiment] = []
+"""The Experiment whose run_fit or resume started last in this process (``latest_experiment``)."""
+# Experiment directory -> its run_fit's background thread. Kept here, not on the Experiment, so
+# that an Experiment stays picklable (a Tune trainable carries one; a thread holds a lock).
+_BACKGROUND: dict[Path, _Background] = {}
+
+
+class _Background:
+    """A ``run_fit`` waiting in a background thread (a notebook kernel stays responsive)."""
+
+    def __init__(self, experiment: Experiment) -> None:
+        self.error: BaseException | None = None
+        self.ending = False
+        """Set by ``end()`` / ``cancel_current()``: the session is stopped on purpose."""
+        self.thread = threading.Thread(
+            target=self._run, args=(experiment,), name=f"rf-ray-{experiment.name}", daemon=True
+        )
+
+    def _run(self, experiment: Experiment) -> None:
+        try:
+            experiment._wait_here(live_view=False)
+        except BaseException as e:
+            if not self.ending:
+                self.error = e
+                logger.error(
+                    "experiment %s: run_fit failed in the background: %s", experiment.name, e
+                )
 
 
 class Experiment:
@@ -77,6 +109,9 @@ class Experiment:
         self._live_view = True
         self._metric: tuple[str, str] | None = None
         self._warned: set[str] = set()
+        self._group: ConfigGroup | None = None
+        self._pruning = ""
+        """What run_fit said about pruning when it started (repeated in its summary)."""
 
     # ------------------------------------------------------------------ run_fit
     def run_fit(  # noqa: PLR0913  RapidFire AI's run_fit signature plus rf-ray's options
@@ -91,7 +126,7 @@ class Experiment:
         max_slice_steps: int | None = None,
         live_view: bool = True,
         num_executors: int | None = None,
-        blocking: bool = True,
+        blocking: bool | None = None,
         fusion: bool | FusionPolicy = True,
         slice_timeout: float | None = DEFAULT_SLICE_TIMEOUT,
     ) -> pd.DataFrame | None:
@@ -100,10 +135,16 @@ class Experiment:
         ``create_model_fn(model_config) -> (model, tokenizer)`` is called once per distinct base
         model per executor (default: the embedded toy model or ``from_pretrained``).
         ``pruner`` defaults to ``SuccessiveHalving()`` on eval_loss (with an eval set) or the
-        chunk's mean train loss. ``max_slice_steps`` bounds a slice in optimizer steps (and so
-        how long an interactive-control op waits). With ``blocking=False`` it returns at once;
-        steer the runs with ``stop``/``resume``/``delete``/``prune``/``clone_modify`` and block
-        with ``wait()``.
+        chunk's mean train loss (RapidFire's grid trains every run: ``pruner=NoPruning()`` does
+        that); run_fit says which when it starts and ends with a summary of the runs. It raises
+        ``NoRunTrainedError`` when runs failed and none trained. ``max_slice_steps`` bounds a
+        slice in optimizer steps (and so how long an interactive-control op waits).
+
+        ``blocking``: True waits until every run is over; False returns at once (steer the runs
+        with ``stop``/``resume``/``delete``/``prune``/``clone_modify`` or an
+        ``InteractiveController``, block with ``wait()``); None (the default) is RapidFire's
+        behaviour: in a Colab notebook it trains in a background thread and returns at once,
+        anywhere else it blocks (``RF_RAY_BACKGROUND=1`` or ``0`` decides instead).
 
         ``fusion`` trains runs that share a base model (SFT, DPO) several at a time in one pass
         over it (``actors.engine.fused``); ``False`` time-slices every run, a ``FusionPolicy`` sets
@@ -137,18 +178,63 @@ class Experiment:
         # hold token that keeps the experiment open, and starts its driver in on_start.
         self._session = session.start(plan, num_executors=num_executors, hold=group.hold_token)
         self._start_log_file()  # only now: a refused start writes nothing, not even a log
-        self._differing, self._live_view = plan.differing, live_view
+        _latest[:] = [self]
+        self._differing, self._live_view, self._group = plan.differing, live_view, group
+        self._pruning = summary.pruning_note(plan.pruner, group.pruning_note())
+        summary.say(f"[rf-ray {self.name}] {len(plan.specs)} runs; {self._pruning}")
         group.on_start(self)
-        if not blocking:
+        if blocking is None and in_background_by_default():
+            self._start_background()
+            return None
+        if blocking is False:
             return None
         return self.wait()
 
     def wait(self) -> pd.DataFrame:
-        """Block until every run is over (live view as chosen in run_fit); return runs info."""
+        """Block until every run is over (live view as chosen in run_fit); show the summary
+        and return runs info. Raises ``NoRunTrainedError`` when runs failed and none trained."""
+        background = _BACKGROUND.get(self.dir)
+        if background is not None and background.thread is not threading.current_thread():
+            background.thread.join()
+            if background.error is not None:
+                raise background.error
+            return self.get_runs_info()
+        return self._wait_here(self._live_view)
+
+    def _wait_here(self, live_view: bool) -> pd.DataFrame:
         if self._session is None:
             raise ConfigError(f"experiment {self.name!r} is not running in this process")
-        session.wait(self._session, live_view=self._live_view, differing=self._differing)
+        if not self._session.finished:
+            session.wait(self._session, live_view=live_view, differing=self._differing)
+            if self._group is not None:
+                self._group.on_end(self)
+            info = self.get_runs_info()
+            runs = info.to_dict("records")
+            metric = self._metric[0] if self._metric else "metric"
+            log = self.get_log_file_path()
+            summary.say(summary.render(self.name, runs, metric, self._pruning, log))
+            summary.check_trained(self.name, runs, log)
+            return info
         return self.get_runs_info()
+
+    def _start_background(self) -> None:
+        """Wait for the runs in a background thread (RapidFire's run_fit on Colab): the
+        notebook's next cells run meanwhile; ``wait()`` joins it."""
+        background = _Background(self)
+        _BACKGROUND[self.dir] = background
+        background.thread.start()
+        summary.say(
+            f"[rf-ray {self.name}] training in the background: steer the runs with "
+            "rf_ray.InteractiveController() or the Experiment's ops; experiment.wait() blocks "
+            "until they are over"
+        )
+
+    @property
+    def running(self) -> bool:
+        """Whether this object's latest run_fit or resume() is still going (not finished, not
+        stopped)."""
+        s = self._session
+        return s is not None and not s.finished and not s.stopped
 
     # ------------------------------------------------------------------ interactive control
     def _scheduler(self) -> Any:
@@ -188,6 +274,10 @@ class Experiment:
         self._stop_session()
         self._session = session.resume(self.dir)
         self._start_log_file()
+        _latest[:] = [self]
+        stored = self._stored_pruner()
+        self._group, self._pruning = None, summary.pruning_note(stored)
+        self._metric = (stored.metric or "metric", stored.mode or "min")
         self._live_view = live_view
         self._differing = differing_keys(list(self._session.params.values()))
         return self.wait() if blocking else None
@@ -259,7 +349,9 @@ class Experiment:
         fingerprint = dataset_fingerprint(train, evals)
         first_run_id = self._check_existing(fingerprint)
         metric, mode = default_metric(runs, evals is not None)
-        pruner = (pruner or SuccessiveHalving()).with_defaults(metric, mode)
+        pruner = (pruner or group.default_pruner() or SuccessiveHalving()).with_defaults(
+            metric, mode
+        )
         self._metric = (pruner.metric or metric, pruner.mode or mode)
         specs = build_specs(
             runs,
@@ -406,28 +498,25 @@ class Experiment:
         )
         self._stop_session()
 
-    def get_log_file_path(self) -> Path:
-        """The driver's log file of this experiment (``<experiment dir>/rf_ray.log``), written
-        from ``run_fit`` on: the records rf-ray's driver-side loggers let through (WARNING and
-        up unless the application sets ``logging.getLogger("rf_ray").setLevel(...)``)."""
-        return self.dir / LOG_FILE
+    def get_log_file_path(self, log_type: str | None = None) -> Path:
+        """The experiment's log file (``<experiment dir>/rf_ray.log``), written from
+        ``run_fit`` on by the driver and by every actor: rf-ray's records from INFO up (runs
+        starting, chunks, pruning, ops, failures with their errors) and the run_fit summary.
+        ``log_type`` takes RapidFire's kinds (``"main"``, ``"experiment"``, ``"training"``):
+        rf-ray keeps them in this one file."""
+        if log_type is not None and (not isinstance(log_type, str) or log_type.lower() not in
+                                     LOG_TYPES):  # fmt: skip
+            raise ConfigError(
+                f"log_type={log_type!r} is not one of None, 'main', 'experiment', 'training' "
+                "(rf-ray keeps them all in one file)"
+            )
+        return logs.log_path(self.dir)
 
     def _start_log_file(self) -> None:
-        if self.dir in _LOG_HANDLERS:
-            return
-        handler = logging.FileHandler(self.get_log_file_path(), encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        for name in _LOGGERS:
-            # Levels are the application's to set: the file gets what these loggers let through.
-            logging.getLogger(name).addHandler(handler)
-        _LOG_HANDLERS[self.dir] = handler
+        logs.attach(self.dir, "driver")
 
     def _stop_log_file(self) -> None:
-        handler = _LOG_HANDLERS.pop(self.dir, None)
-        if handler is not None:
-            for name in _LOGGERS:
-                logging.getLogger(name).removeHandler(handler)
-            handler.close()
+        logs.detach(self.dir)
 
     def _warn_ignored(self, runs: list[RunConfig], has_eval: bool) -> None:
         """One ``IgnoredFieldWarning`` per ignored field per experiment (not per run)."""
@@ -443,8 +532,21 @@ class Experiment:
         device and its scheduler the experiment's lock); ``session.stop`` waits, bounded, until
         the lock is free."""
         old, self._session = self._session, None
+        background = _BACKGROUND.pop(self.dir, None)
+        if background is not None:
+            background.ending = True  # its wait fails as the actors go: that is no error
         if old is not None:
             session.stop(old)
+        if background is not None:
+            background.thread.join(BACKGROUND_JOIN_SECONDS)
+
+    def _stored_pruner(self) -> Pruner:
+        """The pruner the experiment's store records (its settings, for a resume)."""
+        store = self._store()
+        try:
+            return pruner_from_dict(store.meta()["pruner"])
+        finally:
+            store.close()
 
 
 def _as_group(param_config: Any) -> ConfigGroup:
@@ -466,6 +568,25 @@ def default_metric(runs: list[RunConfig], has_eval: bool) -> tuple[str, str]:
     return ("eval_loss", "min") if has_eval else ("train_loss", "min")
 
 
+def in_background_by_default() -> bool:
+    """Whether ``run_fit(blocking=None)`` trains in a background thread: on Colab (as RapidFire
+    does there), unless ``RF_RAY_BACKGROUND`` says otherwise."""
+    setting = os.environ.get(BACKGROUND_ENV, "").strip()
+    if setting in ("0", "1"):
+        return setting == "1"
+    import importlib.util
+    import sys
+
+    return "google.colab" in sys.modules or (
+        "IPython" in sys.modules and importlib.util.find_spec("google.colab") is not None
+    )
+
+
+def latest_experiment() -> Experiment | None:
+    """The Experiment whose ``run_fit`` (or ``resume()``) started last in this process."""
+    return _latest[0] if _latest else None
+
+
 def _default_create_model_fn() -> Callable[[Any], tuple[Any, Any]]:
     from rf_ray.toy import default_create_model_fn
 
@@ -480,4 +601,4 @@ def _stored_mode(exp: Experiment) -> str:
         store.close()
 
 
-__all__ = ["Experiment"]
+__all__ = ["BACKGROUND_ENV", "Experiment", "in_background_by_default", "latest_experiment"]
