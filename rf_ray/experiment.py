@@ -28,7 +28,7 @@ from actors.tracking import default_tracking_uri
 from policies.errors import ConfigError, ExperimentExistsError
 from policies.fusion import FusionPolicy
 from policies.pruning import Pruner, SuccessiveHalving, pruner_from_dict
-from rf_ray import ops, session, spec_store, summary
+from rf_ray import background, ops, session, spec_store, summary
 from rf_ray.compat import IgnoredFieldWarning, ignored_field_warnings
 from rf_ray.configs import RFModelConfig
 from rf_ray.data import check_columns, dataset_fingerprint, to_dataset
@@ -44,38 +44,8 @@ LOG_FILE = logs.LOG_FILE
 LOG_TYPES = (None, "main", "experiment", "training")
 """RapidFire's ``get_log_file_path`` kinds; rf-ray keeps one log holding all of them."""
 MODES = ("fit",)
-BACKGROUND_ENV = "RF_RAY_BACKGROUND"
-"""``1``: ``run_fit`` trains in a background thread by default (as RapidFire does on Colab);
-``0``: it blocks by default, even on Colab. Unset: background on Colab only."""
-BACKGROUND_JOIN_SECONDS = 60.0
-"""How long ``end()`` waits for a background run_fit's thread once its actors are stopped."""
 _latest: list[Experiment] = []
 """The Experiment whose run_fit or resume started last in this process (``latest_experiment``)."""
-# Experiment directory -> its run_fit's background thread. Kept here, not on the Experiment, so
-# that an Experiment stays picklable (a Tune trainable carries one; a thread holds a lock).
-_BACKGROUND: dict[Path, _Background] = {}
-
-
-class _Background:
-    """A ``run_fit`` waiting in a background thread (a notebook kernel stays responsive)."""
-
-    def __init__(self, experiment: Experiment) -> None:
-        self.error: BaseException | None = None
-        self.ending = False
-        """Set by ``end()`` / ``cancel_current()``: the session is stopped on purpose."""
-        self.thread = threading.Thread(
-            target=self._run, args=(experiment,), name=f"rf-ray-{experiment.name}", daemon=True
-        )
-
-    def _run(self, experiment: Experiment) -> None:
-        try:
-            experiment._wait_here(live_view=False)
-        except BaseException as e:
-            if not self.ending:
-                self.error = e
-                logger.error(
-                    "experiment %s: run_fit failed in the background: %s", experiment.name, e
-                )
 
 
 class Experiment:
@@ -144,7 +114,7 @@ class Experiment:
         with ``stop``/``resume``/``delete``/``prune``/``clone_modify`` or an
         ``InteractiveController``, block with ``wait()``); None (the default) is RapidFire's
         behaviour: in a Colab notebook it trains in a background thread and returns at once,
-        anywhere else it blocks (``RF_RAY_BACKGROUND=1`` or ``0`` decides instead).
+        anywhere else it blocks (``RF_RAY_BACKGROUND=1`` or ``0`` decides: ``rf_ray.background``).
 
         ``fusion`` trains runs that share a base model (SFT, DPO) several at a time in one pass
         over it (``actors.engine.fused``); ``False`` time-slices every run, a ``FusionPolicy`` sets
@@ -183,8 +153,13 @@ class Experiment:
         self._pruning = summary.pruning_note(plan.pruner, group.pruning_note())
         summary.say(f"[rf-ray {self.name}] {len(plan.specs)} runs; {self._pruning}")
         group.on_start(self)
-        if blocking is None and in_background_by_default():
-            self._start_background()
+        if blocking is None and background.in_background_by_default():
+            background.start(self.dir, self.name, lambda: self._wait_here(live_view=False))
+            summary.say(
+                f"[rf-ray {self.name}] training in the background: steer the runs with "
+                "rf_ray.InteractiveController() or this Experiment's ops; wait() blocks until "
+                "they are over"
+            )
             return None
         if blocking is False:
             return None
@@ -193,11 +168,11 @@ class Experiment:
     def wait(self) -> pd.DataFrame:
         """Block until every run is over (live view as chosen in run_fit); show the summary
         and return runs info. Raises ``NoRunTrainedError`` when runs failed and none trained."""
-        background = _BACKGROUND.get(self.dir)
-        if background is not None and background.thread is not threading.current_thread():
-            background.thread.join()
-            if background.error is not None:
-                raise background.error
+        thread = background.get(self.dir)
+        if thread is not None and thread.thread is not threading.current_thread():
+            thread.thread.join()
+            if thread.error is not None:
+                raise thread.error
             return self.get_runs_info()
         return self._wait_here(self._live_view)
 
@@ -208,26 +183,9 @@ class Experiment:
             session.wait(self._session, live_view=live_view, differing=self._differing)
             if self._group is not None:
                 self._group.on_end(self)
-            info = self.get_runs_info()
-            runs = info.to_dict("records")
             metric = self._metric[0] if self._metric else "metric"
-            log = self.get_log_file_path()
-            summary.say(summary.render(self.name, runs, metric, self._pruning, log))
-            summary.check_trained(self.name, runs, log)
-            return info
+            summary.finish(self.name, self.get_runs_info(), metric, self._pruning, self.dir)
         return self.get_runs_info()
-
-    def _start_background(self) -> None:
-        """Wait for the runs in a background thread (RapidFire's run_fit on Colab): the
-        notebook's next cells run meanwhile; ``wait()`` joins it."""
-        background = _Background(self)
-        _BACKGROUND[self.dir] = background
-        background.thread.start()
-        summary.say(
-            f"[rf-ray {self.name}] training in the background: steer the runs with "
-            "rf_ray.InteractiveController() or the Experiment's ops; experiment.wait() blocks "
-            "until they are over"
-        )
 
     @property
     def running(self) -> bool:
@@ -446,7 +404,7 @@ class Experiment:
     def get_best_run(self, metric_mode: str | None = None) -> int:
         """The run id with the best chunk metric, preferring runs that completed training."""
         info = self.get_runs_info()
-        mode = metric_mode or (self._metric[1] if self._metric else _stored_mode(self))
+        mode = metric_mode or (self._metric[1] if self._metric else self._stored_pruner().mode)
         done = info[info["status"] == "completed"]
         pool = done if not done.empty and done["best_metric"].notna().any() else info
         pool = pool[pool["best_metric"].notna()]
@@ -499,11 +457,9 @@ class Experiment:
         self._stop_session()
 
     def get_log_file_path(self, log_type: str | None = None) -> Path:
-        """The experiment's log file (``<experiment dir>/rf_ray.log``), written from
-        ``run_fit`` on by the driver and by every actor: rf-ray's records from INFO up (runs
-        starting, chunks, pruning, ops, failures with their errors) and the run_fit summary.
-        ``log_type`` takes RapidFire's kinds (``"main"``, ``"experiment"``, ``"training"``):
-        rf-ray keeps them in this one file."""
+        """The experiment's log, ``<experiment dir>/rf_ray.log``: the driver's and every actor's
+        records from INFO up (chunks, pruning, ops, failures) and run_fit's summary. RapidFire's
+        ``log_type`` kinds (``"main"``, ``"experiment"``, ``"training"``) are this one file."""
         if log_type is not None and (not isinstance(log_type, str) or log_type.lower() not in
                                      LOG_TYPES):  # fmt: skip
             raise ConfigError(
@@ -532,13 +488,11 @@ class Experiment:
         device and its scheduler the experiment's lock); ``session.stop`` waits, bounded, until
         the lock is free."""
         old, self._session = self._session, None
-        background = _BACKGROUND.pop(self.dir, None)
-        if background is not None:
-            background.ending = True  # its wait fails as the actors go: that is no error
+        thread = background.stop(self.dir)  # its wait fails as the actors go: no error
         if old is not None:
             session.stop(old)
-        if background is not None:
-            background.thread.join(BACKGROUND_JOIN_SECONDS)
+        if thread is not None:
+            thread.thread.join(background.JOIN_SECONDS)
 
     def _stored_pruner(self) -> Pruner:
         """The pruner the experiment's store records (its settings, for a resume)."""
@@ -568,20 +522,6 @@ def default_metric(runs: list[RunConfig], has_eval: bool) -> tuple[str, str]:
     return ("eval_loss", "min") if has_eval else ("train_loss", "min")
 
 
-def in_background_by_default() -> bool:
-    """Whether ``run_fit(blocking=None)`` trains in a background thread: on Colab (as RapidFire
-    does there), unless ``RF_RAY_BACKGROUND`` says otherwise."""
-    setting = os.environ.get(BACKGROUND_ENV, "").strip()
-    if setting in ("0", "1"):
-        return setting == "1"
-    import importlib.util
-    import sys
-
-    return "google.colab" in sys.modules or (
-        "IPython" in sys.modules and importlib.util.find_spec("google.colab") is not None
-    )
-
-
 def latest_experiment() -> Experiment | None:
     """The Experiment whose ``run_fit`` (or ``resume()``) started last in this process."""
     return _latest[0] if _latest else None
@@ -593,12 +533,4 @@ def _default_create_model_fn() -> Callable[[Any], tuple[Any, Any]]:
     return default_create_model_fn
 
 
-def _stored_mode(exp: Experiment) -> str:
-    store = exp._store()
-    try:
-        return str(store.meta().get("pruner", {}).get("mode") or "min")
-    finally:
-        store.close()
-
-
-__all__ = ["BACKGROUND_ENV", "Experiment", "in_background_by_default", "latest_experiment"]
+__all__ = ["Experiment", "latest_experiment"]

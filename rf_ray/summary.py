@@ -83,6 +83,16 @@ def check_trained(name: str, runs: Sequence[dict[str, Any]], log: Path) -> None:
     )
 
 
+def finish(name: str, info: Any, metric: str, note: str, exp_dir: Path) -> None:
+    """At the end of run_fit: show the summary of ``info`` (``get_runs_info()``), then raise
+    ``NoRunTrainedError`` if nothing trained."""
+    from actors.logs import log_path
+
+    runs, log = info.to_dict("records"), log_path(exp_dir)
+    say(render(name, runs, metric, note, log))
+    check_trained(name, runs, log)
+
+
 def say(text: str) -> None:
     """Show ``text`` in the driver's output (stdout, as the live view) and log it. Set
     ``RF_RAY_SUMMARY=0`` to keep it out of stdout (it still goes to the log file)."""
@@ -91,4 +101,12 @@ def say(text: str) -> None:
         print(text, flush=True)
 
 
-__all__ = ["EVERY_RUN_TO_THE_END", "check_trained", "last_line", "pruning_note", "render", "say"]
+__all__ = [
+    "EVERY_RUN_TO_THE_END",
+    "check_trained",
+    "finish",
+    "last_line",
+    "pruning_note",
+    "render",
+    "say",
+]

@@ -98,7 +98,8 @@ class RFOptuna(ConfigGroup):
         self.n_initial = n_initial
         self.budget = max(budget, n_initial)
         self.seed = seed
-        self.hold_token = f"optuna-{uuid.uuid4().hex[:8]}"
+        self.token = f"optuna-{uuid.uuid4().hex[:8]}"
+        self.hold_token = self.token
         self._study: Any = None
         """The ``optuna.Study`` (RapidFire's notebooks read it as ``config_group._study``)."""
         self.book: TrialBook | None = None
@@ -255,7 +256,7 @@ class RFOptuna(ConfigGroup):
                     if run_id in runs and not is_live(RunStatus(runs[run_id]["status"])):
                         book.finished(run_id, runs[run_id]["status"], last.get(run_id))
             book.finalize(last)
-            release_hold(experiment, self.hold_token)
+            release_hold(experiment, self.token)
 
     def _settle(self, experiment: Any, runs: dict[int, Any], last: dict[int, Any]) -> int:
         """Tell the trials of runs that ended since the last look; the number still live.
