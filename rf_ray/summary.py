@@ -54,7 +54,7 @@ def render(name: str, runs: Sequence[dict[str, Any]], metric: str, note: str, lo
     lines = [f"[rf-ray {name}] {len(runs)} runs: {tally}"]
     for run in runs:
         best = run.get("best_metric")
-        shown = "-" if best is None else f"{best:.4f}"
+        shown = "-" if best is None or best != best else f"{best:.4f}"  # None or NaN: none yet
         line = (
             f"  run {run['run_id']}: {run['status']}, chunks "
             f"{run['chunks_done']}/{run['total_chunks']}, best {metric} {shown}"

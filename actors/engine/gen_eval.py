@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_GENERATION = {"max_new_tokens": 64, "do_sample": False}
 """Generation settings when the run's ``generation_config`` is None."""
-_GREEDY = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
 MAX_SAMPLE_CHARS = 2000
 """Each prompt, reference and generation is cut to this many characters in samples.json."""
 SAMPLES_FILE = "samples.json"
@@ -203,11 +202,10 @@ def _request(task: GenTask, tokenizer: Any, pairs: list[tuple[Any, str]], device
     import torch
     import transformers
 
-    from actors.engine.generation import GenRequest
+    from actors.engine.generation import NEUTRAL_SAMPLING, GenRequest
 
-    # rf-ray's default decodes greedily: the sampling fields at their neutral values say so, or
-    # a model whose own generation config samples (most chat models) warns about flags ignored.
-    settings = dict(task.generation_config or {**DEFAULT_GENERATION, **_GREEDY})
+    # rf-ray's default decodes greedily, whatever the model's own generation config says.
+    settings = dict(task.generation_config or {**DEFAULT_GENERATION, **NEUTRAL_SAMPLING})
     settings.setdefault("max_new_tokens", DEFAULT_GENERATION["max_new_tokens"])
     settings.setdefault("eos_token_id", tokenizer.eos_token_id)
     settings.setdefault("pad_token_id", tokenizer.pad_token_id)
