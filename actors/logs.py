@@ -150,6 +150,12 @@ def quiet() -> None:
         by_logger.setdefault(name, []).append(prefix)
     for name, prefixes in by_logger.items():
         logging.getLogger(name).addFilter(_DropLines(tuple(prefixes)))
+    ignore_warnings()
+
+
+def ignore_warnings() -> None:
+    """Add the ``QUIET_WARNINGS`` filters to the current ``warnings`` filters (``quiet`` does it
+    once per process; inside ``warnings.catch_warnings`` call it again)."""
     for message, category, module in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
