@@ -213,8 +213,8 @@ class InteractiveController:
         except (OpError, ConfigError, TimeoutError) as e:
             self._show_message(f"Error: {e}", "error")
             return
-        self._show_message(f"{op.capitalize()}: run {self.run_id} is {result['status']}", "success")
         self.load_run(self.run_id)
+        self._show_message(f"{op.capitalize()}: run {self.run_id} is {result['status']}", "success")
 
     def _enable_clone_mode(self) -> None:
         for widget in (self.config_text, self.warm_start_checkbox):
@@ -257,9 +257,9 @@ class InteractiveController:
         except (OpError, ConfigError, TimeoutError) as e:
             self._show_message(f"Error: {e}", "error")
             return
-        self._show_message(f"Cloned run {self.run_id} as run {result['run_id']}", "success")
         self._disable_clone_mode()
         self.fetch_all_runs()
+        self._show_message(f"Cloned run {self.run_id} as run {result['run_id']}", "success")
 
     def _send(
         self, op: str, run_id: int, changes: dict[str, Any] | None = None, warm: bool = False
