@@ -116,6 +116,14 @@ class RFOptuna(ConfigGroup):
         """The search's ``optuna.Study`` (None until ``run_fit`` expands the search)."""
         return self._study
 
+    def trials_by_run(self) -> dict[int, Any]:
+        """rf-ray run id -> its trial as the study holds it now (an ``optuna.FrozenTrial``:
+        ``state``, ``params``, ``intermediate_values``, ``value``)."""
+        if self.book is None:
+            return {}
+        trials = self._study.trials
+        return {run_id: trials[t.number] for run_id, t in self.book.trials.items()}
+
     def default_pruner(self) -> Pruner:
         """Optuna prunes: rf-ray's own pruner only ranks by the objective's first metric."""
         return NoPruning(metric=self.objective.metrics[0], mode=self.objective.mode)
@@ -241,6 +249,8 @@ class RFOptuna(ConfigGroup):
                     total = runs[run_id]["total_chunks"] if run_id in runs else chunk + 1
                     if book.on_chunk(run_id, chunk, metrics, last=chunk >= total):
                         self._prune(experiment, run_id, chunk)
+                for run_id in book.rejudge():
+                    self._prune(experiment, run_id, book.latest[run_id][0])
                 live = self._settle(experiment, runs, last)
                 self.max_live_seen = max(self.max_live_seen, live)
                 if live == 0:

@@ -16,7 +16,9 @@ The rules are RapidFire's (``rapidfireai/automl/optuna_search.py``):
   value so far is worse than the median of every other trial's value at the same chunk (the
   concurrent rule: runs trained side by side stay RUNNING, so Optuna's pruner alone would have
   nothing to compare with); with several objectives, a run is pruned when more than half of the
-  other runs not pruned dominate it (Pareto) at that chunk;
+  other runs not pruned dominate it (Pareto) at that chunk. rf-ray also judges a run again at
+  its latest chunk when more peers have reported that chunk (``rejudge``): runs are interleaved
+  chunk by chunk, and the first to finish a chunk has no peer there when it reports;
 - ``granularity="epoch"`` decides only at the end of each epoch (every ``chunks_per_epoch``
   chunks);
 - no decision at a run's last chunk (it completes), none without the metric; ``eval_loss``
@@ -128,6 +130,10 @@ class TrialBook:
         """run id -> chunk -> objective values reported there."""
         self.told: dict[int, str] = {}
         """run id -> the state its trial was told (COMPLETE, PRUNED, FAIL)."""
+        self.latest: dict[int, tuple[int, bool]] = {}
+        """run id -> (its latest reported chunk, whether that was its last)."""
+        self.judged: dict[tuple[int, int], int] = {}
+        """(run id, chunk) -> how many peers it was last judged against there."""
 
     def bind(self, run_id: int, trial: Any) -> None:
         self.trials[run_id] = trial
@@ -142,15 +148,41 @@ class TrialBook:
         if values is None:
             return False
         self.values.setdefault(run_id, {})[chunk] = values
+        self.latest[run_id] = (chunk, last)
         if not self.objective.multi:
             trial.report(values[0], step=chunk)
-        if last or not self.prunes:
+        if not self._decides(run_id):
             return False
-        if self.chunks_per_epoch and chunk % self.chunks_per_epoch:
+        if not self.objective.multi and trial.should_prune():
+            return True
+        return self._judge(run_id, chunk)
+
+    def rejudge(self) -> list[int]:
+        """Runs to prune now: each run judged again at its latest chunk against the peers that
+        reported that chunk since. rf-ray interleaves the runs chunk by chunk, so the first run
+        to finish a chunk has no peer there when it reports: judged only then (RapidFire's
+        timing), it could never be pruned."""
+        return [run_id for run_id, (chunk, _) in self.latest.items()
+                if self._decides(run_id) and self._judge(run_id, chunk)]  # fmt: skip
+
+    def _decides(self, run_id: int) -> bool:
+        """Whether a decision is due for the run at its latest chunk (not its last, not told,
+        at an epoch's end with ``granularity="epoch"``, pruning on)."""
+        chunk, last = self.latest[run_id]
+        if last or not self.prunes or run_id in self.told:
             return False
+        return not (self.chunks_per_epoch and chunk % self.chunks_per_epoch)
+
+    def _judge(self, run_id: int, chunk: int) -> bool:
+        """The concurrent rule (or Pareto's) at ``chunk``, if more peers reported it than the
+        last time the run was judged there."""
+        peers = sum(1 for other, v in self.values.items() if other != run_id and chunk in v)
+        if peers <= self.judged.get((run_id, chunk), 0):
+            return False
+        self.judged[run_id, chunk] = peers
         if self.objective.multi:
             return self._dominated(run_id, chunk)
-        return bool(trial.should_prune()) or self._below_median(run_id, chunk)
+        return self._below_median(run_id, chunk)
 
     def _below_median(self, run_id: int, chunk: int) -> bool:
         """RapidFire's concurrent rule: the run's best value so far is worse than the median of

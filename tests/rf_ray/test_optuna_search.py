@@ -187,6 +187,23 @@ def test_a_run_worse_than_the_median_of_the_others_at_its_chunk_is_pruned(
     assert [book.study.trials[i].intermediate_values for i in range(3)] == [{1: v} for v in values]
 
 
+def test_the_first_run_to_finish_a_chunk_is_judged_again_once_its_peers_report_it():
+    """rf-ray interleaves runs chunk by chunk: judged only when it reports, the first run at a
+    chunk would never meet a peer there."""
+    book = book_with([1, 2, 3])
+    assert not book.on_chunk(1, 1, {"eval_loss": 3.0}, last=False)  # no peer yet
+    assert book.rejudge() == []
+    book.on_chunk(2, 1, {"eval_loss": 1.0}, last=False)
+    assert book.rejudge() == [1]  # 3.0 against its one peer, 1.0
+    book.on_chunk(3, 1, {"eval_loss": 2.0}, last=False)
+    assert book.rejudge() == [1]  # against two peers now (median 1.5)
+    assert book.rejudge() == []  # nothing new to judge on
+    book.pruned(1)
+    book.on_chunk(2, 2, {"eval_loss": 0.9}, last=True)  # a last chunk is never judged
+    book.on_chunk(3, 2, {"eval_loss": 5.0}, last=False)
+    assert book.rejudge() == [3]
+
+
 def test_told_states_pruned_complete_and_fail():
     book = book_with([1, 2, 3, 4, 5, 6])
     for run_id in book.trials:
