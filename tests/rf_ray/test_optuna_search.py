@@ -199,9 +199,9 @@ def test_the_first_run_to_finish_a_chunk_is_judged_again_once_its_peers_report_i
     assert book.rejudge() == [1]  # against two peers now (median 1.5)
     assert book.rejudge() == []  # nothing new to judge on
     book.pruned(1)
-    book.on_chunk(2, 2, {"eval_loss": 0.9}, last=True)  # a last chunk is never judged
-    book.on_chunk(3, 2, {"eval_loss": 5.0}, last=False)
-    assert book.rejudge() == [3]
+    assert not book.on_chunk(2, 2, {"eval_loss": 0.9}, last=True)  # a last chunk: never judged
+    assert book.on_chunk(3, 2, {"eval_loss": 5.0}, last=False)  # its best, 2.0 > 0.9
+    assert book.rejudge() == []  # judged against that one peer already
 
 
 def test_told_states_pruned_complete_and_fail():
