@@ -475,13 +475,17 @@ class Experiment:
         logs.detach(self.dir)
 
     def _warn_ignored(self, runs: list[RunConfig], has_eval: bool) -> None:
-        """One ``IgnoredFieldWarning`` per ignored field per experiment (not per run)."""
-        for key, note in ignored_field_warnings(runs, has_eval).items():
+        """One ``IgnoredFieldWarning`` per ignored field per experiment (not per run), and one
+        ``GenerationFlagWarning`` for sampling fields set without ``do_sample``."""
+        notes: dict[str, tuple[str, type[Warning]]] = {
+            k: (v, IgnoredFieldWarning) for k, v in ignored_field_warnings(runs, has_eval).items()
+        }
+        for key, note in summary.generation_notes(runs).items():
+            notes[key] = (note, summary.GenerationFlagWarning)
+        for key, (note, category) in notes.items():
             if key not in self._warned:
                 self._warned.add(key)
-                warnings.warn(
-                    f"experiment {self.name!r}: {note}", IgnoredFieldWarning, stacklevel=4
-                )
+                warnings.warn(f"experiment {self.name!r}: {note}", category, stacklevel=4)
 
     def _stop_session(self) -> None:
         """Stop this object's previous session, running or finished (its executor holds the

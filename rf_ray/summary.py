@@ -38,6 +38,34 @@ def pruning_note(pruner: Pruner, group_note: str | None = None) -> str:
     )
 
 
+class GenerationFlagWarning(UserWarning):
+    """A ``generation_config`` whose sampling fields may be ignored (see ``generation_notes``);
+    once per experiment."""
+
+
+SAMPLING_ONLY = ("temperature", "top_p", "top_k", "min_p", "typical_p")
+"""Generation fields that only act when sampling (``do_sample=True``)."""
+
+
+def generation_notes(runs: Sequence[Any]) -> dict[str, str]:
+    """A note for a ``generation_config`` that sets sampling fields but not ``do_sample``
+    (RapidFire's notebooks do): whether they act depends on the model's own generation config,
+    and transformers' warning about "flags not valid" does not say so."""
+    for run in runs:
+        config = run.generation_config or {}
+        flags = [k for k in SAMPLING_ONLY if config.get(k) is not None]
+        if flags and "do_sample" not in config:
+            return {
+                "generation_config:do_sample": (
+                    f"generation_config sets {', '.join(flags)} but not do_sample: they apply only "
+                    "if the model's own generation config samples; otherwise generation is "
+                    "greedy, they are ignored and transformers warns that these flags are not "
+                    'valid. Add "do_sample": True (or False) to say which'
+                )
+            }
+    return {}
+
+
 def last_line(error: str | None) -> str:
     """The last non-empty line of a stored error (a traceback ends with the exception)."""
     lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
@@ -103,8 +131,10 @@ def say(text: str) -> None:
 
 __all__ = [
     "EVERY_RUN_TO_THE_END",
+    "GenerationFlagWarning",
     "check_trained",
     "finish",
+    "generation_notes",
     "last_line",
     "pruning_note",
     "render",

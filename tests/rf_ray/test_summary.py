@@ -13,7 +13,7 @@ import pytest
 from actors import logs
 from policies.errors import ConfigError, NoRunTrainedError, RunFailedError
 from policies.pruning import ASHA, MedianStopping, NoPruning, SuccessiveHalving, ThresholdPruner
-from rf_ray import Experiment, List, RFLoraConfig, RFModelConfig, RFSFTConfig
+from rf_ray import Experiment, List, RFGridSearch, RFLoraConfig, RFModelConfig, RFSFTConfig
 from rf_ray import summary as s
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
 
@@ -77,6 +77,22 @@ def test_nothing_trained_raises_naming_every_failure(tmp_path):
     assert str(log) in str(err.value)
     s.check_trained("grid", [*failed, run(3, "pruned", 2)], log)  # one trained: no error
     s.check_trained("grid", [run(1, "stopped", 0)], log)  # nothing failed: no error
+
+
+@pytest.mark.parametrize(
+    ("generation_config", "noted"),
+    [
+        ({"max_new_tokens": 8, "temperature": 0.8, "top_p": 0.9}, "sets temperature, top_p but"),
+        ({"temperature": 0.8, "do_sample": True}, None),
+        ({"temperature": 0.8, "do_sample": False}, None),
+        ({"max_new_tokens": 8}, None),
+        (None, None),
+    ],
+)
+def test_sampling_fields_without_do_sample_get_one_note(generation_config, noted):
+    runs = RFGridSearch(RFModelConfig("tiny", generation_config=generation_config)).expand()
+    notes = s.generation_notes(runs)
+    assert [noted in n for n in notes.values()] == ([] if noted is None else [True])
 
 
 def test_get_log_file_path_takes_rapidfires_kinds(tmp_path):
