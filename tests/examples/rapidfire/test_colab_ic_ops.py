@@ -166,7 +166,7 @@ def run_notebook():
                     lr_scheduler_type="linear",
                     per_device_train_batch_size=2,
                     gradient_accumulation_steps=2,  # Effective bs = 4
-                    max_steps=16,  # size: 64 -> 16; Raise this to see more learning
+                    max_steps=8,  # size: 64 -> 8; Raise this to see more learning
                     logging_steps=2,
                     eval_strategy="steps",
                     eval_steps=4,
@@ -195,7 +195,7 @@ def run_notebook():
                     lr_scheduler_type="cosine",  # Try cosine schedule
                     per_device_train_batch_size=2,
                     gradient_accumulation_steps=2,
-                    max_steps=16,  # size: 64 -> 16; Raise this to see more learning behaviors
+                    max_steps=8,  # size: 64 -> 8; Raise this to see more learning behaviors
                     logging_steps=2,
                     eval_strategy="steps",
                     eval_steps=4,
@@ -203,7 +203,7 @@ def run_notebook():
                     fp16=True,
                     gradient_checkpointing=True,
                     report_to="none",  # Disables wandb
-                    warmup_steps=2,  # size: 10 -> 2 (of 16 steps); Add warmup for stability
+                    warmup_steps=2,  # size: 10 -> 2 (of 8 steps); Add warmup for stability
                 ),
                 model_type="causal_lm",
                 model_kwargs={"device_map": "auto", "torch_dtype": "float16", "use_cache": False},
@@ -369,7 +369,7 @@ def test_the_grid_trained_with_rouge_l_on_generated_text(notebook):
     assert knobs == [(5e-4, 8), (5e-4, 32), (2e-4, 8), (2e-4, 32)]
     trained = info.drop(index=2)  # deleted by the user
     assert set(trained["status"]) <= {"completed", "pruned"}  # rf-ray prunes by default
-    assert (trained.loc[trained["status"] == "completed", "steps_done"] == 16).all()
+    assert (trained.loc[trained["status"] == "completed", "steps_done"] == 8).all()
     chunks = experiment.get_chunk_results()
     for run_id in trained.index:
         mine = chunks[chunks["run_id"] == run_id]
