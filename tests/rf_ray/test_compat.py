@@ -225,6 +225,14 @@ def test_rapidfire_dpo_tutorial_shape_copies_and_attribute_assignments():
         dpo_2.bta = 0.2
 
 
+def test_grpos_max_prompt_length_note_speaks_of_grpo():
+    run = RunConfig("tiny", trainer_type="GRPO", training_args={"max_prompt_length": 64},
+                    reward_funcs=[fmt_a])  # fmt: skip
+    note = ignored_field_warnings([run])["max_prompt_length"]
+    assert "GRPOConfig has no such field: GRPO keeps each prompt whole" in note
+    assert "SFT and DPO" not in note
+
+
 def test_a_field_this_trl_keeps_is_honoured_not_ignored(tmp_path):
     run = RunConfig("tiny", trainer_type="GRPO", training_args={"max_completion_length": 12},
                     reward_funcs=[fmt_a])  # fmt: skip
