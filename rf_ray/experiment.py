@@ -307,9 +307,10 @@ class Experiment:
         fingerprint = dataset_fingerprint(train, evals)
         first_run_id = self._check_existing(fingerprint)
         metric, mode = default_metric(runs, evals is not None)
-        pruner = (pruner or group.default_pruner() or SuccessiveHalving()).with_defaults(
-            metric, mode
-        )
+        own = group.default_pruner()  # a group that prunes itself names its metric (RFOptuna)
+        if own is not None and own.metric is not None:
+            metric, mode = own.metric, own.mode or mode
+        pruner = (pruner or own or SuccessiveHalving()).with_defaults(metric, mode)
         self._metric = (pruner.metric or metric, pruner.mode or mode)
         specs = build_specs(
             runs,

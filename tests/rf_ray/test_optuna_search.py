@@ -13,8 +13,9 @@ import pytest
 from optuna.trial import TrialState
 
 from policies.errors import ConfigError
-from policies.pruning import NoPruning
-from rf_ray import List, Range, RFLoraConfig, RFModelConfig, RFOptuna, RFSFTConfig
+from policies.pruning import NoPruning, SuccessiveHalving
+from rf_ray import Experiment, List, Range, RFLoraConfig, RFModelConfig, RFOptuna, RFSFTConfig
+from rf_ray.toy import TOY_MODEL_NAME, sft_dataset, sft_eval_dataset
 from rf_ray.tune.optuna_trials import Objective, TrialBook
 
 RAPIDFIRE_DEFAULTS = {
@@ -269,3 +270,22 @@ def test_several_objectives_prune_a_run_dominated_by_most_others():
     book.finished(2, "completed", {"rougeL": 0.6, "eval_loss": 0.9})
     assert book.study.trials[1].values == [0.6, 0.9]
     assert book.study.trials[2].state == TrialState.PRUNED
+
+
+@pytest.mark.parametrize(
+    ("pruner", "expected"),
+    [
+        (None, ("none", "rougeL", "max")),  # Optuna prunes; rf-ray's ranks on the objective
+        (SuccessiveHalving(), ("successive_halving", "rougeL", "max")),  # added, same metric
+        (SuccessiveHalving(metric="eval_loss", mode="min"), ("successive_halving", "eval_loss",
+                                                              "min")),  # named: kept
+    ],
+)  # fmt: skip
+def test_run_fits_pruner_takes_the_objectives_metric_and_direction(tmp_path, pruner, expected):
+    exp = Experiment("optuna-plan", experiment_path=tmp_path)
+    config = RFModelConfig(
+        TOY_MODEL_NAME, training_args=RFSFTConfig(learning_rate=List([1e-4, 1e-3]), max_length=32)
+    )
+    search = RFOptuna(config, n_initial=2, objective="maximize:rougeL")
+    plan = exp._prepare(search, None, sft_dataset(16), sft_eval_dataset(4), 2, 0, pruner, None)
+    assert (plan.pruner.type_name, plan.pruner.metric, plan.pruner.mode) == expected
