@@ -40,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from actors import logs
 from actors.engine.ckpt_writer import CheckpointWriter
 from actors.engine.evals.spec import is_pipeline
 from actors.engine.timeline import SliceTiming
@@ -75,7 +76,11 @@ class BaseModelActor:
         eval_dataset: Any = None,
         device: str | None = None,
         cpu_threads: int | None = None,
+        log_dir: str | None = None,
     ) -> None:
+        logs.quiet()  # before torch, PEFT and bitsandbytes load
+        if log_dir is not None:  # the experiment's directory: its log file gets this process's
+            logs.attach(log_dir, "executor")
         import torch
 
         from actors.engine.executor import Executor

@@ -21,6 +21,7 @@ import os
 import time
 from typing import Any
 
+from actors import logs
 from actors.messages import Exit, Grant, Report, ReportAck, RunEntry
 from actors.scheduler import MAX_TRIAL_RESTARTS, RunRow, SchedulerCore
 from actors.storage import durable
@@ -99,6 +100,8 @@ class SchedulerActor:
     ) -> None:
         self.name = name
         self.dir = experiment_dir
+        logs.quiet()
+        logs.attach(experiment_dir, "scheduler")
         # The driver holds the lock while it writes the experiment and hands it over as it
         # creates this actor: wait (bounded) for it to let go.
         self._lock = hold_experiment_lock(experiment_dir, wait_s=lock_wait_s)
@@ -324,8 +327,22 @@ class SchedulerActor:
                 best_metric=row.best_metric,
                 failures=row.failures,  # cleared by the slice (``SchedulerCore.on_result``)
             )
+            self._log_progress(run_id, chunk, pruned)
             self.cond.notify_all()
             return ReportAck(row.status.value, chunk)
+
+    def _log_progress(self, run_id: int, chunk: Any, pruned: set[int]) -> None:
+        """The experiment's log: each closed chunk, a run that ended, the runs pruned."""
+        row = self.core.runs[run_id]
+        if chunk is not None:
+            shown = {k: round(v, 4) for k, v in chunk[1].items() if isinstance(v, float)}
+            logger.info(
+                "run %s: chunk %s of %s done %s", run_id, chunk[0], row.plan.total_chunks, shown
+            )
+        if row.status is not RunStatus.RUNNING and run_id not in pruned:
+            logger.info("run %s: %s after %s steps", run_id, row.status.value, row.steps_done)
+        for rid in sorted(pruned):
+            logger.info("run %s: pruned by %s", rid, self.core.pruner.describe())
 
     async def report_failure(self, run_id: int, error: str) -> None:
         async with self.cond:
@@ -353,6 +370,7 @@ class SchedulerActor:
             self.cond.notify_all()
 
     def _fail(self, run_id: int, error: str) -> None:
+        logger.warning("run %s failed: %s", run_id, error)
         pruned = self.core.on_failure(run_id, error)
         self.store.update_run(run_id, status=RunStatus.FAILED.value, error=error)
         self._write_pruned(pruned)
@@ -386,6 +404,7 @@ class SchedulerActor:
             if name == "resume" and run_id not in self.looping:
                 self._spawn(row)
             self.ops_applied += 1
+            logger.info("run %s: op %s -> %s", run_id, name, row.status.value)
             self.cond.notify_all()
             return {"run_id": run_id, "status": row.status.value, "seq": self.ops_applied}
 

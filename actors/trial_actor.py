@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from actors import logs
 from actors.messages import Exit, Grant, Report, SliceResult
 from actors.tracking_actor import TrackingClient
 from policies.errors import RunFailedError, RunNotPlacedError
@@ -88,6 +89,7 @@ class TrialActor:
         checkpoint: str | None = None,
         mlflow_run_id: str | None = None,
     ) -> None:
+        logs.attach(experiment_dir, f"trial {run_id}")
         self.run_id = run_id
         self.generation = generation
         """Which of the run's trials this is (``RunRow.trial``): sent with every request."""

@@ -7,7 +7,8 @@
     ├── IllegalTransitionError (ValueError)    a run status change the state machine forbids
     ├── OpError (ValueError)        an interactive-control op that cannot apply (unknown run...)
     ├── RunFailedError (RuntimeError)          a run's slice raised, or its loss went NaN/inf
-    │   └── CheckpointError         the run's checkpoint could not be queued or written
+    │   ├── CheckpointError         the run's checkpoint could not be queued or written
+    │   └── NoRunTrainedError       run_fit ended: runs failed and none trained
     ├── RunNotPlacedError (RuntimeError)       the executor does not hold the run at the step
     │                                          the grant expects: re-place it from its checkpoint
     └── LockstepTimeoutError (RuntimeError)    a lane of a fused evaluation or GRPO preparation
@@ -56,6 +57,11 @@ class CheckpointError(RunFailedError):
     """A run's checkpoint could not be queued or written: the run fails, the others go on."""
 
 
+class NoRunTrainedError(RunFailedError):
+    """``run_fit`` ended with failed runs and not one run that trained: the message names each
+    failure (a script whose every run failed must not exit 0)."""
+
+
 class RunNotPlacedError(RFRayError, RuntimeError):
     """The executor does not hold the run at the step a grant starts from (it restarted, or a
     retried call finds the run elsewhere): the trial re-places it from its checkpoint."""
@@ -72,6 +78,7 @@ __all__ = [
     "ExperimentExistsError",
     "IllegalTransitionError",
     "LockstepTimeoutError",
+    "NoRunTrainedError",
     "OpError",
     "RFRayError",
     "RunFailedError",

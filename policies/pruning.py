@@ -90,6 +90,14 @@ class Pruner:
         """May ``run_id`` start its next chunk now? ``live`` maps every live run to chunks done."""
         return True
 
+    def describe(self) -> str:
+        """One line for people: what this pruner does, on which metric (``run_fit`` says it when
+        it starts and in its summary)."""
+        return f"{self._rule()} on {self.metric} ({self.mode})"
+
+    def _rule(self) -> str:
+        return type(self).__name__
+
     def decide(self, live: Mapping[int, int]) -> set[int]:
         """Run ids to prune now, all among ``live``; a repeated call prunes nothing new."""
         check_live(live)
@@ -149,6 +157,9 @@ class NoPruning(Pruner):
     type_name = "none"
     _needs_mode = False
 
+    def describe(self) -> str:
+        return "none: every run trains to the end"
+
 
 class _RungPruner(Pruner):
     """Shared rung arithmetic of successive halving and ASHA."""
@@ -174,6 +185,11 @@ class _RungPruner(Pruner):
         self.min_chunks = min_chunks
         self._judged: set[tuple[int, int]] = set()
         """(run id, rung) pairs already compared; no run is judged twice at one rung."""
+
+    def _rule(self) -> str:
+        name = "successive halving" if self.type_name == "successive_halving" else "ASHA"
+        rungs = ", ".join(str(self.min_chunks * self.eta**k) for k in range(3))
+        return f"{name} (keeps the best 1/{self.eta} of the runs after chunks {rungs}, ...)"
 
     def is_rung(self, chunks: int) -> bool:
         """True if a comparison happens after ``chunks`` chunks."""
@@ -364,6 +380,9 @@ class ThresholdPruner(_PerRunPruner):
                 self._pruned_at[run_id] = streak[-1]
         return prune
 
+    def _rule(self) -> str:
+        return f"threshold (a run worse than {self.bound:g} for {self.patience} chunks in a row)"
+
     def _worse(self, value: float | None) -> bool:
         return self._score(value) > self._score(self.bound)
 
@@ -388,6 +407,9 @@ class MedianStopping(_PerRunPruner):
         super().__init__(metric, mode)
         check_int("min_chunks", min_chunks, minimum=1)
         self.min_chunks = min_chunks
+
+    def _rule(self) -> str:
+        return f"median stopping (from chunk {self.min_chunks})"
 
     def decide(self, live: Mapping[int, int]) -> set[int]:
         check_live(live)

@@ -33,6 +33,8 @@ From configs to running actors
     ``experiment``  Experiment, the user's handle: run_fit, results, IC ops, Tune hooks
     ``ops``         interactive control of a running experiment (stop, resume, clone, ...)
     ``live``        the live terminal view while run_fit waits
+    ``summary``     what run_fit says when it starts (pruning) and ends (each run's outcome)
+    ``notebook``    InteractiveController: stop/resume/delete/clone buttons under a cell
     ``samples``     a run's last chunk-end generations, read back (status, live view, CLI)
 Around it
     ``cli``         the ``rf-ray`` command, one module per command group
@@ -44,10 +46,12 @@ Around it
 
 from typing import TYPE_CHECKING, Any
 
+from actors.logs import quiet as _quiet
 from policies.errors import (
     ConfigError,
     ExperimentExistsError,
     IllegalTransitionError,
+    NoRunTrainedError,
     OpError,
     RFRayError,
     RunFailedError,
@@ -85,17 +89,24 @@ from rf_ray.search import ConfigGroup, RFGridSearch, RFRandomSearch
 from rf_ray.specs import RunConfig
 
 __version__ = "0.1.0"
+_quiet()  # drop the lines rf-ray itself causes (actors/logs.py), before Ray, PEFT or MLflow speak
 
 if TYPE_CHECKING:  # loaded on use by __getattr__ below
+    from rf_ray.notebook import InteractiveController
     from rf_ray.tune import RFOptuna
 
 
 def __getattr__(name: str) -> Any:
-    """``RFOptuna`` lives in ``rf_ray.tune`` (Ray Tune is slow to import): load it on use."""
+    """``RFOptuna`` lives in ``rf_ray.tune`` (Ray Tune is slow to import) and
+    ``InteractiveController`` in ``rf_ray.notebook`` (it needs ipywidgets): loaded on use."""
     if name == "RFOptuna":
         from rf_ray.tune import RFOptuna
 
         return RFOptuna
+    if name == "InteractiveController":
+        from rf_ray.notebook import InteractiveController
+
+        return InteractiveController
     raise AttributeError(f"module 'rf_ray' has no attribute {name!r}")
 
 
@@ -108,10 +119,12 @@ __all__ = [
     "FusionPolicy",
     "IgnoredFieldWarning",
     "IllegalTransitionError",
+    "InteractiveController",
     "IntervalPruner",
     "List",
     "MedianStopping",
     "NoPruning",
+    "NoRunTrainedError",
     "OpError",
     "Pruner",
     "RFAPIModelConfig",

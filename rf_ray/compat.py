@@ -69,6 +69,11 @@ _RETIRED_LENGTH = (
     "this TRL release's config for this trainer has no such field; SFT and DPO truncate "
     "whole sequences with max_length"
 )
+_RETIRED_GRPO_PROMPT = (
+    "this TRL release's GRPOConfig has no such field: GRPO keeps each prompt whole (shorten "
+    "long prompts in the dataset or the formatting_func); max_completion_length bounds what "
+    "it generates"
+)
 _REFERENCE = "rf-ray's DPO reference policy is the resident base with the run's adapter disabled"
 RETIRED_TRAINER_FIELDS = {
     "model_adapter_name": _REFERENCE,
@@ -134,6 +139,8 @@ def ignored_field_warnings(runs: Sequence[RunConfig], has_eval: bool = True) -> 
         for name, value in run.training_args.items():
             if name in RETIRED_TRAINER_FIELDS and name not in run.trl_fields():
                 what = RETIRED_TRAINER_FIELDS[name]
+                if (name, run.trainer_type) == ("max_prompt_length", "GRPO"):
+                    what = _RETIRED_GRPO_PROMPT
                 out.setdefault(name, f"training_args.{name}={value!r} is ignored: {what}")
             elif name in IGNORED_TRAINER_FIELDS:
                 what = IGNORED_TRAINER_FIELDS[name]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -20,13 +21,14 @@ from typing import Any
 
 import pandas as pd
 
+from actors import logs
 from actors.engine.gen_eval import check_eval_set
 from actors.storage.store import Store
 from actors.tracking import default_tracking_uri
 from policies.errors import ConfigError, ExperimentExistsError
 from policies.fusion import FusionPolicy
-from policies.pruning import Pruner, SuccessiveHalving
-from rf_ray import ops, session, spec_store
+from policies.pruning import Pruner, SuccessiveHalving, pruner_from_dict
+from rf_ray import background, ops, session, spec_store, summary
 from rf_ray.compat import IgnoredFieldWarning, ignored_field_warnings
 from rf_ray.configs import RFModelConfig
 from rf_ray.data import check_columns, dataset_fingerprint, to_dataset
@@ -37,13 +39,13 @@ from rf_ray.specs import RunConfig, build_specs, describe, differing_keys, diffe
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROOT = "rf_experiments"
-LOG_FILE = "rf_ray.log"
-"""The driver's log of an experiment, in its directory (``Experiment.get_log_file_path``)."""
+LOG_FILE = logs.LOG_FILE
+"""An experiment's log (the driver's and the actors' records), in its directory."""
+LOG_TYPES = (None, "main", "experiment", "training")
+"""RapidFire's ``get_log_file_path`` kinds; rf-ray keeps one log holding all of them."""
 MODES = ("fit", "evals")
-_LOGGERS = ("rf_ray", "actors", "policies")
-# Experiment directory -> its log file's handler. Kept here, not on the Experiment, so that an
-# Experiment stays picklable (a Tune trainable carries one; a handler holds a lock).
-_LOG_HANDLERS: dict[Path, logging.Handler] = {}
+_latest: list[Experiment] = []
+"""The Experiment whose run_fit or resume started last in this process (``latest_experiment``)."""
 
 
 class Experiment:
@@ -77,6 +79,9 @@ class Experiment:
         self._live_view = True
         self._metric: tuple[str, str] | None = None
         self._warned: set[str] = set()
+        self._group: ConfigGroup | None = None
+        self._pruning = ""
+        """What run_fit said about pruning when it started (repeated in its summary)."""
 
     # ------------------------------------------------------------------ run_fit
     def run_fit(  # noqa: PLR0913  RapidFire AI's run_fit signature plus rf-ray's options
@@ -91,7 +96,7 @@ class Experiment:
         max_slice_steps: int | None = None,
         live_view: bool = True,
         num_executors: int | None = None,
-        blocking: bool = True,
+        blocking: bool | None = None,
         fusion: bool | FusionPolicy = True,
         slice_timeout: float | None = DEFAULT_SLICE_TIMEOUT,
     ) -> pd.DataFrame | None:
@@ -100,10 +105,16 @@ class Experiment:
         ``create_model_fn(model_config) -> (model, tokenizer)`` is called once per distinct base
         model per executor (default: the embedded toy model or ``from_pretrained``).
         ``pruner`` defaults to ``SuccessiveHalving()`` on eval_loss (with an eval set) or the
-        chunk's mean train loss. ``max_slice_steps`` bounds a slice in optimizer steps (and so
-        how long an interactive-control op waits). With ``blocking=False`` it returns at once;
-        steer the runs with ``stop``/``resume``/``delete``/``prune``/``clone_modify`` and block
-        with ``wait()``.
+        chunk's mean train loss (RapidFire's grid trains every run: ``pruner=NoPruning()`` does
+        that); run_fit says which when it starts and ends with a summary of the runs. It raises
+        ``NoRunTrainedError`` when runs failed and none trained. ``max_slice_steps`` bounds a
+        slice in optimizer steps (and so how long an interactive-control op waits).
+
+        ``blocking``: True waits until every run is over; False returns at once (steer the runs
+        with ``stop``/``resume``/``delete``/``prune``/``clone_modify`` or an
+        ``InteractiveController``, block with ``wait()``); None (the default) is RapidFire's
+        behaviour: in a Colab notebook it trains in a background thread and returns at once,
+        anywhere else it blocks (``RF_RAY_BACKGROUND=1`` or ``0`` decides: ``rf_ray.background``).
 
         ``fusion`` trains runs that share a base model (SFT, DPO) several at a time in one pass
         over it (``actors.engine.fused``); ``False`` time-slices every run, a ``FusionPolicy`` sets
@@ -138,9 +149,20 @@ class Experiment:
         # hold token that keeps the experiment open, and starts its driver in on_start.
         self._session = session.start(plan, num_executors=num_executors, hold=group.hold_token)
         self._start_log_file()  # only now: a refused start writes nothing, not even a log
-        self._differing, self._live_view = plan.differing, live_view
+        _latest[:] = [self]
+        self._differing, self._live_view, self._group = plan.differing, live_view, group
+        self._pruning = summary.pruning_note(plan.pruner, group.pruning_note())
+        summary.say(f"[rf-ray {self.name}] {len(plan.specs)} runs; {self._pruning}")
         group.on_start(self)
-        if not blocking:
+        if blocking is None and background.in_background_by_default():
+            background.start(self.dir, self.name, lambda: self._wait_here(live_view=False))
+            summary.say(
+                f"[rf-ray {self.name}] training in the background: steer the runs with "
+                "rf_ray.InteractiveController() or this Experiment's ops; wait() blocks until "
+                "they are over"
+            )
+            return None
+        if blocking is False:
             return None
         return self.wait()
 
@@ -211,11 +233,33 @@ class Experiment:
             )
 
     def wait(self) -> pd.DataFrame:
-        """Block until every run is over (live view as chosen in run_fit); return runs info."""
+        """Block until every run is over (live view as chosen in run_fit); show the summary
+        and return runs info. Raises ``NoRunTrainedError`` when runs failed and none trained."""
+        thread = background.get(self.dir)
+        if thread is not None and thread.thread is not threading.current_thread():
+            thread.thread.join()
+            if thread.error is not None:
+                raise thread.error
+            return self.get_runs_info()
+        return self._wait_here(self._live_view)
+
+    def _wait_here(self, live_view: bool) -> pd.DataFrame:
         if self._session is None:
             raise ConfigError(f"experiment {self.name!r} is not running in this process")
-        session.wait(self._session, live_view=self._live_view, differing=self._differing)
+        if not self._session.finished:
+            session.wait(self._session, live_view=live_view, differing=self._differing)
+            if self._group is not None:
+                self._group.on_end(self)
+            metric = self._metric[0] if self._metric else "metric"
+            summary.finish(self.name, self.get_runs_info(), metric, self._pruning, self.dir)
         return self.get_runs_info()
+
+    @property
+    def running(self) -> bool:
+        """Whether this object's latest run_fit or resume() is still going (not finished, not
+        stopped)."""
+        s = self._session
+        return s is not None and not s.finished and not s.stopped
 
     # ------------------------------------------------------------------ interactive control
     def _scheduler(self) -> Any:
@@ -255,6 +299,10 @@ class Experiment:
         self._stop_session()
         self._session = session.resume(self.dir)
         self._start_log_file()
+        _latest[:] = [self]
+        stored = self._stored_pruner()
+        self._group, self._pruning = None, summary.pruning_note(stored)
+        self._metric = (stored.metric or "metric", stored.mode or "min")
         self._live_view = live_view
         self._differing = differing_keys(list(self._session.params.values()))
         return self.wait() if blocking else None
@@ -326,7 +374,10 @@ class Experiment:
         fingerprint = dataset_fingerprint(train, evals)
         first_run_id = self._check_existing(fingerprint)
         metric, mode = default_metric(runs, evals is not None)
-        pruner = (pruner or SuccessiveHalving()).with_defaults(metric, mode)
+        own = group.default_pruner()  # a group that prunes itself names its metric (RFOptuna)
+        if own is not None and own.metric is not None:
+            metric, mode = own.metric, own.mode or mode
+        pruner = (pruner or own or SuccessiveHalving()).with_defaults(metric, mode)
         self._metric = (pruner.metric or metric, pruner.mode or mode)
         specs = build_specs(
             runs,
@@ -421,7 +472,7 @@ class Experiment:
     def get_best_run(self, metric_mode: str | None = None) -> int:
         """The run id with the best chunk metric, preferring runs that completed training."""
         info = self.get_runs_info()
-        mode = metric_mode or (self._metric[1] if self._metric else _stored_mode(self))
+        mode = metric_mode or (self._metric[1] if self._metric else self._stored_pruner().mode)
         done = info[info["status"] == "completed"]
         pool = done if not done.empty and done["best_metric"].notna().any() else info
         pool = pool[pool["best_metric"].notna()]
@@ -473,45 +524,55 @@ class Experiment:
         )
         self._stop_session()
 
-    def get_log_file_path(self) -> Path:
-        """The driver's log file of this experiment (``<experiment dir>/rf_ray.log``), written
-        from ``run_fit`` on: the records rf-ray's driver-side loggers let through (WARNING and
-        up unless the application sets ``logging.getLogger("rf_ray").setLevel(...)``)."""
-        return self.dir / LOG_FILE
+    def get_log_file_path(self, log_type: str | None = None) -> Path:
+        """The experiment's log, ``<experiment dir>/rf_ray.log``: the driver's and every actor's
+        records from INFO up (chunks, pruning, ops, failures) and run_fit's summary. RapidFire's
+        ``log_type`` kinds (``"main"``, ``"experiment"``, ``"training"``) are this one file."""
+        if log_type is not None and (not isinstance(log_type, str) or log_type.lower() not in
+                                     LOG_TYPES):  # fmt: skip
+            raise ConfigError(
+                f"log_type={log_type!r} is not one of None, 'main', 'experiment', 'training' "
+                "(rf-ray keeps them all in one file)"
+            )
+        return logs.log_path(self.dir)
 
     def _start_log_file(self) -> None:
-        if self.dir in _LOG_HANDLERS:
-            return
-        handler = logging.FileHandler(self.get_log_file_path(), encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        for name in _LOGGERS:
-            # Levels are the application's to set: the file gets what these loggers let through.
-            logging.getLogger(name).addHandler(handler)
-        _LOG_HANDLERS[self.dir] = handler
+        logs.attach(self.dir, "driver")
 
     def _stop_log_file(self) -> None:
-        handler = _LOG_HANDLERS.pop(self.dir, None)
-        if handler is not None:
-            for name in _LOGGERS:
-                logging.getLogger(name).removeHandler(handler)
-            handler.close()
+        logs.detach(self.dir)
 
     def _warn_ignored(self, runs: list[RunConfig], has_eval: bool) -> None:
-        """One ``IgnoredFieldWarning`` per ignored field per experiment (not per run)."""
-        for key, note in ignored_field_warnings(runs, has_eval).items():
+        """One ``IgnoredFieldWarning`` per ignored field per experiment (not per run), and one
+        ``GenerationFlagWarning`` for sampling fields set without ``do_sample``."""
+        notes: dict[str, tuple[str, type[Warning]]] = {
+            k: (v, IgnoredFieldWarning) for k, v in ignored_field_warnings(runs, has_eval).items()
+        }
+        for key, note in summary.generation_notes(runs).items():
+            notes[key] = (note, summary.GenerationFlagWarning)
+        for key, (note, category) in notes.items():
             if key not in self._warned:
                 self._warned.add(key)
-                warnings.warn(
-                    f"experiment {self.name!r}: {note}", IgnoredFieldWarning, stacklevel=4
-                )
+                warnings.warn(f"experiment {self.name!r}: {note}", category, stacklevel=4)
 
     def _stop_session(self) -> None:
         """Stop this object's previous session, running or finished (its executor holds the
         device and its scheduler the experiment's lock); ``session.stop`` waits, bounded, until
         the lock is free."""
         old, self._session = self._session, None
+        thread = background.stop(self.dir)  # its wait fails as the actors go: no error
         if old is not None:
             session.stop(old)
+        if thread is not None:
+            thread.thread.join(background.JOIN_SECONDS)
+
+    def _stored_pruner(self) -> Pruner:
+        """The pruner the experiment's store records (its settings, for a resume)."""
+        store = self._store()
+        try:
+            return pruner_from_dict(store.meta()["pruner"])
+        finally:
+            store.close()
 
 
 def _as_group(param_config: Any) -> ConfigGroup:
@@ -533,18 +594,15 @@ def default_metric(runs: list[RunConfig], has_eval: bool) -> tuple[str, str]:
     return ("eval_loss", "min") if has_eval else ("train_loss", "min")
 
 
+def latest_experiment() -> Experiment | None:
+    """The Experiment whose ``run_fit`` (or ``resume()``) started last in this process."""
+    return _latest[0] if _latest else None
+
+
 def _default_create_model_fn() -> Callable[[Any], tuple[Any, Any]]:
     from rf_ray.toy import default_create_model_fn
 
     return default_create_model_fn
 
 
-def _stored_mode(exp: Experiment) -> str:
-    store = exp._store()
-    try:
-        return str(store.meta().get("pruner", {}).get("mode") or "min")
-    finally:
-        store.close()
-
-
-__all__ = ["Experiment"]
+__all__ = ["Experiment", "latest_experiment"]

@@ -30,6 +30,7 @@ import warnings
 from typing import Any
 
 from policies.errors import ConfigError
+from policies.pruning import Pruner
 from rf_ray.configs import (
     LORA_SHORTHAND,
     TRAINER_KNOB_CLASSES,
@@ -83,6 +84,19 @@ class ConfigGroup(abc.ABC):
     def on_start(self, experiment: Any) -> None:  # noqa: B027  (a hook: does nothing by default)
         """Called by ``run_fit`` once ``experiment``'s actors run and ``expand()``'s runs are
         added (``experiment.started_run_ids`` holds their ids)."""
+
+    def on_end(self, experiment: Any) -> None:  # noqa: B027  (a hook: does nothing by default)
+        """Called by ``Experiment.wait`` once every run is over, before it returns."""
+
+    def default_pruner(self) -> Pruner | None:
+        """The pruner ``run_fit`` uses when its ``pruner=`` is left out; None: rf-ray's default
+        (successive halving). A group that prunes by itself (``RFOptuna``) says so here."""
+        return None
+
+    def pruning_note(self) -> str | None:
+        """How the group prunes its runs itself, said when ``run_fit`` starts and in its summary;
+        None when rf-ray's pruner does it all."""
+        return None
 
 
 @dataclasses.dataclass
@@ -384,33 +398,53 @@ _FLAT_PREFIX = {
 }
 
 
+def knob_spaces(
+    configs: Any, trainer_type: str | None = None, *, who: str = "this search"
+) -> list[tuple[RunConfig, dict[str, List | Range]]]:
+    """Each template's knobs as ``(base run, {flat knob name: List or Range})``, one pair per
+    config (a List of configs, or a List of ``peft_config`` / ``training_args``, gives several),
+    for searchers that pick values themselves (Optuna). The base takes each knob's first value
+    (a Range its low end). Knobs must sit at the top level of a field and not over functions:
+    otherwise ``ConfigError`` naming the knob and what to do."""
+    out = []
+    for template in _templates(configs, _normalize_trainer_type(trainer_type), None):
+        if not isinstance(template, _Template):
+            raise ConfigError(
+                f"{who} searches fine-tuning configs; evals pipelines use RFGridSearch"
+            )
+        space: dict[str, List | Range] = {}
+        for slot in template.slots:
+            section, keys = slot
+            if section == "callables" or len(keys) > 1:
+                raise ConfigError(
+                    f"{template.path(slot)}: {who} searches over values at the top level of a "
+                    "field, not over functions or nested dicts; use RFGridSearch or RFRandomSearch"
+                )
+            space[_FLAT_PREFIX[section] + keys[0]] = template.knob(slot)
+        out.append((template.first(), space))
+    return out
+
+
 def knob_space(
     configs: Any, trainer_type: str | None = None, *, who: str = "this search"
 ) -> tuple[RunConfig, dict[str, List | Range]]:
-    """One config's knobs as ``(base run, {flat knob name: List or Range})``, for searchers
-    that pick values themselves (Optuna through Ray Tune). The base takes each knob's first
-    value (a Range its low end). One config, knobs at the top level of a field, no knob over
-    functions: otherwise ``ConfigError`` naming the knob and what to do."""
-    templates = _templates(configs, _normalize_trainer_type(trainer_type), None)
-    if len(templates) != 1:
+    """``knob_spaces`` of a group that must be ONE config (one peft_config, one training_args):
+    a Tune searcher searches one space."""
+    spaces = knob_spaces(configs, trainer_type, who=who)
+    if len(spaces) != 1:
         raise ConfigError(
             f"{who} takes one RFModelConfig with one peft_config and one training_args; this "
-            f"group has {len(templates)} (Lists of configs): run one search per config, or use "
+            f"group has {len(spaces)} (Lists of configs): run one search per config, or use "
             "RFGridSearch / RFRandomSearch, which expand Lists of configs"
         )
-    (template,) = templates
-    if not isinstance(template, _Template):
-        raise ConfigError(f"{who} searches fine-tuning configs; evals pipelines use RFGridSearch")
-    space: dict[str, List | Range] = {}
-    for slot in template.slots:
-        section, keys = slot
-        if section == "callables" or len(keys) > 1:
-            raise ConfigError(
-                f"{template.path(slot)}: {who} searches over values at the top level of a "
-                "field, not over functions or nested dicts; use RFGridSearch or RFRandomSearch"
-            )
-        space[_FLAT_PREFIX[section] + keys[0]] = template.knob(slot)
-    return template.first(), space
+    return spaces[0]
 
 
-__all__ = ["ConfigGroup", "RFGridSearch", "RFRandomSearch", "knob_space", "validate_run"]
+__all__ = [
+    "ConfigGroup",
+    "RFGridSearch",
+    "RFRandomSearch",
+    "knob_space",
+    "knob_spaces",
+    "validate_run",
+]

@@ -133,7 +133,14 @@ def _start_actors(
                 num_gpus=1 if gpus else 0,
                 max_restarts=EXECUTOR_RESTARTS,
                 max_task_retries=0,  # a lost slice is re-run by its trial, from the checkpoint
-            ).remote(plan.create_model_fn, train_ref, eval_ref, None, None if gpus else threads)
+            ).remote(
+                plan.create_model_fn,
+                train_ref,
+                eval_ref,
+                None,
+                None if gpus else threads,
+                str(exp_dir),
+            )
         )
         started.actors.append(executors[-1])
     # While the executors start (a process, torch, the base model: the longest part of start-up)

@@ -46,7 +46,7 @@ def fusable(record: Any, model: Any) -> str | None:  # noqa: C901, PLR0911  one 
     if trainer.accelerator.gradient_accumulation_steps != 1:
         return "accelerate-side gradient accumulation"
     name = spec.adapter_name
-    checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
+    checkpointing = bool(getattr(model, "is_activation_checkpointing", False))
     for module in model.modules():
         if isinstance(module, LoraLayer) and name in module.lora_A:
             if not isinstance(module, LoraLinear):

@@ -202,9 +202,10 @@ def _request(task: GenTask, tokenizer: Any, pairs: list[tuple[Any, str]], device
     import torch
     import transformers
 
-    from actors.engine.generation import GenRequest
+    from actors.engine.generation import NEUTRAL_SAMPLING, GenRequest
 
-    settings = dict(task.generation_config or DEFAULT_GENERATION)
+    # rf-ray's default decodes greedily, whatever the model's own generation config says.
+    settings = dict(task.generation_config or {**DEFAULT_GENERATION, **NEUTRAL_SAMPLING})
     settings.setdefault("max_new_tokens", DEFAULT_GENERATION["max_new_tokens"])
     settings.setdefault("eos_token_id", tokenizer.eos_token_id)
     settings.setdefault("pad_token_id", tokenizer.pad_token_id)

@@ -53,6 +53,12 @@ BATCHABLE_FIELDS = frozenset(
 )  # fmt: skip
 
 
+NEUTRAL_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
+"""Sampling fields at the values that change nothing: set in a greedy config, they keep a
+chat model's own sampling defaults (``generation_config.json``) out of it, and transformers'
+warning about flags greedy decoding ignores with them."""
+
+
 @dataclass
 class GenRequest:
     """One run's prompts to complete with its adapter."""
@@ -296,6 +302,7 @@ def _generate_batch(
     config = transformers.GenerationConfig(
         max_new_tokens=max(r.new_tokens for r in rows),
         do_sample=False,
+        **NEUTRAL_SAMPLING,
         eos_token_id=first.eos_token_id,
         pad_token_id=pad,
         bos_token_id=first.bos_token_id,

@@ -1,7 +1,8 @@
 """Ray Tune and rf-ray, in three directions; every one keeps ONE resident base model.
 
 Where each lives: ``flat`` (the flat knob mapping shared by all three), ``shared`` (a),
-``searcher`` (b), ``driver`` (c, and ``RFOptuna``).
+``searcher`` (b), ``driver`` (c); ``optuna_search`` and ``optuna_trials``: RapidFire AI's
+``RFOptuna`` (Optuna's ask-and-tell, RapidFire's pruning rules, a study the user can read).
 
 (a) Tune drives, rf-ray trains. ``start_shared`` starts one experiment, kept open; each Tune
     trial of ``shared.trainable()`` maps its config onto a base ``RFModelConfig``, adds one run
@@ -65,8 +66,9 @@ Both (a) and (c) keep the experiment open with a *hold* on its scheduler
 when no run is live, since a driver may still add one.
 """
 
-from rf_ray.tune.driver import TUNE_EXTRA, RFOptuna, RFTuneSearch
+from rf_ray.tune.driver import TUNE_EXTRA, RFTuneSearch
 from rf_ray.tune.flat import apply_flat, concrete, flat_knobs, flatten
+from rf_ray.tune.optuna_search import RFOptuna
 from rf_ray.tune.searcher import RFSearcher
 from rf_ray.tune.shared import (
     DEFAULT_TRIAL_RESOURCES,

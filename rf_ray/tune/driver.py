@@ -1,5 +1,5 @@
-"""(c) rf-ray drives, a Tune searcher suggests: ``RFTuneSearch`` and ``RFOptuna`` are config
-groups for ``run_fit`` (see ``rf_ray.tune``)."""
+"""(c) rf-ray drives, a Tune searcher suggests: ``RFTuneSearch`` is a config group for
+``run_fit`` (see ``rf_ray.tune``; RapidFire's ``RFOptuna`` is ``rf_ray.tune.optuna_search``)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from ray.tune.search import Searcher
 
 from policies.errors import ConfigError
 from policies.state import RunStatus, is_live
-from rf_ray.configs import List, Range, RFModelConfig
+from rf_ray.configs import RFModelConfig
 from rf_ray.experiment import Experiment
-from rf_ray.search import ConfigGroup, knob_space
+from rf_ray.search import ConfigGroup
 from rf_ray.specs import RunConfig
 from rf_ray.tune.flat import apply_flat, concrete
 from rf_ray.tune.shared import POLL_SECONDS, read_progress, release_hold
@@ -167,76 +167,8 @@ class RFTuneSearch(ConfigGroup):
             release_hold(experiment, self.token)
 
 
-# ---------------------------------------------------------------------------- RFOptuna
 TUNE_EXTRA = 'pip install "rf-ray[tune]"'
+"""What brings Optuna (``RFOptuna``, ``examples/tune_optuna_asha.py``)."""
 
 
-class RFOptuna(RFTuneSearch):
-    """RapidFire AI's ``RFOptuna`` in rf-ray: Optuna (through Ray Tune's ``OptunaSearch``)
-    proposes the runs of a ``run_fit``, from the ``List`` / ``Range`` knobs of ONE config.
-
-    ``n_initial`` runs start together; each time one completes or is pruned, Optuna proposes
-    the next, until ``budget`` runs were tried. ``objective`` is ``"minimize:<metric>"`` or
-    ``"maximize:<metric>"`` over the chunk metrics (``eval_loss``, ``train_loss``, ...).
-    The same search by hand: ``RFTuneSearch(OptunaSearch(space, metric=..., mode=...),
-    num_runs=budget, base=..., max_concurrent=n_initial)``. Needs Optuna (``TUNE_EXTRA``).
-    """
-
-    def __init__(
-        self,
-        configs: Any,
-        trainer_type: str | None = None,
-        n_initial: int = 4,
-        budget: int | None = None,
-        objective: str = "minimize:eval_loss",
-        seed: int | None = None,
-    ) -> None:
-        direction, _, metric = objective.partition(":") if isinstance(objective, str) else ("",) * 3
-        modes = {"minimize": "min", "maximize": "max"}
-        if direction not in modes or not metric:
-            raise ConfigError(
-                f"objective={objective!r} must be 'minimize:<metric>' or 'maximize:<metric>', "
-                "e.g. 'minimize:eval_loss'"
-            )
-        for name, value in (("n_initial", n_initial), ("budget", budget)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):  # fmt: skip
-                raise ConfigError(f"{name}={value!r} must be an integer >= 1")
-        base, knobs = knob_space(configs, trainer_type, who="RFOptuna")
-        if not knobs:
-            raise ConfigError(
-                "RFOptuna found no List or Range knob to search over; add one (e.g. "
-                "learning_rate=Range(1e-5, 1e-3, log=True)) or pass the config to run_fit as is"
-            )
-        try:
-            from ray.tune.search.optuna import OptunaSearch
-
-            searcher = OptunaSearch(
-                {k: _tune_domain(v) for k, v in knobs.items()},
-                metric=metric, mode=modes[direction], seed=seed,
-            )  # fmt: skip
-        except (ImportError, AssertionError) as e:  # OptunaSearch asserts optuna is importable
-            raise ConfigError(
-                f"RFOptuna needs Optuna, which is not installed: {TUNE_EXTRA} ({e})"
-            ) from None
-        super().__init__(searcher, budget or n_initial, base, max_concurrent=n_initial)
-        self.metric, self.mode = metric, modes[direction]
-
-
-def _tune_domain(knob: List | Range) -> Any:
-    """A ``List`` or ``Range`` as the Ray Tune domain Optuna samples."""
-    from ray import tune
-
-    if isinstance(knob, List):
-        return tune.choice(list(knob.values))
-    if knob.step is not None:
-        if knob.dtype is int:
-            return tune.qrandint(int(knob.low), int(knob.high), int(knob.step))
-        return tune.quniform(knob.low, knob.high, knob.step)
-    if knob.dtype is int:
-        fn = tune.lograndint if knob.log else tune.randint
-        return fn(int(knob.low), int(knob.high) + 1)  # Tune's upper bound is exclusive
-    return (tune.loguniform if knob.log else tune.uniform)(knob.low, knob.high)
-
-
-__all__ = ["TUNE_EXTRA", "RFOptuna", "RFTuneSearch"]
+__all__ = ["TUNE_EXTRA", "RFTuneSearch"]

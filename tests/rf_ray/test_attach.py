@@ -76,7 +76,10 @@ def test_cli_ops_and_a_second_python_driver_reach_a_scripts_private_cluster(tmp_
     )  # fmt: skip
     try:
         assert driver.stdout is not None
-        assert driver.stdout.readline().strip() == "started", driver.stderr.read()  # type: ignore[union-attr]
+        # run_fit says first how it prunes (one line), then the script prints "started".
+        lines = [driver.stdout.readline().strip() for _ in range(2)]
+        assert lines[1] == "started", (lines, driver.stderr.read())  # type: ignore[union-attr]
+        assert lines[0].startswith(f"[rf-ray {NAME}] 2 runs; pruning: none"), lines
         exp_dir = tmp_path / NAME
         record = json.loads((exp_dir / "cluster.json").read_text())
         assert set(record) == {"address", "driver_pid", "host", "auth_mode", "token_source"}

@@ -225,6 +225,14 @@ def test_rapidfire_dpo_tutorial_shape_copies_and_attribute_assignments():
         dpo_2.bta = 0.2
 
 
+def test_grpos_max_prompt_length_note_speaks_of_grpo():
+    run = RunConfig("tiny", trainer_type="GRPO", training_args={"max_prompt_length": 64},
+                    reward_funcs=[fmt_a])  # fmt: skip
+    note = ignored_field_warnings([run])["max_prompt_length"]
+    assert "GRPOConfig has no such field: GRPO keeps each prompt whole" in note
+    assert "SFT and DPO" not in note
+
+
 def test_a_field_this_trl_keeps_is_honoured_not_ignored(tmp_path):
     run = RunConfig("tiny", trainer_type="GRPO", training_args={"max_completion_length": 12},
                     reward_funcs=[fmt_a])  # fmt: skip
@@ -404,7 +412,7 @@ def test_rapidfire_fields_that_cannot_work_are_refused(kwargs, needles):
 def test_rf_ray_automl_has_rapidfires_names():
     for name in rf_ray.automl.__all__:
         assert getattr(rf_ray.automl, name) is getattr(rf_ray, name)
-    assert rf_ray.RFOptuna.__module__ == "rf_ray.tune.driver"  # loaded on use (Ray Tune)
+    assert rf_ray.RFOptuna.__module__ == "rf_ray.tune.optuna_search"  # loaded on use
     assert issubclass(IgnoredFieldWarning, UserWarning)
     assert "IgnoredFieldWarning" in rf_ray.__all__
 
@@ -417,7 +425,7 @@ def test_rf_optuna_proposes_runs_from_the_knobs_of_one_config():
     )
     search = rf_ray.RFOptuna(cfg, trainer_type="SFT", n_initial=3, budget=5, seed=0)
     runs = search.expand()
-    assert (search.num_runs, search.max_concurrent, search.metric) == (5, 3, "eval_loss")
+    assert (search.budget, search.n_initial, search.objective.metrics) == (5, 3, ("eval_loss",))
     assert len(runs) == 3
     for run in runs:
         assert run.lora["r"] in (4, 8)
@@ -429,7 +437,6 @@ def test_rf_optuna_proposes_runs_from_the_knobs_of_one_config():
     ("make", "needle"),
     [
         (lambda: rf_ray.RFOptuna(RFModelConfig("t"), objective="best"), "minimize:<metric>"),
-        (lambda: rf_ray.RFOptuna([RFModelConfig("a"), RFModelConfig("b")]), "RFGridSearch"),
         (lambda: rf_ray.RFOptuna(RFModelConfig("t")), "no List or Range knob"),
     ],
 )

@@ -3,16 +3,10 @@
 
 from __future__ import annotations
 
-from rf_ray import (
-    Experiment,
-    List,
-    NoPruning,
-    Range,
-    RFLoraConfig,
-    RFModelConfig,
-    RFOptuna,
-    RFSFTConfig,
-)
+import pytest
+from optuna.trial import TrialState
+
+from rf_ray import Experiment, List, RFModelConfig, RFOptuna, RFSFTConfig
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
 
 
@@ -39,27 +33,36 @@ def test_cancel_current_stops_the_run_fit_and_resume_finishes_it(ray_cluster, tm
     assert "experiment cancel-current: cancelled; every run keeps its last checkpoint" in log
 
 
-def test_rf_optuna_runs_its_budget_through_run_fit(ray_cluster, tmp_path):
+def test_rf_optuna_prunes_on_its_objective_and_replaces_the_pruned_run(ray_cluster, tmp_path):
+    """RapidFire's semantics end to end: Optuna's rules prune on the objective's metric and
+    direction (here the chunk's num_tokens, which a batch of 4 makes larger than a batch of 2,
+    whatever the weights do); the pruned run is a PRUNED trial and a new suggestion replaces it
+    within the budget; completed runs are COMPLETE trials valued at their last chunk."""
     exp = Experiment("rf-optuna", experiment_path=tmp_path)
     config = RFModelConfig(
         TOY_MODEL_NAME,
-        peft_config=RFLoraConfig(r=List([2, 4])),
         training_args=RFSFTConfig(
-            learning_rate=Range(1e-4, 1e-2, log=True),
-            per_device_train_batch_size=4, max_length=48, num_train_epochs=1,
+            per_device_train_batch_size=List([2, 4]), max_length=48, num_train_epochs=1,
         ),
     )  # fmt: skip
-    search = RFOptuna(config, n_initial=2, budget=3, objective="minimize:train_loss", seed=0)
+    # Seed 10's draws: trial 0 batch 2, trial 1 batch 4, trial 2 (the replacement) batch 2.
+    search = RFOptuna(
+        [config], trainer_type="SFT", n_initial=2, budget=3, objective="minimize:num_tokens",
+        seed=10,
+    )  # fmt: skip
     try:
-        info = exp.run_fit(
-            search, train_dataset=sft_dataset(16), num_chunks=2, live_view=False,
-            pruner=NoPruning(),
-        )  # fmt: skip
+        info = exp.run_fit(search, train_dataset=sft_dataset(16), num_chunks=4, live_view=False)
     finally:
         exp.end()
-    assert len(info) == 3
-    assert set(info["status"]) == {"completed"}
-    for config in info["config"]:
-        assert config["lora.r"] in (2, 4)
-        assert 1e-4 <= config["learning_rate"] <= 1e-2
-    assert search.max_live_seen <= 2
+    trials = search.study.trials
+    assert [t.params["training_args.per_device_train_batch_size"] for t in trials] == [2, 4, 2]
+    info = info.sort_values("run_id")
+    assert list(info["status"]) == ["completed", "pruned", "completed"]
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED,
+                                         TrialState.COMPLETE]  # fmt: skip
+    assert search.spawned == 3  # the budget: 2 initial + 1 replacement
+    last = exp.get_chunk_results().sort_values("chunk").groupby("run_id")["num_tokens"].last()
+    assert trials[0].value == pytest.approx(last[1])
+    assert trials[2].value == pytest.approx(last[3])
+    assert max(trials[1].intermediate_values) < 4  # pruned before its last chunk
+    assert search.study.best_trial.number in (0, 2)
