@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from policies.redact import redact
+
 
 class LiveView:
     """Renders the scheduler's snapshot with ``rich``; a no-op when disabled.
@@ -24,7 +26,7 @@ class LiveView:
         exp_dir: Path | None = None,
     ) -> None:
         self.enabled = enabled and os.environ.get("RF_RAY_LIVE", "1") != "0"
-        self.params = params
+        self.params = {run_id: redact(p) for run_id, p in params.items()}
         self.differing = differing[:4]
         self.name = name
         self._live: Any = None

@@ -14,6 +14,7 @@ from typing import Any
 
 from actors.storage.store import Store
 from policies.errors import ConfigError
+from policies.redact import redact
 from rf_ray.experiment import DEFAULT_ROOT
 from rf_ray.samples import generation_metrics, metric_columns
 from rf_ray.specs import differing_keys, to_jsonable
@@ -36,13 +37,14 @@ def _candidates(root: Path) -> str:
 
 
 def read_experiment(exp_dir: Path) -> dict[str, Any]:
-    """Meta, runs and chunk metrics of one experiment, read through a read-only store."""
+    """Meta, runs and chunk metrics of one experiment, read through a read-only store; the runs'
+    secret-looking knob values masked (``policies.redact``), since all of it is printed."""
     try:
         store = Store(exp_dir, readonly=True)
         try:
             return {
                 "meta": store.meta(),
-                "runs": store.runs(),
+                "runs": [{**r, "params": redact(r["params"])} for r in store.runs()],
                 "chunks": store.chunk_metrics(),
             }
         finally:

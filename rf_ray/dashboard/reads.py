@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import re
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from typing import Any
 from actors.scheduler_actor import LOCK_FILE
 from actors.storage.store import Store, readonly_uri
 from policies.errors import ConfigError
+from policies.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -37,25 +37,6 @@ MAX_POINTS = 5000
 
 ERROR_CHARS = 4000
 """A run's error (often a traceback) is cut to its last this many characters."""
-
-REDACTED = "***"
-_SECRET_WORDS = ("token", "key", "secret", "password", "passwd", "apikey", "credential")
-
-
-def is_secret_key(key: str) -> bool:
-    """True for a knob whose value may be a secret: any word of its last dotted part is one of
-    ``_SECRET_WORDS`` (``hub_token``, ``wandb.api_key``, ``db_password``); ``tokenizer_kwargs.x``
-    is not (the section's name is not the knob's)."""
-    words = re.split(r"[^a-z0-9]+", key.rsplit(".", 1)[-1].lower())
-    return any(w in _SECRET_WORDS or "secret" in w or "password" in w for w in words)
-
-
-def redact(params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` with every secret-looking knob's value replaced by ``REDACTED``."""
-    return {
-        k: REDACTED if is_secret_key(k) and v not in (None, "") else v for k, v in params.items()
-    }
-
 
 def finite(value: Any) -> Any:
     """NaN and inf become None (``json`` would write invalid JSON), recursively."""

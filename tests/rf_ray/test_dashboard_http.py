@@ -26,7 +26,7 @@ from rf_ray import cli
 from rf_ray.dashboard import command
 from rf_ray.dashboard.app import Settings, create_app
 from rf_ray.dashboard.guard import CSRF_HEADER, Guard
-from rf_ray.dashboard.reads import Root, is_secret_key
+from rf_ray.dashboard.reads import Root
 from rf_ray.specs import differing_keys
 
 TIMEOUT = 60  # seconds for one HTTP request (reads are milliseconds; ops wait for a slice)
@@ -315,16 +315,6 @@ def test_binding_another_host_needs_allow_remote(root, capsys):
     assert "0.0.0.0" in err
     assert command.check_host("0.0.0.0", allow_remote=True) is True
     assert command.check_host("::1", allow_remote=False) is False
-
-
-@pytest.mark.parametrize(
-    ("key", "secret"),
-    [("hub_token", True), ("api_key", True), ("model_kwargs.db_password", True),
-     ("wandb.secret", True), ("tokenizer_kwargs.padding_side", False), ("max_length", False),
-     ("keyboard", False)],
-)  # fmt: skip
-def test_which_knobs_are_redacted(key, secret):
-    assert is_secret_key(key) is secret
 
 
 def test_an_unknown_name_for_the_cli_is_a_clear_error(root, capsys):
