@@ -43,7 +43,9 @@ def is_secret_key(key: str) -> bool:
 def redact(params: dict[str, Any]) -> dict[str, Any]:
     """``params`` with every secret-looking knob's value replaced by ``REDACTED`` (an empty or
     None value stays: it hides nothing and says that none was set)."""
-    return {k: REDACTED if is_secret_key(k) and v not in (None, "") else v for k, v in params.items()}
+    return {
+        k: REDACTED if is_secret_key(k) and v not in (None, "") else v for k, v in params.items()
+    }
 
 
 __all__ = ["REDACTED", "is_secret_key", "redact"]
