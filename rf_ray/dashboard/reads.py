@@ -38,6 +38,7 @@ MAX_POINTS = 5000
 ERROR_CHARS = 4000
 """A run's error (often a traceback) is cut to its last this many characters."""
 
+
 def finite(value: Any) -> Any:
     """NaN and inf become None (``json`` would write invalid JSON), recursively."""
     if isinstance(value, float) and not math.isfinite(value):
