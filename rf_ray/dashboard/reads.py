@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
@@ -25,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actors.scheduler_actor import LOCK_FILE
 from actors.storage.store import Store, readonly_uri
 from policies.errors import ConfigError
 from policies.redact import redact
+from rf_ray.steerable import is_running
 
 logger = logging.getLogger(__name__)
 
@@ -48,39 +47,6 @@ def finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [finite(v) for v in value]
     return value
-
-
-# --------------------------------------------------------------------------- running or not
-
-
-def is_running(exp_dir: Path) -> bool:
-    """True while a scheduler holds the experiment's lock, read without touching the lock."""
-    path = exp_dir / LOCK_FILE
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return False
-    held = _flock_listed(st)
-    if held is not None:
-        return held
-    # No /proc/locks (not Linux): fall back to what the driver recorded.
-    with Store(exp_dir, readonly=True) as store:
-        return bool(store.meta().get("status") == "running")
-
-
-def _flock_listed(st: os.stat_result) -> bool | None:
-    """Whether Linux's ``/proc/locks`` lists a ``flock`` on the file ``st`` describes; None
-    when the table cannot be read. Lines read ``1: FLOCK ADVISORY WRITE <pid> fe:00:<inode>``."""
-    try:
-        text = Path("/proc/locks").read_text()
-    except OSError:
-        return None
-    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    for line in text.splitlines():
-        fields = line.split()
-        if "FLOCK" in fields and device in fields and "->" not in fields:
-            return True
-    return False
 
 
 # --------------------------------------------------------------------------- experiments
