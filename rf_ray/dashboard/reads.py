@@ -27,6 +27,7 @@ from typing import Any
 from actors.storage.store import Store, readonly_uri
 from policies.errors import ConfigError
 from policies.redact import redact
+from rf_ray.live import chunk_progress
 from rf_ray.steerable import is_running
 
 logger = logging.getLogger(__name__)
@@ -151,6 +152,9 @@ def read_state(exp_dir: Path, cursor: Cursor) -> dict[str, Any]:
         if row["error"] and len(row["error"]) > ERROR_CHARS:
             row["error"] = "..." + row["error"][-ERROR_CHARS:]
         row["params"] = redact(params.get(row["run_id"], {}))
+        row["progress"] = chunk_progress(
+            row["chunks_done"], row["total_chunks"], meta.get("num_chunks")
+        )
     return finite(
         {
             "name": meta.get("name", exp_dir.name),

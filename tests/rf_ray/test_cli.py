@@ -84,10 +84,12 @@ def test_status_shows_every_run_and_the_differing_knobs(root, capsys):
     table = out.split("\n---", 1)[1].split("\n\n", 1)[0].splitlines()[1:]  # below the rule
     rows = {line.split()[0]: line.split() for line in table}
     assert set(rows) == {"1", "2", "3"}
-    # run, status, chunks, steps, last, best, pruned@, learning_rate, lora.r, error...
-    assert rows["1"] == ["1", "completed", "4/4", "32/32", "0.9", "0.85", "-", "0.003", "4"]
-    assert rows["2"] == ["2", "pruned", "1/4", "8/32", "1.3", "1.3", "1", "0.001", "16"]
-    assert rows["3"][:9] == ["3", "failed", "0/4", "0/32", "-", "-", "-", "0.0003", "4"]
+    # run, status, progress (one epoch: the chunk), steps, last, best, pruned@, learning_rate,
+    # lora.r, error...
+    assert rows["1"] == ["1", "completed", "chunk", "4/4", "32/32", "0.9", "0.85", "-", "0.003",
+                         "4"]  # fmt: skip
+    assert rows["2"] == ["2", "pruned", "chunk", "1/4", "8/32", "1.3", "1.3", "1", "0.001", "16"]
+    assert rows["3"][:10] == ["3", "failed", "chunk", "0/4", "0/32", "-", "-", "-", "0.0003", "4"]
     assert rows["3"][-1].endswith("...")
     assert "out of memory " * 9 not in out  # the error is truncated to one short line
     assert "3 runs: 1 completed, 1 failed, 1 pruned" in out

@@ -183,7 +183,7 @@ function render(v) {
 
 function renderHead(v) {
   const metric = v.metric;
-  const cells = ["run", "status", "chunks", "steps", `last ${metric}`, `best ${metric}`,
+  const cells = ["run", "status", "progress", "steps", `last ${metric}`, `best ${metric}`,
     "pruned@", ...v.differing, "error", "MLflow"].map((h) => el("th", { text: h }));
   cells.push(el("th", { class: "actions", text: "steer" }));
   $("#runs thead").replaceChildren(el("tr", {}, ...cells));
@@ -210,7 +210,8 @@ function renderRow(v, r) {
   const cells = [
     runCell,
     el("td", { class: `status status-${r.status}`, text: r.status }),
-    el("td", { class: "num", text: `${r.chunks_done}/${r.total_chunks}` }),
+    el("td", { class: "num progress", title: `${r.chunks_done} of ${r.total_chunks} chunks in all`,
+               text: r.progress }),
     el("td", { class: "num", text: `${r.steps_done}/${r.total_steps}` }),
     el("td", { class: "num", text: fmt(r.last_metric) }),
     el("td", { class: "num", text: fmt(r.best_metric) }),
