@@ -115,12 +115,13 @@ def _await(
     ``ENDED_GRACE_S``). The child is killed in the last two cases."""
     deadline = time.monotonic() + timeout_s
     ended_at: float | None = None
+    given: str | None = payload  # sent once: communicate() keeps its state when retried
     while True:
         try:
-            out, err = proc.communicate(payload, timeout=POLL_S)
+            out, err = proc.communicate(given, timeout=POLL_S)
             return out, err, f"exit {proc.returncode}"
         except subprocess.TimeoutExpired:
-            pass
+            given = None
         now = time.monotonic()
         if ended_at is None and not is_running(exp_dir):
             ended_at = now

@@ -32,6 +32,7 @@ STARTS_RAY_IN_A_SUBPROCESS = frozenset(
         "examples/test_sft_grid.py",
         "rf_ray/test_attach.py",
         "rf_ray/test_dead_head.py",
+        "rf_ray/test_steering.py",
     }
 )
 """Test modules (relative to tests/) whose tests start Ray in a child process, not through the

@@ -190,16 +190,11 @@ class _Api:
             op = await prepare(int_param(request.path_params["run_id"], "the run id"))
             await run_in_threadpool(check_steerable, exp_dir)
             return JSONResponse(await self.s.steering.send(exp_dir, op))
-        except BodyTooLargeError as exc:
-            return error(str(exc), 413)
-        except ConfigError as exc:
-            return error(str(exc), 400)
-        except NotSteerableError as exc:
-            return error(f"{exc}; its page is read-only until it runs", 409)
-        except NoAnswerError as exc:
-            return error(str(exc), 504)
-        except OpError as exc:
-            return error(str(exc), 409)
+        except (ConfigError, OpError) as exc:
+            return _refusal(exc)
+        except Exception as exc:  # a bug: say so in the answer, not only in the server's log
+            logger.exception("dashboard: %s failed", request.url.path)
+            return error(f"internal error ({type(exc).__name__}: {exc}); see the server's log", 500)
 
     def _dir(self, request: Request) -> Path | None:
         try:
@@ -238,6 +233,17 @@ def _mlflow_experiment_id(settings: Settings, name: str) -> str | None:
         logger.warning("no MLflow links for %s: %s", name, exc)
         return None
     return None if found is None else str(found.experiment_id)
+
+
+_STATUS = ((BodyTooLargeError, 413), (ConfigError, 400), (NotSteerableError, 409),
+           (NoAnswerError, 504), (OpError, 409))  # fmt: skip
+"""How each refusal answers (the first class that matches)."""
+
+
+def _refusal(exc: Exception) -> JSONResponse:
+    status = next(code for kind, code in _STATUS if isinstance(exc, kind))
+    suffix = "; its page is read-only until it runs" if isinstance(exc, NotSteerableError) else ""
+    return error(f"{exc}{suffix}", status)
 
 
 def _not_found(request: Request) -> JSONResponse:

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
+import select
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -326,20 +331,20 @@ def test_an_unknown_name_for_the_cli_is_a_clear_error(root, capsys):
 
 
 @contextmanager
-def dashboard_process(root: Path) -> Iterator[str]:
-    """``rf-ray dashboard`` in its own process, as a user starts it: it reaches the experiment's
-    Ray cluster through ``cluster.json``, like ``rf-ray ops``. Yields its base URL once it
-    printed its address (it listens before it prints)."""
-    import os
-    import select
-    import signal
-    import subprocess
-    import sys
-
+def dashboard_process(
+    root: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``rf-ray dashboard`` in its own process, as a user starts it (``env``: more variables):
+    its ops reach the experiment's Ray cluster through ``cluster.json``, like ``rf-ray ops``.
+    Yields its base URL once it printed its address (it listens before it prints), and the
+    process."""
     sock = command.bind("127.0.0.1", 0)  # a free port, released just before the server binds it
     port = sock.getsockname()[1]
     sock.close()
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")},
+        **(env or {}),
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "rf_ray.cli", "dashboard", "--path", str(root), "--port", str(port)],
         stdout=subprocess.PIPE, text=True, env=env, start_new_session=True,
@@ -349,7 +354,7 @@ def dashboard_process(root: Path) -> Iterator[str]:
         assert proc.stdout is not None
         line = proc.stdout.readline() if ready else ""
         assert "rf-ray dashboard for" in line, f"no address printed within 180 s: {line!r}"
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -381,7 +386,7 @@ def test_steering_a_running_experiment_goes_the_way_of_rf_ray_ops(ray_cluster, t
     )  # fmt: skip
     runs = "/api/experiments/steered/runs"
     try:
-        with dashboard_process(tmp_path) as base:
+        with dashboard_process(tmp_path) as (base, _):
             session, csrf = page_session(base)
             headers = {CSRF_HEADER: csrf}
 
