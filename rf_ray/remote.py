@@ -96,6 +96,11 @@ def send(
         check_steerable(exp_dir, probe=False)
     except OpError as now:
         raise OpError(f"experiment {exp_dir.name!r} ended while you asked: {now}") from None
+    if why == "ended":
+        raise OpError(
+            f"experiment {exp_dir.name!r} ended while you asked: no scheduler holds its lock any "
+            f"more (`rf-ray status {exp_dir.name}` shows where its runs stopped)"
+        )
     if answer is not None:
         raise OpError(answer["error"])
     if why == "timeout":
@@ -111,9 +116,12 @@ def _await(
     proc: subprocess.Popen[str], payload: str, exp_dir: Path, timeout_s: float
 ) -> tuple[str, str, str]:
     """The child's stdout and stderr once it exits, and why it stopped: "exit N", "timeout" or
-    "ended" (the experiment's lock was released and the child did not answer within
-    ``ENDED_GRACE_S``). The child is killed in the last two cases."""
+    "ended" (the experiment's lock, held while the child worked, was released and the child did
+    not answer within ``ENDED_GRACE_S``). The child is killed in the last two cases."""
     deadline = time.monotonic() + timeout_s
+    # Watched only while it runs: an experiment between its driver and its scheduler (or whose
+    # scheduler finished before its driver noticed) is not running yet, and its child answers.
+    was_running = is_running(exp_dir)
     ended_at: float | None = None
     given: str | None = payload  # sent once: communicate() keeps its state when retried
     while True:
@@ -123,7 +131,9 @@ def _await(
         except subprocess.TimeoutExpired:
             given = None
         now = time.monotonic()
-        if ended_at is None and not is_running(exp_dir):
+        running = is_running(exp_dir)
+        was_running = was_running or running
+        if ended_at is None and was_running and not running:
             ended_at = now
         why = "timeout" if now >= deadline else None
         if ended_at is not None and now - ended_at >= ENDED_GRACE_S:

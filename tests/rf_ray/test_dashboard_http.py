@@ -375,13 +375,15 @@ def test_steering_a_running_experiment_goes_the_way_of_rf_ray_ops(ray_cluster, t
     config = RFModelConfig(
         model_name=TOY_MODEL_NAME,
         training_args=RFSFTConfig(
-            learning_rate=List([3e-3, 1e-3]), lora_rank=4, per_device_train_batch_size=4,
+            learning_rate=List([3e-3, 1e-3]), lora_rank=4, per_device_train_batch_size=1,
             num_train_epochs=1, max_length=48,
         ),
     )  # fmt: skip
+    # 480 steps per run: the experiment outlives the ops by far (each op starts a process of its
+    # own, and a clone's builds its TRL config: seconds each on two loaded cores).
     exp = Experiment("steered", experiment_path=tmp_path)
     exp.run_fit(
-        config, train_dataset=sft_dataset(160), num_chunks=4, seed=1, max_slice_steps=1,
+        config, train_dataset=sft_dataset(480), num_chunks=4, seed=1, max_slice_steps=1,
         pruner=NoPruning(), live_view=False, blocking=False,
     )  # fmt: skip
     runs = "/api/experiments/steered/runs"
