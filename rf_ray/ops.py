@@ -241,6 +241,8 @@ def clone_modify(
     import cloudpickle
     import ray
 
+    if warm_start:
+        check_warm_changes(changes)
     parent = cloudpickle.loads(_unwrap(lambda: ray.get(scheduler.get_spec_blob.remote(run_id))))
     new_run = modified(parent.model_config, changes)
     _, answer = _add_run(scheduler, exp_dir, _meta(exp_dir), new_run, parent, warm_start)
@@ -289,6 +291,31 @@ def _meta(exp_dir: Path) -> dict[str, Any]:
         return store.meta()
     finally:
         store.close()
+
+
+WARM_KEEPS_LORA = ("r", "target_modules", "use_dora", "bias")
+"""LoRA fields a warm-started clone keeps: they shape the adapter tensors it copies."""
+WARM_KEEPS_PLAN = (
+    "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
+    "max_steps", "dataloader_drop_last", "generation_batch_size", "num_generations",
+    "steps_per_generation", "num_iterations",
+)  # fmt: skip
+"""Trainer fields a warm-started clone keeps: they shape its chunk plan (its data position)."""
+
+
+def check_warm_changes(changes: dict[str, Any]) -> None:
+    """Refuse at once the changes a warm start cannot take (``_check_warm_start`` says the same
+    of the built clone, later): the adapter's shape, the data plan, the base model."""
+    for key in flat_changes(changes):
+        lora = LORA_SHORTHAND.get(key) or (key[5:] if key.startswith("lora.") else None)
+        if lora in WARM_KEEPS_LORA or key in WARM_KEEPS_PLAN or key.startswith("model_kwargs."):
+            raise ConfigError(
+                f"changes[{key!r}]: a warm-started clone copies its parent's adapter, optimizer "
+                "and data position, so it keeps the adapter's shape (lora rank, target_modules, "
+                "use_dora, bias), the data plan (batch size, accumulation, epochs, max_steps) and "
+                f"the base model; clone cold (no --warm-start) to change {key}, or change "
+                "other knobs (learning_rate, lora_alpha, lora_dropout, weight_decay, ...)"
+            )
 
 
 def _check_warm_start(parent: RunSpec, clone: RunSpec) -> None:

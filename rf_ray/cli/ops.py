@@ -87,6 +87,8 @@ def cmd_ops(args: argparse.Namespace) -> int:
         if not changes:
             raise ConfigError("clone needs at least one knob=value change, e.g. learning_rate=1e-4")
         ops.check_function_changes(ops.flat_changes(changes))  # before any process starts
+        if args.warm_start:
+            ops.check_warm_changes(changes)
         request = remote.OpRequest("clone", args.run_id, changes, args.warm_start)
     else:
         if args.changes or args.warm_start:

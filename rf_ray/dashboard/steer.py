@@ -63,4 +63,6 @@ def clone_request(run_id: int, changes: Any, warm_start: bool) -> remote.OpReque
                           '{"learning_rate": "1e-4"}')  # fmt: skip
     parsed = {key: parse_value(text) for key, text in changes.items()}
     ops.check_function_changes(ops.flat_changes(parsed))
+    if warm_start:
+        ops.check_warm_changes(parsed)
     return remote.OpRequest("clone", run_id, parsed, warm_start)
