@@ -1,9 +1,12 @@
 """How a driver reaches Ray and claims an experiment on it.
 
-``ensure_ray`` connects to Ray (``RAY_ADDRESS``, the cluster an experiment's driver recorded in
-its ``cluster.json``, a ``ray start`` head) or starts a private local cluster, never waiting
-minutes on a dead head. ``record_cluster`` writes that ``cluster.json`` so that ``rf-ray ops``
-from another terminal finds the experiment; ``scheduler_name`` is the named actor it looks for.
+``ensure_ray`` connects a driver to Ray (``RAY_ADDRESS``, the cluster an experiment's driver
+recorded in its ``cluster.json``, a ``ray start`` head) or starts a private local cluster, never
+waiting minutes on a dead head. ``record_cluster`` writes that ``cluster.json`` so that
+``rf-ray ops`` from another terminal finds the experiment; ``connect`` attaches a process that
+steers it (``RAY_ADDRESS`` or ``cluster.json``, never a new cluster), ``driver_alive`` and
+``reachable`` say, without Ray, whether the recorded driver and cluster are still there;
+``scheduler_name`` is the named actor it looks for.
 ``take_lock`` claims the experiment directory's lock before anything is written (the scheduler
 actor holds it while the experiment runs).
 """
@@ -55,8 +58,8 @@ def ensure_ray(exp_dir: str | os.PathLike[str] | None = None) -> bool:
 
     1. ``RAY_ADDRESS`` (set in a Ray Job): it must answer, else ``ClusterUnreachableError``.
     2. With ``exp_dir``: the cluster its driver recorded in ``cluster.json``
-       (``record_cluster``), when that address answers. So ``rf-ray ops`` and a second Python
-       driver reach a script's private cluster; token authentication stays on (``_attach``).
+       (``record_cluster``), when that address answers; token authentication stays on
+       (``_attach``). (Ops reach a running experiment with ``connect``, which stops here.)
     3. A ``ray start`` head on this machine (Ray's bootstrap file). If its address does not
        answer (the head died and left the file behind), warn, naming the file, and start a
        local cluster: plain ``ray.init()`` would retry the dead address for minutes.

@@ -181,6 +181,53 @@ def test_ops_say_what_is_true_at_once_without_starting_ray(tmp_path):
         lock.close()
 
 
+@contextmanager
+def silent_cluster(root: Path, name: str) -> Iterator[Path]:
+    """A running experiment (its lock held here) whose recorded cluster accepts connections and
+    never answers: a scheduler that does not answer, for the op's deadline."""
+    import socket
+
+    exp_dir = _store(root, name, "running")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        record = {"address": address, "driver_pid": os.getpid(), "host": socket.gethostname()}
+        (exp_dir / CLUSTER_FILE).write_text(json.dumps(record))
+        lock = hold_experiment_lock(str(exp_dir))
+        try:
+            yield exp_dir
+        finally:
+            lock.close()
+
+
+def test_an_op_nobody_answers_ends_at_its_deadline_saying_it_may_still_apply(tmp_path):
+    with silent_cluster(tmp_path, "silent"):
+        done = rf_ray("ops", "stop", "silent", "1", "--path", str(tmp_path), "--timeout", "2")
+    assert done.returncode == 2
+    line = one_line(done)
+    assert "did not answer within 2 s" in line
+    assert "may still be applied" in line
+
+
+def test_the_page_answers_504_when_nobody_answers(tmp_path):
+    from rf_ray.dashboard.app import Settings
+    from rf_ray.dashboard.reads import Root
+    from rf_ray.dashboard.steer import Steering
+    from tests.rf_ray.test_dashboard_http import serve
+
+    with silent_cluster(tmp_path, "silent"):
+        settings = Settings(root=Root.at(tmp_path), steering=Steering(timeout_s=2))
+        with serve(settings) as base:
+            session, csrf = page_session(base)
+            got = session.post(
+                f"{base}/api/experiments/silent/runs/1/stop", headers={CSRF_HEADER: csrf},
+                timeout=120,
+            )  # fmt: skip
+    assert got.status_code == 504
+    assert "did not answer within 2 s" in got.json()["error"]
+
+
 # --------------------------------------------------------------------------- real experiments
 
 
