@@ -36,5 +36,6 @@ def test_all_names_are_exported() -> None:
     for name in policies.__all__:
         assert getattr(policies, name) is not None
     public = {n for n in dir(policies) if not n.startswith("_")}
-    submodules = {"chunking", "errors", "fusion", "order", "pruning", "redact", "state", "annotations"}
+    submodules = {"chunking", "errors", "fusion", "order", "pruning", "redact", "state",
+                  "annotations"}  # fmt: skip
     assert public - submodules == set(policies.__all__)
