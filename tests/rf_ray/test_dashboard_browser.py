@@ -130,6 +130,8 @@ def test_watch_stop_and_clone_in_a_real_browser(browser, ray_cluster, tmp_path):
             rate = wait.until(ec.visibility_of_element_located(
                 (By.CSS_SELECTOR, "#clone-fields input[name='learning_rate']")))  # fmt: skip
             assert rate.get_attribute("value") == "0.001"  # prefilled from run 2's knobs
+            model = browser.find_element(By.CSS_SELECTOR, "#clone-fields input[name='model_name']")
+            assert model.get_attribute("readonly") is not None  # what a clone keeps: read-only
             rate.clear()
             rate.send_keys("5e-4")
             browser.find_element(By.ID, "clone-submit").click()

@@ -228,6 +228,24 @@ def test_the_page_answers_504_when_nobody_answers(tmp_path):
     assert "did not answer within 2 s" in got.json()["error"]
 
 
+def test_an_op_sent_before_the_scheduler_is_registered_says_starting(ray_cluster, tmp_path):
+    """The lock is held and ``cluster.json`` names a live cluster (this test's), but no scheduler
+    is registered on it yet: the op's child attaches, finds none, and says "starting"."""
+    from rf_ray.cluster import record_cluster
+
+    exp_dir = _store(tmp_path, "coming", "running")
+    record_cluster(exp_dir)  # this process is the driver, on the test's cluster
+    lock = hold_experiment_lock(str(exp_dir))
+    try:
+        done = rf_ray("ops", "stop", "coming", "1", "--path", str(tmp_path))
+    finally:
+        lock.close()
+    assert done.returncode == 2
+    line = one_line(done)
+    assert "is starting (its scheduler is not registered yet)" in line
+    assert "retry in a few seconds" in line
+
+
 # --------------------------------------------------------------------------- real experiments
 
 
