@@ -10,9 +10,11 @@ JSON API.
     POST /api/experiments/{name}/runs/{id}/{op}          op: stop, resume, delete, prune
     POST /api/experiments/{name}/runs/{id}/clone         {"changes": {knob: text}, "warm_start"}
 
-Errors are ``{"error": message}``: 400 bad input (``ConfigError``), 409 an op that cannot apply
-(``OpError``, or an experiment that is not running: its page is read-only), 403 a request
-without the page's CSRF token, 404 an unknown experiment or run, 504 no answer in time.
+Errors are ``{"error": message}`` (cut to ``limits.MAX_MESSAGE`` characters): 400 bad input
+(``ConfigError``, a number out of range), 413 a body over 1 MiB, 409 an op that cannot apply
+(``OpError``, or an experiment that is not running, starting, or ended while asked: its page is
+read-only), 403 a request without the page's CSRF token, 404 an unknown experiment or run, 504
+no answer in time, 500 a bug (its message, and the traceback in the server's log).
 """
 
 from __future__ import annotations

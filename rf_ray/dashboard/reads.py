@@ -3,8 +3,9 @@ its store without disturbing the scheduler.
 
 The store is opened read-only (SQLite ``mode=ro`` on a WAL database: a reader never blocks the
 scheduler's writes), and whether an experiment is running is read from the kernel's lock table
-rather than by trying its lock: a dashboard that took the lock even for a moment, every two
-seconds, could make a driver starting at that moment think the experiment was already running.
+(``rf_ray.steerable.is_running``) rather than by trying its lock: a dashboard that took the lock
+even for a moment, every two seconds, could make a driver starting at that moment think the
+experiment was already running.
 
 Reads are incremental, so a page polling an experiment of 64 runs gets small answers: runs whose
 row changed since ``runs_after`` (the store's ``updated`` column), and step and chunk metrics
