@@ -164,9 +164,11 @@ def _last_line(text: str) -> str:
 def _child_env() -> dict[str, str]:
     """The child's environment: this one, with the directory rf_ray is imported from first on
     its path (a source checkout run as ``python -m rf_ray.cli`` is not installed)."""
-    here = str(Path(__file__).resolve().parents[1])
+    here = Path(__file__).resolve().parents[1]
+    if here.name in ("site-packages", "dist-packages"):  # installed: found as it was found here
+        return dict(os.environ)
     path = os.environ.get("PYTHONPATH", "")
-    return {**os.environ, "PYTHONPATH": here + (os.pathsep + path if path else "")}
+    return {**os.environ, "PYTHONPATH": str(here) + (os.pathsep + path if path else "")}
 
 
 # --------------------------------------------------------------------------- the child
