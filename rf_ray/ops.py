@@ -309,8 +309,10 @@ def check_warm_changes(changes: dict[str, Any]) -> None:
     for key in flat_changes(changes):
         lora = LORA_SHORTHAND.get(key) or (key[5:] if key.startswith("lora.") else None)
         if lora in WARM_KEEPS_LORA or key in WARM_KEEPS_PLAN or key.startswith("model_kwargs."):
+            field = f"lora.{lora}" if lora in WARM_KEEPS_LORA else key
             raise ConfigError(
-                f"changes[{key!r}]: a warm-started clone copies its parent's adapter, optimizer "
+                f"changes[{key!r}] sets {field}: a warm-started clone copies its parent's "
+                "adapter, optimizer "
                 "and data position, so it keeps the adapter's shape (lora rank, target_modules, "
                 "use_dora, bias), the data plan (batch size, accumulation, epochs, max_steps) and "
                 f"the base model; clone cold (no --warm-start) to change {key}, or change "
