@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from policies.redact import redact
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -128,9 +130,10 @@ class Tracker:
         return self.experiment_id
 
     def start_run(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str | None:
-        """Create the run's MLflow run and log its params and tags; its id, or ``None`` while
-        MLflow is unreachable (the run is then created by a later call)."""
-        self._write(_Write("start", None, (run_name, dict(params), dict(tags))))
+        """Create the run's MLflow run and log its params (secret-looking values masked:
+        ``policies.redact``) and tags; its id, or ``None`` while MLflow is unreachable (the run
+        is then created by a later call)."""
+        self._write(_Write("start", None, (run_name, redact(dict(params)), dict(tags))))
         return self.run_id
 
     def log_metrics(

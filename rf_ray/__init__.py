@@ -32,6 +32,8 @@ From configs to running actors
     ``cluster``     connect to Ray, cluster.json, the experiment lock, the scheduler's name
     ``experiment``  Experiment, the user's handle: run_fit, results, IC ops, Tune hooks
     ``ops``         interactive control of a running experiment (stop, resume, clone, ...)
+    ``steerable``   whether an experiment can take ops now, read from its directory (no Ray)
+    ``remote``      ops from a short-lived child process (``rf-ray ops``, the dashboard)
     ``live``        the live terminal view while run_fit waits
     ``summary``     what run_fit says when it starts (pruning) and ends (each run's outcome)
     ``notebook``    InteractiveController: stop/resume/delete/clone buttons under a cell

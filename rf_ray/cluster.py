@@ -1,9 +1,12 @@
 """How a driver reaches Ray and claims an experiment on it.
 
-``ensure_ray`` connects to Ray (``RAY_ADDRESS``, the cluster an experiment's driver recorded in
-its ``cluster.json``, a ``ray start`` head) or starts a private local cluster, never waiting
-minutes on a dead head. ``record_cluster`` writes that ``cluster.json`` so that ``rf-ray ops``
-from another terminal finds the experiment; ``scheduler_name`` is the named actor it looks for.
+``ensure_ray`` connects a driver to Ray (``RAY_ADDRESS``, the cluster an experiment's driver
+recorded in its ``cluster.json``, a ``ray start`` head) or starts a private local cluster, never
+waiting minutes on a dead head. ``record_cluster`` writes that ``cluster.json`` so that
+``rf-ray ops`` from another terminal finds the experiment; ``connect`` attaches a process that
+steers it (``RAY_ADDRESS`` or ``cluster.json``, never a new cluster), ``driver_alive`` and
+``reachable`` say, without Ray, whether the recorded driver and cluster are still there;
+``scheduler_name`` is the named actor it looks for.
 ``take_lock`` claims the experiment directory's lock before anything is written (the scheduler
 actor holds it while the experiment runs).
 """
@@ -55,8 +58,8 @@ def ensure_ray(exp_dir: str | os.PathLike[str] | None = None) -> bool:
 
     1. ``RAY_ADDRESS`` (set in a Ray Job): it must answer, else ``ClusterUnreachableError``.
     2. With ``exp_dir``: the cluster its driver recorded in ``cluster.json``
-       (``record_cluster``), when that address answers. So ``rf-ray ops`` and a second Python
-       driver reach a script's private cluster; token authentication stays on (``_attach``).
+       (``record_cluster``), when that address answers; token authentication stays on
+       (``_attach``). (Ops reach a running experiment with ``connect``, which stops here.)
     3. A ``ray start`` head on this machine (Ray's bootstrap file). If its address does not
        answer (the head died and left the file behind), warn, naming the file, and start a
        local cluster: plain ``ray.init()`` would retry the dead address for minutes.
@@ -207,18 +210,62 @@ def _attach(record: dict[str, Any], path: Path) -> None:
 
 def driver_gone(exp_dir: Path) -> bool:
     """True when the experiment's recorded driver process (same host) no longer exists."""
+    record = recorded_cluster(exp_dir)
+    return record is not None and not driver_alive(record)
+
+
+def driver_alive(record: dict[str, Any]) -> bool:
+    """Whether the driver a ``cluster.json`` record names still runs: False only when it ran on
+    this host and its pid is gone (a driver on another host cannot be checked from here)."""
     import socket
 
-    record = recorded_cluster(exp_dir)
-    if record is None or record.get("host") != socket.gethostname():
-        return False
+    if record.get("host") != socket.gethostname():
+        return True
     try:
         os.kill(int(record["driver_pid"]), 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:
         return False
-    return False
+    except (PermissionError, KeyError, TypeError, ValueError):
+        return True
+    return True
+
+
+def reachable(record: dict[str, Any]) -> bool:
+    """Whether the Ray cluster a ``cluster.json`` record names accepts connections (TCP only:
+    no Ray, and nothing attaches)."""
+    return _answers(str(record.get("address", "")))
+
+
+def connect(exp_dir: str | os.PathLike[str]) -> None:
+    """Attach this process to the Ray cluster experiment ``exp_dir`` runs on, never starting
+    one: ``RAY_ADDRESS`` when set, else the cluster its driver recorded (``cluster.json``).
+    ``ClusterUnreachableError`` when neither answers. A process already on a cluster stays.
+
+    The process then lives only as long as that cluster (Ray ends a driver whose cluster has
+    been gone for a minute): long-lived processes send ops from a child (``rf_ray.remote``).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        _check_reachable(address)
+        ray.init(address=address, logging_level=logging.WARNING)
+        return
+    path = Path(exp_dir) / CLUSTER_FILE
+    record = recorded_cluster(exp_dir)
+    if record is None:
+        raise ClusterUnreachableError(
+            f"{path} is missing or unreadable: the experiment's driver writes it as the "
+            "experiment starts; retry in a few seconds, or set RAY_ADDRESS to its cluster"
+        )
+    if not reachable(record):
+        raise ClusterUnreachableError(
+            f"the Ray cluster recorded in {path} at {record.get('address')} does not answer "
+            "(the experiment's driver and its cluster are gone?)"
+        )
+    _attach(record, path)
 
 
 # ---------------------------------------------------------------------------- the lock
@@ -294,8 +341,11 @@ __all__ = [
     "CLUSTER_FILE",
     "NAMESPACE",
     "ClusterUnreachableError",
+    "connect",
+    "driver_alive",
     "driver_gone",
     "ensure_ray",
+    "reachable",
     "record_cluster",
     "recorded_cluster",
     "scheduler_name",

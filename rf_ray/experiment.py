@@ -102,6 +102,11 @@ class Experiment:
     ) -> pd.DataFrame | None:
         """Train every config of ``param_config`` chunk by chunk; return ``get_runs_info()``.
 
+        ``num_chunks`` is per epoch: each epoch of the training data is cut into that many
+        chunks, so a run of 3 epochs (TRL's default ``num_train_epochs``) with ``num_chunks=4``
+        trains 12 chunks, and pruning rungs count chunks across epochs. Progress reads "chunk
+        3/4, epoch 1/3".
+
         ``create_model_fn(model_config) -> (model, tokenizer)`` is called once per distinct base
         model per executor (default: the embedded toy model or ``from_pretrained``).
         ``pruner`` defaults to ``SuccessiveHalving()`` on eval_loss (with an eval set) or the

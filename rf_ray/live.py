@@ -1,4 +1,7 @@
-"""The live terminal view of a running experiment: a progress bar and a small leaderboard."""
+"""The live terminal view of a running experiment: a progress bar and a small leaderboard; and
+``chunk_progress``, how every view (this one, ``rf-ray status``, the dashboard) says where a run
+is: chunk within its epoch, and epoch ("chunk 3/4, epoch 1/3"), since ``num_chunks`` is per epoch.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,37 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from policies.redact import redact
+
+
+def chunk_progress(chunks_done: int, total_chunks: int, per_epoch: int | None) -> str:
+    """Where a run is, for people: ``"chunk 3/4, epoch 1/3"`` after 3 chunks of a run of
+    3 epochs cut in 4 chunks each (``per_epoch``: the experiment's ``num_chunks``), or
+    ``"chunk 3/4"`` for a run of one epoch (or unknown ``per_epoch``). The chunk counts the
+    chunks done in the epoch of the last one done; a last, partial epoch (fractional
+    ``num_train_epochs``, ``max_steps``) counts only the chunks it has."""
+    if not per_epoch or per_epoch < 1 or total_chunks <= per_epoch:
+        return f"chunk {chunks_done}/{total_chunks}"
+    epochs = -(-total_chunks // per_epoch)
+    epoch = min(max(chunks_done - 1, 0) // per_epoch, epochs - 1)
+    start = epoch * per_epoch
+    in_epoch = min(per_epoch, total_chunks - start)
+    return f"chunk {chunks_done - start}/{in_epoch}, epoch {epoch + 1}/{epochs}"
+
+
+def chunks_per_epoch(exp_dir: Path | None) -> int | None:
+    """The experiment's ``num_chunks`` (chunks per epoch) as its store records it, or None."""
+    if exp_dir is None:
+        return None
+    from actors.storage.store import Store
+
+    try:
+        with Store(exp_dir, readonly=True) as store:
+            value = store.meta().get("num_chunks")
+    except Exception:  # no store (yet): the view says chunks only
+        return None
+    return value if isinstance(value, int) else None
 
 
 class LiveView:
@@ -24,13 +58,14 @@ class LiveView:
         exp_dir: Path | None = None,
     ) -> None:
         self.enabled = enabled and os.environ.get("RF_RAY_LIVE", "1") != "0"
-        self.params = params
+        self.params = {run_id: redact(p) for run_id, p in params.items()}
         self.differing = differing[:4]
         self.name = name
         self._live: Any = None
         self._seen: dict[int, tuple[int, str]] = {}
         self.exp_dir = exp_dir
         """Where the runs' samples.json are: their generation metrics get columns."""
+        self._per_epoch: int | None = None
 
     def __enter__(self) -> LiveView:
         if self.enabled and sys.stdout.isatty():
@@ -54,14 +89,18 @@ class LiveView:
             key = (row["chunks_done"], row["status"])
             if self._seen.get(row["run_id"]) != key:
                 self._seen[row["run_id"]] = key
-                progress = f"{row['chunks_done']}/{row['total_chunks']}"
                 gen = self._generated([row]).get(row["run_id"], {})
                 extra = "".join(f", {k} {_fmt(v)}" for k, v in sorted(gen.items()))
                 print(
-                    f"[rf-ray {self.name}] run {row['run_id']}: {row['status']}, chunk "
-                    f"{progress}, metric {_fmt(row['last_metric'])}{extra}",
+                    f"[rf-ray {self.name}] run {row['run_id']}: {row['status']}, "
+                    f"{self._progress(row)}, metric {_fmt(row['last_metric'])}{extra}",
                     flush=True,
                 )
+
+    def _progress(self, row: dict[str, Any]) -> str:
+        if self._per_epoch is None:
+            self._per_epoch = chunks_per_epoch(self.exp_dir) or 0
+        return chunk_progress(row["chunks_done"], row["total_chunks"], self._per_epoch)
 
     def _generated(self, snapshot: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
         """The runs' last generation metrics (``rf_ray.samples``), if any."""
@@ -87,7 +126,7 @@ class LiveView:
         table.add_column("run", justify="right")
         for key in self.differing:
             table.add_column(key)
-        table.add_column("chunks", justify="right")
+        table.add_column("progress", justify="right")
         table.add_column("metric", justify="right")
         generated = self._generated(snapshot)
         gen_columns = sorted({k for m in generated.values() for k in m})[:2]
@@ -101,12 +140,12 @@ class LiveView:
             table.add_row(
                 str(row["run_id"]),
                 *[str(params.get(k, "")) for k in self.differing],
-                f"{row['chunks_done']}/{row['total_chunks']}",
+                self._progress(row),
                 _fmt(row["last_metric"]),
                 *[_fmt(gen.get(k)) for k in gen_columns],
                 row["status"],
             )
-        header = Text(f"chunks {done}/{max(total, 1)}")
+        header = Text(f"chunks trained, all runs: {done}/{max(total, 1)}")
         return Group(header, ProgressBar(total=max(total, 1), completed=done), table)
 
 

@@ -9,6 +9,8 @@ the caller's process (where the user's functions live), before the scheduler see
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -21,37 +23,50 @@ from rf_ray import spec_store
 from rf_ray.cluster import (
     NAMESPACE,
     ClusterUnreachableError,
-    ensure_ray,
+    connect,
     recorded_cluster,
     scheduler_name,
 )
-from rf_ray.fields import LORA_SHORTHAND, check_lora_field, check_trainer_field
+from rf_ray.fields import LORA_SHORTHAND, check_lora_field, check_trainer_field, is_callable_list
 from rf_ray.knobs import is_knob
 from rf_ray.plan import entry_for
 from rf_ray.specs import RunConfig, build_specs
-
-_CALLABLE_FIELDS = ("formatting_func", "compute_metrics", "reward_funcs")
+from rf_ray.steerable import check_steerable, is_running, not_running, starting
 
 
 def attach(exp_dir: str | Path) -> Any:
-    """The named scheduler actor of the experiment running from ``exp_dir``, connecting to Ray
-    if needed: to ``RAY_ADDRESS``, else to the cluster the experiment's driver recorded in
-    ``exp_dir`` (so a script's private cluster is reachable from another terminal), else to a
-    ``ray start`` head (see ``cluster.ensure_ray``)."""
+    """The named scheduler actor of the experiment running from ``exp_dir``.
+
+    First the directory says whether the experiment can take ops (``rf_ray.steerable``: no such
+    experiment, finished, not running, starting), as an ``OpError`` and without touching Ray.
+    Then this process connects to the experiment's Ray cluster if it is on none: ``RAY_ADDRESS``,
+    else the cluster its driver recorded in ``cluster.json`` (``cluster.connect``), never a new
+    one. It then lives only as long as that cluster: a long-lived process (the dashboard) sends
+    ops from a child instead (``rf_ray.remote``), as ``rf-ray ops`` does.
+    """
     import ray
 
+    exp_dir = Path(exp_dir)
+    check_steerable(exp_dir, probe=not ray.is_initialized())
     try:
-        ensure_ray(exp_dir)
+        connect(exp_dir)
     except ClusterUnreachableError as e:
         raise OpError(str(e)) from None
     name = scheduler_name(exp_dir)
     try:
         return ray.get_actor(name, namespace=NAMESPACE)
     except ValueError:
+        pass
+    elsewhere = _elsewhere(exp_dir)
+    if elsewhere:
         raise OpError(
-            f"experiment {Path(exp_dir).name!r} at {exp_dir} is not running on this Ray cluster "
-            f"(no actor {name!r}){_elsewhere(exp_dir)}; start it with run_fit, or resume it"
-        ) from None
+            f"experiment {exp_dir.name!r} at {exp_dir} is not running on this Ray cluster "
+            f"(no actor {name!r}){elsewhere}"
+        )
+    check_steerable(exp_dir, probe=False)  # it may have ended meanwhile: say so
+    if is_running(exp_dir):
+        raise starting(exp_dir.name, "its scheduler is not registered yet")
+    raise not_running(exp_dir)
 
 
 def _elsewhere(exp_dir: str | Path) -> str:
@@ -68,6 +83,58 @@ def _elsewhere(exp_dir: str | Path) -> str:
         f"connected to {here}: run this from a fresh process (e.g. `rf-ray ops`), or "
         "ray.shutdown() first"
     )
+
+
+@functools.cache
+def function_fields() -> dict[str, tuple[bool, bool]]:
+    """The run fields that take functions, found from the config classes: the parameters of
+    ``RFModelConfig`` annotated with ``Callable``. Each maps to (whether a clone may change it:
+    it is a field of ``RunConfig``; whether it takes a list of functions). The others
+    (``eval_metrics_fn``, ``eval_prompts_fn``) are set once for a whole search."""
+    from rf_ray.configs import RFModelConfig
+
+    run_fields = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
+    out = {}
+    for name, param in inspect.signature(RFModelConfig.__init__).parameters.items():
+        if "Callable" in str(param.annotation):
+            in_run = name in run_fields
+            out[name] = (in_run, in_run and run_fields[name].startswith("list["))
+    return out
+
+
+NOT_CLONABLE = ("model_name", "trainer_type", "eval_generations")
+"""Params a clone keeps from its parent, besides ``function_fields`` (the base model and the
+trainer are the experiment's; generation metrics are set once for a search)."""
+
+
+def read_only_params() -> list[str]:
+    """The params the dashboard's clone form shows read-only: functions (text cannot carry
+    code) and what a clone keeps from its parent."""
+    return [*NOT_CLONABLE, *function_fields()]
+
+
+def check_function_changes(changes: dict[str, Any]) -> None:
+    """Refuse, before any run is added, a change of a function field that is not a function
+    (text from the command line or the page, a typo'd value) or of one a clone cannot change."""
+    for key, value in changes.items():
+        if key not in function_fields():
+            continue
+        clonable, many = function_fields()[key]
+        if not clonable:
+            raise ConfigError(
+                f"changes[{key!r}]: a clone keeps its parent's {key} (set once for the whole "
+                "search in RFModelConfig, so that all runs are scored alike); leave it out"
+            )
+        if is_callable_list(value) if many else (value is None or callable(value)):
+            continue
+        what, example = ("a non-empty list of functions", "[my_reward]") if many else (
+            "a function (or None)", "my_function")  # fmt: skip
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        raise ConfigError(
+            f"changes[{key!r}]={shown} is not {what}: {key} takes Python code, which text from "
+            "the command line or the dashboard cannot carry; clone from Python instead, e.g. "
+            f"exp.clone_modify(run_id, {{{key!r}: {example}}})"
+        )
 
 
 def apply(scheduler: Any, op: str, run_id: int) -> dict[str, Any]:
@@ -132,6 +199,7 @@ def modified(run: RunConfig, changes: dict[str, Any]) -> RunConfig:
     if not isinstance(changes, dict) or not changes:
         raise ConfigError(f"changes must be a non-empty dict of knob -> value, got {changes!r}")
     changes = flat_changes(changes)
+    check_function_changes(changes)
     training_args, lora = dict(run.training_args), dict(run.lora)
     kwargs: dict[str, Any] = {
         "model_kwargs": dict(run.model_kwargs),
@@ -144,7 +212,7 @@ def modified(run: RunConfig, changes: dict[str, Any]) -> RunConfig:
         if is_knob(value):
             raise ConfigError(f"changes[{key!r}] is a knob ({value!r}); a clone takes one value")
         section = key.split(".", 1)[0]
-        if key in _CALLABLE_FIELDS:
+        if key in function_fields():
             fields[key] = value
         elif key in LORA_SHORTHAND or key.startswith("lora."):
             name = LORA_SHORTHAND.get(key, key.removeprefix("lora."))
@@ -174,6 +242,8 @@ def clone_modify(
     import cloudpickle
     import ray
 
+    if warm_start:
+        check_warm_changes(changes)
     parent = cloudpickle.loads(_unwrap(lambda: ray.get(scheduler.get_spec_blob.remote(run_id))))
     if is_pipeline(parent):  # evals mode (rf_ray.evals.clone)
         return _clone_pipeline(scheduler, exp_dir, parent, changes, warm_start)
@@ -243,6 +313,33 @@ def _meta(exp_dir: Path) -> dict[str, Any]:
         return store.meta()
     finally:
         store.close()
+
+
+WARM_KEEPS_LORA = ("r", "target_modules", "use_dora", "bias")
+"""LoRA fields a warm-started clone keeps: they shape the adapter tensors it copies."""
+WARM_KEEPS_PLAN = (
+    "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
+    "max_steps", "dataloader_drop_last", "generation_batch_size", "num_generations",
+    "steps_per_generation", "num_iterations",
+)  # fmt: skip
+"""Trainer fields a warm-started clone keeps: they shape its chunk plan (its data position)."""
+
+
+def check_warm_changes(changes: dict[str, Any]) -> None:
+    """Refuse at once the changes a warm start cannot take (``_check_warm_start`` says the same
+    of the built clone, later): the adapter's shape, the data plan, the base model."""
+    for key in flat_changes(changes):
+        lora = LORA_SHORTHAND.get(key) or (key[5:] if key.startswith("lora.") else None)
+        if lora in WARM_KEEPS_LORA or key in WARM_KEEPS_PLAN or key.startswith("model_kwargs."):
+            field = f"lora.{lora}" if lora in WARM_KEEPS_LORA else key
+            raise ConfigError(
+                f"changes[{key!r}] sets {field}: a warm-started clone copies its parent's "
+                "adapter, optimizer "
+                "and data position, so it keeps the adapter's shape (lora rank, target_modules, "
+                "use_dora, bias), the data plan (batch size, accumulation, epochs, max_steps) and "
+                f"the base model; clone cold (no --warm-start) to change {key}, or change "
+                "other knobs (learning_rate, lora_alpha, lora_dropout, weight_decay, ...)"
+            )
 
 
 def _check_warm_start(parent: RunSpec, clone: RunSpec) -> None:

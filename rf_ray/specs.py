@@ -22,6 +22,7 @@ from typing import Any
 from actors.engine.spec import RunSpec
 from policies.chunking import ChunkPlan, repeat_sampler_length
 from policies.errors import ConfigError
+from policies.redact import redact
 from rf_ray.compat import IGNORED_TRAINER_FIELDS, RETIRED_TRAINER_FIELDS, forwarded_reporters
 from rf_ray.fields import (
     LORA_RULES,
@@ -272,8 +273,9 @@ def differing_params(configs: Sequence[RunConfig]) -> list[str]:
 
 
 def describe(run: RunConfig) -> str:
-    """A one-line ``key=value`` summary of a run, for error messages and logs."""
-    return ", ".join(f"{k}={v!r}" for k, v in run.flat_params().items())
+    """A one-line ``key=value`` summary of a run, for error messages and logs (secret-looking
+    values masked: ``policies.redact``)."""
+    return ", ".join(f"{k}={v!r}" for k, v in redact(run.flat_params()).items())
 
 
 # --------------------------------------------------------------------------- TRL / PEFT objects

@@ -36,6 +36,7 @@ STARTS_RAY_IN_A_SUBPROCESS = frozenset(
         "rf_ray/test_attach.py",
         "rf_ray/test_dead_head.py",
         "rf_ray/test_noise.py",
+        "rf_ray/test_steering.py",
     }
 )
 """Test modules (relative to tests/) whose tests start Ray in a child process, not through the

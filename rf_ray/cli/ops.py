@@ -2,16 +2,24 @@
 
     rf-ray ops stop sft-grid 3                     pause run 3 at its next slice boundary
     rf-ray ops resume sft-grid 3                   train it again
-    rf-ray ops prune|delete sft-grid 3
-    rf-ray ops clone sft-grid 3 learning_rate=1e-4 lora_rank=16 [--warm-start]
-    rf-ray resume sft-grid [--path ROOT]           continue after the driver died
+    rf-ray ops prune sft-grid 3                    prune it by hand (it can be resumed)
+    rf-ray ops delete sft-grid 3                   stop it for good
+    rf-ray ops clone sft-grid 3 learning_rate=1e-4 lora_rank=16
+    rf-ray ops clone sft-grid 3 learning_rate=1e-4 --warm-start
+    rf-ray resume sft-grid --path ROOT             continue after the driver died
 
-``ops`` attaches to the Ray cluster the experiment runs on: ``RAY_ADDRESS`` when set, else
-the cluster its driver recorded in the experiment directory (``cluster.json``: so a plain
-script's private cluster is reachable too, with Ray's token authentication kept on), else a
-``ray start`` head on this machine; it then finds the experiment by its directory. Values on
-the command line are parsed as JSON when they can be (``1e-4``, ``16``, ``true``,
-``["q_proj","v_proj"]``), else kept as text.
+``ops`` first reads the experiment directory and answers at once, in one line, when the op
+cannot apply: no such experiment, finished, not running (``rf-ray resume`` it), or starting
+(retry). Otherwise a short-lived child process attaches to the Ray cluster the experiment runs
+on (``RAY_ADDRESS`` when set, else the cluster its driver recorded in ``cluster.json``, with
+Ray's token authentication kept on), sends the op and relays the scheduler's answer; it is
+bounded by ``--timeout`` (``rf_ray.remote``). Values on the command line are parsed as JSON when
+they can be (``1e-4``, ``16``, ``true``, ``["q_proj","v_proj"]``), else kept as text; functions
+(``formatting_func``, ``reward_funcs``, ...) cannot be given as text: clone from Python.
+
+A warm start (``--warm-start``) copies the parent's adapter, optimizer, LR schedule and data
+position, so the clone must keep the adapter's shape (``lora_rank``, ``target_modules``) and the
+data plan (batch size, accumulation, epochs); any other knob, e.g. the learning rate, may change.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from typing import Any
 
 from policies.errors import ConfigError
 from rf_ray.experiment import DEFAULT_ROOT
+from rf_ray.remote import OP_TIMEOUT_S
 
 
 def add_ops(p: argparse.ArgumentParser) -> None:
@@ -30,8 +39,27 @@ def add_ops(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", help="experiment name")
     p.add_argument("run_id", type=int, help="run id (see rf-ray status)")
     p.add_argument("changes", nargs="*", help="for clone: knob=value pairs")
-    p.add_argument("--warm-start", action="store_true", help="clone: copy the parent's state")
+    p.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="clone: copy the parent's adapter, optimizer and data position (keep lora_rank)",
+    )
     p.add_argument("--path", default=DEFAULT_ROOT, help="experiments root")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=OP_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"how long to wait for the answer (default {OP_TIMEOUT_S:g})",
+    )
+
+
+def parse_value(text: str) -> Any:
+    """A value as typed: JSON when it parses (``1e-4``, ``16``, ``true``), else the text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def parse_changes(pairs: list[str]) -> dict[str, Any]:
@@ -40,28 +68,33 @@ def parse_changes(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key:
-            raise ConfigError(f"expected knob=value, got {pair!r}")
-        try:
-            out[key] = json.loads(text)
-        except json.JSONDecodeError:
-            out[key] = text
+            hint = (
+                " (brackets in usage lines mark an optional part: type --warm-start without them)"
+                if pair.startswith("[")
+                else ""
+            )
+            raise ConfigError(f"expected knob=value, got {pair!r}{hint}")
+        out[key] = parse_value(text)
     return out
 
 
 def cmd_ops(args: argparse.Namespace) -> int:
-    from rf_ray import ops
+    from rf_ray import ops, remote
 
     exp_dir = (Path(args.path) / args.experiment).resolve()
-    scheduler = ops.attach(exp_dir)
     if args.op == "clone":
-        result = ops.clone_modify(
-            scheduler, exp_dir, args.run_id, parse_changes(args.changes), args.warm_start
-        )
+        changes = parse_changes(args.changes)
+        if not changes:
+            raise ConfigError("clone needs at least one knob=value change, e.g. learning_rate=1e-4")
+        ops.check_function_changes(ops.flat_changes(changes))  # before any process starts
+        if args.warm_start:
+            ops.check_warm_changes(changes)
+        request = remote.OpRequest("clone", args.run_id, changes, args.warm_start)
     else:
-        if args.changes:
-            raise ConfigError(f"{args.op} takes no knob=value changes")
-        result = ops.apply(scheduler, args.op, args.run_id)
-    print(json.dumps(result))
+        if args.changes or args.warm_start:
+            raise ConfigError(f"{args.op} takes no knob=value changes and no --warm-start")
+        request = remote.OpRequest(args.op, args.run_id)
+    print(json.dumps(remote.send(exp_dir, request, args.timeout)))
     return 0
 
 

@@ -14,7 +14,9 @@ from typing import Any
 
 from actors.storage.store import Store
 from policies.errors import ConfigError
+from policies.redact import redact
 from rf_ray.experiment import DEFAULT_ROOT
+from rf_ray.live import chunk_progress
 from rf_ray.samples import generation_metrics, metric_columns
 from rf_ray.specs import differing_keys, to_jsonable
 
@@ -36,13 +38,14 @@ def _candidates(root: Path) -> str:
 
 
 def read_experiment(exp_dir: Path) -> dict[str, Any]:
-    """Meta, runs and chunk metrics of one experiment, read through a read-only store."""
+    """Meta, runs and chunk metrics of one experiment, read through a read-only store; the runs'
+    secret-looking knob values masked (``policies.redact``), since all of it is printed."""
     try:
         store = Store(exp_dir, readonly=True)
         try:
             return {
                 "meta": store.meta(),
-                "runs": store.runs(),
+                "runs": [{**r, "params": redact(r["params"])} for r in store.runs()],
                 "chunks": store.chunk_metrics(),
             }
         finally:
@@ -87,7 +90,11 @@ def status_json(name: str, exp_dir: Path, data: dict[str, Any]) -> dict[str, Any
     per_run: dict[int, list[dict[str, Any]]] = {}
     for run_id, chunk, metrics in data["chunks"]:
         per_run.setdefault(run_id, []).append({"chunk": chunk, **metrics})
-    runs = [{**r, "chunks": per_run.get(r["run_id"], [])} for r in data["runs"]]
+    per_epoch = data["meta"].get("num_chunks")
+    runs = [
+        {**r, "progress": _progress(r, per_epoch), "chunks": per_run.get(r["run_id"], [])}
+        for r in data["runs"]
+    ]
     generated = generation_metrics(exp_dir, [r["run_id"] for r in runs])
     for r in runs:
         r["generation_metrics"] = generated.get(r["run_id"], {})
@@ -118,13 +125,13 @@ def status_text(name: str, exp_dir: Path, data: dict[str, Any]) -> str:
     # the runs' last generation metrics (runs/<id>/samples.json), beside the pruner's metric
     generated = generation_metrics(exp_dir, [r["run_id"] for r in runs])
     gen_columns = metric_columns(generated, skip=pruner.get("metric"))
-    headers = ["run", "status", "chunks", "steps", f"last {metric}", f"best {metric}", "pruned@"]
+    headers = ["run", "status", "progress", "steps", f"last {metric}", f"best {metric}", "pruned@"]
     headers += [*gen_columns, *knobs, "error"]
     rows = [
         [
             str(r["run_id"]),
             r["status"],
-            f"{r['chunks_done']}/{r['total_chunks']}",
+            _progress(r, meta.get("num_chunks")),
             f"{r['steps_done']}/{r['total_steps']}",
             _fmt(r["last_metric"]),
             _fmt(r["best_metric"]),
@@ -138,6 +145,10 @@ def status_text(name: str, exp_dir: Path, data: dict[str, Any]) -> str:
     counts = Counter(r["status"] for r in runs)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     return "\n".join([*lines, format_table(headers, rows), "", f"{len(runs)} runs: {summary}"])
+
+
+def _progress(run: dict[str, Any], per_epoch: Any) -> str:
+    return chunk_progress(run["chunks_done"], run["total_chunks"], per_epoch)
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:

@@ -10,9 +10,11 @@ JSON API.
     POST /api/experiments/{name}/runs/{id}/{op}          op: stop, resume, delete, prune
     POST /api/experiments/{name}/runs/{id}/clone         {"changes": {knob: text}, "warm_start"}
 
-Errors are ``{"error": message}``: 400 bad input (``ConfigError``), 409 an op that cannot apply
-(``OpError``, or an experiment that is not running: its page is read-only), 403 a request
-without the page's CSRF token, 404 an unknown experiment or run, 504 no answer in time.
+Errors are ``{"error": message}`` (cut to ``limits.MAX_MESSAGE`` characters): 400 bad input
+(``ConfigError``, a number out of range), 413 a body over 1 MiB, 409 an op that cannot apply
+(``OpError``, or an experiment that is not running, starting, or ended while asked: its page is
+read-only), 403 a request without the page's CSRF token, 404 an unknown experiment or run, 504
+no answer in time, 500 a bug (its message, and the traceback in the server's log).
 """
 
 from __future__ import annotations
@@ -37,7 +39,19 @@ from actors.storage.store import Store
 from policies.errors import ConfigError, OpError
 from rf_ray.dashboard import reads
 from rf_ray.dashboard.guard import Guard, GuardMiddleware, session_of, set_session
-from rf_ray.dashboard.steer import RUN_OPS, Steering, SteerTimeoutError
+from rf_ray.dashboard.limits import (
+    BodyLimit,
+    BodyTooLargeError,
+    clip,
+    error,
+    float_param,
+    int_param,
+    read_json,
+)
+from rf_ray.dashboard.steer import RUN_OPS, Steering, clone_request
+from rf_ray.ops import read_only_params
+from rf_ray.remote import NoAnswerError, OpRequest
+from rf_ray.steerable import NotSteerableError, check_steerable
 
 logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -79,11 +93,8 @@ def create_app(settings: Settings) -> Starlette:
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(GuardMiddleware, guard=settings.guard)
+    app.add_middleware(BodyLimit)  # outermost: a body too large is refused before anything
     return app
-
-
-def _error(message: str, status: int) -> JSONResponse:
-    return JSONResponse({"error": message}, status)
 
 
 class _Api:
@@ -113,14 +124,15 @@ class _Api:
         exp_dir = self._dir(request)
         if exp_dir is None:
             return _not_found(request)
+        query = request.query_params
         try:
             cursor = reads.Cursor(
-                runs_after=float(request.query_params.get("runs_after", 0)),
-                steps_after=int(request.query_params.get("steps_after", 0)),
-                chunks_after=int(request.query_params.get("chunks_after", 0)),
+                runs_after=float_param(query.get("runs_after", "0"), "runs_after"),
+                steps_after=int_param(query.get("steps_after", "0"), "steps_after"),
+                chunks_after=int_param(query.get("chunks_after", "0"), "chunks_after"),
             )
-        except ValueError as exc:
-            return _error(f"bad cursor in the query ({exc}); omit it to read everything", 400)
+        except ConfigError as exc:
+            return error(f"bad cursor in the query ({exc}); omit it to read everything", 400)
         state = await run_in_threadpool(reads.read_state, exp_dir, cursor)
         state["mlflow"] = await self._mlflow_links(request.path_params["name"], state["runs"])
         return JSONResponse(state)
@@ -129,62 +141,62 @@ class _Api:
         exp_dir = self._dir(request)
         if exp_dir is None:
             return _not_found(request)
-        run_id = request.path_params["run_id"]
+        try:
+            run_id = int_param(request.path_params["run_id"], "the run id")
+        except ConfigError as exc:
+            return error(str(exc), 400)
         found = await run_in_threadpool(reads.run_params, exp_dir, run_id)
         if found is None:
-            return _error(f"no run {run_id} in experiment {request.path_params['name']!r}", 404)
-        return JSONResponse({"run_id": run_id, "params": reads.finite(found)})
+            return error(f"no run {run_id} in experiment {request.path_params['name']!r}", 404)
+        return JSONResponse(
+            {"run_id": run_id, "params": reads.finite(found), "read_only": read_only_params()}
+        )
 
     async def op(self, request: Request) -> Response:
         op = request.path_params["op"]
         if op not in RUN_OPS:
-            return _error(f"unknown op {op!r}; ops are: {', '.join(RUN_OPS)}, clone", 404)
-        return await self._steer(
-            request, lambda d: self.s.steering.op(d, op, request.path_params["run_id"])
-        )
+            return error(f"unknown op {op!r}; ops are: {', '.join(RUN_OPS)}, clone", 404)
+
+        async def prepare(run_id: int) -> OpRequest:
+            return OpRequest(op, run_id)
+
+        return await self._steer(request, prepare)
 
     async def clone(self, request: Request) -> Response:
-        run_id = request.path_params["run_id"]
-
-        async def send(exp_dir: Path) -> dict[str, Any]:
-            try:
-                body = await request.json()
-            except ValueError:
-                body = None
+        async def prepare(run_id: int) -> OpRequest:
+            body = await read_json(request)
             if not isinstance(body, dict) or not isinstance(body.get("changes"), dict):
                 raise ConfigError(
                     'the body must be JSON {"changes": {knob: value}, "warm_start": bool}'
                 )
             warm = body.get("warm_start", False)
             if not isinstance(warm, bool):
-                raise ConfigError(f"warm_start must be true or false, got {warm!r}")
-            return await self.s.steering.clone(exp_dir, run_id, body["changes"], warm)
+                raise ConfigError(f"warm_start must be true or false, got {clip(repr(warm), 40)}")
+            return clone_request(run_id, body["changes"], warm)
 
-        return await self._steer(request, send)
+        return await self._steer(request, prepare)
 
     async def _steer(
-        self, request: Request, send: Callable[[Path], Awaitable[dict[str, Any]]]
+        self, request: Request, prepare: Callable[[int], Awaitable[OpRequest]]
     ) -> Response:
+        """The order of checks of every op: CSRF, the experiment, the run id, the request
+        (body), whether the experiment can take ops now (read from its directory), then the op
+        itself, from a child process."""
         refused = self.s.guard.check_csrf(request)
         if refused is not None:
-            return _error(refused, 403)
+            return error(refused, 403)
         exp_dir = self._dir(request)
         if exp_dir is None:
             return _not_found(request)
-        if not await run_in_threadpool(reads.is_running, exp_dir):
-            return _error(
-                f"experiment {exp_dir.name!r} is not running: its page is read-only (resume "
-                f"it with `rf-ray resume {exp_dir.name}` to steer it again)",
-                409,
-            )
         try:
-            return JSONResponse(await send(exp_dir))
-        except ConfigError as exc:
-            return _error(str(exc), 400)
-        except OpError as exc:
-            return _error(str(exc), 409)
-        except SteerTimeoutError as exc:
-            return _error(str(exc), 504)
+            op = await prepare(int_param(request.path_params["run_id"], "the run id"))
+            await run_in_threadpool(check_steerable, exp_dir)
+            return JSONResponse(await self.s.steering.send(exp_dir, op))
+        except (ConfigError, OpError) as exc:
+            return _refusal(exc)
+        except Exception as exc:  # a bug: say so in the answer, not only in the server's log
+            logger.exception("dashboard: %s failed", request.url.path)
+            return error(f"internal error ({type(exc).__name__}: {exc}); see the server's log", 500)
 
     def _dir(self, request: Request) -> Path | None:
         try:
@@ -225,9 +237,20 @@ def _mlflow_experiment_id(settings: Settings, name: str) -> str | None:
     return None if found is None else str(found.experiment_id)
 
 
+_STATUS = ((BodyTooLargeError, 413), (ConfigError, 400), (NotSteerableError, 409),
+           (NoAnswerError, 504), (OpError, 409))  # fmt: skip
+"""How each refusal answers (the first class that matches)."""
+
+
+def _refusal(exc: Exception) -> JSONResponse:
+    status = next(code for kind, code in _STATUS if isinstance(exc, kind))
+    suffix = "; its page is read-only until it runs" if isinstance(exc, NotSteerableError) else ""
+    return error(f"{exc}{suffix}", status)
+
+
 def _not_found(request: Request) -> JSONResponse:
     name = request.path_params["name"]
-    return _error(f"no experiment {name!r} under this dashboard's --path", 404)
+    return error(f"no experiment {name!r} under this dashboard's --path", 404)
 
 
 _PAGE_HEADERS = {

@@ -7,7 +7,8 @@
                                               other machines too, with an access token
                                               (printed once, in the URL to open)
 
-Ctrl-C stops the page and the MLflow UI with it.
+Ctrl-C or SIGTERM (a plain ``kill``) stops the page and the MLflow UI with its processes, and
+prints one line.
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     token = secrets.token_urlsafe(32) if remote else None
     settings = Settings(root=root, guard=Guard(access_token=token))
     mlflow = None
+    stop = _StopSignals()
     try:
         if args.mlflow:
             mlflow = start_mlflow(args, settings)
@@ -141,11 +143,51 @@ def run(args: argparse.Namespace) -> int:
             print("(shown once: anyone with it can stop and delete runs)")
         sys.stdout.flush()
         _serve(create_app(settings), sock)
+    except _SignalStopError as stopped:
+        print(f"rf-ray dashboard: stopped ({stopped.name})", file=sys.stderr)
+        return 128 + stopped.signum
     finally:
+        stop.quiet()  # a second signal must not cut the clean-up short (it is bounded)
         sock.close()
         if mlflow is not None:
             _stop(mlflow)
+        stop.restore()
     return 0
+
+
+class _SignalStopError(Exception):
+    """Ctrl-C (SIGINT) or SIGTERM reached the dashboard: stop, clean up, say so in one line."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM raise ``_SignalStopError`` while the dashboard runs, so its clean-up (the
+    MLflow UI's process group) runs however it is stopped. uvicorn replaces these handlers while
+    it serves, and on its way out restores them and raises the signals it caught again: they
+    land here. (Without this, SIGTERM's default action ended the process before any ``finally``
+    ran, leaving ``mlflow ui`` behind, and Ctrl-C ended it with a ``KeyboardInterrupt``
+    traceback.)"""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self._previous = {s: signal.signal(s, self._raise) for s in self.SIGNALS}
+
+    @staticmethod
+    def _raise(signum: int, _frame: Any) -> None:
+        raise _SignalStopError(signum)
+
+    def quiet(self) -> None:
+        for s in self.SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def _no_experiment(root: Any, name: str) -> None:

@@ -63,7 +63,7 @@ class Guard:
         """Why this state-changing request is refused, or None when it may go on."""
         origin = request.headers.get("origin")
         if origin is not None and origin != _own_origin(request):
-            return f"cross-site request refused (Origin {origin!r} is not this dashboard)"
+            return f"cross-site request refused (Origin {origin[:200]!r} is not this dashboard)"
         session = request.cookies.get(SESSION_COOKIE)
         sent = request.headers.get(CSRF_HEADER)
         if not session or not sent:
@@ -78,10 +78,16 @@ class Guard:
     def has_access(self, request: Request) -> bool:
         if self.access_token is None:
             return True
-        auth = request.headers.get("authorization", "")
-        given = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else None
+        given = bearer_token(request.headers.get("authorization", ""))
         given = given or request.cookies.get(ACCESS_COOKIE) or ""
         return hmac.compare_digest(given.encode(), self.access_token.encode())
+
+
+def bearer_token(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; the scheme is matched without
+    regard to case (RFC 7235, section 2.1), so ``bearer`` and ``BEARER`` work too."""
+    scheme, _, token = authorization.strip().partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
 def _own_origin(request: Request) -> str:
@@ -118,7 +124,7 @@ class GuardMiddleware:
         host = _host_name(request.headers.get("host", ""))
         if guard.loopback_only and not is_loopback(host):
             return JSONResponse(
-                {"error": f"Host {host!r} refused: this dashboard serves 127.0.0.1 only"}, 421
+                {"error": f"Host {host[:200]!r} refused: this dashboard serves 127.0.0.1 only"}, 421
             )
         if guard.access_token is None or guard.has_access(request):
             return None

@@ -3,8 +3,9 @@ its store without disturbing the scheduler.
 
 The store is opened read-only (SQLite ``mode=ro`` on a WAL database: a reader never blocks the
 scheduler's writes), and whether an experiment is running is read from the kernel's lock table
-rather than by trying its lock: a dashboard that took the lock even for a moment, every two
-seconds, could make a driver starting at that moment think the experiment was already running.
+(``rf_ray.steerable.is_running``) rather than by trying its lock: a dashboard that took the lock
+even for a moment, every two seconds, could make a driver starting at that moment think the
+experiment was already running.
 
 Reads are incremental, so a page polling an experiment of 64 runs gets small answers: runs whose
 row changed since ``runs_after`` (the store's ``updated`` column), and step and chunk metrics
@@ -16,8 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import re
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
@@ -26,9 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actors.scheduler_actor import LOCK_FILE
 from actors.storage.store import Store, readonly_uri
 from policies.errors import ConfigError
+from policies.redact import redact
+from rf_ray.live import chunk_progress
+from rf_ray.steerable import is_running
 
 logger = logging.getLogger(__name__)
 
@@ -37,24 +38,6 @@ MAX_POINTS = 5000
 
 ERROR_CHARS = 4000
 """A run's error (often a traceback) is cut to its last this many characters."""
-
-REDACTED = "***"
-_SECRET_WORDS = ("token", "key", "secret", "password", "passwd", "apikey", "credential")
-
-
-def is_secret_key(key: str) -> bool:
-    """True for a knob whose value may be a secret: any word of its last dotted part is one of
-    ``_SECRET_WORDS`` (``hub_token``, ``wandb.api_key``, ``db_password``); ``tokenizer_kwargs.x``
-    is not (the section's name is not the knob's)."""
-    words = re.split(r"[^a-z0-9]+", key.rsplit(".", 1)[-1].lower())
-    return any(w in _SECRET_WORDS or "secret" in w or "password" in w for w in words)
-
-
-def redact(params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` with every secret-looking knob's value replaced by ``REDACTED``."""
-    return {
-        k: REDACTED if is_secret_key(k) and v not in (None, "") else v for k, v in params.items()
-    }
 
 
 def finite(value: Any) -> Any:
@@ -66,39 +49,6 @@ def finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [finite(v) for v in value]
     return value
-
-
-# --------------------------------------------------------------------------- running or not
-
-
-def is_running(exp_dir: Path) -> bool:
-    """True while a scheduler holds the experiment's lock, read without touching the lock."""
-    path = exp_dir / LOCK_FILE
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return False
-    held = _flock_listed(st)
-    if held is not None:
-        return held
-    # No /proc/locks (not Linux): fall back to what the driver recorded.
-    with Store(exp_dir, readonly=True) as store:
-        return bool(store.meta().get("status") == "running")
-
-
-def _flock_listed(st: os.stat_result) -> bool | None:
-    """Whether Linux's ``/proc/locks`` lists a ``flock`` on the file ``st`` describes; None
-    when the table cannot be read. Lines read ``1: FLOCK ADVISORY WRITE <pid> fe:00:<inode>``."""
-    try:
-        text = Path("/proc/locks").read_text()
-    except OSError:
-        return None
-    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    for line in text.splitlines():
-        fields = line.split()
-        if "FLOCK" in fields and device in fields and "->" not in fields:
-            return True
-    return False
 
 
 # --------------------------------------------------------------------------- experiments
@@ -203,6 +153,9 @@ def read_state(exp_dir: Path, cursor: Cursor) -> dict[str, Any]:
         if row["error"] and len(row["error"]) > ERROR_CHARS:
             row["error"] = "..." + row["error"][-ERROR_CHARS:]
         row["params"] = redact(params.get(row["run_id"], {}))
+        row["progress"] = chunk_progress(
+            row["chunks_done"], row["total_chunks"], meta.get("num_chunks")
+        )
     return finite(
         {
             "name": meta.get("name", exp_dir.name),

@@ -1,34 +1,29 @@
-"""Steering from the page: the same ops path as ``rf-ray ops`` (``rf_ray.ops``), so the same
-validation and the same error messages, each request applied once.
+"""Steering from the page: the same path as ``rf-ray ops`` (``rf_ray.remote``), so the same
+validation, the same one-line answers, each request applied once.
 
-Ray calls block, so they run on one worker thread: the server keeps answering reads meanwhile,
-and two clicks are applied one after the other, in order of arrival, as the scheduler applies
-concurrent ``rf-ray ops`` calls. Every call is bounded by ``timeout_s`` for the page; the
-thread itself waits as ``rf_ray.ops`` does (its ``ray.get`` has no bound), so ops sent after one
-that hung wait behind it and time out too, each saying so, until the scheduler answers.
+The dashboard process never attaches itself to an experiment's Ray cluster (it would die a
+minute after that cluster goes: DESIGN.md, traps): each op runs in a short-lived child process
+with a deadline (``remote.send``), from one worker thread, so the server keeps answering reads
+meanwhile and two clicks are applied one after the other, in order of arrival, as the scheduler
+applies concurrent ``rf-ray ops`` calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from policies.errors import ConfigError, OpError
+from rf_ray import remote
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 RUN_OPS = ("stop", "resume", "delete", "prune")
-STEER_TIMEOUT_S = 120.0
-"""Bound on one op: attaching to Ray (first call) plus the scheduler's answer."""
-
-
-class SteerTimeoutError(TimeoutError):
-    """The scheduler did not answer an op in time (the op may still be applied)."""
+STEER_TIMEOUT_S = remote.OP_TIMEOUT_S
+"""Bound on one op: its child process's start, attaching, and the scheduler's answer."""
 
 
 class Steering:
@@ -38,53 +33,36 @@ class Steering:
         self.timeout_s = timeout_s
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rf-ray-steer")
 
-    async def op(self, exp_dir: Path, op: str, run_id: int) -> dict[str, Any]:
-        """stop/resume/delete/prune ``run_id``; ``OpError``/``ConfigError`` as ``rf-ray ops``."""
-        if op not in RUN_OPS:
-            raise OpError(f"unknown op {op!r}; the page's ops are: {', '.join(RUN_OPS)}, clone")
-        return await self._call(_apply, exp_dir, op, run_id)
-
-    async def clone(
-        self, exp_dir: Path, run_id: int, changes: dict[str, str], warm_start: bool
-    ) -> dict[str, Any]:
-        """Clone ``run_id`` with ``changes`` (knob -> text as typed, parsed like the command
-        line's ``knob=value``)."""
-        return await self._call(_clone, exp_dir, run_id, changes, warm_start)
-
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def send(self, exp_dir: Path, request: remote.OpRequest) -> dict[str, Any]:
+        """Apply ``request`` (``remote.send``), after every op sent before it; ``ConfigError``,
+        ``OpError`` or ``remote.NoAnswerError`` as ``rf-ray ops`` raises them."""
+        if request.op not in (*RUN_OPS, "clone"):
+            raise OpError(f"unknown op {request.op!r}; ops are: {', '.join(RUN_OPS)}, clone")
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, fn, *args)
-        try:
-            return await asyncio.wait_for(future, self.timeout_s)
-        except asyncio.TimeoutError:
-            raise SteerTimeoutError(
-                f"the experiment's scheduler did not answer within {self.timeout_s:g} s; the op "
-                "may still be applied: check the runs table before trying again"
-            ) from None
+        result: dict[str, Any] = await loop.run_in_executor(
+            self._pool, remote.send, exp_dir, request, self.timeout_s
+        )
+        logger.info("dashboard: %s run %d of %s -> %s", request.op, request.run_id,
+                    exp_dir.name, result)  # fmt: skip
+        return result
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _apply(exp_dir: Path, op: str, run_id: int) -> dict[str, Any]:
+def clone_request(run_id: int, changes: Any, warm_start: bool) -> remote.OpRequest:
+    """A clone request from the page's form, checked here (before any process starts): text
+    values parsed as the command line parses them, no function field given as text."""
     from rf_ray import ops
-
-    result: dict[str, Any] = ops.apply(ops.attach(exp_dir), op, run_id)
-    logger.info("dashboard: %s run %d of %s -> %s", op, run_id, exp_dir.name, result)
-    return result
-
-
-def _clone(exp_dir: Path, run_id: int, changes: dict[str, str], warm: bool) -> dict[str, Any]:
-    from rf_ray import ops
-    from rf_ray.cli.ops import parse_changes
+    from rf_ray.cli.ops import parse_value
 
     if not isinstance(changes, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in changes.items()
+        isinstance(k, str) and k and isinstance(v, str) for k, v in changes.items()
     ):
-        raise ConfigError(f"changes must map knob names to the text typed, got {changes!r}")
-    parsed = parse_changes([f"{key}={text}" for key, text in changes.items()])
-    result: dict[str, Any] = ops.clone_modify(
-        ops.attach(exp_dir), exp_dir, run_id, parsed, warm_start=warm
-    )
-    logger.info("dashboard: clone of run %d of %s -> %s", run_id, exp_dir.name, result)
-    return result
+        raise ConfigError("changes must map knob names to the text typed, e.g. "
+                          '{"learning_rate": "1e-4"}')  # fmt: skip
+    parsed = {key: parse_value(text) for key, text in changes.items()}
+    ops.check_function_changes(ops.flat_changes(parsed))
+    if warm_start:
+        ops.check_warm_changes(parsed)
+    return remote.OpRequest("clone", run_id, parsed, warm_start)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from actors.scheduler_actor import hold_experiment_lock
+from actors.storage.store import Store
 from policies.errors import OpError
 from rf_ray import ops
 
@@ -140,11 +142,16 @@ def test_attaching_from_a_process_on_another_cluster_says_where_the_experiment_i
     ray_cluster, tmp_path
 ):
     exp_dir = tmp_path / "elsewhere"
-    exp_dir.mkdir()
+    with Store(exp_dir) as store:
+        store.set_meta(name="elsewhere", status="running")
     (exp_dir / "cluster.json").write_text(
         json.dumps({"address": "192.0.2.1:6379", "driver_pid": 1, "host": "h"})
     )
-    with pytest.raises(OpError) as excinfo:
-        ops.attach(exp_dir)
+    lock = hold_experiment_lock(str(exp_dir))  # its scheduler runs (on that other cluster)
+    try:
+        with pytest.raises(OpError) as excinfo:
+            ops.attach(exp_dir)
+    finally:
+        lock.close()
     assert "recorded the cluster at 192.0.2.1:6379" in str(excinfo.value)
     assert "fresh process" in str(excinfo.value)

@@ -84,10 +84,12 @@ def test_status_shows_every_run_and_the_differing_knobs(root, capsys):
     table = out.split("\n---", 1)[1].split("\n\n", 1)[0].splitlines()[1:]  # below the rule
     rows = {line.split()[0]: line.split() for line in table}
     assert set(rows) == {"1", "2", "3"}
-    # run, status, chunks, steps, last, best, pruned@, learning_rate, lora.r, error...
-    assert rows["1"] == ["1", "completed", "4/4", "32/32", "0.9", "0.85", "-", "0.003", "4"]
-    assert rows["2"] == ["2", "pruned", "1/4", "8/32", "1.3", "1.3", "1", "0.001", "16"]
-    assert rows["3"][:9] == ["3", "failed", "0/4", "0/32", "-", "-", "-", "0.0003", "4"]
+    # run, status, progress (one epoch: the chunk), steps, last, best, pruned@, learning_rate,
+    # lora.r, error...
+    assert rows["1"] == ["1", "completed", "chunk", "4/4", "32/32", "0.9", "0.85", "-", "0.003",
+                         "4"]  # fmt: skip
+    assert rows["2"] == ["2", "pruned", "chunk", "1/4", "8/32", "1.3", "1.3", "1", "0.001", "16"]
+    assert rows["3"][:10] == ["3", "failed", "chunk", "0/4", "0/32", "-", "-", "-", "0.0003", "4"]
     assert rows["3"][-1].endswith("...")
     assert "out of memory " * 9 not in out  # the error is truncated to one short line
     assert "3 runs: 1 completed, 1 failed, 1 pruned" in out
@@ -272,6 +274,77 @@ def test_dashboard_serves_its_page_and_the_mlflow_ui_and_stops_on_ctrl_c(tmp_pat
             s.bind(("127.0.0.1", p))  # fails while a listener holds the port
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", p), timeout=5).close()
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes started, directly or not, by ``pid`` (from ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (a zombie has)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _dashboard_with_mlflow(tmp_path: Path) -> tuple[subprocess.Popen[str], set[int]]:
+    """``rf-ray dashboard --mlflow`` serving both pages; the MLflow UI's processes."""
+    exp_dir = _make_experiment(tmp_path / "experiments", "lr-sweep")
+    port, mlflow_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, "-m", "rf_ray.cli", "dashboard", "--path", str(exp_dir), "--mlflow"]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port), "--mlflow-port", str(mlflow_port)],
+        cwd=tmp_path, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _wait_for_200(f"http://127.0.0.1:{port}/", proc, timeout=90)
+    _wait_for_200(f"http://127.0.0.1:{mlflow_port}/", proc, timeout=90)
+    mlflow = _descendants(proc.pid)
+    assert mlflow, "the MLflow UI runs as a child of the dashboard"
+    return proc, mlflow
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_the_dashboard_stopped_by_a_signal_stops_the_mlflow_ui_and_says_so_in_one_line(
+    tmp_path, sig
+):
+    """A plain ``kill`` (SIGTERM) left ``mlflow ui`` running (uvicorn re-raises the signal after
+    serving, and its default action ended the process before the clean-up); Ctrl-C (SIGINT)
+    stopped it but printed a ``KeyboardInterrupt`` traceback. Issue 21, item 7."""
+    proc, mlflow = _dashboard_with_mlflow(tmp_path)
+    try:
+        os.kill(proc.pid, sig)  # the dashboard's pid only, not its group: as `kill PID` does
+        _, err = proc.communicate(timeout=60)
+        left = [pid for pid in mlflow if _running(pid)]  # once the dashboard has exited
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for pid in mlflow:  # a failed test leaves none behind
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 128 + sig
+    assert left == []
+    assert "Traceback" not in err
+    ours = [line for line in err.splitlines() if line.startswith("rf-ray")]
+    assert ours == [f"rf-ray dashboard: stopped ({signal.Signals(sig).name})"]
 
 
 _LEADER = """

@@ -30,7 +30,8 @@ from tests.rf_ray.test_dashboard_http import serve
 
 pytestmark = pytest.mark.slow
 
-ROWS = 160  # 40 optimizer steps per run: the experiment outlives the clicks by far
+ROWS = 480  # 240 optimizer steps per run: the experiment outlives the clicks (each op starts
+# a process of its own) by far
 WAIT_S = 240  # bound on each wait for the page (a slice on two loaded cores can take seconds)
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 INSTALL = (
@@ -82,7 +83,7 @@ def _config() -> RFModelConfig:
         training_args=RFSFTConfig(
             learning_rate=List([3e-3, 1e-3, 3e-4]),
             lora_rank=4,
-            per_device_train_batch_size=4,
+            per_device_train_batch_size=2,
             num_train_epochs=1,
             max_length=48,
         ),
@@ -129,6 +130,8 @@ def test_watch_stop_and_clone_in_a_real_browser(browser, ray_cluster, tmp_path):
             rate = wait.until(ec.visibility_of_element_located(
                 (By.CSS_SELECTOR, "#clone-fields input[name='learning_rate']")))  # fmt: skip
             assert rate.get_attribute("value") == "0.001"  # prefilled from run 2's knobs
+            model = browser.find_element(By.CSS_SELECTOR, "#clone-fields input[name='model_name']")
+            assert model.get_attribute("readonly") is not None  # what a clone keeps: read-only
             rate.clear()
             rate.send_keys("5e-4")
             browser.find_element(By.ID, "clone-submit").click()

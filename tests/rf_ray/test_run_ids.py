@@ -34,7 +34,9 @@ def test_a_refused_clone_burns_its_id_and_a_later_run_fit_overwrites_nothing(ray
     session = _start_held(exp, [1e-3, 3e-4])
     try:
         with pytest.raises(ConfigError, match="warm-started clone"):
-            exp.clone_modify(1, {"lora_rank": 8}, warm_start=True)  # refused: other shape
+            exp.clone_modify(1, {"lora_rank": 8}, warm_start=True)  # refused before any id
+        with pytest.raises(ConfigError, match="rejected the run"):
+            exp.clone_modify(1, {"optim": "not-an-optimizer"})  # refused by TRL, id reserved
     finally:
         _finish(session)
     with Store(exp.dir, readonly=True) as store:

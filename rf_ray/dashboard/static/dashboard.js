@@ -13,7 +13,6 @@ const OPS = [ // op, label, statuses it applies to (the scheduler decides; this 
   ["delete", "delete", (s) => s !== "deleted"],
   ["clone", "clone…", (s) => s !== "deleted"],
 ];
-const FIXED = new Set(["model_name", "trainer_type", "formatting_func", "compute_metrics", "reward_funcs"]);
 const $ = (sel) => document.querySelector(sel);
 
 let view = null; // the experiment shown: {name, cursor, runs, steps, chunks, ...}
@@ -184,7 +183,7 @@ function render(v) {
 
 function renderHead(v) {
   const metric = v.metric;
-  const cells = ["run", "status", "chunks", "steps", `last ${metric}`, `best ${metric}`,
+  const cells = ["run", "status", "progress", "steps", `last ${metric}`, `best ${metric}`,
     "pruned@", ...v.differing, "error", "MLflow"].map((h) => el("th", { text: h }));
   cells.push(el("th", { class: "actions", text: "steer" }));
   $("#runs thead").replaceChildren(el("tr", {}, ...cells));
@@ -211,7 +210,8 @@ function renderRow(v, r) {
   const cells = [
     runCell,
     el("td", { class: `status status-${r.status}`, text: r.status }),
-    el("td", { class: "num", text: `${r.chunks_done}/${r.total_chunks}` }),
+    el("td", { class: "num progress", title: `${r.chunks_done} of ${r.total_chunks} chunks in all`,
+               text: r.progress }),
     el("td", { class: "num", text: `${r.steps_done}/${r.total_steps}` }),
     el("td", { class: "num", text: fmt(r.last_metric) }),
     el("td", { class: "num", text: fmt(r.best_metric) }),
@@ -266,9 +266,11 @@ async function openClone(v, runId) {
   $("#clone-extra").value = "";
   $("#clone-warm").checked = false;
   $("#clone-title").textContent = `Clone run ${runId}`;
-  let params;
+  let params, readOnly;
   try {
-    params = (await getJSON(`/api/experiments/${encodeURIComponent(v.name)}/runs/${runId}/params`)).params;
+    const answer = await getJSON(`/api/experiments/${encodeURIComponent(v.name)}/runs/${runId}/params`);
+    params = answer.params;
+    readOnly = new Set(answer.read_only); // functions (text cannot carry code), model, trainer
   } catch (e) { message(`clone run ${runId}: ${e.message}`, true); return; }
   const fields = $("#clone-fields");
   fields.replaceChildren();
@@ -277,7 +279,10 @@ async function openClone(v, runId) {
     const input = el("input", { name: key, id: `knob-${key}`, "data-original": value === "***" ? "" : text });
     if (value === "***") input.placeholder = "hidden (kept unless you type a new value)";
     else input.value = text;
-    if (FIXED.has(key)) input.readOnly = true;
+    if (readOnly.has(key)) {
+      input.readOnly = true;
+      input.title = "a clone keeps this (functions: clone from Python with exp.clone_modify)";
+    }
     fields.append(el("label", { for: `knob-${key}`, text: key }), input);
   }
   dialog.dataset.runId = String(runId);
