@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
-import time
 from typing import Any
 
 from actors.messages import Exit, Grant, Report, ReportAck, RunEntry
 from actors.scheduler import MAX_TRIAL_RESTARTS, RunRow, SchedulerCore
 from actors.storage import durable
+from actors.storage.layout import ExperimentDir
+from actors.storage.lock import hold_experiment_lock
 from actors.storage.store import Store
 from policies.chunking import ChunkPlan
 from policies.errors import OpError
@@ -34,53 +34,8 @@ from policies.state import RunStatus, is_live
 logger = logging.getLogger(__name__)
 
 
-LOCK_FILE = "scheduler.lock"
-
 TRACKER_CALL_SECONDS = 60.0
 """Bound on the MLflow call with which the watchdog closes a failed run's MLflow run."""
-
-
-def hold_experiment_lock(experiment_dir: str, wait_s: float = 0.0) -> Any:
-    """One live scheduler per experiment directory: an exclusive ``flock`` on a file in it, held
-    until the returned handle is closed or the process dies (the OS drops it then, however the
-    process dies). ``wait_s``: how long to keep trying while another process holds it (a flock
-    has no waitable event with a timeout, so this polls, bounded); then ``OpError``."""
-    import fcntl
-
-    os.makedirs(experiment_dir, mode=0o700, exist_ok=True)
-    path = os.path.join(experiment_dir, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    handle = os.fdopen(fd, "a+")
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return handle
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                handle.close()
-                raise OpError(
-                    f"experiment at {experiment_dir} is already running (another scheduler "
-                    f"holds {LOCK_FILE}; waited {wait_s:g} s); steer it with `rf-ray ops`, or "
-                    "wait for it to finish"
-                ) from None
-            time.sleep(0.2)
-
-
-def experiment_locked(experiment_dir: str) -> bool:
-    """True while some process's scheduler holds the experiment's lock."""
-    import fcntl
-
-    path = os.path.join(experiment_dir, LOCK_FILE)
-    if not os.path.exists(path):
-        return False
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
 
 
 class SchedulerActor:
@@ -434,7 +389,7 @@ class SchedulerActor:
                 "clone it cold (warm_start=False) or wait for its first slice"
             )
         target = durable.copy_dir(
-            parent.checkpoint, os.path.join(self.dir, "runs", str(entry.run_id), "checkpoints")
+            parent.checkpoint, ExperimentDir(self.dir).run(entry.run_id).checkpoints_dir
         )
         return dataclasses.replace(entry, checkpoint=str(target), steps_done=parent.steps_done)
 

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from actors.storage.layout import ExperimentDir
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -51,7 +53,7 @@ def default_tracking_uri(experiment_dir: str | Path) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    return f"sqlite:///{Path(experiment_dir).resolve() / 'mlflow.db'}"
+    return ExperimentDir(experiment_dir).embedded_tracking_uri()
 
 
 def _retry(fn: Callable[[], T], attempts: int = 20) -> T:

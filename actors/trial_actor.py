@@ -34,10 +34,10 @@ import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from actors.messages import Exit, Grant, Report, SliceResult
+from actors.storage.layout import ExperimentDir
 from actors.tracking_actor import TrackingClient
 from policies.errors import RunFailedError, RunNotPlacedError
 
@@ -96,7 +96,7 @@ class TrialActor:
         self.tags = tags
         self.scheduler = scheduler
         self.executors = executors
-        self.run_dir = Path(experiment_dir) / "runs" / str(run_id)
+        self.run_dir = ExperimentDir(experiment_dir).run(run_id)
         self.tracking = TrackingClient(tracking, run_id, mlflow_run_id)
         """The run's MLflow writes go through the experiment's ``TrackingActor``."""
         self.checkpoint = checkpoint
@@ -214,7 +214,7 @@ class TrialActor:
                     grant, pid, "run_slice",
                     lambda: executor.run_slice.remote(
                         self.run_id, grant.start_step, grant.end_step, grant.evaluate,
-                        str(self.run_dir), list(grant.group) or None,
+                        str(self.run_dir.path), list(grant.group) or None,
                     ),
                 )  # fmt: skip
                 # Durable before recorded: the executor writes the checkpoint in the background
@@ -347,7 +347,7 @@ class TrialActor:
             # The adapter as the run left it, loadable with PeftModel.from_pretrained.
             path = await asyncio.wait_for(
                 self.executors[self.placed_on].export.remote(
-                    self.run_id, str(self.run_dir / "adapter")
+                    self.run_id, str(self.run_dir.adapter_dir)
                 ),
                 SMALL_CALL_SECONDS,
             )

@@ -4,8 +4,8 @@
 its ``cluster.json``, a ``ray start`` head) or starts a private local cluster, never waiting
 minutes on a dead head. ``record_cluster`` writes that ``cluster.json`` so that ``rf-ray ops``
 from another terminal finds the experiment; ``scheduler_name`` is the named actor it looks for.
-``take_lock`` claims the experiment directory's lock before anything is written (the scheduler
-actor holds it while the experiment runs).
+``driver_gone`` tells whether the driver recorded there has exited (a lock it left is being
+released: ``actors.storage.lock.take`` waits for it).
 """
 
 from __future__ import annotations
@@ -16,15 +16,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from policies.errors import ConfigError, OpError
+from actors.storage.layout import ExperimentDir
+from policies.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "rf_ray"
-CLUSTER_FILE = "cluster.json"
-
-LOCK_WAIT_SECONDS = 60.0
-"""How long a start or resume waits for the lock of an experiment whose driver is gone (its
-actors take a few seconds to wind down and release it)."""
 
 
 def scheduler_name(experiment_dir: str | os.PathLike[str]) -> str:
@@ -74,7 +70,7 @@ def ensure_ray(exp_dir: str | os.PathLike[str] | None = None) -> bool:
     if exp_dir is not None:
         record = recorded_cluster(exp_dir)
         if record is not None and _answers(str(record.get("address", ""))):
-            _attach(record, Path(exp_dir) / CLUSTER_FILE)
+            _attach(record, ExperimentDir(exp_dir).cluster_file)
             return False
     from ray._private.services import find_bootstrap_address
 
@@ -160,7 +156,7 @@ def record_cluster(exp_dir: Path) -> None:
         "host": socket.gethostname(),
         **_auth_record(),
     }
-    atomic_write(Path(exp_dir) / CLUSTER_FILE, json.dumps(record).encode())
+    atomic_write(ExperimentDir(exp_dir).cluster_file, json.dumps(record).encode())
 
 
 def recorded_cluster(exp_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -168,7 +164,7 @@ def recorded_cluster(exp_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     import json
 
     try:
-        record = json.loads((Path(exp_dir) / CLUSTER_FILE).read_text())
+        record = json.loads(ExperimentDir(exp_dir).cluster_file.read_text())
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
@@ -221,35 +217,7 @@ def driver_gone(exp_dir: Path) -> bool:
     return False
 
 
-# ---------------------------------------------------------------------------- the lock
-def take_lock(exp_dir: Path, wait_s: float = LOCK_WAIT_SECONDS) -> Any:
-    """Hold the experiment's lock (before anything is written). Held by a live driver's
-    scheduler: refused. Held while the recorded driver is gone (it crashed, its actors are
-    winding down): wait for it, at most ``wait_s`` seconds, then take it."""
-    from actors.scheduler_actor import LOCK_FILE, hold_experiment_lock
-
-    try:
-        return hold_experiment_lock(str(exp_dir))
-    except OpError:
-        if not driver_gone(exp_dir):
-            raise ConfigError(
-                f"experiment at {exp_dir} is already running (its scheduler holds {LOCK_FILE} "
-                "and its driver is alive): steer it with `rf-ray ops`, or wait for it to finish"
-            ) from None
-    logger.warning(
-        "experiment at %s: its driver is gone but its scheduler still holds %s; waiting up to "
-        "%g s for it to wind down",
-        exp_dir, LOCK_FILE, wait_s,
-    )  # fmt: skip
-    try:
-        return hold_experiment_lock(str(exp_dir), wait_s=wait_s)
-    except OpError:
-        raise ConfigError(
-            f"experiment at {exp_dir}: its driver is gone, but its scheduler still held "
-            f"{LOCK_FILE} after {wait_s:g} s; stop its Ray actors (or the Ray cluster) and retry"
-        ) from None
-
-
+# ---------------------------------------------------------------------------- actors
 def clear_leftover_scheduler(exp_dir: Path) -> None:
     """With the lock held, a scheduler registered under the experiment's name is a finished
     or dead one (kill it: its name is needed), or one another driver is starting right now
@@ -277,21 +245,7 @@ def clear_leftover_scheduler(exp_dir: Path) -> None:
         ray.kill(old)
 
 
-def wait_unlocked(exp_dir: Path, wait_s: float = LOCK_WAIT_SECONDS) -> None:
-    """Wait (bounded) until a scheduler just killed has let go of the experiment's lock, so that
-    the next start in this process is not refused by a scheduler that is still dying."""
-    from actors.scheduler_actor import hold_experiment_lock
-
-    try:
-        hold_experiment_lock(str(exp_dir), wait_s=wait_s).close()
-    except OpError:
-        logger.warning(
-            "experiment at %s: still locked %g s after its actors were killed", exp_dir, wait_s
-        )
-
-
 __all__ = [
-    "CLUSTER_FILE",
     "NAMESPACE",
     "ClusterUnreachableError",
     "driver_gone",
@@ -299,6 +253,4 @@ __all__ = [
     "record_cluster",
     "recorded_cluster",
     "scheduler_name",
-    "take_lock",
-    "wait_unlocked",
 ]

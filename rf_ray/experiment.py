@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from actors.engine.gen_eval import check_eval_set
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from actors.tracking import default_tracking_uri
 from policies.errors import ConfigError, ExperimentExistsError
@@ -37,8 +38,6 @@ from rf_ray.specs import RunConfig, build_specs, describe, differing_keys, diffe
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROOT = "rf_experiments"
-LOG_FILE = "rf_ray.log"
-"""The driver's log of an experiment, in its directory (``Experiment.get_log_file_path``)."""
 MODES = ("fit",)
 _LOGGERS = ("rf_ray", "actors", "policies")
 # Experiment directory -> its log file's handler. Kept here, not on the Experiment, so that an
@@ -370,7 +369,7 @@ class Experiment:
         """
         import shutil
 
-        src = self.dir / "runs" / str(run_id) / "adapter"
+        src = ExperimentDir(self.dir).run(run_id).adapter_dir
         if not (src / "adapter_model.safetensors").exists():
             raise ConfigError(
                 f"run {run_id} of experiment {self.name!r} has no exported adapter at {src}; "
@@ -410,7 +409,7 @@ class Experiment:
         """The driver's log file of this experiment (``<experiment dir>/rf_ray.log``), written
         from ``run_fit`` on: the records rf-ray's driver-side loggers let through (WARNING and
         up unless the application sets ``logging.getLogger("rf_ray").setLevel(...)``)."""
-        return self.dir / LOG_FILE
+        return ExperimentDir(self.dir).log_file
 
     def _start_log_file(self) -> None:
         if self.dir in _LOG_HANDLERS:

@@ -31,7 +31,8 @@ from typing import Any
 
 from actors.engine.spec import RunSpec
 from actors.messages import RunEntry
-from actors.storage.durable import make_private_dir, resolve
+from actors.storage.durable import make_private_dir, make_private_tree, resolve
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from policies.chunking import ChunkPlan
 from policies.errors import ConfigError
@@ -235,7 +236,7 @@ class Undo:
         with Store(plan.dir) as store:
             self.meta_before, existing = store.meta(), {r["run_id"] for r in store.runs()}
         self.added = [s.run_id for s in plan.specs if s.run_id not in existing]
-        new_dirs = [spec_store.run_dir(plan.dir, i) for i in self.added]
+        new_dirs = [ExperimentDir(plan.dir).run(i).path for i in self.added]
         self.new_dirs = [d for d in new_dirs if not d.exists()]
 
     def __call__(self) -> None:
@@ -295,15 +296,17 @@ def _write_datasets(plan: Plan) -> None:
     """The experiment's Arrow copy of its datasets (once: a later run_fit reuses it)."""
     import datasets
 
-    data = make_private_dir(plan.dir / "data")
-    if (data / "train").exists():
+    layout = ExperimentDir(plan.dir)
+    data = make_private_dir(layout.data_dir)
+    if layout.train_data.exists():
         return
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        plan.train.save_to_disk(str(data / "train"))
+        plan.train.save_to_disk(str(layout.train_data))
         if plan.eval is not None:
-            plan.eval.save_to_disk(str(data / "eval"))
+            plan.eval.save_to_disk(str(layout.eval_data))
+        make_private_tree(data)  # datasets writes with the process's umask
     finally:
         if bars:
             datasets.enable_progress_bars()
@@ -362,7 +365,7 @@ def _checkpoint_at(exp_dir: Path, row: dict[str, Any]) -> str | None:
     died between the executor writing it and the scheduler recording the slice)."""
     if not row["steps_done"]:
         return None
-    path = exp_dir / "runs" / str(row["run_id"]) / "checkpoints" / f"step-{row['steps_done']:08d}"
+    path = ExperimentDir(exp_dir).run(row["run_id"]).checkpoint(row["steps_done"])
     return str(path) if resolve(path).exists() else row["checkpoint"]
 
 

@@ -30,17 +30,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from actors.storage import lock as experiment_lock
+from actors.storage.layout import ExperimentDir
+from actors.storage.lock import LOCK_WAIT_SECONDS, wait_unlocked
 from actors.storage.store import Store
 from policies.errors import ConfigError
 from rf_ray.cluster import (
-    LOCK_WAIT_SECONDS,
     NAMESPACE,
     clear_leftover_scheduler,
+    driver_gone,
     ensure_ray,
     record_cluster,
     scheduler_name,
-    take_lock,
-    wait_unlocked,
 )
 from rf_ray.plan import Plan, Undo, persist
 
@@ -121,8 +122,9 @@ def _start_actors(
         logger.info("removed %d interrupted checkpoint writes under %s", len(removed), exp_dir)
     clear_leftover_scheduler(exp_dir)  # refuses a scheduler another driver is starting now
     # Datasets travel as paths to the experiment's Arrow copy (see ``persist``).
-    train_ref = str(exp_dir / "data" / "train")
-    eval_ref = str(exp_dir / "data" / "eval") if plan.has_eval else None
+    layout = ExperimentDir(exp_dir)
+    train_ref = str(layout.train_data)
+    eval_ref = str(layout.eval_data) if plan.has_eval else None
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     executor_cls: Any = ray.remote(BaseModelActor)
     executors = []
@@ -222,7 +224,7 @@ def _start(
     started = _Started(ensure_ray(), exp_dir)
     try:
         num_executors = executor_count(num_executors)  # checked before anything is written
-        lock = take_lock(exp_dir, lock_wait_s)
+        lock = experiment_lock.take(exp_dir, lambda: driver_gone(exp_dir), lock_wait_s)
     except BaseException:
         started.teardown()
         raise
@@ -230,7 +232,7 @@ def _start(
     try:
         plan = make_plan()
         # Recorded once the lock is ours: until then the record names the driver that holds it
-        # (``take_lock`` asks whether that one is gone).
+        # (``take`` asks whether that one is gone).
         record_cluster(exp_dir)
         undo = Undo(plan)
         blobs = persist(plan) if plan.is_new else {}

@@ -37,16 +37,12 @@ from typing import Any
 
 from actors.engine.spec import RunSpec
 from actors.storage.durable import FILE_MODE, atomic_write, fsync_dir, make_private_dir
+from actors.storage.layout import FUNCTIONS_DIR, ExperimentDir
 from actors.storage.store import Store
 from policies.chunking import ChunkPlan
 from policies.errors import ConfigError
 
 FORMAT = 1
-SPEC_FILE = "spec.json"
-LEGACY_SPEC_FILE = "spec.cloudpickle"
-"""Specs written before ``FORMAT`` 1 (the whole RunSpec cloudpickled); still readable."""
-MODEL_FN_FILE = "create_model_fn.json"
-FUNCTIONS_DIR = "functions"
 _FUNCTION_FIELDS = ("formatting_func", "compute_metrics", "reward_funcs", "generation_eval")
 
 
@@ -55,10 +51,6 @@ def spec_blob(spec: RunSpec) -> bytes:
     import cloudpickle
 
     return bytes(cloudpickle.dumps(spec))
-
-
-def run_dir(exp_dir: Path, run_id: int) -> Path:
-    return Path(exp_dir) / "runs" / str(run_id)
 
 
 # ---------------------------------------------------------------------------- functions
@@ -133,9 +125,9 @@ def write_spec(exp_dir: Path, spec: RunSpec) -> bytes:
     """Store ``spec`` for run ``spec.run_id``; refuse to overwrite an existing run's spec.
     Returns ``spec_blob(spec)``."""
     record = spec_record(spec)
-    base = run_dir(exp_dir, spec.run_id)
-    target = base / SPEC_FILE
-    if target.exists() or (base / LEGACY_SPEC_FILE).exists():
+    run = ExperimentDir(exp_dir).run(spec.run_id)
+    base, target = run.path, run.spec_file
+    if target.exists() or run.legacy_spec_file.exists():
         raise _exists(spec.run_id, base)
     make_private_dir(base)
     functions: dict[str, Any] = {}
@@ -177,16 +169,17 @@ def read_spec(exp_dir: Path, run_id: int) -> tuple[RunSpec, bytes]:
     Imports the modules its functions come from and unpickles the pickled ones."""
     from rf_ray.specs import RunConfig, build_specs
 
-    base = run_dir(exp_dir, run_id)
-    if not (base / SPEC_FILE).exists() and (base / LEGACY_SPEC_FILE).exists():
+    run = ExperimentDir(exp_dir).run(run_id)
+    base, spec_file = run.path, run.spec_file
+    if not spec_file.exists() and run.legacy_spec_file.exists():
         import cloudpickle
 
-        spec = cloudpickle.loads((base / LEGACY_SPEC_FILE).read_bytes())
+        spec = cloudpickle.loads(run.legacy_spec_file.read_bytes())
         return spec, spec_blob(spec)
-    record = json.loads((base / SPEC_FILE).read_text())
+    record = json.loads(spec_file.read_text())
     if record.get("format") != FORMAT:
         raise ConfigError(
-            f"{base / SPEC_FILE} has format {record.get('format')!r}; this rf-ray reads format "
+            f"{spec_file} has format {record.get('format')!r}; this rf-ray reads format "
             f"{FORMAT}: open the experiment with the rf-ray version that wrote it"
         )
     stored = record["functions"]
@@ -205,7 +198,7 @@ def read_spec(exp_dir: Path, run_id: int) -> tuple[RunSpec, bytes]:
     )  # fmt: skip
     if spec.plan != chunks:
         raise ConfigError(
-            f"{base / SPEC_FILE}: its stored chunk plan {chunks} differs from the one rebuilt from "
+            f"{spec_file}: its stored chunk plan {chunks} differs from the one rebuilt from "
             f"its config ({spec.plan}); the experiment directory was changed, or written by "
             "another rf-ray version"
         )
@@ -226,15 +219,15 @@ def write_create_model_fn(exp_dir: Path, fn: Callable[..., Any]) -> None:
     """Store the experiment's ``create_model_fn`` (by reference, or cloudpickled)."""
     base = make_private_dir(exp_dir)
     stored = _store_function(fn, base, "create_model_fn")
-    atomic_write(base / MODEL_FN_FILE, json.dumps(stored).encode(), FILE_MODE)
+    atomic_write(ExperimentDir(base).model_fn_file, json.dumps(stored).encode(), FILE_MODE)
 
 
 def read_create_model_fn(exp_dir: Path) -> Any:
     """The experiment's ``create_model_fn`` (imports or unpickles it: see module docstring)."""
-    base = Path(exp_dir)
-    legacy = base / "create_model_fn.cloudpickle"
-    if not (base / MODEL_FN_FILE).exists() and legacy.exists():
+    layout = ExperimentDir(exp_dir)
+    legacy = layout.legacy_model_fn_file
+    if not layout.model_fn_file.exists() and legacy.exists():
         import cloudpickle
 
         return cloudpickle.loads(legacy.read_bytes())
-    return _load_function(json.loads((base / MODEL_FN_FILE).read_text()), base)
+    return _load_function(json.loads(layout.model_fn_file.read_text()), layout.root)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from actors.storage.layout import RunDir
 from policies.errors import RunFailedError
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class CheckpointWriter:
             self.peak_bytes = max(self.peak_bytes, self.queued_bytes)
         future = self._thread.submit(self._write, run_id, state, Path(run_dir), keep, size)
         self._writes[(run_id, step)] = future
-        return Path(run_dir) / "checkpoints" / f"step-{step:08d}"
+        return RunDir(run_dir).checkpoint(step)
 
     def _write(
         self, run_id: int, state: dict[str, Any], run_dir: Path, keep: int, size: int

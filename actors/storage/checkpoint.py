@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from actors.storage import durable
+from actors.storage.layout import ExperimentDir, RunDir, checkpoint_step
 
 STATE_FILE = "state.json"
 ADAPTER_FILE = "adapter.safetensors"
@@ -116,8 +117,9 @@ def save(state: dict[str, Any], run_dir: str | Path, keep: int = 1) -> Path:
     """Write ``state`` durably as ``run_dir/checkpoints/step-<N>``; keep the newest ``keep``.
 
     When this returns, the checkpoint survives an OS crash (see the module docstring)."""
-    root = durable.make_private_dir(Path(run_dir) / "checkpoints")
-    final = root / f"step-{state['meta']['steps_done']:08d}"
+    run = RunDir(run_dir)
+    root = durable.make_private_dir(run.checkpoints_dir)
+    final = run.checkpoint(state["meta"]["steps_done"])
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))  # mode 0700
     try:
         save_file(state["adapter"], str(tmp / ADAPTER_FILE))
@@ -132,7 +134,7 @@ def save(state: dict[str, Any], run_dir: str | Path, keep: int = 1) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    older = sorted(p for p in root.glob("step-*") if p != final)
+    older = sorted(p for p in root.iterdir() if p != final and checkpoint_step(p) is not None)
     for old in older[: max(len(older) - (keep - 1), 0)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -141,7 +143,7 @@ def save(state: dict[str, Any], run_dir: str | Path, keep: int = 1) -> Path:
 def copy(source: str | Path, run_dir: str | Path) -> Path:
     """Durably copy checkpoint ``source`` into ``run_dir/checkpoints/`` under the same
     ``step-N`` name (a warm-started clone's starting point); returns the copy."""
-    return durable.copy_dir(source, Path(run_dir) / "checkpoints")
+    return durable.copy_dir(source, RunDir(run_dir).checkpoints_dir)
 
 
 def remove_partial_writes(experiment_dir: str | Path) -> list[Path]:
@@ -149,10 +151,13 @@ def remove_partial_writes(experiment_dir: str | Path) -> list[Path]:
     delete temporary directories, and finish interrupted replacements (an aside copy is put
     back if its ``step-N`` is missing, else deleted). Returns what was removed or restored.
     Call before any executor starts."""
-    leftovers = sorted(Path(experiment_dir).glob("runs/*/checkpoints/.tmp-*"))
+    layout = ExperimentDir(experiment_dir)
+    roots = [layout.run(i).checkpoints_dir for i in layout.run_ids_on_disk()]
+    roots = [root for root in roots if root.is_dir()]
+    leftovers = sorted(p for root in roots for p in root.glob(".tmp-*"))
     for path in leftovers:
         shutil.rmtree(path, ignore_errors=True)
-    for root in sorted(Path(experiment_dir).glob("runs/*/checkpoints")):
+    for root in roots:
         leftovers += durable.recover_asides(root)
     return leftovers
 

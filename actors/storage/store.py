@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from actors.storage.durable import FILE_MODE
+from actors.storage.layout import STORE_FILE, ExperimentDir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -81,11 +82,11 @@ class Store:
     """Thin, transactional access to ``<experiment dir>/rf_ray.db``; use it as a context
     manager (``with Store(dir) as store:``) so the connection is always closed."""
 
-    FILENAME = "rf_ray.db"
+    FILENAME = STORE_FILE
 
     def __init__(self, experiment_dir: str | Path, readonly: bool = False) -> None:
         self.dir = Path(experiment_dir)
-        self.path = self.dir / self.FILENAME
+        self.path = ExperimentDir(self.dir).store
         if readonly:
             self._conn = sqlite3.connect(readonly_uri(self.path), uri=True, timeout=30)
         else:
@@ -114,7 +115,7 @@ class Store:
 
     @staticmethod
     def exists(experiment_dir: str | Path) -> bool:
-        return (Path(experiment_dir) / Store.FILENAME).exists()
+        return ExperimentDir(experiment_dir).store.exists()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -144,7 +145,7 @@ class Store:
     def _next_id(self, conn: sqlite3.Connection) -> int:
         row = conn.execute("SELECT COALESCE(MAX(run_id), 0) AS m FROM runs").fetchone()
         reserved = conn.execute("SELECT value FROM meta WHERE key = ?", (RESERVED_KEY,)).fetchone()
-        on_disk = [int(p.name) for p in (self.dir / "runs").glob("*") if p.name.isdigit()]
+        on_disk = ExperimentDir(self.dir).run_ids_on_disk()
         taken = max(int(row["m"]), int(json.loads(reserved["value"])) if reserved else 0)
         return max([taken, *on_disk]) + 1
 

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from actors.engine.gen_eval import SAMPLES_FILE, read_samples
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from policies.errors import ConfigError
 from rf_ray.experiment import DEFAULT_ROOT
@@ -34,8 +35,7 @@ def cmd_samples(args: argparse.Namespace) -> int:
     exp_dir = Path(args.path) / args.experiment
     if not Store.exists(exp_dir):
         raise ConfigError(f"no experiment {args.experiment!r} under {Path(args.path).resolve()}")
-    run_dir = exp_dir / "runs" / str(args.run_id)
-    record = read_samples(run_dir)
+    record = read_samples(ExperimentDir(exp_dir).run(args.run_id).path)
     if record is None:
         raise ConfigError(
             f"run {args.run_id} of {args.experiment!r} has no {SAMPLES_FILE} yet: it is kept at "

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from policies.errors import ConfigError
 from rf_ray.experiment import DEFAULT_ROOT
@@ -49,7 +50,7 @@ def read_experiment(exp_dir: Path) -> dict[str, Any]:
             store.close()
     except sqlite3.Error as exc:
         raise ConfigError(
-            f"cannot read {exp_dir / Store.FILENAME}: {exc}; is it an rf-ray experiment store?"
+            f"cannot read {ExperimentDir(exp_dir).store}: {exc}; is it an rf-ray experiment store?"
         ) from exc
 
 

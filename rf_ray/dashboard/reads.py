@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import sqlite3
 from collections import Counter
@@ -26,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actors.scheduler_actor import LOCK_FILE
+from actors.storage import lock
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store, readonly_uri
 from policies.errors import ConfigError
 
@@ -73,32 +73,12 @@ def finite(value: Any) -> Any:
 
 def is_running(exp_dir: Path) -> bool:
     """True while a scheduler holds the experiment's lock, read without touching the lock."""
-    path = exp_dir / LOCK_FILE
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return False
-    held = _flock_listed(st)
+    held = lock.is_held(exp_dir)
     if held is not None:
         return held
     # No /proc/locks (not Linux): fall back to what the driver recorded.
     with Store(exp_dir, readonly=True) as store:
         return bool(store.meta().get("status") == "running")
-
-
-def _flock_listed(st: os.stat_result) -> bool | None:
-    """Whether Linux's ``/proc/locks`` lists a ``flock`` on the file ``st`` describes; None
-    when the table cannot be read. Lines read ``1: FLOCK ADVISORY WRITE <pid> fe:00:<inode>``."""
-    try:
-        text = Path("/proc/locks").read_text()
-    except OSError:
-        return None
-    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    for line in text.splitlines():
-        fields = line.split()
-        if "FLOCK" in fields and device in fields and "->" not in fields:
-            return True
-    return False
 
 
 # --------------------------------------------------------------------------- experiments
@@ -248,7 +228,7 @@ def run_params(exp_dir: Path, run_id: int) -> dict[str, Any] | None:
 def _connect(exp_dir: Path) -> Iterator[sqlite3.Connection]:
     """A read-only connection to the experiment's store, closed on exit. (``Store`` has no
     incremental reads by rowid; this reads the same tables, never writes.)"""
-    conn = sqlite3.connect(readonly_uri(exp_dir / Store.FILENAME), uri=True, timeout=5)
+    conn = sqlite3.connect(readonly_uri(ExperimentDir(exp_dir).store), uri=True, timeout=5)
     conn.row_factory = sqlite3.Row
     try:
         yield conn
