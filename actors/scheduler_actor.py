@@ -412,6 +412,7 @@ class SchedulerActor:
         outcomes = await asyncio.gather(*(ref for _, _, ref in self.trials), return_exceptions=True)
         # Over: nothing writes to the store any more, so let a new driver take the experiment
         # (a second run_fit adding runs) even while this actor lingers.
+        self.store.close()
         self._lock.close()
         return [o if isinstance(o, dict) else {"error": repr(o)} for o in outcomes]
 

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from actors.engine.gen_eval import check_eval_set
+from actors.storage.durable import create_private_file
 from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from actors.tracking import default_tracking_uri
@@ -414,7 +415,8 @@ class Experiment:
     def _start_log_file(self) -> None:
         if self.dir in _LOG_HANDLERS:
             return
-        handler = logging.FileHandler(self.get_log_file_path(), encoding="utf-8")
+        path = create_private_file(self.get_log_file_path())  # 0600, not the umask's mode
+        handler = logging.FileHandler(path, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         for name in _LOGGERS:
             # Levels are the application's to set: the file gets what these loggers let through.

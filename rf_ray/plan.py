@@ -199,7 +199,7 @@ class Plan:
         return cls(
             name=meta["name"],
             dir=exp_dir,
-            tracking_uri=meta["tracking_uri"],
+            tracking_uri=ExperimentDir(exp_dir).tracking_uri_from(meta["tracking_uri"]),
             specs=specs,
             create_model_fn=spec_store.read_create_model_fn(exp_dir),
             pruner=pruner_from_dict(meta["pruner_state"]),
@@ -280,7 +280,7 @@ def persist(plan: Plan) -> dict[int, bytes]:
                 "mode": plan.pruner.mode,
             },
             pruner_state=plan.pruner.to_dict(),
-            tracking_uri=plan.tracking_uri,
+            tracking_uri=ExperimentDir(plan.dir).stored_tracking_uri(plan.tracking_uri),
             slice_timeout=plan.slice_timeout,
             status="running",
         )

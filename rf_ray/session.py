@@ -326,5 +326,8 @@ def stop(session: Session) -> None:
             logger.debug("actor already gone", exc_info=True)
     if not session.finished:  # a killed scheduler lets go of the lock as its process ends
         wait_unlocked(session.dir)
+    # The experiment at rest: no lock file, no SQLite sidecars (none if another driver took
+    # it meanwhile: then it is that one's).
+    experiment_lock.tidy(session.dir, lambda: Store.put_to_rest(session.dir))
     if session.started_ray:
         ray.shutdown()

@@ -107,6 +107,46 @@ def _load_function(stored: dict[str, str] | None, base: Path) -> Any:
     return cloudpickle.loads((base / stored["pickle"]).read_bytes())
 
 
+def _store_generation_eval(gen: Any, base: Path) -> dict[str, Any]:
+    """A ``GenerationEval`` as data: built-in metrics by name (``{"metrics": ["rougeL"]}``), a
+    RapidFire-style ``compute_metrics`` and ``eval_prompts_fn`` like any function."""
+    from rf_ray.metrics import FromComputeMetrics, MetricSet
+
+    metrics_fn = gen.metrics_fn
+    stored: dict[str, Any]
+    if isinstance(metrics_fn, MetricSet):
+        stored = {"metrics": list(metrics_fn.names)}
+    elif isinstance(metrics_fn, FromComputeMetrics):
+        inner = metrics_fn.compute_metrics
+        stored = {"from_compute_metrics": _store_function(inner, base, "eval_compute_metrics")}
+    else:
+        stored = {"function": _store_function(metrics_fn, base, "eval_metrics_fn")}
+    return {
+        "metrics_fn": stored,
+        "num_prompts": gen.num_prompts,
+        "prompts_fn": _store_function(gen.prompts_fn, base, "eval_prompts_fn"),
+    }
+
+
+def _load_generation_eval(stored: dict[str, Any] | None, base: Path) -> Any:
+    """What ``_store_generation_eval`` wrote; a spec written before it holds the whole
+    ``GenerationEval`` as one function record (read as such)."""
+    from actors.engine.gen_eval import GenerationEval
+    from rf_ray.metrics import FromComputeMetrics, MetricSet
+
+    if stored is None or "metrics_fn" not in stored:
+        return _load_function(stored, base)
+    how = stored["metrics_fn"]
+    if "metrics" in how:
+        metrics_fn: Any = MetricSet(tuple(how["metrics"]))
+    elif "from_compute_metrics" in how:
+        metrics_fn = FromComputeMetrics(_load_function(how["from_compute_metrics"], base))
+    else:
+        metrics_fn = _load_function(how["function"], base)
+    prompts_fn = _load_function(stored["prompts_fn"], base)
+    return GenerationEval(metrics_fn, int(stored["num_prompts"]), prompts_fn)
+
+
 # ---------------------------------------------------------------------------- run specs
 def spec_record(spec: RunSpec) -> dict[str, Any]:
     """The JSON part of ``spec`` (no functions); raises ``ConfigError`` naming a value that
@@ -133,8 +173,10 @@ def write_spec(exp_dir: Path, spec: RunSpec) -> bytes:
     functions: dict[str, Any] = {}
     for field in _FUNCTION_FIELDS:
         value = getattr(spec.model_config, field)
-        if field == "generation_eval" and value is None:
-            continue  # --- gen: recorded only when set, so other specs read as before
+        if field == "generation_eval":
+            if value is not None:  # --- gen: recorded only when set, so other specs read as before
+                functions[field] = _store_generation_eval(value, base)
+            continue
         if field == "reward_funcs" and value is not None:
             functions[field] = [
                 _store_function(f, base, f"{field}.{i}") for i, f in enumerate(value)
@@ -189,7 +231,7 @@ def read_spec(exp_dir: Path, run_id: int) -> tuple[RunSpec, bytes]:
         formatting_func=_load_function(stored.get("formatting_func"), base),
         compute_metrics=_load_function(stored.get("compute_metrics"), base),
         reward_funcs=None if rewards is None else [_load_function(r, base) for r in rewards],
-        generation_eval=_load_function(stored.get("generation_eval"), base),
+        generation_eval=_load_generation_eval(stored.get("generation_eval"), base),
     )
     chunks = ChunkPlan.from_dict(record["plan"])
     (spec,) = build_specs(

@@ -39,6 +39,7 @@ from actors.engine.data_prep import PreparedDatasets
 from actors.engine.spec import RunSpec
 from actors.engine.timeline import Timeline
 from actors.messages import SliceResult
+from actors.storage.durable import private_umask
 from policies.errors import RunFailedError, RunNotPlacedError
 
 logger = logging.getLogger(__name__)
@@ -210,9 +211,10 @@ class Executor:
             build_spec, args = self.prepared.reuse(spec, args)
             train, evals = shared.train, shared.eval
         try:
-            trainer = algorithms.make_trainer(
-                build_spec, args, entry.model, entry.tokenizer, train, evals
-            )
+            with private_umask():  # datasets' map caches land beside data/train: keep them 0600
+                trainer = algorithms.make_trainer(
+                    build_spec, args, entry.model, entry.tokenizer, train, evals
+                )
         except BaseException:
             # A trainer that fails half-way must not break the runs already here: its
             # TrainingArguments reset accelerate's process-wide state, which only a finished

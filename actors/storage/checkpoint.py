@@ -189,14 +189,14 @@ def export_adapter(model: Any, adapter_name: str, path: str | Path) -> Path:
     by ``PeftModel.from_pretrained(base, path)``."""
     from peft import get_peft_model_state_dict
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    path = durable.make_private_dir(path)
     weights = {
         k: v.detach().to("cpu").contiguous()
         for k, v in get_peft_model_state_dict(model, adapter_name=adapter_name).items()
     }
     save_file(weights, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
     model.peft_config[adapter_name].save_pretrained(str(path))
+    durable.make_private_tree(path)  # PEFT writes with the process's umask
     return path
 
 

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,26 @@ def make_private_tree(path: str | os.PathLike[str]) -> None:
                 entry = os.path.join(top, name)
                 if not os.path.islink(entry):  # a link's target is not ours to change
                     os.chmod(entry, mode)
+
+
+def create_private_file(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` empty with mode 0600 if it does not exist (for a file another library
+    opens and would create with the process's umask: a log, an SQLite database)."""
+    path = Path(path)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+    return path
+
+
+@contextlib.contextmanager
+def private_umask() -> Iterator[None]:
+    """Files and directories created meanwhile by code that follows the umask (``datasets``'
+    map caches) are private. The umask is the process's: use it only in rf-ray's own processes
+    (the executor), around code that writes into the experiment directory."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def fsync_file(path: str | os.PathLike[str], mode: int = FILE_MODE) -> None:

@@ -169,15 +169,21 @@ def remove(handle: Any, experiment_dir: str | os.PathLike[str]) -> None:
     handle.close()
 
 
-def tidy(experiment_dir: str | os.PathLike[str]) -> bool:
-    """Remove the lock file if nobody holds the lock; True if it is gone."""
-    path = _lock_path(experiment_dir)
-    if not path.exists():
+def tidy(
+    experiment_dir: str | os.PathLike[str], while_held: Callable[[], None] | None = None
+) -> bool:
+    """If nobody holds the lock: run ``while_held`` (e.g. put the store at rest) holding it,
+    then remove the lock file. True if it was free (and is gone now)."""
+    if not Path(experiment_dir).is_dir():
         return True
-    handle = _try(path)
+    handle = _try(_lock_path(experiment_dir))
     if handle is None:
         return False
-    remove(handle, experiment_dir)
+    try:
+        if while_held is not None:
+            while_held()
+    finally:
+        remove(handle, experiment_dir)
     return True
 
 

@@ -10,7 +10,6 @@ open it read-only. Plain ``sqlite3``: no ORM, nothing to install.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 import urllib.parse
@@ -20,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from actors.storage.durable import FILE_MODE
+from actors.storage.durable import create_private_file
 from actors.storage.layout import STORE_FILE, ExperimentDir
 
 SCHEMA = """
@@ -91,8 +90,7 @@ class Store:
             self._conn = sqlite3.connect(readonly_uri(self.path), uri=True, timeout=30)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not self.path.exists():  # private from the first byte: create it 0600
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+            create_private_file(self.path)  # private from the first byte: 0600
             self._conn = sqlite3.connect(self.path, timeout=30)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.executescript(SCHEMA)
@@ -116,6 +114,25 @@ class Store:
     @staticmethod
     def exists(experiment_dir: str | Path) -> bool:
         return ExperimentDir(experiment_dir).store.exists()
+
+    @staticmethod
+    def put_to_rest(experiment_dir: str | Path, timeout: float = 1.0) -> bool:
+        """Fold the write-ahead log into the store and leave WAL mode, so that no
+        ``rf_ray.db-wal``/``-shm`` stays beside it and readers create none (a read-only
+        connection to a WAL store creates both and cannot remove them). Call once nobody
+        writes (the experiment's lock held); the next writer turns WAL on again. False when
+        another connection keeps the store busy (then nothing changed)."""
+        path = ExperimentDir(experiment_dir).store
+        if not path.exists():
+            return True
+        conn = sqlite3.connect(path, timeout=timeout)
+        try:
+            mode = conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0]
+        except sqlite3.OperationalError:  # a reader holds it open right now: leave it
+            return False
+        finally:
+            conn.close()
+        return str(mode).lower() == "delete"
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

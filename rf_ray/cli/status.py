@@ -110,7 +110,7 @@ def status_text(name: str, exp_dir: Path, data: dict[str, Any]) -> str:
         f"Experiment {name} ({meta.get('status', 'unknown')}) at {exp_dir.resolve()}",
         f"  fingerprint:  {meta.get('fingerprint', '-')}",
         f"  pruner:       {pruner.get('type', '-')} on {metric} ({pruner.get('mode') or '-'})",
-        f"  tracking uri: {meta.get('tracking_uri', '-')}",
+        f"  tracking uri: {_tracking_uri(exp_dir, meta)}",
         "",
     ]
     if not runs:
@@ -139,6 +139,11 @@ def status_text(name: str, exp_dir: Path, data: dict[str, Any]) -> str:
     counts = Counter(r["status"] for r in runs)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     return "\n".join([*lines, format_table(headers, rows), "", f"{len(runs)} runs: {summary}"])
+
+
+def _tracking_uri(exp_dir: Path, meta: dict[str, Any]) -> str:
+    stored = meta.get("tracking_uri")
+    return "-" if stored is None else ExperimentDir(exp_dir).tracking_uri_from(stored)
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:

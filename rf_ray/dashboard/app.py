@@ -33,6 +33,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from policies.errors import ConfigError, OpError
 from rf_ray.dashboard import reads
@@ -218,7 +219,8 @@ def _mlflow_experiment_id(settings: Settings, name: str) -> str | None:
     with Store(exp_dir, readonly=True) as store:
         meta = store.meta()
     try:
-        found = MlflowClient(tracking_uri=meta["tracking_uri"]).get_experiment_by_name(meta["name"])
+        uri = ExperimentDir(exp_dir).tracking_uri_from(meta["tracking_uri"])
+        found = MlflowClient(tracking_uri=uri).get_experiment_by_name(meta["name"])
     except Exception as exc:  # an unreachable tracking server only costs the links
         logger.warning("no MLflow links for %s: %s", name, exc)
         return None
