@@ -29,7 +29,7 @@ from policies.chunking import ChunkPlan
 from policies.errors import OpError
 from policies.fusion import FusionPolicy
 from policies.pruning import pruner_from_dict
-from policies.state import RunStatus, is_live
+from policies.state import FailedBy, RunStatus, is_live
 
 logger = logging.getLogger(__name__)
 
@@ -282,9 +282,13 @@ class SchedulerActor:
             self.cond.notify_all()
             return ReportAck(row.status.value, chunk)
 
-    async def report_failure(self, run_id: int, error: str) -> None:
+    async def report_failure(
+        self, run_id: int, error: str, failed_by: str = FailedBy.RUN.value
+    ) -> None:
+        """The run failed: by its own code, or by the infrastructure (``failed_by``; then
+        ``resume`` may continue it)."""
         async with self.cond:
-            self._fail(run_id, error)
+            self._fail(run_id, error, FailedBy(failed_by))
             self.cond.notify_all()
 
     async def release(self, run_id: int, error: str | None = None) -> None:
@@ -307,9 +311,11 @@ class SchedulerActor:
                 self._write_pruned(pruned)
             self.cond.notify_all()
 
-    def _fail(self, run_id: int, error: str) -> None:
-        pruned = self.core.on_failure(run_id, error)
-        self.store.update_run(run_id, status=RunStatus.FAILED.value, error=error)
+    def _fail(self, run_id: int, error: str, failed_by: FailedBy = FailedBy.RUN) -> None:
+        pruned = self.core.on_failure(run_id, error, failed_by)
+        self.store.update_run(
+            run_id, status=RunStatus.FAILED.value, error=error, failed_by=failed_by.value
+        )
         self._write_pruned(pruned)
 
     def _pruned_fields(self, run_id: int) -> dict[str, Any]:
@@ -336,7 +342,10 @@ class SchedulerActor:
             self._check_open()
             pruned = self.core.apply_op(name, run_id)
             row = self.core.runs[run_id]
-            self.store.update_run(run_id, status=row.status.value, pruned_at=row.pruned_at)
+            self.store.update_run(
+                run_id, status=row.status.value, pruned_at=row.pruned_at, error=row.error,
+                failed_by=row.failed_by.value if row.failed_by else None,
+            )  # fmt: skip
             self._write_pruned(pruned)
             if name == "resume" and run_id not in self.looping:
                 self._spawn(row)

@@ -39,7 +39,8 @@ from typing import Any
 from actors.messages import Exit, Grant, Report, SliceResult
 from actors.storage.layout import ExperimentDir
 from actors.tracking_actor import TrackingClient
-from policies.errors import RunFailedError, RunNotPlacedError
+from policies.errors import InfrastructureError, RunFailedError, RunNotPlacedError
+from policies.state import FailedBy
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +157,8 @@ class TrialActor:
                 )
                 continue
             except Exception as exc:  # one bad run never stops the others
-                await self._fail(tracker, _describe(exc))
+                cause = FailedBy.INFRASTRUCTURE if _is(exc, InfrastructureError) else FailedBy.RUN
+                await self._fail(tracker, _describe(exc), cause)
                 continue
             uncharged = 0
             self.checkpoint = result.checkpoint
@@ -184,9 +186,11 @@ class TrialActor:
             self.mlflow_run_id = tracker.mlflow_run_id
             await self.scheduler.set_mlflow_run.remote(self.run_id, self.mlflow_run_id)
 
-    async def _fail(self, tracker: TrackingClient, error: str) -> None:
-        logger.warning("run %s failed: %s", self.run_id, error)
-        await self.scheduler.report_failure.remote(self.run_id, error)
+    async def _fail(
+        self, tracker: TrackingClient, error: str, failed_by: FailedBy = FailedBy.RUN
+    ) -> None:
+        logger.warning("run %s failed (by %s): %s", self.run_id, failed_by.value, error)
+        await self.scheduler.report_failure.remote(self.run_id, error, failed_by.value)
         await tracker.set_tags({"rf_ray.error": error})
         await self._evict()
 

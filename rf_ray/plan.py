@@ -21,6 +21,7 @@ A plan comes from one of two places, and ``rf_ray.session.start`` starts either 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import shutil
 import string
@@ -31,15 +32,18 @@ from typing import Any
 
 from actors.engine.spec import RunSpec
 from actors.messages import RunEntry
+from actors.storage import checkpoint
 from actors.storage.durable import make_private_dir, make_private_tree, resolve
-from actors.storage.layout import ExperimentDir
+from actors.storage.layout import ExperimentDir, checkpoint_step
 from actors.storage.store import Store
 from policies.chunking import ChunkPlan
-from policies.errors import ConfigError
+from policies.errors import ConfigError, DamagedFileError, IllegalTransitionError
 from policies.fusion import FusionPolicy
 from policies.pruning import Pruner, pruner_from_dict
-from policies.state import RunStatus
+from policies.state import RunStatus, transition
 from rf_ray import spec_store
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_SLICE_TIMEOUT = 1800.0
 """Seconds one slice (or placing a run on an executor) may take before its run fails.
@@ -185,6 +189,7 @@ class Plan:
         Call with the experiment's lock held. Imports the modules the runs' functions come from
         and unpickles the pickled ones (``rf_ray.spec_store``)."""
         with Store(exp_dir) as store:
+            _revive_infrastructure_failures(store)
             meta, runs = store.meta(), store.runs()
             steps = {row["run_id"]: store.step_metrics(row["run_id"]) for row in runs}
         if not runs:
@@ -340,7 +345,7 @@ def _with_progress(
     of its partial chunk and its charged executor deaths. ``params`` are the stored ones (what
     the run was logged with)."""
     chunks = ChunkPlan.from_dict(entry.plan)
-    done = int(row["steps_done"])
+    done, checkpoint = _resume_point(exp_dir, row, steps)
     chunk_steps: list[dict[str, float]] = []
     if chunks.chunks_done(done) < chunks.total_chunks:
         start, _ = chunks.chunk_bounds(chunks.chunks_done(done))
@@ -351,7 +356,7 @@ def _with_progress(
         status=row["status"],
         steps_done=done,
         pruned_at=row["pruned_at"],
-        checkpoint=_checkpoint_at(exp_dir, row),
+        checkpoint=checkpoint,
         mlflow_run_id=row["mlflow_run_id"],
         last_metric=row["last_metric"],
         best_metric=row["best_metric"],
@@ -360,13 +365,59 @@ def _with_progress(
     )
 
 
-def _checkpoint_at(exp_dir: Path, row: dict[str, Any]) -> str | None:
-    """The checkpoint of the run's last recorded slice (a newer one may exist if the driver
-    died between the executor writing it and the scheduler recording the slice)."""
-    if not row["steps_done"]:
-        return None
-    path = ExperimentDir(exp_dir).run(row["run_id"]).checkpoint(row["steps_done"])
-    return str(path) if resolve(path).exists() else row["checkpoint"]
+def _revive_infrastructure_failures(store: Store) -> None:
+    """Runs failed by the infrastructure (a checkpoint that could not be written or read) run
+    again on resume, from their last durable checkpoint; runs failed by their own code stay
+    failed. Written with the lock held, as any live run's row: a resume that fails later leaves
+    them live, and the next resume continues them."""
+    for row in store.runs():
+        if row["status"] != RunStatus.FAILED.value or row.get("failed_by") is None:
+            continue
+        try:
+            transition(RunStatus.FAILED, RunStatus.RUNNING, row["run_id"], row["failed_by"])
+        except IllegalTransitionError:
+            continue  # its own code failed it
+        logger.warning(
+            "run %s failed by the infrastructure (%s); it continues from its last durable "
+            "checkpoint", row["run_id"], row["error"],
+        )  # fmt: skip
+        store.update_run(row["run_id"], status=RunStatus.RUNNING.value, error=None, failed_by=None)
+
+
+_DONE = frozenset({RunStatus.COMPLETED.value, RunStatus.DELETED.value, RunStatus.FAILED.value})
+
+
+def _resume_point(
+    exp_dir: Path, row: dict[str, Any], steps: list[tuple[int, dict[str, float]]]
+) -> tuple[int, str | None]:
+    """Where a stored run goes on from: the step and checkpoint of its last recorded slice (a
+    newer checkpoint may exist if the driver died between the executor writing it and the
+    scheduler recording the slice). If that checkpoint is damaged, the newest older one that
+    reads whole, and the slices after it train again; with none left, a run that began at
+    step 0 starts over. Runs that will not train again are taken as recorded."""
+    done, recorded = int(row["steps_done"]), row["checkpoint"]
+    path = ExperimentDir(exp_dir).run(row["run_id"]).checkpoint(done)
+    if not done:
+        return 0, None
+    if row["status"] in _DONE:
+        return done, str(path) if resolve(path).exists() else recorded
+    if not resolve(path).exists() and recorded and checkpoint_step(recorded) is None:
+        return done, recorded  # an older store's own name for it
+    intact, damaged = checkpoint.newest_intact(path.parent.parent, done)
+    step = 0 if intact is None else checkpoint.steps_done(intact)
+    if step == done:
+        return done, str(intact)
+    first = min((int(m["step"]) for _, m in steps), default=1)
+    if intact is None and first > 1:  # a warm clone began at its parent's step: no start
+        raise DamagedFileError(
+            path, f"run {row['run_id']} has no checkpoint left that reads ({'; '.join(damaged)}); "
+            "restore its checkpoints from a backup, or delete the run and clone its parent again",
+        )  # fmt: skip
+    logger.warning(
+        "run %s: resuming from step %s, not %s: %s", row["run_id"], step, done,
+        "; ".join(damaged) or f"{path} is missing",
+    )  # fmt: skip
+    return step, None if intact is None else str(intact)
 
 
 __all__ = [

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.storage import lock as experiment_lock
+from actors.storage.footprint import Footprint
 from actors.storage.layout import ExperimentDir
 from actors.storage.lock import LOCK_WAIT_SECONDS, wait_unlocked
 from actors.storage.store import Store
@@ -222,12 +223,14 @@ def _start(
     import ray
 
     started = _Started(ensure_ray(), exp_dir)
+    footprint = Footprint.before_lock(exp_dir)  # a start that fails leaves nothing behind
     try:
         num_executors = executor_count(num_executors)  # checked before anything is written
         lock = experiment_lock.take(exp_dir, lambda: driver_gone(exp_dir), lock_wait_s)
     except BaseException:
         started.teardown()
         raise
+    footprint.after_lock()
     undo: Undo | None = None
     try:
         plan = make_plan()
@@ -245,6 +248,7 @@ def _start(
         started.teardown()
         if undo is not None:
             undo()
+        footprint.restore(lock)
         raise
     finally:
         lock.close()

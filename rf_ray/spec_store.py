@@ -40,7 +40,7 @@ from actors.storage.durable import FILE_MODE, atomic_write, fsync_dir, make_priv
 from actors.storage.layout import FUNCTIONS_DIR, ExperimentDir
 from actors.storage.store import Store
 from policies.chunking import ChunkPlan
-from policies.errors import ConfigError
+from policies.errors import ConfigError, DamagedFileError
 
 FORMAT = 1
 _FUNCTION_FIELDS = ("formatting_func", "compute_metrics", "reward_funcs", "generation_eval")
@@ -102,9 +102,60 @@ def _load_function(stored: dict[str, str] | None, base: Path) -> Any:
                 f"{base}: cannot import {stored['import']!r} ({e}); make its module importable "
                 "here (install it, or add its directory to PYTHONPATH) and try again"
             ) from e
+    return _unpickle(base / stored["pickle"])
+
+
+def _unpickle(path: Path) -> Any:
+    """A cloudpickled function (runs code: see the module docstring); a missing or damaged file
+    is a ``DamagedFileError`` naming it, a module it needs that is not installed a
+    ``ConfigError`` naming the module."""
     import cloudpickle
 
-    return cloudpickle.loads((base / stored["pickle"]).read_bytes())
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DamagedFileError(path, f"missing{_RESTORE}") from None
+    try:
+        return cloudpickle.loads(data)
+    except ImportError as e:
+        raise ConfigError(
+            f"{path}: unpickling needs a module that is not importable here ({e}); install it, "
+            "or add its directory to PYTHONPATH, and try again"
+        ) from e
+    except Exception as e:  # a truncated or garbage pickle raises any of several types
+        raise DamagedFileError(
+            path, f"cannot be unpickled ({type(e).__name__}: {e}){_RESTORE}"
+        ) from e
+
+
+_RESTORE = (
+    "; rf-ray writes a run's files once and never changes them: restore it from a backup, "
+    "or leave this run out by starting a new experiment"
+)
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """A run's ``spec.json``, its shape checked: a file that is not what rf-ray wrote is one
+    ``DamagedFileError`` naming it."""
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DamagedFileError(path, f"missing{_RESTORE}") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DamagedFileError(path, f"is not JSON ({e}){_RESTORE}") from None
+    if not isinstance(record, dict):
+        raise DamagedFileError(path, f"holds {type(record).__name__}, not a spec{_RESTORE}")
+    if record.get("format") != FORMAT:
+        raise ConfigError(
+            f"{path} has format {record.get('format')!r}; this rf-ray reads format "
+            f"{FORMAT}: open the experiment with the rf-ray version that wrote it"
+        )
+    for key, kind in (("config", dict), ("functions", dict), ("plan", dict), ("seed", int)):
+        if not isinstance(record.get(key), kind):
+            raise DamagedFileError(
+                path, f"its {key!r} is {record.get(key)!r}, not a {kind.__name__}{_RESTORE}"
+            )
+    return record
 
 
 def _store_generation_eval(gen: Any, base: Path) -> dict[str, Any]:
@@ -214,26 +265,26 @@ def read_spec(exp_dir: Path, run_id: int) -> tuple[RunSpec, bytes]:
     run = ExperimentDir(exp_dir).run(run_id)
     base, spec_file = run.path, run.spec_file
     if not spec_file.exists() and run.legacy_spec_file.exists():
-        import cloudpickle
-
-        spec = cloudpickle.loads(run.legacy_spec_file.read_bytes())
+        spec = _unpickle(run.legacy_spec_file)
         return spec, spec_blob(spec)
-    record = json.loads(spec_file.read_text())
-    if record.get("format") != FORMAT:
-        raise ConfigError(
-            f"{spec_file} has format {record.get('format')!r}; this rf-ray reads format "
-            f"{FORMAT}: open the experiment with the rf-ray version that wrote it"
-        )
+    record = _read_record(spec_file)
     stored = record["functions"]
-    rewards = stored.get("reward_funcs")
-    run = RunConfig.from_json(
-        json.dumps(record["config"]),
-        formatting_func=_load_function(stored.get("formatting_func"), base),
-        compute_metrics=_load_function(stored.get("compute_metrics"), base),
-        reward_funcs=None if rewards is None else [_load_function(r, base) for r in rewards],
-        generation_eval=_load_generation_eval(stored.get("generation_eval"), base),
-    )
-    chunks = ChunkPlan.from_dict(record["plan"])
+    try:
+        rewards = stored.get("reward_funcs")
+        run = RunConfig.from_json(
+            json.dumps(record["config"]),
+            formatting_func=_load_function(stored.get("formatting_func"), base),
+            compute_metrics=_load_function(stored.get("compute_metrics"), base),
+            reward_funcs=None if rewards is None else [_load_function(r, base) for r in rewards],
+            generation_eval=_load_generation_eval(stored.get("generation_eval"), base),
+        )
+        chunks = ChunkPlan.from_dict(record["plan"])
+    except ConfigError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DamagedFileError(
+            spec_file, f"is not a spec rf-ray can read ({type(e).__name__}: {e}){_RESTORE}"
+        ) from e
     (spec,) = build_specs(
         [run], Path(exp_dir), train_rows=_train_rows(exp_dir), num_chunks=chunks.num_chunks,
         seed=record["seed"], first_run_id=run_id,
@@ -244,7 +295,7 @@ def read_spec(exp_dir: Path, run_id: int) -> tuple[RunSpec, bytes]:
             f"its config ({spec.plan}); the experiment directory was changed, or written by "
             "another rf-ray version"
         )
-    spec.parent_run_id = record["parent_run_id"]
+    spec.parent_run_id = record.get("parent_run_id")
     return spec, spec_blob(spec)
 
 
@@ -269,7 +320,13 @@ def read_create_model_fn(exp_dir: Path) -> Any:
     layout = ExperimentDir(exp_dir)
     legacy = layout.legacy_model_fn_file
     if not layout.model_fn_file.exists() and legacy.exists():
-        import cloudpickle
-
-        return cloudpickle.loads(legacy.read_bytes())
-    return _load_function(json.loads(layout.model_fn_file.read_text()), layout.root)
+        return _unpickle(legacy)
+    try:
+        stored = json.loads(layout.model_fn_file.read_text())
+    except FileNotFoundError:
+        raise DamagedFileError(layout.model_fn_file, f"missing{_RESTORE}") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DamagedFileError(layout.model_fn_file, f"is not JSON ({e}){_RESTORE}") from None
+    if not (stored is None or isinstance(stored, dict)):
+        raise DamagedFileError(layout.model_fn_file, f"holds {stored!r}{_RESTORE}")
+    return _load_function(stored, layout.root)

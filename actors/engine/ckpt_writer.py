@@ -27,8 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from actors.storage.layout import RunDir
-from policies.errors import RunFailedError
+from actors.storage.layout import ExperimentDir, RunDir
+from policies.errors import InfrastructureError
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,9 @@ DEFAULT_WAIT_SECONDS = 600.0
 """Bound on waiting for room in the queue (the disk is that slow, or stuck)."""
 
 
-class CheckpointError(RunFailedError):
-    """A run's checkpoint could not be queued or written: the run fails, the others go on."""
+class CheckpointError(InfrastructureError):
+    """A run's checkpoint could not be queued or written: the run fails, the others go on; it
+    is the machine's failure, not the run's, so ``resume`` continues the run once it is fixed."""
 
 
 def state_bytes(state: dict[str, Any]) -> int:
@@ -115,10 +116,13 @@ class CheckpointWriter:
             logger.warning(
                 "run %s: writing the checkpoint of step %s failed: %r", run_id, step, exc
             )
+            name = ExperimentDir.of_run_dir(run_dir).name
             raise CheckpointError(
                 f"run {run_id}: writing its checkpoint of step {step} under {run_dir} failed: "
-                f"{type(exc).__name__}: {exc}; free disk space or fix the experiment directory's "
-                "permissions, then resume the run (it restarts from its last durable checkpoint)"
+                f"{type(exc).__name__}: {exc}. Free disk space or make the experiment directory "
+                f"writable; then `rf-ray ops resume {name} {run_id}` (while the experiment runs) "
+                f"or `rf-ray resume {name}` (once it has ended) continues the run from its last "
+                "durable checkpoint"
             ) from exc
         finally:
             del state  # the host copy goes as soon as it is on disk

@@ -44,6 +44,11 @@ def _lock_path(experiment_dir: str | os.PathLike[str]) -> Path:
     return ExperimentDir(experiment_dir).lock_file
 
 
+def try_hold(experiment_dir: str | os.PathLike[str]) -> IO[str] | None:
+    """The experiment's lock, held, if nobody holds it now; else None (no waiting)."""
+    return _try(_lock_path(experiment_dir))
+
+
 def _try(path: Path) -> IO[str] | None:
     """The locked handle of ``path`` (created 0600 if missing), or None while another process
     holds it. A handle whose file was removed or replaced while it waited is dropped and the
@@ -176,7 +181,7 @@ def tidy(
     then remove the lock file. True if it was free (and is gone now)."""
     if not Path(experiment_dir).is_dir():
         return True
-    handle = _try(_lock_path(experiment_dir))
+    handle = try_hold(experiment_dir)
     if handle is None:
         return False
     try:
@@ -195,5 +200,6 @@ __all__ = [
     "remove",
     "take",
     "tidy",
+    "try_hold",
     "wait_unlocked",
 ]

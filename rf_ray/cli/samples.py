@@ -17,7 +17,9 @@ from pathlib import Path
 from actors.engine.gen_eval import SAMPLES_FILE, read_samples
 from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
+from actors.storage.trust import check_trusted
 from policies.errors import ConfigError
+from rf_ray.cli.status import add_trust
 from rf_ray.experiment import DEFAULT_ROOT
 from rf_ray.samples import side_by_side
 
@@ -29,12 +31,14 @@ def add_samples(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="show at most this many samples")
     p.add_argument("--width", type=int, default=120, help="line width (default 120)")
     p.add_argument("--json", action="store_true", help="print the stored record as JSON")
+    add_trust(p)
 
 
 def cmd_samples(args: argparse.Namespace) -> int:
     exp_dir = Path(args.path) / args.experiment
     if not Store.exists(exp_dir):
         raise ConfigError(f"no experiment {args.experiment!r} under {Path(args.path).resolve()}")
+    check_trusted(exp_dir, args.trust)
     record = read_samples(ExperimentDir(exp_dir).run(args.run_id).path)
     if record is None:
         raise ConfigError(

@@ -14,7 +14,8 @@ from typing import Any
 
 from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
-from policies.errors import ConfigError
+from actors.storage.trust import check_trusted
+from policies.errors import ConfigError, UntrustedDirectoryError
 from rf_ray.experiment import DEFAULT_ROOT
 from rf_ray.samples import generation_metrics, metric_columns
 from rf_ray.specs import differing_keys, to_jsonable
@@ -36,8 +37,10 @@ def _candidates(root: Path) -> str:
     return f"experiments under {root.resolve()}: {', '.join(names)}"
 
 
-def read_experiment(exp_dir: Path) -> dict[str, Any]:
-    """Meta, runs and chunk metrics of one experiment, read through a read-only store."""
+def read_experiment(exp_dir: Path, trust: bool = False) -> dict[str, Any]:
+    """Meta, runs and chunk metrics of one experiment, read through a read-only store (once
+    the directory is found to be the user's alone, or ``trust``)."""
+    check_trusted(exp_dir, trust)
     try:
         store = Store(exp_dir, readonly=True)
         try:
@@ -67,6 +70,15 @@ def add_root(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--path", metavar="ROOT", default=None, help=f"experiments root (default ./{DEFAULT_ROOT})"
     )
+    add_trust(p)
+
+
+def add_trust(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help="open experiment directories that another user owns or can write (docs/security.md)",
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -76,7 +88,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"no experiment {args.name!r} under {root.resolve()}; {_candidates(root)}"
         )
-    data = read_experiment(exp_dir)
+    data = read_experiment(exp_dir, args.trust)
     if args.json:
         print(json.dumps(status_json(args.name, exp_dir, data), indent=2))
     else:
@@ -181,7 +193,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     rows = []
     for name in names:
-        data = read_experiment(root / name)
+        try:
+            data = read_experiment(root / name, args.trust)
+        except ConfigError as exc:  # one unreadable experiment does not hide the others
+            why = "untrusted" if isinstance(exc, UntrustedDirectoryError) else "unreadable"
+            rows.append([name, why, "-", _truncate(str(exc), 2 * ERROR_WIDTH)])
+            continue
         counts = Counter(r["status"] for r in data["runs"])
         rows.append(
             [

@@ -35,7 +35,7 @@ from starlette.staticfiles import StaticFiles
 
 from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
-from policies.errors import ConfigError, OpError
+from policies.errors import ConfigError, DamagedFileError, OpError, UntrustedDirectoryError
 from rf_ray.dashboard import reads
 from rf_ray.dashboard.guard import Guard, GuardMiddleware, session_of, set_session
 from rf_ray.dashboard.steer import RUN_OPS, Steering, SteerTimeoutError
@@ -78,7 +78,7 @@ def create_app(settings: Settings) -> Starlette:
         yield
         settings.steering.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=_REFUSED)
     app.add_middleware(GuardMiddleware, guard=settings.guard)
     return app
 
@@ -225,6 +225,18 @@ def _mlflow_experiment_id(settings: Settings, name: str) -> str | None:
         logger.warning("no MLflow links for %s: %s", name, exc)
         return None
     return None if found is None else str(found.experiment_id)
+
+
+async def _untrusted(request: Request, exc: Exception) -> Response:
+    return _error(str(exc), 403)
+
+
+async def _damaged(request: Request, exc: Exception) -> Response:
+    return _error(f"this experiment cannot be read: {exc}", 422)
+
+
+_REFUSED: dict[Any, Any] = {UntrustedDirectoryError: _untrusted, DamagedFileError: _damaged}
+"""Experiments the page shows as refused (another user's, or damaged), on any endpoint."""
 
 
 def _not_found(request: Request) -> JSONResponse:

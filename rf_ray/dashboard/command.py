@@ -43,6 +43,9 @@ def port_number(text: str) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from rf_ray.cli.status import add_trust
+
+    add_trust(p)
     p.add_argument(
         "--path",
         metavar="DIR",
@@ -122,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from rf_ray.experiment import DEFAULT_ROOT
 
     remote = check_host(args.host, args.allow_remote)
-    root = Root.at(args.path or DEFAULT_ROOT)
+    root = Root.at(args.path or DEFAULT_ROOT, trust=args.trust)
     if args.name is not None:
         if args.name not in root.names():
             _no_experiment(root, args.name)
