@@ -164,7 +164,7 @@ class Store:
         conn = sqlite3.connect(path, timeout=timeout)
         try:
             mode = conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0]
-        except sqlite3.OperationalError:  # a reader holds it open right now: leave it
+        except sqlite3.DatabaseError:  # a reader holds it open right now, or it is damaged
             return False
         finally:
             conn.close()
