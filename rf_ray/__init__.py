@@ -26,7 +26,7 @@ From configs to running actors
     ``spec_store``  run specs and the model factory on disk (what a resume reads back)
     ``plan``        Plan: an experiment's settings, new from run_fit or from the store
     ``session``     start, resume, wait and stop an experiment's actors (one start path)
-    ``cluster``     connect to Ray, cluster.json, the experiment lock, the scheduler's name
+    ``cluster``     connect to Ray, cluster.json, whether its driver is gone, the scheduler's name
     ``experiment``  Experiment, the user's handle: run_fit, results, IC ops, Tune hooks
     ``ops``         interactive control of a running experiment (stop, resume, clone, ...)
     ``live``        the live terminal view while run_fit waits

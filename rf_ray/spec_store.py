@@ -262,10 +262,10 @@ def read_spec(exp_dir: Path, run_id: int) -> tuple[RunSpec, bytes]:
     Imports the modules its functions come from and unpickles the pickled ones."""
     from rf_ray.specs import RunConfig, build_specs
 
-    run = ExperimentDir(exp_dir).run(run_id)
-    base, spec_file = run.path, run.spec_file
-    if not spec_file.exists() and run.legacy_spec_file.exists():
-        spec = _unpickle(run.legacy_spec_file)
+    files = ExperimentDir(exp_dir).run(run_id)
+    base, spec_file = files.path, files.spec_file
+    if not spec_file.exists() and files.legacy_spec_file.exists():
+        spec = _unpickle(files.legacy_spec_file)
         return spec, spec_blob(spec)
     record = _read_record(spec_file)
     stored = record["functions"]

@@ -175,7 +175,7 @@ def remove(handle: Any, experiment_dir: str | os.PathLike[str]) -> None:
 
 
 def tidy(
-    experiment_dir: str | os.PathLike[str], while_held: Callable[[], None] | None = None
+    experiment_dir: str | os.PathLike[str], while_held: Callable[[], object] | None = None
 ) -> bool:
     """If nobody holds the lock: run ``while_held`` (e.g. put the store at rest) holding it,
     then remove the lock file. True if it was free (and is gone now)."""
