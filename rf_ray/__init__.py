@@ -43,12 +43,15 @@ from typing import TYPE_CHECKING, Any
 
 from policies.errors import (
     ConfigError,
+    DamagedFileError,
     ExperimentExistsError,
     IllegalTransitionError,
+    InfrastructureError,
     OpError,
     RFRayError,
     RunFailedError,
     UnknownKnobError,
+    UntrustedDirectoryError,
 )
 from policies.fusion import FusionPolicy
 from policies.pruning import (
@@ -93,11 +96,13 @@ __all__ = [
     "ASHA",
     "ConfigError",
     "ConfigGroup",
+    "DamagedFileError",
     "Experiment",
     "ExperimentExistsError",
     "FusionPolicy",
     "IgnoredFieldWarning",
     "IllegalTransitionError",
+    "InfrastructureError",
     "List",
     "MedianStopping",
     "NoPruning",
@@ -119,5 +124,6 @@ __all__ = [
     "SuccessiveHalving",
     "ThresholdPruner",
     "UnknownKnobError",
+    "UntrustedDirectoryError",
     "__version__",
 ]
