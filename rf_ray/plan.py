@@ -345,7 +345,7 @@ def _with_progress(
     of its partial chunk and its charged executor deaths. ``params`` are the stored ones (what
     the run was logged with)."""
     chunks = ChunkPlan.from_dict(entry.plan)
-    done, checkpoint = _resume_point(exp_dir, row, steps)
+    done, resume_from = _resume_point(exp_dir, row, steps)
     chunk_steps: list[dict[str, float]] = []
     if chunks.chunks_done(done) < chunks.total_chunks:
         start, _ = chunks.chunk_bounds(chunks.chunks_done(done))
@@ -356,7 +356,7 @@ def _with_progress(
         status=row["status"],
         steps_done=done,
         pruned_at=row["pruned_at"],
-        checkpoint=checkpoint,
+        checkpoint=resume_from,
         mlflow_run_id=row["mlflow_run_id"],
         last_metric=row["last_metric"],
         best_metric=row["best_metric"],
