@@ -34,7 +34,7 @@ from actors.engine.spec import RunSpec
 from actors.messages import RunEntry
 from actors.storage import checkpoint
 from actors.storage.durable import make_private_dir, make_private_tree, resolve
-from actors.storage.layout import ExperimentDir, checkpoint_step
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from policies.chunking import ChunkPlan
 from policies.errors import ConfigError, DamagedFileError, IllegalTransitionError
@@ -401,8 +401,8 @@ def _resume_point(
         return 0, None
     if row["status"] in _DONE:
         return done, str(path) if resolve(path).exists() else recorded
-    if not resolve(path).exists() and recorded and checkpoint_step(recorded) is None:
-        return done, recorded  # an older store's own name for it
+    if not resolve(path).exists() and recorded and resolve(recorded).exists():
+        return done, recorded  # where an older rf-ray kept it
     intact, damaged = checkpoint.newest_intact(path.parent.parent, done)
     step = 0 if intact is None else checkpoint.steps_done(intact)
     if step == done:
