@@ -25,7 +25,9 @@ import os
 import warnings
 from pathlib import Path
 
-LOG_FILE = "rf_ray.log"
+from actors.storage.durable import create_private_file
+from actors.storage.layout import LOG_FILE, ExperimentDir
+
 """An experiment's log, in its directory (``Experiment.get_log_file_path``)."""
 LOGGERS = ("rf_ray", "actors", "policies")
 """rf-ray's loggers; their records from INFO up go to the log file."""
@@ -52,7 +54,7 @@ _quieted = False
 
 
 def log_path(experiment_dir: str | os.PathLike[str]) -> Path:
-    return Path(experiment_dir) / LOG_FILE
+    return ExperimentDir(experiment_dir).log_file
 
 
 def attach(experiment_dir: str | os.PathLike[str], role: str) -> Path:
@@ -61,6 +63,7 @@ def attach(experiment_dir: str | os.PathLike[str], role: str) -> Path:
     path = log_path(experiment_dir)
     if path in _files:
         return path
+    create_private_file(path)  # 0600 whatever the umask, before logging opens it
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(
         logging.Formatter(

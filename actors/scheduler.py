@@ -22,7 +22,7 @@ from policies.errors import IllegalTransitionError, OpError
 from policies.fusion import Candidate, FusionPolicy, form_group
 from policies.order import next_run
 from policies.pruning import Pruner
-from policies.state import OPS, RunStatus, is_live, transition
+from policies.state import OPS, FailedBy, RunStatus, is_live, transition
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ class RunRow:
     mlflow_run_id: str | None = None
     failures: int = 0
     """Executor deaths charged to this run since its last recorded slice (see ``on_lost``)."""
+    failed_by: FailedBy | None = None
+    """What failed the run (``on_failure``): only an infrastructure failure may be resumed."""
     trial_restarts: int = 0
     """Trials restarted for this run since its last recorded slice, in this session (see
     ``on_trial_lost``)."""
@@ -148,7 +150,7 @@ class SchedulerCore:
 
     def set_status(self, run_id: int, status: RunStatus) -> None:
         row = self.runs[run_id]
-        row.status = transition(row.status, status, run_id)
+        row.status = transition(row.status, status, run_id, row.failed_by)
 
     def live(self) -> dict[int, int]:
         return {r.run_id: r.chunks_done for r in self.runs.values() if is_live(r.status)}
@@ -302,12 +304,14 @@ class SchedulerCore:
             pruned.add(rid)
         return pruned
 
-    def on_failure(self, run_id: int, error: str) -> set[int]:
-        """Mark a run failed; the others go on. Returns runs pruned as a consequence."""
+    def on_failure(self, run_id: int, error: str, failed_by: FailedBy = FailedBy.RUN) -> set[int]:
+        """Mark a run failed, by its own code or by the infrastructure (then ``resume`` may
+        continue it); the others go on. Returns runs pruned as a consequence."""
         row = self._release(run_id)
         row.error = error
         if is_live(row.status):
             self.set_status(run_id, RunStatus.FAILED)
+            row.failed_by = FailedBy(failed_by)
         # A failed run leaves its rung: a synchronous rung may now be complete.
         return self.apply_pruner()
 
@@ -371,6 +375,7 @@ class SchedulerCore:
             row.pruned_at = row.chunks_done
         if op == "resume":
             row.pruned_at = None
+            row.error = row.failed_by = None  # a run failed by the infrastructure goes on
         return self.apply_pruner()
 
     def row_for_op(self, run_id: int) -> RunRow:

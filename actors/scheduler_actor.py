@@ -17,71 +17,26 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
-import time
 from typing import Any
 
 from actors import logs
 from actors.messages import Exit, Grant, Report, ReportAck, RunEntry
 from actors.scheduler import MAX_TRIAL_RESTARTS, RunRow, SchedulerCore
 from actors.storage import durable
+from actors.storage.layout import ExperimentDir
+from actors.storage.lock import hold_experiment_lock
 from actors.storage.store import Store
 from policies.chunking import ChunkPlan
 from policies.errors import OpError
 from policies.fusion import FusionPolicy
 from policies.pruning import pruner_from_dict
-from policies.state import RunStatus, is_live
+from policies.state import FailedBy, RunStatus, is_live
 
 logger = logging.getLogger(__name__)
 
 
-LOCK_FILE = "scheduler.lock"
-
 TRACKER_CALL_SECONDS = 60.0
 """Bound on the MLflow call with which the watchdog closes a failed run's MLflow run."""
-
-
-def hold_experiment_lock(experiment_dir: str, wait_s: float = 0.0) -> Any:
-    """One live scheduler per experiment directory: an exclusive ``flock`` on a file in it, held
-    until the returned handle is closed or the process dies (the OS drops it then, however the
-    process dies). ``wait_s``: how long to keep trying while another process holds it (a flock
-    has no waitable event with a timeout, so this polls, bounded); then ``OpError``."""
-    import fcntl
-
-    os.makedirs(experiment_dir, mode=0o700, exist_ok=True)
-    path = os.path.join(experiment_dir, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    handle = os.fdopen(fd, "a+")
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return handle
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                handle.close()
-                raise OpError(
-                    f"experiment at {experiment_dir} is already running (another scheduler "
-                    f"holds {LOCK_FILE}; waited {wait_s:g} s); steer it with `rf-ray ops`, or "
-                    "wait for it to finish"
-                ) from None
-            time.sleep(0.2)
-
-
-def experiment_locked(experiment_dir: str) -> bool:
-    """True while some process's scheduler holds the experiment's lock."""
-    import fcntl
-
-    path = os.path.join(experiment_dir, LOCK_FILE)
-    if not os.path.exists(path):
-        return False
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
 
 
 class SchedulerActor:
@@ -344,9 +299,13 @@ class SchedulerActor:
         for rid in sorted(pruned):
             logger.info("run %s: pruned by %s", rid, self.core.pruner.describe())
 
-    async def report_failure(self, run_id: int, error: str) -> None:
+    async def report_failure(
+        self, run_id: int, error: str, failed_by: str = FailedBy.RUN.value
+    ) -> None:
+        """The run failed: by its own code, or by the infrastructure (``failed_by``; then
+        ``resume`` may continue it)."""
         async with self.cond:
-            self._fail(run_id, error)
+            self._fail(run_id, error, FailedBy(failed_by))
             self.cond.notify_all()
 
     async def release(self, run_id: int, error: str | None = None) -> None:
@@ -369,10 +328,12 @@ class SchedulerActor:
                 self._write_pruned(pruned)
             self.cond.notify_all()
 
-    def _fail(self, run_id: int, error: str) -> None:
+    def _fail(self, run_id: int, error: str, failed_by: FailedBy = FailedBy.RUN) -> None:
         logger.warning("run %s failed: %s", run_id, error)
-        pruned = self.core.on_failure(run_id, error)
-        self.store.update_run(run_id, status=RunStatus.FAILED.value, error=error)
+        pruned = self.core.on_failure(run_id, error, failed_by)
+        self.store.update_run(
+            run_id, status=RunStatus.FAILED.value, error=error, failed_by=failed_by.value
+        )
         self._write_pruned(pruned)
 
     def _pruned_fields(self, run_id: int) -> dict[str, Any]:
@@ -399,7 +360,10 @@ class SchedulerActor:
             self._check_open()
             pruned = self.core.apply_op(name, run_id)
             row = self.core.runs[run_id]
-            self.store.update_run(run_id, status=row.status.value, pruned_at=row.pruned_at)
+            self.store.update_run(
+                run_id, status=row.status.value, pruned_at=row.pruned_at, error=row.error,
+                failed_by=row.failed_by.value if row.failed_by else None,
+            )  # fmt: skip
             self._write_pruned(pruned)
             if name == "resume" and run_id not in self.looping:
                 self._spawn(row)
@@ -453,7 +417,7 @@ class SchedulerActor:
                 "clone it cold (warm_start=False) or wait for its first slice"
             )
         target = durable.copy_dir(
-            parent.checkpoint, os.path.join(self.dir, "runs", str(entry.run_id), "checkpoints")
+            parent.checkpoint, ExperimentDir(self.dir).run(entry.run_id).checkpoints_dir
         )
         return dataclasses.replace(entry, checkpoint=str(target), steps_done=parent.steps_done)
 
@@ -476,6 +440,7 @@ class SchedulerActor:
         outcomes = await asyncio.gather(*(ref for _, _, ref in self.trials), return_exceptions=True)
         # Over: nothing writes to the store any more, so let a new driver take the experiment
         # (a second run_fit adding runs) even while this actor lingers.
+        self.store.close()
         self._lock.close()
         return [o if isinstance(o, dict) else {"error": repr(o)} for o in outcomes]
 

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from actors.storage.durable import create_private_file
+from actors.storage.layout import ExperimentDir
 from policies.redact import redact
 
 logger = logging.getLogger(__name__)
@@ -53,7 +55,17 @@ def default_tracking_uri(experiment_dir: str | Path) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    return f"sqlite:///{Path(experiment_dir).resolve() / 'mlflow.db'}"
+    return ExperimentDir(experiment_dir).embedded_tracking_uri()
+
+
+def _private_sqlite(tracking_uri: str) -> None:
+    """An SQLite tracking store rf-ray is about to make is created 0600 first (MLflow would
+    create it with the process's umask): experiment files are private (docs/security.md)."""
+    prefix = "sqlite:///"
+    if tracking_uri.startswith(prefix):
+        path = Path(tracking_uri[len(prefix) :])
+        if path.parent.is_dir() and not path.exists():
+            create_private_file(path)
 
 
 def _retry(fn: Callable[[], T], attempts: int = 20) -> T:
@@ -99,6 +111,7 @@ class Tracker:
 
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
+        _private_sqlite(tracking_uri)
         self.client = client if client is not None else MlflowClient(tracking_uri=tracking_uri)
         self.experiment_id: str | None = None
         self.run_id: str | None = None

@@ -34,13 +34,14 @@ import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from actors import logs
 from actors.messages import Exit, Grant, Report, SliceResult
+from actors.storage.layout import ExperimentDir
 from actors.tracking_actor import TrackingClient
-from policies.errors import RunFailedError, RunNotPlacedError
+from policies.errors import InfrastructureError, RunFailedError, RunNotPlacedError
+from policies.state import FailedBy
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class TrialActor:
         self.tags = tags
         self.scheduler = scheduler
         self.executors = executors
-        self.run_dir = Path(experiment_dir) / "runs" / str(run_id)
+        self.run_dir = ExperimentDir(experiment_dir).run(run_id)
         self.tracking = TrackingClient(tracking, run_id, mlflow_run_id)
         """The run's MLflow writes go through the experiment's ``TrackingActor``."""
         self.checkpoint = checkpoint
@@ -158,7 +159,8 @@ class TrialActor:
                 )
                 continue
             except Exception as exc:  # one bad run never stops the others
-                await self._fail(tracker, _describe(exc))
+                cause = FailedBy.INFRASTRUCTURE if _is(exc, InfrastructureError) else FailedBy.RUN
+                await self._fail(tracker, _describe(exc), cause)
                 continue
             uncharged = 0
             self.checkpoint = result.checkpoint
@@ -186,9 +188,11 @@ class TrialActor:
             self.mlflow_run_id = tracker.mlflow_run_id
             await self.scheduler.set_mlflow_run.remote(self.run_id, self.mlflow_run_id)
 
-    async def _fail(self, tracker: TrackingClient, error: str) -> None:
-        logger.warning("run %s failed: %s", self.run_id, error)
-        await self.scheduler.report_failure.remote(self.run_id, error)
+    async def _fail(
+        self, tracker: TrackingClient, error: str, failed_by: FailedBy = FailedBy.RUN
+    ) -> None:
+        logger.warning("run %s failed (by %s): %s", self.run_id, failed_by.value, error)
+        await self.scheduler.report_failure.remote(self.run_id, error, failed_by.value)
         await tracker.set_tags({"rf_ray.error": error})
         await self._evict()
 
@@ -216,7 +220,7 @@ class TrialActor:
                     grant, pid, "run_slice",
                     lambda: executor.run_slice.remote(
                         self.run_id, grant.start_step, grant.end_step, grant.evaluate,
-                        str(self.run_dir), list(grant.group) or None,
+                        str(self.run_dir.path), list(grant.group) or None,
                     ),
                 )  # fmt: skip
                 # Durable before recorded: the executor writes the checkpoint in the background
@@ -349,7 +353,7 @@ class TrialActor:
             # The adapter as the run left it, loadable with PeftModel.from_pretrained.
             path = await asyncio.wait_for(
                 self.executors[self.placed_on].export.remote(
-                    self.run_id, str(self.run_dir / "adapter")
+                    self.run_id, str(self.run_dir.adapter_dir)
                 ),
                 SMALL_CALL_SECONDS,
             )

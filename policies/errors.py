@@ -3,11 +3,15 @@
     RFRayError                      base of everything below
     ├── ConfigError (ValueError)    bad user input, found before any work starts
     │   ├── UnknownKnobError (TypeError too)   a knob name the TRL/PEFT config does not have
-    │   └── ExperimentExistsError   the experiment name is taken by different data
+    │   ├── ExperimentExistsError   the experiment name is taken by different data
+    │   ├── DamagedFileError        a file of the experiment directory cannot be read
+    │   └── UntrustedDirectoryError the experiment directory is not the user's alone
     ├── IllegalTransitionError (ValueError)    a run status change the state machine forbids
     ├── OpError (ValueError)        an interactive-control op that cannot apply (unknown run...)
     ├── RunFailedError (RuntimeError)          a run's slice raised, or its loss went NaN/inf
-    │   ├── CheckpointError         the run's checkpoint could not be queued or written
+    │   ├── InfrastructureError     the machine failed the run (disk full, read-only or damaged
+    │   │   │                       files), not its code: ``resume`` continues it
+    │   │   └── CheckpointError     the run's checkpoint could not be queued or written
     │   └── NoRunTrainedError       run_fit ended: runs failed and none trained
     ├── RunNotPlacedError (RuntimeError)       the executor does not hold the run at the step
     │                                          the grant expects: re-place it from its checkpoint
@@ -41,6 +45,20 @@ class ExperimentExistsError(ConfigError):
     """An experiment of that name already exists for different data."""
 
 
+class DamagedFileError(ConfigError):
+    """A file of the experiment directory cannot be read (truncated, garbage, not what rf-ray
+    wrote); the message names it. ``path`` is the file."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+
+
+class UntrustedDirectoryError(ConfigError):
+    """An experiment directory (or a file in it) that another user owns or may write: opening
+    it could run their code. Refused unless the user opts in (``trust=True``, ``--trust``)."""
+
+
 class IllegalTransitionError(RFRayError, ValueError):
     """A run status change that the run state machine does not allow."""
 
@@ -53,8 +71,15 @@ class RunFailedError(RFRayError, RuntimeError):
     """A run's slice raised, or its loss became NaN or infinite."""
 
 
-class CheckpointError(RunFailedError):
-    """A run's checkpoint could not be queued or written: the run fails, the others go on."""
+class InfrastructureError(RunFailedError):
+    """The machine failed a run, not the run's code: a checkpoint could not be written (a full
+    disk, a read-only file system) or read back (a damaged file). Once the cause is gone,
+    ``resume`` continues the run from its last durable checkpoint."""
+
+
+class CheckpointError(InfrastructureError):
+    """A run's checkpoint could not be queued or written: the run fails, the others go on; it
+    is the machine's failure, not the run's, so ``resume`` continues the run once it is fixed."""
 
 
 class NoRunTrainedError(RunFailedError):
@@ -75,8 +100,10 @@ class LockstepTimeoutError(RFRayError, RuntimeError):
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "DamagedFileError",
     "ExperimentExistsError",
     "IllegalTransitionError",
+    "InfrastructureError",
     "LockstepTimeoutError",
     "NoRunTrainedError",
     "OpError",
@@ -84,4 +111,5 @@ __all__ = [
     "RunFailedError",
     "RunNotPlacedError",
     "UnknownKnobError",
+    "UntrustedDirectoryError",
 ]

@@ -10,6 +10,12 @@ each run's status keyed by run id.
        │          v  │                   v
        ├──────> STOPPED / PRUNED ─────> DELETED
        └──────> FAILED ─────────────────^
+                  │
+                  └──> RUNNING   only a run failed by the infrastructure (``FailedBy``)
+
+A run fails by its own code (an exception, a NaN loss, a hung function: it would fail again)
+or by the infrastructure (a checkpoint that could not be written or read back: a full disk, a
+read-only file system, a damaged file). Only the second may be resumed, once the cause is gone.
 """
 
 from __future__ import annotations
@@ -67,6 +73,19 @@ ALLOWED_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
 }
 """For each status, the statuses a run may move to next."""
 
+RESUME_FAILED = (RunStatus.FAILED, RunStatus.RUNNING)
+"""The one move beyond the table: only for a run failed by the infrastructure (``FailedBy``)."""
+
+
+class FailedBy(str, Enum):
+    """What failed a run: it decides whether ``resume`` may continue it."""
+
+    RUN = "run"
+    """Its own code: an exception, a NaN loss, a hung function. It stays failed."""
+    INFRASTRUCTURE = "infrastructure"
+    """The machine: a checkpoint could not be written or read. Resumable once fixed."""
+
+
 _LIVE = frozenset({RunStatus.PENDING, RunStatus.RUNNING})
 _TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.DELETED})
 
@@ -81,8 +100,14 @@ OPS: dict[str, RunStatus] = {
 table of op names; ``clone_modify`` adds a run instead)."""
 
 
-def transition(current: RunStatus, new: RunStatus, run_id: int | None = None) -> RunStatus:
-    """Return ``new`` if a run may move from ``current`` to it, else raise.
+def transition(
+    current: RunStatus,
+    new: RunStatus,
+    run_id: int | None = None,
+    failed_by: FailedBy | str | None = None,
+) -> RunStatus:
+    """Return ``new`` if a run may move from ``current`` to it, else raise. ``failed_by``: what
+    failed a FAILED run (only one failed by the infrastructure may run again).
 
     Raises:
         IllegalTransitionError: the table forbids the move; the message names the run, both
@@ -90,9 +115,18 @@ def transition(current: RunStatus, new: RunStatus, run_id: int | None = None) ->
     """
     current, new = RunStatus(current), RunStatus(new)
     allowed = ALLOWED_TRANSITIONS[current]
+    who = "a run" if run_id is None else f"run {run_id}"
+    if (current, new) == RESUME_FAILED:
+        if failed_by is not None and FailedBy(failed_by) is FailedBy.INFRASTRUCTURE:
+            return new
+        raise IllegalTransitionError(
+            f"{who} failed in its own code, so it cannot run again (it would fail the same way); "
+            "fix the code and clone the run (clone_modify, `rf-ray ops clone`), or delete it. "
+            "Only a run failed by the infrastructure (a checkpoint that could not be written or "
+            "read) can be resumed"
+        )
     if new in allowed:
         return new
-    who = "a run" if run_id is None else f"run {run_id}"
     options = ", ".join(sorted(s.value for s in allowed)) or "nothing (it is final)"
     raise IllegalTransitionError(
         f"{who} cannot go from {current.value!r} to {new.value!r}; "
@@ -110,4 +144,13 @@ def is_terminal(status: RunStatus) -> bool:
     return RunStatus(status) in _TERMINAL
 
 
-__all__ = ["ALLOWED_TRANSITIONS", "OPS", "RunStatus", "is_live", "is_terminal", "transition"]
+__all__ = [
+    "ALLOWED_TRANSITIONS",
+    "OPS",
+    "RESUME_FAILED",
+    "FailedBy",
+    "RunStatus",
+    "is_live",
+    "is_terminal",
+    "transition",
+]

@@ -29,7 +29,7 @@ From configs to running actors
     ``spec_store``  run specs and the model factory on disk (what a resume reads back)
     ``plan``        Plan: an experiment's settings, new from run_fit or from the store
     ``session``     start, resume, wait and stop an experiment's actors (one start path)
-    ``cluster``     connect to Ray, cluster.json, the experiment lock, the scheduler's name
+    ``cluster``     connect to Ray, cluster.json, whether its driver is gone, the scheduler's name
     ``experiment``  Experiment, the user's handle: run_fit, results, IC ops, Tune hooks
     ``ops``         interactive control of a running experiment (stop, resume, clone, ...)
     ``steerable``   whether an experiment can take ops now, read from its directory (no Ray)
@@ -51,13 +51,16 @@ from typing import TYPE_CHECKING, Any
 from actors.logs import quiet as _quiet
 from policies.errors import (
     ConfigError,
+    DamagedFileError,
     ExperimentExistsError,
     IllegalTransitionError,
+    InfrastructureError,
     NoRunTrainedError,
     OpError,
     RFRayError,
     RunFailedError,
     UnknownKnobError,
+    UntrustedDirectoryError,
 )
 from policies.fusion import FusionPolicy
 from policies.interval_pruning import IntervalPruner
@@ -116,11 +119,13 @@ __all__ = [
     "ASHA",
     "ConfigError",
     "ConfigGroup",
+    "DamagedFileError",
     "Experiment",
     "ExperimentExistsError",
     "FusionPolicy",
     "IgnoredFieldWarning",
     "IllegalTransitionError",
+    "InfrastructureError",
     "InteractiveController",
     "IntervalPruner",
     "List",
@@ -149,5 +154,6 @@ __all__ = [
     "SuccessiveHalving",
     "ThresholdPruner",
     "UnknownKnobError",
+    "UntrustedDirectoryError",
     "__version__",
 ]

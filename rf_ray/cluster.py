@@ -7,8 +7,8 @@ waiting minutes on a dead head. ``record_cluster`` writes that ``cluster.json`` 
 steers it (``RAY_ADDRESS`` or ``cluster.json``, never a new cluster), ``driver_alive`` and
 ``reachable`` say, without Ray, whether the recorded driver and cluster are still there;
 ``scheduler_name`` is the named actor it looks for.
-``take_lock`` claims the experiment directory's lock before anything is written (the scheduler
-actor holds it while the experiment runs).
+``driver_gone`` tells whether the driver recorded there has exited (a lock it left is being
+released: ``actors.storage.lock.take`` waits for it).
 """
 
 from __future__ import annotations
@@ -19,15 +19,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from policies.errors import ConfigError, OpError
+from actors.storage.layout import ExperimentDir
+from policies.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "rf_ray"
-CLUSTER_FILE = "cluster.json"
-
-LOCK_WAIT_SECONDS = 60.0
-"""How long a start or resume waits for the lock of an experiment whose driver is gone (its
-actors take a few seconds to wind down and release it)."""
 
 
 def scheduler_name(experiment_dir: str | os.PathLike[str]) -> str:
@@ -77,7 +73,7 @@ def ensure_ray(exp_dir: str | os.PathLike[str] | None = None) -> bool:
     if exp_dir is not None:
         record = recorded_cluster(exp_dir)
         if record is not None and _answers(str(record.get("address", ""))):
-            _attach(record, Path(exp_dir) / CLUSTER_FILE)
+            _attach(record, ExperimentDir(exp_dir).cluster_file)
             return False
     from ray._private.services import find_bootstrap_address
 
@@ -163,7 +159,7 @@ def record_cluster(exp_dir: Path) -> None:
         "host": socket.gethostname(),
         **_auth_record(),
     }
-    atomic_write(Path(exp_dir) / CLUSTER_FILE, json.dumps(record).encode())
+    atomic_write(ExperimentDir(exp_dir).cluster_file, json.dumps(record).encode())
 
 
 def recorded_cluster(exp_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -171,7 +167,7 @@ def recorded_cluster(exp_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     import json
 
     try:
-        record = json.loads((Path(exp_dir) / CLUSTER_FILE).read_text())
+        record = json.loads(ExperimentDir(exp_dir).cluster_file.read_text())
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
@@ -253,7 +249,7 @@ def connect(exp_dir: str | os.PathLike[str]) -> None:
         _check_reachable(address)
         ray.init(address=address, logging_level=logging.WARNING)
         return
-    path = Path(exp_dir) / CLUSTER_FILE
+    path = ExperimentDir(exp_dir).cluster_file
     record = recorded_cluster(exp_dir)
     if record is None:
         raise ClusterUnreachableError(
@@ -268,35 +264,7 @@ def connect(exp_dir: str | os.PathLike[str]) -> None:
     _attach(record, path)
 
 
-# ---------------------------------------------------------------------------- the lock
-def take_lock(exp_dir: Path, wait_s: float = LOCK_WAIT_SECONDS) -> Any:
-    """Hold the experiment's lock (before anything is written). Held by a live driver's
-    scheduler: refused. Held while the recorded driver is gone (it crashed, its actors are
-    winding down): wait for it, at most ``wait_s`` seconds, then take it."""
-    from actors.scheduler_actor import LOCK_FILE, hold_experiment_lock
-
-    try:
-        return hold_experiment_lock(str(exp_dir))
-    except OpError:
-        if not driver_gone(exp_dir):
-            raise ConfigError(
-                f"experiment at {exp_dir} is already running (its scheduler holds {LOCK_FILE} "
-                "and its driver is alive): steer it with `rf-ray ops`, or wait for it to finish"
-            ) from None
-    logger.warning(
-        "experiment at %s: its driver is gone but its scheduler still holds %s; waiting up to "
-        "%g s for it to wind down",
-        exp_dir, LOCK_FILE, wait_s,
-    )  # fmt: skip
-    try:
-        return hold_experiment_lock(str(exp_dir), wait_s=wait_s)
-    except OpError:
-        raise ConfigError(
-            f"experiment at {exp_dir}: its driver is gone, but its scheduler still held "
-            f"{LOCK_FILE} after {wait_s:g} s; stop its Ray actors (or the Ray cluster) and retry"
-        ) from None
-
-
+# ---------------------------------------------------------------------------- actors
 def clear_leftover_scheduler(exp_dir: Path) -> None:
     """With the lock held, a scheduler registered under the experiment's name is a finished
     or dead one (kill it: its name is needed), or one another driver is starting right now
@@ -324,21 +292,7 @@ def clear_leftover_scheduler(exp_dir: Path) -> None:
         ray.kill(old)
 
 
-def wait_unlocked(exp_dir: Path, wait_s: float = LOCK_WAIT_SECONDS) -> None:
-    """Wait (bounded) until a scheduler just killed has let go of the experiment's lock, so that
-    the next start in this process is not refused by a scheduler that is still dying."""
-    from actors.scheduler_actor import hold_experiment_lock
-
-    try:
-        hold_experiment_lock(str(exp_dir), wait_s=wait_s).close()
-    except OpError:
-        logger.warning(
-            "experiment at %s: still locked %g s after its actors were killed", exp_dir, wait_s
-        )
-
-
 __all__ = [
-    "CLUSTER_FILE",
     "NAMESPACE",
     "ClusterUnreachableError",
     "connect",
@@ -349,6 +303,4 @@ __all__ = [
     "record_cluster",
     "recorded_cluster",
     "scheduler_name",
-    "take_lock",
-    "wait_unlocked",
 ]

@@ -23,7 +23,9 @@ import pandas as pd
 
 from actors import logs
 from actors.engine.gen_eval import check_eval_set
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
+from actors.storage.trust import check_trusted
 from actors.tracking import default_tracking_uri
 from policies.errors import ConfigError, ExperimentExistsError
 from policies.fusion import FusionPolicy
@@ -54,6 +56,10 @@ class Experiment:
     The signature is RapidFire AI's (``Experiment(experiment_name, mode="fit",
     experiment_path=...)``): ``mode="fit"`` trains (``run_fit``), ``mode="evals"`` compares
     RAG and prompt pipelines (``run_evals``).
+
+    An existing directory is opened only if it is yours alone (you own it and no one else can
+    write it: ``actors.storage.trust``), since resuming it imports and unpickles the code its
+    specs name; ``trust=True`` opens it anyway.
     """
 
     def __init__(
@@ -62,6 +68,7 @@ class Experiment:
         mode: str = "fit",
         experiment_path: str | os.PathLike[str] | None = None,
         tracking_uri: str | None = None,
+        trust: bool = False,
     ) -> None:
         check_experiment_name(experiment_name)
         if mode not in MODES:
@@ -74,6 +81,8 @@ class Experiment:
         root = Path(experiment_path) if experiment_path is not None else Path(DEFAULT_ROOT)
         self.dir = (root / experiment_name).resolve()
         self.tracking_uri = tracking_uri or default_tracking_uri(self.dir)
+        self.trust = bool(trust)
+        """Open the directory even if it is not the user's alone (``check_trusted``)."""
         self._session: session.Session | None = None
         self._differing: list[str] = []
         self._live_view = True
@@ -270,6 +279,7 @@ class Experiment:
     def _scheduler(self) -> Any:
         if self._session is not None and not self._session.finished:
             return self._session.scheduler
+        check_trusted(self.dir, self.trust)
         return ops.attach(self.dir)
 
     def wait_for_progress(
@@ -301,6 +311,7 @@ class Experiment:
             return ops.apply(self._scheduler(), "resume", run_id)
         if not Store.exists(self.dir):
             raise ConfigError(f"experiment {self.name!r} has nothing to resume at {self.dir}")
+        check_trusted(self.dir, self.trust)  # before anything in it is imported or unpickled
         self._stop_session()
         self._session = session.resume(self.dir)
         self._start_log_file()
@@ -418,6 +429,7 @@ class Experiment:
         reserved ids too, so ids are never reused); refuse if its data was different."""
         if not Store.exists(self.dir):
             return 1
+        check_trusted(self.dir, self.trust)
         store = Store(self.dir, readonly=True)
         try:
             meta, first_id = store.meta(), store.next_run_id()
@@ -438,6 +450,7 @@ class Experiment:
             raise ConfigError(
                 f"experiment {self.name!r} has no results at {self.dir}; run run_fit first"
             )
+        check_trusted(self.dir, self.trust)
         return Store(self.dir, readonly=True)
 
     def get_results(self) -> pd.DataFrame:
@@ -493,7 +506,8 @@ class Experiment:
         """
         import shutil
 
-        src = self.dir / "runs" / str(run_id) / "adapter"
+        check_trusted(self.dir, self.trust)
+        src = ExperimentDir(self.dir).run(run_id).adapter_dir
         if not (src / "adapter_model.safetensors").exists():
             raise ConfigError(
                 f"run {run_id} of experiment {self.name!r} has no exported adapter at {src}; "

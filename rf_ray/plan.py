@@ -21,6 +21,7 @@ A plan comes from one of two places, and ``rf_ray.session.start`` starts either 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import shutil
 import string
@@ -32,15 +33,19 @@ from typing import Any
 from actors.engine.evals.spec import PipelineSpec, is_pipeline
 from actors.engine.spec import RunSpec
 from actors.messages import RunEntry
-from actors.storage.durable import make_private_dir, resolve
+from actors.storage import checkpoint
+from actors.storage.durable import make_private_dir, make_private_tree, resolve
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from policies.chunking import ChunkPlan
-from policies.errors import ConfigError
+from policies.errors import ConfigError, DamagedFileError, IllegalTransitionError
 from policies.fusion import FusionPolicy
 from policies.pruning import Pruner, pruner_from_dict
-from policies.state import RunStatus
+from policies.state import RunStatus, transition
 from rf_ray import spec_store
 from rf_ray.evals import store as pipeline_store
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_SLICE_TIMEOUT = 1800.0
 """Seconds one slice (or placing a run on an executor) may take before its run fails.
@@ -187,6 +192,7 @@ class Plan:
         Call with the experiment's lock held. Imports the modules the runs' functions come from
         and unpickles the pickled ones (``rf_ray.spec_store``)."""
         with Store(exp_dir) as store:
+            _revive_infrastructure_failures(store)
             meta, runs = store.meta(), store.runs()
             steps = {row["run_id"]: store.step_metrics(row["run_id"]) for row in runs}
         if not runs:
@@ -206,7 +212,7 @@ class Plan:
         return cls(
             name=meta["name"],
             dir=exp_dir,
-            tracking_uri=meta["tracking_uri"],
+            tracking_uri=ExperimentDir(exp_dir).tracking_uri_from(meta["tracking_uri"]),
             specs=specs,
             create_model_fn=spec_store.read_create_model_fn(exp_dir),
             pruner=pruner_from_dict(meta["pruner_state"]),
@@ -243,7 +249,7 @@ class Undo:
         with Store(plan.dir) as store:
             self.meta_before, existing = store.meta(), {r["run_id"] for r in store.runs()}
         self.added = [s.run_id for s in plan.specs if s.run_id not in existing]
-        new_dirs = [spec_store.run_dir(plan.dir, i) for i in self.added]
+        new_dirs = [ExperimentDir(plan.dir).run(i).path for i in self.added]
         self.new_dirs = [d for d in new_dirs if not d.exists()]
 
     def __call__(self) -> None:
@@ -287,7 +293,7 @@ def persist(plan: Plan) -> dict[int, bytes]:
                 "mode": plan.pruner.mode,
             },
             pruner_state=plan.pruner.to_dict(),
-            tracking_uri=plan.tracking_uri,
+            tracking_uri=ExperimentDir(plan.dir).stored_tracking_uri(plan.tracking_uri),
             slice_timeout=plan.slice_timeout,
             status="running",
         )
@@ -310,15 +316,17 @@ def _write_datasets(plan: Plan) -> None:
     """The experiment's Arrow copy of its datasets (once: a later run_fit reuses it)."""
     import datasets
 
-    data = make_private_dir(plan.dir / "data")
-    if (data / "train").exists():
+    layout = ExperimentDir(plan.dir)
+    data = make_private_dir(layout.data_dir)
+    if layout.train_data.exists():
         return
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        plan.train.save_to_disk(str(data / "train"))
+        plan.train.save_to_disk(str(layout.train_data))
         if plan.eval is not None:
-            plan.eval.save_to_disk(str(data / "eval"))
+            plan.eval.save_to_disk(str(layout.eval_data))
+        make_private_tree(data)  # datasets writes with the process's umask
     finally:
         if bars:
             datasets.enable_progress_bars()
@@ -355,7 +363,7 @@ def _with_progress(
     of its partial chunk and its charged executor deaths. ``params`` are the stored ones (what
     the run was logged with)."""
     chunks = ChunkPlan.from_dict(entry.plan)
-    done = int(row["steps_done"])
+    done, resume_from = _resume_point(exp_dir, row, steps)
     chunk_steps: list[dict[str, float]] = []
     if chunks.chunks_done(done) < chunks.total_chunks:
         start, _ = chunks.chunk_bounds(chunks.chunks_done(done))
@@ -366,7 +374,7 @@ def _with_progress(
         status=row["status"],
         steps_done=done,
         pruned_at=row["pruned_at"],
-        checkpoint=_checkpoint_at(exp_dir, row),
+        checkpoint=resume_from,
         mlflow_run_id=row["mlflow_run_id"],
         last_metric=row["last_metric"],
         best_metric=row["best_metric"],
@@ -375,13 +383,59 @@ def _with_progress(
     )
 
 
-def _checkpoint_at(exp_dir: Path, row: dict[str, Any]) -> str | None:
-    """The checkpoint of the run's last recorded slice (a newer one may exist if the driver
-    died between the executor writing it and the scheduler recording the slice)."""
-    if not row["steps_done"]:
-        return None
-    path = exp_dir / "runs" / str(row["run_id"]) / "checkpoints" / f"step-{row['steps_done']:08d}"
-    return str(path) if resolve(path).exists() else row["checkpoint"]
+def _revive_infrastructure_failures(store: Store) -> None:
+    """Runs failed by the infrastructure (a checkpoint that could not be written or read) run
+    again on resume, from their last durable checkpoint; runs failed by their own code stay
+    failed. Written with the lock held, as any live run's row: a resume that fails later leaves
+    them live, and the next resume continues them."""
+    for row in store.runs():
+        if row["status"] != RunStatus.FAILED.value or row.get("failed_by") is None:
+            continue
+        try:
+            transition(RunStatus.FAILED, RunStatus.RUNNING, row["run_id"], row["failed_by"])
+        except IllegalTransitionError:
+            continue  # its own code failed it
+        logger.warning(
+            "run %s failed by the infrastructure (%s); it continues from its last durable "
+            "checkpoint", row["run_id"], row["error"],
+        )  # fmt: skip
+        store.update_run(row["run_id"], status=RunStatus.RUNNING.value, error=None, failed_by=None)
+
+
+_DONE = frozenset({RunStatus.COMPLETED.value, RunStatus.DELETED.value, RunStatus.FAILED.value})
+
+
+def _resume_point(
+    exp_dir: Path, row: dict[str, Any], steps: list[tuple[int, dict[str, float]]]
+) -> tuple[int, str | None]:
+    """Where a stored run goes on from: the step and checkpoint of its last recorded slice (a
+    newer checkpoint may exist if the driver died between the executor writing it and the
+    scheduler recording the slice). If that checkpoint is damaged, the newest older one that
+    reads whole, and the slices after it train again; with none left, a run that began at
+    step 0 starts over. Runs that will not train again are taken as recorded."""
+    done, recorded = int(row["steps_done"]), row["checkpoint"]
+    path = ExperimentDir(exp_dir).run(row["run_id"]).checkpoint(done)
+    if not done:
+        return 0, None
+    if row["status"] in _DONE:
+        return done, str(path) if resolve(path).exists() else recorded
+    if not resolve(path).exists() and recorded and resolve(recorded).exists():
+        return done, recorded  # where an older rf-ray kept it
+    intact, damaged = checkpoint.newest_intact(path.parent.parent, done)
+    step = 0 if intact is None else checkpoint.steps_done(intact)
+    if step == done:
+        return done, str(intact)
+    first = min((int(m["step"]) for _, m in steps), default=1)
+    if intact is None and first > 1:  # a warm clone began at its parent's step: no start
+        raise DamagedFileError(
+            path, f"run {row['run_id']} has no checkpoint left that reads ({'; '.join(damaged)}); "
+            "restore its checkpoints from a backup, or delete the run and clone its parent again",
+        )  # fmt: skip
+    logger.warning(
+        "run %s: resuming from step %s, not %s: %s", row["run_id"], step, done,
+        "; ".join(damaged) or f"{path} is missing",
+    )  # fmt: skip
+    return step, None if intact is None else str(intact)
 
 
 __all__ = [

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.engine.gen_eval import read_samples
+from actors.storage.layout import ExperimentDir
 
 MAX_COLUMNS = 2
 """At most this many generation metrics get a column in status and the live view."""
@@ -25,7 +26,7 @@ def generation_metrics(exp_dir: Path, run_ids: list[int]) -> dict[int, dict[str,
     out = {}
     for run_id in run_ids:
         try:
-            record = read_samples(Path(exp_dir) / "runs" / str(run_id))
+            record = read_samples(ExperimentDir(exp_dir).run(run_id).path)
         except (OSError, ValueError):  # being replaced right now, or unreadable: skip it
             continue
         if record is not None:

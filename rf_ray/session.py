@@ -30,17 +30,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from actors.storage import lock as experiment_lock
+from actors.storage.footprint import Footprint
+from actors.storage.layout import ExperimentDir
+from actors.storage.lock import LOCK_WAIT_SECONDS, wait_unlocked
 from actors.storage.store import Store
 from policies.errors import ConfigError
 from rf_ray.cluster import (
-    LOCK_WAIT_SECONDS,
     NAMESPACE,
     clear_leftover_scheduler,
+    driver_gone,
     ensure_ray,
     record_cluster,
     scheduler_name,
-    take_lock,
-    wait_unlocked,
 )
 from rf_ray.plan import Plan, Undo, persist
 
@@ -121,8 +123,9 @@ def _start_actors(
         logger.info("removed %d interrupted checkpoint writes under %s", len(removed), exp_dir)
     clear_leftover_scheduler(exp_dir)  # refuses a scheduler another driver is starting now
     # Datasets travel as paths to the experiment's Arrow copy (see ``persist``).
-    train_ref = str(exp_dir / "data" / "train")
-    eval_ref = str(exp_dir / "data" / "eval") if plan.has_eval else None
+    layout = ExperimentDir(exp_dir)
+    train_ref = str(layout.train_data)
+    eval_ref = str(layout.eval_data) if plan.has_eval else None
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     executor_cls: Any = ray.remote(BaseModelActor)
     executors = []
@@ -227,17 +230,19 @@ def _start(
     import ray
 
     started = _Started(ensure_ray(), exp_dir)
+    footprint = Footprint.before_lock(exp_dir)  # a start that fails leaves nothing behind
     try:
         num_executors = executor_count(num_executors)  # checked before anything is written
-        lock = take_lock(exp_dir, lock_wait_s)
+        lock = experiment_lock.take(exp_dir, lambda: driver_gone(exp_dir), lock_wait_s)
     except BaseException:
         started.teardown()
         raise
+    footprint.after_lock()
     undo: Undo | None = None
     try:
         plan = make_plan()
         # Recorded once the lock is ours: until then the record names the driver that holds it
-        # (``take_lock`` asks whether that one is gone).
+        # (``take`` asks whether that one is gone).
         record_cluster(exp_dir)
         undo = Undo(plan)
         blobs = persist(plan) if plan.is_new else {}
@@ -250,6 +255,7 @@ def _start(
         started.teardown()
         if undo is not None:
             undo()
+        footprint.restore(lock)
         raise
     finally:
         lock.close()
@@ -331,5 +337,8 @@ def stop(session: Session) -> None:
             logger.debug("actor already gone", exc_info=True)
     if not session.finished:  # a killed scheduler lets go of the lock as its process ends
         wait_unlocked(session.dir)
+    # The experiment at rest: no lock file, no SQLite sidecars (none if another driver took
+    # it meanwhile: then it is that one's).
+    experiment_lock.tidy(session.dir, lambda: Store.put_to_rest(session.dir))
     if session.started_ray:
         ray.shutdown()

@@ -38,16 +38,12 @@ from typing import Any
 from actors.engine.evals.spec import PipelineSpec
 from actors.engine.spec import RunSpec
 from actors.storage.durable import FILE_MODE, atomic_write, fsync_dir, make_private_dir
+from actors.storage.layout import FUNCTIONS_DIR, ExperimentDir
 from actors.storage.store import Store
 from policies.chunking import ChunkPlan
-from policies.errors import ConfigError
+from policies.errors import ConfigError, DamagedFileError
 
 FORMAT = 1
-SPEC_FILE = "spec.json"
-LEGACY_SPEC_FILE = "spec.cloudpickle"
-"""Specs written before ``FORMAT`` 1 (the whole RunSpec cloudpickled); still readable."""
-MODEL_FN_FILE = "create_model_fn.json"
-FUNCTIONS_DIR = "functions"
 _FUNCTION_FIELDS = ("formatting_func", "compute_metrics", "reward_funcs", "generation_eval")
 
 
@@ -56,10 +52,6 @@ def spec_blob(spec: RunSpec | PipelineSpec) -> bytes:
     import cloudpickle
 
     return bytes(cloudpickle.dumps(spec))
-
-
-def run_dir(exp_dir: Path, run_id: int) -> Path:
-    return Path(exp_dir) / "runs" / str(run_id)
 
 
 # ---------------------------------------------------------------------------- functions
@@ -111,9 +103,100 @@ def _load_function(stored: dict[str, str] | None, base: Path) -> Any:
                 f"{base}: cannot import {stored['import']!r} ({e}); make its module importable "
                 "here (install it, or add its directory to PYTHONPATH) and try again"
             ) from e
+    return unpickle(base / stored["pickle"])
+
+
+def unpickle(path: Path) -> Any:
+    """A cloudpickled function (runs code: see the module docstring); a missing or damaged file
+    is a ``DamagedFileError`` naming it, a module it needs that is not installed a
+    ``ConfigError`` naming the module."""
     import cloudpickle
 
-    return cloudpickle.loads((base / stored["pickle"]).read_bytes())
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DamagedFileError(path, f"missing{_RESTORE}") from None
+    try:
+        return cloudpickle.loads(data)
+    except ImportError as e:
+        raise ConfigError(
+            f"{path}: unpickling needs a module that is not importable here ({e}); install it, "
+            "or add its directory to PYTHONPATH, and try again"
+        ) from e
+    except Exception as e:  # a truncated or garbage pickle raises any of several types
+        raise DamagedFileError(
+            path, f"cannot be unpickled ({type(e).__name__}: {e}){_RESTORE}"
+        ) from e
+
+
+_RESTORE = (
+    "; rf-ray writes a run's files once and never changes them: restore it from a backup, "
+    "or leave this run out by starting a new experiment"
+)
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """A run's ``spec.json``, its shape checked: a file that is not what rf-ray wrote is one
+    ``DamagedFileError`` naming it."""
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DamagedFileError(path, f"missing{_RESTORE}") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DamagedFileError(path, f"is not JSON ({e}){_RESTORE}") from None
+    if not isinstance(record, dict):
+        raise DamagedFileError(path, f"holds {type(record).__name__}, not a spec{_RESTORE}")
+    if record.get("format") != FORMAT:
+        raise ConfigError(
+            f"{path} has format {record.get('format')!r}; this rf-ray reads format "
+            f"{FORMAT}: open the experiment with the rf-ray version that wrote it"
+        )
+    for key, kind in (("config", dict), ("functions", dict), ("plan", dict), ("seed", int)):
+        if not isinstance(record.get(key), kind):
+            raise DamagedFileError(
+                path, f"its {key!r} is {record.get(key)!r}, not a {kind.__name__}{_RESTORE}"
+            )
+    return record
+
+
+def _store_generation_eval(gen: Any, base: Path) -> dict[str, Any]:
+    """A ``GenerationEval`` as data: built-in metrics by name (``{"metrics": ["rougeL"]}``), a
+    RapidFire-style ``compute_metrics`` and ``eval_prompts_fn`` like any function."""
+    from rf_ray.metrics import FromComputeMetrics, MetricSet
+
+    metrics_fn = gen.metrics_fn
+    stored: dict[str, Any]
+    if isinstance(metrics_fn, MetricSet):
+        stored = {"metrics": list(metrics_fn.names)}
+    elif isinstance(metrics_fn, FromComputeMetrics):
+        inner = metrics_fn.compute_metrics
+        stored = {"from_compute_metrics": _store_function(inner, base, "eval_compute_metrics")}
+    else:
+        stored = {"function": _store_function(metrics_fn, base, "eval_metrics_fn")}
+    return {
+        "metrics_fn": stored,
+        "num_prompts": gen.num_prompts,
+        "prompts_fn": _store_function(gen.prompts_fn, base, "eval_prompts_fn"),
+    }
+
+
+def _load_generation_eval(stored: dict[str, Any] | None, base: Path) -> Any:
+    """What ``_store_generation_eval`` wrote; a spec written before it holds the whole
+    ``GenerationEval`` as one function record (read as such)."""
+    from actors.engine.gen_eval import GenerationEval
+    from rf_ray.metrics import FromComputeMetrics, MetricSet
+
+    if stored is None or "metrics_fn" not in stored:
+        return _load_function(stored, base)
+    how = stored["metrics_fn"]
+    if "metrics" in how:
+        metrics_fn: Any = MetricSet(tuple(how["metrics"]))
+    elif "from_compute_metrics" in how:
+        metrics_fn = FromComputeMetrics(_load_function(how["from_compute_metrics"], base))
+    else:
+        metrics_fn = _load_function(how["function"], base)
+    prompts_fn = _load_function(stored["prompts_fn"], base)
+    return GenerationEval(metrics_fn, int(stored["num_prompts"]), prompts_fn)
 
 
 # ---------------------------------------------------------------------------- run specs
@@ -134,16 +217,18 @@ def write_spec(exp_dir: Path, spec: RunSpec) -> bytes:
     """Store ``spec`` for run ``spec.run_id``; refuse to overwrite an existing run's spec.
     Returns ``spec_blob(spec)``."""
     record = spec_record(spec)
-    base = run_dir(exp_dir, spec.run_id)
-    target = base / SPEC_FILE
-    if target.exists() or (base / LEGACY_SPEC_FILE).exists():
+    run = ExperimentDir(exp_dir).run(spec.run_id)
+    base, target = run.path, run.spec_file
+    if target.exists() or run.legacy_spec_file.exists():
         raise _exists(spec.run_id, base)
     make_private_dir(base)
     functions: dict[str, Any] = {}
     for field in _FUNCTION_FIELDS:
         value = getattr(spec.model_config, field)
-        if field == "generation_eval" and value is None:
-            continue  # --- gen: recorded only when set, so other specs read as before
+        if field == "generation_eval":
+            if value is not None:  # --- gen: recorded only when set, so other specs read as before
+                functions[field] = _store_generation_eval(value, base)
+            continue
         if field == "reward_funcs" and value is not None:
             functions[field] = [
                 _store_function(f, base, f"{field}.{i}") for i, f in enumerate(value)
@@ -178,39 +263,40 @@ def read_spec(exp_dir: Path, run_id: int) -> tuple[RunSpec, bytes]:
     Imports the modules its functions come from and unpickles the pickled ones."""
     from rf_ray.specs import RunConfig, build_specs
 
-    base = run_dir(exp_dir, run_id)
-    if not (base / SPEC_FILE).exists() and (base / LEGACY_SPEC_FILE).exists():
-        import cloudpickle
-
-        spec = cloudpickle.loads((base / LEGACY_SPEC_FILE).read_bytes())
+    files = ExperimentDir(exp_dir).run(run_id)
+    base, spec_file = files.path, files.spec_file
+    if not spec_file.exists() and files.legacy_spec_file.exists():
+        spec = unpickle(files.legacy_spec_file)
         return spec, spec_blob(spec)
-    record = json.loads((base / SPEC_FILE).read_text())
-    if record.get("format") != FORMAT:
-        raise ConfigError(
-            f"{base / SPEC_FILE} has format {record.get('format')!r}; this rf-ray reads format "
-            f"{FORMAT}: open the experiment with the rf-ray version that wrote it"
-        )
+    record = _read_record(spec_file)
     stored = record["functions"]
-    rewards = stored.get("reward_funcs")
-    run = RunConfig.from_json(
-        json.dumps(record["config"]),
-        formatting_func=_load_function(stored.get("formatting_func"), base),
-        compute_metrics=_load_function(stored.get("compute_metrics"), base),
-        reward_funcs=None if rewards is None else [_load_function(r, base) for r in rewards],
-        generation_eval=_load_function(stored.get("generation_eval"), base),
-    )
-    chunks = ChunkPlan.from_dict(record["plan"])
+    try:
+        rewards = stored.get("reward_funcs")
+        run = RunConfig.from_json(
+            json.dumps(record["config"]),
+            formatting_func=_load_function(stored.get("formatting_func"), base),
+            compute_metrics=_load_function(stored.get("compute_metrics"), base),
+            reward_funcs=None if rewards is None else [_load_function(r, base) for r in rewards],
+            generation_eval=_load_generation_eval(stored.get("generation_eval"), base),
+        )
+        chunks = ChunkPlan.from_dict(record["plan"])
+    except ConfigError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DamagedFileError(
+            spec_file, f"is not a spec rf-ray can read ({type(e).__name__}: {e}){_RESTORE}"
+        ) from e
     (spec,) = build_specs(
         [run], Path(exp_dir), train_rows=_train_rows(exp_dir), num_chunks=chunks.num_chunks,
         seed=record["seed"], first_run_id=run_id,
     )  # fmt: skip
     if spec.plan != chunks:
         raise ConfigError(
-            f"{base / SPEC_FILE}: its stored chunk plan {chunks} differs from the one rebuilt from "
+            f"{spec_file}: its stored chunk plan {chunks} differs from the one rebuilt from "
             f"its config ({spec.plan}); the experiment directory was changed, or written by "
             "another rf-ray version"
         )
-    spec.parent_run_id = record["parent_run_id"]
+    spec.parent_run_id = record.get("parent_run_id")
     return spec, spec_blob(spec)
 
 
@@ -227,15 +313,21 @@ def write_create_model_fn(exp_dir: Path, fn: Callable[..., Any]) -> None:
     """Store the experiment's ``create_model_fn`` (by reference, or cloudpickled)."""
     base = make_private_dir(exp_dir)
     stored = _store_function(fn, base, "create_model_fn")
-    atomic_write(base / MODEL_FN_FILE, json.dumps(stored).encode(), FILE_MODE)
+    atomic_write(ExperimentDir(base).model_fn_file, json.dumps(stored).encode(), FILE_MODE)
 
 
 def read_create_model_fn(exp_dir: Path) -> Any:
     """The experiment's ``create_model_fn`` (imports or unpickles it: see module docstring)."""
-    base = Path(exp_dir)
-    legacy = base / "create_model_fn.cloudpickle"
-    if not (base / MODEL_FN_FILE).exists() and legacy.exists():
-        import cloudpickle
-
-        return cloudpickle.loads(legacy.read_bytes())
-    return _load_function(json.loads((base / MODEL_FN_FILE).read_text()), base)
+    layout = ExperimentDir(exp_dir)
+    legacy = layout.legacy_model_fn_file
+    if not layout.model_fn_file.exists() and legacy.exists():
+        return unpickle(legacy)
+    try:
+        stored = json.loads(layout.model_fn_file.read_text())
+    except FileNotFoundError:
+        raise DamagedFileError(layout.model_fn_file, f"missing{_RESTORE}") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DamagedFileError(layout.model_fn_file, f"is not JSON ({e}){_RESTORE}") from None
+    if not (stored is None or isinstance(stored, dict)):
+        raise DamagedFileError(layout.model_fn_file, f"holds {stored!r}{_RESTORE}")
+    return _load_function(stored, layout.root)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.engine.spec import RunSpec
+from actors.storage.layout import ExperimentDir
 from policies.chunking import ChunkPlan, repeat_sampler_length
 from policies.errors import ConfigError
 from policies.redact import redact
@@ -404,7 +405,7 @@ def build_specs(
         run_id = first_run_id + i
         built, lora = build_run_configs(run)
         args = copy.copy(built)  # this run's place and seed go on a copy of the built config
-        args.output_dir = str(experiment_dir / "runs" / str(run_id))
+        args.output_dir = str(ExperimentDir(experiment_dir).run(run_id).path)
         if "seed" not in run.training_args:
             args.seed = seed
         training_args = {**run.training_args, "seed": run.training_args.get("seed", seed)}

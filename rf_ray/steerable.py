@@ -25,10 +25,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from actors.scheduler_actor import LOCK_FILE
+from actors.storage import lock
+from actors.storage.layout import CLUSTER_FILE
 from actors.storage.store import Store
 from policies.errors import OpError
-from rf_ray.cluster import CLUSTER_FILE, driver_alive, reachable, recorded_cluster
+from rf_ray.cluster import driver_alive, reachable, recorded_cluster
 
 
 class NotSteerableError(OpError):
@@ -37,33 +38,13 @@ class NotSteerableError(OpError):
 
 def is_running(exp_dir: Path) -> bool:
     """True while a scheduler (or a driver starting one) holds the experiment's lock, read
-    without touching the lock."""
-    path = Path(exp_dir) / LOCK_FILE
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return False
-    held = _flock_listed(st)
+    without touching the lock (``actors.storage.lock.is_held``)."""
+    held = lock.is_held(exp_dir)
     if held is not None:
         return held
     # No /proc/locks (not Linux): fall back to what the driver recorded.
     with Store(exp_dir, readonly=True) as store:
         return bool(store.meta().get("status") == "running")
-
-
-def _flock_listed(st: os.stat_result) -> bool | None:
-    """Whether Linux's ``/proc/locks`` lists a ``flock`` on the file ``st`` describes; None
-    when the table cannot be read. Lines read ``1: FLOCK ADVISORY WRITE <pid> fe:00:<inode>``."""
-    try:
-        text = Path("/proc/locks").read_text()
-    except OSError:
-        return None
-    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    for line in text.splitlines():
-        fields = line.split()
-        if "FLOCK" in fields and device in fields and "->" not in fields:
-            return True
-    return False
 
 
 def check_steerable(exp_dir: str | os.PathLike[str], probe: bool = True) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from actors.storage.layout import ExperimentDir, RunDir
 from policies.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class CheckpointWriter:
             self.peak_bytes = max(self.peak_bytes, self.queued_bytes)
         future = self._thread.submit(self._write, run_id, state, Path(run_dir), keep, size)
         self._writes[(run_id, step)] = future
-        return Path(run_dir) / "checkpoints" / f"step-{step:08d}"
+        return RunDir(run_dir).checkpoint(step)
 
     def _write(
         self, run_id: int, state: dict[str, Any], run_dir: Path, keep: int, size: int
@@ -110,10 +111,13 @@ class CheckpointWriter:
             logger.warning(
                 "run %s: writing the checkpoint of step %s failed: %r", run_id, step, exc
             )
+            name = ExperimentDir.of_run_dir(run_dir).name
             raise CheckpointError(
                 f"run {run_id}: writing its checkpoint of step {step} under {run_dir} failed: "
-                f"{type(exc).__name__}: {exc}; free disk space or fix the experiment directory's "
-                "permissions, then resume the run (it restarts from its last durable checkpoint)"
+                f"{type(exc).__name__}: {exc}. Free disk space or make the experiment directory "
+                f"writable; then `rf-ray ops resume {name} {run_id}` (while the experiment runs) "
+                f"or `rf-ray resume {name}` (once it has ended) continues the run from its last "
+                "durable checkpoint"
             ) from exc
         finally:
             del state  # the host copy goes as soon as it is on disk

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from actors.storage.layout import SAMPLES_FILE
 from policies.errors import ConfigError, RunFailedError
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ DEFAULT_GENERATION = {"max_new_tokens": 64, "do_sample": False}
 """Generation settings when the run's ``generation_config`` is None."""
 MAX_SAMPLE_CHARS = 2000
 """Each prompt, reference and generation is cut to this many characters in samples.json."""
-SAMPLES_FILE = "samples.json"
 
 
 @dataclass(frozen=True)

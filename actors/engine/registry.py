@@ -25,6 +25,7 @@ from actors.engine.data_prep import PreparedDatasets
 from actors.engine.runtime import Runtime
 from actors.engine.spec import RunSpec
 from actors.messages import SliceResult
+from actors.storage.durable import private_umask
 
 logger = logging.getLogger(__name__)
 
@@ -211,9 +212,10 @@ class AdapterRegistry(Mapping[int, AdapterRecord]):
         if shared is not None:
             build_spec, args = self.prepared.reuse(spec, args)
             train, evals = shared.train, shared.eval
-        trainer = algorithms.make_trainer(
-            build_spec, args, entry.model, entry.tokenizer, train, evals
-        )
+        with private_umask():  # datasets' map caches land beside data/train: keep them 0600
+            trainer = algorithms.make_trainer(
+                build_spec, args, entry.model, entry.tokenizer, train, evals
+            )
         return trainer, prep_key
 
     def trainer_args(self, args: Any) -> Any:

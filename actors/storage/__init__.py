@@ -1,4 +1,12 @@
-"""What rf-ray keeps on disk: the experiment store, run checkpoints and crash-safe writes.
+"""What rf-ray keeps on disk: the experiment directory and everything in it.
+
+    layout.py      ExperimentDir, RunDir: every path in an experiment directory (one owner)
+    lock.py        the directory's lock (one live scheduler per directory)
+    store.py       the SQLite store of runs, settings and metrics
+    checkpoint.py  run checkpoints (safetensors + JSON), damaged ones named and passed over
+    durable.py     crash-safe and private writes (atomic_write, replace_dir, 0600/0700)
+    footprint.py   what a start added, removed again when it fails
+    trust.py       whose directory it is: refused before reading if not the user's alone
 
 No Ray here: the driver, the CLI, the dashboard and the actors all read and write through these.
 

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -61,10 +62,52 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = FILE_MOD
 
 
 def make_private_dir(path: str | os.PathLike[str]) -> Path:
-    """``mkdir -p`` with mode 0700 for the directories this call creates."""
+    """``mkdir -p`` with mode 0700 for every directory this call creates (``Path.mkdir``
+    gives the parents it creates the default mode, not ``mode``)."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    missing = []
+    for level in (path, *path.parents):
+        if level.exists():
+            break
+        missing.append(level)
+    for level in reversed(missing):
+        level.mkdir(mode=DIR_MODE, exist_ok=True)
+    if not path.is_dir():
+        path.mkdir()  # raises FileExistsError naming the path (a file is in the way)
     return path
+
+
+def make_private_tree(path: str | os.PathLike[str]) -> None:
+    """Make everything under directory ``path`` (and ``path`` itself) private: directories
+    0700, files 0600. For trees another library wrote (``datasets.save_to_disk``, PEFT's
+    ``save_pretrained``) with the process's umask."""
+    os.chmod(path, DIR_MODE)
+    for top, dirs, files in os.walk(path):
+        for names, mode in ((dirs, DIR_MODE), (files, FILE_MODE)):
+            for name in names:
+                entry = os.path.join(top, name)
+                if not os.path.islink(entry):  # a link's target is not ours to change
+                    os.chmod(entry, mode)
+
+
+def create_private_file(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` empty with mode 0600 if it does not exist (for a file another library
+    opens and would create with the process's umask: a log, an SQLite database)."""
+    path = Path(path)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+    return path
+
+
+@contextlib.contextmanager
+def private_umask() -> Iterator[None]:
+    """Files and directories created meanwhile by code that follows the umask (``datasets``'
+    map caches) are private. The umask is the process's: use it only in rf-ray's own processes
+    (the executor), around code that writes into the experiment directory."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def fsync_file(path: str | os.PathLike[str], mode: int = FILE_MODE) -> None:

@@ -10,7 +10,6 @@ open it read-only. Plain ``sqlite3``: no ORM, nothing to install.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 import urllib.parse
@@ -20,7 +19,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from actors.storage.durable import FILE_MODE
+from actors.storage.durable import create_private_file, make_private_dir
+from actors.storage.layout import STORE_FILE, ExperimentDir
+from policies.errors import DamagedFileError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -41,6 +42,7 @@ CREATE TABLE IF NOT EXISTS runs (
     last_metric REAL,
     best_metric REAL,
     failures INTEGER NOT NULL DEFAULT 0,
+    failed_by TEXT,
     updated REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS steps (
@@ -66,10 +68,11 @@ RUN_FIELDS = (
     "last_metric",
     "best_metric",
     "failures",
+    "failed_by",
 )
 """Columns ``update_run`` may set."""
 
-ADDED_COLUMNS = {"failures": "INTEGER NOT NULL DEFAULT 0"}
+ADDED_COLUMNS = {"failures": "INTEGER NOT NULL DEFAULT 0", "failed_by": "TEXT"}
 """Run columns added after the first release: added to an older store when it is opened."""
 
 
@@ -81,25 +84,57 @@ class Store:
     """Thin, transactional access to ``<experiment dir>/rf_ray.db``; use it as a context
     manager (``with Store(dir) as store:``) so the connection is always closed."""
 
-    FILENAME = "rf_ray.db"
+    FILENAME = STORE_FILE
 
     def __init__(self, experiment_dir: str | Path, readonly: bool = False) -> None:
         self.dir = Path(experiment_dir)
-        self.path = self.dir / self.FILENAME
+        self.path = ExperimentDir(self.dir).store
         if readonly:
             self._conn = sqlite3.connect(readonly_uri(self.path), uri=True, timeout=30)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not self.path.exists():  # private from the first byte: create it 0600
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+            make_private_dir(self.path.parent)
+            create_private_file(self.path)  # private from the first byte: 0600
             self._conn = sqlite3.connect(self.path, timeout=30)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.executescript(SCHEMA)
-            have = {r[1] for r in self._conn.execute("PRAGMA table_info(runs)")}
-            for column, decl in ADDED_COLUMNS.items():
-                if column not in have:
-                    self._conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {decl}")
+        try:
+            with self._reading():
+                self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                if not readonly:
+                    self._create()
+        except BaseException:
+            self._conn.close()
+            raise
         self._conn.row_factory = sqlite3.Row
+
+    def _create(self) -> None:
+        """WAL mode (readers never block the writer), the tables, columns added since."""
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.executescript(SCHEMA)
+        have = {r[1] for r in self._conn.execute("PRAGMA table_info(runs)")}
+        for column, decl in ADDED_COLUMNS.items():
+            if column not in have:
+                self._conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {decl}")
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A store SQLite cannot read (not a database, torn pages) or whose JSON is not rf-ray's
+        raises one ``DamagedFileError`` naming the file, not a driver error's traceback."""
+        try:
+            yield
+        except (sqlite3.ProgrammingError, sqlite3.IntegrityError):
+            raise  # a closed connection, a duplicate key: the caller's, not the file's
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise  # contention, not damage
+            raise self._damaged(exc) from exc
+        except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as exc:
+            raise self._damaged(exc) from exc
+
+    def _damaged(self, exc: BaseException) -> DamagedFileError:
+        return DamagedFileError(
+            self.path,
+            f"not a readable rf-ray experiment store ({type(exc).__name__}: {exc}); restore it "
+            "from a backup, or start over under another experiment name",
+        )
 
     def __enter__(self) -> Store:
         return self
@@ -114,7 +149,26 @@ class Store:
 
     @staticmethod
     def exists(experiment_dir: str | Path) -> bool:
-        return (Path(experiment_dir) / Store.FILENAME).exists()
+        return ExperimentDir(experiment_dir).store.exists()
+
+    @staticmethod
+    def put_to_rest(experiment_dir: str | Path, timeout: float = 1.0) -> bool:
+        """Fold the write-ahead log into the store and leave WAL mode, so that no
+        ``rf_ray.db-wal``/``-shm`` stays beside it and readers create none (a read-only
+        connection to a WAL store creates both and cannot remove them). Call once nobody
+        writes (the experiment's lock held); the next writer turns WAL on again. False when
+        another connection keeps the store busy (then nothing changed)."""
+        path = ExperimentDir(experiment_dir).store
+        if not path.exists():
+            return True
+        conn = sqlite3.connect(path, timeout=timeout)
+        try:
+            mode = conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0]
+        except sqlite3.DatabaseError:  # a reader holds it open right now, or it is damaged
+            return False
+        finally:
+            conn.close()
+        return str(mode).lower() == "delete"
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -133,7 +187,9 @@ class Store:
             )
 
     def meta(self) -> dict[str, Any]:
-        return {r["key"]: json.loads(r["value"]) for r in self._conn.execute("SELECT * FROM meta")}
+        with self._reading():
+            rows = self._conn.execute("SELECT * FROM meta").fetchall()
+            return {r["key"]: json.loads(r["value"]) for r in rows}
 
     # ---------------------------------------------------------------- runs
     def next_run_id(self) -> int:
@@ -144,7 +200,7 @@ class Store:
     def _next_id(self, conn: sqlite3.Connection) -> int:
         row = conn.execute("SELECT COALESCE(MAX(run_id), 0) AS m FROM runs").fetchone()
         reserved = conn.execute("SELECT value FROM meta WHERE key = ?", (RESERVED_KEY,)).fetchone()
-        on_disk = [int(p.name) for p in (self.dir / "runs").glob("*") if p.name.isdigit()]
+        on_disk = ExperimentDir(self.dir).run_ids_on_disk()
         taken = max(int(row["m"]), int(json.loads(reserved["value"])) if reserved else 0)
         return max([taken, *on_disk]) + 1
 
@@ -262,10 +318,11 @@ class Store:
 
     def runs(self) -> list[dict[str, Any]]:
         out = []
-        for r in self._conn.execute("SELECT * FROM runs ORDER BY run_id"):
-            row = dict(r)
-            row["params"] = json.loads(row["params"])
-            out.append(row)
+        with self._reading():
+            for r in self._conn.execute("SELECT * FROM runs ORDER BY run_id").fetchall():
+                row = dict(r)
+                row["params"] = json.loads(row["params"])
+                out.append(row)
         return out
 
     def run(self, run_id: int) -> dict[str, Any] | None:
@@ -273,17 +330,19 @@ class Store:
 
     def step_metrics(self, run_id: int | None = None) -> list[tuple[int, dict[str, float]]]:
         """(run id, step metrics) rows in step order, of every run or of ``run_id``."""
-        if run_id is None:
-            rows = self._conn.execute("SELECT run_id, metrics FROM steps ORDER BY run_id, step")
-        else:
-            rows = self._conn.execute(
-                "SELECT run_id, metrics FROM steps WHERE run_id = ? ORDER BY step", (run_id,)
-            )
-        return [(int(r["run_id"]), json.loads(r["metrics"])) for r in rows]
+        with self._reading():
+            if run_id is None:
+                rows = self._conn.execute("SELECT run_id, metrics FROM steps ORDER BY run_id, step")
+            else:
+                rows = self._conn.execute(
+                    "SELECT run_id, metrics FROM steps WHERE run_id = ? ORDER BY step", (run_id,)
+                )
+            return [(int(r["run_id"]), json.loads(r["metrics"])) for r in rows.fetchall()]
 
     def chunk_metrics(self) -> list[tuple[int, int, dict[str, float]]]:
-        rows = self._conn.execute("SELECT * FROM chunks ORDER BY run_id, chunk")
-        return [(int(r["run_id"]), int(r["chunk"]), json.loads(r["metrics"])) for r in rows]
+        with self._reading():
+            rows = self._conn.execute("SELECT * FROM chunks ORDER BY run_id, chunk").fetchall()
+            return [(int(r["run_id"]), int(r["chunk"]), json.loads(r["metrics"])) for r in rows]
 
 
 def readonly_uri(path: Path) -> str:

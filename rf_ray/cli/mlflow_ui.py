@@ -7,10 +7,9 @@ import os
 import sys
 from pathlib import Path
 
+from actors.storage.layout import MLFLOW_DB, ExperimentDir
 from policies.errors import ConfigError
 from rf_ray.experiment import DEFAULT_ROOT
-
-MLFLOW_DB = "mlflow.db"
 
 
 def dashboard_command(
@@ -42,12 +41,11 @@ def resolve_dashboard_dir(path: str | None, name: str | None) -> Path:
     root = Path(path or DEFAULT_ROOT)
     if name is not None:
         exp_dir = root / name
-        if (exp_dir / MLFLOW_DB).exists():
+        db = ExperimentDir(exp_dir).mlflow_db
+        if db.exists():
             return exp_dir
-        raise ConfigError(
-            f"no MLflow store {exp_dir.resolve() / MLFLOW_DB}; {_dashboard_candidates(root)}"
-        )
-    if (root / MLFLOW_DB).exists():
+        raise ConfigError(f"no MLflow store {db.resolve()}; {_dashboard_candidates(root)}")
+    if ExperimentDir(root).mlflow_db.exists():
         return root
     found = _with_mlflow(root)
     if len(found) == 1:
@@ -65,7 +63,7 @@ def resolve_dashboard_dir(path: str | None, name: str | None) -> Path:
 def _with_mlflow(root: Path) -> list[str]:
     if not root.is_dir():
         return []
-    return sorted(d.name for d in root.iterdir() if (d / MLFLOW_DB).is_file())
+    return sorted(d.name for d in root.iterdir() if ExperimentDir(d).mlflow_db.is_file())
 
 
 def _dashboard_candidates(root: Path) -> str:

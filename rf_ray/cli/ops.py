@@ -29,7 +29,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from actors.storage.trust import check_trusted
 from policies.errors import ConfigError
+from rf_ray.cli.status import add_trust
 from rf_ray.experiment import DEFAULT_ROOT
 from rf_ray.remote import OP_TIMEOUT_S
 
@@ -52,6 +54,7 @@ def add_ops(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=f"how long to wait for the answer (default {OP_TIMEOUT_S:g})",
     )
+    add_trust(p)
 
 
 def parse_value(text: str) -> Any:
@@ -82,6 +85,7 @@ def cmd_ops(args: argparse.Namespace) -> int:
     from rf_ray import ops, remote
 
     exp_dir = (Path(args.path) / args.experiment).resolve()
+    check_trusted(exp_dir, args.trust)  # before its cluster.json is read or its specs loaded
     if args.op == "clone":
         changes = parse_changes(args.changes)
         if not changes:
@@ -102,12 +106,13 @@ def add_resume(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", help="experiment name")
     p.add_argument("--path", default=DEFAULT_ROOT, help="experiments root")
     p.add_argument("--no-live", action="store_true", help="no live terminal view")
+    add_trust(p)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from rf_ray.experiment import Experiment
 
-    exp = Experiment(args.experiment, experiment_path=args.path)
+    exp = Experiment(args.experiment, experiment_path=args.path, trust=args.trust)
     try:
         info = exp.resume(live_view=not args.no_live)
         print(info[["run_id", "status", "chunks_done", "best_metric"]].to_string(index=False))

@@ -15,8 +15,11 @@ import json
 from pathlib import Path
 
 from actors.engine.gen_eval import SAMPLES_FILE, read_samples
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
+from actors.storage.trust import check_trusted
 from policies.errors import ConfigError
+from rf_ray.cli.status import add_trust
 from rf_ray.experiment import DEFAULT_ROOT
 from rf_ray.samples import side_by_side
 
@@ -28,14 +31,15 @@ def add_samples(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="show at most this many samples")
     p.add_argument("--width", type=int, default=120, help="line width (default 120)")
     p.add_argument("--json", action="store_true", help="print the stored record as JSON")
+    add_trust(p)
 
 
 def cmd_samples(args: argparse.Namespace) -> int:
     exp_dir = Path(args.path) / args.experiment
     if not Store.exists(exp_dir):
         raise ConfigError(f"no experiment {args.experiment!r} under {Path(args.path).resolve()}")
-    run_dir = exp_dir / "runs" / str(args.run_id)
-    record = read_samples(run_dir)
+    check_trusted(exp_dir, args.trust)
+    record = read_samples(ExperimentDir(exp_dir).run(args.run_id).path)
     if record is None:
         raise ConfigError(
             f"run {args.run_id} of {args.experiment!r} has no {SAMPLES_FILE} yet: it is kept at "

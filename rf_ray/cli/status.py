@@ -12,8 +12,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
-from policies.errors import ConfigError
+from actors.storage.trust import check_trusted
+from policies.errors import ConfigError, UntrustedDirectoryError
 from policies.redact import redact
 from rf_ray.experiment import DEFAULT_ROOT
 from rf_ray.live import chunk_progress
@@ -37,9 +39,11 @@ def _candidates(root: Path) -> str:
     return f"experiments under {root.resolve()}: {', '.join(names)}"
 
 
-def read_experiment(exp_dir: Path) -> dict[str, Any]:
-    """Meta, runs and chunk metrics of one experiment, read through a read-only store; the runs'
-    secret-looking knob values masked (``policies.redact``), since all of it is printed."""
+def read_experiment(exp_dir: Path, trust: bool = False) -> dict[str, Any]:
+    """Meta, runs and chunk metrics of one experiment, read through a read-only store (once
+    the directory is found to be the user's alone, or ``trust``); the runs' secret-looking
+    knob values masked (``policies.redact``), since all of it is printed."""
+    check_trusted(exp_dir, trust)
     try:
         store = Store(exp_dir, readonly=True)
         try:
@@ -52,7 +56,7 @@ def read_experiment(exp_dir: Path) -> dict[str, Any]:
             store.close()
     except sqlite3.Error as exc:
         raise ConfigError(
-            f"cannot read {exp_dir / Store.FILENAME}: {exc}; is it an rf-ray experiment store?"
+            f"cannot read {ExperimentDir(exp_dir).store}: {exc}; is it an rf-ray experiment store?"
         ) from exc
 
 
@@ -69,6 +73,15 @@ def add_root(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--path", metavar="ROOT", default=None, help=f"experiments root (default ./{DEFAULT_ROOT})"
     )
+    add_trust(p)
+
+
+def add_trust(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help="open experiment directories that another user owns or can write (docs/security.md)",
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -78,7 +91,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"no experiment {args.name!r} under {root.resolve()}; {_candidates(root)}"
         )
-    data = read_experiment(exp_dir)
+    data = read_experiment(exp_dir, args.trust)
     if args.json:
         print(json.dumps(status_json(args.name, exp_dir, data), indent=2))
     else:
@@ -116,7 +129,7 @@ def status_text(name: str, exp_dir: Path, data: dict[str, Any]) -> str:
         f"Experiment {name} ({meta.get('status', 'unknown')}) at {exp_dir.resolve()}",
         f"  fingerprint:  {meta.get('fingerprint', '-')}",
         f"  pruner:       {pruner.get('type', '-')} on {metric} ({pruner.get('mode') or '-'})",
-        f"  tracking uri: {meta.get('tracking_uri', '-')}",
+        f"  tracking uri: {_tracking_uri(exp_dir, meta)}",
         "",
     ]
     if not runs:
@@ -149,6 +162,11 @@ def status_text(name: str, exp_dir: Path, data: dict[str, Any]) -> str:
 
 def _progress(run: dict[str, Any], per_epoch: Any) -> str:
     return chunk_progress(run["chunks_done"], run["total_chunks"], per_epoch)
+
+
+def _tracking_uri(exp_dir: Path, meta: dict[str, Any]) -> str:
+    stored = meta.get("tracking_uri")
+    return "-" if stored is None else ExperimentDir(exp_dir).tracking_uri_from(stored)
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -186,7 +204,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     rows = []
     for name in names:
-        data = read_experiment(root / name)
+        try:
+            data = read_experiment(root / name, args.trust)
+        except ConfigError as exc:  # one unreadable experiment does not hide the others
+            why = "untrusted" if isinstance(exc, UntrustedDirectoryError) else "unreadable"
+            rows.append([name, why, "-", _truncate(str(exc), 2 * ERROR_WIDTH)])
+            continue
         counts = Counter(r["status"] for r in data["runs"])
         rows.append(
             [

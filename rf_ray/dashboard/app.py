@@ -35,8 +35,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
-from policies.errors import ConfigError, OpError
+from policies.errors import ConfigError, DamagedFileError, OpError, UntrustedDirectoryError
 from rf_ray.dashboard import reads
 from rf_ray.dashboard.guard import Guard, GuardMiddleware, session_of, set_session
 from rf_ray.dashboard.limits import (
@@ -91,7 +92,7 @@ def create_app(settings: Settings) -> Starlette:
         yield
         settings.steering.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=_REFUSED)
     app.add_middleware(GuardMiddleware, guard=settings.guard)
     app.add_middleware(BodyLimit)  # outermost: a body too large is refused before anything
     return app
@@ -230,7 +231,8 @@ def _mlflow_experiment_id(settings: Settings, name: str) -> str | None:
     with Store(exp_dir, readonly=True) as store:
         meta = store.meta()
     try:
-        found = MlflowClient(tracking_uri=meta["tracking_uri"]).get_experiment_by_name(meta["name"])
+        uri = ExperimentDir(exp_dir).tracking_uri_from(meta["tracking_uri"])
+        found = MlflowClient(tracking_uri=uri).get_experiment_by_name(meta["name"])
     except Exception as exc:  # an unreachable tracking server only costs the links
         logger.warning("no MLflow links for %s: %s", name, exc)
         return None
@@ -246,6 +248,18 @@ def _refusal(exc: Exception) -> JSONResponse:
     status = next(code for kind, code in _STATUS if isinstance(exc, kind))
     suffix = "; its page is read-only until it runs" if isinstance(exc, NotSteerableError) else ""
     return error(f"{exc}{suffix}", status)
+
+
+async def _untrusted(request: Request, exc: Exception) -> Response:
+    return error(str(exc), 403)
+
+
+async def _damaged(request: Request, exc: Exception) -> Response:
+    return error(f"this experiment cannot be read: {exc}", 422)
+
+
+_REFUSED: dict[Any, Any] = {UntrustedDirectoryError: _untrusted, DamagedFileError: _damaged}
+"""Experiments the page shows as refused (another user's, or damaged), on any endpoint."""
 
 
 def _not_found(request: Request) -> JSONResponse:

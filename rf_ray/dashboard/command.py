@@ -44,6 +44,9 @@ def port_number(text: str) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from rf_ray.cli.status import add_trust
+
+    add_trust(p)
     p.add_argument(
         "--path",
         metavar="DIR",
@@ -123,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from rf_ray.experiment import DEFAULT_ROOT
 
     remote = check_host(args.host, args.allow_remote)
-    root = Root.at(args.path or DEFAULT_ROOT)
+    root = Root.at(args.path or DEFAULT_ROOT, trust=args.trust)
     if args.name is not None:
         if args.name not in root.names():
             _no_experiment(root, args.name)
@@ -205,12 +208,8 @@ def _serve(app: Any, sock: socket.socket) -> None:
 def start_mlflow(args: argparse.Namespace, settings: Any) -> subprocess.Popen[bytes] | None:
     """Start the MLflow UI beside the page (its own process group) and point run links at it;
     with ``MLFLOW_TRACKING_URI`` set, runs went to that server: link to it instead."""
-    from rf_ray.cli.mlflow_ui import (
-        MLFLOW_DB,
-        dashboard_command,
-        dashboard_env,
-        resolve_dashboard_dir,
-    )
+    from actors.storage.layout import ExperimentDir
+    from rf_ray.cli.mlflow_ui import dashboard_command, dashboard_env, resolve_dashboard_dir
 
     env_uri = os.environ.get("MLFLOW_TRACKING_URI")
     names = settings.root.names()
@@ -223,7 +222,7 @@ def start_mlflow(args: argparse.Namespace, settings: Any) -> subprocess.Popen[by
     port = args.mlflow_port or args.port + 1
     host = "127.0.0.1" if settings.guard.access_token else args.host  # MLflow has no token
     bind(host, port).close()  # a clear error now rather than a child that dies later
-    cmd = dashboard_command(exp_dir / MLFLOW_DB, host, port)
+    cmd = dashboard_command(ExperimentDir(exp_dir).mlflow_db, host, port)
     child = subprocess.Popen(cmd, env=dashboard_env(), start_new_session=os.name == "posix")
     settings.mlflow_url, settings.mlflow_experiment = _url(host, port), exp_dir.name
     print(f"MLflow UI for {exp_dir}: {settings.mlflow_url}")

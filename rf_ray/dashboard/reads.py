@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store, readonly_uri
-from policies.errors import ConfigError
+from actors.storage.trust import check_trusted
+from policies.errors import ConfigError, DamagedFileError, UntrustedDirectoryError
 from policies.redact import redact
 from rf_ray.live import chunk_progress
 from rf_ray.steerable import is_running
@@ -61,18 +63,20 @@ class Root:
 
     path: Path
     only: str | None = None
+    trust: bool = False
+    """Serve experiment directories that are not the user's alone (``check_trusted``)."""
 
     @classmethod
-    def at(cls, path: str | Path) -> Root:
+    def at(cls, path: str | Path, trust: bool = False) -> Root:
         p = Path(path).resolve()
         if Store.exists(p):
-            return cls(p.parent, only=p.name)
+            return cls(p.parent, only=p.name, trust=trust)
         if not p.is_dir():
             raise ConfigError(
                 f"--path {str(path)!r} is not a directory; pass an experiments root or an "
                 "experiment directory"
             )
-        return cls(p)
+        return cls(p, trust=trust)
 
     def names(self) -> list[str]:
         if self.only is not None:
@@ -80,9 +84,11 @@ class Root:
         return sorted(d.name for d in self.path.iterdir() if d.is_dir() and Store.exists(d))
 
     def dir_of(self, name: str) -> Path:
-        """The directory of experiment ``name``; only names listed here (no ``..`` tricks)."""
+        """The directory of experiment ``name``; only names listed here (no ``..`` tricks), and
+        only one that is the user's alone unless ``trust`` (else ``UntrustedDirectoryError``)."""
         if name not in self.names():
             raise LookupError(f"no experiment {name!r} under {self.path}")
+        check_trusted(self.path / name, self.trust)
         return self.path / name
 
 
@@ -92,11 +98,14 @@ def list_experiments(root: Root) -> list[dict[str, Any]]:
     for name in root.names():
         exp_dir = root.path / name
         try:
+            check_trusted(exp_dir, root.trust)
             with _connect(exp_dir) as conn:
                 status = _meta_value(conn, "status")
                 counts = Counter(r[0] for r in conn.execute("SELECT status FROM runs"))
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError) as exc:  # shown as unreadable; the others go on
             logger.warning("cannot read the store of %s: %s", exp_dir, exc)
+            why = "untrusted" if isinstance(exc, UntrustedDirectoryError) else "unreadable"
+            out.append(_unreadable(name, why, str(exc)))
             continue
         out.append(
             {
@@ -108,6 +117,12 @@ def list_experiments(root: Root) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _unreadable(name: str, status: str, error: str) -> dict[str, Any]:
+    """An experiment the list shows but does not read (``error`` says why)."""
+    return {"name": name, "running": False, "status": status, "runs": 0, "by_status": {},
+            "error": error}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -200,11 +215,21 @@ def run_params(exp_dir: Path, run_id: int) -> dict[str, Any] | None:
 @contextmanager
 def _connect(exp_dir: Path) -> Iterator[sqlite3.Connection]:
     """A read-only connection to the experiment's store, closed on exit. (``Store`` has no
-    incremental reads by rowid; this reads the same tables, never writes.)"""
-    conn = sqlite3.connect(readonly_uri(exp_dir / Store.FILENAME), uri=True, timeout=5)
+    incremental reads by rowid; this reads the same tables, never writes.) A store that cannot
+    be read raises ``DamagedFileError`` naming it."""
+    path = ExperimentDir(exp_dir).store
+    conn = sqlite3.connect(readonly_uri(path), uri=True, timeout=5)
     conn.row_factory = sqlite3.Row
     try:
         yield conn
+    except (sqlite3.ProgrammingError, sqlite3.IntegrityError):
+        raise
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise
+        raise DamagedFileError(path, f"not a readable rf-ray experiment store ({exc})") from exc
+    except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
+        raise DamagedFileError(path, f"not a readable rf-ray experiment store ({exc})") from exc
     finally:
         conn.close()
 

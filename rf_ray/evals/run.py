@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.engine.evals.spec import PipelineSpec
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from policies.chunking import ChunkPlan
 from policies.errors import ConfigError
@@ -43,7 +44,9 @@ def resolve_adapter(adapter: Any, experiments_root: Path) -> str | None:
         return None
     if isinstance(adapter, dict):
         root = Path(adapter.get("experiment_path") or experiments_root)
-        path = root / str(adapter["experiment"]) / "runs" / str(adapter["run_id"]) / "adapter"
+        path = (
+            ExperimentDir(root / str(adapter["experiment"])).run(int(adapter["run_id"])).adapter_dir
+        )
     else:
         path = Path(adapter)
     if not (path / "adapter_config.json").exists():

@@ -16,11 +16,9 @@ from typing import Any
 
 from actors.engine.evals.spec import PipelineSpec
 from actors.storage.durable import atomic_write, make_private_dir
-from policies.errors import ConfigError
-from rf_ray.spec_store import run_dir, spec_blob
-
-RECORD_FILE = "pipeline.json"
-PICKLE_FILE = "pipeline.cloudpickle"
+from actors.storage.layout import ExperimentDir
+from policies.errors import ConfigError, DamagedFileError
+from rf_ray.spec_store import spec_blob, unpickle
 
 
 def pipeline_record(spec: PipelineSpec) -> dict[str, Any]:
@@ -38,29 +36,29 @@ def pipeline_record(spec: PipelineSpec) -> dict[str, Any]:
 
 def write_pipeline_spec(exp_dir: Path, spec: PipelineSpec) -> bytes:
     """Store ``spec`` for run ``spec.run_id`` (refusing to overwrite); returns its blob."""
-    base = run_dir(exp_dir, spec.run_id)
-    if (base / RECORD_FILE).exists():
-        raise ConfigError(f"run {spec.run_id} already has a spec at {base}; ids are never reused")
-    make_private_dir(base)
+    files = ExperimentDir(exp_dir).run(spec.run_id)
+    if files.pipeline_file.exists():
+        raise ConfigError(
+            f"run {spec.run_id} already has a spec at {files.path}; ids are never reused"
+        )
+    make_private_dir(files.path)
     blob = spec_blob(spec)
-    atomic_write(base / PICKLE_FILE, blob)
-    atomic_write(base / RECORD_FILE, json.dumps(pipeline_record(spec), indent=1).encode())
+    atomic_write(files.pipeline_pickle, blob)
+    atomic_write(files.pipeline_file, json.dumps(pipeline_record(spec), indent=1).encode())
     return blob
 
 
 def has_pipeline_spec(exp_dir: Path, run_id: int) -> bool:
-    return (run_dir(exp_dir, run_id) / RECORD_FILE).exists()
+    return ExperimentDir(exp_dir).run(run_id).pipeline_file.exists()
 
 
 def read_pipeline_spec(exp_dir: Path, run_id: int) -> tuple[PipelineSpec, bytes]:
     """The stored spec of pipeline ``run_id`` and its blob (unpickles it)."""
-    import cloudpickle
-
-    blob = (run_dir(exp_dir, run_id) / PICKLE_FILE).read_bytes()
-    spec = cloudpickle.loads(blob)
+    path = ExperimentDir(exp_dir).run(run_id).pipeline_pickle
+    spec = unpickle(path)  # a missing or damaged file: DamagedFileError naming it
     if not isinstance(spec, PipelineSpec):
-        raise ConfigError(f"{run_dir(exp_dir, run_id)} holds no evals pipeline spec")
-    return spec, blob
+        raise DamagedFileError(path, "holds no evals pipeline spec")
+    return spec, path.read_bytes()
 
 
 __all__ = ["has_pipeline_spec", "pipeline_record", "read_pipeline_spec", "write_pipeline_spec"]

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from actors.scheduler_actor import hold_experiment_lock
+from actors.storage.lock import hold_experiment_lock
 from actors.storage.store import Store
 from rf_ray import cli
 from rf_ray.dashboard import command

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import ray
 
-from actors.scheduler_actor import experiment_locked
+from actors.storage.lock import experiment_locked
 from actors.storage.store import Store
 from rf_ray import ConfigError, Experiment, NoPruning, RFModelConfig, RFSFTConfig
 from rf_ray import plan as plans

@@ -174,3 +174,46 @@ def test_a_function_of_main_is_pickled_not_referenced():
     fake.__qualname__ = "fake"
     assert specfiles.import_reference(fake) is None
     assert specfiles.import_reference(to_text) == "tests.rf_ray.test_specfiles:to_text"
+
+
+def test_built_in_metric_names_are_stored_by_name_not_pickled(tmp_path):
+    """issue 21, item 9: ``eval_metrics_fn=["rougeL"]`` is data, not code (docs/security.md)."""
+    from actors.engine.gen_eval import GenerationEval
+    from rf_ray.metrics import FromComputeMetrics, MetricSet
+
+    exp_dir = _exp_dir(tmp_path)
+    names = _sft(generation_eval=GenerationEval(MetricSet(("rougeL", "bleu")), 3))
+    specfiles.write_spec(exp_dir, _build(exp_dir, names))
+    record = json.loads((exp_dir / "runs" / "1" / "spec.json").read_text())
+    assert record["functions"]["generation_eval"] == {
+        "metrics_fn": {"metrics": ["rougeL", "bleu"]},
+        "num_prompts": 3,
+        "prompts_fn": None,
+    }
+    assert not (exp_dir / "runs" / "1" / "functions").exists()
+    read, _ = specfiles.read_spec(exp_dir, 1)
+    assert read.model_config.generation_eval == names.generation_eval
+
+    wrapped = GenerationEval(FromComputeMetrics(text_metrics), 2, prompt_of)
+    specfiles.write_spec(exp_dir, _build(exp_dir, _sft(generation_eval=wrapped), run_id=2))
+    record = json.loads((exp_dir / "runs" / "2" / "spec.json").read_text())
+    assert record["functions"]["generation_eval"] == {
+        "metrics_fn": {
+            "from_compute_metrics": {"import": "tests.rf_ray.test_specfiles:text_metrics"}
+        },
+        "num_prompts": 2,
+        "prompts_fn": {"import": "tests.rf_ray.test_specfiles:prompt_of"},
+    }
+    read, _ = specfiles.read_spec(exp_dir, 2)
+    assert read.model_config.generation_eval == wrapped
+
+
+def text_metrics(pair):
+    """An importable RapidFire-style text metric."""
+    predictions, references = pair
+    return {"same": float(predictions == references)}
+
+
+def prompt_of(row):
+    """An importable eval_prompts_fn."""
+    return row["prompt"], row["completion"]

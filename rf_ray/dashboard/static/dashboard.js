@@ -97,7 +97,7 @@ function renderExperimentList(data) {
     el("td", {}, el("a", { href: `#/e/${encodeURIComponent(x.name)}`, text: x.name })),
     el("td", { text: x.running ? "running" : x.status }),
     el("td", { class: "num", text: String(x.runs) }),
-    el("td", { text: Object.entries(x.by_status).map(([s, n]) => `${n} ${s}`).join(", ") }),
+    el("td", { text: x.error || Object.entries(x.by_status).map(([s, n]) => `${n} ${s}`).join(", ") }),
   )));
   $("#experiment-links").replaceChildren(...data.experiments.map((x) =>
     el("a", { href: `#/e/${encodeURIComponent(x.name)}`, text: x.name })));
