@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from policies.errors import ConfigError
-
-if TYPE_CHECKING:
-    from rf_ray.specs import RunConfig
 
 # TRL fields that name something rf-ray does itself. A TRL script or RapidFire tutorial sets
 # many of them, so they are accepted. Those with a meaning here are honoured
@@ -91,6 +88,17 @@ REFUSED_TRAINER_FIELDS = {
 FORWARDED_REPORTERS = {"wandb": "wandb", "tensorboard": "tensorboard"}
 
 
+class _Run(Protocol):
+    """What ``ignored_field_warnings`` reads of a run (``rf_ray.specs.RunConfig`` has it). A
+    protocol, not an import: ``rf_ray.specs`` imports this module, so importing it back would
+    close a circle."""
+
+    training_args: dict[str, Any]
+    ignored: dict[str, str]
+
+    def trl_fields(self) -> frozenset[str]: ...
+
+
 class IgnoredFieldWarning(UserWarning):
     """A config field rf-ray accepts but does not use (it does the job itself, another way).
 
@@ -126,7 +134,7 @@ def forwarded_reporters(report_to: Any) -> tuple[list[str], list[str]]:
     return forwarded, notes
 
 
-def ignored_field_warnings(runs: Sequence[RunConfig], has_eval: bool = True) -> dict[str, str]:
+def ignored_field_warnings(runs: Sequence[_Run], has_eval: bool = True) -> dict[str, str]:
     """``{field: message}`` for every config field the runs set that rf-ray accepts but does not
     use as TRL would; ``Experiment.run_fit`` shows each once as an ``IgnoredFieldWarning``."""
     out: dict[str, str] = {}
