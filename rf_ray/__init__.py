@@ -17,7 +17,9 @@ What users write
     ``fields``      which TRL/PEFT fields a config may set, and the rules for their values
     ``search``      config groups: RFGridSearch, RFRandomSearch (and the ConfigGroup hooks)
     ``automl``      RapidFire AI's ``rapidfireai.automl`` names
-    ``compat``      what rf-ray does with TRL and RapidFire fields it ignores or refuses
+    ``compat``      what rf-ray does with TRL and RapidFire fields it ignores or refuses, and
+                    what a field needs installed (bitsandbytes, ...) or a CUDA GPU for
+    ``legacy``      fields of the TRL/transformers releases RapidFire pins, under today's names
     ``data``        datasets in (lists, pandas, HF datasets), column checks, fingerprints
     ``metrics``     generation metrics by name (exact_match, token_f1, rougeL, bleu)
 From configs to running actors
@@ -60,7 +62,7 @@ from policies.pruning import (
     ThresholdPruner,
 )
 from policies.state import RunStatus
-from rf_ray.compat import IgnoredFieldWarning
+from rf_ray.compat import IgnoredFieldWarning, ReplacedFieldWarning
 from rf_ray.configs import (
     List,
     Range,
@@ -71,6 +73,7 @@ from rf_ray.configs import (
     RFSFTConfig,
 )
 from rf_ray.experiment import Experiment
+from rf_ray.legacy import LegacyFieldWarning
 from rf_ray.search import ConfigGroup, RFGridSearch, RFRandomSearch
 from rf_ray.specs import RunConfig
 
@@ -98,6 +101,7 @@ __all__ = [
     "FusionPolicy",
     "IgnoredFieldWarning",
     "IllegalTransitionError",
+    "LegacyFieldWarning",
     "List",
     "MedianStopping",
     "NoPruning",
@@ -113,6 +117,7 @@ __all__ = [
     "RFRayError",
     "RFSFTConfig",
     "Range",
+    "ReplacedFieldWarning",
     "RunConfig",
     "RunFailedError",
     "RunStatus",

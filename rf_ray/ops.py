@@ -26,6 +26,7 @@ from rf_ray.cluster import (
 )
 from rf_ray.fields import LORA_SHORTHAND, check_lora_field, check_trainer_field
 from rf_ray.knobs import is_knob
+from rf_ray.metrics import FromComputeMetrics, split_compute_metrics
 from rf_ray.plan import entry_for
 from rf_ray.specs import RunConfig, build_specs
 
@@ -157,6 +158,14 @@ def modified(run: RunConfig, changes: dict[str, Any]) -> RunConfig:
             training_args[key] = value
     if "generation_config" not in touched:
         kwargs.pop("generation_config")  # keep None when the run had none
+    if "compute_metrics" in fields:  # RapidFire's semantics with a generation_config
+        own = run.generation_eval
+        if own is not None and isinstance(own.metrics_fn, FromComputeMetrics):
+            own = None  # the run's generation metric was its old compute_metrics: replaced
+        fields["compute_metrics"], fields["generation_eval"] = split_compute_metrics(
+            fields["compute_metrics"], kwargs.get("generation_config", run.generation_config),
+            fields.get("generation_eval", own), "clone_modify",
+        )  # fmt: skip
     # RunConfig validates names and values; build_specs validates TRL/PEFT construction.
     return dataclasses.replace(run, training_args=training_args, lora=lora, **kwargs, **fields)
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 import torch
 
 from actors.engine.spec import RunSpec
+from policies.errors import RunFailedError
 
 
 @contextlib.contextmanager
@@ -42,6 +43,27 @@ def base_as_reference(model: Any, adapter_name: str) -> Iterator[None]:
     if "ref" in model.peft_config:
         model.delete_adapter("ref")
     model.set_adapter(adapter_name)
+
+
+def with_formatted_columns(spec: RunSpec, train_dataset: Any, eval_dataset: Any) -> tuple[Any, Any]:
+    """DPO and GRPO: the datasets with the run's ``formatting_func`` applied as RapidFire AI
+    applies it for every trainer type (``dataset.map(formatting_func)``): the dict it returns
+    for a row adds those columns to the row, replacing any of the same name (so it can build
+    ``prompt`` from raw columns, and the raw ones stay for the reward functions). Row order is
+    kept. ``rf_ray.data.check_columns`` has checked the result's columns before the start."""
+    func = spec.formatting_func
+    if func is None:
+        return train_dataset, eval_dataset
+    if len(train_dataset) and not isinstance(func(train_dataset[0]), Mapping):
+        raise RunFailedError(
+            f"run {spec.run_id}: formatting_func {getattr(func, '__qualname__', func)!r} "
+            f"returned {type(func(train_dataset[0])).__name__}; for {spec.trainer_type} it must "
+            "return a dict of columns (e.g. {'prompt': ...})"
+        )
+    train_dataset = train_dataset.map(func)
+    if eval_dataset is not None:
+        eval_dataset = eval_dataset.map(func)
+    return train_dataset, eval_dataset
 
 
 class BatchSource(Protocol):

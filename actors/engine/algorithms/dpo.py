@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.engine.algorithms import base_as_reference
+from actors.engine.algorithms import base_as_reference, with_formatted_columns
 from actors.engine.spec import RunSpec
 
 
@@ -17,6 +17,7 @@ def make_trainer(
 ) -> Any:
     from trl import DPOTrainer
 
+    train_dataset, eval_dataset = with_formatted_columns(spec, train_dataset, eval_dataset)
     with base_as_reference(model, spec.adapter_name):
         return DPOTrainer(
             model=model,
