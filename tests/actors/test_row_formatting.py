@@ -1,6 +1,7 @@
 """A DPO or GRPO run's ``formatting_func`` is applied as RapidFire AI applies it for every
 trainer type (``dataset.map(formatting_func)``: the columns it returns are added to each row),
-on the executor, before TRL's trainer reads the data (issue 22 item 3). No Ray."""
+on the executor, before TRL's trainer reads the data (issue 22 item 3); a DPO config whose loss
+can only be infinite fails its run at its start, saying why. No Ray."""
 
 from __future__ import annotations
 
@@ -30,11 +31,11 @@ def to_preference(row):
     return {"prompt": row["question"], "chosen": row["good"], "rejected": row["bad"]}
 
 
-def _spec(tmp_path, run_id, formatting_func):
+def _spec(tmp_path, run_id, formatting_func, **dpo):
     args = DPOConfig(
         output_dir=str(tmp_path / str(run_id)), per_device_train_batch_size=4, learning_rate=1e-3,
         num_train_epochs=1, max_length=32, report_to="none", use_cpu=True, bf16=False, seed=3,
-        save_strategy="no",
+        save_strategy="no", **dpo,
     )  # fmt: skip
     lora = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
     return RunSpec(
@@ -61,3 +62,13 @@ def test_a_formatting_func_that_returns_text_fails_its_run_naming_it(tmp_path):
     executor = Executor(lambda _: load_toy_model(), _raw(8), None, "cpu")
     with pytest.raises(RunFailedError, match=r"formatting_func .*returned str; for DPO it must"):
         executor.add_run(_spec(tmp_path, 2, lambda row: row["question"]))
+
+
+def test_a_dpo_loss_that_can_only_be_infinite_fails_its_run_at_its_start(tmp_path):
+    """RapidFire's DPO notebook sets loss_type="robust" with label_smoothing=0.5; TRL only logs
+    a warning, and the loss divides by 1 - 2 * label_smoothing."""
+    executor = Executor(lambda _: load_toy_model(), _raw(8), None, "cpu")
+    spec = _spec(tmp_path, 3, to_preference, loss_type="robust", label_smoothing=0.5)
+    with pytest.raises(RunFailedError, match=r"'robust'.*label_smoothing=0.5.*\[0, 0.5\)"):
+        executor.add_run(spec)
+    executor.add_run(_spec(tmp_path, 4, to_preference, loss_type="robust", label_smoothing=0.1))
