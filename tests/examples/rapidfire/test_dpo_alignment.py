@@ -37,6 +37,8 @@ def notebook(ray_cluster, tmp_path_factory):
 def run_notebook():
     """The notebook's cells, in order; returns the experiment and the warnings run_fit gave."""
     recorded = {}
+    # The notebook's own layout, not the formatter's:
+    # fmt: off
 
     # --- cell 2
     from rf_ray import Experiment  # import: rapidfireai -> rf_ray
@@ -71,15 +73,7 @@ def run_notebook():
         r=64,
         lora_alpha=64,
         lora_dropout=0.1,
-        target_modules=[
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ],  # noqa: E501
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],  # noqa: E501
         bias="none",
     )
 
@@ -157,11 +151,7 @@ def run_notebook():
                 peft_config=lora_config_1,
                 training_args=dpo_config_1,
                 model_kwargs={"device_map": "auto", "torch_dtype": torch.bfloat16},
-                tokenizer_kwargs={
-                    "model_max_length": 2048,
-                    "padding_side": "right",
-                    "truncation": True,
-                },  # noqa: E501
+                tokenizer_kwargs={"model_max_length": 2048, "padding_side": "right", "truncation": True},  # noqa: E501
             ),
             RFModelConfig(
                 model_name=MODEL_NAME_OR_PATH,
@@ -169,11 +159,7 @@ def run_notebook():
                 peft_config=lora_config_2,
                 training_args=dpo_config_2,
                 model_kwargs={"device_map": "auto", "torch_dtype": torch.bfloat16},
-                tokenizer_kwargs={
-                    "model_max_length": 2048,
-                    "padding_side": "right",
-                    "truncation": True,
-                },  # noqa: E501
+                tokenizer_kwargs={"model_max_length": 2048, "padding_side": "right", "truncation": True},  # noqa: E501
             ),
             RFModelConfig(
                 model_name=MODEL_NAME_OR_PATH,
@@ -181,11 +167,7 @@ def run_notebook():
                 peft_config=lora_config_3,
                 training_args=dpo_config_3,
                 model_kwargs={"device_map": "auto", "torch_dtype": torch.bfloat16},
-                tokenizer_kwargs={
-                    "model_max_length": 2048,
-                    "padding_side": "right",
-                    "truncation": True,
-                },  # noqa: E501
+                tokenizer_kwargs={"model_max_length": 2048, "padding_side": "right", "truncation": True},  # noqa: E501
             ),
             RFModelConfig(
                 model_name=MODEL_NAME_OR_PATH,
@@ -193,11 +175,7 @@ def run_notebook():
                 peft_config=lora_config_4,
                 training_args=dpo_config_4,
                 model_kwargs={"device_map": "auto", "torch_dtype": torch.bfloat16},
-                tokenizer_kwargs={
-                    "model_max_length": 2048,
-                    "padding_side": "right",
-                    "truncation": True,
-                },  # noqa: E501
+                tokenizer_kwargs={"model_max_length": 2048, "padding_side": "right", "truncation": True},  # noqa: E501
             ),
         ]
     )
@@ -210,9 +188,7 @@ def run_notebook():
         model = AutoModelForCausalLM.from_pretrained(
             model_config["model_name"], **model_config["model_kwargs"]
         )
-        model.config.use_cache = (
-            False  # Disable caching to save memory and stability during training  # noqa: E501
-        )
+        model.config.use_cache = False  # Disable caching to save memory and stability during training  # noqa: E501
 
         tokenizer = AutoTokenizer.from_pretrained(
             model_config["model_name"], **model_config["tokenizer_kwargs"]
@@ -237,6 +213,7 @@ def run_notebook():
 
     # --- cell 25
     experiment.end()
+    # fmt: on
     return experiment, recorded
 
 
