@@ -24,8 +24,10 @@ from rf_ray.cluster import (
     recorded_cluster,
     scheduler_name,
 )
+from rf_ray.compat import check_requirements, warn_replaced
 from rf_ray.fields import LORA_SHORTHAND, check_lora_field, check_trainer_field
 from rf_ray.knobs import is_knob
+from rf_ray.legacy import warn_legacy
 from rf_ray.metrics import FromComputeMetrics, split_compute_metrics
 from rf_ray.plan import entry_for
 from rf_ray.specs import RunConfig, build_specs
@@ -208,6 +210,8 @@ def _add_run(
     run with the scheduler. Returns the new id and the scheduler's answer."""
     import ray
 
+    warn_legacy([run.legacy], f"run added to {exp_dir.name!r}: ")
+    warn_replaced(check_requirements([run]), f"run added to {exp_dir.name!r}: ")
     new_id = _unwrap(lambda: ray.get(scheduler.reserve_run_id.remote()))
     # The experiment's rows, not parent.plan.num_examples: for GRPO that counts sampler samples.
     (spec,) = build_specs(
