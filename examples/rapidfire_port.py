@@ -1,8 +1,10 @@
 """RapidFire AI's SFT tutorial, run on rf-ray with only its imports changed.
 
 The shape of RapidFire's customer-support SFT notebook: a formatting function that turns each
-row into chat messages, a compute_metrics function, a List of LoRA configs inside each model
-config, a List of two model configs (two learning rates), a grid search and 4 chunks. The two
+row into chat messages, a compute_metrics function scoring the runs' generated answers (the
+model config sets a generation_config, so it gets decoded text, as in RapidFire), a List of
+LoRA configs inside each model config, a List of two model configs (two learning rates), a grid
+search and 4 chunks. The two
 import lines are the only change from a RapidFire script (``rapidfireai`` -> ``rf_ray``); the
 model is the embedded tiny Llama (loaded from its local path, as any local model is) and the
 data its synthetic instructions, so it runs offline on a CPU in a few minutes:
@@ -10,7 +12,7 @@ data its synthetic instructions, so it runs offline on a CPU in a few minutes:
     python examples/rapidfire_port.py
 
 It needs no extra: ``pip install rf-ray`` brings everything it imports. It prints each run's
-config and its last eval_loss; ``rf-ray dashboard`` shows the MLflow runs.
+config, its last eval_loss and its last exact_match; ``rf-ray dashboard`` shows the MLflow runs.
 """
 
 from __future__ import annotations
@@ -42,12 +44,11 @@ def sample_formatting_function(row):
 
 
 def sample_compute_metrics(eval_preds):
-    """Next-token accuracy on the completion tokens (labels -100 elsewhere)."""
-    predictions, labels = eval_preds
-    predictions = predictions.argmax(-1)[:, :-1]
-    labels = labels[:, 1:]
-    mask = labels != -100
-    return {"token_accuracy": float((predictions[mask] == labels[mask]).mean())}
+    """Exact match of the generated answers. With a generation_config, RapidFire (and rf-ray)
+    call compute_metrics with decoded text: (predictions, references), one string each."""
+    predictions, references = eval_preds
+    hits = sum(p.split() == r.split() for p, r in zip(predictions, references))
+    return {"exact_match": hits / len(predictions)}
 
 
 def sample_create_model(model_config):
@@ -116,12 +117,15 @@ def main() -> None:
         config_group, sample_create_model, train_dataset, eval_dataset, num_chunks=4, seed=42
     )
     info = experiment.get_runs_info()
+    chunks = experiment.get_chunk_results()
     experiment.end()
     for _, row in info.iterrows():
         config = row["config"]
+        exact = chunks.loc[chunks["run_id"] == row["run_id"], "exact_match"].iloc[-1]
         print(
             f"run {row['run_id']}: {row['status']}, lr={config['learning_rate']}, "
-            f"r={config['lora.r']}, last eval_loss={row['last_metric']:.4f}"
+            f"r={config['lora.r']}, last eval_loss={row['last_metric']:.4f}, "
+            f"last exact_match={exact:.2f}"
         )
     print(f"{len(info)} runs; log file: {experiment.get_log_file_path()}")
 

@@ -20,7 +20,9 @@ What users write
                     modes share
     ``evals``       evals mode: RAG spec, prompt manager, generator configs, pipeline checks
     ``automl``      RapidFire AI's ``rapidfireai.automl`` names
-    ``compat``      what rf-ray does with TRL and RapidFire fields it ignores or refuses
+    ``compat``      what rf-ray does with TRL and RapidFire fields it ignores or refuses, and
+                    what a field needs installed (bitsandbytes, ...) or a CUDA GPU for
+    ``legacy``      fields of the TRL/transformers releases RapidFire pins, under today's names
     ``data``        datasets in (lists, pandas, HF datasets), column checks, fingerprints
     ``metrics``     generation metrics by name (exact_match, token_f1, rougeL, bleu)
 From configs to running actors
@@ -73,7 +75,7 @@ from policies.pruning import (
     ThresholdPruner,
 )
 from policies.state import RunStatus
-from rf_ray.compat import IgnoredFieldWarning
+from rf_ray.compat import IgnoredFieldWarning, ReplacedFieldWarning
 from rf_ray.configs import (
     List,
     Range,
@@ -90,6 +92,7 @@ from rf_ray.evals.configs import (
     RFvLLMModelConfig,
 )
 from rf_ray.experiment import Experiment
+from rf_ray.legacy import LegacyFieldWarning
 from rf_ray.search import ConfigGroup, RFGridSearch, RFRandomSearch
 from rf_ray.specs import RunConfig
 
@@ -128,6 +131,7 @@ __all__ = [
     "InfrastructureError",
     "InteractiveController",
     "IntervalPruner",
+    "LegacyFieldWarning",
     "List",
     "MedianStopping",
     "NoPruning",
@@ -148,6 +152,7 @@ __all__ = [
     "RFSFTConfig",
     "RFvLLMModelConfig",
     "Range",
+    "ReplacedFieldWarning",
     "RunConfig",
     "RunFailedError",
     "RunStatus",

@@ -12,13 +12,11 @@ rules when a config is written, ``rf_ray.specs`` when its TRL config is built.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from policies.errors import ConfigError
-
-if TYPE_CHECKING:
-    from rf_ray.specs import RunConfig
 
 # TRL fields that name something rf-ray does itself. A TRL script or RapidFire tutorial sets
 # many of them, so they are accepted. Those with a meaning here are honoured
@@ -37,6 +35,8 @@ _CHECKPOINTS = "rf-ray checkpoints every run after each slice, in the experiment
 _LOGS = "rf-ray keeps every step's metrics in its store and logs them to MLflow every logging_steps"
 _HUB = "rf-ray does not push; Experiment.export(run_id, path) writes a run's adapter to push"
 _BEST = "the pruner compares runs on its metric; Experiment.get_best_run() picks the best run"
+_PRECISION = "rf-ray sets precision itself (bf16 autocast on CUDA, float32 on a CPU)"
+_REMOVED = "transformers 5 removed it and rf-ray has no use for it"
 IGNORED_TRAINER_FIELDS = {
     "output_dir": "rf-ray writes each run's files under <experiment dir>/runs/<run_id>",
     "overwrite_output_dir": "rf-ray writes each run's files under <experiment dir>/runs/<run_id>",
@@ -61,6 +61,24 @@ IGNORED_TRAINER_FIELDS = {
     "metric_for_best_model": _BEST + " (set it with run_fit(pruner=SuccessiveHalving(metric=...)))",
     "greater_is_better": _BEST + " (set it with run_fit(pruner=SuccessiveHalving(mode=...)))",
     "resume_from_checkpoint": "rf-ray resumes a whole experiment with Experiment.resume()",
+    # transformers 4.5x's TrainingArguments fields that 5.x removed without a successor rf-ray
+    # would honour (rf_ray.legacy renames those that have one).
+    "use_mps_device": "rf-ray picks the device for each run",
+    "half_precision_backend": _PRECISION,
+    "fp16_backend": _PRECISION,
+    "fp16_opt_level": _PRECISION,
+    "include_tokens_per_second": "rf-ray logs each slice's seconds and tokens itself",
+    "group_by_length": "rf-ray orders each run's rows itself (seed-shuffled, cut in chunks)",
+    "push_to_hub_model_id": _HUB,
+    "push_to_hub_organization": _HUB,
+    "push_to_hub_token": _HUB,
+    "jit_mode_eval": _REMOVED,
+    "use_legacy_prediction_loop": _REMOVED,
+    "past_index": _REMOVED,
+    "ray_scope": _REMOVED,
+    "tpu_num_cores": _REMOVED,
+    "tpu_metrics_debug": _REMOVED,
+    "mp_parameters": _REMOVED,
 }
 # Fields RapidFire's notebooks set that this TRL release's config for the trainer lacks (older
 # TRL had them). Accepted, and ignored with a warning, only where the class has no such field:
@@ -81,6 +99,16 @@ RETIRED_TRAINER_FIELDS = {
     "force_use_ref_model": _REFERENCE,
     "max_prompt_length": _RETIRED_LENGTH,
     "max_completion_length": _RETIRED_LENGTH,
+    # DPOConfig fields of TRL 0.21 that TRL 1.x dropped (its DPO refactor, TRL #3906).
+    "generate_during_eval": "rf-ray scores generations itself at each chunk end: set "
+    "RFModelConfig(generation_config=..., eval_metrics_fn=...)",
+    "label_pad_token_id": "TRL 1.x masks prompts and padding itself",
+    "padding_value": "TRL 1.x pads with the tokenizer's pad token (pad_token= changes it)",
+    "ref_model_init_kwargs": _REFERENCE,
+    "use_logits_to_keep": "TRL 1.x computes the logits only where the loss needs them",
+    "base_model_attribute_name": "TRL 1.x finds the base model itself",
+    "tools": "TRL 1.x reads tools from the dataset's 'tools' column",
+    "reference_free": _REFERENCE,  # True is refused (rf_ray.legacy.modernize_training_args)
 }
 # TRL fields that would break the engine: refused, saying why and what to do instead.
 REFUSED_TRAINER_FIELDS = {
@@ -91,9 +119,25 @@ REFUSED_TRAINER_FIELDS = {
     "fsdp": "rf-ray keeps one resident base model per executor and trains every run as an "
     "adapter on it; FSDP would shard and own that model. Remove fsdp=",
     "fsdp_config": "rf-ray does not shard the base model (see fsdp). Remove fsdp_config=",
+    "fsdp_min_num_params": "rf-ray does not shard the base model (see fsdp). Remove it",
+    "fsdp_transformer_layer_cls_to_wrap": "rf-ray does not shard the base model (see fsdp). "
+    "Remove it",
 }
 # report_to names forwarded to TRL's integrations (the package name to import for each).
 FORWARDED_REPORTERS = {"wandb": "wandb", "tensorboard": "tensorboard"}
+
+
+class _Run(Protocol):
+    """What ``ignored_field_warnings`` reads of a run (``rf_ray.specs.RunConfig`` has it). A
+    protocol, not an import: ``rf_ray.specs`` imports this module, so importing it back would
+    close a circle."""
+
+    trainer_type: str
+    training_args: dict[str, Any]
+    model_kwargs: dict[str, Any]
+    ignored: dict[str, str]
+
+    def trl_fields(self) -> frozenset[str]: ...
 
 
 class IgnoredFieldWarning(UserWarning):
@@ -131,7 +175,7 @@ def forwarded_reporters(report_to: Any) -> tuple[list[str], list[str]]:
     return forwarded, notes
 
 
-def ignored_field_warnings(runs: Sequence[RunConfig], has_eval: bool = True) -> dict[str, str]:
+def ignored_field_warnings(runs: Sequence[_Run], has_eval: bool = True) -> dict[str, str]:
     """``{field: message}`` for every config field the runs set that rf-ray accepts but does not
     use as TRL would; ``Experiment.run_fit`` shows each once as an ``IgnoredFieldWarning``."""
     out: dict[str, str] = {}
@@ -165,6 +209,99 @@ def ignored_field_warnings(runs: Sequence[RunConfig], has_eval: bool = True) -> 
         for name, note in run.ignored.items():
             out.setdefault(name, note)
     return out
+
+
+# ---------------------------------------------------------------------- packages and devices
+_BNB = "bitsandbytes"
+# optim= values (transformers' OptimizerNames) that import a package of their own, by prefix.
+OPTIMIZER_PACKAGES = {
+    "adamw_8bit": _BNB, "adamw_bnb_8bit": _BNB, "paged_": _BNB, "lion_": _BNB,
+    "rmsprop_bnb": _BNB, "ademamix": _BNB, "galore_": "galore_torch", "lomo": "lomo_optim",
+    "adalomo": "lomo_optim", "schedule_free_": "schedulefree", "apollo_": "apollo_torch",
+    "grokadamw": "grokadamw", "stable_adamw": "optimi",
+}  # fmt: skip
+_PIP = {"galore_torch": "galore-torch", "lomo_optim": "lomo-optim", "apollo_torch": "apollo-torch",
+        "optimi": "torch-optimi"}  # fmt: skip
+_FLASH = ("flash_attention_2", "flash_attention_3")
+
+
+class ReplacedFieldWarning(UserWarning):
+    """A field this machine cannot honour (a quantized base or flash attention without CUDA),
+    replaced by what it can; the message says what was replaced and where the original runs.
+    Shown once per field per ``run_fit``."""
+
+
+def _installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+def _missing(field: str, value: Any, package: str) -> ConfigError:
+    pip = _PIP.get(package, package)
+    extra = ' (pip install "rf-ray[rapidfire]" brings it)' if package == _BNB else ""
+    return ConfigError(
+        f"{field}={value!r} needs the {package} package, which is not installed: "
+        f"pip install {pip}{extra}, or choose another value"
+    )
+
+
+def check_requirements(runs: Sequence[_Run], cuda: bool | None = None) -> dict[str, str]:
+    """Refuse, before anything starts, a run whose fields need a package that is not installed
+    (an 8-bit optimizer or a quantized base without bitsandbytes, ...). Where only the device
+    is missing (``cuda``: this machine has a CUDA GPU; asked of torch when None), replace the
+    field in the run and return ``{field: message}`` for one ``ReplacedFieldWarning`` each: a
+    bitsandbytes-quantized base is loaded unquantized on a CPU (bitsandbytes' CPU kernels are
+    for inference: their backward is not registered with autograd and adapters stop learning),
+    flash attention becomes PyTorch's sdpa."""
+    notes: dict[str, str] = {}
+    for run in runs:
+        optim = run.training_args.get("optim")
+        if isinstance(optim, str):
+            for prefix, package in OPTIMIZER_PACKAGES.items():
+                if optim.startswith(prefix) and not _installed(package):
+                    raise _missing("training_args.optim", optim, package)
+        quantization = run.model_kwargs.get("quantization_config")
+        bnb = isinstance(quantization, dict) and bool(
+            quantization.get("load_in_4bit") or quantization.get("load_in_8bit")
+        )
+        if bnb and not _installed(_BNB):
+            raise _missing("model_kwargs.quantization_config", quantization, _BNB)
+        attn = run.model_kwargs.get("attn_implementation")
+        if attn in _FLASH and not _installed("flash_attn"):
+            raise _missing("model_kwargs.attn_implementation", attn, "flash_attn")
+        if not (bnb or attn in _FLASH) or _has_cuda(cuda):
+            continue
+        kwargs = dict(run.model_kwargs)
+        if bnb:
+            del kwargs["quantization_config"]
+            notes.setdefault("quantization_config", (
+                f"model_kwargs.quantization_config={quantization!r} is replaced: this machine "
+                "has no CUDA GPU, so the base model is loaded unquantized (bitsandbytes' CPU "
+                "kernels are for inference; their backward is not registered with autograd). "
+                "On a CUDA GPU the same config trains QLoRA: one shared quantized base, the "
+                "runs' adapters time-sliced (fused slices need unquantized Linear layers)"
+            ))  # fmt: skip
+        if attn in _FLASH:
+            kwargs["attn_implementation"] = "sdpa"
+            notes.setdefault("attn_implementation", (
+                f"model_kwargs.attn_implementation={attn!r} is replaced by 'sdpa': flash "
+                "attention needs a CUDA GPU, which this machine does not have"
+            ))  # fmt: skip
+        run.model_kwargs = kwargs
+    return notes
+
+
+def _has_cuda(cuda: bool | None) -> bool:
+    if cuda is not None:
+        return cuda
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def warn_replaced(notes: dict[str, str], where: str = "", stacklevel: int = 3) -> None:
+    """One ``ReplacedFieldWarning`` per note of ``check_requirements``."""
+    for message in notes.values():
+        warnings.warn(f"{where}{message}", ReplacedFieldWarning, stacklevel=stacklevel)
 
 
 def rapidfire_fields(
@@ -222,10 +359,14 @@ __all__ = [
     "FORWARDED_REPORTERS",
     "HONOURED_TRAINER_FIELDS",
     "IGNORED_TRAINER_FIELDS",
+    "OPTIMIZER_PACKAGES",
     "REFUSED_TRAINER_FIELDS",
     "RETIRED_TRAINER_FIELDS",
     "IgnoredFieldWarning",
+    "ReplacedFieldWarning",
+    "check_requirements",
     "forwarded_reporters",
     "ignored_field_warnings",
     "rapidfire_fields",
+    "warn_replaced",
 ]

@@ -199,6 +199,13 @@ class RFModelConfig:
     LoRA is set either by ``peft_config`` or by shorthand in ``training_args``, not both.
     ``reward_funcs`` (GRPO) is a list of callables, or a ``List`` of such lists.
 
+    ``compute_metrics`` follows RapidFire: beside a ``generation_config`` it scores generated
+    text, ``f((predictions, references)) -> dict`` over every eval row at each chunk end
+    (``rf_ray.metrics.split_compute_metrics``); without one it is TRL's hook on logits, and
+    ``rf_ray.metrics.LogitsMetrics(f)`` keeps it TRL's beside a ``generation_config``.
+    ``formatting_func`` may return a dict of columns for every trainer type (RapidFire's shape:
+    they are added to each row), or the text of a row for SFT (TRL's shape).
+
     RapidFire fields rf-ray handles its own way: ``tokenizer`` (create_model_fn loads the
     tokenizer with the model), ``model_type`` (only "causal_lm"), ``ref_model_name`` /
     ``ref_model_type`` / ``ref_model_kwargs`` (DPO's reference policy is the resident base with

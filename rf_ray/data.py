@@ -48,19 +48,44 @@ def to_dataset(data: Any, field: str) -> Any:
 
 
 def check_columns(ds: Any, run: RunConfig, field: str) -> None:
-    """The dataset must have the columns the run's trainer reads (unless a formatting_func
-    builds the text itself)."""
+    """The dataset must have the columns the run's trainer reads. An SFT ``formatting_func``
+    builds the text itself; a DPO or GRPO one (RapidFire's shape) adds the columns it returns to
+    each row, so those count, read from its result on the first row."""
     if run.trainer_type == "SFT" and run.formatting_func is not None:
         return
     formats = _FORMATS[run.trainer_type]
     columns = set(ds.column_names)
+    how = ""
+    if run.formatting_func is not None:
+        columns |= set(_formatted(ds, run, field))
+        how = f" after formatting_func {_name(run.formatting_func)}"
     if any(set(fmt) <= columns for fmt in formats):
         return
     wanted = " or ".join("+".join(fmt) for fmt in formats)
     raise ConfigError(
-        f"{field} has columns {sorted(columns)}, but {run.trainer_type} needs {wanted}"
-        + (" (or pass formatting_func in RFModelConfig)" if run.trainer_type == "SFT" else "")
+        f"{field} has columns {sorted(columns)}{how}, but {run.trainer_type} needs {wanted}"
+        + (" (or pass formatting_func in RFModelConfig)" if not how else "")
     )
+
+
+def _formatted(ds: Any, run: RunConfig, field: str) -> dict[str, Any]:
+    """What the run's formatting_func returns for the first row: it must be a dict of columns."""
+    name = _name(run.formatting_func)
+    try:
+        out = run.formatting_func(ds[0])  # type: ignore[misc]
+    except Exception as e:
+        raise ConfigError(f"formatting_func {name} failed on {field}[0]: {e!r}") from e
+    if not isinstance(out, dict):
+        raise ConfigError(
+            f"formatting_func {name} returned {type(out).__name__} for {field}[0]; for "
+            f"{run.trainer_type} it must return a dict of columns (RapidFire's shape, e.g. "
+            "{'prompt': [...messages]}), which rf-ray adds to each row"
+        )
+    return out
+
+
+def _name(func: Any) -> str:
+    return str(getattr(func, "__qualname__", repr(func)))
 
 
 FINGERPRINT_BATCH_ROWS = 1024

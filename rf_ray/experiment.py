@@ -31,9 +31,15 @@ from policies.errors import ConfigError, ExperimentExistsError
 from policies.fusion import FusionPolicy
 from policies.pruning import Pruner, SuccessiveHalving, pruner_from_dict
 from rf_ray import background, ops, session, spec_store, summary
-from rf_ray.compat import IgnoredFieldWarning, ignored_field_warnings
+from rf_ray.compat import (
+    IgnoredFieldWarning,
+    check_requirements,
+    ignored_field_warnings,
+    warn_replaced,
+)
 from rf_ray.configs import RFModelConfig
 from rf_ray.data import check_columns, dataset_fingerprint, to_dataset
+from rf_ray.legacy import warn_legacy
 from rf_ray.plan import DEFAULT_SLICE_TIMEOUT, Plan, check_experiment_name, check_settings
 from rf_ray.search import ConfigGroup, RFGridSearch
 from rf_ray.specs import RunConfig, build_specs, describe, differing_keys, differing_params
@@ -373,6 +379,9 @@ class Experiment:
         """Every check that can fail, before anything is written or started."""
         group = _as_group(param_config)
         runs: list[RunConfig] = group.expand()
+        where = f"experiment {self.name!r}: "  # older fields renamed; what this machine lacks
+        warn_legacy([run.legacy for run in runs], where, stacklevel=4)
+        warn_replaced(check_requirements(runs), where, stacklevel=4)
         slice_timeout = check_settings(
             num_chunks, seed, max_slice_steps, fusion, pruner, slice_timeout
         )

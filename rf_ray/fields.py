@@ -3,7 +3,8 @@
 Field names are checked against the real classes (``trl.SFTConfig`` ... and ``peft.LoraConfig``,
 read with ``dataclasses.fields``), so a typo names the closest real field; the few fields whose
 values rf-ray must know before TRL sees them (learning rate, batch sizes, LoRA rank, ...) have a
-rule here. ``rf_ray.compat`` says which TRL fields rf-ray accepts but ignores or refuses.
+rule here. ``rf_ray.compat`` says which TRL fields rf-ray accepts but ignores or refuses, and
+``rf_ray.legacy`` which older names it renames.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from policies.errors import ConfigError, UnknownKnobError
 from rf_ray.compat import IGNORED_TRAINER_FIELDS, REFUSED_TRAINER_FIELDS, RETIRED_TRAINER_FIELDS
 from rf_ray.knobs import List, Range, is_number
+from rf_ray.legacy import is_legacy_trainer_field
 
 TRAINER_TYPES = ("SFT", "DPO", "GRPO")
 
@@ -134,6 +136,8 @@ def check_trainer_field(trainer_type: str, name: str, path: str) -> None:
     cls = trl_config_class(trainer_type)
     if name not in init_fields(cls) and name in RETIRED_TRAINER_FIELDS:
         return  # an older TRL's field: ignored, with a warning (rf_ray.compat)
+    if name not in init_fields(cls) and is_legacy_trainer_field(name):
+        return  # an older release's name: renamed, with a warning (rf_ray.legacy)
     if name not in init_fields(cls):
         extra = ""
         if name in _lora_fields():

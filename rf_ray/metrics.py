@@ -21,14 +21,15 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from policies.errors import ConfigError
 
-__all__ = ["METRICS", "FromComputeMetrics", "MetricSet", "bleu", "exact_match",
-           "resolve_metrics_fn", "rouge_l", "token_f1", "tokens"]  # fmt: skip
+__all__ = ["METRICS", "FromComputeMetrics", "LogitsMetrics", "MetricSet", "bleu", "exact_match",
+           "resolve_metrics_fn", "rouge_l", "split_compute_metrics", "token_f1",
+           "tokens"]  # fmt: skip
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
@@ -159,12 +160,15 @@ class MetricSet:
 
 @dataclass(frozen=True)
 class FromComputeMetrics:
-    """A RapidFire-style text metric ``compute_metrics((predictions, references)) -> dict`` as an
-    ``eval_metrics_fn``: ``eval_metrics_fn=FromComputeMetrics(my_compute_metrics)``.
+    """RapidFire AI's text metric, ``compute_metrics((predictions, references)) -> dict``, as an
+    ``eval_metrics_fn``.
 
-    ``RFModelConfig(compute_metrics=...)`` itself stays TRL's: it gets the eval loop's logits and
-    labels (``EvalPrediction``), as ``examples/rapidfire_port.py`` uses it. A function written for
-    decoded text goes here instead."""
+    RapidFire calls a run's ``compute_metrics`` this way whenever the run also sets a
+    ``generation_config`` (its ``GenerationMetricsCallback``): one tuple of two lists of decoded
+    strings, the generations and the reference answers, in eval-set order; it logs the dict it
+    returns under the dict's own keys. ``RFModelConfig(compute_metrics=f,
+    generation_config={...})`` does the same here (``split_compute_metrics`` wraps ``f`` in
+    this); ``eval_metrics_fn=FromComputeMetrics(f)`` says it explicitly."""
 
     compute_metrics: Callable[..., Any]
 
@@ -178,6 +182,62 @@ class FromComputeMetrics:
         self, predictions: Sequence[str], references: Sequence[str], prompts: Sequence[str]
     ) -> dict[str, float]:
         return dict(self.compute_metrics((list(predictions), list(references))))
+
+
+@dataclass(frozen=True)
+class LogitsMetrics:
+    """TRL's ``compute_metrics`` hook (the eval loop's ``EvalPrediction``: logits and labels),
+    kept even when the run sets a ``generation_config``:
+    ``RFModelConfig(compute_metrics=LogitsMetrics(f), generation_config={...})``.
+
+    Without a ``generation_config`` a plain ``compute_metrics`` is already TRL's hook; with one,
+    rf-ray follows RapidFire and scores generated text (``FromComputeMetrics``). This wrapper
+    is how a run asks for both: TRL's metrics on logits and generation with its settings."""
+
+    compute_metrics: Callable[..., Any]
+
+    def __post_init__(self) -> None:
+        if not callable(self.compute_metrics):
+            raise ConfigError(f"LogitsMetrics({self.compute_metrics!r}): not callable")
+        name = getattr(self.compute_metrics, "__qualname__", type(self.compute_metrics).__name__)
+        object.__setattr__(self, "__qualname__", str(name))
+
+    def __call__(self, eval_prediction: Any) -> Any:
+        return self.compute_metrics(eval_prediction)
+
+
+def split_compute_metrics(
+    compute_metrics: Callable[..., Any] | None,
+    generation_config: Mapping[str, Any] | None,
+    generation_eval: Any,
+    where: str = "RFModelConfig",
+) -> tuple[Callable[..., Any] | None, Any]:
+    """``(TRL's compute_metrics, generation_eval)`` of one run, with RapidFire's semantics.
+
+    With a ``generation_config``, a plain ``compute_metrics`` scores generated text: it becomes
+    the run's generation metric (``FromComputeMetrics``, over the whole eval set, as RapidFire
+    generates for every eval row), and TRL gets no ``compute_metrics``. ``LogitsMetrics(f)``
+    stays TRL's hook. Without a ``generation_config`` nothing changes."""
+    if (
+        compute_metrics is None
+        or generation_config is None
+        or isinstance(compute_metrics, LogitsMetrics)
+    ):
+        return compute_metrics, generation_eval
+    if generation_eval is not None:
+        raise ConfigError(
+            f"{where}: compute_metrics={_name(compute_metrics)} with a generation_config scores "
+            "generated text (RapidFire's semantics), and eval_metrics_fn does too: give one of "
+            "them, or wrap compute_metrics in rf_ray.metrics.LogitsMetrics to keep it TRL's "
+            "hook on logits"
+        )
+    from actors.engine.gen_eval import GenerationEval
+
+    return None, GenerationEval(FromComputeMetrics(compute_metrics), num_prompts=None)
+
+
+def _name(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", type(fn).__qualname__))
 
 
 def resolve_metrics_fn(value: Any, field: str = "eval_metrics_fn") -> Callable[..., Any] | None:

@@ -27,8 +27,11 @@ from rf_ray.cluster import (
     recorded_cluster,
     scheduler_name,
 )
+from rf_ray.compat import check_requirements, warn_replaced
 from rf_ray.fields import LORA_SHORTHAND, check_lora_field, check_trainer_field, is_callable_list
 from rf_ray.knobs import is_knob
+from rf_ray.legacy import warn_legacy
+from rf_ray.metrics import FromComputeMetrics, split_compute_metrics
 from rf_ray.plan import entry_for
 from rf_ray.specs import RunConfig, build_specs
 from rf_ray.steerable import check_steerable, is_running, not_running, starting
@@ -226,6 +229,14 @@ def modified(run: RunConfig, changes: dict[str, Any]) -> RunConfig:
             training_args[key] = value
     if "generation_config" not in touched:
         kwargs.pop("generation_config")  # keep None when the run had none
+    if "compute_metrics" in fields:  # RapidFire's semantics with a generation_config
+        own = run.generation_eval
+        if own is not None and isinstance(own.metrics_fn, FromComputeMetrics):
+            own = None  # the run's generation metric was its old compute_metrics: replaced
+        fields["compute_metrics"], fields["generation_eval"] = split_compute_metrics(
+            fields["compute_metrics"], kwargs.get("generation_config", run.generation_config),
+            fields.get("generation_eval", own), "clone_modify",
+        )  # fmt: skip
     # RunConfig validates names and values; build_specs validates TRL/PEFT construction.
     return dataclasses.replace(run, training_args=training_args, lora=lora, **kwargs, **fields)
 
@@ -291,6 +302,8 @@ def _add_run(
     run with the scheduler. Returns the new id and the scheduler's answer."""
     import ray
 
+    warn_legacy([run.legacy], f"run added to {exp_dir.name!r}: ")
+    warn_replaced(check_requirements([run]), f"run added to {exp_dir.name!r}: ")
     new_id = _unwrap(lambda: ray.get(scheduler.reserve_run_id.remote()))
     # The experiment's rows, not parent.plan.num_examples: for GRPO that counts sampler samples.
     (spec,) = build_specs(

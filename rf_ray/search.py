@@ -44,6 +44,7 @@ from rf_ray.configs import (
 )
 from rf_ray.evals.space import is_evals_config, pipeline_templates
 from rf_ray.knob_template import KnobTemplate, Slot, knob_paths, set_path
+from rf_ray.metrics import split_compute_metrics
 from rf_ray.specs import (
     UNPLACED,
     RunConfig,
@@ -131,6 +132,12 @@ class _Template(KnobTemplate):
             set_path(c[section], keys, value if section == "callables" else copy.deepcopy(value))
         lora = c["lora"] or {LORA_SHORTHAND[k]: v for k, v in c["shorthand"].items()}
         reward_funcs = c["callables"]["reward_funcs"]
+        generation_config = c["generation_config"] if self.has_generation_config else None
+        # RapidFire's semantics: with a generation_config, compute_metrics scores generations.
+        compute_metrics, generation_eval = split_compute_metrics(
+            c["callables"]["compute_metrics"], generation_config,
+            c["callables"]["generation_eval"], self.where or "RFModelConfig",
+        )  # fmt: skip
         return RunConfig(
             model_name=c["model"]["model_name"],
             trainer_type=self.trainer_type,
@@ -139,10 +146,10 @@ class _Template(KnobTemplate):
             model_kwargs=c["model_kwargs"],
             tokenizer_kwargs=c["tokenizer_kwargs"],
             formatting_func=c["callables"]["formatting_func"],
-            compute_metrics=c["callables"]["compute_metrics"],
+            compute_metrics=compute_metrics,
             reward_funcs=None if reward_funcs is None else list(reward_funcs),
-            generation_config=c["generation_config"] if self.has_generation_config else None,
-            generation_eval=c["callables"]["generation_eval"],
+            generation_config=generation_config,
+            generation_eval=generation_eval,
             ignored=dict(self.ignored),
         )
 

@@ -39,6 +39,7 @@ from rf_ray.fields import (
     trl_config_class,
 )
 from rf_ray.knobs import is_knob
+from rf_ray.legacy import modernize_model_kwargs, modernize_training_args
 
 
 def _find_knob(value: Any) -> bool:
@@ -133,6 +134,9 @@ class RunConfig:
     ignored: dict[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
     """RFModelConfig fields accepted but not used: field -> what rf-ray does instead (not
     stored: ``run_fit`` warns about them once)."""
+    legacy: dict[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    """Fields of older TRL/transformers releases, rewritten today's way (``rf_ray.legacy``):
+    field -> the warning ``run_fit`` shows once. Not stored: the config holds today's names."""
     _built: tuple[str, Any, Any] | None = dataclasses.field(
         default=None, init=False, compare=False, repr=False
     )
@@ -147,6 +151,9 @@ class RunConfig:
             raise TypeError(f"model_name must be a str, got {self.model_name!r}")
         for field in ("training_args", "lora", "model_kwargs", "tokenizer_kwargs"):
             check_kwargs_dict(field, getattr(self, field))
+        self.training_args, renamed = modernize_training_args(self.training_args)
+        self.model_kwargs, moved = modernize_model_kwargs(self.model_kwargs)
+        self.legacy = {**self.legacy, **renamed, **moved}
         for name, value in self.training_args.items():
             if name in LORA_SHORTHAND:
                 raise ConfigError(
@@ -217,7 +224,8 @@ class RunConfig:
                 out[field] = _flat_value(getattr(self, field))
         if self.generation_eval is not None:
             out["eval_metrics_fn"] = self.generation_eval.name
-            out["eval_generations"] = self.generation_eval.num_prompts
+            prompts = self.generation_eval.num_prompts
+            out["eval_generations"] = "all" if prompts is None else prompts
         return out
 
     def model_key(self) -> str:
@@ -256,7 +264,7 @@ class RunConfig:
 
 _MISSING = object()
 _RUN_CONFIG_KEYS = tuple(
-    f.name for f in dataclasses.fields(RunConfig) if f.name != "ignored" and f.init
+    f.name for f in dataclasses.fields(RunConfig) if f.name not in ("ignored", "legacy") and f.init
 )
 
 

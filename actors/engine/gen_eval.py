@@ -7,7 +7,14 @@ every chunk, so chunks compare), read from whichever columns the row has:
 * ``prompt`` + ``completion`` (TRL's prompt-completion format, plain text or chat messages);
 * ``messages``: the turns before the last assistant turn are the prompt, that turn the reference;
 * ``prompt`` + ``chosen`` (DPO's preference format): the chosen answer is the reference;
+* ``input`` + ``output`` or ``instruction`` + ``response`` (two shapes RapidFire AI's generation
+  callback also reads);
 * or the user's ``prompts_fn(row) -> (prompt, reference)``.
+
+``generation_config`` may carry RapidFire's own prompt settings, which are not ``generate``
+keywords: ``max_input_length`` (prompt tokens kept), ``truncation_side`` (``"left"``, the
+default, keeps a long prompt's end) and ``add_generation_prompt`` (default True); ``use_cache``
+is dropped, as RapidFire drops it.
 
 A chat prompt (a list of ``{"role", "content"}`` messages) goes through the tokenizer's chat
 template with the generation prompt, as the trainer formats it; a text prompt is tokenized as is.
@@ -39,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_GENERATION = {"max_new_tokens": 64, "do_sample": False}
 """Generation settings when the run's ``generation_config`` is None."""
+PROMPT_SETTINGS = ("max_input_length", "truncation_side", "add_generation_prompt", "use_cache")
+"""RapidFire AI's ``generation_config`` keys that shape the prompts, not ``generate``."""
 MAX_SAMPLE_CHARS = 2000
 """Each prompt, reference and generation is cut to this many characters in samples.json."""
 
@@ -50,8 +59,9 @@ class GenerationEval:
     metrics_fn: Callable[..., Mapping[str, float]]
     """``f(predictions, references, prompts) -> {name: value}``; each name becomes a chunk
     metric (so ``SuccessiveHalving(metric=name)`` can prune on it)."""
-    num_prompts: int = 32
-    """How many eval rows are generated for (``eval_generations``): bounds the cost."""
+    num_prompts: int | None = 32
+    """How many eval rows are generated for (``eval_generations``): bounds the cost. ``None``:
+    every eval row (RapidFire's ``compute_metrics`` with a ``generation_config``)."""
     prompts_fn: Callable[[Mapping[str, Any]], tuple[Any, str]] | None = None
     """``row -> (prompt, reference)`` for eval sets whose columns rf-ray does not know."""
 
@@ -62,10 +72,10 @@ class GenerationEval:
                 "as 'rougeL', a list of names, or f(predictions, references, prompts) -> dict"
             )
         n = self.num_prompts
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ConfigError(
                 f"eval_generations={n!r} must be an int >= 1 (how many eval prompts each run "
-                "completes at every chunk end)"
+                "completes at every chunk end) or None (every eval row)"
             )
         if self.prompts_fn is not None and not callable(self.prompts_fn):
             raise ConfigError(
@@ -110,17 +120,25 @@ def prompt_and_reference(
         return list(messages[:last]), str(messages[last].get("content", ""))
     if "prompt" in row and "chosen" in row:
         return row["prompt"], _text(row["chosen"])
+    for prompt, reference in (("input", "output"), ("instruction", "response")):
+        if prompt in row and reference in row:
+            return row[prompt], _text(row[reference])
     raise ValueError(
         f"the eval row has columns {sorted(row)}; generation metrics read prompt+completion, "
-        "messages or prompt+chosen: rename the columns or pass "
-        "eval_prompts_fn=f(row) -> (prompt, reference)"
+        "messages, prompt+chosen, input+output or instruction+response: rename the columns "
+        "or pass eval_prompts_fn=f(row) -> (prompt, reference)"
     )
 
 
-def _rows(eval_dataset: Any, n: int, formatting_func: Callable[..., Any] | None) -> list[Any]:
-    rows = [eval_dataset[i] for i in range(min(n, len(eval_dataset)))]
+def _rows(
+    eval_dataset: Any, n: int | None, formatting_func: Callable[..., Any] | None
+) -> list[Any]:
+    n = len(eval_dataset) if n is None else min(n, len(eval_dataset))
+    rows = [eval_dataset[i] for i in range(n)]
     if formatting_func is not None and rows and isinstance(formatting_func(rows[0]), Mapping):
-        rows = [formatting_func(row) for row in rows]  # RapidFire's shape: new columns per row
+        # RapidFire maps the eval set with it (``dataset.map``): the columns it returns are added
+        # to the row's own, which stay (a ``text`` column beside ``instruction``/``response``).
+        rows = [{**row, **formatting_func(row)} for row in rows]
     return rows
 
 
@@ -179,18 +197,28 @@ class GenTask:
     step: int = 0
 
 
-def encode_prompts(tokenizer: Any, prompts: list[Any]) -> tuple[Any, Any]:
+def encode_prompts(
+    tokenizer: Any, prompts: list[Any], settings: Mapping[str, Any] | None = None
+) -> tuple[Any, Any]:
     """Left-padded ``input_ids`` and ``attention_mask`` for the prompts (the tokenizer's own
-    padding side is left alone: the trainers share it)."""
+    padding side is left alone: the trainers share it). ``settings``: the run's
+    ``PROMPT_SETTINGS`` (see the module docstring)."""
     import torch
 
+    settings = settings or {}
     rows = []
     for p in prompts:
         if isinstance(p, str):
             rows.append(tokenizer(p)["input_ids"])
         else:
-            text = tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
+            text = tokenizer.apply_chat_template(
+                p, add_generation_prompt=settings.get("add_generation_prompt", True), tokenize=False
+            )
             rows.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    keep = settings.get("max_input_length")
+    if keep:
+        left = settings.get("truncation_side", "left") == "left"
+        rows = [list(r[-keep:]) if left else list(r[:keep]) for r in rows]
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], dtype=torch.long)
@@ -206,11 +234,12 @@ def _request(task: GenTask, tokenizer: Any, pairs: list[tuple[Any, str]], device
 
     # rf-ray's default decodes greedily, whatever the model's own generation config says.
     settings = dict(task.generation_config or {**DEFAULT_GENERATION, **NEUTRAL_SAMPLING})
+    prompt_settings = {k: settings.pop(k) for k in PROMPT_SETTINGS if k in settings}
     settings.setdefault("max_new_tokens", DEFAULT_GENERATION["max_new_tokens"])
     settings.setdefault("eos_token_id", tokenizer.eos_token_id)
     settings.setdefault("pad_token_id", tokenizer.pad_token_id)
     config = transformers.GenerationConfig(**settings)
-    ids, mask = encode_prompts(tokenizer, [p for p, _ in pairs])
+    ids, mask = encode_prompts(tokenizer, [p for p, _ in pairs], prompt_settings)
     generator = None
     if config.do_sample:
         generator = torch.Generator(device=device).manual_seed(task.seed * 1_000_003 + task.step)

@@ -25,6 +25,8 @@ float rounding of the logits, which a batch of different shape sums in another o
 Requests that set anything else (beam search, ``no_repeat_ngram_size``, stop strings...), or whose
 end-of-sequence or pad ids differ from the rest, are generated in their own ``generate`` call with
 their adapter active (the exact fallback); requests with different special ids form sub-batches.
+So is every request on a model whose LoRA layers are not all plain ``lora.Linear`` (a quantized
+base): ``segmented_lora`` would not reach them.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def generate_multi(model: Any, requests: list[GenRequest]) -> list[torch.Tensor]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     model_defaults = getattr(base, "generation_config", None)
     defaults_ok = model_defaults is None or batchable(model_defaults, check_length=False)
+    defaults_ok = defaults_ok and segments_reach_every_lora_layer(model)
     for i, req in enumerate(requests):
         _check(req, i)
         config = resolve_config(model, req.generation_config)
@@ -98,6 +101,17 @@ def generate_multi(model: Any, requests: list[GenRequest]) -> list[torch.Tensor]
         for i, out in zip(indices, _generate_batch(model, picked)):
             outputs[i] = out
     return [out for out in outputs if out is not None]
+
+
+def segments_reach_every_lora_layer(model: Any) -> bool:
+    """Whether ``segmented_lora`` patches every LoRA layer of ``model``: it patches PEFT's plain
+    ``lora.Linear``. A LoRA layer of another kind (on a bitsandbytes-quantized base: PEFT's
+    ``Linear4bit``/``Linear8bitLt``) would apply the active adapter to every row, so such a
+    model generates each request alone."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+    from peft.tuners.lora.layer import LoraLayer
+
+    return all(isinstance(m, LoraLinear) for m in model.modules() if isinstance(m, LoraLayer))
 
 
 def resolve_config(

@@ -42,7 +42,6 @@ def capture(record: Any, model: Any) -> dict[str, Any]:
     """Collect a run's complete training state from the executor: a snapshot in host memory
     (tensors copied to the CPU, also when they are there already), so it can be written in the
     background while the run trains on (``actors.engine.ckpt_writer``)."""
-    import torch
     from peft import get_peft_model_state_dict
 
     name = record.spec.adapter_name
@@ -55,11 +54,9 @@ def capture(record: Any, model: Any) -> dict[str, Any]:
     opt_tensors: dict[str, torch.Tensor] = {}
     opt_scalars: dict[str, dict[str, Any]] = {}
     for idx, per_param in opt_state["state"].items():
-        for key, value in per_param.items():
-            if torch.is_tensor(value):
-                opt_tensors[f"{idx}.{key}"] = value.detach().to("cpu", copy=True).contiguous()
-            else:
-                opt_scalars.setdefault(str(idx), {})[key] = value
+        scalars = _split_tensors(per_param, f"{idx}.", opt_tensors)
+        if scalars:
+            opt_scalars[str(idx)] = scalars
     rng = {"cpu": record.rng_state.clone()}
     if record.cuda_rng_state is not None:
         rng["cuda"] = record.cuda_rng_state.clone()
@@ -86,11 +83,15 @@ def restore_into(record: Any, model: Any, state: dict[str, Any]) -> None:
     meta = state["meta"]
     trainer = record.trainer
     per_param: dict[int, dict[str, Any]] = {}
-    for key, tensor in state["optimizer"].items():
-        idx, field = key.split(".", 1)
-        per_param.setdefault(int(idx), {})[field] = tensor.to(device)
     for idx, scalars in meta["optimizer_scalars"].items():
-        per_param.setdefault(int(idx), {}).update(scalars)
+        per_param[int(idx)] = scalars
+    for key, tensor in state["optimizer"].items():
+        idx, path = key.split(".", 1)
+        *outer, field = path.split(NESTED)
+        target = per_param.setdefault(int(idx), {})
+        for name in outer:
+            target = target.setdefault(name, {})
+        target[field] = tensor.to(device)
     trainer.optimizer.load_state_dict(
         {"state": per_param, "param_groups": meta["optimizer_param_groups"]}
     )
@@ -294,6 +295,27 @@ def export_adapter(model: Any, adapter_name: str, path: str | Path) -> Path:
     model.peft_config[adapter_name].save_pretrained(str(path))
     durable.make_private_tree(path)  # PEFT writes with the process's umask
     return path
+
+
+NESTED = "/"
+"""Joins the keys of an optimizer state nested in a dict (bitsandbytes keeps its 8-bit state
+under ``__bnb_optimizer_quant_state__``) into one safetensors name: ``<param>.<key>/<key>``."""
+
+
+def _split_tensors(values: dict[str, Any], prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Move the tensors of ``values`` (nested dicts too) into ``tensors`` under ``prefix`` +
+    their key path, copied to the host; return what is left (JSON), ``{}`` for nothing."""
+    rest: dict[str, Any] = {}
+    for key, value in values.items():
+        if torch.is_tensor(value):
+            tensors[f"{prefix}{key}"] = value.detach().to("cpu", copy=True).contiguous()
+        elif isinstance(value, dict):
+            inner = _split_tensors(value, f"{prefix}{key}{NESTED}", tensors)
+            if inner or not value:
+                rest[key] = inner
+        else:
+            rest[key] = value
+    return rest
 
 
 def _jsonable(value: Any) -> Any:

@@ -17,6 +17,7 @@ from policies.errors import OpError, RunFailedError
 from policies.pruning import NoPruning, Pruner
 from policies.state import RunStatus, is_live
 from rf_ray import ops
+from rf_ray.compat import check_requirements, warn_replaced
 from rf_ray.configs import RFModelConfig
 from rf_ray.experiment import Experiment
 from rf_ray.search import ConfigGroup
@@ -240,6 +241,7 @@ def start_shared(  # noqa: PLR0913  run_fit's options for the shared experiment
     token = f"tune-{uuid.uuid4().hex[:8]}"
     pruner: Pruner = NoPruning(metric=metric, mode="min")
     _check_columns(run, train_dataset, eval_dataset)
+    warn_replaced(check_requirements([run]))  # before the search starts: refused or replaced
     exp.run_fit(
         _Shell(token),
         create_model_fn,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model_state_dict
 from trl import SFTConfig
@@ -15,22 +17,30 @@ from policies.chunking import ChunkPlan
 from rf_ray.toy import load_toy_model, sft_dataset
 
 
-def _spec(tmp_path, plan):
+def _spec(tmp_path, plan, optim="adamw_torch"):
     args = SFTConfig(
         output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, learning_rate=5e-3,
         num_train_epochs=1, max_length=48, report_to="none", use_cpu=True, bf16=False, seed=3,
-        save_strategy="no", logging_steps=1, disable_tqdm=True,
+        save_strategy="no", logging_steps=1, disable_tqdm=True, optim=optim,
     )  # fmt: skip
     lora = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.1)
     return RunSpec(run_id=1, model_key="toy", model_config=None, trainer_type="SFT",
                    trl_args=args, lora_config=lora, plan=plan, seed=5)  # fmt: skip
 
 
-def test_restored_run_continues_bit_identically(tmp_path):
+NO_BNB = importlib.util.find_spec("bitsandbytes") is None
+
+
+# bitsandbytes keeps its 8-bit optimizer state in a nested dict (RapidFire's notebooks use it).
+@pytest.mark.parametrize(
+    "optim",
+    ["adamw_torch", pytest.param("adamw_8bit", marks=pytest.mark.skipif(NO_BNB, reason="bnb"))],
+)
+def test_restored_run_continues_bit_identically(tmp_path, optim):
     data = sft_dataset(32, seed=2)
     plan = ChunkPlan(32, 4, 1, num_chunks=2)  # 8 steps, chunks of 4
     first = Executor(lambda _: load_toy_model(), data, device="cpu")
-    first.add_run(_spec(tmp_path, plan))
+    first.add_run(_spec(tmp_path, plan, optim))
     first.run_slice(1, 4)
     record = first.registry[1]
     path = checkpoint.save(checkpoint.capture(record, first.bases["toy"].model), tmp_path / "run")
@@ -38,7 +48,7 @@ def test_restored_run_continues_bit_identically(tmp_path):
     want_w = get_peft_model_state_dict(first.bases["toy"].model, adapter_name="run_1")
 
     second = Executor(lambda _: load_toy_model(), data, device="cpu")
-    second.add_run(_spec(tmp_path, plan), checkpoint.load(path))
+    second.add_run(_spec(tmp_path, plan, optim), checkpoint.load(path))
     assert second.registry[1].steps_done == 4
     got = [m["loss"] for m in second.run_slice(1, 8).step_metrics]
     got_w = get_peft_model_state_dict(second.bases["toy"].model, adapter_name="run_1")

@@ -177,3 +177,35 @@ def test_a_prompts_fn_reads_other_columns_and_chat_prompts_use_the_template():
     text = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
     assert ids[1][mask[1].bool()].tolist() == tok(text, add_special_tokens=False)["input_ids"]
     assert int((ids[1] == tok.bos_token_id).sum()) == 1  # the template's, not a second one
+
+
+@pytest.mark.parametrize(
+    ("row", "prompt", "reference"),
+    [
+        ({"input": "copy: a b", "output": "a b"}, "copy: a b", "a b"),
+        ({"instruction": "sort: 2 1", "response": "1 2", "intent": "x"}, "sort: 2 1", "1 2"),
+    ],
+)
+def test_rapidfires_other_prompt_columns_are_read(row, prompt, reference):
+    from actors.engine.gen_eval import prompt_and_reference
+
+    assert prompt_and_reference(row) == (prompt, reference)
+
+
+def test_rapidfires_prompt_settings_shape_the_prompts_not_generate():
+    """RapidFire's callback pops max_input_length, truncation_side and add_generation_prompt
+    from generation_config (they are not generate() keywords) and drops use_cache."""
+    from actors.engine.gen_eval import PROMPT_SETTINGS, encode_prompts
+
+    _, tok = load_toy_model()
+    chat = [{"role": "user", "content": "copy: a b c d"}]
+    full, _ = encode_prompts(tok, [chat])
+    tail, _ = encode_prompts(tok, [chat], {"max_input_length": 3})
+    head, _ = encode_prompts(tok, [chat], {"max_input_length": 3, "truncation_side": "right"})
+    bare, _ = encode_prompts(tok, [chat], {"add_generation_prompt": False})
+    assert tail[0].tolist() == full[0, -3:].tolist()
+    assert head[0].tolist() == full[0, :3].tolist()
+    assert bare.shape[1] < full.shape[1]  # no assistant cue
+    assert set(PROMPT_SETTINGS) == {
+        "max_input_length", "truncation_side", "add_generation_prompt", "use_cache"
+    }  # fmt: skip

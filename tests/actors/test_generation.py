@@ -13,7 +13,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import GenerationConfig
 
-from actors.engine.generation import GenRequest, generate_multi
+from actors.engine.gen_eval import encode_prompts
+from actors.engine.generation import GenRequest, generate_alone, generate_multi
 from rf_ray.toy import load_toy_model, sft_eval_dataset
 
 RANKS = {"run_1": 2, "run_2": 4, "run_3": 8}
@@ -170,3 +171,32 @@ def test_bad_request_shapes_are_refused(model_and_tokenizer):
     )
     with pytest.raises(ValueError, match=r"requests\[0\] \(run_1\)"):
         generate_multi(model, [bad])
+
+
+def test_a_quantized_base_generates_each_run_alone():
+    """On a bitsandbytes-quantized base PEFT's LoRA layers are not ``lora.Linear``, which
+    ``segmented_lora`` patches: batching two adapters would give both the active one's output.
+    ``generate_multi`` then generates each request alone, with its own adapter."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM
+
+    from actors.engine.generation import segments_reach_every_lora_layer
+    from rf_ray.toy import TOY_MODEL_PATH
+
+    base = AutoModelForCausalLM.from_pretrained(
+        TOY_MODEL_PATH, quantization_config={"load_in_4bit": True}
+    )
+    lora = {"task_type": "CAUSAL_LM", "r": 4, "target_modules": ["q_proj", "v_proj"]}
+    torch.manual_seed(0)
+    model = get_peft_model(base, LoraConfig(**lora, init_lora_weights=False), adapter_name="a")
+    model.add_adapter("b", LoraConfig(**lora, init_lora_weights=False, lora_alpha=64))
+    assert not segments_reach_every_lora_layer(model)
+    _, tok = load_toy_model()
+    ids, mask = encode_prompts(tok, ["copy: a b c =", "reverse: x y ="])
+    config = GenerationConfig(max_new_tokens=5, do_sample=False, eos_token_id=tok.eos_token_id,
+                              pad_token_id=tok.pad_token_id)  # fmt: skip
+    requests = [GenRequest(name, ids, mask, config) for name in ("a", "b")]
+    together = generate_multi(model, requests)
+    for request, out in zip(requests, together):
+        assert torch.equal(out, generate_alone(model, request))
+    assert not torch.equal(together[0], together[1])  # the two adapters do differ

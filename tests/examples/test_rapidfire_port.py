@@ -4,7 +4,9 @@ describes: a List of 2 model configs x a List of 2 LoRA configs = 4 runs over 4 
 
 The same run checks what the TRL fields it sets do: ``logging_steps=2`` thins the MLflow step
 rows (the store keeps every step), ``eval_strategy="steps"`` with ``eval_steps=3`` evaluates
-inside chunks, and ``save_strategy="epoch"``, ignored, is reported once for all 4 runs."""
+inside chunks, and ``save_strategy="epoch"``, ignored, is reported once for all 4 runs; its
+``compute_metrics`` scores each run's generated answers at every chunk end (RapidFire's
+semantics with a ``generation_config``)."""
 
 from __future__ import annotations
 
@@ -61,3 +63,11 @@ def test_rapidfire_port_runs_end_to_end(tmp_path):
         assert logged == sorted(set(range(2, row.steps_done + 1, 2)) | set(evaluated))
     done = info[info["status"] == "completed"]
     assert (done["steps_done"] == STEPS).all()
+    # compute_metrics with a generation_config scored each run's generations at every chunk end.
+    chunks = exp.get_chunk_results()
+    for row in info.itertuples():
+        scores = chunks.loc[chunks["run_id"] == row.run_id, "exact_match"]
+        assert len(scores) == row.chunks_done
+        assert scores.between(0, 1).all()
+        history = client.get_metric_history(row.mlflow_run_id, "chunk/exact_match")
+        assert len(history) == row.chunks_done

@@ -472,3 +472,50 @@ def test_every_other_example_says_it_needs_no_extra(example):
     assert "It needs no extra: ``pip install rf-ray`` brings everything it imports." in " ".join(
         docstring.split()
     )
+
+
+# ------------------------------------------------------------------ formatting_func, every trainer
+
+
+def _to_grpo(row):  # RapidFire's GRPO tutorial shape: prompt built from a raw column
+    return {"prompt": [{"role": "user", "content": row["question"]}], "answer": row["answer"]}
+
+
+def _grpo_run(formatting_func):
+    from rf_ray.configs import RFGRPOConfig
+
+    cfg = RFModelConfig(
+        "tiny", training_args=RFGRPOConfig(num_generations=2, per_device_train_batch_size=2),
+        formatting_func=formatting_func, reward_funcs=[fmt_a],
+    )  # fmt: skip
+    (run,) = RFGridSearch(cfg, trainer_type="GRPO").expand()
+    return run
+
+
+def test_a_grpo_formatting_func_that_builds_prompt_from_raw_columns_is_accepted():
+    from datasets import Dataset
+
+    from rf_ray.data import check_columns
+
+    raw = Dataset.from_dict({"question": ["add: 1 2 ="], "answer": ["1 + 2 #### 3"]})
+    with pytest.raises(ConfigError, match=r"columns \['answer', 'question'\], but GRPO needs"):
+        check_columns(raw, _grpo_run(None), "train_dataset")  # no formatting_func: refused
+    check_columns(raw, _grpo_run(_to_grpo), "train_dataset")  # the columns it adds count
+
+
+@pytest.mark.parametrize(
+    ("func", "needle"),
+    [
+        (lambda row: row["question"], r"returned str for train_dataset\[0\].*must return a dict"),
+        (lambda row: {"q": row["question"]}, r"after formatting_func .*GRPO needs prompt"),
+        (lambda row: row["missing"], r"formatting_func .* failed on train_dataset\[0\].*KeyError"),
+    ],
+)
+def test_a_dpo_or_grpo_formatting_func_is_checked_on_the_first_row(func, needle):
+    from datasets import Dataset
+
+    from rf_ray.data import check_columns
+
+    raw = Dataset.from_dict({"question": ["add: 1 2 ="], "answer": ["3"]})
+    with pytest.raises(ConfigError, match=needle):
+        check_columns(raw, _grpo_run(func), "train_dataset")

@@ -119,3 +119,77 @@ def test_a_rapidfire_text_compute_metrics_adapts_to_eval_metrics_fn():
     assert f(["a", "b"], ["a", "c"], ["p", "q"]) == {"same": 0.5}
     assert f.__qualname__ == "_rapidfire_style"  # named as the user's function in errors
     assert pickle.loads(pickle.dumps(f)) == f
+
+
+# ------------------------------------------------------------------ RapidFire's compute_metrics
+
+
+def _runs(**kwargs):
+    from rf_ray.configs import RFModelConfig, RFSFTConfig
+    from rf_ray.search import RFGridSearch
+
+    cfg = RFModelConfig("tiny", training_args=RFSFTConfig(learning_rate=1e-4), **kwargs)
+    return RFGridSearch(cfg).expand()
+
+
+def test_compute_metrics_with_a_generation_config_scores_generated_text():
+    """RapidFire's GenerationMetricsCallback calls compute_metrics((predictions, references))
+    with decoded strings when a generation_config is set, over every eval row; TRL then gets
+    no compute_metrics (it would hand the same function logits)."""
+    (run,) = _runs(compute_metrics=_rapidfire_style, generation_config={"max_new_tokens": 8})
+    assert run.compute_metrics is None
+    gen = run.generation_eval
+    assert isinstance(gen.metrics_fn, FromComputeMetrics)
+    assert gen.metrics_fn.compute_metrics is _rapidfire_style
+    assert gen.num_prompts is None  # every eval row, as RapidFire generates for all of them
+    assert gen.metrics_fn(["a", "b"], ["a", "c"], ["p", "q"]) == {"same": 0.5}
+    assert run.flat_params()["eval_metrics_fn"] == "_rapidfire_style"
+    assert run.flat_params()["eval_generations"] == "all"
+
+
+def test_a_list_of_compute_metrics_gives_each_run_its_own_generation_metric():
+    from rf_ray.configs import List
+
+    def other(eval_preds):
+        return {"n": float(len(eval_preds[0]))}
+
+    runs = _runs(compute_metrics=List([_rapidfire_style, other]), generation_config={})
+    assert [r.generation_eval.metrics_fn.compute_metrics for r in runs] == [_rapidfire_style, other]
+
+
+def test_without_a_generation_config_compute_metrics_stays_trls_logits_hook():
+    (run,) = _runs(compute_metrics=_rapidfire_style)
+    assert run.compute_metrics is _rapidfire_style
+    assert run.generation_eval is None
+
+
+def test_logits_metrics_keeps_trls_hook_beside_a_generation_config():
+    from rf_ray.metrics import LogitsMetrics
+
+    hook = LogitsMetrics(_rapidfire_style)
+    (run,) = _runs(compute_metrics=hook, generation_config={"max_new_tokens": 4})
+    assert run.compute_metrics is hook
+    assert run.generation_eval is None
+    assert hook((["x"], ["x"])) == {"same": 1.0}  # the EvalPrediction passes through
+    assert pickle.loads(pickle.dumps(hook)) == hook
+
+
+def test_compute_metrics_and_eval_metrics_fn_both_scoring_text_are_refused():
+    from policies.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"give one of them.*LogitsMetrics"):
+        _runs(compute_metrics=_rapidfire_style, generation_config={}, eval_metrics_fn="rougeL")
+
+
+def test_a_clone_that_changes_compute_metrics_changes_its_generation_metric():
+    from rf_ray.ops import modified
+
+    def other(eval_preds):
+        return {"n": 1.0}
+
+    (run,) = _runs(compute_metrics=_rapidfire_style, generation_config={"max_new_tokens": 4})
+    clone = modified(run, {"compute_metrics": other})
+    assert clone.compute_metrics is None
+    assert clone.generation_eval.metrics_fn.compute_metrics is other
+    same = modified(run, {"learning_rate": 1e-3})
+    assert same.generation_eval is run.generation_eval

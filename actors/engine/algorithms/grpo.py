@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from actors.engine.algorithms import trl_internals
+from actors.engine.algorithms.columns import with_formatted_columns
 from actors.engine.algorithms.reference import base_as_reference
 from actors.engine.spec import RunSpec
 from policies.errors import RunFailedError
@@ -40,6 +41,7 @@ def make_trainer(
 
     if not spec.reward_funcs:
         raise RunFailedError(f"run {spec.run_id}: GRPO needs reward_funcs; none were given")
+    train_dataset, eval_dataset = with_formatted_columns(spec, train_dataset, eval_dataset)
     with base_as_reference(model, spec.adapter_name):
         return GRPOTrainer(
             model=model,
