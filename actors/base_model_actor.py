@@ -373,7 +373,7 @@ class BaseModelActor:
     def _checkpointed(self, result: SliceResult, run_dir: str) -> SliceResult:
         """Queue the run's checkpoint after its slice; the result names it (durable once
         ``wait_durable`` says so). A cached outcome (a retried call) already names it."""
-        from actors.storage import checkpoint
+        from actors.engine import snapshot
 
         if result.checkpoint is not None:
             return result
@@ -383,7 +383,7 @@ class BaseModelActor:
             # A host copy now; the disk write runs in the background while the next grant
             # trains (actors.engine.ckpt_writer). Keep the previous checkpoint too: the store points
             # at it until the trial has waited for this one (``wait_durable``) and reported.
-            state = checkpoint.capture(record, self.executor.registry.model_of(record))
+            state = snapshot.capture(record, self.executor.registry.model_of(record))
             self.executor.phase = f"queueing checkpoint of run {result.run_id}"
             path = self.writer.submit(result.run_id, state, run_dir, keep=2)
         except BaseException:

@@ -66,6 +66,7 @@ def _resume_check(executor, work: Path, dropout: float, cuda: bool) -> None:
     losses must equal a run that never stopped (exactly on the CPU)."""
     import torch
 
+    from actors.engine import snapshot
     from actors.storage import checkpoint
 
     seen: list[str] = []
@@ -98,7 +99,7 @@ def _resume_check(executor, work: Path, dropout: float, cuda: bool) -> None:
     ex = traced(executor())
     ex.add_run(_spec(work, 1, 3e-3, 8, dropout))
     first = ex.run_slice(1, STEPS // 2)
-    state = checkpoint.capture(ex.registry[1], ex.bases["toy"].model)
+    state = snapshot.capture(ex.registry[1], ex.bases["toy"].model)
     path = checkpoint.save(state, work / f"ckpt-{dropout}")
     del ex
     if cuda:

@@ -39,6 +39,7 @@ From configs to running actors
     ``live``        the live terminal view while run_fit waits
     ``summary``     what run_fit says when it starts (pruning) and ends (each run's outcome)
     ``notebook``    InteractiveController: stop/resume/delete/clone buttons under a cell
+    ``background``  run_fit in a background thread where RapidFire's does (Colab)
     ``samples``     a run's last chunk-end generations, read back (status, live view, CLI)
 Around it
     ``cli``         the ``rf-ray`` command, one module per command group

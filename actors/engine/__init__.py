@@ -33,6 +33,8 @@ Runs and data:
 * ``algorithms/``: TRL glue, one module per algorithm (``sft``, ``dpo``, ``grpo``), and every
   library private rf-ray touches, one module per library (``*_internals.py``).
 * ``data_prep.py``: datasets prepared once per distinct setting, shared by runs.
+* ``snapshot.py``: ``capture`` a run's live state (adapter, optimizer, schedule, RNG) into host
+  memory, ``restore_into`` a registered run; ``actors.storage.checkpoint`` writes the files.
 * ``ckpt_writer.py``: ``CheckpointWriter``, the background thread that makes checkpoints
   durable while the next slice trains.
 """

@@ -1,7 +1,7 @@
 """Checkpoints written in the background while the next slice trains.
 
-At a slice end the executor captures the run's state into host memory (``checkpoint.capture``:
-CPU tensors copied, scheduler/optimizer metadata as JSON) and hands it to ``CheckpointWriter``.
+At a slice end the executor captures the run's state into host memory (``snapshot.capture``: CPU
+tensors copied, scheduler/optimizer metadata as JSON) and hands it to ``CheckpointWriter``.
 One writer thread writes the queued states in order (``checkpoint.save``: fsynced, atomically
 replaced), so a run's step-N checkpoint is always on disk before its step-N+1 one, and the
 executor's worker thread is free for the next grant as soon as the compute is done.

@@ -133,7 +133,7 @@ class AdapterRegistry(Mapping[int, AdapterRecord]):
     def add(self, spec: RunSpec, state: dict[str, Any] | None = None) -> None:
         """Register a run: add its adapter (seeded from the run), build its trainer.
 
-        ``state`` (from ``actors.storage.checkpoint.capture``) restores adapter, optimizer,
+        ``state`` (from ``actors.engine.snapshot.capture``) restores adapter, optimizer,
         scheduler, RNG and progress, e.g. for a warm-started clone or an executor that was
         restarted. A run already here is left as it is.
         """
@@ -179,7 +179,7 @@ class AdapterRegistry(Mapping[int, AdapterRecord]):
         self._records[spec.run_id] = record
         self.runtime.timeline.added_at.setdefault(spec.run_id, time.time())
         if state is not None:
-            from actors.storage.checkpoint import restore_into
+            from actors.engine.snapshot import restore_into
 
             restore_into(record, entry.model, state)
 

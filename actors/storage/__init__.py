@@ -12,9 +12,10 @@ No Ray here: the driver, the CLI, the dashboard and the actors all read and writ
 
 * ``store.py``: ``Store``, the experiment's SQLite file (settings, runs, per-step and per-chunk
   metrics); one transaction per write, read-only opens for readers.
-* ``checkpoint.py``: a run's checkpoint (adapter and optimizer tensors in safetensors, the rest
-  in JSON): ``capture`` (host copy), ``save`` (durable), ``load``, ``restore_into``,
-  ``export_adapter``.
+* ``checkpoint.py``: a run's checkpoint files (adapter and optimizer tensors in safetensors, the
+  rest in JSON): ``save`` (durable), ``load``, ``verify``/``newest_intact`` (damaged files),
+  ``export_adapter``. Capturing a live run's state and putting it back is the engine's
+  (``actors.engine.snapshot``): nothing here imports the engine.
 * ``durable.py``: ``atomic_write``, ``replace_dir`` and private (0600/0700) files and
   directories: a crash never leaves a torn file.
 """

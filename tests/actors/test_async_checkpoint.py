@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from actors.base_model_actor import BaseModelActor
+from actors.engine import snapshot
 from actors.engine.ckpt_writer import CheckpointWriter, state_bytes
 from actors.storage import checkpoint
 from policies.errors import CheckpointError, RunNotPlacedError
@@ -106,7 +107,7 @@ def test_the_queue_holds_at_most_its_byte_budget(tmp_path):
     for run_id in (1, 2, 3, 4):
         _add(actor, tmp_path, run_id)
     asyncio.run(_durable_slice(actor, 1, 0, 1, tmp_path / "runs" / "1"))
-    one = state_bytes(checkpoint.capture(actor.executor.registry[1], _model(actor)))
+    one = state_bytes(snapshot.capture(actor.executor.registry[1], _model(actor)))
     save = _GatedSave()
     actor.writer = CheckpointWriter(budget_bytes=2 * one, wait_s=0.5, save=save)
     _slice(actor, 2, 0, 1, tmp_path / "runs" / "2")

@@ -10,6 +10,7 @@ import torch
 from peft import LoraConfig, get_peft_model_state_dict
 from trl import SFTConfig
 
+from actors.engine import snapshot
 from actors.engine.executor import Executor
 from actors.engine.spec import RunSpec
 from actors.storage import checkpoint
@@ -43,7 +44,7 @@ def test_restored_run_continues_bit_identically(tmp_path, optim):
     first.add_run(_spec(tmp_path, plan, optim))
     first.run_slice(1, 4)
     record = first.registry[1]
-    path = checkpoint.save(checkpoint.capture(record, first.bases["toy"].model), tmp_path / "run")
+    path = checkpoint.save(snapshot.capture(record, first.bases["toy"].model), tmp_path / "run")
     want = [m["loss"] for m in first.run_slice(1, 8).step_metrics]
     want_w = get_peft_model_state_dict(first.bases["toy"].model, adapter_name="run_1")
 
@@ -64,7 +65,7 @@ def test_checkpoint_is_safetensors_and_json_only_and_replaced_atomically(tmp_pat
     for end in (2, 4):
         ex.run_slice(1, end)
         last = checkpoint.save(
-            checkpoint.capture(ex.registry[1], ex.bases["toy"].model), tmp_path / "run"
+            snapshot.capture(ex.registry[1], ex.bases["toy"].model), tmp_path / "run"
         )
     kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert kept == ["step-00000004"]  # older one replaced, no temp dirs left behind

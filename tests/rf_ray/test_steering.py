@@ -33,8 +33,8 @@ from pathlib import Path
 import requests
 
 from actors.scheduler_actor import hold_experiment_lock
+from actors.storage.layout import CLUSTER_FILE
 from actors.storage.store import Store
-from rf_ray.cluster import CLUSTER_FILE
 from rf_ray.dashboard.guard import CSRF_HEADER
 from rf_ray.remote import HOLD_ENV
 from tests.rf_ray.test_dashboard_http import dashboard_process, page_session
