@@ -22,6 +22,7 @@ from policies.errors import IllegalTransitionError, OpError
 from policies.fusion import Candidate, FusionPolicy, form_group
 from policies.order import next_run
 from policies.pruning import Pruner
+from policies.settings import ExperimentSettings
 from policies.state import OPS, RunStatus, is_live, transition
 
 logger = logging.getLogger(__name__)
@@ -137,6 +138,19 @@ class SchedulerCore:
         self.holds: set[str] = set()
         """Tokens of drivers that may still add runs (a Tune search): the experiment stays open
         while any is held, even with no live run."""
+
+    @classmethod
+    def of(cls, settings: ExperimentSettings, pruner: Pruner, num_executors: int) -> SchedulerCore:
+        """The core of an experiment with ``settings``; ``pruner`` carries its recorded state
+        (fresh, or read back from the store on resume)."""
+        return cls(
+            pruner,
+            num_executors,
+            has_eval=settings.has_eval,
+            max_slice_steps=settings.max_slice_steps,
+            fusion=settings.fusion,
+            deadline_s=settings.slice_timeout,
+        )
 
     # ------------------------------------------------------------------ run table
     def add_run(self, entry: RunEntry) -> RunRow:

@@ -27,8 +27,8 @@ from actors.storage import durable
 from actors.storage.store import Store
 from policies.chunking import ChunkPlan
 from policies.errors import OpError
-from policies.fusion import FusionPolicy
 from policies.pruning import pruner_from_dict
+from policies.settings import ExperimentSettings
 from policies.state import RunStatus, is_live
 
 logger = logging.getLogger(__name__)
@@ -84,17 +84,13 @@ def experiment_locked(experiment_dir: str) -> bool:
 
 
 class SchedulerActor:
-    def __init__(  # noqa: PLR0913  a Ray actor constructor: the experiment settings it is created with
+    def __init__(
         self,
         name: str,
         experiment_dir: str,
-        pruner: dict[str, Any],
+        settings: ExperimentSettings,
         executors: list[Any],
-        has_eval: bool,
-        max_slice_steps: int | None,
         tracking_uri: str,
-        fusion: dict[str, Any] | None = None,
-        slice_timeout: float | None = None,
         lock_wait_s: float = 0.0,
     ) -> None:
         self.name = name
@@ -105,13 +101,11 @@ class SchedulerActor:
         # Open for the actor's life (it is the only writer while the experiment runs); closed
         # with the process. Every other user of the store opens it with ``with``.
         self.store = Store(experiment_dir)
-        self.core = SchedulerCore(
-            pruner_from_dict(pruner),
-            len(executors),
-            has_eval,
-            max_slice_steps,
-            FusionPolicy.from_dict(fusion) if fusion else None,
-            deadline_s=slice_timeout,
+        self.settings = settings
+        # The pruner's state as last recorded (fresh for a new plan: ``persist`` wrote it).
+        state = self.store.meta().get("pruner_state")
+        self.core = SchedulerCore.of(
+            settings, pruner_from_dict(state) if state else settings.new_pruner(), len(executors)
         )
         self.executors = executors
         self.tracking_uri = tracking_uri

@@ -90,10 +90,16 @@ class Pruner:
         check_live(live)
         return set()
 
-    def to_dict(self) -> dict[str, Any]:
-        """The pruner's settings and state as a JSON-able dict with a ``"type"`` key."""
+    def settings(self) -> dict[str, Any]:
+        """The pruner's settings alone (type, metric, mode, its parameters), JSON-able, without
+        the values it recorded: :func:`pruner_from_dict` builds a fresh pruner from it."""
         d: dict[str, Any] = {"type": self.type_name, "metric": self.metric, "mode": self.mode}
         d.update({name: getattr(self, name) for name in self._param_names})
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        """The pruner's settings and state as a JSON-able dict with a ``"type"`` key."""
+        d = self.settings()
         d["records"] = [
             [run_id, chunk, value]
             for run_id in sorted(self._records)

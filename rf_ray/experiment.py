@@ -25,12 +25,13 @@ from actors.storage.store import Store
 from actors.tracking import default_tracking_uri
 from policies.errors import ConfigError, ExperimentExistsError
 from policies.fusion import FusionPolicy
-from policies.pruning import Pruner, SuccessiveHalving
+from policies.pruning import Pruner
+from policies.settings import DEFAULT_SLICE_TIMEOUT, ExperimentSettings
 from rf_ray import ops, session, spec_store
 from rf_ray.compat import IgnoredFieldWarning, ignored_field_warnings
 from rf_ray.configs import RFModelConfig
 from rf_ray.data import check_columns, dataset_fingerprint, to_dataset
-from rf_ray.plan import DEFAULT_SLICE_TIMEOUT, Plan, check_experiment_name, check_settings
+from rf_ray.plan import Plan, check_experiment_name
 from rf_ray.search import ConfigGroup, RFGridSearch
 from rf_ray.specs import RunConfig, build_specs, describe, differing_keys, differing_params
 
@@ -120,18 +121,10 @@ class Experiment:
         previous one, running or finished, so its executor frees the device.
         """
         group = _as_group(param_config)
-        plan = self._prepare(
-            group,
-            create_model_fn,
-            train_dataset,
-            eval_dataset,
-            num_chunks,
-            seed,
-            pruner,
-            max_slice_steps,
-            fusion,
-            slice_timeout,
+        settings = ExperimentSettings.of(
+            num_chunks, seed, pruner, fusion, max_slice_steps, slice_timeout
         )
+        plan = self._prepare(group, create_model_fn, train_dataset, eval_dataset, settings)
         self._stop_session()
         # A group that adds runs while the experiment runs (rf_ray.tune.RFTuneSearch) names a
         # hold token that keeps the experiment open, and starts its driver in on_start.
@@ -226,25 +219,18 @@ class Experiment:
 
         ray.get(self._scheduler().unhold.remote(token))
 
-    def _prepare(  # noqa: PLR0913  run_fit's arguments, checked before anything starts
+    def _prepare(
         self,
         param_config: Any,
         create_model_fn: Callable[[Any], tuple[Any, Any]] | None,
         train_dataset: Any,
         eval_dataset: Any,
-        num_chunks: int,
-        seed: int,
-        pruner: Pruner | None,
-        max_slice_steps: int | None,
-        fusion: bool | FusionPolicy = True,
-        slice_timeout: float | None = DEFAULT_SLICE_TIMEOUT,
+        settings: ExperimentSettings,
     ) -> Plan:
-        """Every check that can fail, before anything is written or started."""
+        """Every check that can fail, before anything is written or started. ``settings`` are
+        resolved here: the default metric, once the runs and the eval set are known."""
         group = _as_group(param_config)
         runs: list[RunConfig] = group.expand()
-        slice_timeout = check_settings(
-            num_chunks, seed, max_slice_steps, fusion, pruner, slice_timeout
-        )
         if train_dataset is None:
             raise ConfigError("train_dataset is required")
         train = to_dataset(train_dataset, "train_dataset")
@@ -258,15 +244,14 @@ class Experiment:
         self._warn_ignored(runs, has_eval=evals is not None)
         fingerprint = dataset_fingerprint(train, evals)
         first_run_id = self._check_existing(fingerprint)
-        metric, mode = default_metric(runs, evals is not None)
-        pruner = (pruner or SuccessiveHalving()).with_defaults(metric, mode)
-        self._metric = (pruner.metric or metric, pruner.mode or mode)
+        settings = settings.resolved([r.trainer_type for r in runs], evals is not None)
+        self._metric = (settings.metric, settings.mode)
         specs = build_specs(
             runs,
             self.dir,
             train_rows=len(train),
-            num_chunks=num_chunks,
-            seed=seed,
+            num_chunks=settings.num_chunks,
+            seed=settings.seed,
             first_run_id=first_run_id,
         )
         for spec in specs:  # a value JSON cannot hold fails here, before anything is written
@@ -277,17 +262,11 @@ class Experiment:
             tracking_uri=self.tracking_uri,
             specs=specs,
             create_model_fn=create_model_fn or _default_create_model_fn(),
+            settings=settings,
             train=train,
             eval=evals,
-            has_eval=evals is not None,
-            pruner=pruner,
-            max_slice_steps=max_slice_steps,
-            fusion=(FusionPolicy() if fusion is True else fusion) or None,
             fingerprint=fingerprint,
-            seed=seed,
-            num_chunks=num_chunks,
             differing=differing_params(runs),
-            slice_timeout=slice_timeout,
         )
 
     def _check_existing(self, fingerprint: str) -> int:
@@ -458,14 +437,6 @@ def _as_group(param_config: Any) -> ConfigGroup:
     )
 
 
-def default_metric(runs: list[RunConfig], has_eval: bool) -> tuple[str, str]:
-    """The pruning metric when the user names none: eval_loss, else the chunk's train loss;
-    GRPO runs compare mean reward (higher is better)."""
-    if all(r.trainer_type == "GRPO" for r in runs):
-        return "reward", "max"
-    return ("eval_loss", "min") if has_eval else ("train_loss", "min")
-
-
 def _default_create_model_fn() -> Callable[[Any], tuple[Any, Any]]:
     from rf_ray.toy import default_create_model_fn
 
@@ -475,7 +446,8 @@ def _default_create_model_fn() -> Callable[[Any], tuple[Any, Any]]:
 def _stored_mode(exp: Experiment) -> str:
     store = exp._store()
     try:
-        return str(store.meta().get("pruner", {}).get("mode") or "min")
+        settings = ExperimentSettings.from_meta(store.meta())
+        return settings.mode if settings is not None else "min"
     finally:
         store.close()
 

@@ -122,7 +122,7 @@ def _start_actors(
     clear_leftover_scheduler(exp_dir)  # refuses a scheduler another driver is starting now
     # Datasets travel as paths to the experiment's Arrow copy (see ``persist``).
     train_ref = str(exp_dir / "data" / "train")
-    eval_ref = str(exp_dir / "data" / "eval") if plan.has_eval else None
+    eval_ref = str(exp_dir / "data" / "eval") if plan.settings.has_eval else None
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     executor_cls: Any = ray.remote(BaseModelActor)
     executors = []
@@ -145,16 +145,7 @@ def _start_actors(
             name=scheduler_name(exp_dir), namespace=NAMESPACE, num_cpus=0, max_concurrency=10_000
         )
         .remote(
-            plan.name,
-            str(exp_dir),
-            plan.pruner.to_dict(),
-            executors,
-            plan.has_eval,
-            plan.max_slice_steps,
-            plan.tracking_uri,
-            plan.fusion.to_dict() if plan.fusion is not None else None,
-            plan.slice_timeout,
-            HANDOVER_SECONDS,
+            plan.name, str(exp_dir), plan.settings, executors, plan.tracking_uri, HANDOVER_SECONDS
         )
     )
     started.actors.append(scheduler)

@@ -14,6 +14,7 @@ from typing import Any
 
 from actors.storage.store import Store
 from policies.errors import ConfigError
+from policies.settings import ExperimentSettings
 from rf_ray.experiment import DEFAULT_ROOT
 from rf_ray.samples import generation_metrics, metric_columns
 from rf_ray.specs import differing_keys, to_jsonable
@@ -103,7 +104,8 @@ def status_json(name: str, exp_dir: Path, data: dict[str, Any]) -> dict[str, Any
 
 def status_text(name: str, exp_dir: Path, data: dict[str, Any]) -> str:
     meta, runs = data["meta"], data["runs"]
-    pruner = meta.get("pruner") or {}
+    settings = ExperimentSettings.from_meta(meta)
+    pruner = settings.pruner if settings is not None else {}
     metric = pruner.get("metric") or "metric"
     lines = [
         f"Experiment {name} ({meta.get('status', 'unknown')}) at {exp_dir.resolve()}",

@@ -29,6 +29,7 @@ from typing import Any
 from actors.scheduler_actor import LOCK_FILE
 from actors.storage.store import Store, readonly_uri
 from policies.errors import ConfigError
+from policies.settings import ExperimentSettings
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +197,8 @@ def read_state(exp_dir: Path, cursor: Cursor) -> dict[str, Any]:
             "SELECT rowid, run_id, chunk, metrics FROM chunks WHERE rowid > ? ORDER BY rowid"
             " LIMIT ?", (cursor.chunks_after, MAX_POINTS),
         ).fetchall()  # fmt: skip
-    pruner = meta.get("pruner") or {}
+    settings = ExperimentSettings.from_meta(meta)
+    pruner = settings.pruner if settings is not None else {}
     metric = pruner.get("metric") or "loss"
     params = dict(all_params)
     for row in runs:
@@ -211,7 +213,7 @@ def read_state(exp_dir: Path, cursor: Cursor) -> dict[str, Any]:
             "metric": metric,
             "mode": pruner.get("mode"),
             "pruner": pruner.get("type"),
-            "num_chunks": meta.get("num_chunks"),
+            "num_chunks": settings.num_chunks if settings is not None else None,
             "differing": differing_keys([p for _, p in all_params]),
             "run_ids": [run_id for run_id, _ in all_params],
             "runs": runs,

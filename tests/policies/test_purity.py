@@ -36,5 +36,14 @@ def test_all_names_are_exported() -> None:
     for name in policies.__all__:
         assert getattr(policies, name) is not None
     public = {n for n in dir(policies) if not n.startswith("_")}
-    submodules = {"chunking", "errors", "fusion", "order", "pruning", "state", "annotations"}
+    submodules = {
+        "chunking",
+        "errors",
+        "fusion",
+        "order",
+        "pruning",
+        "settings",
+        "state",
+        "annotations",
+    }
     assert public - submodules == set(policies.__all__)
