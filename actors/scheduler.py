@@ -11,13 +11,13 @@ reach a rung together and the first comparison of all configs comes after one ch
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from actors.messages import Grant, RunEntry
-from policies.chunking import ChunkPlan
 from policies.errors import IllegalTransitionError, OpError
 from policies.fusion import Candidate, FusionPolicy, form_group
 from policies.order import next_run
@@ -43,32 +43,19 @@ fall far apart in a long sweep never add up against it."""
 
 
 @dataclass
-class RunRow:
-    """The scheduler's one record of one run: what it trains (spec, plan), its progress, its
-    identity in MLflow and its last durable checkpoint. There is no second table beside it."""
+class RunRow(RunEntry):
+    """The scheduler's one record of one run: the run's ``RunEntry`` (what it trains and its
+    progress, kept current here) plus what only the scheduler tracks while it runs. There is no
+    second table beside it, and no field of the entry copied into it."""
 
-    run_id: int
-    plan: ChunkPlan
-    spec_blob: bytes = b""
-    """The run's ``RunSpec``, serialised for the executor (opaque here)."""
-    params: dict[str, Any] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    parent_run_id: int | None = None
-    status: RunStatus = RunStatus.PENDING
-    steps_done: int = 0
-    chunks_done: int = 0
     in_flight: bool = False
     executor: int | None = None
-    chunk_steps: list[dict[str, float]] = field(default_factory=list)
-    last_metric: float | None = None
-    best_metric: float | None = None
-    pruned_at: int | None = None
-    error: str | None = None
-    checkpoint: str | None = None
-    """The run's last durable checkpoint (recorded with its slice)."""
-    mlflow_run_id: str | None = None
-    failures: int = 0
-    """Executor deaths charged to this run since its last recorded slice (see ``on_lost``)."""
+    group: tuple[int, ...] = ()
+    """The runs of its grant in flight (itself included; more than one: a fused pass)."""
+    alone_after: tuple[int, ...] = ()
+    """Set to the runs of a fused pass it was in that hung or lost its executor (whose code
+    did it is not known): the run is time-sliced until its next recorded slice (``on_lost``).
+    Empty: it may fuse."""
     trial_restarts: int = 0
     """Trials restarted for this run since its last recorded slice, in this session (see
     ``on_trial_lost``)."""
@@ -77,33 +64,13 @@ class RunRow:
     the current trial is granted slices. A dead trial's request can still be waiting in the
     scheduler (Ray runs an actor call to its end even when the caller died); granting it would
     leave the run in flight forever and its executor busy."""
-    fusion_key: str | None = None
-    """Runs with equal keys may share a fused pass; ``None``: always time-sliced."""
-    fusion_tokens: int = 0
 
     @classmethod
     def of(cls, entry: RunEntry) -> RunRow:
-        plan = ChunkPlan.from_dict(entry.plan)
-        return cls(
-            run_id=entry.run_id,
-            plan=plan,
-            spec_blob=entry.spec_blob,
-            params=entry.params,
-            tags=entry.tags,
-            parent_run_id=entry.parent_run_id,
-            status=RunStatus(entry.status),
-            steps_done=entry.steps_done,
-            chunks_done=plan.chunks_done(entry.steps_done),
-            chunk_steps=list(entry.chunk_steps),
-            last_metric=entry.last_metric,
-            best_metric=entry.best_metric,
-            pruned_at=entry.pruned_at,
-            checkpoint=entry.checkpoint,
-            mlflow_run_id=entry.mlflow_run_id,
-            failures=entry.failures,
-            fusion_key=entry.fusion_key,
-            fusion_tokens=entry.fusion_tokens,
-        )
+        """The row of a registered run (its own copy of the entry's fields)."""
+        row = cls(**{f.name: getattr(entry, f.name) for f in dataclasses.fields(RunEntry)})
+        row.chunk_steps = list(entry.chunk_steps)
+        return row
 
 
 class SchedulerCore:
@@ -222,7 +189,7 @@ class SchedulerCore:
             end = min(end, row.steps_done + self.max_slice_steps)
         if row.status is RunStatus.PENDING:
             self.set_status(row.run_id, RunStatus.RUNNING)
-        row.in_flight, row.executor = True, executor
+        row.in_flight, row.executor, row.group = True, executor, group
         self.busy[executor] += 1
         self.granted_any = True
         evaluate = self.has_eval and end == chunk_end
@@ -233,13 +200,14 @@ class SchedulerCore:
 
     def _group_for(self, leader: RunRow, executor: int, candidates: dict[int, int]) -> list[int]:
         """The leader and the runs that share its fused pass (``policies.fusion``)."""
-        if self.fusion is None or leader.fusion_key is None:
+        if self.fusion is None or leader.fusion_key is None or leader.alone_after:
             return [leader.run_id]
         others = [
             _candidate(self.runs[rid])
             for rid in candidates
             if rid != leader.run_id
             and rid in self.trials_up
+            and not self.runs[rid].alone_after
             and self.runs[rid].executor in (None, executor)
         ]
         return form_group(_candidate(leader), others, self.fusion)
@@ -282,13 +250,15 @@ class SchedulerCore:
         the eval metrics of its last slice; the pruner's metric is looked up among them.
         """
         row = self._release(run_id)
+        chunks_before = row.chunks_done
         row.steps_done = end_step
-        # The slice went through: earlier executor or trial deaths were not this slice's doing.
+        # The slice went through: earlier executor or trial deaths were not this slice's doing,
+        # and a run re-run alone after a lost fused pass may fuse again.
         row.failures = row.trial_restarts = 0
+        row.alone_after = ()
         row.chunk_steps.extend(step_metrics)
         closed = None
-        if row.plan.chunks_done(end_step) > row.chunks_done:
-            row.chunks_done += 1
+        if row.chunks_done > chunks_before:
             metrics = _chunk_means(row.chunk_steps)
             metrics.update(eval_metrics or {})
             value = metrics.get(self.pruner.metric or "train_loss")
@@ -320,19 +290,33 @@ class SchedulerCore:
         """Mark a run failed; the others go on. Returns runs pruned as a consequence."""
         row = self._release(run_id)
         row.error = error
+        if row.alone_after:
+            row.error += (
+                f" (this slice ran alone after the fused pass of runs {list(row.alone_after)} "
+                "did not finish: the fault is this run's own)"
+            )
         if is_live(row.status):
             self.set_status(run_id, RunStatus.FAILED)
         # A failed run leaves its rung: a synchronous rung may now be complete.
         return self.apply_pruner()
 
     def on_lost(self, run_id: int, error: str | None = None) -> set[int] | None:
-        """The run's executor died before its slice finished: hand the grant back (the slice is
-        re-run). ``error``: the death happened while this run's call was in flight and is
-        charged to it; at the ``MAX_CHARGED_DEATHS``-th charge with no slice recorded in between
-        the run fails (returns the runs pruned as a consequence, as ``on_failure`` does;
-        ``None`` while the run goes on)."""
+        """The run's executor died (or was restarted past the slice deadline) before its slice
+        finished: hand the grant back (the slice is re-run from the run's last durable
+        checkpoint). ``error``: the death happened while this run's call was in flight.
+
+        A time-sliced run is charged with it; at the ``MAX_CHARGED_DEATHS``-th charge with no
+        slice recorded in between the run fails (returns the runs pruned as a consequence, as
+        ``on_failure`` does; ``None`` while the run goes on). A run of a fused pass is not
+        charged: any member's code may have hung or killed the pass. It re-runs its slice
+        alone (time-sliced), where a hang or a death is its own and charged as above, so the
+        culprit fails and the others go on (they fuse again after that slice)."""
+        group = self.runs[run_id].group
         row = self._release(run_id)
         if error is None or not is_live(row.status):
+            return None
+        if len(group) > 1:
+            row.alone_after = group
             return None
         row.failures += 1
         if row.failures < MAX_CHARGED_DEATHS:
@@ -398,25 +382,19 @@ class SchedulerCore:
         row = self.runs[run_id]
         if row.in_flight and row.executor is not None:
             self.busy[row.executor] -= 1
-        row.in_flight = False
+        row.in_flight, row.group = False, ()
         self.pending.pop(run_id, None)
         return row
 
     def snapshot(self) -> list[dict[str, Any]]:
+        """Every run's progress (its store columns), sizes and whether it is in flight."""
         return [
             {
                 "run_id": r.run_id,
-                "status": r.status.value,
-                "chunks_done": r.chunks_done,
+                **r.columns(),
                 "total_chunks": r.plan.total_chunks,
-                "steps_done": r.steps_done,
                 "total_steps": r.plan.total_steps,
                 "in_flight": r.in_flight,
-                "last_metric": r.last_metric,
-                "best_metric": r.best_metric,
-                "pruned_at": r.pruned_at,
-                "error": r.error,
-                "failures": r.failures,
             }
             for r in sorted(self.runs.values(), key=lambda r: r.run_id)
         ]

@@ -25,7 +25,6 @@ from actors.messages import Exit, Grant, Report, ReportAck, RunEntry
 from actors.scheduler import MAX_TRIAL_RESTARTS, RunRow, SchedulerCore
 from actors.storage import durable
 from actors.storage.store import Store
-from policies.chunking import ChunkPlan
 from policies.errors import OpError
 from policies.pruning import pruner_from_dict
 from policies.settings import ExperimentSettings
@@ -148,7 +147,7 @@ class SchedulerActor:
         trials start (not answered: a failure surfaces as that run's ``add_run`` error)."""
         if self.preloaded:
             return
-        first = next((e for e in entries if is_live(RunStatus(e.status))), None)
+        first = next((e for e in entries if is_live(e.status)), None)
         if first is None:
             return
         self.preloaded = True
@@ -223,7 +222,7 @@ class SchedulerActor:
             mlflow_run_id = None
             if row.status is RunStatus.FAILED:
                 logger.warning("run %s failed: %s", run_id, row.error)
-                self.store.update_run(run_id, status=row.status.value, error=row.error)
+                self._save(run_id)
                 self._write_pruned(pruned)
                 mlflow_run_id, error = row.mlflow_run_id, str(row.error)
             self.cond.notify_all()
@@ -279,8 +278,7 @@ class SchedulerActor:
                     return Exit(row.status.value, row.pruned_at)
                 decision = self.core.grant_for(run_id)
                 if isinstance(decision, Grant):
-                    for member in decision.group or (run_id,):
-                        self.store.update_run(member, status=self.core.runs[member].status.value)
+                    self._save(*(decision.group or (run_id,)))
                     if len(decision.group) > 1:
                         self.cond.notify_all()  # the group's other members have grants now
                     return decision
@@ -309,14 +307,9 @@ class SchedulerActor:
                 chunk,
                 # The pruner's state and its decisions are durable with the chunk, never apart.
                 meta={"pruner_state": self.core.pruner.to_dict()},
-                others={rid: self._pruned_fields(rid) for rid in pruned},
-                status=row.status.value,
-                steps_done=row.steps_done,
-                chunks_done=row.chunks_done,
-                checkpoint=report.checkpoint,
-                last_metric=row.last_metric,
-                best_metric=row.best_metric,
-                failures=row.failures,  # cleared by the slice (``SchedulerCore.on_result``)
+                others={rid: self.core.runs[rid].columns() for rid in pruned},
+                # failures are cleared by the slice (``SchedulerCore.on_result``)
+                **row.columns(),
             )
             self.cond.notify_all()
             return ReportAck(row.status.value, chunk)
@@ -327,42 +320,49 @@ class SchedulerActor:
             self.cond.notify_all()
 
     async def release(self, run_id: int, error: str | None = None) -> None:
-        """The run's executor died before its slice finished: free the grant, the slice is
-        re-run. ``error``: the executor died while this run's call was in flight; the death is
-        charged to the run, and at the second one with no slice of the run recorded in between
-        the run fails (the others go on)."""
+        """The run's executor died (or was restarted past the slice deadline) before its slice
+        finished: free the grant, the slice is re-run. ``error``: it happened while this run's
+        call was in flight. A time-sliced run is charged with it, and at the second charge
+        with no slice of the run recorded in between it fails; a run of a fused pass re-runs
+        its slice alone instead, so only the run whose code did it is charged
+        (``SchedulerCore.on_lost``). The others go on."""
         async with self.cond:
+            fused = self.core.runs[run_id].group
             pruned = self.core.on_lost(run_id, error)
             row = self.core.runs[run_id]
-            if error is not None:
+            if error is not None and row.alone_after:
+                logger.warning(
+                    "run %s: its fused pass with runs %s was lost (%s); not charged, it re-runs "
+                    "the slice alone", run_id, list(fused), error,
+                )  # fmt: skip
+            elif error is not None:
                 logger.warning(
                     "run %s: executor died during its call (%s charged): %s",
                     run_id, row.failures, error,
                 )  # fmt: skip
             if error is not None:
-                self.store.update_run(run_id, failures=row.failures)
+                self._save(run_id)
             if pruned is not None:  # the run failed
-                self.store.update_run(run_id, status=row.status.value, error=row.error)
                 self._write_pruned(pruned)
             self.cond.notify_all()
 
     def _fail(self, run_id: int, error: str) -> None:
         pruned = self.core.on_failure(run_id, error)
-        self.store.update_run(run_id, status=RunStatus.FAILED.value, error=error)
+        self._save(run_id)
         self._write_pruned(pruned)
 
-    def _pruned_fields(self, run_id: int) -> dict[str, Any]:
-        row = self.core.runs[run_id]
-        return {"status": row.status.value, "pruned_at": row.pruned_at}
+    def _save(self, *run_ids: int) -> None:
+        """Write the runs' progress, as the scheduler's rows have it, to the store."""
+        for run_id in run_ids:
+            self.store.update_run(run_id, **self.core.runs[run_id].columns())
 
     def _write_pruned(self, pruned: set[int]) -> None:
-        for rid in pruned:
-            self.store.update_run(rid, **self._pruned_fields(rid))
+        self._save(*pruned)
         self.store.set_meta(pruner_state=self.core.pruner.to_dict())
 
     async def set_mlflow_run(self, run_id: int, mlflow_run_id: str) -> None:
         self.core.runs[run_id].mlflow_run_id = mlflow_run_id
-        self.store.update_run(run_id, mlflow_run_id=mlflow_run_id)
+        self._save(run_id)
 
     async def set_adapter_path(self, run_id: int, path: str) -> None:
         self.store.update_run(run_id, adapter_path=path)
@@ -375,7 +375,7 @@ class SchedulerActor:
             self._check_open()
             pruned = self.core.apply_op(name, run_id)
             row = self.core.runs[run_id]
-            self.store.update_run(run_id, status=row.status.value, pruned_at=row.pruned_at)
+            self._save(run_id)
             self._write_pruned(pruned)
             if name == "resume" and run_id not in self.looping:
                 self._spawn(row)
@@ -402,18 +402,12 @@ class SchedulerActor:
                 parent = self.core.row_for_op(entry.parent_run_id)
             if entry.warm_start and parent is not None:
                 entry = self._warm_from(entry, parent)
-            plan = ChunkPlan.from_dict(entry.plan)
             self.store.add_run(
-                entry.run_id, entry.params, RunStatus.PENDING.value, plan.total_steps,
-                plan.total_chunks, entry.parent_run_id,
+                entry.run_id, entry.params, RunStatus.PENDING.value, entry.plan.total_steps,
+                entry.plan.total_chunks, entry.parent_run_id,
             )  # fmt: skip
             if entry.steps_done:
-                self.store.update_run(
-                    entry.run_id,
-                    steps_done=entry.steps_done,
-                    chunks_done=plan.chunks_done(entry.steps_done),
-                    checkpoint=entry.checkpoint,
-                )
+                self.store.update_run(entry.run_id, **entry.columns())
             self._register(entry)
             self.ops_applied += 1
             self.cond.notify_all()

@@ -20,7 +20,6 @@ A plan comes from one of two places, and ``rf_ray.session.start`` starts either 
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import string
 from collections.abc import Callable
@@ -32,7 +31,6 @@ from actors.engine.spec import RunSpec
 from actors.messages import RunEntry
 from actors.storage.durable import make_private_dir, resolve
 from actors.storage.store import Store
-from policies.chunking import ChunkPlan
 from policies.errors import ConfigError
 from policies.settings import DEFAULT_SLICE_TIMEOUT, SETTINGS_KEY, ExperimentSettings
 from policies.state import RunStatus
@@ -234,7 +232,7 @@ def entry_for(
         tags["rf_ray.parent_run_id"] = str(spec.parent_run_id)
     return RunEntry(
         run_id=spec.run_id,
-        plan=spec.plan.to_dict(),
+        plan=spec.plan,
         spec_blob=spec_blob if spec_blob is not None else spec_store.spec_blob(spec),
         params=spec.params,
         tags=tags,
@@ -251,24 +249,17 @@ def _with_progress(
     """A stored run's registration with its progress: status, steps, metrics, the step metrics
     of its partial chunk and its charged executor deaths. ``params`` are the stored ones (what
     the run was logged with)."""
-    chunks = ChunkPlan.from_dict(entry.plan)
+    chunks = entry.plan
     done = int(row["steps_done"])
     chunk_steps: list[dict[str, float]] = []
     if chunks.chunks_done(done) < chunks.total_chunks:
         start, _ = chunks.chunk_bounds(chunks.chunks_done(done))
         chunk_steps = [m for _, m in steps if start < int(m["step"]) <= done]
-    return dataclasses.replace(
-        entry,
+    return entry.with_columns(
+        row,
         params=row["params"],
-        status=row["status"],
-        steps_done=done,
-        pruned_at=row["pruned_at"],
         checkpoint=_checkpoint_at(exp_dir, row),
-        mlflow_run_id=row["mlflow_run_id"],
-        last_metric=row["last_metric"],
-        best_metric=row["best_metric"],
         chunk_steps=chunk_steps,
-        failures=int(row.get("failures") or 0),
     )
 
 

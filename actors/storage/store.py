@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from actors.messages import PROGRESS_COLUMNS
 from actors.storage.durable import FILE_MODE
 
 SCHEMA = """
@@ -53,21 +54,10 @@ CREATE TABLE IF NOT EXISTS chunks (
 );
 """
 
-RUN_FIELDS = (
-    "status",
-    "steps_done",
-    "chunks_done",
-    "parent_run_id",
-    "error",
-    "checkpoint",
-    "adapter_path",
-    "mlflow_run_id",
-    "pruned_at",
-    "last_metric",
-    "best_metric",
-    "failures",
-)
-"""Columns ``update_run`` may set."""
+RUN_FIELDS = (*PROGRESS_COLUMNS, "chunks_done", "parent_run_id", "adapter_path")
+"""Columns ``update_run`` may set: a run's progress as ``RunEntry.columns`` writes it (the one
+list of them, ``actors.messages.PROGRESS_COLUMNS``), and what the scheduler's record of the run
+does not hold."""
 
 ADDED_COLUMNS = {"failures": "INTEGER NOT NULL DEFAULT 0"}
 """Run columns added after the first release: added to an older store when it is opened."""

@@ -14,9 +14,7 @@ from rf_ray.toy import TOY_MODEL_NAME, arithmetic_reward, grpo_dataset
 from rf_ray.tune import start_shared
 
 
-def test_a_shared_grpo_tune_experiment_compares_mean_reward_higher_is_better(
-    ray_cluster, tmp_path
-):
+def test_a_shared_grpo_tune_experiment_compares_mean_reward_higher_is_better(ray_cluster, tmp_path):
     base = RFModelConfig(
         model_name=TOY_MODEL_NAME,
         training_args=RFGRPOConfig(
