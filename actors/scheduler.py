@@ -105,6 +105,8 @@ class SchedulerCore:
         self.holds: set[str] = set()
         """Tokens of drivers that may still add runs (a Tune search): the experiment stays open
         while any is held, even with no live run."""
+        self.pruning_error: str | None = None
+        """Why pruning stopped (a chunk lacked the pruner's metric), or None while it runs."""
 
     @classmethod
     def of(cls, settings: ExperimentSettings, pruner: Pruner, num_executors: int) -> SchedulerCore:
@@ -171,7 +173,7 @@ class SchedulerCore:
             for rid, chunks in live.items()
             if not self.runs[rid].in_flight
             and (not up_only or rid == run_id or rid in self.trials_up)
-            and self.pruner.may_advance(rid, chunks, live)
+            and (self.pruning_error is not None or self.pruner.may_advance(rid, chunks, live))
         }
         executor = self._executor_for(run_id, free, candidates)
         if executor is None:
@@ -259,10 +261,8 @@ class SchedulerCore:
         row.chunk_steps.extend(step_metrics)
         closed = None
         if row.chunks_done > chunks_before:
-            metrics = _chunk_means(row.chunk_steps)
-            metrics.update(eval_metrics or {})
-            value = metrics.get(self.pruner.metric or "train_loss")
-            self.pruner.record(run_id, row.chunks_done, value)
+            metrics = chunk_metrics(row.chunk_steps, eval_metrics)
+            value = self._metric_of(run_id, row.chunks_done, metrics)
             row.last_metric = value
             if value is not None and math.isfinite(value):
                 better = row.best_metric is None or (
@@ -277,8 +277,29 @@ class SchedulerCore:
             self.set_status(run_id, RunStatus.COMPLETED)
         return closed, self.apply_pruner()
 
+    def _metric_of(self, run_id: int, chunk: int, metrics: dict[str, float]) -> float | None:
+        """The pruner's metric among a closed chunk's metrics, recorded with the pruner. The
+        first chunk without it stops pruning for good (``pruning_error``): a value that no run
+        reports is never pruned on, and the runs go on unpruned."""
+        metric = self.pruner.metric or "train_loss"
+        value = metrics.get(metric)
+        if value is None and self.pruning_error is None:
+            self.pruning_error = (
+                f"pruning stopped: chunk {chunk} of run {run_id} has no {metric!r}, the "
+                f"pruner's metric; the runs report {', '.join(sorted(metrics)) or 'nothing'}. "
+                "The runs go on unpruned. Name one of these as the pruner's metric (e.g. "
+                f"SuccessiveHalving(metric=...)), or have every run report {metric!r}"
+            )
+            logger.warning("%s", self.pruning_error)
+        if self.pruning_error is None:
+            self.pruner.record(run_id, chunk, value)
+        return value
+
     def apply_pruner(self) -> set[int]:
-        """Ask the pruner which live runs to stop now and mark them pruned."""
+        """Ask the pruner which live runs to stop now and mark them pruned (none once pruning
+        stopped: see ``_metric_of``)."""
+        if self.pruning_error is not None:
+            return set()
         pruned = set()
         for rid in sorted(self.pruner.decide(self.live())):
             self.set_status(rid, RunStatus.PRUNED)
@@ -408,10 +429,15 @@ def _candidate(row: RunRow) -> Candidate:
     return Candidate(row.run_id, row.fusion_key, row.fusion_tokens, row.chunks_done, row.steps_done)
 
 
-def _chunk_means(steps: list[dict[str, float]]) -> dict[str, float]:
+def chunk_metrics(
+    steps: list[dict[str, float]], eval_metrics: dict[str, float] | None
+) -> dict[str, float]:
+    """A closed chunk's metrics: the means of its step metrics (``loss`` as ``train_loss``;
+    ``step`` and ``learning_rate`` left out) and the eval metrics of its last slice. The
+    pruner's metric is one of them (``rf_ray.metric_names`` says which a run reports)."""
     sums: dict[str, list[float]] = {}
     for m in steps:
         for k, v in m.items():
             if k not in ("step", "learning_rate"):
                 sums.setdefault("train_loss" if k == "loss" else k, []).append(float(v))
-    return {k: sum(v) / len(v) for k, v in sums.items()}
+    return {k: sum(v) / len(v) for k, v in sums.items()} | dict(eval_metrics or {})

@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 LOCK_FILE = "scheduler.lock"
 
+PRUNING_ERROR_KEY = "pruning_error"
+"""The store's meta key that says why pruning stopped (``SchedulerCore.pruning_error``)."""
+
 TRACKER_CALL_SECONDS = 60.0
 """Bound on the MLflow call with which the watchdog closes a failed run's MLflow run."""
 
@@ -101,11 +104,14 @@ class SchedulerActor:
         # with the process. Every other user of the store opens it with ``with``.
         self.store = Store(experiment_dir)
         self.settings = settings
-        # The pruner's state as last recorded (fresh for a new plan: ``persist`` wrote it).
-        state = self.store.meta().get("pruner_state")
+        # The pruner's state as last recorded (fresh for a new plan: ``persist`` wrote it), and
+        # whether pruning had stopped (a chunk lacked its metric).
+        meta = self.store.meta()
+        state = meta.get("pruner_state")
         self.core = SchedulerCore.of(
             settings, pruner_from_dict(state) if state else settings.new_pruner(), len(executors)
         )
+        self.core.pruning_error = meta.get(PRUNING_ERROR_KEY)
         self.executors = executors
         self.tracking_uri = tracking_uri
         self._tracking: Any = None
@@ -293,9 +299,14 @@ class SchedulerActor:
             if report.fusion_oom_tokens:
                 self.core.on_fusion_oom(report.fusion_oom_tokens)
             run_id = report.run_id
+            pruning = self.core.pruning_error
             closed, pruned = self.core.on_result(
                 run_id, report.end_step, report.step_metrics, report.eval_metrics
             )
+            meta: dict[str, Any] = {"pruner_state": self.core.pruner.to_dict()}
+            stopped = pruning is None and self.core.pruning_error is not None
+            if stopped:  # a chunk lacked the pruner's metric: say so wherever runs are shown
+                meta[PRUNING_ERROR_KEY] = self.core.pruning_error
             row = self.core.runs[run_id]
             row.checkpoint = report.checkpoint
             chunk = None
@@ -306,13 +317,26 @@ class SchedulerActor:
                 report.step_metrics,
                 chunk,
                 # The pruner's state and its decisions are durable with the chunk, never apart.
-                meta={"pruner_state": self.core.pruner.to_dict()},
+                meta=meta,
                 others={rid: self.core.runs[rid].columns() for rid in pruned},
                 # failures are cleared by the slice (``SchedulerCore.on_result``)
                 **row.columns(),
             )
+            if stopped:
+                self._tag_pruning_error(*self.core.runs)
             self.cond.notify_all()
             return ReportAck(row.status.value, chunk)
+
+    def _tag_pruning_error(self, *run_ids: int) -> None:
+        """Tag the runs' MLflow runs with why pruning stopped (sent, not awaited: the tracking
+        actor takes calls in order and never raises into the experiment)."""
+        error = self.core.pruning_error
+        for run_id in run_ids:
+            mlflow_run_id = self.core.runs[run_id].mlflow_run_id
+            if error is not None and mlflow_run_id is not None:
+                self.tracking.set_tags.remote(
+                    run_id, mlflow_run_id, {"rf_ray.pruning_error": error[:5000]}
+                )
 
     async def report_failure(self, run_id: int, error: str) -> None:
         async with self.cond:
@@ -330,7 +354,7 @@ class SchedulerActor:
             fused = self.core.runs[run_id].group
             pruned = self.core.on_lost(run_id, error)
             row = self.core.runs[run_id]
-            if error is not None and row.alone_after:
+            if error is not None and len(fused) > 1 and row.alone_after:
                 logger.warning(
                     "run %s: its fused pass with runs %s was lost (%s); not charged, it re-runs "
                     "the slice alone", run_id, list(fused), error,
@@ -363,6 +387,7 @@ class SchedulerActor:
     async def set_mlflow_run(self, run_id: int, mlflow_run_id: str) -> None:
         self.core.runs[run_id].mlflow_run_id = mlflow_run_id
         self._save(run_id)
+        self._tag_pruning_error(run_id)
 
     async def set_adapter_path(self, run_id: int, path: str) -> None:
         self.store.update_run(run_id, adapter_path=path)

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from actors.engine.gen_eval import check_eval_set
+from actors.scheduler_actor import PRUNING_ERROR_KEY
 from actors.storage.store import Store
 from actors.tracking import default_tracking_uri
 from policies.errors import ConfigError, ExperimentExistsError
@@ -31,6 +32,7 @@ from rf_ray import ops, session, spec_store
 from rf_ray.compat import IgnoredFieldWarning, ignored_field_warnings
 from rf_ray.configs import RFModelConfig
 from rf_ray.data import check_columns, dataset_fingerprint, to_dataset
+from rf_ray.metric_names import check_pruner_metric
 from rf_ray.plan import Plan, check_experiment_name
 from rf_ray.search import ConfigGroup, RFGridSearch
 from rf_ray.specs import RunConfig, build_specs, describe, differing_keys, differing_params
@@ -245,6 +247,7 @@ class Experiment:
         fingerprint = dataset_fingerprint(train, evals)
         first_run_id = self._check_existing(fingerprint)
         settings = settings.resolved([r.trainer_type for r in runs], evals is not None)
+        check_pruner_metric(settings.metric, runs, evals is not None)
         self._metric = (settings.metric, settings.mode)
         specs = build_specs(
             runs,
@@ -318,16 +321,18 @@ class Experiment:
         return pd.DataFrame(rows)
 
     def get_runs_info(self) -> pd.DataFrame:
-        """One row per run: status, progress, best and last metric, config."""
+        """One row per run: status, progress, best and last metric, config, and
+        ``pruning_error``: why pruning stopped (a chunk lacked the pruner's metric; the same
+        for every run), or None."""
         store = self._store()
         try:
-            runs = store.runs()
+            runs, pruning_error = store.runs(), store.meta().get(PRUNING_ERROR_KEY)
         finally:
             store.close()
         rows = []
         for r in runs:
             params = r.pop("params")
-            rows.append({**r, "config": params})
+            rows.append({**r, "pruning_error": pruning_error, "config": params})
         return pd.DataFrame(rows)
 
     def get_best_run(self, metric_mode: str | None = None) -> int:

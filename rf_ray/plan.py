@@ -29,6 +29,7 @@ from typing import Any
 
 from actors.engine.spec import RunSpec
 from actors.messages import RunEntry
+from actors.scheduler_actor import PRUNING_ERROR_KEY
 from actors.storage.durable import make_private_dir, resolve
 from actors.storage.store import Store
 from policies.errors import ConfigError
@@ -194,6 +195,7 @@ def persist(plan: Plan) -> dict[int, bytes]:
             status="running",
             # The pruner's state starts fresh; the scheduler reads it back and keeps it current.
             pruner_state=plan.settings.new_pruner().to_dict(),
+            **{PRUNING_ERROR_KEY: None},
             **{SETTINGS_KEY: plan.settings.to_dict()},
         )
         for spec in plan.specs:

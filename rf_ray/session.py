@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from actors.scheduler_actor import PRUNING_ERROR_KEY
 from actors.storage.store import Store
 from policies.errors import ConfigError
 from rf_ray.cluster import (
@@ -286,6 +287,7 @@ def _finish(session: Session) -> None:
     stats = ray.get([e.stats.remote() for e in session.executors])
     busy = sum(s["busy_seconds"] for s in stats)
     with Store(session.dir) as store:
+        pruning_error = store.meta().get(PRUNING_ERROR_KEY)
         store.set_meta(
             status="finished",
             stats={
@@ -295,6 +297,8 @@ def _finish(session: Session) -> None:
                 "busy_fraction": busy / max(wall * len(stats), 1e-9),
             },
         )
+    if pruning_error:
+        logger.error("experiment %s: %s", session.name, pruning_error)
     session.finished = True
 
 

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from actors.scheduler_actor import PRUNING_ERROR_KEY
 from actors.storage.store import Store
 from policies.errors import ConfigError
 from policies.settings import ExperimentSettings
@@ -112,6 +113,7 @@ def status_text(name: str, exp_dir: Path, data: dict[str, Any]) -> str:
         f"  fingerprint:  {meta.get('fingerprint', '-')}",
         f"  pruner:       {pruner.get('type', '-')} on {metric} ({pruner.get('mode') or '-'})",
         f"  tracking uri: {meta.get('tracking_uri', '-')}",
+        *([f"  pruning:      {meta[PRUNING_ERROR_KEY]}"] if meta.get(PRUNING_ERROR_KEY) else []),
         "",
     ]
     if not runs:
