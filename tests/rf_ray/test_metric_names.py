@@ -73,7 +73,7 @@ def _fit(tmp_path, configs, pruner, train=None, evals=None):
             "'rougeL' is reported by 1 of the 2 runs",
         ),
         ([_sft()], MedianStopping(metric="loss"), None, "every run reports"),
-    ],  # fmt: skip
+    ],
     ids=["bogus", "eval-typo", "eval-without-eval-set", "one-run-lacks-it", "loss-not-train_loss"],
 )
 def test_a_metric_no_run_reports_is_refused_before_anything_is_written(
@@ -117,7 +117,7 @@ def _logged(tmp_path, config, train, evals):
             grpo_dataset(4, seed=1),
             {"train_loss", "reward", "rewards/arithmetic_reward/mean", "eval_reward"},
         ),
-    ],  # fmt: skip
+    ],
     ids=["SFT", "DPO", "GRPO"],
 )
 def test_the_names_of_each_algorithm_cover_what_a_real_slice_logs(
