@@ -164,7 +164,7 @@ def test_a_metric_user_code_does_not_report_stops_pruning_at_the_first_chunk(ray
     assert (info["pruning_error"] == error).all()
     assert "chunk 1 of run " in error
     assert "has no 'eval_accuracy', the pruner's metric; the runs report " in error
-    assert "eval_acc, eval_loss," in error
+    assert "eval_acc, eval_entropy, eval_loss," in error
     assert "The runs go on unpruned" in error
     assert error in status_text("missing", exp.dir, read_experiment(exp.dir))
     client = MlflowClient(tracking_uri=exp.tracking_uri)
