@@ -385,12 +385,14 @@ async def _activity(executor: Any) -> str:
 
 async def _same_process(executor: Any, pid: int) -> bool:
     """Whether the executor still runs in process ``pid``: False once it answers from another
-    one (a fused group's other member restarted it already); True if it does not answer within
-    ``ACTIVITY_SECONDS`` (stuck: restart it)."""
+    one, or says it is restarting (a fused group's other member restarted it already); True
+    if it does not answer within ``ACTIVITY_SECONDS`` (stuck: restart it)."""
     try:
         ready = await asyncio.wait_for(executor.ready.remote(), ACTIVITY_SECONDS)
-    except Exception:
+    except asyncio.TimeoutError:
         return True
+    except Exception:
+        return False
     return int(ready["pid"]) == pid
 
 
