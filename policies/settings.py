@@ -40,6 +40,9 @@ _FUSION = (
 SETTINGS_KEY = "settings"
 """The store's meta key that holds ``ExperimentSettings.to_dict()``."""
 
+_LOOSE_KEYS = ("num_chunks", "seed", "pruner", "pruner_state", "fusion", "max_slice_steps")
+"""Meta keys of a store written before the settings were one value (any one of them)."""
+
 
 def default_metric(trainer_types: Iterable[str], has_eval: bool) -> tuple[str, str]:
     """``(metric, mode)`` when the user names none: GRPO runs (every run GRPO) compare their
@@ -190,15 +193,15 @@ class ExperimentSettings:
         """The settings stored in an experiment's meta table, or None if it has none yet (its
         store is being created). A store written before settings were one value kept them as
         loose keys (and the pruner's parameters only in its state): read the same way."""
-        if SETTINGS_KEY not in meta and "num_chunks" not in meta:
-            return None
         if SETTINGS_KEY in meta:
             return cls.from_dict(meta[SETTINGS_KEY])
+        if not any(key in meta for key in _LOOSE_KEYS):
+            return None
         pruner = meta.get("pruner_state") or meta.get("pruner") or SuccessiveHalving().settings()
         fusion = meta.get("fusion")
         return cls(
-            num_chunks=meta["num_chunks"],
-            seed=meta["seed"],
+            num_chunks=meta.get("num_chunks", cls.num_chunks),
+            seed=meta.get("seed", cls.seed),
             pruner=pruner_from_dict(pruner).settings(),
             fusion=FusionPolicy.from_dict(fusion) if fusion is not None else None,
             max_slice_steps=meta.get("max_slice_steps"),
