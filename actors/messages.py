@@ -99,10 +99,11 @@ class RunEntry:
         return out
 
     def with_columns(self, row: Mapping[str, Any], **more: Any) -> RunEntry:
-        """A copy with the progress of ``row`` (a store row; ``more``: other fields)."""
+        """A copy with the progress of ``row`` (a store row); ``more``: other fields, which
+        win over the row's."""
         stored = {name: row[name] for name in PROGRESS_COLUMNS if name in row}
         stored["failures"] = int(stored.get("failures") or 0)
-        return replace(self, **stored, **more)
+        return replace(self, **{**stored, **more})
 
 
 @dataclass(frozen=True)
