@@ -210,4 +210,20 @@ class ExperimentSettings:
         )
 
 
-__all__ = ["DEFAULT_SLICE_TIMEOUT", "SETTINGS_KEY", "ExperimentSettings", "default_metric"]
+def stored_settings(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings as an experiment's meta table holds them, for display (``rf-ray status``,
+    the dashboard): the ``settings`` value, or an older store's loose keys (its ``pruner`` a
+    summary: type, metric, mode). Never raises: a reader shows what is there."""
+    value = meta.get(SETTINGS_KEY)
+    if isinstance(value, Mapping):
+        return dict(value)
+    return {key: meta[key] for key in _LOOSE_KEYS if key in meta and key != "pruner_state"}
+
+
+__all__ = [
+    "DEFAULT_SLICE_TIMEOUT",
+    "SETTINGS_KEY",
+    "ExperimentSettings",
+    "default_metric",
+    "stored_settings",
+]

@@ -27,7 +27,7 @@ from actors.tracking import default_tracking_uri
 from policies.errors import ConfigError, ExperimentExistsError
 from policies.fusion import FusionPolicy
 from policies.pruning import Pruner
-from policies.settings import DEFAULT_SLICE_TIMEOUT, ExperimentSettings
+from policies.settings import DEFAULT_SLICE_TIMEOUT, ExperimentSettings, stored_settings
 from rf_ray import ops, session, spec_store
 from rf_ray.compat import IgnoredFieldWarning, ignored_field_warnings
 from rf_ray.configs import RFModelConfig
@@ -451,8 +451,8 @@ def _default_create_model_fn() -> Callable[[Any], tuple[Any, Any]]:
 def _stored_mode(exp: Experiment) -> str:
     store = exp._store()
     try:
-        settings = ExperimentSettings.from_meta(store.meta())
-        return settings.mode if settings is not None else "min"
+        pruner = stored_settings(store.meta()).get("pruner") or {}
+        return str(pruner.get("mode") or "min")
     finally:
         store.close()
 

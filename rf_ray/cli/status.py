@@ -15,7 +15,7 @@ from typing import Any
 from actors.scheduler_actor import PRUNING_ERROR_KEY
 from actors.storage.store import Store
 from policies.errors import ConfigError
-from policies.settings import ExperimentSettings
+from policies.settings import stored_settings
 from rf_ray.experiment import DEFAULT_ROOT
 from rf_ray.samples import generation_metrics, metric_columns
 from rf_ray.specs import differing_keys, to_jsonable
@@ -105,8 +105,7 @@ def status_json(name: str, exp_dir: Path, data: dict[str, Any]) -> dict[str, Any
 
 def status_text(name: str, exp_dir: Path, data: dict[str, Any]) -> str:
     meta, runs = data["meta"], data["runs"]
-    settings = ExperimentSettings.from_meta(meta)
-    pruner = settings.pruner if settings is not None else {}
+    pruner = stored_settings(meta).get("pruner") or {}
     metric = pruner.get("metric") or "metric"
     lines = [
         f"Experiment {name} ({meta.get('status', 'unknown')}) at {exp_dir.resolve()}",

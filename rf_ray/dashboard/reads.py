@@ -29,7 +29,7 @@ from typing import Any
 from actors.scheduler_actor import LOCK_FILE
 from actors.storage.store import Store, readonly_uri
 from policies.errors import ConfigError
-from policies.settings import ExperimentSettings
+from policies.settings import stored_settings
 
 logger = logging.getLogger(__name__)
 
@@ -197,8 +197,8 @@ def read_state(exp_dir: Path, cursor: Cursor) -> dict[str, Any]:
             "SELECT rowid, run_id, chunk, metrics FROM chunks WHERE rowid > ? ORDER BY rowid"
             " LIMIT ?", (cursor.chunks_after, MAX_POINTS),
         ).fetchall()  # fmt: skip
-    settings = ExperimentSettings.from_meta(meta)
-    pruner = settings.pruner if settings is not None else {}
+    settings = stored_settings(meta)
+    pruner = settings.get("pruner") or {}
     metric = pruner.get("metric") or "loss"
     params = dict(all_params)
     for row in runs:
@@ -213,7 +213,7 @@ def read_state(exp_dir: Path, cursor: Cursor) -> dict[str, Any]:
             "metric": metric,
             "mode": pruner.get("mode"),
             "pruner": pruner.get("type"),
-            "num_chunks": settings.num_chunks if settings is not None else None,
+            "num_chunks": settings.get("num_chunks"),
             "differing": differing_keys([p for _, p in all_params]),
             "run_ids": [run_id for run_id, _ in all_params],
             "runs": runs,

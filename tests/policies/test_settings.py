@@ -10,7 +10,12 @@ import pytest
 from policies.errors import ConfigError
 from policies.fusion import FusionPolicy
 from policies.pruning import ASHA, NoPruning, SuccessiveHalving, ThresholdPruner
-from policies.settings import DEFAULT_SLICE_TIMEOUT, ExperimentSettings, default_metric
+from policies.settings import (
+    DEFAULT_SLICE_TIMEOUT,
+    ExperimentSettings,
+    default_metric,
+    stored_settings,
+)
 
 
 @pytest.mark.parametrize(
@@ -85,3 +90,15 @@ def test_a_store_from_before_settings_were_one_value_is_read_the_same_way():
     )  # fmt: skip
     assert ExperimentSettings.from_meta({}) is None  # a store being created: no settings yet
     assert ExperimentSettings().slice_timeout == DEFAULT_SLICE_TIMEOUT
+
+
+def test_readers_see_the_stored_settings_whatever_the_store_s_age():
+    """``stored_settings`` never raises: ``rf-ray status`` and the dashboard show what is
+    there."""
+    new = ExperimentSettings.of(2, pruner=NoPruning(metric="eval_loss", mode="min"))
+    assert stored_settings({"settings": new.to_dict()})["pruner"]["metric"] == "eval_loss"
+    summary = {"type": "SuccessiveHalving", "metric": "loss", "mode": "min"}  # not a real type
+    assert stored_settings({"pruner": summary, "num_chunks": 3}) == {
+        "pruner": summary, "num_chunks": 3,
+    }  # fmt: skip
+    assert stored_settings({}) == {}
