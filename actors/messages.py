@@ -10,47 +10,106 @@
 * ``SliceResult``: what the executor's slice produced, including its durable checkpoint.
 * ``Report``: what a trial tells the scheduler after a slice; ``ReportAck``: the answer.
 
-This module imports neither torch nor Ray, so the lean trial processes can import it.
+This module imports neither torch nor Ray (only ``policies``), so the lean trial processes can
+import it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from policies.chunking import ChunkPlan
+from policies.state import FailedBy, RunStatus
+
+PROGRESS_COLUMNS = (
+    "status",
+    "steps_done",
+    "pruned_at",
+    "error",
+    "checkpoint",
+    "mlflow_run_id",
+    "last_metric",
+    "best_metric",
+    "failures",
+    "failed_by",
+)
+"""The fields of a ``RunEntry`` that are columns of the store's ``runs`` table: what a run has
+done so far. ``RunEntry.columns`` writes them (with ``chunks_done``), ``RunEntry.with_columns``
+reads them back; the store's run rows, the scheduler's snapshot rows, ``get_runs_info`` and
+``rf-ray status`` all show these names."""
 
 
 @dataclass
 class RunEntry:
-    """The scheduler's registration record of one run (``SchedulerActor.add_runs``).
+    """One run as the scheduler knows it: what it trains and what it has done so far.
 
-    A new run has only the first group of fields; a resumed run (or a warm clone) also carries
-    its progress, so that the scheduler's view equals the one it had before the driver died.
+    The driver registers a run with it (``SchedulerActor.add_runs``: new, resumed or cloned);
+    the scheduler's row of the run *is* this record, extended with what only the scheduler
+    tracks (``actors.scheduler.RunRow``), so no field exists twice. A new run has only the
+    first group of fields; a resumed run (or a warm clone) also carries its progress, so that
+    the scheduler's view equals the one it had before the driver died.
     """
 
     run_id: int
-    plan: dict[str, Any]
-    """``ChunkPlan.to_dict()`` of the run."""
+    plan: ChunkPlan
+    """How the run's data is cut into chunks (a ``ChunkPlan.to_dict()`` is accepted too)."""
     spec_blob: bytes
     """The run's ``RunSpec``, serialised for the executor (opaque to trial and scheduler)."""
     params: dict[str, Any]
     tags: dict[str, str]
     fusion_key: str | None = None
+    """Runs with equal keys may share a fused pass; ``None``: always time-sliced."""
     fusion_tokens: int = 0
     parent_run_id: int | None = None
     warm_start: bool = False
-    # ---- progress of a resumed run (defaults: a new run)
-    status: str = "pending"
+    # ---- progress (``PROGRESS_COLUMNS``; defaults: a new run)
+    status: RunStatus = RunStatus.PENDING
+    """One enum everywhere (a status string given here is turned into it)."""
     steps_done: int = 0
     pruned_at: int | None = None
+    error: str | None = None
     checkpoint: str | None = None
+    """The run's last durable checkpoint (recorded with its slice)."""
     mlflow_run_id: str | None = None
     last_metric: float | None = None
     best_metric: float | None = None
+    failures: int = 0
+    """Executor deaths charged to this run since its last recorded slice."""
+    failed_by: FailedBy | None = None
+    """What failed the run: its own code, or the infrastructure (only that may be resumed)."""
     chunk_steps: list[dict[str, float]] = field(default_factory=list)
     """Step metrics of the chunk in progress (steps after the last closed chunk): a resumed run
     closes that chunk with the same mean as an uninterrupted run."""
-    failures: int = 0
-    """Executor deaths charged to this run so far."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.plan, Mapping):
+            self.plan = ChunkPlan.from_dict(dict(self.plan))
+        self.status = RunStatus(self.status)
+        if self.failed_by is not None:
+            self.failed_by = FailedBy(self.failed_by)
+
+    @property
+    def chunks_done(self) -> int:
+        """Chunks completed, by the chunk plan and the steps done."""
+        return self.plan.chunks_done(self.steps_done)
+
+    def columns(self) -> dict[str, Any]:
+        """The run's progress as the store's columns (``PROGRESS_COLUMNS`` and
+        ``chunks_done``), plain JSON values."""
+        out = {name: getattr(self, name) for name in PROGRESS_COLUMNS}
+        out["status"] = self.status.value
+        out["failed_by"] = self.failed_by.value if self.failed_by is not None else None
+        out["chunks_done"] = self.chunks_done
+        return out
+
+    def with_columns(self, row: Mapping[str, Any], **more: Any) -> RunEntry:
+        """A copy with the progress of ``row`` (a store row); ``more``: other fields, which
+        win over the row's."""
+        stored = {name: row[name] for name in PROGRESS_COLUMNS if name in row}
+        stored["failures"] = int(stored.get("failures") or 0)
+        return replace(self, **{**stored, **more})
 
 
 @dataclass(frozen=True)

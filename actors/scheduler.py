@@ -11,17 +11,18 @@ reach a rung together and the first comparison of all configs comes after one ch
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from actors.messages import Grant, RunEntry
-from policies.chunking import ChunkPlan
 from policies.errors import IllegalTransitionError, OpError
 from policies.fusion import Candidate, FusionPolicy, form_group
 from policies.order import next_run
 from policies.pruning import Pruner
+from policies.settings import ExperimentSettings
 from policies.state import OPS, FailedBy, RunStatus, is_live, transition
 
 logger = logging.getLogger(__name__)
@@ -42,34 +43,19 @@ fall far apart in a long sweep never add up against it."""
 
 
 @dataclass
-class RunRow:
-    """The scheduler's one record of one run: what it trains (spec, plan), its progress, its
-    identity in MLflow and its last durable checkpoint. There is no second table beside it."""
+class RunRow(RunEntry):
+    """The scheduler's one record of one run: the run's ``RunEntry`` (what it trains and its
+    progress, kept current here) plus what only the scheduler tracks while it runs. There is no
+    second table beside it, and no field of the entry copied into it."""
 
-    run_id: int
-    plan: ChunkPlan
-    spec_blob: bytes = b""
-    """The run's ``RunSpec``, serialised for the executor (opaque here)."""
-    params: dict[str, Any] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    parent_run_id: int | None = None
-    status: RunStatus = RunStatus.PENDING
-    steps_done: int = 0
-    chunks_done: int = 0
     in_flight: bool = False
     executor: int | None = None
-    chunk_steps: list[dict[str, float]] = field(default_factory=list)
-    last_metric: float | None = None
-    best_metric: float | None = None
-    pruned_at: int | None = None
-    error: str | None = None
-    checkpoint: str | None = None
-    """The run's last durable checkpoint (recorded with its slice)."""
-    mlflow_run_id: str | None = None
-    failures: int = 0
-    """Executor deaths charged to this run since its last recorded slice (see ``on_lost``)."""
-    failed_by: FailedBy | None = None
-    """What failed the run (``on_failure``): only an infrastructure failure may be resumed."""
+    group: tuple[int, ...] = ()
+    """The runs of its grant in flight (itself included; more than one: a fused pass)."""
+    alone_after: tuple[int, ...] = ()
+    """Set to the runs of a fused pass it was in that hung or lost its executor (whose code
+    did it is not known): the run is time-sliced until its next recorded slice (``on_lost``).
+    Empty: it may fuse."""
     trial_restarts: int = 0
     """Trials restarted for this run since its last recorded slice, in this session (see
     ``on_trial_lost``)."""
@@ -78,33 +64,13 @@ class RunRow:
     the current trial is granted slices. A dead trial's request can still be waiting in the
     scheduler (Ray runs an actor call to its end even when the caller died); granting it would
     leave the run in flight forever and its executor busy."""
-    fusion_key: str | None = None
-    """Runs with equal keys may share a fused pass; ``None``: always time-sliced."""
-    fusion_tokens: int = 0
 
     @classmethod
     def of(cls, entry: RunEntry) -> RunRow:
-        plan = ChunkPlan.from_dict(entry.plan)
-        return cls(
-            run_id=entry.run_id,
-            plan=plan,
-            spec_blob=entry.spec_blob,
-            params=entry.params,
-            tags=entry.tags,
-            parent_run_id=entry.parent_run_id,
-            status=RunStatus(entry.status),
-            steps_done=entry.steps_done,
-            chunks_done=plan.chunks_done(entry.steps_done),
-            chunk_steps=list(entry.chunk_steps),
-            last_metric=entry.last_metric,
-            best_metric=entry.best_metric,
-            pruned_at=entry.pruned_at,
-            checkpoint=entry.checkpoint,
-            mlflow_run_id=entry.mlflow_run_id,
-            failures=entry.failures,
-            fusion_key=entry.fusion_key,
-            fusion_tokens=entry.fusion_tokens,
-        )
+        """The row of a registered run (its own copy of the entry's fields)."""
+        row = cls(**{f.name: getattr(entry, f.name) for f in dataclasses.fields(RunEntry)})
+        row.chunk_steps = list(entry.chunk_steps)
+        return row
 
 
 class SchedulerCore:
@@ -139,6 +105,21 @@ class SchedulerCore:
         self.holds: set[str] = set()
         """Tokens of drivers that may still add runs (a Tune search): the experiment stays open
         while any is held, even with no live run."""
+        self.pruning_error: str | None = None
+        """Why pruning stopped (a chunk lacked the pruner's metric), or None while it runs."""
+
+    @classmethod
+    def of(cls, settings: ExperimentSettings, pruner: Pruner, num_executors: int) -> SchedulerCore:
+        """The core of an experiment with ``settings``; ``pruner`` carries its recorded state
+        (fresh, or read back from the store on resume)."""
+        return cls(
+            pruner,
+            num_executors,
+            has_eval=settings.has_eval,
+            max_slice_steps=settings.max_slice_steps,
+            fusion=settings.fusion,
+            deadline_s=settings.slice_timeout,
+        )
 
     # ------------------------------------------------------------------ run table
     def add_run(self, entry: RunEntry) -> RunRow:
@@ -192,7 +173,7 @@ class SchedulerCore:
             for rid, chunks in live.items()
             if not self.runs[rid].in_flight
             and (not up_only or rid == run_id or rid in self.trials_up)
-            and self.pruner.may_advance(rid, chunks, live)
+            and (self.pruning_error is not None or self.pruner.may_advance(rid, chunks, live))
         }
         executor = self._executor_for(run_id, free, candidates)
         if executor is None:
@@ -210,7 +191,7 @@ class SchedulerCore:
             end = min(end, row.steps_done + self.max_slice_steps)
         if row.status is RunStatus.PENDING:
             self.set_status(row.run_id, RunStatus.RUNNING)
-        row.in_flight, row.executor = True, executor
+        row.in_flight, row.executor, row.group = True, executor, group
         self.busy[executor] += 1
         self.granted_any = True
         evaluate = self.has_eval and end == chunk_end
@@ -221,13 +202,14 @@ class SchedulerCore:
 
     def _group_for(self, leader: RunRow, executor: int, candidates: dict[int, int]) -> list[int]:
         """The leader and the runs that share its fused pass (``policies.fusion``)."""
-        if self.fusion is None or leader.fusion_key is None:
+        if self.fusion is None or leader.fusion_key is None or leader.alone_after:
             return [leader.run_id]
         others = [
             _candidate(self.runs[rid])
             for rid in candidates
             if rid != leader.run_id
             and rid in self.trials_up
+            and not self.runs[rid].alone_after
             and self.runs[rid].executor in (None, executor)
         ]
         return form_group(_candidate(leader), others, self.fusion)
@@ -270,17 +252,17 @@ class SchedulerCore:
         the eval metrics of its last slice; the pruner's metric is looked up among them.
         """
         row = self._release(run_id)
+        chunks_before = row.chunks_done
         row.steps_done = end_step
-        # The slice went through: earlier executor or trial deaths were not this slice's doing.
+        # The slice went through: earlier executor or trial deaths were not this slice's doing,
+        # and a run re-run alone after a lost fused pass may fuse again.
         row.failures = row.trial_restarts = 0
+        row.alone_after = ()
         row.chunk_steps.extend(step_metrics)
         closed = None
-        if row.plan.chunks_done(end_step) > row.chunks_done:
-            row.chunks_done += 1
-            metrics = _chunk_means(row.chunk_steps)
-            metrics.update(eval_metrics or {})
-            value = metrics.get(self.pruner.metric or "train_loss")
-            self.pruner.observe(run_id, row.chunks_done, metrics)
+        if row.chunks_done > chunks_before:
+            metrics = chunk_metrics(row.chunk_steps, eval_metrics)
+            value = self._metric_of(run_id, row.chunks_done, metrics)
             row.last_metric = value
             if value is not None and math.isfinite(value):
                 better = row.best_metric is None or (
@@ -295,8 +277,31 @@ class SchedulerCore:
             self.set_status(run_id, RunStatus.COMPLETED)
         return closed, self.apply_pruner()
 
+    def _metric_of(self, run_id: int, chunk: int, metrics: dict[str, float]) -> float | None:
+        """The pruner's metric among a closed chunk's metrics, recorded with the pruner. The
+        first chunk without it stops pruning for good (``pruning_error``): a value that no run
+        reports is never pruned on, and the runs go on unpruned."""
+        metric = self.pruner.metric or "train_loss"
+        value = metrics.get(metric)
+        if value is None and self.pruning_error is None:
+            self.pruning_error = (
+                f"pruning stopped: chunk {chunk} of run {run_id} has no {metric!r}, the "
+                f"pruner's metric; the runs report {', '.join(sorted(metrics)) or 'nothing'}. "
+                "The runs go on unpruned. Name one of these as the pruner's metric (e.g. "
+                f"SuccessiveHalving(metric=...)), or have every run report {metric!r}"
+            )
+            logger.warning("%s", self.pruning_error)
+        if self.pruning_error is None:
+            # ``observe`` records the metric's value; a pruner that needs more of the chunk's
+            # metrics (an interval's bounds: ``IntervalPruner``) reads them there.
+            self.pruner.observe(run_id, chunk, metrics)
+        return value
+
     def apply_pruner(self) -> set[int]:
-        """Ask the pruner which live runs to stop now and mark them pruned."""
+        """Ask the pruner which live runs to stop now and mark them pruned (none once pruning
+        stopped: see ``_metric_of``)."""
+        if self.pruning_error is not None:
+            return set()
         pruned = set()
         for rid in sorted(self.pruner.decide(self.live())):
             self.set_status(rid, RunStatus.PRUNED)
@@ -309,6 +314,11 @@ class SchedulerCore:
         continue it); the others go on. Returns runs pruned as a consequence."""
         row = self._release(run_id)
         row.error = error
+        if row.alone_after:
+            row.error += (
+                f" (this slice ran alone after the fused pass of runs {list(row.alone_after)} "
+                "did not finish: the fault is this run's own)"
+            )
         if is_live(row.status):
             self.set_status(run_id, RunStatus.FAILED)
             row.failed_by = FailedBy(failed_by)
@@ -316,13 +326,22 @@ class SchedulerCore:
         return self.apply_pruner()
 
     def on_lost(self, run_id: int, error: str | None = None) -> set[int] | None:
-        """The run's executor died before its slice finished: hand the grant back (the slice is
-        re-run). ``error``: the death happened while this run's call was in flight and is
-        charged to it; at the ``MAX_CHARGED_DEATHS``-th charge with no slice recorded in between
-        the run fails (returns the runs pruned as a consequence, as ``on_failure`` does;
-        ``None`` while the run goes on)."""
+        """The run's executor died (or was restarted past the slice deadline) before its slice
+        finished: hand the grant back (the slice is re-run from the run's last durable
+        checkpoint). ``error``: the death happened while this run's call was in flight.
+
+        A time-sliced run is charged with it; at the ``MAX_CHARGED_DEATHS``-th charge with no
+        slice recorded in between the run fails (returns the runs pruned as a consequence, as
+        ``on_failure`` does; ``None`` while the run goes on). A run of a fused pass is not
+        charged: any member's code may have hung or killed the pass. It re-runs its slice
+        alone (time-sliced), where a hang or a death is its own and charged as above, so the
+        culprit fails and the others go on (they fuse again after that slice)."""
+        group = self.runs[run_id].group
         row = self._release(run_id)
         if error is None or not is_live(row.status):
+            return None
+        if len(group) > 1:
+            row.alone_after = group
             return None
         row.failures += 1
         if row.failures < MAX_CHARGED_DEATHS:
@@ -389,25 +408,19 @@ class SchedulerCore:
         row = self.runs[run_id]
         if row.in_flight and row.executor is not None:
             self.busy[row.executor] -= 1
-        row.in_flight = False
+        row.in_flight, row.group = False, ()
         self.pending.pop(run_id, None)
         return row
 
     def snapshot(self) -> list[dict[str, Any]]:
+        """Every run's progress (its store columns), sizes and whether it is in flight."""
         return [
             {
                 "run_id": r.run_id,
-                "status": r.status.value,
-                "chunks_done": r.chunks_done,
+                **r.columns(),
                 "total_chunks": r.plan.total_chunks,
-                "steps_done": r.steps_done,
                 "total_steps": r.plan.total_steps,
                 "in_flight": r.in_flight,
-                "last_metric": r.last_metric,
-                "best_metric": r.best_metric,
-                "pruned_at": r.pruned_at,
-                "error": r.error,
-                "failures": r.failures,
             }
             for r in sorted(self.runs.values(), key=lambda r: r.run_id)
         ]
@@ -421,10 +434,15 @@ def _candidate(row: RunRow) -> Candidate:
     return Candidate(row.run_id, row.fusion_key, row.fusion_tokens, row.chunks_done, row.steps_done)
 
 
-def _chunk_means(steps: list[dict[str, float]]) -> dict[str, float]:
+def chunk_metrics(
+    steps: list[dict[str, float]], eval_metrics: dict[str, float] | None
+) -> dict[str, float]:
+    """A closed chunk's metrics: the means of its step metrics (``loss`` as ``train_loss``;
+    ``step`` and ``learning_rate`` left out) and the eval metrics of its last slice. The
+    pruner's metric is one of them (``rf_ray.metric_names`` says which a run reports)."""
     sums: dict[str, list[float]] = {}
     for m in steps:
         for k, v in m.items():
             if k not in ("step", "learning_rate"):
                 sums.setdefault("train_loss" if k == "loss" else k, []).append(float(v))
-    return {k: sum(v) / len(v) for k, v in sums.items()}
+    return {k: sum(v) / len(v) for k, v in sums.items()} | dict(eval_metrics or {})

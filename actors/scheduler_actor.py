@@ -25,11 +25,10 @@ from actors.scheduler import MAX_TRIAL_RESTARTS, RunRow, SchedulerCore
 from actors.storage import durable
 from actors.storage.layout import ExperimentDir
 from actors.storage.lock import hold_experiment_lock
-from actors.storage.store import Store
-from policies.chunking import ChunkPlan
+from actors.storage.store import PRUNING_ERROR_KEY, Store
 from policies.errors import OpError
-from policies.fusion import FusionPolicy
 from policies.pruning import pruner_from_dict
+from policies.settings import ExperimentSettings
 from policies.state import FailedBy, RunStatus, is_live
 
 logger = logging.getLogger(__name__)
@@ -40,17 +39,13 @@ TRACKER_CALL_SECONDS = 60.0
 
 
 class SchedulerActor:
-    def __init__(  # noqa: PLR0913  a Ray actor constructor: the experiment settings it is created with
+    def __init__(
         self,
         name: str,
         experiment_dir: str,
-        pruner: dict[str, Any],
+        settings: ExperimentSettings,
         executors: list[Any],
-        has_eval: bool,
-        max_slice_steps: int | None,
         tracking_uri: str,
-        fusion: dict[str, Any] | None = None,
-        slice_timeout: float | None = None,
         lock_wait_s: float = 0.0,
     ) -> None:
         self.name = name
@@ -63,14 +58,15 @@ class SchedulerActor:
         # Open for the actor's life (it is the only writer while the experiment runs); closed
         # with the process. Every other user of the store opens it with ``with``.
         self.store = Store(experiment_dir)
-        self.core = SchedulerCore(
-            pruner_from_dict(pruner),
-            len(executors),
-            has_eval,
-            max_slice_steps,
-            FusionPolicy.from_dict(fusion) if fusion else None,
-            deadline_s=slice_timeout,
+        self.settings = settings
+        # The pruner's state as last recorded (fresh for a new plan: ``persist`` wrote it), and
+        # whether pruning had stopped (a chunk lacked its metric).
+        meta = self.store.meta()
+        state = meta.get("pruner_state")
+        self.core = SchedulerCore.of(
+            settings, pruner_from_dict(state) if state else settings.new_pruner(), len(executors)
         )
+        self.core.pruning_error = meta.get(PRUNING_ERROR_KEY)
         self.executors = executors
         self.tracking_uri = tracking_uri
         self._tracking: Any = None
@@ -112,7 +108,7 @@ class SchedulerActor:
         trials start (not answered: a failure surfaces as that run's ``add_run`` error)."""
         if self.preloaded:
             return
-        first = next((e for e in entries if is_live(RunStatus(e.status))), None)
+        first = next((e for e in entries if is_live(e.status)), None)
         if first is None:
             return
         self.preloaded = True
@@ -187,7 +183,7 @@ class SchedulerActor:
             mlflow_run_id = None
             if row.status is RunStatus.FAILED:
                 logger.warning("run %s failed: %s", run_id, row.error)
-                self.store.update_run(run_id, status=row.status.value, error=row.error)
+                self._save(run_id)
                 self._write_pruned(pruned)
                 mlflow_run_id, error = row.mlflow_run_id, str(row.error)
             self.cond.notify_all()
@@ -243,8 +239,7 @@ class SchedulerActor:
                     return Exit(row.status.value, row.pruned_at)
                 decision = self.core.grant_for(run_id)
                 if isinstance(decision, Grant):
-                    for member in decision.group or (run_id,):
-                        self.store.update_run(member, status=self.core.runs[member].status.value)
+                    self._save(*(decision.group or (run_id,)))
                     if len(decision.group) > 1:
                         self.cond.notify_all()  # the group's other members have grants now
                     return decision
@@ -259,9 +254,14 @@ class SchedulerActor:
             if report.fusion_oom_tokens:
                 self.core.on_fusion_oom(report.fusion_oom_tokens)
             run_id = report.run_id
+            pruning = self.core.pruning_error
             closed, pruned = self.core.on_result(
                 run_id, report.end_step, report.step_metrics, report.eval_metrics
             )
+            meta: dict[str, Any] = {"pruner_state": self.core.pruner.to_dict()}
+            stopped = pruning is None and self.core.pruning_error is not None
+            if stopped:  # a chunk lacked the pruner's metric: say so wherever runs are shown
+                meta[PRUNING_ERROR_KEY] = self.core.pruning_error
             row = self.core.runs[run_id]
             row.checkpoint = report.checkpoint
             chunk = None
@@ -272,16 +272,13 @@ class SchedulerActor:
                 report.step_metrics,
                 chunk,
                 # The pruner's state and its decisions are durable with the chunk, never apart.
-                meta={"pruner_state": self.core.pruner.to_dict()},
-                others={rid: self._pruned_fields(rid) for rid in pruned},
-                status=row.status.value,
-                steps_done=row.steps_done,
-                chunks_done=row.chunks_done,
-                checkpoint=report.checkpoint,
-                last_metric=row.last_metric,
-                best_metric=row.best_metric,
-                failures=row.failures,  # cleared by the slice (``SchedulerCore.on_result``)
+                meta=meta,
+                others={rid: self.core.runs[rid].columns() for rid in pruned},
+                # failures are cleared by the slice (``SchedulerCore.on_result``)
+                **row.columns(),
             )
+            if stopped:
+                self._tag_pruning_error(*self.core.runs)
             self._log_progress(run_id, chunk, pruned)
             self.cond.notify_all()
             return ReportAck(row.status.value, chunk)
@@ -299,6 +296,17 @@ class SchedulerActor:
         for rid in sorted(pruned):
             logger.info("run %s: pruned by %s", rid, self.core.pruner.describe())
 
+    def _tag_pruning_error(self, *run_ids: int) -> None:
+        """Tag the runs' MLflow runs with why pruning stopped (sent, not awaited: the tracking
+        actor takes calls in order and never raises into the experiment)."""
+        error = self.core.pruning_error
+        for run_id in run_ids:
+            mlflow_run_id = self.core.runs[run_id].mlflow_run_id
+            if error is not None and mlflow_run_id is not None:
+                self.tracking.set_tags.remote(
+                    run_id, mlflow_run_id, {"rf_ray.pruning_error": error[:5000]}
+                )
+
     async def report_failure(
         self, run_id: int, error: str, failed_by: str = FailedBy.RUN.value
     ) -> None:
@@ -309,45 +317,51 @@ class SchedulerActor:
             self.cond.notify_all()
 
     async def release(self, run_id: int, error: str | None = None) -> None:
-        """The run's executor died before its slice finished: free the grant, the slice is
-        re-run. ``error``: the executor died while this run's call was in flight; the death is
-        charged to the run, and at the second one with no slice of the run recorded in between
-        the run fails (the others go on)."""
+        """The run's executor died (or was restarted past the slice deadline) before its slice
+        finished: free the grant, the slice is re-run. ``error``: it happened while this run's
+        call was in flight. A time-sliced run is charged with it, and at the second charge
+        with no slice of the run recorded in between it fails; a run of a fused pass re-runs
+        its slice alone instead, so only the run whose code did it is charged
+        (``SchedulerCore.on_lost``). The others go on."""
         async with self.cond:
+            fused = self.core.runs[run_id].group
             pruned = self.core.on_lost(run_id, error)
             row = self.core.runs[run_id]
-            if error is not None:
+            if error is not None and len(fused) > 1 and row.alone_after:
+                logger.warning(
+                    "run %s: its fused pass with runs %s was lost (%s); not charged, it re-runs "
+                    "the slice alone", run_id, list(fused), error,
+                )  # fmt: skip
+            elif error is not None:
                 logger.warning(
                     "run %s: executor died during its call (%s charged): %s",
                     run_id, row.failures, error,
                 )  # fmt: skip
             if error is not None:
-                self.store.update_run(run_id, failures=row.failures)
+                self._save(run_id)
             if pruned is not None:  # the run failed
-                self.store.update_run(run_id, status=row.status.value, error=row.error)
                 self._write_pruned(pruned)
             self.cond.notify_all()
 
     def _fail(self, run_id: int, error: str, failed_by: FailedBy = FailedBy.RUN) -> None:
         logger.warning("run %s failed: %s", run_id, error)
         pruned = self.core.on_failure(run_id, error, failed_by)
-        self.store.update_run(
-            run_id, status=RunStatus.FAILED.value, error=error, failed_by=failed_by.value
-        )
+        self._save(run_id)
         self._write_pruned(pruned)
 
-    def _pruned_fields(self, run_id: int) -> dict[str, Any]:
-        row = self.core.runs[run_id]
-        return {"status": row.status.value, "pruned_at": row.pruned_at}
+    def _save(self, *run_ids: int) -> None:
+        """Write the runs' progress, as the scheduler's rows have it, to the store."""
+        for run_id in run_ids:
+            self.store.update_run(run_id, **self.core.runs[run_id].columns())
 
     def _write_pruned(self, pruned: set[int]) -> None:
-        for rid in pruned:
-            self.store.update_run(rid, **self._pruned_fields(rid))
+        self._save(*pruned)
         self.store.set_meta(pruner_state=self.core.pruner.to_dict())
 
     async def set_mlflow_run(self, run_id: int, mlflow_run_id: str) -> None:
         self.core.runs[run_id].mlflow_run_id = mlflow_run_id
-        self.store.update_run(run_id, mlflow_run_id=mlflow_run_id)
+        self._save(run_id)
+        self._tag_pruning_error(run_id)
 
     async def set_adapter_path(self, run_id: int, path: str) -> None:
         self.store.update_run(run_id, adapter_path=path)
@@ -360,10 +374,7 @@ class SchedulerActor:
             self._check_open()
             pruned = self.core.apply_op(name, run_id)
             row = self.core.runs[run_id]
-            self.store.update_run(
-                run_id, status=row.status.value, pruned_at=row.pruned_at, error=row.error,
-                failed_by=row.failed_by.value if row.failed_by else None,
-            )  # fmt: skip
+            self._save(run_id)
             self._write_pruned(pruned)
             if name == "resume" and run_id not in self.looping:
                 self._spawn(row)
@@ -391,18 +402,12 @@ class SchedulerActor:
                 parent = self.core.row_for_op(entry.parent_run_id)
             if entry.warm_start and parent is not None:
                 entry = self._warm_from(entry, parent)
-            plan = ChunkPlan.from_dict(entry.plan)
             self.store.add_run(
-                entry.run_id, entry.params, RunStatus.PENDING.value, plan.total_steps,
-                plan.total_chunks, entry.parent_run_id,
+                entry.run_id, entry.params, RunStatus.PENDING.value, entry.plan.total_steps,
+                entry.plan.total_chunks, entry.parent_run_id,
             )  # fmt: skip
             if entry.steps_done:
-                self.store.update_run(
-                    entry.run_id,
-                    steps_done=entry.steps_done,
-                    chunks_done=plan.chunks_done(entry.steps_done),
-                    checkpoint=entry.checkpoint,
-                )
+                self.store.update_run(entry.run_id, **entry.columns())
             self._register(entry)
             self.ops_applied += 1
             self.cond.notify_all()

@@ -22,9 +22,10 @@ MLflow through the experiment's ``TrackingActor``; stop when the scheduler says 
 * A call that failed in transit while the executor process lived on (``ActorUnavailableError``)
   is retried with the same grant: the executor's ``run_slice`` is idempotent.
 
-Known limit (fused groups): the members of one fused grant call the executor together, so a
-member queued behind a hung one shares its deadline, and a death during the group's pass is
-charged to every member in flight. Time-sliced grants (one run per executor) have neither.
+* A fused grant's pass that passes its deadline or loses its executor fails and charges no
+  member: each is handed back as lost (``release(run_id, error)``) and the scheduler re-runs
+  its slice alone, time-sliced, from its last durable checkpoint, where a hang or a death is
+  the run's own (``SchedulerCore.on_lost``).
 """
 
 from __future__ import annotations
@@ -271,7 +272,7 @@ class TrialActor:
             try:
                 return await asyncio.wait_for(submit(), grant.deadline_s)
             except asyncio.TimeoutError:
-                await self._deadline_passed(grant, what)
+                await self._deadline_passed(grant, what, pid)
             except Exception as exc:
                 if not _executor_lost(exc):
                     raise
@@ -284,19 +285,31 @@ class TrialActor:
                 logger.warning("run %s: %s lost in transit (%s); retrying", self.run_id, what, exc)
         raise ExecutorLostError(None, f"{what}: lost in transit {MAX_IN_TRANSIT_RETRIES + 1} times")
 
-    async def _deadline_passed(self, grant: Grant, what: str) -> None:
-        """Fail the run, naming the slice and what the executor was doing; restart the
-        executor (its worker thread may be stuck in user code for good)."""
+    async def _deadline_passed(self, grant: Grant, what: str, pid: int) -> None:
+        """Restart the executor (its worker thread may be stuck in user code for good) and
+        fail the run, naming the slice and what the executor was doing. A fused grant's run
+        is not failed: any member of the pass may have hung it, so the executor is restarted
+        (once: unless another member already did) and the run handed back as lost with it,
+        to re-run its slice alone (``SchedulerCore.on_lost``)."""
         import ray
 
         executor = self.executors[grant.executor]
         activity = await _activity(executor)
-        logger.warning(
-            "run %s: %s passed the slice deadline; restarting executor %s", self.run_id, what,
-            grant.executor,
-        )  # fmt: skip
-        ray.kill(executor, no_restart=False)  # Ray restarts it; it reloads the base once
+        fused = len(grant.group) > 1
+        if not fused or await _same_process(executor, pid):
+            logger.warning(
+                "run %s: %s passed the slice deadline; restarting executor %s", self.run_id,
+                what, grant.executor,
+            )  # fmt: skip
+            ray.kill(executor, no_restart=False)  # Ray restarts it; it reloads the base once
         self.placed_on = None
+        if fused:
+            error = (
+                f"the fused pass of runs {list(grant.group)} (steps {grant.start_step}.."
+                f"{grant.end_step} of run {self.run_id}) did not finish within slice_timeout="
+                f"{grant.deadline_s:g} s ({what}); the executor was doing: {activity}"
+            )
+            raise ExecutorLostError(error, error)
         raise RunFailedError(
             f"run {self.run_id}: the slice of steps {grant.start_step}..{grant.end_step} "
             f"(chunk {grant.chunk}) did not finish within slice_timeout={grant.deadline_s:g} s "
@@ -375,6 +388,19 @@ async def _activity(executor: Any) -> str:
         return str(await asyncio.wait_for(executor.activity.remote(), ACTIVITY_SECONDS))
     except Exception:
         return "unknown"
+
+
+async def _same_process(executor: Any, pid: int) -> bool:
+    """Whether the executor still runs in process ``pid``: False once it answers from another
+    one, or says it is restarting (a fused group's other member restarted it already); True
+    if it does not answer within ``ACTIVITY_SECONDS`` (stuck: restart it)."""
+    try:
+        ready = await asyncio.wait_for(executor.ready.remote(), ACTIVITY_SECONDS)
+    except asyncio.TimeoutError:
+        return True
+    except Exception:
+        return False
+    return int(ready["pid"]) == pid
 
 
 def _executor_lost(exc: BaseException) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 from policies.errors import ConfigError
@@ -24,13 +23,12 @@ def check_live(live: Mapping[int, int]) -> None:
 
 
 def clean_value(value: object) -> float | None:
-    """A metric value as a float; None and NaN become None (the worst value)."""
+    """A metric value as a float (NaN stays NaN: a diverged run's value), or None (missing)."""
     if value is None:
         return None
     if isinstance(value, (bool, str, bytes)):
         raise ConfigError(f"value must be a number or None, got value={value!r}")
     try:
-        number = float(value)  # type: ignore[arg-type]  # also numpy/torch scalars
+        return float(value)  # type: ignore[arg-type]  # also numpy/torch scalars
     except (TypeError, ValueError):
         raise ConfigError(f"value must be a number or None, got value={value!r}") from None
-    return None if math.isnan(number) else number

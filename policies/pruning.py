@@ -8,10 +8,12 @@ A pruner only decides; the caller acts. Its loop, after every slice that complet
     free = {r: c for r, c in live.items() if pruner.may_advance(r, c, live)}
     policies.next_run(free)
 
-Values are compared by ``mode`` ("min": lower is better, "max": higher is better); a missing or
-NaN value is the worst possible value. Ties go to the smaller run id so every decision is
-deterministic. All state is plain data keyed by run id; ``to_dict()`` / :func:`pruner_from_dict`
-round-trip it through JSON.
+Values are compared by ``mode`` ("min": lower is better, "max": higher is better); a NaN value
+(the run diverged) is the worst possible value. A missing value (``None``: the run did not
+report the metric) is no value: no pruner judges a run on it, so none prunes on it (the
+scheduler also stops pruning altogether when a chunk lacks the metric). Ties go to the smaller
+run id so every decision is deterministic. All state is plain data keyed by run id;
+``to_dict()`` / :func:`pruner_from_dict` round-trip it through JSON.
 
 Successive halving is from Jamieson & Talwalkar, "Non-stochastic best arm identification and
 hyperparameter optimization" (2016); ASHA from Li et al., "A system for massively parallel
@@ -78,6 +80,8 @@ class Pruner:
                 "with_defaults(metric, mode) before recording values"
             )
         clean = clean_value(value)
+        if clean is not None and math.isnan(clean):  # diverged: the worst value there is
+            clean = None if self.mode is None else (math.inf if self.mode == "min" else -math.inf)
         self._records.setdefault(run_id, {})[chunk] = clean
         self._on_record(run_id, chunk, clean)
 
@@ -103,10 +107,16 @@ class Pruner:
         check_live(live)
         return set()
 
-    def to_dict(self) -> dict[str, Any]:
-        """The pruner's settings and state as a JSON-able dict with a ``"type"`` key."""
+    def settings(self) -> dict[str, Any]:
+        """The pruner's settings alone (type, metric, mode, its parameters), JSON-able, without
+        the values it recorded: :func:`pruner_from_dict` builds a fresh pruner from it."""
         d: dict[str, Any] = {"type": self.type_name, "metric": self.metric, "mode": self.mode}
         d.update({name: getattr(self, name) for name in self._param_names})
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        """The pruner's settings and state as a JSON-able dict with a ``"type"`` key."""
+        d = self.settings()
         d["records"] = [
             [run_id, chunk, value]
             for run_id in sorted(self._records)
@@ -135,20 +145,26 @@ class Pruner:
         """Restore what :meth:`_state_to_dict` wrote."""
 
     # Comparison helpers.
-    def _score(self, value: float | None) -> float:
-        """Lower is better, whatever the mode; a missing value scores worst (+inf)."""
-        if value is None:
+    def _score(self, value: float) -> float:
+        """Lower is better, whatever the mode; NaN scores worst (+inf)."""
+        if math.isnan(value):
             return math.inf
         return value if self.mode == "min" else -value
 
-    def _ranked(self, values: Mapping[int, float | None]) -> list[int]:
+    def _ranked(self, values: Mapping[int, float]) -> list[int]:
         """Run ids best first (ties: smaller run id first)."""
         return sorted(values, key=lambda run_id: (self._score(values[run_id]), run_id))
 
-    def _values_at(self, chunk: int, runs: Iterable[int] | None = None) -> dict[int, float | None]:
-        """Values recorded at ``chunk``, by run id, for ``runs`` (default: every run)."""
+    def _values_of(self, run_id: int) -> dict[int, float]:
+        """The values ``run_id`` recorded, by chunk (chunks whose value is missing left out)."""
+        return {c: v for c, v in self._records.get(run_id, {}).items() if v is not None}
+
+    def _values_at(self, chunk: int, runs: Iterable[int] | None = None) -> dict[int, float]:
+        """Values recorded at ``chunk``, by run id, for ``runs`` (default: every run); a run
+        whose value is missing there has none."""
         ids = self._records if runs is None else runs
-        return {r: self._records[r][chunk] for r in ids if chunk in self._records.get(r, {})}
+        at = {r: self._records.get(r, {}).get(chunk) for r in ids}
+        return {r: v for r, v in at.items() if v is not None}
 
 
 class NoPruning(Pruner):
@@ -229,7 +245,7 @@ class SuccessiveHalving(_RungPruner):
     A run that reaches an already-resolved rung later (a clone, or a run a person resumed before
     the rung) is compared against every value recorded at that rung, including those of runs
     pruned there since: it is kept iff it is within the best ``ceil(n/eta)`` of those ``n``.
-    A run with no value at a rung (e.g. its metric was not recorded) is not compared there.
+    A run with no value at a rung (its metric missing) is not compared there, and not pruned.
     """
 
     type_name = "successive_halving"
@@ -257,11 +273,8 @@ class SuccessiveHalving(_RungPruner):
         for rung in self._rungs_upto(max(live.values(), default=0)):
             # Runs pruned at a lower rung in this same call are as good as gone.
             remaining = [r for r in sorted(live) if r not in prune]
-            fresh = [
-                r
-                for r in remaining
-                if (r, rung) not in self._judged and rung in self._records.get(r, {})
-            ]
+            valued = self._values_at(rung, remaining)
+            fresh = [r for r in remaining if (r, rung) not in self._judged and r in valued]
             if rung in self._resolved:
                 prune.update(r for r in fresh if not self._in_top(r, rung))
             elif all(live[r] >= rung for r in remaining):
@@ -304,8 +317,8 @@ class ASHA(_RungPruner):
         """Runs judged out at a rung and not yet returned by :meth:`decide`."""
 
     def _on_record(self, run_id: int, chunk: int, value: float | None) -> None:
-        if not self.is_rung(chunk) or (run_id, chunk) in self._judged:
-            return
+        if value is None or not self.is_rung(chunk) or (run_id, chunk) in self._judged:
+            return  # a missing value is not judged
         self._judged.add((run_id, chunk))
         if not self._in_top(run_id, chunk):
             self._pending.add(run_id)
@@ -342,8 +355,10 @@ class _PerRunPruner(Pruner):
 class ThresholdPruner(_PerRunPruner):
     """Prune a run whose metric is worse than ``bound`` for ``patience`` recorded chunks in a row.
 
-    "In a row" means its last ``patience`` records in chunk order. The streak restarts when the
-    run is pruned, so a run a person resumes gets ``patience`` more chunks to beat the bound.
+    "In a row" means its last ``patience`` values in chunk order (a chunk whose value is
+    missing is skipped: it neither counts against the run nor breaks the streak). The streak
+    restarts when the run is pruned, so a run a person resumes gets ``patience`` more chunks to
+    beat the bound.
     """
 
     type_name = "threshold"
@@ -372,7 +387,7 @@ class ThresholdPruner(_PerRunPruner):
         check_live(live)
         prune: set[int] = set()
         for run_id in sorted(live):
-            records = self._records.get(run_id, {})
+            records = self._values_of(run_id)
             since = self._pruned_at.get(run_id, 0)
             streak = sorted(c for c in records if c > since)[-self.patience :]
             if len(streak) == self.patience and all(self._worse(records[c]) for c in streak):
@@ -383,7 +398,7 @@ class ThresholdPruner(_PerRunPruner):
     def _rule(self) -> str:
         return f"threshold (a run worse than {self.bound:g} for {self.patience} chunks in a row)"
 
-    def _worse(self, value: float | None) -> bool:
+    def _worse(self, value: float) -> bool:
         return self._score(value) > self._score(self.bound)
 
 
@@ -392,7 +407,8 @@ class MedianStopping(_PerRunPruner):
 
     At a run's latest recorded chunk ``c >= min_chunks``, its best value over all its records is
     compared with the median of the values the other runs (live or not) recorded at ``c``; it
-    needs at least two such values. Like Optuna's ``MedianPruner``, but per chunk.
+    needs at least two such values, and a value of its own at ``c`` (a run whose metric is
+    missing there is not judged). Like Optuna's ``MedianPruner``, but per chunk.
     """
 
     type_name = "median"
@@ -419,12 +435,14 @@ class MedianStopping(_PerRunPruner):
             if not records:
                 continue
             chunk = max(records)
+            if records[chunk] is None:
+                continue  # its latest value is missing: not judged on it
             if chunk < self.min_chunks or self._pruned_at.get(run_id, 0) >= chunk:
                 continue
             others = [v for r, v in self._values_at(chunk).items() if r != run_id]
             if len(others) < 2:
                 continue
-            best = min(self._score(v) for v in records.values())
+            best = min(self._score(v) for v in self._values_of(run_id).values())
             if best > statistics.median(self._score(v) for v in others):
                 prune.add(run_id)
                 self._pruned_at[run_id] = chunk

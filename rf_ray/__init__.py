@@ -25,11 +25,13 @@ What users write
     ``legacy``      fields of the TRL/transformers releases RapidFire pins, under today's names
     ``data``        datasets in (lists, pandas, HF datasets), column checks, fingerprints
     ``metrics``     generation metrics by name (exact_match, token_f1, rougeL, bleu)
+    ``metric_names`` which chunk metrics a run reports; a pruner metric none reports is refused
 From configs to running actors
     ``specs``       RunConfig (one concrete run) -> TRL/PEFT configs -> RunSpec; chunk plans;
                     the one JSON sanitiser and the one "keys that differ between runs"
     ``spec_store``  run specs and the model factory on disk (what a resume reads back)
-    ``plan``        Plan: an experiment's settings, new from run_fit or from the store
+    ``plan``        Plan: an experiment's settings (one ExperimentSettings) and runs, new from
+                    run_fit or from the store
     ``session``     start, resume, wait and stop an experiment's actors (one start path)
     ``cluster``     connect to Ray, cluster.json, whether its driver is gone, the scheduler's name
     ``experiment``  Experiment, the user's handle: run_fit, results, IC ops, Tune hooks

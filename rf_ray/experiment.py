@@ -24,12 +24,13 @@ import pandas as pd
 from actors import logs
 from actors.engine.gen_eval import check_eval_set
 from actors.storage.layout import ExperimentDir
-from actors.storage.store import Store
+from actors.storage.store import PRUNING_ERROR_KEY, Store
 from actors.storage.trust import check_trusted
 from actors.tracking import default_tracking_uri
 from policies.errors import ConfigError, ExperimentExistsError
 from policies.fusion import FusionPolicy
-from policies.pruning import Pruner, SuccessiveHalving, pruner_from_dict
+from policies.pruning import Pruner, pruner_from_dict
+from policies.settings import DEFAULT_SLICE_TIMEOUT, ExperimentSettings, stored_settings
 from rf_ray import background, ops, session, spec_store, summary
 from rf_ray.compat import (
     IgnoredFieldWarning,
@@ -40,7 +41,8 @@ from rf_ray.compat import (
 from rf_ray.configs import RFModelConfig
 from rf_ray.data import check_columns, dataset_fingerprint, to_dataset
 from rf_ray.legacy import warn_legacy
-from rf_ray.plan import DEFAULT_SLICE_TIMEOUT, Plan, check_experiment_name, check_settings
+from rf_ray.metric_names import check_pruner_metric
+from rf_ray.plan import Plan, check_experiment_name
 from rf_ray.search import ConfigGroup, RFGridSearch
 from rf_ray.specs import RunConfig, build_specs, describe, differing_keys, differing_params
 
@@ -152,18 +154,15 @@ class Experiment:
         """
         self._check_mode("fit", "run_fit")
         group = _as_group(param_config)
-        plan = self._prepare(
-            group,
-            create_model_fn,
-            train_dataset,
-            eval_dataset,
+        settings = ExperimentSettings.of(  # a group that prunes itself (RFOptuna) names its own
             num_chunks,
             seed,
-            pruner,
-            max_slice_steps,
+            pruner or group.default_pruner(),
             fusion,
+            max_slice_steps,
             slice_timeout,
         )
+        plan = self._prepare(group, create_model_fn, train_dataset, eval_dataset, settings)
         self._stop_session()
         # A group that adds runs while the experiment runs (rf_ray.tune.RFTuneSearch) names a
         # hold token that keeps the experiment open, and starts its driver in on_start.
@@ -171,7 +170,7 @@ class Experiment:
         self._start_log_file()  # only now: a refused start writes nothing, not even a log
         _latest[:] = [self]
         self._differing, self._live_view, self._group = plan.differing, live_view, group
-        self._pruning = summary.pruning_note(plan.pruner, group.pruning_note())
+        self._pruning = summary.pruning_note(plan.settings.new_pruner(), group.pruning_note())
         summary.say(f"[rf-ray {self.name}] {len(plan.specs)} runs; {self._pruning}")
         group.on_start(self)
         if blocking is None and background.in_background_by_default():
@@ -230,7 +229,7 @@ class Experiment:
         self._session = session.start(plan, num_executors=num_executors)
         self._start_log_file()
         self._differing, self._live_view = plan.differing, live_view
-        self._metric = (plan.pruner.metric or "", plan.pruner.mode or "max")
+        self._metric = (plan.settings.metric, plan.settings.mode)
         if not blocking:
             return None
         self.wait()
@@ -363,28 +362,21 @@ class Experiment:
 
         ray.get(self._scheduler().unhold.remote(token))
 
-    def _prepare(  # noqa: PLR0913  run_fit's arguments, checked before anything starts
+    def _prepare(
         self,
         param_config: Any,
         create_model_fn: Callable[[Any], tuple[Any, Any]] | None,
         train_dataset: Any,
         eval_dataset: Any,
-        num_chunks: int,
-        seed: int,
-        pruner: Pruner | None,
-        max_slice_steps: int | None,
-        fusion: bool | FusionPolicy = True,
-        slice_timeout: float | None = DEFAULT_SLICE_TIMEOUT,
+        settings: ExperimentSettings,
     ) -> Plan:
-        """Every check that can fail, before anything is written or started."""
+        """Every check that can fail, before anything is written or started. ``settings`` are
+        resolved here: the default metric, once the runs and the eval set are known."""
         group = _as_group(param_config)
         runs: list[RunConfig] = group.expand()
         where = f"experiment {self.name!r}: "  # older fields renamed; what this machine lacks
         warn_legacy([run.legacy for run in runs], where, stacklevel=4)
         warn_replaced(check_requirements(runs), where, stacklevel=4)
-        slice_timeout = check_settings(
-            num_chunks, seed, max_slice_steps, fusion, pruner, slice_timeout
-        )
         if train_dataset is None:
             raise ConfigError("train_dataset is required")
         train = to_dataset(train_dataset, "train_dataset")
@@ -398,18 +390,19 @@ class Experiment:
         self._warn_ignored(runs, has_eval=evals is not None)
         fingerprint = dataset_fingerprint(train, evals)
         first_run_id = self._check_existing(fingerprint)
-        metric, mode = default_metric(runs, evals is not None)
         own = group.default_pruner()  # a group that prunes itself names its metric (RFOptuna)
-        if own is not None and own.metric is not None:
-            metric, mode = own.metric, own.mode or mode
-        pruner = (pruner or own or SuccessiveHalving()).with_defaults(metric, mode)
-        self._metric = (pruner.metric or metric, pruner.mode or mode)
+        named = (own.metric, own.mode) if own is not None and own.metric else None
+        settings = settings.resolved(
+            [r.trainer_type for r in runs], evals is not None, preferred=named
+        )
+        check_pruner_metric(settings.metric, runs, evals is not None)
+        self._metric = (settings.metric, settings.mode)
         specs = build_specs(
             runs,
             self.dir,
             train_rows=len(train),
-            num_chunks=num_chunks,
-            seed=seed,
+            num_chunks=settings.num_chunks,
+            seed=settings.seed,
             first_run_id=first_run_id,
         )
         for spec in specs:  # a value JSON cannot hold fails here, before anything is written
@@ -420,17 +413,11 @@ class Experiment:
             tracking_uri=self.tracking_uri,
             specs=specs,
             create_model_fn=create_model_fn or _default_create_model_fn(),
+            settings=settings,
             train=train,
             eval=evals,
-            has_eval=evals is not None,
-            pruner=pruner,
-            max_slice_steps=max_slice_steps,
-            fusion=(FusionPolicy() if fusion is True else fusion) or None,
             fingerprint=fingerprint,
-            seed=seed,
-            num_chunks=num_chunks,
             differing=differing_params(runs),
-            slice_timeout=slice_timeout,
         )
 
     def _check_existing(self, fingerprint: str) -> int:
@@ -484,16 +471,18 @@ class Experiment:
         return pd.DataFrame(rows)
 
     def get_runs_info(self) -> pd.DataFrame:
-        """One row per run: status, progress, best and last metric, config."""
+        """One row per run: status, progress, best and last metric, config, and
+        ``pruning_error``: why pruning stopped (a chunk lacked the pruner's metric; the same
+        for every run), or None."""
         store = self._store()
         try:
-            runs = store.runs()
+            runs, pruning_error = store.runs(), store.meta().get(PRUNING_ERROR_KEY)
         finally:
             store.close()
         rows = []
         for r in runs:
             params = r.pop("params")
-            rows.append({**r, "config": params})
+            rows.append({**r, "pruning_error": pruning_error, "config": params})
         return pd.DataFrame(rows)
 
     def get_best_run(self, metric_mode: str | None = None) -> int:
@@ -598,7 +587,8 @@ class Experiment:
         """The pruner the experiment's store records (its settings, for a resume)."""
         store = self._store()
         try:
-            return pruner_from_dict(store.meta()["pruner"])
+            # stored_settings reads any store shape; a store without settings: the default
+            return pruner_from_dict(stored_settings(store.meta()).get("pruner") or {"type": "none"})
         finally:
             store.close()
 
@@ -612,14 +602,6 @@ def _as_group(param_config: Any) -> ConfigGroup:
         "param_config must be RFGridSearch(...), RFRandomSearch(...), an RFModelConfig or a list "
         f"of them, got {type(param_config).__name__}"
     )
-
-
-def default_metric(runs: list[RunConfig], has_eval: bool) -> tuple[str, str]:
-    """The pruning metric when the user names none: eval_loss, else the chunk's train loss;
-    GRPO runs compare mean reward (higher is better)."""
-    if all(r.trainer_type == "GRPO" for r in runs):
-        return "reward", "max"
-    return ("eval_loss", "min") if has_eval else ("train_loss", "min")
 
 
 def latest_experiment() -> Experiment | None:

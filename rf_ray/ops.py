@@ -18,6 +18,7 @@ from actors.engine.evals.spec import is_pipeline
 from actors.engine.spec import RunSpec
 from actors.storage.store import Store
 from policies.errors import ConfigError, OpError
+from policies.settings import ExperimentSettings
 from policies.state import OPS
 from rf_ray import spec_store
 from rf_ray.cluster import (
@@ -302,13 +303,16 @@ def _add_run(
     run with the scheduler. Returns the new id and the scheduler's answer."""
     import ray
 
+    settings = ExperimentSettings.from_meta(meta)
+    if settings is None:
+        raise OpError(f"experiment at {exp_dir} has no settings yet: it is starting; retry")
     warn_legacy([run.legacy], f"run added to {exp_dir.name!r}: ")
     warn_replaced(check_requirements([run]), f"run added to {exp_dir.name!r}: ")
     new_id = _unwrap(lambda: ray.get(scheduler.reserve_run_id.remote()))
     # The experiment's rows, not parent.plan.num_examples: for GRPO that counts sampler samples.
     (spec,) = build_specs(
-        [run], exp_dir, train_rows=meta["train_rows"], num_chunks=meta["num_chunks"],
-        seed=meta["seed"], first_run_id=new_id,
+        [run], exp_dir, train_rows=meta["train_rows"], num_chunks=settings.num_chunks,
+        seed=settings.seed, first_run_id=new_id,
     )  # fmt: skip
     if parent is not None:
         spec.parent_run_id = parent.run_id

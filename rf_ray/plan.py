@@ -1,7 +1,7 @@
 """``Plan``: an experiment's settings and runs, ready to start; the one meaning of "plan" here.
 
-The settings are checked here too (``check_experiment_name``, ``check_settings``), before
-anything is written or started.
+The experiment's name is checked here too (``check_experiment_name``), before anything is
+written or started; its settings are one value, ``policies.settings.ExperimentSettings``.
 
 (A run's ``ChunkPlan``, in ``policies.chunking``, is how its data is cut into chunks: another
 thing, always called a chunk plan.)
@@ -20,9 +20,7 @@ A plan comes from one of two places, and ``rf_ray.session.start`` starts either 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import shutil
 import string
 from collections.abc import Callable
@@ -36,47 +34,14 @@ from actors.messages import RunEntry
 from actors.storage import checkpoint
 from actors.storage.durable import make_private_dir, make_private_tree, resolve
 from actors.storage.layout import ExperimentDir
-from actors.storage.store import Store
-from policies.chunking import ChunkPlan
+from actors.storage.store import PRUNING_ERROR_KEY, Store
 from policies.errors import ConfigError, DamagedFileError, IllegalTransitionError
-from policies.fusion import FusionPolicy
-from policies.pruning import Pruner, pruner_from_dict
+from policies.settings import DEFAULT_SLICE_TIMEOUT, SETTINGS_KEY, ExperimentSettings
 from policies.state import RunStatus, transition
 from rf_ray import spec_store
 from rf_ray.evals import store as pipeline_store
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_SLICE_TIMEOUT = 1800.0
-"""Seconds one slice (or placing a run on an executor) may take before its run fails.
-
-Why 30 minutes: a slice is one chunk of one run (or ``max_slice_steps`` optimizer steps of it),
-so on the hardware rf-ray targets (one GPU node, LoRA on a base model that fits it) a healthy
-slice takes seconds to a few minutes; 30 minutes is an order of magnitude above that and still
-bounds a hung reward or formatting function to half an hour of a shared executor. A run whose
-slices are legitimately longer should be cut finer (more ``num_chunks``, or ``max_slice_steps``)
-rather than given a larger bound: shorter slices also make ops and pruning react sooner.
-"""
-
-
-def check_slice_timeout(slice_timeout: Any) -> float | None:
-    """``slice_timeout`` as a float number of seconds > 0, or None (no deadline); else
-    ``ConfigError`` naming the value."""
-    if slice_timeout is None:
-        return None
-    if (
-        isinstance(slice_timeout, bool)
-        or not isinstance(slice_timeout, (int, float))
-        or not math.isfinite(slice_timeout)
-        or slice_timeout <= 0
-    ):
-        raise ConfigError(
-            f"slice_timeout must be a number of seconds > 0 or None (no deadline), got "
-            f"slice_timeout={slice_timeout!r}; the default is {DEFAULT_SLICE_TIMEOUT:g} s. For "
-            "slices that legitimately take longer, use more num_chunks or max_slice_steps"
-        )
-    return float(slice_timeout)
-
 
 NAME_MAX_LEN = 100
 _NAME_CHARS = frozenset(string.ascii_letters + string.digits + "._-")
@@ -122,37 +87,6 @@ def _suggest(name: str) -> str:
     return fixed[:NAME_MAX_LEN] or "my-experiment"
 
 
-def check_settings(
-    num_chunks: Any,
-    seed: Any,
-    max_slice_steps: Any,
-    fusion: Any,
-    pruner: Any,
-    slice_timeout: Any,
-) -> float | None:
-    """Check ``run_fit``'s settings, each error naming the argument and its value; returns
-    ``slice_timeout`` as a float (or None)."""
-    if isinstance(num_chunks, bool) or not isinstance(num_chunks, int) or num_chunks < 1:
-        raise ConfigError(f"num_chunks must be an int >= 1, got num_chunks={num_chunks!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed must be an int, got seed={seed!r}")
-    if max_slice_steps is not None and (
-        not isinstance(max_slice_steps, int) or max_slice_steps < 1
-    ):
-        raise ConfigError(f"max_slice_steps must be None or an int >= 1, got {max_slice_steps!r}")
-    if not isinstance(fusion, (bool, FusionPolicy)):
-        raise ConfigError(
-            f"fusion must be True, False or a FusionPolicy(max_runs=..., max_tokens=...), "
-            f"got fusion={fusion!r}"
-        )
-    if pruner is not None and not isinstance(pruner, Pruner):
-        raise ConfigError(
-            f"pruner must be a pruner such as SuccessiveHalving(), ASHA() or NoPruning(), "
-            f"got {pruner!r}"
-        )
-    return check_slice_timeout(slice_timeout)
-
-
 @dataclass
 class Plan:
     """A validated experiment, ready to start (nothing is written until ``persist``)."""
@@ -163,21 +97,15 @@ class Plan:
     specs: list[Any]
     """Each run's ``RunSpec`` (fit) or ``PipelineSpec`` (evals)."""
     create_model_fn: Callable[[Any], tuple[Any, Any]]
-    pruner: Pruner
-    max_slice_steps: int | None
-    fusion: FusionPolicy | None
+    settings: ExperimentSettings
+    """How the experiment trains (chunks, seed, pruner, fusion, slice bounds), resolved."""
     fingerprint: str
-    seed: int
-    num_chunks: int
-    has_eval: bool
     train: Any = None
     """A new plan's training dataset, to write; None for a stored plan (already on disk)."""
     eval: Any = None
     """A new plan's eval dataset, to write, or None."""
     differing: list[str] = field(default_factory=list)
     """Flat param keys whose values differ between the runs (the live view's columns)."""
-    slice_timeout: float | None = DEFAULT_SLICE_TIMEOUT
-    """Wall-clock bound of one slice in seconds (``None``: none); see ``Grant.deadline_s``."""
     stored: dict[int, RunEntry] = field(default_factory=dict)
     """A stored plan's registrations, with each run's progress, by run id (empty when new)."""
 
@@ -195,7 +123,8 @@ class Plan:
             _revive_infrastructure_failures(store)
             meta, runs = store.meta(), store.runs()
             steps = {row["run_id"]: store.step_metrics(row["run_id"]) for row in runs}
-        if not runs:
+        settings = ExperimentSettings.from_meta(meta)
+        if not runs or settings is None:
             raise ConfigError(f"experiment at {exp_dir} has no runs to resume")
         specs, stored = [], {}
         for row in runs:
@@ -208,21 +137,14 @@ class Plan:
             specs.append(spec)
             entry = entry_for(spec, meta["name"], blob)
             stored[spec.run_id] = _with_progress(exp_dir, entry, row, steps[row["run_id"]])
-        fusion = meta.get("fusion")
         return cls(
             name=meta["name"],
             dir=exp_dir,
             tracking_uri=ExperimentDir(exp_dir).tracking_uri_from(meta["tracking_uri"]),
             specs=specs,
             create_model_fn=spec_store.read_create_model_fn(exp_dir),
-            pruner=pruner_from_dict(meta["pruner_state"]),
-            max_slice_steps=meta.get("max_slice_steps"),
-            fusion=FusionPolicy.from_dict(fusion) if fusion is not None else None,
+            settings=settings,
             fingerprint=meta.get("fingerprint", ""),
-            seed=meta["seed"],
-            num_chunks=meta["num_chunks"],
-            has_eval=bool(meta["has_eval"]),
-            slice_timeout=meta.get("slice_timeout", DEFAULT_SLICE_TIMEOUT),
             stored=stored,
         )
 
@@ -281,21 +203,13 @@ def persist(plan: Plan) -> dict[int, bytes]:
         store.set_meta(
             name=plan.name,
             fingerprint=plan.fingerprint,
-            seed=plan.seed,
-            num_chunks=plan.num_chunks,
             train_rows=len(plan.train),
-            has_eval=plan.has_eval,
-            max_slice_steps=plan.max_slice_steps,
-            fusion=plan.fusion.to_dict() if plan.fusion is not None else None,
-            pruner={
-                "type": plan.pruner.to_dict()["type"],
-                "metric": plan.pruner.metric,
-                "mode": plan.pruner.mode,
-            },
-            pruner_state=plan.pruner.to_dict(),
             tracking_uri=ExperimentDir(plan.dir).stored_tracking_uri(plan.tracking_uri),
-            slice_timeout=plan.slice_timeout,
             status="running",
+            # The pruner's state starts fresh; the scheduler reads it back and keeps it current.
+            pruner_state=plan.settings.new_pruner().to_dict(),
+            **{PRUNING_ERROR_KEY: None},
+            **{SETTINGS_KEY: plan.settings.to_dict()},
         )
         for spec in plan.specs:
             store.add_run(
@@ -345,7 +259,7 @@ def entry_for(
         tags["rf_ray.parent_run_id"] = str(spec.parent_run_id)
     return RunEntry(
         run_id=spec.run_id,
-        plan=spec.plan.to_dict(),
+        plan=spec.plan,
         spec_blob=spec_blob if spec_blob is not None else spec_store.spec_blob(spec),
         params=spec.params,
         tags=tags,
@@ -362,24 +276,18 @@ def _with_progress(
     """A stored run's registration with its progress: status, steps, metrics, the step metrics
     of its partial chunk and its charged executor deaths. ``params`` are the stored ones (what
     the run was logged with)."""
-    chunks = ChunkPlan.from_dict(entry.plan)
+    chunks = entry.plan
     done, resume_from = _resume_point(exp_dir, row, steps)
     chunk_steps: list[dict[str, float]] = []
     if chunks.chunks_done(done) < chunks.total_chunks:
         start, _ = chunks.chunk_bounds(chunks.chunks_done(done))
         chunk_steps = [m for _, m in steps if start < int(m["step"]) <= done]
-    return dataclasses.replace(
-        entry,
+    return entry.with_columns(
+        row,
         params=row["params"],
-        status=row["status"],
         steps_done=done,
-        pruned_at=row["pruned_at"],
         checkpoint=resume_from,
-        mlflow_run_id=row["mlflow_run_id"],
-        last_metric=row["last_metric"],
-        best_metric=row["best_metric"],
         chunk_steps=chunk_steps,
-        failures=int(row.get("failures") or 0),
     )
 
 
@@ -443,8 +351,6 @@ __all__ = [
     "Plan",
     "Undo",
     "check_experiment_name",
-    "check_settings",
-    "check_slice_timeout",
     "entry_for",
     "persist",
 ]

@@ -34,7 +34,7 @@ from actors.storage import lock as experiment_lock
 from actors.storage.footprint import Footprint
 from actors.storage.layout import ExperimentDir
 from actors.storage.lock import LOCK_WAIT_SECONDS, wait_unlocked
-from actors.storage.store import Store
+from actors.storage.store import PRUNING_ERROR_KEY, Store
 from policies.errors import ConfigError
 from rf_ray.cluster import (
     NAMESPACE,
@@ -125,7 +125,7 @@ def _start_actors(
     # Datasets travel as paths to the experiment's Arrow copy (see ``persist``).
     layout = ExperimentDir(exp_dir)
     train_ref = str(layout.train_data)
-    eval_ref = str(layout.eval_data) if plan.has_eval else None
+    eval_ref = str(layout.eval_data) if plan.settings.has_eval else None
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     executor_cls: Any = ray.remote(BaseModelActor)
     executors = []
@@ -155,16 +155,7 @@ def _start_actors(
             name=scheduler_name(exp_dir), namespace=NAMESPACE, num_cpus=0, max_concurrency=10_000
         )
         .remote(
-            plan.name,
-            str(exp_dir),
-            plan.pruner.to_dict(),
-            executors,
-            plan.has_eval,
-            plan.max_slice_steps,
-            plan.tracking_uri,
-            plan.fusion.to_dict() if plan.fusion is not None else None,
-            plan.slice_timeout,
-            HANDOVER_SECONDS,
+            plan.name, str(exp_dir), plan.settings, executors, plan.tracking_uri, HANDOVER_SECONDS
         )
     )
     started.actors.append(scheduler)
@@ -308,6 +299,7 @@ def _finish(session: Session) -> None:
     stats = ray.get([e.stats.remote() for e in session.executors])
     busy = sum(s["busy_seconds"] for s in stats)
     with Store(session.dir) as store:
+        pruning_error = store.meta().get(PRUNING_ERROR_KEY)
         store.set_meta(
             status="finished",
             stats={
@@ -317,6 +309,8 @@ def _finish(session: Session) -> None:
                 "busy_fraction": busy / max(wall * len(stats), 1e-9),
             },
         )
+    if pruning_error:
+        logger.error("experiment %s: %s", session.name, pruning_error)
     session.finished = True
 
 

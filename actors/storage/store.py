@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from actors.messages import PROGRESS_COLUMNS
 from actors.storage.durable import create_private_file, make_private_dir
 from actors.storage.layout import STORE_FILE, ExperimentDir
 from policies.errors import DamagedFileError
@@ -55,22 +56,10 @@ CREATE TABLE IF NOT EXISTS chunks (
 );
 """
 
-RUN_FIELDS = (
-    "status",
-    "steps_done",
-    "chunks_done",
-    "parent_run_id",
-    "error",
-    "checkpoint",
-    "adapter_path",
-    "mlflow_run_id",
-    "pruned_at",
-    "last_metric",
-    "best_metric",
-    "failures",
-    "failed_by",
-)
-"""Columns ``update_run`` may set."""
+RUN_FIELDS = (*PROGRESS_COLUMNS, "chunks_done", "parent_run_id", "adapter_path")
+"""Columns ``update_run`` may set: a run's progress as ``RunEntry.columns`` writes it (the one
+list of them, ``actors.messages.PROGRESS_COLUMNS``), and what the scheduler's record of the run
+does not hold."""
 
 ADDED_COLUMNS = {"failures": "INTEGER NOT NULL DEFAULT 0", "failed_by": "TEXT"}
 """Run columns added after the first release: added to an older store when it is opened."""
@@ -78,6 +67,9 @@ ADDED_COLUMNS = {"failures": "INTEGER NOT NULL DEFAULT 0", "failed_by": "TEXT"}
 
 RESERVED_KEY = "reserved_run_id"
 """Meta key: the highest run id handed out by ``reserve_run_ids`` (used or not)."""
+PRUNING_ERROR_KEY = "pruning_error"
+"""The meta key that says why pruning stopped (``SchedulerCore.pruning_error``), kept so that a
+resumed experiment stays unpruned."""
 
 
 class Store:

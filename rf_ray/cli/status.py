@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from actors.storage.layout import ExperimentDir
-from actors.storage.store import Store
+from actors.storage.store import PRUNING_ERROR_KEY, Store
 from actors.storage.trust import check_trusted
 from policies.errors import ConfigError, UntrustedDirectoryError
 from policies.redact import redact
+from policies.settings import stored_settings
 from rf_ray.experiment import DEFAULT_ROOT
 from rf_ray.live import chunk_progress
 from rf_ray.samples import generation_metrics, metric_columns
@@ -123,13 +124,14 @@ def status_json(name: str, exp_dir: Path, data: dict[str, Any]) -> dict[str, Any
 
 def status_text(name: str, exp_dir: Path, data: dict[str, Any]) -> str:
     meta, runs = data["meta"], data["runs"]
-    pruner = meta.get("pruner") or {}
+    pruner = stored_settings(meta).get("pruner") or {}
     metric = pruner.get("metric") or "metric"
     lines = [
         f"Experiment {name} ({meta.get('status', 'unknown')}) at {exp_dir.resolve()}",
         f"  fingerprint:  {meta.get('fingerprint', '-')}",
         f"  pruner:       {pruner.get('type', '-')} on {metric} ({pruner.get('mode') or '-'})",
         f"  tracking uri: {_tracking_uri(exp_dir, meta)}",
+        *([f"  pruning:      {meta[PRUNING_ERROR_KEY]}"] if meta.get(PRUNING_ERROR_KEY) else []),
         "",
     ]
     if not runs:
@@ -144,7 +146,7 @@ def status_text(name: str, exp_dir: Path, data: dict[str, Any]) -> str:
         [
             str(r["run_id"]),
             r["status"],
-            _progress(r, meta.get("num_chunks")),
+            _progress(r, stored_settings(meta).get("num_chunks")),
             f"{r['steps_done']}/{r['total_steps']}",
             _fmt(r["last_metric"]),
             _fmt(r["best_metric"]),

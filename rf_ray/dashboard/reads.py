@@ -30,6 +30,7 @@ from actors.storage.store import Store, readonly_uri
 from actors.storage.trust import check_trusted
 from policies.errors import ConfigError, DamagedFileError, UntrustedDirectoryError
 from policies.redact import redact
+from policies.settings import stored_settings
 from rf_ray.live import chunk_progress
 from rf_ray.steerable import is_running
 
@@ -161,7 +162,8 @@ def read_state(exp_dir: Path, cursor: Cursor) -> dict[str, Any]:
             "SELECT rowid, run_id, chunk, metrics FROM chunks WHERE rowid > ? ORDER BY rowid"
             " LIMIT ?", (cursor.chunks_after, MAX_POINTS),
         ).fetchall()  # fmt: skip
-    pruner = meta.get("pruner") or {}
+    settings = stored_settings(meta)
+    pruner = settings.get("pruner") or {}
     metric = pruner.get("metric") or "loss"
     params = dict(all_params)
     for row in runs:
@@ -169,7 +171,7 @@ def read_state(exp_dir: Path, cursor: Cursor) -> dict[str, Any]:
             row["error"] = "..." + row["error"][-ERROR_CHARS:]
         row["params"] = redact(params.get(row["run_id"], {}))
         row["progress"] = chunk_progress(
-            row["chunks_done"], row["total_chunks"], meta.get("num_chunks")
+            row["chunks_done"], row["total_chunks"], settings.get("num_chunks")
         )
     return finite(
         {
@@ -179,7 +181,7 @@ def read_state(exp_dir: Path, cursor: Cursor) -> dict[str, Any]:
             "metric": metric,
             "mode": pruner.get("mode"),
             "pruner": pruner.get("type"),
-            "num_chunks": meta.get("num_chunks"),
+            "num_chunks": settings.get("num_chunks"),
             "differing": differing_keys([p for _, p in all_params]),
             "run_ids": [run_id for run_id, _ in all_params],
             "runs": runs,

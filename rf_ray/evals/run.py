@@ -22,6 +22,7 @@ from policies.chunking import ChunkPlan
 from policies.errors import ConfigError
 from policies.fusion import FusionPolicy
 from policies.pruning import NoPruning, Pruner
+from policies.settings import DEFAULT_SLICE_TIMEOUT, ExperimentSettings
 from rf_ray.data import dataset_fingerprint, to_dataset
 from rf_ray.evals.build import (
     PipelineConfig,
@@ -31,7 +32,7 @@ from rf_ray.evals.build import (
     prompt_spec,
     rag_spec,
 )
-from rf_ray.plan import DEFAULT_SLICE_TIMEOUT, Plan, check_slice_timeout
+from rf_ray.plan import Plan
 
 MAX_BATCHED_PIPELINES = 16
 """The most pipelines granted one shard together (one batched generation per batch index)."""
@@ -139,7 +140,14 @@ def evals_plan(  # noqa: PLR0913  run_evals' arguments, checked before anything 
     """A new evals plan (nothing written yet)."""
     data = to_dataset(dataset, "dataset")
     check_evals_settings(len(data), num_shards, seed, pruner)
-    timeout = check_slice_timeout(slice_timeout)
+    chosen = pruner or NoPruning()
+    settings = ExperimentSettings.of(
+        num_chunks=num_shards,
+        seed=seed,
+        pruner=chosen.with_defaults(chosen.metric or "Samples Processed", chosen.mode or "max"),
+        fusion=FusionPolicy(MAX_BATCHED_PIPELINES, 10**9) if batched else False,
+        slice_timeout=slice_timeout,
+    )
     fingerprint = dataset_fingerprint(data, None)
     first = 1
     if Store.exists(exp_dir):
@@ -158,14 +166,10 @@ def evals_plan(  # noqa: PLR0913  run_evals' arguments, checked before anything 
         for i, c in enumerate(configs)
     ]
     load_corpora(specs)
-    chosen = pruner or NoPruning()
-    pruner_set = chosen.with_defaults(chosen.metric or "Samples Processed", chosen.mode or "max")
     return Plan(
         name=name, dir=exp_dir, tracking_uri=tracking_uri, specs=specs,
-        create_model_fn=create_model_fn, pruner=pruner_set, max_slice_steps=None,
-        fusion=FusionPolicy(MAX_BATCHED_PIPELINES, 10**9) if batched else None,
-        fingerprint=fingerprint, seed=seed, num_chunks=num_shards, has_eval=False,
-        train=data, eval=None, differing=_differing(specs), slice_timeout=timeout,
+        create_model_fn=create_model_fn, settings=settings, fingerprint=fingerprint,
+        train=data, eval=None, differing=_differing(specs),
     )  # fmt: skip
 
 

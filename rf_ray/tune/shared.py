@@ -15,6 +15,7 @@ from ray.tune import Callback
 
 from policies.errors import OpError, RunFailedError
 from policies.pruning import NoPruning, Pruner
+from policies.settings import default_metric
 from policies.state import RunStatus, is_live
 from rf_ray import ops
 from rf_ray.compat import check_requirements, warn_replaced
@@ -237,9 +238,12 @@ def start_shared(  # noqa: PLR0913  run_fit's options for the shared experiment
     """
     exp = experiment if isinstance(experiment, Experiment) else Experiment(experiment)
     run = concrete(base)
-    metric = metric or ("eval_loss" if eval_dataset is not None else "train_loss")
+    # The experiment's one default rule (GRPO: mean reward, higher is better); a metric named
+    # here is lower-is-better unless it is that default.
+    default, default_mode = default_metric([run.trainer_type], eval_dataset is not None)
+    metric = metric or default
     token = f"tune-{uuid.uuid4().hex[:8]}"
-    pruner: Pruner = NoPruning(metric=metric, mode="min")
+    pruner: Pruner = NoPruning(metric=metric, mode=default_mode if metric == default else "min")
     _check_columns(run, train_dataset, eval_dataset)
     warn_replaced(check_requirements([run]))  # before the search starts: refused or replaced
     exp.run_fit(

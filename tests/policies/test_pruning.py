@@ -26,9 +26,9 @@ maybe_values = st.one_of(st.none(), values, st.just(math.nan))
 modes = st.sampled_from(["min", "max"])
 
 
-def score(value: float | None, mode: str) -> float:
-    """Lower is better; missing or NaN is worst."""
-    if value is None or math.isnan(value):
+def score(value: float, mode: str) -> float:
+    """Lower is better; NaN is worst."""
+    if math.isnan(value):
         return math.inf
     return value if mode == "min" else -value
 
@@ -51,7 +51,7 @@ def round_trip(pruner: Pruner) -> Pruner:
     [
         ("min", {1: 0.5, 2: 0.1, 3: 0.9, 4: 0.3}, {1, 3}),
         ("max", {1: 0.5, 2: 0.1, 3: 0.9, 4: 0.3}, {2, 4}),
-        ("min", {1: 0.5, 2: None, 3: 0.4}, {2}),  # ceil(3/2) = 2 survive; missing is worst
+        ("min", {1: 0.5, 2: None, 3: 0.4}, {1}),  # missing: not judged; ceil(2/2) = 1 survives
         ("min", {1: 0.2, 2: 0.2, 3: 0.2, 4: 0.2}, {3, 4}),  # ties go to the smaller id
         ("min", {7: 1.0}, set()),
     ],
@@ -73,12 +73,13 @@ def test_sh_keeps_ceil_n_over_eta_best(
     sh = SuccessiveHalving(eta=eta, min_chunks=min_chunks, mode=mode)
     live = report_all(sh, min_chunks, vals)
     pruned = sh.decide(live)
-    survivors = set(vals) - pruned
-    assert pruned <= set(live)
-    assert len(survivors) == math.ceil(len(vals) / eta)
+    valued = {r: v for r, v in vals.items() if v is not None}
+    survivors = set(valued) - pruned
+    assert pruned <= set(valued)  # never on a missing value
+    assert len(survivors) == math.ceil(len(valued) / eta)
     if pruned:
-        worst_kept = max(score(vals[r], mode) for r in survivors)
-        assert all(score(vals[r], mode) >= worst_kept for r in pruned)
+        worst_kept = max(score(valued[r], mode) for r in survivors)
+        assert all(score(valued[r], mode) >= worst_kept for r in pruned)
     assert sh.decide(live) == set()  # idempotent
     assert round_trip(sh).decide(live) == set()
 
@@ -237,13 +238,15 @@ def test_threshold_needs_patience_bad_chunks_in_a_row() -> None:
     rule.record(1, 2, 0.5)
     rule.record(1, 3, 3.0)
     assert rule.decide({1: 3}) == set()
-    rule.record(1, 4, None)  # missing counts as worse
-    assert rule.decide({1: 4}) == {1}
+    rule.record(1, 4, None)  # missing: skipped, neither against the run nor breaking the streak
     assert rule.decide({1: 4}) == set()
-    rule.record(1, 5, 4.0)  # resumed: the streak starts again
+    rule.record(1, 5, 3.0)
+    assert rule.decide({1: 5}) == {1}
     assert rule.decide({1: 5}) == set()
-    rule.record(1, 6, 4.0)
-    assert rule.decide({1: 6}) == {1}
+    rule.record(1, 6, 4.0)  # resumed: the streak starts again
+    assert rule.decide({1: 6}) == set()
+    rule.record(1, 7, 4.0)
+    assert rule.decide({1: 7}) == {1}
 
 
 @pytest.mark.parametrize(("mode", "value", "pruned"), [("max", 0.4, {1}), ("max", 0.6, set())])
@@ -313,6 +316,24 @@ def test_round_trip_preserves_decisions_and_pruned_within_live(
             pruner.may_advance(r, c, live) == twin.may_advance(r, c, live) for r, c in live.items()
         )
     assert json.loads(json.dumps(twin.to_dict())) == pruner.to_dict()
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 6), maybe_values), max_size=40),
+    st.sampled_from(range(5)),
+    modes,
+)
+def test_no_pruner_prunes_a_run_on_a_missing_value(
+    reports: list[tuple[int, float | None]], which: int, mode: str
+) -> None:
+    """Run 0 never reports the metric: whatever the others report, no pruner prunes it."""
+    pruner = make_all(mode)[which]
+    done: dict[int, int] = {0: 0}
+    for run_id, value in reports:
+        for rid, val in ((run_id, value), (0, None)):
+            done[rid] = done.get(rid, 0) + 1
+            pruner.record(rid, done[rid], val)
+            assert 0 not in pruner.decide(dict(done))
 
 
 def test_nan_counts_as_worst() -> None:

@@ -36,6 +36,6 @@ def test_all_names_are_exported() -> None:
     for name in policies.__all__:
         assert getattr(policies, name) is not None
     public = {n for n in dir(policies) if not n.startswith("_")}
-    submodules = {"chunking", "errors", "fusion", "order", "pruning", "redact", "state",
-                  "annotations", "intervals", "interval_pruning"}  # fmt: skip
+    submodules = {"chunking", "errors", "fusion", "order", "pruning", "redact", "settings",
+                  "state", "annotations", "intervals", "interval_pruning"}  # fmt: skip
     assert public - submodules == set(policies.__all__)

@@ -7,6 +7,7 @@ import pytest
 import ray
 from datasets import Dataset
 
+from policies.settings import ExperimentSettings
 from rf_ray import (
     ConfigError,
     Experiment,
@@ -251,10 +252,10 @@ def test_slice_timeout_goes_into_the_plan(tmp_path, given, planned):
 
     call = _valid_call()
     exp = Experiment("slice-timeout", experiment_path=tmp_path)
+    settings = ExperimentSettings.of(call["num_chunks"], 42, **given)
     plan = exp._prepare(
-        call["param_config"], None, call["train_dataset"], call["eval_dataset"],
-        call["num_chunks"], 42, None, None, True, **given,
-    )  # fmt: skip
-    assert plan.slice_timeout == planned
+        call["param_config"], None, call["train_dataset"], call["eval_dataset"], settings
+    )
+    assert plan.settings.slice_timeout == planned
     assert DEFAULT_SLICE_TIMEOUT == 1800.0
     assert list(tmp_path.iterdir()) == []

@@ -8,7 +8,6 @@ losses of an experiment that never had the bad run (time-sliced, same seed).
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 from typing import Any
@@ -16,7 +15,6 @@ from typing import Any
 import pytest
 
 from rf_ray import Experiment, NoPruning, RFModelConfig, RFSFTConfig
-from rf_ray import session as sessions
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
 
 pytestmark = pytest.mark.slow
@@ -64,25 +62,14 @@ def faulty(fn: Any) -> RFModelConfig:
 
 
 def fit(exp: Experiment, configs: list[RFModelConfig], slice_timeout: float | None) -> Any:
-    """run_fit with ``slice_timeout``; through rf_ray.session where run_fit does not take it."""
+    """run_fit with ``slice_timeout``."""
     kwargs = dict(train_dataset=sft_dataset(ROWS), live_view=False, **FIT)
-    kwargs["pruner"] = NoPruning()
-    if "slice_timeout" in inspect.signature(exp.run_fit).parameters:
-        try:
-            return exp.run_fit(configs, slice_timeout=slice_timeout, **kwargs).set_index("run_id")
-        finally:
-            exp.end()
-    plan = exp._prepare(
-        configs, None, kwargs["train_dataset"], None, FIT["num_chunks"], FIT["seed"],
-        kwargs["pruner"], FIT["max_slice_steps"], FIT["fusion"],
-    )  # fmt: skip
-    plan.slice_timeout = slice_timeout
-    session = sessions.start(plan)
     try:
-        sessions.wait(session, live_view=False)
+        return exp.run_fit(
+            configs, slice_timeout=slice_timeout, pruner=NoPruning(), **kwargs
+        ).set_index("run_id")
     finally:
-        sessions.stop(session)
-    return exp.get_runs_info().set_index("run_id")
+        exp.end()
 
 
 def losses_by_lr(exp: Experiment, info: Any) -> dict[float, list[float]]:

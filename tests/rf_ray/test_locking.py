@@ -24,6 +24,7 @@ import ray
 
 from actors.storage.lock import experiment_locked
 from actors.storage.store import Store
+from policies.settings import ExperimentSettings
 from rf_ray import ConfigError, Experiment, NoPruning, RFModelConfig, RFSFTConfig
 from rf_ray import plan as plans
 from rf_ray import session as sessions
@@ -34,10 +35,7 @@ pytestmark = pytest.mark.slow
 
 ROWS = 16
 ARGS = dict(per_device_train_batch_size=4, num_train_epochs=1, max_length=48, lora_rank=4)
-SETTINGS = (
-    "name", "fingerprint", "seed", "num_chunks", "max_slice_steps", "fusion", "pruner",
-    "tracking_uri", "slice_timeout", "train_rows", "has_eval",
-)  # fmt: skip
+SETTINGS = ("name", "fingerprint", "settings", "pruner_state", "tracking_uri", "train_rows")
 
 
 def _config(lrs: list[float]) -> list[RFModelConfig]:
@@ -51,7 +49,8 @@ def _config(lrs: list[float]) -> list[RFModelConfig]:
 
 def _start_held(exp: Experiment, lrs: list[float], seed: int = 1) -> sessions.Session:
     """Start ``exp`` so that it stays running until ``unhold("test")`` (no race with its end)."""
-    plan = exp._prepare(_config(lrs), None, sft_dataset(ROWS), None, 2, seed, NoPruning(), 1, False)
+    settings = ExperimentSettings.of(2, seed, NoPruning(), False, max_slice_steps=1)
+    plan = exp._prepare(_config(lrs), None, sft_dataset(ROWS), None, settings)
     return sessions.start(plan, hold="test")
 
 
