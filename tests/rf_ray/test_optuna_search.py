@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from policies.errors import ConfigError
 from policies.pruning import NoPruning, SuccessiveHalving
+from policies.settings import ExperimentSettings
 from rf_ray import Experiment, List, Range, RFLoraConfig, RFModelConfig, RFOptuna, RFSFTConfig
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset, sft_eval_dataset
 from rf_ray.tune.optuna_trials import Objective, TrialBook
@@ -272,6 +273,10 @@ def test_several_objectives_prune_a_run_dominated_by_most_others():
     assert book.study.trials[2].state == TrialState.PRUNED
 
 
+def _rouge_l(eval_preds: tuple[list[str], list[str]]) -> dict[str, float]:
+    return {"rougeL": 0.0}
+
+
 @pytest.mark.parametrize(
     ("pruner", "expected"),
     [
@@ -284,8 +289,15 @@ def test_several_objectives_prune_a_run_dominated_by_most_others():
 def test_run_fits_pruner_takes_the_objectives_metric_and_direction(tmp_path, pruner, expected):
     exp = Experiment("optuna-plan", experiment_path=tmp_path)
     config = RFModelConfig(
-        TOY_MODEL_NAME, training_args=RFSFTConfig(learning_rate=List([1e-4, 1e-3]), max_length=32)
+        TOY_MODEL_NAME,
+        training_args=RFSFTConfig(learning_rate=List([1e-4, 1e-3]), max_length=32),
+        # RapidFire's compute_metrics on generated text reports the objective's rougeL
+        compute_metrics=_rouge_l,
+        generation_config={"max_new_tokens": 4},
     )
     search = RFOptuna(config, n_initial=2, objective="maximize:rougeL")
-    plan = exp._prepare(search, None, sft_dataset(16), sft_eval_dataset(4), 2, 0, pruner, None)
-    assert (plan.pruner.type_name, plan.pruner.metric, plan.pruner.mode) == expected
+    # run_fit's settings: the pruner given, else the one the group names (RFOptuna: none)
+    settings = ExperimentSettings.of(num_chunks=2, seed=0, pruner=pruner or search.default_pruner())
+    plan = exp._prepare(search, None, sft_dataset(16), sft_eval_dataset(4), settings)
+    stored = plan.settings.pruner
+    assert (stored["type"], stored["metric"], stored["mode"]) == expected
