@@ -22,6 +22,7 @@ import pytest
 from actors.storage import checkpoint
 from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
+from policies.errors import NoRunTrainedError
 from rf_ray import ConfigError, Experiment, NoPruning, RFModelConfig, RFSFTConfig
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
 
@@ -115,9 +116,9 @@ def test_a_run_failed_by_the_disk_is_resumed_and_one_failed_by_its_code_is_not(
 ):
     exp = Experiment("disk-full", experiment_path=tmp_path)
     sabotage = _sabotage(exp.dir, tmp_path / "sabotaged", os.getpid())
-    info = exp.run_fit(
-        [_config(sabotage), _config(_broken)], train_dataset=sft_dataset(ROWS), **FIT
-    ).set_index("run_id")
+    with pytest.raises(NoRunTrainedError, match="no run trained, 2 of 2 failed"):
+        exp.run_fit([_config(sabotage), _config(_broken)], train_dataset=sft_dataset(ROWS), **FIT)
+    info = exp.get_runs_info().set_index("run_id")
     assert info["status"].tolist() == ["failed", "failed"]
     assert info.loc[1, "failed_by"] == "infrastructure"
     assert info.loc[2, "failed_by"] == "run"

@@ -86,7 +86,11 @@ def driver(root: Path, name: str) -> Iterator[subprocess.Popen[str]]:
     )  # fmt: skip
     try:
         assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "started", proc.stderr.read()  # type: ignore[union-attr]
+        # run_fit says first how many runs and how they are pruned; the script then "started"
+        line = proc.stdout.readline()
+        while line and line.strip() != "started":
+            line = proc.stdout.readline()
+        assert line.strip() == "started", proc.stderr.read()  # type: ignore[union-attr]
         yield proc
     finally:
         end(proc)
