@@ -109,12 +109,17 @@ class BaseModelActor:
         self.pipelines: Any = None
         """Evals pipelines placed here (``actors.engine.evals.engine.PipelineEngine``), made
         on the first one; fine-tuning runs never create it."""
+        self.exp_dir = log_dir
+        """The experiment's directory (the session passes it as ``log_dir``): evals pipelines
+        read their stored corpus from it."""
 
     def _pipeline_engine(self) -> Any:
         if self.pipelines is None:
             from actors.engine.evals.engine import PipelineEngine
 
-            self.pipelines = PipelineEngine(self.executor, self.executor.train_dataset)
+            self.pipelines = PipelineEngine(
+                self.executor, self.executor.train_dataset, self.exp_dir
+            )
         return self.pipelines
 
     def _is_pipeline(self, run_id: int) -> bool:

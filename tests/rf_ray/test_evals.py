@@ -136,6 +136,35 @@ def test_each_pipeline_is_an_mlflow_run_and_rf_ray_status_lists_them(sweep, caps
     assert status[2]["status"] == "completed"
 
 
+def test_the_corpus_is_stored_once_and_each_spec_names_it(sweep) -> None:
+    exp_dir = sweep.root / "evals-e2e"
+    (stored,) = (exp_dir / "corpora").iterdir()  # three pipelines, one corpus, one file
+    lines = stored.read_text().splitlines()
+    assert len(lines) == len(DOCS)
+    assert json.loads(lines[0])["metadata"] == {"doc_id": DOCS[0]["_id"]}
+    for rid in (1, 2, 3):
+        run = exp_dir / "runs" / str(rid)
+        assert json.loads((run / "pipeline.json").read_text())["corpus"] == stored.stem
+        # the stored spec names the corpus; it does not hold its text (the executor read the
+        # file back: the pipelines retrieved from it)
+        assert DOCS[0]["text"].encode() not in (run / "pipeline.cloudpickle").read_bytes()
+
+
+class DatedLoader(BaseLoader):
+    def load(self) -> list[Document]:
+        return [Document("k q = 1 .", metadata={"doc_id": 0, "seen": object()})]
+
+
+def test_a_corpus_that_cannot_be_stored_is_refused_before_anything_is_written(tmp_path) -> None:
+    rag = RFLangChainRagSpec(document_loader=DatedLoader(), vector_store_cfg={"type": "bm25"})
+    generator = RFvLLMModelConfig(model_config={"model": TOY_MODEL_NAME}, rag=rag)
+    exp = Experiment("evals-bad-corpus", mode="evals", experiment_path=tmp_path)
+    with pytest.raises(ConfigError, match=r"corpus cannot be stored.*\['seen'\].*metadata_func"):
+        exp.run_evals({"vllm_config": generator, "preprocess_fn": preprocess}, QUERIES,
+                      num_shards=2, live_view=False)  # fmt: skip
+    assert not (tmp_path / "evals-bad-corpus").exists()
+
+
 def test_pipelines_are_stopped_resumed_deleted_and_cloned(ray_cluster, tmp_path) -> None:
     exp = Experiment("evals-ops", mode="evals", experiment_path=tmp_path)
     try:

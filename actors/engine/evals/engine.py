@@ -71,11 +71,12 @@ class PipelineFailedError(RunFailedError):
 class PipelineEngine:
     """Evals pipelines on one executor (see module docstring)."""
 
-    def __init__(self, executor: Any, dataset: Any) -> None:
+    def __init__(self, executor: Any, dataset: Any, exp_dir: str | Path | None = None) -> None:
         self.executor = executor
         self.dataset = dataset
         """The eval set (a ``datasets.Dataset``): shards are rows of its seeded order."""
-        self.retrieval = Retrieval()
+        self.retrieval = Retrieval(exp_dir)
+        """Indexes, shared; stored corpora are read from ``exp_dir``."""
         self.pipelines: dict[int, PipelineRecord] = {}
         self.api_clients: dict[tuple[str, str], Any] = {}
         self.durable: dict[tuple[int, int], str] = {}

@@ -2,9 +2,9 @@
 
 ``Retrieval`` owns what is expensive to build and the same for many pipelines:
 
-* an index per ``RagSpec.index_key()`` (documents loaded by the LangChain loaders, split by the
-  text splitter, then embedded into FAISS or indexed by BM25): pipelines that differ only in
-  search settings, reranker or prompts share it;
+* an index per ``RagSpec.index_key()`` (the corpus, loaded and split once on the driver and read
+  back from the experiment directory, ``corpus.py``, then embedded into FAISS or indexed by
+  BM25): pipelines that differ only in search settings, reranker or prompts share it;
 * embedding models and cross-encoders per (class, arguments).
 
 ``Rag`` is what a pipeline's ``preprocess_fn`` receives as ``rag`` (RapidFire AI's
@@ -18,8 +18,10 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from actors.engine.evals.corpus import read_corpus
 from actors.engine.evals.spec import RagSpec
 
 logger = logging.getLogger(__name__)
@@ -80,7 +82,9 @@ def _key(cls: Any, kwargs: dict[str, Any]) -> str:
 class Retrieval:
     """Indexes, embedding models and cross-encoders of one executor (see module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, exp_dir: str | Path | None = None) -> None:
+        self.exp_dir = exp_dir
+        """The experiment directory, where stored corpora are read from (``corpus``)."""
         self.indexes: dict[str, Index] = {}
         self.builds: dict[str, int] = {}
         """How many times each index was built (once, unless the executor restarted)."""
@@ -98,7 +102,7 @@ class Retrieval:
         key = spec.index_key()
         if key not in self.indexes:
             started = time.perf_counter()
-            docs = spec.load_corpus()
+            docs = self._documents(spec)
             if not docs:
                 raise ValueError("the rag spec's document loaders produced no documents")
             store = self._build_store(spec, docs)
@@ -106,6 +110,18 @@ class Retrieval:
             self.builds[key] = self.builds.get(key, 0) + 1
             logger.info("built %s index %s over %d documents", spec.store_type, key, len(docs))
         return self.indexes[key]
+
+    def _documents(self, spec: RagSpec) -> list[Any]:
+        """The corpus to index: the stored one (read back from the experiment directory), or
+        the spec's own documents or loaders (a spec built in this process)."""
+        if spec.documents is not None or spec.corpus is None:
+            return spec.load_corpus()
+        if self.exp_dir is None:
+            raise ValueError(
+                f"pipeline's corpus {spec.corpus} is stored in its experiment directory, and "
+                "this executor was given none"
+            )
+        return read_corpus(self.exp_dir, spec.corpus)
 
     def _build_store(self, spec: RagSpec, docs: list[Any]) -> Any:
         if spec.store_type == "bm25":

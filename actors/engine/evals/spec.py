@@ -7,6 +7,7 @@ No torch or LangChain import here: the scheduler and trials never load them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -79,7 +80,10 @@ class RagSpec:
     a loader may hold what cannot be pickled (a compiled jq program)."""
     splitter: Any = None
     documents: list[Any] | None = None
-    """The corpus, loaded and split on the driver: what the executor indexes."""
+    """The corpus, loaded and split on the driver, until it is stored (then None)."""
+    corpus: str | None = None
+    """The key of the stored corpus (``corpus.corpus_file``): what a stored spec holds instead
+    of the documents, and what the executor reads and indexes."""
     embedding_cls: Any = None
     embedding_kwargs: dict[str, Any] = field(default_factory=dict)
     store_type: str = "faiss"
@@ -97,8 +101,8 @@ class RagSpec:
     which ``index_key`` is hashed."""
 
     def load_corpus(self) -> list[Any]:
-        """Load the documents with the loaders and split them (once; then ship the result
-        instead of the loaders)."""
+        """Load the documents with the loaders and split them (once, on the driver; then the
+        result is stored, ``corpus``, instead of the loaders)."""
         if self.documents is None:
             docs = [doc for loader in self.loaders for doc in loader.load()]
             if self.splitter is not None:
@@ -106,6 +110,12 @@ class RagSpec:
             self.documents = docs
         self.loaders, self.splitter = [], None
         return self.documents
+
+    def stored(self) -> RagSpec:
+        """This spec as stored and shipped to executors: the corpus by its key only."""
+        if self.corpus is None:
+            return self
+        return dataclasses.replace(self, documents=None)
 
     def index_key(self) -> str:
         """Equal for pipelines whose index is the same (corpus, splitter, embedding, store):
@@ -156,6 +166,13 @@ class PipelineSpec:
     parent_run_id: int | None = None
 
     trainer_type = "EVALS"
+
+    def stored(self) -> PipelineSpec:
+        """This spec as stored and shipped to executors: a stored corpus by its key only
+        (``RagSpec.stored``), so N pipelines over one corpus do not carry N copies of it."""
+        if self.rag is None or self.rag.corpus is None:
+            return self
+        return dataclasses.replace(self, rag=self.rag.stored())
 
     @property
     def adapter_name(self) -> str:
