@@ -79,6 +79,8 @@ class RunRow:
     fusion_key: str | None = None
     """Runs with equal keys may share a fused pass; ``None``: always time-sliced."""
     fusion_tokens: int = 0
+    exclusive: bool = True
+    """Its slices occupy its executor (``RunEntry.exclusive``)."""
 
     @classmethod
     def of(cls, entry: RunEntry) -> RunRow:
@@ -102,6 +104,7 @@ class RunRow:
             failures=entry.failures,
             fusion_key=entry.fusion_key,
             fusion_tokens=entry.fusion_tokens,
+            exclusive=entry.exclusive,
         )
 
 
@@ -175,6 +178,8 @@ class SchedulerCore:
         row = self.runs[run_id]
         if not is_live(row.status):
             return row.status
+        if not row.exclusive:
+            return self._grant_beside(row)
         free = [i for i, b in enumerate(self.busy) if not b]
         if row.in_flight or not free:
             return None
@@ -189,6 +194,7 @@ class SchedulerCore:
             rid: chunks
             for rid, chunks in live.items()
             if not self.runs[rid].in_flight
+            and self.runs[rid].exclusive
             and (not up_only or rid == run_id or rid in self.trials_up)
             and self.pruner.may_advance(rid, chunks, live)
         }
@@ -201,6 +207,13 @@ class SchedulerCore:
             self.pending[grant.run_id] = grant
         return grants[0]
 
+    def _grant_beside(self, row: RunRow) -> Grant | None:
+        """A run that does not occupy its executor (an evals API pipeline) goes as soon as the
+        pruner lets it: it neither waits for the executor nor holds up the runs that do."""
+        if row.in_flight or not self.pruner.may_advance(row.run_id, row.chunks_done, self.live()):
+            return None
+        return self._grant(row, row.executor or 0, (row.run_id,))
+
     def _grant(self, row: RunRow, executor: int, group: tuple[int, ...]) -> Grant:
         _, chunk_end = row.plan.chunk_bounds(row.chunks_done)
         end = chunk_end
@@ -209,8 +222,9 @@ class SchedulerCore:
         if row.status is RunStatus.PENDING:
             self.set_status(row.run_id, RunStatus.RUNNING)
         row.in_flight, row.executor = True, executor
-        self.busy[executor] += 1
-        self.granted_any = True
+        if row.exclusive:
+            self.busy[executor] += 1
+            self.granted_any = True
         evaluate = self.has_eval and end == chunk_end
         return Grant(
             row.run_id, executor, end, evaluate, group, row.steps_done, self.deadline_s,
@@ -382,7 +396,7 @@ class SchedulerCore:
 
     def _release(self, run_id: int) -> RunRow:
         row = self.runs[run_id]
-        if row.in_flight and row.executor is not None:
+        if row.in_flight and row.executor is not None and row.exclusive:
             self.busy[row.executor] -= 1
         row.in_flight = False
         self.pending.pop(run_id, None)

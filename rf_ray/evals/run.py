@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from actors.engine.evals import corpus
+from actors.engine.evals import corpus, serving
 from actors.engine.evals.spec import PipelineSpec
 from actors.storage.store import Store
 from policies.chunking import ChunkPlan
@@ -170,6 +170,7 @@ def evals_plan(  # noqa: PLR0913  run_evals' arguments, checked before anything 
         pipeline_spec(c, first + i, len(data), num_shards, seed, experiments_root)
         for i, c in enumerate(configs)
     ]
+    serving.choose(specs, serving.Platform.detect())
     load_corpora(specs)
     chosen = pruner or NoPruning()
     pruner_set = chosen.with_defaults(chosen.metric or "Samples Processed", chosen.mode or "max")
@@ -180,6 +181,12 @@ def evals_plan(  # noqa: PLR0913  run_evals' arguments, checked before anything 
         fingerprint=fingerprint, seed=seed, num_chunks=num_shards, has_eval=False,
         train=data, eval=None, differing=_differing(specs), slice_timeout=timeout,
     )  # fmt: skip
+
+
+def start_lines(plan: Plan) -> list[str]:
+    """What ``run_evals`` says once when it starts: which engine serves a generator that
+    asked for vLLM and did not get it (``serving.notes``)."""
+    return [f"[rf-ray {plan.name}] {line}" for line in serving.notes(plan.specs)]
 
 
 def _differing(specs: list[PipelineSpec]) -> list[str]:
@@ -206,4 +213,11 @@ def read_results(exp_dir: Path) -> dict[int, tuple[dict[str, list[Any]], dict[st
     return out
 
 
-__all__ = ["check_evals_settings", "evals_plan", "pipeline_spec", "read_results", "resolve_adapter"]
+__all__ = [
+    "check_evals_settings",
+    "evals_plan",
+    "pipeline_spec",
+    "read_results",
+    "resolve_adapter",
+    "start_lines",
+]

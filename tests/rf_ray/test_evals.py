@@ -136,6 +136,15 @@ def test_each_pipeline_is_an_mlflow_run_and_rf_ray_status_lists_them(sweep, caps
     assert status[2]["status"] == "completed"
 
 
+def test_rf_vllm_model_config_without_vllm_is_said_once_per_experiment(sweep) -> None:
+    log = (sweep.root / "evals-e2e" / "rf_ray.log").read_text().splitlines()
+    said = [line for line in log if "so the executor serves it" in line]
+    # three pipelines on one generator, three shards: one line, from the driver, saying why
+    assert len(said) == 1, said
+    assert "[driver" in said[0]
+    assert f"RFvLLMModelConfig({TOY_MODEL_NAME}): " in said[0]
+
+
 def test_the_corpus_is_stored_once_and_each_spec_names_it(sweep) -> None:
     exp_dir = sweep.root / "evals-e2e"
     (stored,) = (exp_dir / "corpora").iterdir()  # three pipelines, one corpus, one file

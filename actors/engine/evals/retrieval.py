@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,18 +54,22 @@ class Rag:
     template: Any = None
     documents: list[Any] = field(default_factory=list)
     """Every document (chunk) of the index, for functions that need the corpus."""
+    lock: Any = field(default_factory=threading.RLock)
+    """Held while retrieving: the models are shared with other pipelines, whose shards may
+    run on another thread (API pipelines), and a fast tokenizer must not be entered twice."""
 
     def get_context(
         self, batch_queries: list[str], use_reranker: bool = True, serialize: bool = True
     ) -> list[Any]:
         """Per query, its retrieved documents (reranked when the pipeline has a reranker),
         serialized to one string each unless ``serialize=False``."""
-        batch_docs = [list(docs) for docs in self.retriever.batch(list(batch_queries))]
-        if use_reranker and self.reranker is not None:
-            batch_docs = [
-                list(self.reranker.compress_documents(docs, query))
-                for query, docs in zip(batch_queries, batch_docs)
-            ]
+        with self.lock:
+            batch_docs = [list(docs) for docs in self.retriever.batch(list(batch_queries))]
+            if use_reranker and self.reranker is not None:
+                batch_docs = [
+                    list(self.reranker.compress_documents(docs, query))
+                    for query, docs in zip(batch_queries, batch_docs)
+                ]
         return self.serialize_documents(batch_docs) if serialize else batch_docs
 
     def serialize_documents(self, batch_docs: list[list[Any]]) -> list[str]:
@@ -90,6 +95,8 @@ class Retrieval:
         """How many times each index was built (once, unless the executor restarted)."""
         self._embeddings: dict[str, Any] = {}
         self._cross_encoders: dict[str, Any] = {}
+        self.lock = threading.RLock()
+        """One lock for every model here (see ``Rag.lock``)."""
 
     def embedding(self, cls: Any, kwargs: dict[str, Any]) -> Any:
         key = _key(cls, kwargs)
@@ -157,7 +164,7 @@ class Retrieval:
     def rag(self, spec: RagSpec) -> Rag:
         """A pipeline's ``Rag``: its own retriever (search settings) over the shared index."""
         if spec.retriever is not None:
-            return Rag(spec.retriever, self.reranker(spec), spec.template)
+            return Rag(spec.retriever, self.reranker(spec), spec.template, lock=self.lock)
         index = self.index(spec)
         if spec.store_type == "bm25":
             retriever = index.store.with_k(int(spec.search_kwargs["k"]))
@@ -165,7 +172,7 @@ class Retrieval:
             retriever = index.store.as_retriever(
                 search_type=spec.search_type, search_kwargs=dict(spec.search_kwargs)
             )
-        return Rag(retriever, self.reranker(spec), spec.template, index.documents)
+        return Rag(retriever, self.reranker(spec), spec.template, index.documents, self.lock)
 
 
 __all__ = ["Index", "Rag", "Retrieval", "default_template"]

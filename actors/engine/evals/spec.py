@@ -59,9 +59,19 @@ class GeneratorSpec:
     seed: int | None = None
     """Local sampling: the pipeline's own RNG stream starts here."""
     wants_vllm: bool = False
-    """The user asked for vLLM (``RFvLLMModelConfig``); the executor serves it and says so."""
+    """The user asked for vLLM (``RFvLLMModelConfig``)."""
+    backend: str = "transformers"
+    """Local: the engine that serves it, ``"vllm"`` or ``"transformers"`` (the executor's
+    resident model), chosen once on the driver (``serving.select``)."""
+    backend_note: str | None = None
+    """Why a generator that asked for vLLM is served by transformers (said once)."""
     vllm_config: dict[str, Any] = field(default_factory=dict)
+    """The user's ``model_config``: vLLM's engine arguments."""
     vllm_sampling: dict[str, Any] = field(default_factory=dict)
+    """The user's ``sampling_params``: vLLM's ``SamplingParams`` arguments."""
+    vllm_lora: dict[str, Any] = field(default_factory=dict)
+    """vLLM engine arguments that serve the adapters of the pipelines on this model
+    (``serving.lora_settings``); empty: LoRA off."""
     client: dict[str, Any] = field(default_factory=dict)
     """API: ``base_url``, ``api_key``, ``timeout``, ``max_retries``."""
     request: dict[str, Any] = field(default_factory=dict)
@@ -186,6 +196,12 @@ class PipelineSpec:
         if self.generator.kind != "local":
             return None
         return f"{EVALS_FUSION_PREFIX}{self.model_key}"
+
+    @property
+    def exclusive(self) -> bool:
+        """Whether its shards occupy the executor: a local generator's do; an API pipeline's
+        wait on the network and run beside the executor's work (``RunEntry.exclusive``)."""
+        return self.generator.kind == "local"
 
     @property
     def fusion_tokens(self) -> int:
