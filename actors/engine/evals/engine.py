@@ -21,6 +21,7 @@ An exception in one pipeline's function fails that pipeline only, named; the oth
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import logging
@@ -123,6 +124,11 @@ class PipelineEngine:
             record.rows_done = int(state["rows_done"])
             record.metrics, record.results = state["metrics"], state["results"]
             record.cumulative = state.get("cumulative", {})
+            if record.generator is not None and state.get("rng") is not None:
+                # the sampling stream goes on where it stopped: a resumed pipeline draws the
+                # tokens an uninterrupted one would
+                rng = torch.frombuffer(bytearray(base64.b64decode(state["rng"])), dtype=torch.uint8)
+                record.generator.set_state(rng)
         self.pipelines[spec.run_id] = record
 
     def load_generator(self, spec: PipelineSpec) -> str | None:
@@ -401,6 +407,9 @@ class PipelineEngine:
         base = make_private_dir(Path(run_dir))
         state = {"rows_done": record.rows_done, "metrics": record.metrics,
                  "results": record.results, "cumulative": record.cumulative}  # fmt: skip
+        if record.generator is not None:
+            rng = record.generator.get_state().numpy().tobytes()
+            state["rng"] = base64.b64encode(rng).decode()
         path = base / f"{STATE_FILE[:-5]}-{record.rows_done:08d}.json"
         atomic_write(path, json.dumps(_jsonable(state)).encode())
         self.durable[(record.spec.run_id, record.rows_done)] = str(path)
