@@ -8,11 +8,7 @@ the same executor generates all its shards."""
 
 from __future__ import annotations
 
-import json
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -21,6 +17,7 @@ from rf_ray import Experiment
 from rf_ray.automl import RFAPIModelConfig, RFGridSearch, RFLangChainRagSpec, RFvLLMModelConfig
 from rf_ray.evals.metrics import evals_metrics
 from rf_ray.toy import TOY_MODEL_NAME
+from tests.rf_ray.api_stub import Endpoint, endpoint
 from tests.rf_ray.test_evals import QUERIES, FactLoader, postprocess, preprocess
 
 ROWS = QUERIES[:8]
@@ -28,56 +25,10 @@ HOLD_SECONDS = 240.0
 """Bound on how long the stub holds requests for the test (released at once when it may)."""
 
 
-class _Endpoint(BaseHTTPRequestHandler):
-    """Answers ``"42"`` once ``release`` is set (``arrived`` says a request is waiting); its
-    first answers are a rate limit (twice) and a server error (once)."""
-
-    arrived = threading.Event()
-    release = threading.Event()
-    failures: list[int] = []
-    seen: list[dict] = []
-    lock = threading.Lock()
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        cls = type(self)
-        cls.arrived.set()
-        cls.release.wait(HOLD_SECONDS)
-        with cls.lock:
-            cls.seen.append({"body": body, "auth": self.headers.get("Authorization"),
-                             "at": time.monotonic()})  # fmt: skip
-            status = cls.failures.pop(0) if cls.failures else 200
-        payload = (
-            {"choices": [{"message": {"role": "assistant", "content": "42"}}]}
-            if status == 200 else {"error": {"message": f"stub says {status}"}}
-        )  # fmt: skip
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        if status == 429:
-            self.send_header("Retry-After", "0")
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    _Endpoint.arrived, _Endpoint.release = threading.Event(), threading.Event()
-    _Endpoint.failures, _Endpoint.seen = [429, 429, 503], []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Endpoint)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        _Endpoint.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+def stub() -> Iterator[Endpoint]:
+    with endpoint(hold=True, failures=[429, 429, 503]) as state:
+        yield state
 
 
 def _config_sets(base_url: str) -> list[dict]:
@@ -99,21 +50,21 @@ def _config_sets(base_url: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def run(ray_cluster, endpoint, tmp_path_factory) -> Iterator[SimpleNamespace]:
+def run(ray_cluster, stub, tmp_path_factory) -> Iterator[SimpleNamespace]:
     exp = Experiment("evals-api", mode="evals", experiment_path=tmp_path_factory.mktemp("api"))
     try:
-        exp.run_evals(RFGridSearch(_config_sets(endpoint)), ROWS, num_shards=2, seed=2,
+        exp.run_evals(RFGridSearch(_config_sets(stub.url)), ROWS, num_shards=2, seed=2,
                       live_view=False, blocking=False)  # fmt: skip
         # Run 1 is local; run 2 calls the endpoint, which holds every request until released.
         # Once run 2's first shard is waiting there, run 1 must finish all its shards.
-        assert _Endpoint.arrived.wait(120), "the API pipeline never called its endpoint"
+        assert stub.arrived.wait(120), "the API pipeline never called its endpoint"
         local = exp.wait_for_progress(1, chunks=2, timeout=120)
-        answered_before = len(_Endpoint.seen)
-        _Endpoint.release.set()
+        answered_before = len(stub.seen)
+        stub.release.set()
         info = exp.wait().set_index("run_id")
         yield SimpleNamespace(exp=exp, local=local, answered_before=answered_before, info=info)
     finally:
-        _Endpoint.release.set()
+        stub.release.set()
         exp.end()
 
 
@@ -123,11 +74,11 @@ def test_local_pipelines_generate_while_an_api_pipeline_waits_on_its_endpoint(ru
     assert run.info.loc[2, "status"] == "completed"
 
 
-def test_api_answers_rate_limits_and_retries_in_a_full_run(run) -> None:
+def test_api_answers_rate_limits_and_retries_in_a_full_run(run, stub) -> None:
     rows, metrics = run.exp.get_evals_results()[2]
     assert rows["generated_text"] == ["42"] * len(ROWS)
     assert metrics["Samples Processed"]["value"] == len(ROWS)
-    answered = [s for s in _Endpoint.seen if s["body"]["model"] == "stub-model"]
+    answered = [s for s in stub.seen if s["body"]["model"] == "stub-model"]
     assert len(answered) == len(ROWS) + 3  # each row once, plus the two 429s and the 503
     assert {s["auth"] for s in answered} == {"Bearer sk-stub"}
     assert {s["body"]["max_completion_tokens"] for s in answered} == {8}
