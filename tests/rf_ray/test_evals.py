@@ -136,6 +136,43 @@ def test_each_pipeline_is_an_mlflow_run_and_rf_ray_status_lists_them(sweep, caps
     assert status[2]["status"] == "completed"
 
 
+def test_rf_ray_status_shows_shards_rows_and_metrics_with_intervals(sweep, capsys) -> None:
+    assert main(["status", "evals-e2e", "--path", str(sweep.root)]) == 0
+    header, _, *table = capsys.readouterr().out.split("\n\n")[1].splitlines()
+    assert header.split()[:6] == ["run", "status", "shards", "rows", "last", "Recall"]
+    assert "Recall [interval]" in header
+    done = next(line for line in table if line.startswith("2 "))
+    recall = sweep.results[2][1]["Recall"]
+    shown = f"{recall['value']:.3g} [{recall['lower_bound']:.3g}, {recall['upper_bound']:.3g}]"
+    assert "3/3" in done
+    assert shown in done
+    assert main(["status", "evals-e2e", "--path", str(sweep.root), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["mode"] == "evals"
+    run = next(r for r in status["runs"] if r["run_id"] == 2)
+    assert run["intervals"]["Recall"] == pytest.approx(
+        {"value": recall["value"], "lower": recall["lower_bound"], "upper": recall["upper_bound"]}
+    )
+
+
+def test_the_live_view_shows_shards_and_the_metric_with_its_interval(
+    sweep, capsys, monkeypatch
+) -> None:
+    from actors.storage.store import Store
+    from rf_ray.live import LiveView
+
+    monkeypatch.setenv("RF_RAY_LIVE", "1")  # stdout is not a terminal: one line per change
+    exp_dir = sweep.root / "evals-e2e"
+    with Store(exp_dir, readonly=True) as store:
+        snapshot = store.runs()
+    LiveView("evals-e2e", {}, [], exp_dir=exp_dir).update(snapshot)
+    lines = capsys.readouterr().out.splitlines()
+    recall = sweep.results[2][1]["Recall"]
+    shown = f"Recall {recall['value']:.3g} [{recall['lower_bound']:.3g}, "
+    assert any("run 2: completed, shard 3/3" in line and shown in line for line in lines), lines
+    assert any("run 1: pruned, shard 1/3" in line for line in lines), lines
+
+
 def test_rf_vllm_model_config_without_vllm_is_said_once_per_experiment(sweep) -> None:
     log = (sweep.root / "evals-e2e" / "rf_ray.log").read_text().splitlines()
     said = [line for line in log if "so the executor serves it" in line]
