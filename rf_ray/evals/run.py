@@ -170,7 +170,8 @@ def evals_plan(  # noqa: PLR0913  run_evals' arguments, checked before anything 
         pipeline_spec(c, first + i, len(data), num_shards, seed, experiments_root)
         for i, c in enumerate(configs)
     ]
-    serving.choose(specs, serving.Platform.detect())
+    if any(s.generator.wants_vllm for s in specs):
+        serving.choose(specs, serving.Platform.detect())
     load_corpora(specs)
     chosen = pruner or NoPruning()
     pruner_set = chosen.with_defaults(chosen.metric or "Samples Processed", chosen.mode or "max")

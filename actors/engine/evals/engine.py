@@ -1,22 +1,27 @@
 """``PipelineEngine``: the evals pipelines placed on one executor, and one shard's step.
 
 The ``BaseModelActor`` hands every evals request here (a pipeline spec is recognised by
-``spec.is_pipeline``); fine-tuning runs go to the ``Executor`` as before. The engine uses the
-executor's resident base models (``Executor.load_base``, once per model for every pipeline)
-and its device, and owns what is evals' own:
+``spec.is_pipeline``); fine-tuning runs go to the ``Executor`` as before. A local generator is
+served by the engine the driver chose (``serving``): the executor's resident base model
+(``Executor.load_base``, once per model for every pipeline) or one vLLM engine per model
+(``vllm_generator``). The engine owns what is evals' own:
 
 * one ``PipelineRecord`` per pipeline: its spec, built retrieval (``Rag``) and prompt manager,
   its progress (rows of the eval set done), the per-batch metrics and results so far, and its
   RNG stream;
 * ``Retrieval``: indexes built once per distinct (corpus, splitter, embedding), shared;
-* one ``ApiClient`` per endpoint and model (its rate limit shared by the pipelines calling it).
+* ``Endpoints``: one API client per endpoint and model (its rate limit shared by the pipelines
+  calling it).
 
 ``run_group`` runs a group of pipelines over their granted rows (one shard): per batch, each
-pipeline's ``preprocess_fn`` builds its prompts, all local pipelines' prompts generate in one
-batched call (``generate.generate_group``), then each pipeline's ``postprocess_fn`` and
-``compute_metrics_fn``. After the shard each pipeline's cumulative metrics get confidence
-intervals (``policies.intervals``) and its state is written, durably, before the step returns.
-An exception in one pipeline's function fails that pipeline only, named; the others go on.
+pipeline's ``preprocess_fn`` builds its prompts, all local pipelines' prompts on one model
+generate in one call (``generate.generate_group`` or ``VllmGenerator.generate``), then each
+pipeline's ``postprocess_fn`` and ``compute_metrics_fn``. After the shard each pipeline's
+cumulative metrics get confidence intervals (``policies.intervals``) and its state (with its
+sampling RNG) is written, durably, before the step returns. An exception in one pipeline's
+function fails that pipeline only, named; the others go on. An API pipeline's shard runs on
+another thread than the executor's worker (``BaseModelActor``), beside the others: what it
+shares with them is the pipeline table (each record its own) and ``Retrieval`` (locked).
 """
 
 from __future__ import annotations
