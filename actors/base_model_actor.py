@@ -54,6 +54,9 @@ GROUP_WAIT_SECONDS = 30.0
 come in time (it died, or is being re-placed slowly) trains on its own when it does come."""
 DURABLE_WAIT_SECONDS = 600.0
 """Bound on waiting for one checkpoint write (``wait_durable``)."""
+API_THREADS = 4
+"""Evals API pipelines whose shards run at once (each sends its batches' prompts
+concurrently too: ``actors.engine.evals.api_client``)."""
 
 
 @dataclasses.dataclass
@@ -100,6 +103,10 @@ class BaseModelActor:
         self.executor = Executor(create_model_fn, train_dataset, eval_dataset, device=device)
         self.owners: dict[int, str | None] = {}
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="executor")
+        self._api_threads = concurrent.futures.ThreadPoolExecutor(
+            API_THREADS, thread_name_prefix="api-shard"
+        )
+        """Evals API pipelines' shards run here, beside the worker (``run_slice``)."""
         self._groups: dict[tuple[int, ...], _Gathering] = {}
         """Fused groups still gathering their members, by sorted member ids."""
         self._worker_thread: int | None = None
@@ -109,16 +116,44 @@ class BaseModelActor:
         self.pipelines: Any = None
         """Evals pipelines placed here (``actors.engine.evals.engine.PipelineEngine``), made
         on the first one; fine-tuning runs never create it."""
+        self.exp_dir = log_dir
+        """The experiment's directory (the session passes it as ``log_dir``): evals pipelines
+        read their stored corpus from it."""
 
     def _pipeline_engine(self) -> Any:
         if self.pipelines is None:
             from actors.engine.evals.engine import PipelineEngine
 
-            self.pipelines = PipelineEngine(self.executor, self.executor.train_dataset)
+            self.pipelines = PipelineEngine(
+                self.executor, self.executor.train_dataset, self.exp_dir
+            )
         return self.pipelines
 
     def _is_pipeline(self, run_id: int) -> bool:
         return self.pipelines is not None and run_id in self.pipelines.pipelines
+
+    async def _api_shard(self, arrived: dict[int, tuple[int, int, bool, str]]) -> Any:
+        """An evals API pipeline's shard, on its own thread rather than the executor's worker.
+
+        Why: its time is spent waiting on a network endpoint (latency, the rate limiter's
+        sliding minute, retries with backoff), not on the device. On the worker it would hold up
+        every local pipeline's generation and every training slice queued behind it for that
+        long; here the resident model keeps working meanwhile (the scheduler grants such a
+        pipeline without counting it against the executor: ``RunEntry.exclusive``). What it
+        shares with the worker's work (retrieval models, the pipeline table) is safe to share:
+        retrieval holds ``Retrieval.lock``, each pipeline's record is its own."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._api_threads, self._beside_worker, arrived)
+
+    def _beside_worker(self, arrived: dict[int, tuple[int, int, bool, str]]) -> Any:
+        try:
+            return self._shard(arrived)
+        except (StopIteration, StopAsyncIteration) as exc:  # see _on_worker
+            raise as_run_failure(exc, f"running pipelines {sorted(arrived)}") from exc
+        except Exception:
+            raise
+        except BaseException as exc:
+            raise as_run_failure(exc, f"running pipelines {sorted(arrived)}") from exc
 
     async def _work(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` on the executor's worker thread (requests queue there, in order)."""
@@ -226,8 +261,9 @@ class BaseModelActor:
         import cloudpickle
 
         spec = cloudpickle.loads(spec_blob)
-        if is_pipeline(spec) and spec.generator.kind != "local":
-            return  # an API pipeline has no resident model
+        if is_pipeline(spec):  # evals: the resident model, a vLLM engine, or nothing (API)
+            self._pipeline_engine().load_generator(spec)
+            return
         self.executor.load_base(spec)
 
     async def has_run(self, run_id: int) -> bool:
@@ -260,7 +296,10 @@ class BaseModelActor:
             # Time-sliced; or a member too late for its group, or a retried call: on its own.
             if evals:
                 arrived = {run_id: (start_step, end_step, evaluate, run_dir)}
-                outcome = (await self._work(self._shard, arrived))[run_id]
+                if self.pipelines.is_api(run_id):
+                    outcome = (await self._api_shard(arrived))[run_id]
+                else:
+                    outcome = (await self._work(self._shard, arrived))[run_id]
                 if isinstance(outcome, BaseException):
                     raise outcome
                 return outcome  # type: ignore[no-any-return]

@@ -64,6 +64,10 @@ class RunEntry:
     fusion_tokens: int = 0
     parent_run_id: int | None = None
     warm_start: bool = False
+    exclusive: bool = True
+    """Its slices occupy the executor (training, local generation). False for an evals API
+    pipeline, whose shard mostly waits on a network endpoint: it runs beside the executor's
+    other work and is granted without waiting for the executor (``SchedulerCore``)."""
     # ---- progress (``PROGRESS_COLUMNS``; defaults: a new run)
     status: RunStatus = RunStatus.PENDING
     """One enum everywhere (a status string given here is turned into it)."""

@@ -158,6 +158,8 @@ class SchedulerCore:
         row = self.runs[run_id]
         if not is_live(row.status):
             return row.status
+        if not row.exclusive:
+            return self._grant_beside(row)
         free = [i for i, b in enumerate(self.busy) if not b]
         if row.in_flight or not free:
             return None
@@ -172,6 +174,7 @@ class SchedulerCore:
             rid: chunks
             for rid, chunks in live.items()
             if not self.runs[rid].in_flight
+            and self.runs[rid].exclusive
             and (not up_only or rid == run_id or rid in self.trials_up)
             and (self.pruning_error is not None or self.pruner.may_advance(rid, chunks, live))
         }
@@ -184,6 +187,13 @@ class SchedulerCore:
             self.pending[grant.run_id] = grant
         return grants[0]
 
+    def _grant_beside(self, row: RunRow) -> Grant | None:
+        """A run that does not occupy its executor (an evals API pipeline) goes as soon as the
+        pruner lets it: it neither waits for the executor nor holds up the runs that do."""
+        if row.in_flight or not self.pruner.may_advance(row.run_id, row.chunks_done, self.live()):
+            return None
+        return self._grant(row, row.executor or 0, (row.run_id,))
+
     def _grant(self, row: RunRow, executor: int, group: tuple[int, ...]) -> Grant:
         _, chunk_end = row.plan.chunk_bounds(row.chunks_done)
         end = chunk_end
@@ -192,8 +202,9 @@ class SchedulerCore:
         if row.status is RunStatus.PENDING:
             self.set_status(row.run_id, RunStatus.RUNNING)
         row.in_flight, row.executor, row.group = True, executor, group
-        self.busy[executor] += 1
-        self.granted_any = True
+        if row.exclusive:
+            self.busy[executor] += 1
+            self.granted_any = True
         evaluate = self.has_eval and end == chunk_end
         return Grant(
             row.run_id, executor, end, evaluate, group, row.steps_done, self.deadline_s,
@@ -406,7 +417,7 @@ class SchedulerCore:
 
     def _release(self, run_id: int) -> RunRow:
         row = self.runs[run_id]
-        if row.in_flight and row.executor is not None:
+        if row.in_flight and row.executor is not None and row.exclusive:
             self.busy[row.executor] -= 1
         row.in_flight, row.group = False, ()
         self.pending.pop(run_id, None)

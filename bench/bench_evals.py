@@ -17,8 +17,9 @@ time to all decided (that span: every pipeline scored on every shard), and check
 ways produced identical answers (greedy decoding). Actor start-up is left out of both figures.
 
 Run it with ``python bench/bench_evals.py`` (a few minutes on 2 CPU cores) or ``--quick`` (the
-test suite's run: K=2, 16 queries, 2 shards). Timings on a loaded machine are not publishable:
-the JSON records the load average.
+test suite's run: K=2, 8 queries, 2 shards, 2 new tokens: one run_evals per way on one Ray
+cluster, well under a minute on a quiet 2-core machine). Timings on a loaded machine are not
+publishable: the JSON records the load average.
 """
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import ray  # noqa: E402
 from langchain_community.document_loaders import JSONLoader  # noqa: E402
 
 from rf_ray import Experiment  # noqa: E402
 from rf_ray.automl import List, RFGridSearch, RFLangChainRagSpec, RFvLLMModelConfig  # noqa: E402
+from rf_ray.cluster import ensure_ray  # noqa: E402
 from rf_ray.evals.toy import TINY_READER  # noqa: E402
 
 DATA = REPO / "examples" / "data" / "facts"
@@ -113,14 +116,20 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "evals.json"))
     args = parser.parse_args()
     if args.quick:
-        args.k, args.queries, args.shards, args.new_tokens = 2, 16, 2, 4
+        args.k, args.queries, args.shards, args.new_tokens = 2, 8, 2, 2
     lines = (DATA / "queries.jsonl").read_text().splitlines()[: args.queries]
     queries = [json.loads(line) for line in lines]
     root = Path(tempfile.mkdtemp(prefix="bench-evals-"))
     cell: dict[str, Any] = {"k": args.k, "queries": len(queries), "shards": args.shards,
                             "new_tokens": args.new_tokens}  # fmt: skip
-    for label, batched in (("batched", True), ("one after another", False)):
-        cell[label] = measure(root, label.replace(" ", "-"), args, queries, batched)
+    # One Ray cluster for both ways: an Experiment that started Ray stops it when it ends, so
+    # the second way would start it again (about as long as the quick run's work).
+    ensure_ray()
+    try:
+        for label, batched in (("batched", True), ("one after another", False)):
+            cell[label] = measure(root, label.replace(" ", "-"), args, queries, batched)
+    finally:
+        ray.shutdown()
     answers = [cell[label].pop("answers") for label in ("batched", "one after another")]
     cell["identical_answers"] = answers[0] == answers[1]
     slow, fast = cell["one after another"], cell["batched"]

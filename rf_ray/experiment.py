@@ -213,7 +213,7 @@ class Experiment:
         generator generate each batch in one call; ``False`` runs them one after another.
         Steer pipelines while it runs (``blocking=False``) with stop/resume/delete/
         clone_modify, as fit runs."""
-        from rf_ray.evals.run import evals_plan
+        from rf_ray.evals.run import evals_plan, start_lines
 
         self._check_mode("evals", "run_evals")
         group = config_group if isinstance(config_group, ConfigGroup) else RFGridSearch(
@@ -228,6 +228,8 @@ class Experiment:
         self._stop_session()
         self._session = session.start(plan, num_executors=num_executors)
         self._start_log_file()
+        for line in start_lines(plan):  # once per experiment, not per executor or shard
+            summary.say(line)
         self._differing, self._live_view = plan.differing, live_view
         self._metric = (plan.settings.metric, plan.settings.mode)
         if not blocking:

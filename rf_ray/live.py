@@ -66,6 +66,9 @@ class LiveView:
         self.exp_dir = exp_dir
         """Where the runs' samples.json are: their generation metrics get columns."""
         self._per_epoch: int | None = None
+        self._evals: tuple[Any, Any] = (None, None)
+        """(what it was read at, the ``EvalsView``) of an evals experiment: shards and
+        intervals (``_evals_view``)."""
 
     def __enter__(self) -> LiveView:
         if self.enabled and sys.stdout.isatty():
@@ -85,12 +88,17 @@ class LiveView:
         if self._live is not None:
             self._live.update(self.render(snapshot))
             return
+        evals = self._evals_view(snapshot)
         for row in snapshot:  # plain log lines
             key = (row["chunks_done"], row["status"])
             if self._seen.get(row["run_id"]) != key:
                 self._seen[row["run_id"]] = key
                 gen = self._generated([row]).get(row["run_id"], {})
                 extra = "".join(f", {k} {_fmt(v)}" for k, v in sorted(gen.items()))
+                if evals is not None:  # a pipeline: shards, its metrics with their intervals
+                    extra += "".join(
+                        f", {k} {evals.cell(row['run_id'], k)}" for k in evals.columns()
+                    )
                 print(
                     f"[rf-ray {self.name}] run {row['run_id']}: {row['status']}, "
                     f"{self._progress(row)}, metric {_fmt(row['last_metric'])}{extra}",
@@ -98,9 +106,24 @@ class LiveView:
                 )
 
     def _progress(self, row: dict[str, Any]) -> str:
+        if self._evals[1] is not None:
+            return str(self._evals[1].progress(row))
         if self._per_epoch is None:
             self._per_epoch = chunks_per_epoch(self.exp_dir) or 0
         return chunk_progress(row["chunks_done"], row["total_chunks"], self._per_epoch)
+
+    def _evals_view(self, snapshot: list[dict[str, Any]]) -> Any:
+        """The ``rf_ray.evals.progress.EvalsView`` of an evals experiment (read again when a
+        run closed a shard), None for a fit one."""
+        if self.exp_dir is None or not snapshot:
+            return None
+        at = tuple((r["run_id"], r["chunks_done"]) for r in snapshot)
+        if self._evals[0] != at and self._evals != ("fit", None):
+            from rf_ray.evals.progress import EvalsView
+
+            view = EvalsView.read(self.exp_dir, [r["run_id"] for r in snapshot])
+            self._evals = (at, view) if view is not None else ("fit", None)
+        return self._evals[1]
 
     def _generated(self, snapshot: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
         """The runs' last generation metrics (``rf_ray.samples``), if any."""
@@ -122,12 +145,16 @@ class LiveView:
             else r["chunks_done"]
             for r in snapshot
         )  # fmt: skip
+        evals = self._evals_view(snapshot)
+        interval = evals.columns()[:1] if evals is not None else []
         table = Table(title=f"rf-ray: {self.name}", expand=False)
         table.add_column("run", justify="right")
         for key in self.differing:
             table.add_column(key)
         table.add_column("progress", justify="right")
         table.add_column("metric", justify="right")
+        for key in interval:
+            table.add_column(f"{key} [interval]", justify="right")
         generated = self._generated(snapshot)
         gen_columns = sorted({k for m in generated.values() for k in m})[:2]
         for key in gen_columns:
@@ -142,6 +169,7 @@ class LiveView:
                 *[str(params.get(k, "")) for k in self.differing],
                 self._progress(row),
                 _fmt(row["last_metric"]),
+                *[evals.cell(row["run_id"], k) for k in interval],
                 *[_fmt(gen.get(k)) for k in gen_columns],
                 row["status"],
             )

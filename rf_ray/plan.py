@@ -267,6 +267,7 @@ def entry_for(
         fusion_tokens=spec.fusion_tokens,
         parent_run_id=spec.parent_run_id,
         warm_start=warm_start,
+        exclusive=spec.exclusive if isinstance(spec, PipelineSpec) else True,
     )
 
 

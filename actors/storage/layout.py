@@ -11,6 +11,7 @@
         functions/                       .functions_dir
         data/train, data/eval            .train_data, .eval_data   the datasets (Arrow)
         tune/                            .tune_dir       Ray Tune's results (rf_ray.tune)
+        corpora/<key>.jsonl              .corpus_file(key)  evals: each document corpus, once
         runs/                            .runs_dir
             <id>/                        .run(id) -> RunDir
                 spec.json                .spec_file      (spec.cloudpickle: .legacy_spec_file)
@@ -18,6 +19,7 @@
                 checkpoints/step-<N>/    .checkpoint(N)  (actors.storage.checkpoint)
                 adapter/                 .adapter_dir    the exported final adapter
                 samples.json             .samples_file   generation samples (actors.engine.gen_eval)
+                pipeline.json            .pipeline_file  evals: a pipeline's settings (+ .pipeline_pickle)
 
 Plain paths only: nothing here reads or writes (except ``run_ids_on_disk``, which lists). The
 modules that own each file (store, lock, checkpoints, specs) ask this one where it lives.
@@ -176,6 +178,15 @@ class ExperimentDir:
     @property
     def eval_data(self) -> Path:
         return self.data_dir / "eval"
+
+    @property
+    def corpora_dir(self) -> Path:
+        """Evals mode: each distinct document corpus, once (``actors.engine.evals.corpus``)."""
+        return self.root / "corpora"
+
+    def corpus_file(self, key: str) -> Path:
+        """The corpus ``key`` (a hash of its content), as JSON lines."""
+        return self.corpora_dir / f"{key}.jsonl"
 
     @property
     def tune_dir(self) -> Path:

@@ -112,9 +112,16 @@ def status_json(name: str, exp_dir: Path, data: dict[str, Any]) -> dict[str, Any
     generated = generation_metrics(exp_dir, [r["run_id"] for r in runs])
     for r in runs:
         r["generation_metrics"] = generated.get(r["run_id"], {})
+    evals = _evals_view(exp_dir, data)
+    for r in runs if evals is not None else ():  # evals: each metric's last interval
+        r["intervals"] = {
+            k: dict(zip(("value", "lower", "upper"), v))
+            for k, v in evals.intervals.get(r["run_id"], {}).items()
+        }
     out = {
         "name": name,
         "dir": str(exp_dir.resolve()),
+        "mode": "fit" if evals is None else "evals",
         "meta": data["meta"],
         "differing": differing_keys([r["params"] for r in data["runs"]]),
         "runs": runs,
@@ -141,16 +148,22 @@ def status_text(name: str, exp_dir: Path, data: dict[str, Any]) -> str:
     generated = generation_metrics(exp_dir, [r["run_id"] for r in runs])
     gen_columns = metric_columns(generated, skip=pruner.get("metric"))
     headers = ["run", "status", "progress", "steps", f"last {metric}", f"best {metric}", "pruned@"]
-    headers += [*gen_columns, *knobs, "error"]
+    evals = _evals_view(exp_dir, data)  # evals: shards, rows, metrics with their intervals
+    intervals = evals.columns() if evals is not None else []
+    per_epoch = stored_settings(meta).get("num_chunks")
+    if evals is not None:
+        headers[2:4] = ["shards", "rows"]
+    headers += [*(f"{k} [interval]" for k in intervals), *gen_columns, *knobs, "error"]
     rows = [
         [
             str(r["run_id"]),
             r["status"],
-            _progress(r, stored_settings(meta).get("num_chunks")),
+            evals.progress(r) if evals is not None else _progress(r, per_epoch),
             f"{r['steps_done']}/{r['total_steps']}",
             _fmt(r["last_metric"]),
             _fmt(r["best_metric"]),
             _fmt(r["pruned_at"]),
+            *(evals.cell(r["run_id"], k) for k in intervals if evals is not None),
             *(_fmt(generated.get(r["run_id"], {}).get(k)) for k in gen_columns),
             *(_fmt(r["params"].get(k)) for k in knobs),
             _truncate(r["error"]),
@@ -169,6 +182,13 @@ def _progress(run: dict[str, Any], per_epoch: Any) -> str:
 def _tracking_uri(exp_dir: Path, meta: dict[str, Any]) -> str:
     stored = meta.get("tracking_uri")
     return "-" if stored is None else ExperimentDir(exp_dir).tracking_uri_from(stored)
+
+
+def _evals_view(exp_dir: Path, data: dict[str, Any]) -> Any:
+    """An evals experiment's view (``rf_ray.evals.progress``), None for a fit experiment."""
+    from rf_ray.evals.progress import EvalsView
+
+    return EvalsView.of(exp_dir, [r["run_id"] for r in data["runs"]], data["meta"], data["chunks"])
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:

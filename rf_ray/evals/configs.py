@@ -218,10 +218,12 @@ class RFvLLMModelConfig(_GeneratorConfig):
     ``model_config={"model": name, ...}`` (vLLM engine arguments) and
     ``sampling_params={"temperature": ..., "top_p": ..., "max_tokens": ...}``.
 
-    rf-ray serves it from the executor's resident model (loaded once by ``create_model_fn``,
-    shared by every pipeline, batched across pipelines) and logs one line saying so; a vLLM
-    engine is not wired in yet. The vLLM-only engine arguments (``gpu_memory_utilization``,
-    ``tensor_parallel_size``, ...) are kept in the spec and unused."""
+    Where vLLM is installed and a CUDA GPU is there, a vLLM engine serves it: ``model_config``
+    as vLLM's engine arguments, ``sampling_params`` as vLLM's, a pipeline's adapter as a LoRA
+    request, every pipeline of a shard in one engine call. Elsewhere the executor's resident
+    model serves it (loaded once by ``create_model_fn``, shared by every pipeline, batched
+    across pipelines), and ``run_evals`` says so in one line
+    (``actors.engine.evals.serving``)."""
 
     _fields = ("model_config", "sampling_params", "rag", "prompt_manager")
     _no_knobs = frozenset({"rag", "prompt_manager"})

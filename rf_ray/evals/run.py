@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from actors.engine.evals import corpus, serving
 from actors.engine.evals.spec import PipelineSpec
 from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
@@ -91,25 +92,40 @@ def pipeline_spec(
 
 
 def load_corpora(specs: list[PipelineSpec]) -> None:
-    """Load and split each distinct corpus once, on the driver (a loader's error surfaces
-    here, before anything starts); pipelines with the same corpus share the document list."""
-    corpora: dict[str, list[Any]] = {}
+    """Load and split each distinct corpus once, on the driver (a loader's error, or metadata
+    that cannot be stored, surfaces here, before anything starts); pipelines with the same
+    corpus share the document list and its key, under which ``persist`` stores it once
+    (``actors.engine.evals.corpus``)."""
+    corpora: dict[str, tuple[list[Any], str]] = {}
     for spec in specs:
         rag = spec.rag
         if rag is None or rag.retriever is not None:
             continue
         key = json.dumps([rag.described["loaders"], rag.described["splitter"]], sort_keys=True)
         if key not in corpora:
-            try:
-                corpora[key] = rag.load_corpus()
-            except Exception as exc:
-                raise ConfigError(
-                    f"pipeline {spec.run_id}: loading its documents failed: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-            if not corpora[key]:
-                raise ConfigError(f"pipeline {spec.run_id}: its document loaders found nothing")
-        rag.documents, rag.loaders, rag.splitter = corpora[key], [], None
+            corpora[key] = _load_corpus(spec)
+        rag.documents, rag.corpus = corpora[key]
+        rag.loaders, rag.splitter = [], None
+        # Pipelines share an index only over the same documents: a corpus changed on disk
+        # between two run_evals of one experiment is another corpus.
+        rag.described = {**rag.described, "corpus": rag.corpus}
+
+
+def _load_corpus(spec: PipelineSpec) -> tuple[list[Any], str]:
+    assert spec.rag is not None  # load_corpora's caller checked
+    try:
+        documents = spec.rag.load_corpus()
+    except Exception as exc:
+        raise ConfigError(
+            f"pipeline {spec.run_id}: loading its documents failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not documents:
+        raise ConfigError(f"pipeline {spec.run_id}: its document loaders found nothing")
+    try:
+        data = corpus.encode(documents)
+    except ValueError as exc:
+        raise ConfigError(f"pipeline {spec.run_id}: its corpus cannot be stored: {exc}") from exc
+    return documents, corpus.corpus_key(data)
 
 
 def check_evals_settings(rows: int, num_shards: Any, seed: Any, pruner: Any) -> None:
@@ -165,12 +181,20 @@ def evals_plan(  # noqa: PLR0913  run_evals' arguments, checked before anything 
         pipeline_spec(c, first + i, len(data), num_shards, seed, experiments_root)
         for i, c in enumerate(configs)
     ]
+    if any(s.generator.wants_vllm for s in specs):
+        serving.choose(specs, serving.Platform.detect())
     load_corpora(specs)
     return Plan(
         name=name, dir=exp_dir, tracking_uri=tracking_uri, specs=specs,
         create_model_fn=create_model_fn, settings=settings, fingerprint=fingerprint,
         train=data, eval=None, differing=_differing(specs),
     )  # fmt: skip
+
+
+def start_lines(plan: Plan) -> list[str]:
+    """What ``run_evals`` says once when it starts: which engine serves a generator that
+    asked for vLLM and did not get it (``serving.notes``)."""
+    return [f"[rf-ray {plan.name}] {line}" for line in serving.notes(plan.specs)]
 
 
 def _differing(specs: list[PipelineSpec]) -> list[str]:
@@ -197,4 +221,11 @@ def read_results(exp_dir: Path) -> dict[int, tuple[dict[str, list[Any]], dict[st
     return out
 
 
-__all__ = ["check_evals_settings", "evals_plan", "pipeline_spec", "read_results", "resolve_adapter"]
+__all__ = [
+    "check_evals_settings",
+    "evals_plan",
+    "pipeline_spec",
+    "read_results",
+    "resolve_adapter",
+    "start_lines",
+]

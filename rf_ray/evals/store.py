@@ -4,8 +4,10 @@ A pipeline's settings are data (``pipeline.json``: its flat params, plan, seed, 
 by ``rf-ray status`` and read by a person; the spec itself holds LangChain objects (loaders,
 splitters, classes) and the user's functions, which are code, so the whole ``PipelineSpec`` is
 cloudpickled beside it, as Ray ships it (``rf_ray.spec_store`` stores a fit run's functions the
-same way when they have no importable name). Opening an experiment directory unpickles it:
-open only directories you trust (docs/security.md). Never overwritten: run ids are not reused.
+same way when they have no importable name). The documents it retrieves from are not in it:
+the experiment stores each corpus once (``corpora/<key>.jsonl``, ``actors.engine.evals.corpus``)
+and the spec names its key. Opening an experiment directory unpickles it: open only directories
+you trust (docs/security.md). Never overwritten: run ids are not reused.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from actors.engine.evals.corpus import write_corpus
 from actors.engine.evals.spec import PipelineSpec
 from actors.storage.durable import atomic_write, make_private_dir
 from actors.storage.layout import ExperimentDir
@@ -31,18 +34,24 @@ def pipeline_record(spec: PipelineSpec) -> dict[str, Any]:
         "params": spec.params,
         "plan": spec.plan.to_dict(),
         "adapter": spec.adapter,
+        "corpus": spec.rag.corpus if spec.rag is not None else None,
     }
 
 
 def write_pipeline_spec(exp_dir: Path, spec: PipelineSpec) -> bytes:
-    """Store ``spec`` for run ``spec.run_id`` (refusing to overwrite); returns its blob."""
+    """Store ``spec`` for run ``spec.run_id`` (refusing to overwrite); returns its blob, the
+    spec as executors get it. Its corpus is stored once for the experiment, under its key
+    (``actors.engine.evals.corpus``); the spec keeps the key only."""
     files = ExperimentDir(exp_dir).run(spec.run_id)
     if files.pipeline_file.exists():
         raise ConfigError(
             f"run {spec.run_id} already has a spec at {files.path}; ids are never reused"
         )
+    rag = spec.rag
+    if rag is not None and rag.corpus is not None and rag.documents is not None:
+        write_corpus(exp_dir, rag.corpus, rag.documents)
     make_private_dir(files.path)
-    blob = spec_blob(spec)
+    blob = spec_blob(spec.stored())
     atomic_write(files.pipeline_pickle, blob)
     atomic_write(files.pipeline_file, json.dumps(pipeline_record(spec), indent=1).encode())
     return blob

@@ -136,3 +136,20 @@ def test_a_pipeline_generates_with_its_adapter_resident_beside_the_base(
     assert alone.pipelines[3].results["generated_text"] == tuned
     engine.remove(2)
     assert "pipeline_2" not in engine.executor.bases["toy"].model.peft_config
+
+
+def test_a_sampled_pipeline_restored_from_its_state_draws_as_if_uninterrupted(
+    engine: PipelineEngine, tmp_path
+) -> None:
+    sampled = spec(1, {**SAMPLED, "temperature": 1.5}, seed=3)
+    engine.add(sampled)
+    engine.run_group({1: (0, 4, str(tmp_path / "a"))})
+    engine.run_group({1: (4, 8, str(tmp_path / "a"))})
+    first = PipelineEngine(engine.executor, engine.dataset)
+    first.add(sampled)
+    state = read_state(first.run_group({1: (0, 4, str(tmp_path / "b"))})[1].checkpoint)
+    resumed = PipelineEngine(engine.executor, engine.dataset)  # e.g. after the driver died
+    resumed.add(sampled, state)
+    resumed.run_group({1: (4, 8, str(tmp_path / "b"))})
+    assert resumed.pipelines[1].results["generated_text"] == \
+        engine.pipelines[1].results["generated_text"]  # fmt: skip

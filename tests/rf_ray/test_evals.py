@@ -136,6 +136,83 @@ def test_each_pipeline_is_an_mlflow_run_and_rf_ray_status_lists_them(sweep, caps
     assert status[2]["status"] == "completed"
 
 
+def test_rf_ray_status_shows_shards_rows_and_metrics_with_intervals(sweep, capsys) -> None:
+    assert main(["status", "evals-e2e", "--path", str(sweep.root)]) == 0
+    header, _, *table = capsys.readouterr().out.split("\n\n")[1].splitlines()
+    assert "rows" in header.split()
+    assert "Recall [interval]" in header
+    done = next(line for line in table if line.startswith("2 "))
+    recall = sweep.results[2][1]["Recall"]
+    shown = f"{recall['value']:.3g} [{recall['lower_bound']:.3g}, {recall['upper_bound']:.3g}]"
+    assert "3/3" in done
+    assert "shard" in header + done  # progress in shards, not chunks
+    assert "chunk" not in header + done
+    assert shown in done
+    assert main(["status", "evals-e2e", "--path", str(sweep.root), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["mode"] == "evals"
+    run = next(r for r in status["runs"] if r["run_id"] == 2)
+    assert run["intervals"]["Recall"] == pytest.approx(
+        {"value": recall["value"], "lower": recall["lower_bound"], "upper": recall["upper_bound"]}
+    )
+
+
+def test_the_live_view_shows_shards_and_the_metric_with_its_interval(
+    sweep, capsys, monkeypatch
+) -> None:
+    from actors.storage.store import Store
+    from rf_ray.live import LiveView
+
+    monkeypatch.setenv("RF_RAY_LIVE", "1")  # stdout is not a terminal: one line per change
+    exp_dir = sweep.root / "evals-e2e"
+    with Store(exp_dir, readonly=True) as store:
+        snapshot = store.runs()
+    LiveView("evals-e2e", {}, [], exp_dir=exp_dir).update(snapshot)
+    lines = capsys.readouterr().out.splitlines()
+    recall = sweep.results[2][1]["Recall"]
+    shown = f"Recall {recall['value']:.3g} [{recall['lower_bound']:.3g}, "
+    assert any("run 2: completed, shard 3/3" in line and shown in line for line in lines), lines
+    assert any("run 1: pruned, shard 1/3" in line for line in lines), lines
+
+
+def test_rf_vllm_model_config_without_vllm_is_said_once_per_experiment(sweep) -> None:
+    log = (sweep.root / "evals-e2e" / "rf_ray.log").read_text().splitlines()
+    said = [line for line in log if "so the executor serves it" in line]
+    # three pipelines on one generator, three shards: one line, from the driver, saying why
+    assert len(said) == 1, said
+    assert "[driver" in said[0]
+    assert f"RFvLLMModelConfig({TOY_MODEL_NAME}): " in said[0]
+
+
+def test_the_corpus_is_stored_once_and_each_spec_names_it(sweep) -> None:
+    exp_dir = sweep.root / "evals-e2e"
+    (stored,) = (exp_dir / "corpora").iterdir()  # three pipelines, one corpus, one file
+    lines = stored.read_text().splitlines()
+    assert len(lines) == len(DOCS)
+    assert json.loads(lines[0])["metadata"] == {"doc_id": DOCS[0]["_id"]}
+    for rid in (1, 2, 3):
+        run = exp_dir / "runs" / str(rid)
+        assert json.loads((run / "pipeline.json").read_text())["corpus"] == stored.stem
+        # the stored spec names the corpus; it does not hold its text (the executor read the
+        # file back: the pipelines retrieved from it)
+        assert DOCS[0]["text"].encode() not in (run / "pipeline.cloudpickle").read_bytes()
+
+
+class DatedLoader(BaseLoader):
+    def load(self) -> list[Document]:
+        return [Document("k q = 1 .", metadata={"doc_id": 0, "seen": object()})]
+
+
+def test_a_corpus_that_cannot_be_stored_is_refused_before_anything_is_written(tmp_path) -> None:
+    rag = RFLangChainRagSpec(document_loader=DatedLoader(), vector_store_cfg={"type": "bm25"})
+    generator = RFvLLMModelConfig(model_config={"model": TOY_MODEL_NAME}, rag=rag)
+    exp = Experiment("evals-bad-corpus", mode="evals", experiment_path=tmp_path)
+    with pytest.raises(ConfigError, match=r"corpus cannot be stored.*\['seen'\].*metadata_func"):
+        exp.run_evals({"vllm_config": generator, "preprocess_fn": preprocess}, QUERIES,
+                      num_shards=2, live_view=False)  # fmt: skip
+    assert not (tmp_path / "evals-bad-corpus").exists()
+
+
 def test_pipelines_are_stopped_resumed_deleted_and_cloned(ray_cluster, tmp_path) -> None:
     exp = Experiment("evals-ops", mode="evals", experiment_path=tmp_path)
     try:

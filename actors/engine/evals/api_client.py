@@ -1,6 +1,8 @@
 """An OpenAI-compatible ``/chat/completions`` client with rate limits and retries.
 
-``ApiClient.complete(messages)`` sends one chat completion and returns its text. Before each
+``ApiClient.complete(messages)`` sends one chat completion and returns its text;
+``complete_many`` sends a batch's prompts concurrently (at most ``MAX_CONCURRENT`` in flight)
+and returns the texts in order with what the batch cost in retries and waiting. Before each
 request it waits for the endpoint's budget (``RateLimiter``: requests and tokens per minute over
 a sliding 60-second window, shared by every pipeline that calls the same endpoint from this
 executor); a 429 or 5xx answer, a timeout or a dropped connection is retried with exponential
@@ -11,15 +13,21 @@ once with the endpoint's message. Every wait is bounded.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+from actors.engine.evals.spec import GeneratorSpec
 
 logger = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 60.0
+MAX_CONCURRENT = 8
+"""Requests of one batch in flight at once (the rate limiter still paces them)."""
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
@@ -69,16 +77,35 @@ class RateLimiter:
                 excess -= spent
         return max(waits)
 
-    def acquire(self, tokens: int) -> None:
-        with self._lock:
+    def acquire(self, tokens: int) -> float:
+        """Wait until a request of ``tokens`` fits, record it; the seconds waited."""
+        waited = 0.0
+        with self._lock:  # waiters queue here: the first in line takes the next room
             while True:
                 now = self.clock()
                 wait = self._room_in(tokens, now)
                 if wait <= 0:
                     self._sent.append((now, tokens))
-                    return
+                    return waited
                 self.waited += wait
+                waited += wait
                 self.sleep(wait)
+
+
+@dataclass
+class CallStats:
+    """What some requests cost beyond their answers."""
+
+    requests: int = 0
+    retries: int = 0
+    """Requests sent again after a retryable failure."""
+    waited: float = 0.0
+    """Seconds spent waiting for the rate limiter and before retries."""
+
+    def add(self, other: CallStats) -> None:
+        self.requests += other.requests
+        self.retries += other.retries
+        self.waited += other.waited
 
 
 class ApiClient:
@@ -107,14 +134,35 @@ class ApiClient:
 
     def complete(self, messages: list[dict[str, Any]] | str, **request: Any) -> str:
         """The completion's text for ``messages`` (a string is one user message)."""
+        return self._complete(messages, CallStats(), request)
+
+    def complete_many(self, prompts: list[Any], **request: Any) -> tuple[list[str], CallStats]:
+        """The completions of ``prompts``, in order, sent concurrently; and what they cost.
+        The first error raises (the others still finish: no request is left behind)."""
+        stats = [CallStats() for _ in prompts]
+        workers = max(1, min(MAX_CONCURRENT, len(prompts)))
+        with concurrent.futures.ThreadPoolExecutor(workers, "api") as pool:
+            futures = [
+                pool.submit(self._complete, p, one, request) for p, one in zip(prompts, stats)
+            ]
+            concurrent.futures.wait(futures)
+        total = CallStats()
+        for one in stats:
+            total.add(one)
+        return [f.result() for f in futures], total
+
+    def _complete(
+        self, messages: list[dict[str, Any]] | str, stats: CallStats, request: dict[str, Any]
+    ) -> str:
         import httpx
 
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         body = {"model": self.model, "messages": messages, **request}
         tokens = estimate_tokens(messages) + int(request.get("max_completion_tokens") or 0)
+        stats.requests += 1
         for attempt in range(self.max_retries + 1):
-            self.limiter.acquire(tokens)
+            stats.waited += self.limiter.acquire(tokens)
             try:
                 response = self.client.post("/chat/completions", json=body)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
@@ -129,9 +177,11 @@ class ApiClient:
             if attempt == self.max_retries:
                 break
             self.retries += 1
-            delay = wait if wait is not None else self.backoff_s * 2**attempt
+            stats.retries += 1
+            delay = min(wait if wait is not None else self.backoff_s * 2**attempt, 60.0)
             logger.info("retrying %s in %.1f s after %s", self.model, delay, error)
-            time.sleep(min(delay, 60.0))
+            stats.waited += delay
+            time.sleep(delay)
         raise ApiError(
             f"{self.model} at {self.client.base_url}: gave up after {self.max_retries + 1} "
             f"tries; last: {error}"
@@ -139,6 +189,34 @@ class ApiClient:
 
     def close(self) -> None:
         self.client.close()
+
+
+class Endpoints:
+    """One ``ApiClient`` per endpoint and model, shared (with its rate limiter) by every
+    pipeline that calls it from this executor. API shards run on several threads at once
+    (``BaseModelActor``), so a client is made under a lock."""
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[str, str], ApiClient] = {}
+        self._lock = threading.Lock()
+
+    def client(self, generator: GeneratorSpec) -> ApiClient:
+        g = generator
+        key = (str(g.client.get("base_url")), g.model_name)
+        with self._lock:
+            if key not in self._clients:
+                self._clients[key] = ApiClient(
+                    base_url=key[0], model=g.model_name, api_key=g.client.get("api_key"),
+                    timeout=float(g.client.get("timeout", 60.0)),
+                    max_retries=int(g.client.get("max_retries", 5)),
+                    limiter=RateLimiter(g.rpm_limit, g.tpm_limit),
+                )  # fmt: skip
+            return self._clients[key]
+
+    def complete(self, generator: GeneratorSpec, prompts: list[Any]) -> tuple[list[str], CallStats]:
+        """A pipeline's batch of prompts, completed by its endpoint (``complete_many``)."""
+        request = {**generator.request, "max_completion_tokens": generator.max_completion_tokens}
+        return self.client(generator).complete_many(list(prompts), **request)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -158,4 +236,12 @@ def _text(payload: dict[str, Any]) -> str:
     return content or ""
 
 
-__all__ = ["ApiClient", "ApiError", "RateLimiter", "estimate_tokens"]
+__all__ = [
+    "MAX_CONCURRENT",
+    "ApiClient",
+    "ApiError",
+    "CallStats",
+    "Endpoints",
+    "RateLimiter",
+    "estimate_tokens",
+]

@@ -1,38 +1,48 @@
 """``PipelineEngine``: the evals pipelines placed on one executor, and one shard's step.
 
 The ``BaseModelActor`` hands every evals request here (a pipeline spec is recognised by
-``spec.is_pipeline``); fine-tuning runs go to the ``Executor`` as before. The engine uses the
-executor's resident base models (``Executor.load_base``, once per model for every pipeline)
-and its device, and owns what is evals' own:
+``spec.is_pipeline``); fine-tuning runs go to the ``Executor`` as before. A local generator is
+served by the engine the driver chose (``serving``): the executor's resident base model
+(``Executor.load_base``, once per model for every pipeline) or one vLLM engine per model
+(``vllm_generator``). The engine owns what is evals' own:
 
 * one ``PipelineRecord`` per pipeline: its spec, built retrieval (``Rag``) and prompt manager,
   its progress (rows of the eval set done), the per-batch metrics and results so far, and its
   RNG stream;
 * ``Retrieval``: indexes built once per distinct (corpus, splitter, embedding), shared;
-* one ``ApiClient`` per endpoint and model (its rate limit shared by the pipelines calling it).
+* ``Endpoints``: one API client per endpoint and model (its rate limit shared by the pipelines
+  calling it).
 
 ``run_group`` runs a group of pipelines over their granted rows (one shard): per batch, each
-pipeline's ``preprocess_fn`` builds its prompts, all local pipelines' prompts generate in one
-batched call (``generate.generate_group``), then each pipeline's ``postprocess_fn`` and
-``compute_metrics_fn``. After the shard each pipeline's cumulative metrics get confidence
-intervals (``policies.intervals``) and its state is written, durably, before the step returns.
-An exception in one pipeline's function fails that pipeline only, named; the others go on.
+pipeline's ``preprocess_fn`` builds its prompts, all local pipelines' prompts on one model
+generate in one call (``generate.generate_group`` or ``VllmGenerator.generate``), then each
+pipeline's ``postprocess_fn`` and ``compute_metrics_fn``. After the shard each pipeline's
+cumulative metrics get confidence intervals (``policies.intervals``) and its state (with its
+sampling RNG) is written, durably, before the step returns. An exception in one pipeline's
+function fails that pipeline only, named; the others go on. An API pipeline's shard runs on
+another thread than the executor's worker (``BaseModelActor``), beside the others: what it
+shares with them is the pipeline table (each record its own) and ``Retrieval`` (locked).
 """
 
 from __future__ import annotations
 
+import base64
+import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from actors.engine.evals.api_client import CallStats, Endpoints
 from actors.engine.evals.generate import LocalRequest, generate_group
 from actors.engine.evals.prompts import PromptManager
 from actors.engine.evals.retrieval import Rag, Retrieval
+from actors.engine.evals.serving import TRANSFORMERS, VLLM
 from actors.engine.evals.spec import PipelineSpec
 from actors.messages import SliceResult
 from actors.storage.durable import atomic_write, make_private_dir
@@ -64,6 +74,15 @@ class PipelineRecord:
     """The cumulative metrics with intervals after the last shard (RapidFire's shape)."""
 
 
+@dataclass
+class ShardCounts:
+    """What one pipeline's shard cost: tokens generated; for an API pipeline, its requests'
+    retries and waits (reported with the shard's metrics)."""
+
+    tokens: int = 0
+    api: CallStats = field(default_factory=CallStats)
+
+
 class PipelineFailedError(RunFailedError):
     """One pipeline's own function raised; the message names the pipeline and the function."""
 
@@ -71,16 +90,21 @@ class PipelineFailedError(RunFailedError):
 class PipelineEngine:
     """Evals pipelines on one executor (see module docstring)."""
 
-    def __init__(self, executor: Any, dataset: Any) -> None:
+    def __init__(self, executor: Any, dataset: Any, exp_dir: str | Path | None = None) -> None:
         self.executor = executor
         self.dataset = dataset
         """The eval set (a ``datasets.Dataset``): shards are rows of its seeded order."""
-        self.retrieval = Retrieval()
+        self.retrieval = Retrieval(exp_dir)
+        """Indexes, shared; stored corpora are read from ``exp_dir``."""
         self.pipelines: dict[int, PipelineRecord] = {}
-        self.api_clients: dict[tuple[str, str], Any] = {}
+        self.endpoints = Endpoints()
+        """API endpoints' clients, shared by the pipelines calling them."""
         self.durable: dict[tuple[int, int], str] = {}
         """(run id, rows done) -> the state file written after that shard."""
-        self.vllm_note_logged = False
+        self.backends: dict[str, str] = {}
+        """The engine serving each local model key here (``serving.VLLM`` or ``TRANSFORMERS``)."""
+        self.vllm: dict[str, Any] = {}
+        """One ``vllm_generator.VllmGenerator`` per vLLM model key."""
 
     # ------------------------------------------------------------------ placement
     def add(self, spec: PipelineSpec, state: dict[str, Any] | None = None) -> None:
@@ -88,18 +112,15 @@ class PipelineEngine:
         if spec.run_id in self.pipelines:
             return
         self.executor.phase = f"placing pipeline {spec.run_id}"
-        if spec.generator.kind == "local":
-            self._note_vllm(spec)
-            entry = self._base(spec)
-            if spec.adapter is not None:
-                self._load_adapter(entry, spec)
+        if self.load_generator(spec) == TRANSFORMERS and spec.adapter is not None:
+            self._load_adapter(self.executor.bases[spec.model_key], spec)
         rag = self.retrieval.rag(spec.rag) if spec.rag is not None else None
         prompt = None
         if spec.prompt is not None:
             p = spec.prompt
             embedding = (self.retrieval.embedding(p.embedding_cls, p.embedding_kwargs)
                          if p.embedding_cls is not None else None)  # fmt: skip
-            prompt = PromptManager(p, embedding)
+            prompt = PromptManager(p, embedding, self.retrieval.lock)
         record = PipelineRecord(spec, rag, prompt)
         if spec.generator.seed is not None:
             record.generator = torch.Generator(device=self.executor.device)
@@ -108,21 +129,48 @@ class PipelineEngine:
             record.rows_done = int(state["rows_done"])
             record.metrics, record.results = state["metrics"], state["results"]
             record.cumulative = state.get("cumulative", {})
+            if record.generator is not None and state.get("rng") is not None:
+                # the sampling stream goes on where it stopped: a resumed pipeline draws the
+                # tokens an uninterrupted one would
+                rng = torch.frombuffer(bytearray(base64.b64decode(state["rng"])), dtype=torch.uint8)
+                record.generator.set_state(rng)
         self.pipelines[spec.run_id] = record
 
-    def _note_vllm(self, spec: PipelineSpec) -> None:
-        """RFvLLMModelConfig is served here: say so once (no vLLM engine is wired in yet)."""
-        if spec.generator.wants_vllm and not self.vllm_note_logged:
-            self.vllm_note_logged = True
-            logger.warning(
-                "RFvLLMModelConfig(%s) is served by the executor's resident model with "
-                "transformers generate, batched across pipelines (vLLM is not used here)",
-                spec.generator.model_name,
-            )
+    def load_generator(self, spec: PipelineSpec) -> str | None:
+        """Load what serves the pipeline's generator, once per model (ahead of its first shard:
+        ``BaseModelActor.load_base``); returns the engine (None: an API endpoint)."""
+        if spec.generator.kind != "local":
+            return None
+        backend = self._backend(spec)
+        if backend == VLLM:
+            if spec.model_key not in self.vllm:
+                from actors.engine.evals.vllm_generator import VllmGenerator
 
-    def _base(self, spec: PipelineSpec) -> Any:
-        self.executor.load_base(spec)
-        return self.executor.bases[spec.model_key]
+                self.executor.phase = f"starting vLLM for {spec.generator.model_name}"
+                self.vllm[spec.model_key] = VllmGenerator(spec.generator)
+        else:
+            self.executor.load_base(spec)
+        return backend
+
+    def _backend(self, spec: PipelineSpec) -> str:
+        """The engine chosen on the driver (``serving``), unless this process cannot run vLLM:
+        then transformers, said once per model."""
+        key = spec.model_key
+        if key not in self.backends:
+            backend = spec.generator.backend
+            if backend == VLLM:
+                from actors.engine.evals.vllm_generator import usable_here
+
+                why = usable_here()
+                if why is not None:
+                    logger.warning(
+                        "RFvLLMModelConfig(%s) was given vLLM, but %s: the executor serves it "
+                        "with its resident model (transformers generate)",
+                        spec.generator.model_name, why,
+                    )  # fmt: skip
+                    backend = TRANSFORMERS
+            self.backends[key] = backend
+        return self.backends[key]
 
     def _load_adapter(self, entry: Any, spec: PipelineSpec) -> None:
         """Load the pipeline's exported adapter as a resident adapter on the base."""
@@ -136,6 +184,11 @@ class PipelineEngine:
         elif name not in entry.model.peft_config:
             entry.model.load_adapter(spec.adapter, adapter_name=name)
         entry.run_ids.add(spec.run_id)
+
+    def is_api(self, run_id: int) -> bool:
+        """Whether a placed pipeline's generator is an API endpoint (its shards run beside the
+        executor's worker: ``BaseModelActor._api_shard``)."""
+        return self.pipelines[run_id].spec.generator.kind == "api"
 
     def remove(self, run_id: int) -> None:
         record = self.pipelines.pop(run_id, None)
@@ -196,17 +249,21 @@ class PipelineEngine:
             rid: self._batches(self.pipelines[rid], start, end)
             for rid, (start, end, _) in todo.items()
         }
-        tokens: dict[int, int] = dict.fromkeys(todo, 0)
+        shard = {rid: ShardCounts() for rid in todo}
         for index in range(max(len(b) for b in batches.values())):
             prepared: dict[int, dict[str, list[Any]]] = {}
             for rid in [r for r in live if index < len(batches[r])]:
                 try:
-                    prepared[rid] = self._preprocess(self.pipelines[rid], batches[rid][index])
+                    prepared[rid] = self._preprocess(self.pipelines[rid], batches[rid][index][1])
                 except Exception as exc:
                     failed[rid] = exc
                     live.pop(rid)
-            generated = self._generate(prepared, failed, live, tokens)
-            for rid, texts in generated.items():
+            rows = {rid: batches[rid][index][0] for rid in prepared}
+            for rid, texts in self._generate(prepared, rows, shard).items():
+                if isinstance(texts, BaseException):
+                    failed[rid] = texts
+                    live.pop(rid)
+                    continue
                 batch = prepared[rid]
                 batch["generated_text"] = texts
                 try:
@@ -220,17 +277,23 @@ class PipelineEngine:
             start, end, run_dir = todo[rid]
             try:
                 outcomes[rid] = self._close_shard(
-                    self.pipelines[rid], start, end, run_dir, seconds, started_at, tokens[rid],
+                    self.pipelines[rid], start, end, run_dir, seconds, started_at, shard[rid],
                     len(todo),
                 )  # fmt: skip
             except Exception as exc:
                 outcomes[rid] = exc
         return outcomes
 
-    def _batches(self, record: PipelineRecord, start: int, end: int) -> list[dict[str, list]]:
+    def _batches(
+        self, record: PipelineRecord, start: int, end: int
+    ) -> list[tuple[list[int], dict[str, list]]]:
+        """The shard's batches: each with its rows' positions in the shuffled eval set."""
         rows = self.dataset.select(self._rows(start, end, record.spec.seed))
         size = record.spec.batch_size
-        return [rows[i : i + size] for i in range(0, len(rows), size)]
+        return [
+            (list(range(start + i, min(start + i + size, end))), rows[i : i + size])
+            for i in range(0, len(rows), size)
+        ]
 
     def _preprocess(self, record: PipelineRecord, batch: dict[str, list]) -> dict[str, list]:
         fn = record.spec.preprocess_fn
@@ -250,47 +313,37 @@ class PipelineEngine:
         return out
 
     def _generate(
-        self,
-        prepared: dict[int, dict],
-        failed: dict[int, BaseException],
-        live: dict,
-        tokens: dict[int, int],
-    ) -> dict[int, list[str]]:
-        """Completions per pipeline: local ones in one batched call per base model."""
-        out: dict[int, list[str]] = {}
-        by_base: dict[str, list[int]] = {}
+        self, prepared: dict[int, dict], rows: dict[int, list[int]], shard: dict[int, ShardCounts]
+    ) -> dict[int, list[str] | BaseException]:
+        """Completions per pipeline (or its error): an API pipeline's from its endpoint, local
+        ones in one batched call per model (vLLM's or the resident model's)."""
+        out: dict[int, list[str] | BaseException] = {}
+        by_model: dict[str, list[int]] = {}
         for rid in prepared:
             spec = self.pipelines[rid].spec
             if spec.generator.kind == "api":
                 try:
-                    out[rid] = self._api(spec, prepared[rid]["prompts"])
+                    out[rid], stats = self.endpoints.complete(spec.generator,
+                                                              prepared[rid]["prompts"])  # fmt: skip
+                    shard[rid].api.add(stats)
                 except Exception as exc:
-                    failed[rid] = exc
-                    live.pop(rid)
+                    out[rid] = exc
             else:
-                by_base.setdefault(spec.model_key, []).append(rid)
-        for key, rids in by_base.items():
-            entry = self.executor.bases[key]
-            model = entry.model if entry.model is not None else entry.raw_model
-            requests = [self._local_request(rid, prepared[rid]["prompts"]) for rid in rids]
+                by_model.setdefault(spec.model_key, []).append(rid)
+        for key, rids in by_model.items():
             self.executor.phase = f"generating for pipelines {rids}"
-            texts: list[list[str] | None]
-            try:
-                texts = list(generate_group(model, entry.tokenizer, requests))
-            except Exception as exc:  # a bad prompt of one pipeline: retry each alone
-                logger.warning("batched generation for %s failed (%s); one by one", rids, exc)
-                texts = []
-                for rid, req in zip(rids, requests):
-                    try:
-                        texts.append(generate_group(model, entry.tokenizer, [req])[0])
-                    except Exception as one:
-                        failed[rid] = one
-                        live.pop(rid)
-                        texts.append(None)
-            for rid, t, req in zip(rids, texts, requests):
-                if t is not None:
-                    out[rid] = t
-                    tokens[rid] += req.new_tokens
+            if self.backends.get(key) == VLLM:
+                requests: list[Any] = [self._vllm_request(r, prepared[r]["prompts"], rows[r])
+                                       for r in rids]  # fmt: skip
+                run = self.vllm[key].generate
+            else:
+                entry = self.executor.bases[key]
+                model = entry.model if entry.model is not None else entry.raw_model
+                requests = [self._local_request(r, prepared[r]["prompts"]) for r in rids]
+                run = functools.partial(generate_group, model, entry.tokenizer)
+            for rid, req, texts in zip(rids, requests, _together_or_alone(run, requests, rids)):
+                out[rid] = texts
+                shard[rid].tokens += req.new_tokens
         return out
 
     def _local_request(self, rid: int, prompts: list[Any]) -> LocalRequest:
@@ -299,22 +352,12 @@ class PipelineEngine:
         return LocalRequest(list(prompts), dict(record.spec.generator.generation), adapter,
                             record.generator)  # fmt: skip
 
-    def _api(self, spec: PipelineSpec, prompts: list[Any]) -> list[str]:
-        from actors.engine.evals.api_client import ApiClient, RateLimiter
+    def _vllm_request(self, rid: int, prompts: list[Any], rows: list[int]) -> Any:
+        from actors.engine.evals.vllm_generator import VllmRequest
 
+        spec = self.pipelines[rid].spec
         g = spec.generator
-        key = (str(g.client.get("base_url")), g.model_name)
-        client = self.api_clients.get(key)
-        if client is None:
-            client = ApiClient(
-                base_url=key[0], model=g.model_name, api_key=g.client.get("api_key"),
-                timeout=float(g.client.get("timeout", 60.0)),
-                max_retries=int(g.client.get("max_retries", 5)),
-                limiter=RateLimiter(g.rpm_limit, g.tpm_limit),
-            )  # fmt: skip
-            self.api_clients[key] = client
-        request = {**g.request, "max_completion_tokens": g.max_completion_tokens}
-        return [client.complete(p, **request) for p in prompts]
+        return VllmRequest(list(prompts), dict(g.vllm_sampling), g.seed, rows, spec.adapter)
 
     def _score(self, record: PipelineRecord, batch: dict[str, list]) -> None:
         if record.spec.postprocess_fn is not None:
@@ -345,15 +388,19 @@ class PipelineEngine:
 
     def _close_shard(
         self, record: PipelineRecord, start: int, end: int, run_dir: str, seconds: float,
-        started_at: float, tokens: int, group: int,
+        started_at: float, counts: ShardCounts, group: int,
     ) -> SliceResult:  # fmt: skip
         record.cumulative = self._cumulative(record)
         record.rows_done = end
         path = self._write_state(record, run_dir)
+        extras = {"shard_seconds": seconds}
+        if record.spec.generator.kind == "api":
+            extras.update(api_retries=float(counts.api.retries),
+                          api_wait_seconds=counts.api.waited)  # fmt: skip
         result = SliceResult(
             run_id=record.spec.run_id, start_step=start, end_step=end, step_metrics=[],
-            eval_metrics={**flat_metrics(record.cumulative), "shard_seconds": seconds},
-            seconds=seconds, train_seconds=seconds, swap_seconds=0.0, tokens=tokens,
+            eval_metrics={**flat_metrics(record.cumulative), **extras},
+            seconds=seconds, train_seconds=seconds, swap_seconds=0.0, tokens=counts.tokens,
             memory={}, started_at=started_at, ended_at=time.time(), fused_with=group,
             checkpoint=path,
         )  # fmt: skip
@@ -365,10 +412,31 @@ class PipelineEngine:
         base = make_private_dir(Path(run_dir))
         state = {"rows_done": record.rows_done, "metrics": record.metrics,
                  "results": record.results, "cumulative": record.cumulative}  # fmt: skip
+        if record.generator is not None:
+            rng = record.generator.get_state().numpy().tobytes()
+            state["rng"] = base64.b64encode(rng).decode()
         path = base / f"{STATE_FILE[:-5]}-{record.rows_done:08d}.json"
         atomic_write(path, json.dumps(_jsonable(state)).encode())
         self.durable[(record.spec.run_id, record.rows_done)] = str(path)
         return str(path)
+
+
+def _together_or_alone(
+    run: Callable[[list[Any]], list[list[str]]], requests: list[Any], rids: list[int]
+) -> list[list[str] | BaseException]:
+    """``run(requests)`` in one call; if it raises (a bad prompt of one pipeline), each request
+    alone, so only the pipeline whose request fails gets the error."""
+    try:
+        return list(run(requests))
+    except Exception as exc:
+        logger.warning("batched generation for %s failed (%s); one by one", rids, exc)
+    out: list[list[str] | BaseException] = []
+    for req in requests:
+        try:
+            out.append(run([req])[0])
+        except Exception as one:
+            out.append(one)
+    return out
 
 
 def read_state(path: str) -> dict[str, Any]:

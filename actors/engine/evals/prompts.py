@@ -7,6 +7,7 @@ a FAISS index of the examples picks ``k`` per query, formatted with the example 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from actors.engine.evals.spec import PromptSpec
@@ -15,7 +16,9 @@ from actors.engine.evals.spec import PromptSpec
 class PromptManager:
     """Instructions and per-query few-shot examples of one pipeline."""
 
-    def __init__(self, spec: PromptSpec, embedding: Any = None) -> None:
+    def __init__(self, spec: PromptSpec, embedding: Any = None, lock: Any = None) -> None:
+        self.lock = lock or contextlib.nullcontext()
+        """Held while selecting examples (the embedding model is shared: ``Rag.lock``)."""
         self.instructions = spec.instructions
         self.k = spec.k
         self._fewshot: Any = None
@@ -38,7 +41,8 @@ class PromptManager:
         """Per query, its ``k`` most similar examples, formatted ("" without examples)."""
         if self._fewshot is None:
             return ["" for _ in user_queries]
-        return [self._fewshot.format(user_query=q) for q in user_queries]
+        with self.lock:
+            return [self._fewshot.format(user_query=q) for q in user_queries]
 
 
 __all__ = ["PromptManager"]

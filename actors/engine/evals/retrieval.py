@@ -2,9 +2,9 @@
 
 ``Retrieval`` owns what is expensive to build and the same for many pipelines:
 
-* an index per ``RagSpec.index_key()`` (documents loaded by the LangChain loaders, split by the
-  text splitter, then embedded into FAISS or indexed by BM25): pipelines that differ only in
-  search settings, reranker or prompts share it;
+* an index per ``RagSpec.index_key()`` (the corpus, loaded and split once on the driver and read
+  back from the experiment directory, ``corpus.py``, then embedded into FAISS or indexed by
+  BM25): pipelines that differ only in search settings, reranker or prompts share it;
 * embedding models and cross-encoders per (class, arguments).
 
 ``Rag`` is what a pipeline's ``preprocess_fn`` receives as ``rag`` (RapidFire AI's
@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from actors.engine.evals.corpus import read_corpus
 from actors.engine.evals.spec import RagSpec
 
 logger = logging.getLogger(__name__)
@@ -51,18 +54,22 @@ class Rag:
     template: Any = None
     documents: list[Any] = field(default_factory=list)
     """Every document (chunk) of the index, for functions that need the corpus."""
+    lock: Any = field(default_factory=threading.RLock)
+    """Held while retrieving: the models are shared with other pipelines, whose shards may
+    run on another thread (API pipelines), and a fast tokenizer must not be entered twice."""
 
     def get_context(
         self, batch_queries: list[str], use_reranker: bool = True, serialize: bool = True
     ) -> list[Any]:
         """Per query, its retrieved documents (reranked when the pipeline has a reranker),
         serialized to one string each unless ``serialize=False``."""
-        batch_docs = [list(docs) for docs in self.retriever.batch(list(batch_queries))]
-        if use_reranker and self.reranker is not None:
-            batch_docs = [
-                list(self.reranker.compress_documents(docs, query))
-                for query, docs in zip(batch_queries, batch_docs)
-            ]
+        with self.lock:
+            batch_docs = [list(docs) for docs in self.retriever.batch(list(batch_queries))]
+            if use_reranker and self.reranker is not None:
+                batch_docs = [
+                    list(self.reranker.compress_documents(docs, query))
+                    for query, docs in zip(batch_queries, batch_docs)
+                ]
         return self.serialize_documents(batch_docs) if serialize else batch_docs
 
     def serialize_documents(self, batch_docs: list[list[Any]]) -> list[str]:
@@ -80,12 +87,16 @@ def _key(cls: Any, kwargs: dict[str, Any]) -> str:
 class Retrieval:
     """Indexes, embedding models and cross-encoders of one executor (see module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, exp_dir: str | Path | None = None) -> None:
+        self.exp_dir = exp_dir
+        """The experiment directory, where stored corpora are read from (``corpus``)."""
         self.indexes: dict[str, Index] = {}
         self.builds: dict[str, int] = {}
         """How many times each index was built (once, unless the executor restarted)."""
         self._embeddings: dict[str, Any] = {}
         self._cross_encoders: dict[str, Any] = {}
+        self.lock = threading.RLock()
+        """One lock for every model here (see ``Rag.lock``)."""
 
     def embedding(self, cls: Any, kwargs: dict[str, Any]) -> Any:
         key = _key(cls, kwargs)
@@ -98,7 +109,7 @@ class Retrieval:
         key = spec.index_key()
         if key not in self.indexes:
             started = time.perf_counter()
-            docs = spec.load_corpus()
+            docs = self._documents(spec)
             if not docs:
                 raise ValueError("the rag spec's document loaders produced no documents")
             store = self._build_store(spec, docs)
@@ -106,6 +117,18 @@ class Retrieval:
             self.builds[key] = self.builds.get(key, 0) + 1
             logger.info("built %s index %s over %d documents", spec.store_type, key, len(docs))
         return self.indexes[key]
+
+    def _documents(self, spec: RagSpec) -> list[Any]:
+        """The corpus to index: the stored one (read back from the experiment directory), or
+        the spec's own documents or loaders (a spec built in this process)."""
+        if spec.documents is not None or spec.corpus is None:
+            return spec.load_corpus()
+        if self.exp_dir is None:
+            raise ValueError(
+                f"pipeline's corpus {spec.corpus} is stored in its experiment directory, and "
+                "this executor was given none"
+            )
+        return read_corpus(self.exp_dir, spec.corpus)
 
     def _build_store(self, spec: RagSpec, docs: list[Any]) -> Any:
         if spec.store_type == "bm25":
@@ -141,7 +164,7 @@ class Retrieval:
     def rag(self, spec: RagSpec) -> Rag:
         """A pipeline's ``Rag``: its own retriever (search settings) over the shared index."""
         if spec.retriever is not None:
-            return Rag(spec.retriever, self.reranker(spec), spec.template)
+            return Rag(spec.retriever, self.reranker(spec), spec.template, lock=self.lock)
         index = self.index(spec)
         if spec.store_type == "bm25":
             retriever = index.store.with_k(int(spec.search_kwargs["k"]))
@@ -149,7 +172,7 @@ class Retrieval:
             retriever = index.store.as_retriever(
                 search_type=spec.search_type, search_kwargs=dict(spec.search_kwargs)
             )
-        return Rag(retriever, self.reranker(spec), spec.template, index.documents)
+        return Rag(retriever, self.reranker(spec), spec.template, index.documents, self.lock)
 
 
 __all__ = ["Index", "Rag", "Retrieval", "default_template"]

@@ -7,6 +7,7 @@ No torch or LangChain import here: the scheduler and trials never load them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -58,9 +59,19 @@ class GeneratorSpec:
     seed: int | None = None
     """Local sampling: the pipeline's own RNG stream starts here."""
     wants_vllm: bool = False
-    """The user asked for vLLM (``RFvLLMModelConfig``); the executor serves it and says so."""
+    """The user asked for vLLM (``RFvLLMModelConfig``)."""
+    backend: str = "transformers"
+    """Local: the engine that serves it, ``"vllm"`` or ``"transformers"`` (the executor's
+    resident model), chosen once on the driver (``serving.select``)."""
+    backend_note: str | None = None
+    """Why a generator that asked for vLLM is served by transformers (said once)."""
     vllm_config: dict[str, Any] = field(default_factory=dict)
+    """The user's ``model_config``: vLLM's engine arguments."""
     vllm_sampling: dict[str, Any] = field(default_factory=dict)
+    """The user's ``sampling_params``: vLLM's ``SamplingParams`` arguments."""
+    vllm_lora: dict[str, Any] = field(default_factory=dict)
+    """vLLM engine arguments that serve the adapters of the pipelines on this model
+    (``serving.lora_settings``); empty: LoRA off."""
     client: dict[str, Any] = field(default_factory=dict)
     """API: ``base_url``, ``api_key``, ``timeout``, ``max_retries``."""
     request: dict[str, Any] = field(default_factory=dict)
@@ -79,7 +90,10 @@ class RagSpec:
     a loader may hold what cannot be pickled (a compiled jq program)."""
     splitter: Any = None
     documents: list[Any] | None = None
-    """The corpus, loaded and split on the driver: what the executor indexes."""
+    """The corpus, loaded and split on the driver, until it is stored (then None)."""
+    corpus: str | None = None
+    """The key of the stored corpus (``corpus.corpus_file``): what a stored spec holds instead
+    of the documents, and what the executor reads and indexes."""
     embedding_cls: Any = None
     embedding_kwargs: dict[str, Any] = field(default_factory=dict)
     store_type: str = "faiss"
@@ -97,8 +111,8 @@ class RagSpec:
     which ``index_key`` is hashed."""
 
     def load_corpus(self) -> list[Any]:
-        """Load the documents with the loaders and split them (once; then ship the result
-        instead of the loaders)."""
+        """Load the documents with the loaders and split them (once, on the driver; then the
+        result is stored, ``corpus``, instead of the loaders)."""
         if self.documents is None:
             docs = [doc for loader in self.loaders for doc in loader.load()]
             if self.splitter is not None:
@@ -106,6 +120,12 @@ class RagSpec:
             self.documents = docs
         self.loaders, self.splitter = [], None
         return self.documents
+
+    def stored(self) -> RagSpec:
+        """This spec as stored and shipped to executors: the corpus by its key only."""
+        if self.corpus is None:
+            return self
+        return dataclasses.replace(self, documents=None)
 
     def index_key(self) -> str:
         """Equal for pipelines whose index is the same (corpus, splitter, embedding, store):
@@ -157,6 +177,13 @@ class PipelineSpec:
 
     trainer_type = "EVALS"
 
+    def stored(self) -> PipelineSpec:
+        """This spec as stored and shipped to executors: a stored corpus by its key only
+        (``RagSpec.stored``), so N pipelines over one corpus do not carry N copies of it."""
+        if self.rag is None or self.rag.corpus is None:
+            return self
+        return dataclasses.replace(self, rag=self.rag.stored())
+
     @property
     def adapter_name(self) -> str:
         """The PEFT adapter name of this pipeline's adapter (when it names one)."""
@@ -169,6 +196,12 @@ class PipelineSpec:
         if self.generator.kind != "local":
             return None
         return f"{EVALS_FUSION_PREFIX}{self.model_key}"
+
+    @property
+    def exclusive(self) -> bool:
+        """Whether its shards occupy the executor: a local generator's do; an API pipeline's
+        wait on the network and run beside the executor's work (``RunEntry.exclusive``)."""
+        return self.generator.kind == "local"
 
     @property
     def fusion_tokens(self) -> int:
