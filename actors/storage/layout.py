@@ -19,7 +19,7 @@
                 checkpoints/step-<N>/    .checkpoint(N)  (actors.storage.checkpoint)
                 adapter/                 .adapter_dir    the exported final adapter
                 samples.json             .samples_file   generation samples (actors.engine.gen_eval)
-                pipeline.json            .pipeline_file  evals: a pipeline's settings (+ .pipeline_pickle)
+                pipeline.json            .pipeline_file  evals: a pipeline (+ .pipeline_pickle)
 
 Plain paths only: nothing here reads or writes (except ``run_ids_on_disk``, which lists). The
 modules that own each file (store, lock, checkpoints, specs) ask this one where it lives.
