@@ -190,7 +190,10 @@ class SchedulerCore:
     def _grant_beside(self, row: RunRow) -> Grant | None:
         """A run that does not occupy its executor (an evals API pipeline) goes as soon as the
         pruner lets it: it neither waits for the executor nor holds up the runs that do."""
-        if row.in_flight or not self.pruner.may_advance(row.run_id, row.chunks_done, self.live()):
+        held = self.pruning_error is None and not self.pruner.may_advance(
+            row.run_id, row.chunks_done, self.live()
+        )  # once pruning stopped (``pruning_error``), no rung holds a run back
+        if row.in_flight or held:
             return None
         return self._grant(row, row.executor or 0, (row.run_id,))
 

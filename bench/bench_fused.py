@@ -171,7 +171,7 @@ class TrainingMemory:
             self._thread.join()
 
 
-def _groups(specs: list[Any]) -> list[list[int]]:
+def fused_groups(specs: list[Any]) -> list[list[int]]:
     """Split the runs into fused groups as the scheduler would (``policies.fusion``)."""
     from policies.fusion import Candidate, FusionPolicy, form_group
 
@@ -202,7 +202,7 @@ def run_engine(k: int, batch: int, fused: bool, workdir: Path, model: str) -> di
         t0 = time.perf_counter()
         with memory:
             if fused:
-                for group in _groups(specs):
+                for group in fused_groups(specs):
                     out = executor.run_fused([(r, bounds[r], False) for r in group])
                     for result in out.values():
                         if isinstance(result, BaseException):
@@ -349,7 +349,7 @@ def run_grpo(k: int, fused: bool, workdir: Path, model: str) -> dict[str, Any]:
         t0 = time.perf_counter()
         if fused:
             results = {}
-            for group in _groups([specs[r] for r in sorted(live)]):
+            for group in fused_groups([specs[r] for r in sorted(live)]):
                 results.update(executor.run_fused([(r, bounds[r], False) for r in group]))
         else:
             results = {r: executor.run_slice(r, end) for r, end in bounds.items()}

@@ -60,6 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.bench_fused import fused_groups  # noqa: E402
 from bench.common import machine_info, machine_line, percentile  # noqa: E402
 
 SEED = 42
@@ -316,20 +317,6 @@ def sft_specs(cell: Cell, chunks: int, steps: int, workdir: Path) -> list[Any]:
             )
         )
     return specs
-
-
-def fused_groups(specs: list[Any]) -> list[list[int]]:
-    """The runs split into fused groups as the scheduler forms them (``policies.fusion``)."""
-    from policies.fusion import Candidate, FusionPolicy, form_group
-
-    policy = FusionPolicy()
-    left = [Candidate(s.run_id, s.fusion_key, s.fusion_tokens, 0, 0) for s in specs]
-    groups = []
-    while left:
-        group = form_group(left[0], left[1:], policy)
-        groups.append(group)
-        left = [c for c in left if c.run_id not in group]
-    return groups
 
 
 # ---------------------------------------------------------------------------- the three ways

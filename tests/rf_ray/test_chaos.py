@@ -28,7 +28,8 @@ from safetensors.torch import load_file
 from actors.storage.store import Store
 from rf_ray import Experiment, List, NoPruning, RFModelConfig, RFSFTConfig
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
-from tests.rf_ray.test_durability import _descendants_named, _kill_started_under
+from tests.processes import kill_started_under
+from tests.rf_ray.test_durability import _descendants_named
 from tests.waits import wait_for_store
 
 pytestmark = pytest.mark.slow
@@ -183,7 +184,7 @@ def test_driver_executor_and_trial_killed_at_random_then_resumed(reference, tmp_
                 os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
             proc.wait(timeout=60)
             log.close()
-            _kill_started_under(ray_tmp)
+            kill_started_under(ray_tmp)
             shutil.rmtree(ray_tmp, ignore_errors=True)  # the round's Ray temp dir
         if proc.returncode == 0:
             finished = True

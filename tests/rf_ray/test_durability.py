@@ -7,7 +7,6 @@ final statuses must be identical.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -15,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 
 import pytest
 import ray
@@ -23,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from rf_ray import Experiment, List, NoPruning, RFModelConfig, RFSFTConfig, SuccessiveHalving
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
+from tests.processes import kill_started_under
 from tests.waits import wait_for_steps
 
 pytestmark = pytest.mark.slow
@@ -68,29 +67,6 @@ def reference(ray_cluster, tmp_path_factory):
     return exp
 
 
-def _kill_started_under(marker: str, timeout: float = 60) -> None:
-    """SIGKILL every process whose command line names ``marker`` (the processes of the Ray
-    cluster this test started, whatever session they moved to), and wait until they are gone."""
-    import psutil
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        mine = []
-        for p in psutil.process_iter(["cmdline"]):
-            try:
-                if marker in " ".join(p.info["cmdline"] or ()):
-                    mine.append(p)
-            except psutil.Error:
-                continue
-        if not mine:
-            return
-        for p in mine:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        psutil.wait_procs(mine, timeout=5)
-    raise AssertionError(f"processes under {marker} survived SIGKILL")
-
-
 def _wait_for_steps(exp_dir, at_least: int, timeout: float = 300) -> int:
     """The driver runs in another process: its store is all we share (tests/waits.py)."""
     return wait_for_steps(exp_dir, at_least, timeout)
@@ -132,7 +108,7 @@ def test_a_killed_driver_resumes_to_the_uninterrupted_result(reference, tmp_path
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
         proc.wait(timeout=60)
-        _kill_started_under(ray_tmp)
+        kill_started_under(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)  # the round's Ray temp dir
     # Ray tears the dead driver's actors down asynchronously: resume waits (bounded) for the
     # dead driver's scheduler to release the experiment's lock.

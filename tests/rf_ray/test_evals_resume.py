@@ -9,24 +9,15 @@ pipeline's RNG stream is in its state, so it draws on as if nothing happened.
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import textwrap
-
 import pytest
 
 from rf_ray import Experiment
 from rf_ray.automl import List, RFGridSearch, RFLangChainRagSpec, RFvLLMModelConfig
 from rf_ray.evals.metrics import evals_metrics
 from rf_ray.evals.toy import TINY_READER, fact_corpus
-from tests.rf_ray.test_durability import _kill_started_under
+from tests.processes import KilledDriver
 from tests.rf_ray.test_evals import FactLoader, postprocess, preprocess
-from tests.rf_ray.test_resume_equivalence import _kill_tree, _signal_tree
-from tests.waits import store_runs, wait_for_store
+from tests.waits import store_runs
 
 pytestmark = pytest.mark.slow
 
@@ -63,20 +54,11 @@ def reference(ray_cluster, tmp_path_factory):
     return _outcome(exp)
 
 
-DRIVER = textwrap.dedent(
-    """
-    import os, sys
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["RF_RAY_LIVE"] = "0"
-    sys.path.insert(0, {repo!r})
-    import ray
-    ray.init(num_cpus=2, object_store_memory=150 * 2**20, include_dashboard=False,
-             _temp_dir={ray_tmp!r})
-    from rf_ray import Experiment
-    from tests.rf_ray.test_evals_resume import _evals
-    _evals(Experiment("killed", mode="evals", experiment_path={root!r}))
-    """
-)
+DRIVER = """
+from rf_ray import Experiment
+from tests.rf_ray.test_evals_resume import _evals
+_evals(Experiment("killed", mode="evals", experiment_path={root!r}))
+"""
 
 
 def _midway(runs: list[dict]) -> bool:
@@ -84,36 +66,10 @@ def _midway(runs: list[dict]) -> bool:
     return all(r["chunks_done"] for r in runs) and any(r["chunks_done"] < SHARDS for r in runs)
 
 
-def _freeze_midway(pid: int, exp_dir, tries: int = 20) -> None:
-    """SIGSTOP the driver's tree at a moment the store shows the sweep midway (a shard can
-    finish between reading the store and stopping the tree: then read it again)."""
-    for _ in range(tries):
-        wait_for_store(exp_dir, "a shard of each recorded, shards to go", _midway, timeout=300)
-        _signal_tree(pid, signal.SIGSTOP)
-        if _midway(store_runs(exp_dir)):
-            return
-        _signal_tree(pid, signal.SIGCONT)
-    raise AssertionError(f"the sweep was never seen midway in {tries} tries")
-
-
 def test_a_resumed_evals_experiment_ends_with_the_uninterrupted_metrics(reference, tmp_path):
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    script = tmp_path / "driver.py"
-    ray_tmp = tempfile.mkdtemp(prefix="rfv", dir="/tmp")
-    script.write_text(DRIVER.format(repo=repo, root=str(tmp_path), ray_tmp=ray_tmp))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(
-        [sys.executable, str(script)], env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
     exp_dir = tmp_path / "killed"
-    try:
-        _freeze_midway(proc.pid, exp_dir)
-    finally:
-        _kill_tree(proc.pid)  # the driver and its Ray cluster at once: no shard lands later
-        proc.wait(timeout=60)
-        _kill_started_under(ray_tmp)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    with KilledDriver(tmp_path, DRIVER.format(root=str(tmp_path)), prefix="rfv") as driver:
+        driver.freeze_when(exp_dir, "a shard of each recorded, shards to go", _midway)
     assert _midway(store_runs(exp_dir)), "the driver must die with shards to go"
     exp = Experiment("killed", mode="evals", experiment_path=tmp_path)
     try:

@@ -29,7 +29,8 @@ from rf_ray import ConfigError, Experiment, NoPruning, RFModelConfig, RFSFTConfi
 from rf_ray import plan as plans
 from rf_ray import session as sessions
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
-from tests.rf_ray.test_durability import _kill_started_under, _wait_for_steps
+from tests.processes import kill_started_under
+from tests.rf_ray.test_durability import _wait_for_steps
 
 pytestmark = pytest.mark.slow
 
@@ -154,7 +155,7 @@ def test_resume_right_after_a_driver_crash_waits_for_the_lock(ray_cluster, tmp_p
         exp.resume(live_view=False)  # at once: no waiting for the old scheduler here
         exp.end()
     finally:
-        _kill_started_under(ray_tmp)
+        kill_started_under(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert not leftover.exists()
     info = exp.get_runs_info()

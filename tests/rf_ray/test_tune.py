@@ -29,7 +29,7 @@ from policies.pruning import NoPruning
 from rf_ray import Experiment, List, RFModelConfig, RFSFTConfig
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
 from rf_ray.tune import RFTuneSearch, apply_flat, concrete
-from tests.rf_ray.test_durability import _kill_started_under
+from tests.processes import kill_started_under
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,7 +84,7 @@ def run_scenario(name: str, tmp_path: Path, timeout: float) -> str:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # the child and the Ray cluster it started
             proc.wait(timeout=60)
-            _kill_started_under(ray_tmp)
+            kill_started_under(ray_tmp)
             shutil.rmtree(ray_tmp, ignore_errors=True)
     out = log_path.read_text()
     assert rc == 0, f"{name} {'timed out' if rc is None else f'exited {rc}'}:\n{out[-6000:]}"
