@@ -76,6 +76,19 @@ def test_lists_anywhere_in_components_and_settings_and_a_list_of_generators() ->
     assert len({tuple(sorted(describe(p).items())) for p in drawn}) == 3
 
 
+def test_a_list_inside_a_lists_choice_is_expanded_too() -> None:
+    # RapidFire's scifact notebook: a List of embedding configs, one with a List of models.
+    embeddings = List([{**EMBED, "model_name": List(["e1", "e2"])}, {**EMBED, "model_name": "e3"}])
+    searches = List([{"type": "similarity", "k": 2}, {"type": "mmr", "k": List([1, 2])}])
+    config_set = {"vllm_config": generator(rag=rag(embedding_cfg=embeddings, search_cfg=searches))}
+    params = [describe(p) for p in RFGridSearch(config_set).expand()]
+    got = [(p["rag.embedding.model_name"], p["rag.search.type"], p["rag.search.k"]) for p in params]
+    assert sorted(got) == [(e, t, k) for e in ("e1", "e2", "e3")
+                           for t, k in (("mmr", 1), ("mmr", 2), ("similarity", 2))]  # fmt: skip
+    drawn = RFRandomSearch(config_set, 4, seed=0).expand()
+    assert all(isinstance(describe(p)["rag.embedding.model_name"], str) for p in drawn)
+
+
 @pytest.mark.parametrize(
     ("make", "match"),
     [
