@@ -27,6 +27,13 @@ SEARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "similarity_score_threshold": {"k": 5, "score_threshold": 0.5},
     "mmr": {"k": 5, "fetch_k": 20, "lambda_mult": 0.5},
 }
+SEARCH_KEYS: dict[str, frozenset[str]] = {
+    "similarity": frozenset({"k", "fetch_k", "filter"}),
+    "similarity_score_threshold": frozenset({"k", "score_threshold", "fetch_k", "filter"}),
+    "mmr": frozenset({"k", "fetch_k", "lambda_mult", "filter"}),
+}
+"""The search arguments LangChain's vector store retriever takes per search type (a key it
+does not take would be ignored without a word)."""
 STORE_TYPES = ("faiss", "bm25")
 # vLLM sampling parameter -> transformers GenerationConfig field (None: handled below).
 SAMPLING_FIELDS = {
@@ -160,12 +167,28 @@ def _class_cfg(cfg: dict[str, Any], field_name: str, base: Any, where: str) -> t
     return cls, kwargs
 
 
-def _search(cfg: dict[str, Any] | None, where: str) -> tuple[str, dict[str, Any]]:
+def search_settings(
+    cfg: dict[str, Any] | None, where: str, store_type: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """``search_cfg`` as (search type, the retriever's search arguments), checked: the type,
+    ``k``, every key against what the type takes, and against the store (``None``: a ready
+    retriever, which takes no search settings of rf-ray's)."""
     cfg = dict(cfg or {})
     kind = cfg.pop("type", "similarity")
     if kind not in SEARCH_DEFAULTS:
         raise ConfigError(
             f"{where}search_cfg['type']={kind!r} is not one of {', '.join(SEARCH_DEFAULTS)}"
+        )
+    if store_type == "bm25" and kind != "similarity":
+        raise ConfigError(f"{where}search_cfg type {kind!r}: bm25 ranks by score only; use "
+                          "'similarity' (with k)")  # fmt: skip
+    allowed = {"k"} if store_type == "bm25" else SEARCH_KEYS[kind]
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}search_cfg has {unknown}, which a {kind!r} search "
+            f"{'over bm25 ' if store_type == 'bm25' else ''}does not take; it takes "
+            f"{', '.join(sorted(allowed))}"
         )
     kwargs = {**SEARCH_DEFAULTS[kind], **cfg}
     k = kwargs["k"]
@@ -220,10 +243,9 @@ def rag_spec(rag: dict[str, Any], where: str = "") -> RagSpec:  # noqa: C901, PL
         require("bm25s", f"{where}vector_store_cfg type 'bm25'")
     if not spec.loaders and spec.retriever is None:
         raise ConfigError(f"{where}: give a document_loader or a retriever")
-    spec.search_type, spec.search_kwargs = _search(rag.get("search_cfg"), where)
-    if spec.store_type == "bm25" and spec.search_type != "similarity":
-        raise ConfigError(f"{where}search_cfg type {spec.search_type!r}: bm25 ranks by score "
-                          "only; use 'similarity' (with k)")  # fmt: skip
+    spec.search_type, spec.search_kwargs = search_settings(
+        rag.get("search_cfg"), where, spec.store_type if spec.retriever is None else None
+    )
     if rag.get("reranker_cfg") is not None:
         base = _langchain("langchain_core.documents", "BaseDocumentCompressor")
         spec.reranker_cls, spec.reranker_kwargs = _class_cfg(
@@ -403,4 +425,5 @@ __all__ = [
     "prompt_spec",
     "rag_spec",
     "require",
+    "search_settings",
 ]

@@ -4,6 +4,7 @@ RFGridSearch / RFRandomSearch, and bad input is refused up front with a clear er
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 from langchain_classic.retrievers.document_compressors import CrossEncoderReranker
@@ -23,6 +24,8 @@ from rf_ray.automl import (
     RFvLLMModelConfig,
 )
 from rf_ray.evals.build import describe, rag_spec
+from rf_ray.evals.clone import modified_pipeline
+from rf_ray.evals.run import pipeline_spec
 from rf_ray.evals.toy import TINY_CROSS_ENCODER, TINY_EMBEDDER
 from rf_ray.toy import TOY_MODEL_NAME
 
@@ -115,6 +118,12 @@ def test_a_list_where_none_is_allowed_is_refused_by_name(make, match: str) -> No
         ({"embedding_cfg": {"class": dict}}, "embedding_cfg\\['class'\\]"),
         ({"vector_store_cfg": {"type": "pinecone"}}, "vector_store_cfg\\['type'\\]"),
         ({"search_cfg": {"type": "fuzzy"}}, "search_cfg\\['type'\\]"),
+        ({"search_cfg": {"k": 2, "fetch_kk": 9}}, r"\['fetch_kk'\].*'similarity'.*fetch_k"),
+        ({"search_cfg": {"k": 2, "lambda_mult": 0.5}}, r"\['lambda_mult'\].*'similarity'"),
+        (
+            {"vector_store_cfg": {"type": "bm25"}, "search_cfg": {"k": 2, "fetch_k": 9}},
+            r"\['fetch_k'\].*over bm25.*takes k",
+        ),
         ({"search_cfg": {"k": 2}, "reranker_cfg": {**RERANK, "top_n": 3}}, "top_n=3"),
     ],
 )
@@ -156,3 +165,37 @@ def test_character_splitter_and_bm25_share_an_index_key_only_when_equal() -> Non
     splitter = CharacterTextSplitter(chunk_size=5, chunk_overlap=0)
     c = rag_spec({"document_loader": loader, "embedding_cfg": EMBED, "text_splitter": splitter})
     assert a.index_key() == b.index_key() != c.index_key()
+
+
+def _pipeline(config_set: dict):
+    (config,) = RFGridSearch(config_set).expand()
+    return pipeline_spec(config, 1, 10, 2, 0, Path("."))
+
+
+@pytest.mark.parametrize(
+    ("store", "changes", "match"),
+    [
+        ("bm25", {"search_cfg.type": "mmr"}, "bm25 ranks by score only"),
+        ("faiss", {"search_cfg.kk": 2}, r"\['kk'\]"),
+        ("faiss", {"reranker_cfg.top_n": 1}, "has no reranker"),
+        ("api", {"sampling_params.temperature": 0.7}, "model_config, not sampling_params"),
+    ],
+)
+def test_a_clone_change_that_would_do_nothing_is_refused(store, changes, match) -> None:
+    if store == "api":
+        api = RFAPIModelConfig(client_config={"base_url": "http://127.0.0.1:9"},
+                               model_config={"model": "m"}, rag=rag())  # fmt: skip
+        parent = _pipeline({"api_config": api})
+    else:
+        parent = _pipeline({"vllm_config": generator(rag=rag(vector_store_cfg={"type": store}))})
+    with pytest.raises(ConfigError, match=match):
+        modified_pipeline(parent, changes, 2)
+
+
+def test_a_clone_that_changes_the_search_type_keeps_only_what_the_new_type_takes() -> None:
+    parent = _pipeline({"vllm_config": generator(rag=rag(search_cfg={"type": "mmr", "k": 2}))})
+    clone = modified_pipeline(parent, {"search_cfg.type": "similarity"}, 2)
+    assert clone.rag is not None
+    assert clone.rag.search_type == "similarity"
+    assert clone.rag.search_kwargs["k"] == 2
+    assert "lambda_mult" not in clone.rag.search_kwargs  # mmr's, which similarity refuses
