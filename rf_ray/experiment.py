@@ -232,6 +232,8 @@ class Experiment:
             summary.say(line)
         self._differing, self._live_view = plan.differing, live_view
         self._metric = (plan.settings.metric, plan.settings.mode)
+        self._pruning = summary.evals_pruning_note(plan.settings.new_pruner())
+        summary.say(f"[rf-ray {self.name}] {len(plan.specs)} pipelines; {self._pruning}")
         if not blocking:
             return None
         self.wait()
@@ -272,8 +274,18 @@ class Experiment:
             if self._group is not None:
                 self._group.on_end(self)
             metric = self._metric[0] if self._metric else "metric"
-            summary.finish(self.name, self.get_runs_info(), metric, self._pruning, self.dir)
+            info = self.get_runs_info()
+            summary.finish(self.name, info, metric, self._pruning, self.dir,
+                           **self._summary_parts(list(info["run_id"])))  # fmt: skip
         return self.get_runs_info()
+
+    def _summary_parts(self, run_ids: list[int]) -> dict[str, Any]:
+        """An evals summary's own parts: each pipeline's last metrics with intervals, shards."""
+        if self.mode != "evals":
+            return {}
+        from rf_ray.evals.progress import summary_tails
+
+        return {"tails": summary_tails(self.dir, run_ids), "unit": "shards"}
 
     @property
     def running(self) -> bool:
@@ -324,7 +336,8 @@ class Experiment:
         self._start_log_file()
         _latest[:] = [self]
         stored = self._stored_pruner()
-        self._group, self._pruning = None, summary.pruning_note(stored)
+        note = summary.evals_pruning_note if self.mode == "evals" else summary.pruning_note
+        self._group, self._pruning = None, note(stored)
         self._metric = (stored.metric or "metric", stored.mode or "min")
         self._live_view = live_view
         self._differing = differing_keys(list(self._session.params.values()))
@@ -488,15 +501,18 @@ class Experiment:
         return pd.DataFrame(rows)
 
     def get_best_run(self, metric_mode: str | None = None) -> int:
-        """The run id with the best chunk metric, preferring runs that completed training."""
+        """The run id with the best chunk metric, preferring runs that completed training. An
+        evals pipeline is ranked by its metric at its last shard (the estimate over every row
+        it ran), not by its best shard."""
         info = self.get_runs_info()
         mode = metric_mode or (self._metric[1] if self._metric else self._stored_pruner().mode)
+        column = "last_metric" if self.mode == "evals" else "best_metric"
         done = info[info["status"] == "completed"]
-        pool = done if not done.empty and done["best_metric"].notna().any() else info
-        pool = pool[pool["best_metric"].notna()]
+        pool = done if not done.empty and done[column].notna().any() else info
+        pool = pool[pool[column].notna()]
         if pool.empty:
             raise ConfigError(f"experiment {self.name!r} has no run with a metric yet")
-        best = pool["best_metric"].idxmax() if mode == "max" else pool["best_metric"].idxmin()
+        best = pool[column].idxmax() if mode == "max" else pool[column].idxmin()
         return int(pool.loc[best, "run_id"])
 
     def export(self, run_id: int, path: str | os.PathLike[str]) -> Path:

@@ -6,8 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from actors.storage.layout import ExperimentDir
+from actors.storage.store import Store
 from policies.settings import SETTINGS_KEY
-from rf_ray.evals.progress import EvalsView
+from rf_ray import Experiment
+from rf_ray.evals.progress import EvalsView, summary_tails
+from rf_ray.summary import render
 
 SHARD = {"Recall": 0.5, "Recall/lower": 0.3, "Recall/upper": 0.7, "MRR": 0.4, "MRR/lower": 0.2,
          "MRR/upper": 0.6, "exact_match": 0.1, "exact_match/lower": 0.0,
@@ -31,3 +34,37 @@ def test_the_pruners_metric_comes_first_as_the_store_holds_the_settings(tmp_path
     assert view.metric == "exact_match"
     assert view.columns() == ["exact_match", "MRR"]
     assert view.cell(1, "exact_match") == "0.1 [0, 0.2]"
+
+
+def _shard(value: float, half: float) -> dict[str, float]:
+    return {"exact_match": value, "exact_match/lower": value - half,
+            "exact_match/upper": value + half}  # fmt: skip
+
+
+def _two_pipelines(root: Path) -> Path:
+    """Pipeline 1 looked best after shard 1 (0.5) and ended at 0.2; pipeline 2 ended at 0.35."""
+    exp_dir = _pipelines(root / "sweep", 1, 2)
+    meta = {SETTINGS_KEY: {"pruner": {"type": "interval", "metric": "exact_match", "mode": "max"}}}
+    with Store(exp_dir) as store:
+        store.set_meta(name="sweep", status="finished", **meta)
+        for rid, values in ((1, (0.5, 0.2)), (2, (0.3, 0.35))):
+            store.add_run(rid, {}, "pending", total_steps=8, total_chunks=2)
+            for shard, value in enumerate(values, start=1):
+                store.record_slice(
+                    rid, [], (shard, _shard(value, 0.1)), status="completed", steps_done=4 * shard,
+                    chunks_done=shard, last_metric=value, best_metric=max(values[:shard]),
+                )  # fmt: skip
+    return exp_dir
+
+
+def test_a_pipeline_is_judged_by_its_last_shards_estimate_not_its_best(tmp_path: Path) -> None:
+    exp_dir = _two_pipelines(tmp_path)
+    # Each shard's value is the estimate over every row so far: the last one is the result.
+    assert Experiment("sweep", mode="evals", experiment_path=tmp_path).get_best_run() == 2
+    tails = summary_tails(exp_dir, [1, 2])
+    assert tails[1] == "exact_match 0.2 [0.1, 0.3]"
+    runs = [{"run_id": 1, "status": "completed", "chunks_done": 2, "total_chunks": 2,
+             "best_metric": 0.5}]  # fmt: skip
+    text = render("sweep", runs, "exact_match", "pruning: none", exp_dir, tails, "shards")
+    assert "run 1: completed, shards 2/2, exact_match 0.2 [0.1, 0.3]" in text
+    assert "0.5" not in text
