@@ -9,6 +9,7 @@ from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from policies.settings import SETTINGS_KEY
 from rf_ray import Experiment
+from rf_ray.cli import main
 from rf_ray.evals.progress import EvalsView, summary_tails
 from rf_ray.summary import render
 
@@ -68,3 +69,15 @@ def test_a_pipeline_is_judged_by_its_last_shards_estimate_not_its_best(tmp_path:
     text = render("sweep", runs, "exact_match", "pruning: none", exp_dir, tails, "shards")
     assert "run 1: completed, shards 2/2, exact_match 0.2 [0.1, 0.3]" in text
     assert "0.5" not in text
+
+
+def test_rf_ray_status_shows_a_pipelines_last_estimate_and_not_a_best_one(tmp_path, capsys):
+    _two_pipelines(tmp_path)
+    assert main(["status", "sweep", "--path", str(tmp_path)]) == 0
+    header, _, first, _ = capsys.readouterr().out.split("\n\n")[1].splitlines()
+    assert "last exact_match" in header
+    assert "best" not in header
+    assert header.index("exact_match [interval]") < header.index("error")
+    assert first.split()[:5] == ["1", "completed", "shard", "2/2", "8/8"]
+    assert "0.5" not in first  # pipeline 1's best shard
+    assert "0.2 [0.1, 0.3]" in first
