@@ -36,6 +36,7 @@ from rf_ray.compat import (
     IgnoredFieldWarning,
     check_requirements,
     ignored_field_warnings,
+    rapidfire_resources,
     warn_replaced,
 )
 from rf_ray.configs import RFModelConfig
@@ -77,8 +78,12 @@ class Experiment:
         experiment_path: str | os.PathLike[str] | None = None,
         tracking_uri: str | None = None,
         trust: bool = False,
+        num_cpus: int | None = None,
+        num_gpus: int | None = None,
     ) -> None:
         check_experiment_name(experiment_name)
+        for note in rapidfire_resources("Experiment", num_cpus=num_cpus, num_gpus=num_gpus):
+            warnings.warn(note, IgnoredFieldWarning, stacklevel=2)  # RapidFire AI's arguments
         if mode not in MODES:
             raise ConfigError(
                 f"mode={mode!r} is not supported: use mode='fit' (fine-tuning, run_fit) or "
@@ -199,6 +204,9 @@ class Experiment:
         blocking: bool = True,
         num_executors: int | None = None,
         slice_timeout: float | None = DEFAULT_SLICE_TIMEOUT,
+        num_actors: int | None = None,
+        gpus_per_actor: float | None = None,
+        cpus_per_actor: float | None = None,
     ) -> dict[int, tuple[dict[str, list[Any]], dict[str, Any]]] | None:
         """Run every pipeline of ``config_group`` over ``dataset`` shard by shard; return
         ``{run_id: (aggregated_results, cumulative_metrics)}`` as RapidFire AI does.
@@ -212,10 +220,15 @@ class Experiment:
         (default: the toy model or ``from_pretrained``). With ``batched`` the pipelines on one
         generator generate each batch in one call; ``False`` runs them one after another.
         Steer pipelines while it runs (``blocking=False``) with stop/resume/delete/
-        clone_modify, as fit runs."""
+        clone_modify, as fit runs. RapidFire's ``num_actors``, ``gpus_per_actor`` and
+        ``cpus_per_actor`` are accepted and ignored, with a warning."""
         from rf_ray.evals.run import evals_plan, start_lines
 
         self._check_mode("evals", "run_evals")
+        for note in rapidfire_resources("run_evals", num_actors=num_actors,
+                                        gpus_per_actor=gpus_per_actor,
+                                        cpus_per_actor=cpus_per_actor):  # fmt: skip
+            warnings.warn(note, IgnoredFieldWarning, stacklevel=2)
         group = config_group if isinstance(config_group, ConfigGroup) else RFGridSearch(
             config_group
         )  # fmt: skip

@@ -1,14 +1,18 @@
-"""How an evals experiment reads in ``rf-ray status`` and the live view (``EvalsView``), on a
-store's shape as the scheduler writes it: no Ray, no model."""
+"""How an evals experiment reads in ``rf-ray status``, the live view (``EvalsView``), the end
+summary and ``get_best_run``, on a store's shape as the scheduler writes it; and RapidFire's
+resource arguments, accepted and said ignored. No Ray, no model."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from policies.settings import SETTINGS_KEY
-from rf_ray import Experiment
+from rf_ray import ConfigError, Experiment, IgnoredFieldWarning
+from rf_ray.automl import RFvLLMModelConfig
 from rf_ray.cli import main
 from rf_ray.evals.progress import EvalsView, summary_tails
 from rf_ray.summary import render
@@ -81,3 +85,19 @@ def test_rf_ray_status_shows_a_pipelines_last_estimate_and_not_a_best_one(tmp_pa
     assert first.split()[:5] == ["1", "completed", "shard", "2/2", "8/8"]
     assert "0.5" not in first  # pipeline 1's best shard
     assert "0.2 [0.1, 0.3]" in first
+
+
+def test_rapidfires_resource_arguments_are_accepted_and_said_ignored(tmp_path: Path) -> None:
+    # RapidFire's scifact notebooks: Experiment(..., num_gpus=0), run_evals(..., num_actors=5)
+    with pytest.warns(IgnoredFieldWarning, match=r"Experiment\(num_gpus=0\) is ignored"):
+        exp = Experiment(experiment_name="scifact", mode="evals", experiment_path=tmp_path,
+                         num_gpus=0)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"Experiment\(num_cpus=-1\) must be a number >= 0"):
+        Experiment("scifact", mode="evals", experiment_path=tmp_path, num_cpus=-1)
+    with (
+        pytest.warns(IgnoredFieldWarning, match=r"run_evals\(num_actors=5\).*num_executors"),
+        pytest.raises(ConfigError, match="num_shards"),  # checked on, before anything starts
+    ):
+        exp.run_evals({"vllm_config": RFvLLMModelConfig(model_config={"model": "m"})},
+                      [{"prompts": "x"}], num_shards=0, num_actors=5)  # fmt: skip
+    assert not (tmp_path / "scifact").exists()
