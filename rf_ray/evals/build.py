@@ -113,6 +113,56 @@ def generation_settings(
     return out, seed
 
 
+PROVIDER_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "gemini": "https://generativelanguage.googleapis.com/v1beta/openai",
+    "anthropic": "https://api.anthropic.com/v1",
+}
+"""The OpenAI-compatible root of each provider RapidFire's ``endpoint_config`` names, which
+rf-ray calls directly (RapidFire goes through an MLflow AI gateway)."""
+ENDPOINT_KEYS = frozenset({"provider", "api_key", "api_key_name", "api_base_url", "endpoint"})
+
+
+def endpoint_client(
+    client: dict[str, Any], endpoint_config: dict[str, Any], model_config: dict[str, Any],
+    where: str = "",
+) -> tuple[dict[str, Any], str]:  # fmt: skip
+    """RapidFire's ``endpoint_config`` as rf-ray's client settings and model name: the
+    provider's OpenAI-compatible root (or ``api_base_url``), its ``api_key``, the endpoint's
+    ``model`` (or ``name``)."""
+    where = f"{where}RFAPIModelConfig(endpoint_config=...)"
+    unknown = sorted(set(endpoint_config) - ENDPOINT_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where} has {unknown}, which rf-ray does not use (it calls the endpoint directly, "
+            f"with no MLflow gateway); it takes {', '.join(sorted(ENDPOINT_KEYS))}"
+        )
+    provider = endpoint_config.get("provider", "openai")
+    base_url = endpoint_config.get("api_base_url") or PROVIDER_URLS.get(provider)
+    if base_url is None:
+        raise ConfigError(
+            f"{where}: provider {provider!r} has no OpenAI-compatible root rf-ray knows (it "
+            f"knows {', '.join(PROVIDER_URLS)}); give api_base_url, the endpoint's "
+            "OpenAI-compatible root (where /chat/completions is)"
+        )
+    api_key = endpoint_config.get("api_key") or client.get("api_key")
+    if api_key is None and "api_base_url" not in endpoint_config:
+        raise ConfigError(
+            f"{where}: provider {provider!r} needs an api_key (rf-ray keeps no gateway secrets "
+            "to look up by api_key_name)"
+        )
+    endpoint = endpoint_config.get("endpoint") or {}
+    name = (endpoint.get("model") or endpoint.get("name")) if isinstance(endpoint, dict) else None
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: 'endpoint' must be a dict naming its model, got {endpoint!r}")
+    if model_config.get("model") not in (None, name):
+        raise ConfigError(
+            f"{where}: the endpoint's model {name!r} and model_config's "
+            f"{model_config['model']!r} differ; name it once"
+        )
+    return {**client, "base_url": base_url, "api_key": api_key}, name
+
+
 def generator_parts(
     config: PipelineConfig, where: str = ""
 ) -> tuple[GeneratorSpec, GeneratorModel | None]:
@@ -122,6 +172,8 @@ def generator_parts(
     name = str(model_config.get("model"))
     if config.generator_cls.__name__ == "RFAPIModelConfig":
         client = dict(g["client_config"])
+        if g.get("endpoint_config") is not None:
+            client, name = endpoint_client(client, g["endpoint_config"], model_config, where)
         request = {k: v for k, v in model_config.items() if k != "model"}
         max_tokens = g.get("max_completion_tokens") or request.pop("max_completion_tokens", 150)
         spec = GeneratorSpec(
@@ -381,11 +433,23 @@ def _splitter_name(splitter: Any) -> str:
     return f"{type(splitter).__name__}({size}/{overlap})"
 
 
+def _endpoint_params(endpoint: Any) -> dict[str, str]:
+    """RapidFire's ``endpoint_config`` as params: provider and model, never its api_key."""
+    if not isinstance(endpoint, dict):
+        return {}
+    out = {"endpoint.provider": str(endpoint.get("provider", "openai"))}
+    model = endpoint.get("endpoint")
+    if isinstance(model, dict):
+        out["endpoint.model"] = str(model.get("model") or model.get("name"))
+    return out
+
+
 def describe(config: PipelineConfig) -> dict[str, Any]:
     """Flat, JSON-able params of a pipeline (MLflow params, status, the live view)."""
     out: dict[str, Any] = {"generator": config.generator_cls.__name__}
     g = config.generator
     _flat("model_config.", {k: v for k, v in g["model_config"].items()}, out)
+    out.update(_endpoint_params(g.get("endpoint_config")))
     _flat("sampling.", dict(g.get("sampling_params") or {}), out)
     for key in ("max_completion_tokens", "rpm_limit", "tpm_limit"):
         if g.get(key) is not None:
@@ -420,6 +484,7 @@ __all__ = [
     "check_pipeline",
     "check_settings",
     "describe",
+    "endpoint_client",
     "generation_settings",
     "generator_parts",
     "prompt_spec",

@@ -169,7 +169,7 @@ def test_character_splitter_and_bm25_share_an_index_key_only_when_equal() -> Non
 
 def _pipeline(config_set: dict):
     (config,) = RFGridSearch(config_set).expand()
-    return pipeline_spec(config, 1, 10, 2, 0, Path("."))
+    return _spec(config)
 
 
 @pytest.mark.parametrize(
@@ -199,3 +199,62 @@ def test_a_clone_that_changes_the_search_type_keeps_only_what_the_new_type_takes
     assert clone.rag.search_type == "similarity"
     assert clone.rag.search_kwargs["k"] == 2
     assert "lambda_mult" not in clone.rag.search_kwargs  # mmr's, which similarity refuses
+
+
+def test_rapidfires_endpoint_config_calls_the_providers_openai_compatible_root() -> None:
+    # RapidFire's gsm8k notebook: two endpoint configs, the second with a List in model_config
+    gemini = RFAPIModelConfig(
+        client_config={"max_retries": 2},
+        endpoint_config={"provider": "gemini", "api_key_name": "my_gemini_key", "api_key": "g-1",
+                         "endpoint": {"model": "gemini-2.5-flash-lite", "name": "flash-lite"}},
+        model_config={"max_completion_tokens": List([64, 128])}, rpm_limit=30, tpm_limit=3000,
+    )  # fmt: skip
+    local = RFAPIModelConfig(
+        client_config={}, model_config={},
+        endpoint_config={"provider": "openai", "api_base_url": "http://127.0.0.1:9/v1",
+                         "endpoint": List([{"model": "a"}, {"name": "b"}])},
+    )  # fmt: skip
+    specs = [_spec(c) for c in RFGridSearch({"api_config": List([gemini, local])}).expand()]
+    assert [(s.generator.client["base_url"], s.generator.model_name) for s in specs] == [
+        ("https://generativelanguage.googleapis.com/v1beta/openai", "gemini-2.5-flash-lite"),
+        ("https://generativelanguage.googleapis.com/v1beta/openai", "gemini-2.5-flash-lite"),
+        ("http://127.0.0.1:9/v1", "a"),
+        ("http://127.0.0.1:9/v1", "b"),
+    ]
+    first = specs[0]
+    assert first.generator.client == {"max_retries": 2, "base_url": first.generator.client[
+        "base_url"], "api_key": "g-1"}  # fmt: skip
+    assert [s.generator.max_completion_tokens for s in specs[:2]] == [64, 128]
+    assert first.params["endpoint.model"] == "gemini-2.5-flash-lite"
+    assert "g-1" not in str(first.params)  # the key is no param (MLflow, status)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"endpoint_config": {"provider": "bedrock", "api_key": "k", "endpoint": {"model": "m"}}},
+         "provider 'bedrock'.*api_base_url"),
+        ({"endpoint_config": {"provider": "openai", "endpoint": {"model": "m"}}},
+         "needs an api_key"),
+        ({"endpoint_config": {"api_key": "k", "api_version": "1", "endpoint": {"model": "m"}}},
+         r"\['api_version'\]"),
+        ({"endpoint_config": {"api_key": "k", "endpoint": {"usage_tracking": True}}},
+         "naming its model"),
+        ({"endpoint_config": {"api_key": "k", "endpoint": {"model": "m"}},
+          "model_config": {"model": "n"}}, "differ"),
+    ],
+)  # fmt: skip
+def test_a_bad_endpoint_config_is_refused_by_name(kwargs, match) -> None:
+    group = RFGridSearch({"api_config": RFAPIModelConfig(client_config={}, **kwargs)})
+    with pytest.raises(ConfigError, match=match):
+        _spec(group.expand()[0])
+
+
+def test_split_token_limits_are_refused_saying_what_to_give() -> None:
+    with pytest.raises(ConfigError, match="give tpm_limit"):
+        RFAPIModelConfig(client_config={"base_url": "http://x"}, model_config={"model": "m"},
+                         itpm_limit=800, otpm_limit=160)  # fmt: skip
+
+
+def _spec(config):
+    return pipeline_spec(config, 1, 10, 2, 0, Path("."))
