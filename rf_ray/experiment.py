@@ -241,6 +241,7 @@ class Experiment:
         self._stop_session()
         self._session = session.start(plan, num_executors=num_executors)
         self._start_log_file()
+        _latest[:] = [self]  # what InteractiveController() steers
         for line in start_lines(plan):  # once per experiment, not per executor or shard
             summary.say(line)
         self._differing, self._live_view = plan.differing, live_view
