@@ -249,7 +249,28 @@ def search_settings(
     return kind, kwargs
 
 
-def rag_spec(rag: dict[str, Any], where: str = "") -> RagSpec:  # noqa: C901, PLR0912  one check per field, in order
+def _store(cfg: dict[str, Any] | None, where: str) -> tuple[str, dict[str, Any]]:
+    """``vector_store_cfg`` as (store type, its settings), checked."""
+    store = dict(cfg or {"type": "faiss"})
+    kind = store.pop("type", "faiss")
+    if kind not in STORE_TYPES:
+        raise ConfigError(
+            f"{where}vector_store_cfg['type']={kind!r} is not one of "
+            f"{', '.join(STORE_TYPES)} (faiss: dense vectors; bm25: lexical)"
+        )
+    unknown = sorted(set(store) - {"batch_size"})
+    if unknown:
+        raise ConfigError(
+            f"{where}vector_store_cfg has {unknown}, which a {kind} store does not take; it "
+            "takes type and batch_size (documents embedded per call)"
+        )
+    batch = store.get("batch_size", 128)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"{where}vector_store_cfg['batch_size']={batch!r} must be an int >= 1")
+    return kind, store
+
+
+def rag_spec(rag: dict[str, Any], where: str = "") -> RagSpec:  # noqa: C901  one check per field, in order
     """``RFLangChainRagSpec``'s concrete arguments as the executor's ``RagSpec`` (checked)."""
     where = f"{where}rag."
     spec = RagSpec()
@@ -273,14 +294,7 @@ def rag_spec(rag: dict[str, Any], where: str = "") -> RagSpec:  # noqa: C901, PL
             require(
                 "sentence_transformers", f"{where}embedding_cfg ({spec.embedding_cls.__name__})"
             )
-    store = dict(rag.get("vector_store_cfg") or {"type": "faiss"})
-    spec.store_type = store.pop("type", "faiss")
-    spec.store_kwargs = store
-    if spec.store_type not in STORE_TYPES:
-        raise ConfigError(
-            f"{where}vector_store_cfg['type']={spec.store_type!r} is not one of "
-            f"{', '.join(STORE_TYPES)} (faiss: dense vectors; bm25: lexical)"
-        )
+    spec.store_type, spec.store_kwargs = _store(rag.get("vector_store_cfg"), where)
     retriever = rag.get("retriever")
     if retriever is not None:
         base = _langchain("langchain_core.retrievers", "BaseRetriever")

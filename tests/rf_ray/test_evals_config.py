@@ -117,6 +117,11 @@ def test_a_list_where_none_is_allowed_is_refused_by_name(make, match: str) -> No
         ({"text_splitter": object()}, "not a LangChain text splitter"),
         ({"embedding_cfg": {"class": dict}}, "embedding_cfg\\['class'\\]"),
         ({"vector_store_cfg": {"type": "pinecone"}}, "vector_store_cfg\\['type'\\]"),
+        (
+            {"vector_store_cfg": {"type": "faiss", "distance_strategy": "COSINE"}},
+            r"\['distance_strategy'\].*takes type and batch_size",
+        ),
+        ({"vector_store_cfg": {"batch_size": 0}}, r"\['batch_size'\]=0"),
         ({"search_cfg": {"type": "fuzzy"}}, "search_cfg\\['type'\\]"),
         ({"search_cfg": {"k": 2, "fetch_kk": 9}}, r"\['fetch_kk'\].*'similarity'.*fetch_k"),
         ({"search_cfg": {"k": 2, "lambda_mult": 0.5}}, r"\['lambda_mult'\].*'similarity'"),
