@@ -355,6 +355,25 @@ def rapidfire_fields(
     return notes
 
 
+def rapidfire_resources(where: str, **given: Any) -> list[str]:
+    """RapidFire AI's resource arguments (``Experiment``'s ``num_cpus``, ``num_gpus``;
+    ``run_evals``' ``num_actors``, ``gpus_per_actor``, ``cpus_per_actor``): each checked, and a
+    note for each given, since rf-ray places the work itself."""
+    notes = []
+    for name, value in given.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"{where}({name}={value!r}) must be a number >= 0")
+        notes.append(
+            f"{where}({name}={value!r}) is ignored: rf-ray places the work itself, one executor "
+            "per GPU of the Ray cluster (one on the CPU without a GPU) holding the resident "
+            "model, and API pipelines' requests beside it; run_fit/run_evals(num_executors=N) "
+            "uses N GPUs"
+        )
+    return notes
+
+
 __all__ = [
     "FORWARDED_REPORTERS",
     "HONOURED_TRAINER_FIELDS",
@@ -368,5 +387,6 @@ __all__ = [
     "forwarded_reporters",
     "ignored_field_warnings",
     "rapidfire_fields",
+    "rapidfire_resources",
     "warn_replaced",
 ]

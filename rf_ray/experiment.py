@@ -36,6 +36,7 @@ from rf_ray.compat import (
     IgnoredFieldWarning,
     check_requirements,
     ignored_field_warnings,
+    rapidfire_resources,
     warn_replaced,
 )
 from rf_ray.configs import RFModelConfig
@@ -77,8 +78,12 @@ class Experiment:
         experiment_path: str | os.PathLike[str] | None = None,
         tracking_uri: str | None = None,
         trust: bool = False,
+        num_cpus: int | None = None,
+        num_gpus: int | None = None,
     ) -> None:
         check_experiment_name(experiment_name)
+        for note in rapidfire_resources("Experiment", num_cpus=num_cpus, num_gpus=num_gpus):
+            warnings.warn(note, IgnoredFieldWarning, stacklevel=2)  # RapidFire AI's arguments
         if mode not in MODES:
             raise ConfigError(
                 f"mode={mode!r} is not supported: use mode='fit' (fine-tuning, run_fit) or "
@@ -199,6 +204,9 @@ class Experiment:
         blocking: bool = True,
         num_executors: int | None = None,
         slice_timeout: float | None = DEFAULT_SLICE_TIMEOUT,
+        num_actors: int | None = None,
+        gpus_per_actor: float | None = None,
+        cpus_per_actor: float | None = None,
     ) -> dict[int, tuple[dict[str, list[Any]], dict[str, Any]]] | None:
         """Run every pipeline of ``config_group`` over ``dataset`` shard by shard; return
         ``{run_id: (aggregated_results, cumulative_metrics)}`` as RapidFire AI does.
@@ -212,10 +220,15 @@ class Experiment:
         (default: the toy model or ``from_pretrained``). With ``batched`` the pipelines on one
         generator generate each batch in one call; ``False`` runs them one after another.
         Steer pipelines while it runs (``blocking=False``) with stop/resume/delete/
-        clone_modify, as fit runs."""
+        clone_modify, as fit runs. RapidFire's ``num_actors``, ``gpus_per_actor`` and
+        ``cpus_per_actor`` are accepted and ignored, with a warning."""
         from rf_ray.evals.run import evals_plan, start_lines
 
         self._check_mode("evals", "run_evals")
+        for note in rapidfire_resources("run_evals", num_actors=num_actors,
+                                        gpus_per_actor=gpus_per_actor,
+                                        cpus_per_actor=cpus_per_actor):  # fmt: skip
+            warnings.warn(note, IgnoredFieldWarning, stacklevel=2)
         group = config_group if isinstance(config_group, ConfigGroup) else RFGridSearch(
             config_group
         )  # fmt: skip
@@ -228,10 +241,13 @@ class Experiment:
         self._stop_session()
         self._session = session.start(plan, num_executors=num_executors)
         self._start_log_file()
+        _latest[:] = [self]  # what InteractiveController() steers
         for line in start_lines(plan):  # once per experiment, not per executor or shard
             summary.say(line)
         self._differing, self._live_view = plan.differing, live_view
         self._metric = (plan.settings.metric, plan.settings.mode)
+        self._pruning = summary.evals_pruning_note(plan.settings.new_pruner())
+        summary.say(f"[rf-ray {self.name}] {len(plan.specs)} pipelines; {self._pruning}")
         if not blocking:
             return None
         self.wait()
@@ -272,8 +288,18 @@ class Experiment:
             if self._group is not None:
                 self._group.on_end(self)
             metric = self._metric[0] if self._metric else "metric"
-            summary.finish(self.name, self.get_runs_info(), metric, self._pruning, self.dir)
+            info = self.get_runs_info()
+            summary.finish(self.name, info, metric, self._pruning, self.dir,
+                           **self._summary_parts(list(info["run_id"])))  # fmt: skip
         return self.get_runs_info()
+
+    def _summary_parts(self, run_ids: list[int]) -> dict[str, Any]:
+        """An evals summary's own parts: each pipeline's last metrics with intervals, shards."""
+        if self.mode != "evals":
+            return {}
+        from rf_ray.evals.progress import summary_tails
+
+        return {"tails": summary_tails(self.dir, run_ids), "unit": "shards"}
 
     @property
     def running(self) -> bool:
@@ -324,7 +350,8 @@ class Experiment:
         self._start_log_file()
         _latest[:] = [self]
         stored = self._stored_pruner()
-        self._group, self._pruning = None, summary.pruning_note(stored)
+        note = summary.evals_pruning_note if self.mode == "evals" else summary.pruning_note
+        self._group, self._pruning = None, note(stored)
         self._metric = (stored.metric or "metric", stored.mode or "min")
         self._live_view = live_view
         self._differing = differing_keys(list(self._session.params.values()))
@@ -488,15 +515,18 @@ class Experiment:
         return pd.DataFrame(rows)
 
     def get_best_run(self, metric_mode: str | None = None) -> int:
-        """The run id with the best chunk metric, preferring runs that completed training."""
+        """The run id with the best chunk metric, preferring runs that completed training. An
+        evals pipeline is ranked by its metric at its last shard (the estimate over every row
+        it ran), not by its best shard."""
         info = self.get_runs_info()
         mode = metric_mode or (self._metric[1] if self._metric else self._stored_pruner().mode)
+        column = "last_metric" if self.mode == "evals" else "best_metric"
         done = info[info["status"] == "completed"]
-        pool = done if not done.empty and done["best_metric"].notna().any() else info
-        pool = pool[pool["best_metric"].notna()]
+        pool = done if not done.empty and done[column].notna().any() else info
+        pool = pool[pool[column].notna()]
         if pool.empty:
             raise ConfigError(f"experiment {self.name!r} has no run with a metric yet")
-        best = pool["best_metric"].idxmax() if mode == "max" else pool["best_metric"].idxmin()
+        best = pool[column].idxmax() if mode == "max" else pool[column].idxmin()
         return int(pool.loc[best, "run_id"])
 
     def export(self, run_id: int, path: str | os.PathLike[str]) -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,13 @@ def pruning_note(pruner: Pruner, group_note: str | None = None) -> str:
         f"pruning: {pruner.describe()}. rf-ray prunes by default (RapidFire AI's grid search "
         f"trains every run); to train every run to the end: {EVERY_RUN_TO_THE_END}"
     )
+
+
+def evals_pruning_note(pruner: Pruner) -> str:
+    """How ``run_evals``' pipelines will be pruned (none by default, as in RapidFire AI)."""
+    if isinstance(pruner, NoPruning):
+        return "pruning: none, every pipeline runs every shard"
+    return f"pruning: {pruner.describe()}"
 
 
 class GenerationFlagWarning(UserWarning):
@@ -73,8 +80,12 @@ def last_line(error: str | None) -> str:
     return line if len(line) <= ERROR_CHARS else line[: ERROR_CHARS - 3] + "..."
 
 
-def render(name: str, runs: Sequence[dict[str, Any]], metric: str, note: str, log: Path) -> str:
-    """The end-of-run_fit summary, one line per run."""
+def render(
+    name: str, runs: Sequence[dict[str, Any]], metric: str, note: str, log: Path,
+    tails: Mapping[int, str] | None = None, unit: str = "chunks",
+) -> str:  # fmt: skip
+    """The end-of-run_fit summary, one line per run: its best ``metric``, or ``tails[run_id]``
+    where given (an evals pipeline's metrics with their intervals, as of its last shard)."""
     counts: dict[str, int] = {}
     for run in runs:
         counts[run["status"]] = counts.get(run["status"], 0) + 1
@@ -83,9 +94,10 @@ def render(name: str, runs: Sequence[dict[str, Any]], metric: str, note: str, lo
     for run in runs:
         best = run.get("best_metric")
         shown = "-" if best is None or best != best else f"{best:.4f}"  # None or NaN: none yet
+        tail = f"best {metric} {shown}" if tails is None else tails.get(run["run_id"], "-")
         line = (
-            f"  run {run['run_id']}: {run['status']}, chunks "
-            f"{run['chunks_done']}/{run['total_chunks']}, best {metric} {shown}"
+            f"  run {run['run_id']}: {run['status']}, {unit} "
+            f"{run['chunks_done']}/{run['total_chunks']}, {tail}"
         )
         if run["status"] == "failed":
             line += f", error: {last_line(run.get('error'))}"
@@ -111,13 +123,16 @@ def check_trained(name: str, runs: Sequence[dict[str, Any]], log: Path) -> None:
     )
 
 
-def finish(name: str, info: Any, metric: str, note: str, exp_dir: Path) -> None:
+def finish(
+    name: str, info: Any, metric: str, note: str, exp_dir: Path,
+    tails: Mapping[int, str] | None = None, unit: str = "chunks",
+) -> None:  # fmt: skip
     """At the end of run_fit: show the summary of ``info`` (``get_runs_info()``), then raise
     ``NoRunTrainedError`` if nothing trained."""
     from actors.logs import log_path
 
     runs, log = info.to_dict("records"), log_path(exp_dir)
-    say(render(name, runs, metric, note, log))
+    say(render(name, runs, metric, note, log, tails, unit))
     check_trained(name, runs, log)
 
 
@@ -133,6 +148,7 @@ __all__ = [
     "EVERY_RUN_TO_THE_END",
     "GenerationFlagWarning",
     "check_trained",
+    "evals_pruning_note",
     "finish",
     "generation_notes",
     "last_line",

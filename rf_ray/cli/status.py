@@ -152,7 +152,9 @@ def status_text(name: str, exp_dir: Path, data: dict[str, Any]) -> str:
     intervals = evals.columns() if evals is not None else []
     per_epoch = stored_settings(meta).get("num_chunks")
     if evals is not None:
-        headers[2:4] = ["shards", "rows"]
+        # a pipeline's metric after a shard is its estimate so far: the last one is the result,
+        # and the best of them means nothing
+        headers[2:6] = ["shards", "rows", f"last {metric}"]
     headers += [*(f"{k} [interval]" for k in intervals), *gen_columns, *knobs, "error"]
     rows = [
         [
@@ -161,7 +163,7 @@ def status_text(name: str, exp_dir: Path, data: dict[str, Any]) -> str:
             evals.progress(r) if evals is not None else _progress(r, per_epoch),
             f"{r['steps_done']}/{r['total_steps']}",
             _fmt(r["last_metric"]),
-            _fmt(r["best_metric"]),
+            *([_fmt(r["best_metric"])] if evals is None else []),
             _fmt(r["pruned_at"]),
             *(evals.cell(r["run_id"], k) for k in intervals if evals is not None),
             *(_fmt(generated.get(r["run_id"], {}).get(k)) for k in gen_columns),

@@ -27,6 +27,13 @@ SEARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "similarity_score_threshold": {"k": 5, "score_threshold": 0.5},
     "mmr": {"k": 5, "fetch_k": 20, "lambda_mult": 0.5},
 }
+SEARCH_KEYS: dict[str, frozenset[str]] = {
+    "similarity": frozenset({"k", "fetch_k", "filter"}),
+    "similarity_score_threshold": frozenset({"k", "score_threshold", "fetch_k", "filter"}),
+    "mmr": frozenset({"k", "fetch_k", "lambda_mult", "filter"}),
+}
+"""The search arguments LangChain's vector store retriever takes per search type (a key it
+does not take would be ignored without a word)."""
 STORE_TYPES = ("faiss", "bm25")
 # vLLM sampling parameter -> transformers GenerationConfig field (None: handled below).
 SAMPLING_FIELDS = {
@@ -106,6 +113,56 @@ def generation_settings(
     return out, seed
 
 
+PROVIDER_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "gemini": "https://generativelanguage.googleapis.com/v1beta/openai",
+    "anthropic": "https://api.anthropic.com/v1",
+}
+"""The OpenAI-compatible root of each provider RapidFire's ``endpoint_config`` names, which
+rf-ray calls directly (RapidFire goes through an MLflow AI gateway)."""
+ENDPOINT_KEYS = frozenset({"provider", "api_key", "api_key_name", "api_base_url", "endpoint"})
+
+
+def endpoint_client(
+    client: dict[str, Any], endpoint_config: dict[str, Any], model_config: dict[str, Any],
+    where: str = "",
+) -> tuple[dict[str, Any], str]:  # fmt: skip
+    """RapidFire's ``endpoint_config`` as rf-ray's client settings and model name: the
+    provider's OpenAI-compatible root (or ``api_base_url``), its ``api_key``, the endpoint's
+    ``model`` (or ``name``)."""
+    where = f"{where}RFAPIModelConfig(endpoint_config=...)"
+    unknown = sorted(set(endpoint_config) - ENDPOINT_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where} has {unknown}, which rf-ray does not use (it calls the endpoint directly, "
+            f"with no MLflow gateway); it takes {', '.join(sorted(ENDPOINT_KEYS))}"
+        )
+    provider = endpoint_config.get("provider", "openai")
+    base_url = endpoint_config.get("api_base_url") or PROVIDER_URLS.get(provider)
+    if base_url is None:
+        raise ConfigError(
+            f"{where}: provider {provider!r} has no OpenAI-compatible root rf-ray knows (it "
+            f"knows {', '.join(PROVIDER_URLS)}); give api_base_url, the endpoint's "
+            "OpenAI-compatible root (where /chat/completions is)"
+        )
+    api_key = endpoint_config.get("api_key") or client.get("api_key")
+    if api_key is None and "api_base_url" not in endpoint_config:
+        raise ConfigError(
+            f"{where}: provider {provider!r} needs an api_key (rf-ray keeps no gateway secrets "
+            "to look up by api_key_name)"
+        )
+    endpoint = endpoint_config.get("endpoint") or {}
+    name = (endpoint.get("model") or endpoint.get("name")) if isinstance(endpoint, dict) else None
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: 'endpoint' must be a dict naming its model, got {endpoint!r}")
+    if model_config.get("model") not in (None, name):
+        raise ConfigError(
+            f"{where}: the endpoint's model {name!r} and model_config's "
+            f"{model_config['model']!r} differ; name it once"
+        )
+    return {**client, "base_url": base_url, "api_key": api_key}, name
+
+
 def generator_parts(
     config: PipelineConfig, where: str = ""
 ) -> tuple[GeneratorSpec, GeneratorModel | None]:
@@ -115,6 +172,8 @@ def generator_parts(
     name = str(model_config.get("model"))
     if config.generator_cls.__name__ == "RFAPIModelConfig":
         client = dict(g["client_config"])
+        if g.get("endpoint_config") is not None:
+            client, name = endpoint_client(client, g["endpoint_config"], model_config, where)
         request = {k: v for k, v in model_config.items() if k != "model"}
         max_tokens = g.get("max_completion_tokens") or request.pop("max_completion_tokens", 150)
         spec = GeneratorSpec(
@@ -160,12 +219,28 @@ def _class_cfg(cfg: dict[str, Any], field_name: str, base: Any, where: str) -> t
     return cls, kwargs
 
 
-def _search(cfg: dict[str, Any] | None, where: str) -> tuple[str, dict[str, Any]]:
+def search_settings(
+    cfg: dict[str, Any] | None, where: str, store_type: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """``search_cfg`` as (search type, the retriever's search arguments), checked: the type,
+    ``k``, every key against what the type takes, and against the store (``None``: a ready
+    retriever, which takes no search settings of rf-ray's)."""
     cfg = dict(cfg or {})
     kind = cfg.pop("type", "similarity")
     if kind not in SEARCH_DEFAULTS:
         raise ConfigError(
             f"{where}search_cfg['type']={kind!r} is not one of {', '.join(SEARCH_DEFAULTS)}"
+        )
+    if store_type == "bm25" and kind != "similarity":
+        raise ConfigError(f"{where}search_cfg type {kind!r}: bm25 ranks by score only; use "
+                          "'similarity' (with k)")  # fmt: skip
+    allowed = {"k"} if store_type == "bm25" else SEARCH_KEYS[kind]
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}search_cfg has {unknown}, which a {kind!r} search "
+            f"{'over bm25 ' if store_type == 'bm25' else ''}does not take; it takes "
+            f"{', '.join(sorted(allowed))}"
         )
     kwargs = {**SEARCH_DEFAULTS[kind], **cfg}
     k = kwargs["k"]
@@ -174,7 +249,28 @@ def _search(cfg: dict[str, Any] | None, where: str) -> tuple[str, dict[str, Any]
     return kind, kwargs
 
 
-def rag_spec(rag: dict[str, Any], where: str = "") -> RagSpec:  # noqa: C901, PLR0912  one check per field, in order
+def _store(cfg: dict[str, Any] | None, where: str) -> tuple[str, dict[str, Any]]:
+    """``vector_store_cfg`` as (store type, its settings), checked."""
+    store = dict(cfg or {"type": "faiss"})
+    kind = store.pop("type", "faiss")
+    if kind not in STORE_TYPES:
+        raise ConfigError(
+            f"{where}vector_store_cfg['type']={kind!r} is not one of "
+            f"{', '.join(STORE_TYPES)} (faiss: dense vectors; bm25: lexical)"
+        )
+    unknown = sorted(set(store) - {"batch_size"})
+    if unknown:
+        raise ConfigError(
+            f"{where}vector_store_cfg has {unknown}, which a {kind} store does not take; it "
+            "takes type and batch_size (documents embedded per call)"
+        )
+    batch = store.get("batch_size", 128)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"{where}vector_store_cfg['batch_size']={batch!r} must be an int >= 1")
+    return kind, store
+
+
+def rag_spec(rag: dict[str, Any], where: str = "") -> RagSpec:  # noqa: C901  one check per field, in order
     """``RFLangChainRagSpec``'s concrete arguments as the executor's ``RagSpec`` (checked)."""
     where = f"{where}rag."
     spec = RagSpec()
@@ -198,14 +294,7 @@ def rag_spec(rag: dict[str, Any], where: str = "") -> RagSpec:  # noqa: C901, PL
             require(
                 "sentence_transformers", f"{where}embedding_cfg ({spec.embedding_cls.__name__})"
             )
-    store = dict(rag.get("vector_store_cfg") or {"type": "faiss"})
-    spec.store_type = store.pop("type", "faiss")
-    spec.store_kwargs = store
-    if spec.store_type not in STORE_TYPES:
-        raise ConfigError(
-            f"{where}vector_store_cfg['type']={spec.store_type!r} is not one of "
-            f"{', '.join(STORE_TYPES)} (faiss: dense vectors; bm25: lexical)"
-        )
+    spec.store_type, spec.store_kwargs = _store(rag.get("vector_store_cfg"), where)
     retriever = rag.get("retriever")
     if retriever is not None:
         base = _langchain("langchain_core.retrievers", "BaseRetriever")
@@ -220,10 +309,9 @@ def rag_spec(rag: dict[str, Any], where: str = "") -> RagSpec:  # noqa: C901, PL
         require("bm25s", f"{where}vector_store_cfg type 'bm25'")
     if not spec.loaders and spec.retriever is None:
         raise ConfigError(f"{where}: give a document_loader or a retriever")
-    spec.search_type, spec.search_kwargs = _search(rag.get("search_cfg"), where)
-    if spec.store_type == "bm25" and spec.search_type != "similarity":
-        raise ConfigError(f"{where}search_cfg type {spec.search_type!r}: bm25 ranks by score "
-                          "only; use 'similarity' (with k)")  # fmt: skip
+    spec.search_type, spec.search_kwargs = search_settings(
+        rag.get("search_cfg"), where, spec.store_type if spec.retriever is None else None
+    )
     if rag.get("reranker_cfg") is not None:
         base = _langchain("langchain_core.documents", "BaseDocumentCompressor")
         spec.reranker_cls, spec.reranker_kwargs = _class_cfg(
@@ -359,11 +447,23 @@ def _splitter_name(splitter: Any) -> str:
     return f"{type(splitter).__name__}({size}/{overlap})"
 
 
+def _endpoint_params(endpoint: Any) -> dict[str, str]:
+    """RapidFire's ``endpoint_config`` as params: provider and model, never its api_key."""
+    if not isinstance(endpoint, dict):
+        return {}
+    out = {"endpoint.provider": str(endpoint.get("provider", "openai"))}
+    model = endpoint.get("endpoint")
+    if isinstance(model, dict):
+        out["endpoint.model"] = str(model.get("model") or model.get("name"))
+    return out
+
+
 def describe(config: PipelineConfig) -> dict[str, Any]:
     """Flat, JSON-able params of a pipeline (MLflow params, status, the live view)."""
     out: dict[str, Any] = {"generator": config.generator_cls.__name__}
     g = config.generator
     _flat("model_config.", {k: v for k, v in g["model_config"].items()}, out)
+    out.update(_endpoint_params(g.get("endpoint_config")))
     _flat("sampling.", dict(g.get("sampling_params") or {}), out)
     for key in ("max_completion_tokens", "rpm_limit", "tpm_limit"):
         if g.get(key) is not None:
@@ -398,9 +498,11 @@ __all__ = [
     "check_pipeline",
     "check_settings",
     "describe",
+    "endpoint_client",
     "generation_settings",
     "generator_parts",
     "prompt_spec",
     "rag_spec",
     "require",
+    "search_settings",
 ]

@@ -18,8 +18,13 @@ from typing import Any
 
 from actors.engine.evals.spec import PipelineSpec
 from policies.errors import ConfigError
-from rf_ray.evals.build import FUNCTION_KEYS, check_settings, generation_settings
-from rf_ray.evals.build import _search as check_search
+from rf_ray.evals.build import (
+    FUNCTION_KEYS,
+    SEARCH_KEYS,
+    check_settings,
+    generation_settings,
+    search_settings,
+)
 
 CHANGEABLE = ("search_cfg", "reranker_cfg", "sampling_params", "batch_size", *FUNCTION_KEYS)
 
@@ -44,6 +49,14 @@ def _flat_changes(changes: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
+def _merged_search(kind: str, kwargs: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """The parent's search settings with the changes; a change of search type keeps only the
+    parent's settings the new type takes (``k``, not mmr's ``lambda_mult`` for similarity)."""
+    new_kind = changes.get("type", kind)
+    kept = {k: v for k, v in kwargs.items() if k in SEARCH_KEYS.get(new_kind, kwargs)}
+    return {"type": kind, **kept, **changes}
+
+
 def modified_pipeline(parent: PipelineSpec, changes: dict[str, Any], run_id: int) -> PipelineSpec:
     """The clone's spec (checked): ``parent`` with ``changes``, a new id, at its first shard."""
     nested = _flat_changes(changes)
@@ -54,8 +67,15 @@ def modified_pipeline(parent: PipelineSpec, changes: dict[str, Any], run_id: int
         if parent.rag is None:
             raise ConfigError(f"pipeline {parent.run_id} has no rag spec to change")
         rag = dataclasses.replace(parent.rag)
-        search = {"type": rag.search_type, **rag.search_kwargs, **nested.get("search_cfg", {})}
-        rag.search_type, rag.search_kwargs = check_search(search, "clone_modify ")
+        search = _merged_search(rag.search_type, rag.search_kwargs, nested.get("search_cfg", {}))
+        store = rag.store_type if rag.retriever is None else None
+        rag.search_type, rag.search_kwargs = search_settings(search, "clone_modify ", store)
+        if "reranker_cfg" in nested and rag.reranker_cls is None:
+            raise ConfigError(
+                f"clone_modify: pipeline {parent.run_id} has no reranker, so reranker_cfg "
+                f"{nested['reranker_cfg']!r} would change nothing; to compare rerankers, run "
+                "another run_evals with a reranker_cfg"
+            )
         rag.reranker_kwargs = {**rag.reranker_kwargs, **nested.get("reranker_cfg", {})}
         top_n = rag.reranker_kwargs.get("top_n")
         if isinstance(top_n, int) and top_n > rag.search_kwargs["k"]:
@@ -63,6 +83,12 @@ def modified_pipeline(parent: PipelineSpec, changes: dict[str, Any], run_id: int
         params.update({f"rag.search.{k}": v for k, v in search.items()})
         params.update({f"rag.reranker.{k}": v for k, v in nested.get("reranker_cfg", {}).items()})
         spec.rag = rag
+    if "sampling_params" in nested and parent.generator.kind == "api":
+        raise ConfigError(
+            f"clone_modify: pipeline {parent.run_id} calls an API endpoint, whose generation "
+            "settings are its RFAPIModelConfig's model_config, not sampling_params; to compare "
+            "them, run another run_evals with model_config={'temperature': List([...])}"
+        )
     if "sampling_params" in nested:
         sampling = {**parent.generator.vllm_sampling, **nested["sampling_params"]}
         generation, seed = generation_settings(sampling, "clone_modify ")

@@ -252,35 +252,50 @@ class RFAPIModelConfig(_GeneratorConfig):
     ``client_config={"base_url": "https://.../v1", "api_key": ..., "timeout": 60,
     "max_retries": 5}``, ``model_config={"model": name, "temperature": ...}``; ``rpm_limit`` and
     ``tpm_limit`` bound requests and tokens per minute (shared by the pipelines that call the
-    same endpoint). Unlike RapidFire AI, rf-ray calls the endpoint directly (no MLflow AI
-    gateway): name the model in ``model_config["model"]``."""
+    same endpoint). Or RapidFire AI's ``endpoint_config={"provider": "openai", "api_key": ...,
+    "endpoint": {"model": name}}`` (``api_base_url`` for another OpenAI-compatible endpoint;
+    ``endpoint`` may be a ``List``): rf-ray calls the provider's OpenAI-compatible endpoint
+    directly, with no MLflow AI gateway (``rf_ray.evals.build.endpoint_client``)."""
 
-    _fields = ("client_config", "model_config", "rag", "prompt_manager", "rpm_limit",
-               "tpm_limit", "max_completion_tokens")  # fmt: skip
+    _fields = ("client_config", "endpoint_config", "model_config", "rag", "prompt_manager",
+               "rpm_limit", "tpm_limit", "max_completion_tokens")  # fmt: skip
     _no_knobs = frozenset({"rag", "prompt_manager", "rpm_limit", "tpm_limit", "client_config"})
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  RapidFire AI's signature
         self,
         client_config: dict[str, Any],
-        model_config: dict[str, Any],
+        endpoint_config: dict[str, Any] | None = None,
+        model_config: dict[str, Any] | None = None,
         rag: RFLangChainRagSpec | None = None,
         prompt_manager: RFPromptManager | None = None,
         rpm_limit: int | None = None,
         tpm_limit: int | None = None,
+        itpm_limit: int | None = None,
+        otpm_limit: int | None = None,
         max_completion_tokens: int | List | None = None,
     ) -> None:
-        given = {k: v for k, v in locals().items() if k in self._fields}
+        if itpm_limit is not None or otpm_limit is not None:
+            raise ConfigError(
+                f"RFAPIModelConfig(itpm_limit={itpm_limit!r}, otpm_limit={otpm_limit!r}): rf-ray's "
+                "rate limiter counts a request's input and output tokens together; give "
+                "tpm_limit instead (e.g. the smaller of the provider's two limits)"
+            )
+        model_config = {} if model_config is None else model_config
+        given = {k: v for k, v in locals().items() if k in self._fields and v is not None}
         super().__init__(**given)
-        if "base_url" not in client_config:
+        if endpoint_config is None and "base_url" not in client_config:
             raise ConfigError(
                 "RFAPIModelConfig(client_config=...) needs 'base_url', the endpoint's "
-                "OpenAI-compatible root, e.g. 'https://api.openai.com/v1'"
+                "OpenAI-compatible root, e.g. 'https://api.openai.com/v1' (or give RapidFire's "
+                "endpoint_config={'provider': ..., 'api_key': ..., 'endpoint': {'model': ...}})"
             )
-        if "model" not in model_config:
+        if endpoint_config is None and "model" not in model_config:
             raise ConfigError("RFAPIModelConfig(model_config=...) needs 'model'")
 
     def _check(self, key: str, value: Any) -> None:
         super()._check(key, value)
+        if key == "endpoint_config" and not isinstance(value, dict):
+            raise ConfigError(f"RFAPIModelConfig(endpoint_config={value!r}) must be a dict")
         if (
             key in ("rpm_limit", "tpm_limit", "max_completion_tokens")
             and value is not None

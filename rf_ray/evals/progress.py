@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.storage.store import Store
+from policies.settings import stored_settings
 from rf_ray.evals.store import has_pipeline_spec
 
 Interval = tuple[float, float, float]
@@ -61,7 +62,8 @@ class EvalsView:
         """The view of the experiment at ``exp_dir``, or None when it is not an evals one."""
         if not any(has_pipeline_spec(exp_dir, rid) for rid in run_ids):
             return None
-        return cls((meta.get("pruner") or {}).get("metric"), last_intervals(chunks))
+        pruner = stored_settings(meta).get("pruner") or {}  # any store shape, never raises
+        return cls(pruner.get("metric"), last_intervals(chunks))
 
     @classmethod
     def read(cls, exp_dir: Path, run_ids: list[int]) -> EvalsView | None:
@@ -87,4 +89,18 @@ class EvalsView:
         return f"shard {row['chunks_done']}/{row['total_chunks']}"
 
 
-__all__ = ["EvalsView", "Interval", "interval_text", "last_intervals"]
+def summary_tails(exp_dir: Path, run_ids: list[int]) -> dict[int, str]:
+    """Per pipeline, what ``run_evals``' summary says of it: its metrics with their intervals
+    as of its last shard (the pruner's first). Not the best over shards, as for a fit run:
+    each shard's value is the estimate so far, and the last is the one to go by."""
+    view = EvalsView.read(exp_dir, run_ids)
+    if view is None:
+        return {}
+    names = view.columns()
+    return {
+        rid: ", ".join(f"{n} {view.cell(rid, n)}" for n in names) or "no metrics yet"
+        for rid in run_ids
+    }
+
+
+__all__ = ["EvalsView", "Interval", "interval_text", "last_intervals", "summary_tails"]

@@ -28,7 +28,7 @@ from rf_ray.evals.configs import (
     RFPromptManager,
     _GeneratorConfig,
 )
-from rf_ray.knob_template import KnobTemplate, Slot, knob_paths, set_path
+from rf_ray.knob_template import KnobTemplate, Slot, get_path, knob_paths, set_path
 from rf_ray.knobs import List, is_knob
 
 
@@ -125,19 +125,39 @@ def _templates_of(
                 raise ConfigError(f"{where}rag={rag!r} must be an RFLangChainRagSpec")
             if prompt is not None and not isinstance(prompt, RFPromptManager):
                 raise ConfigError(f"{where}prompt_manager={prompt!r} must be an RFPromptManager")
-            sections = {
+            written = {
                 "set": dict(settings),
                 "generator": params,
                 "rag": dict(rag.params) if rag is not None else {},
                 "prompt": dict(prompt.params) if prompt is not None else {},
             }
-            slots = [(s, p) for s, v in sections.items() for p in knob_paths(v)]
-            templates.append(
-                PipelineTemplate(
-                    where, sections, slots, type(generator), rag is not None, prompt is not None
-                )
-            )
+            for sections in _split_nested(written):
+                slots = [(s, p) for s, v in sections.items() for p in knob_paths(v)]
+                templates.append(
+                    PipelineTemplate(where, sections, slots, type(generator), rag is not None,
+                                     prompt is not None)
+                )  # fmt: skip
     return templates
+
+
+def _split_nested(sections: dict[str, dict[str, Any]]) -> list[dict[str, dict[str, Any]]]:
+    """One copy of ``sections`` per choice of a ``List`` whose choices hold knobs of their own
+    (RapidFire's ``embedding_cfg=List([{"class": ..., "model": List([a, b])}, {...}])``), so
+    the inner knobs are expanded too; ``sections`` alone when there is none."""
+    for section, values in sections.items():
+        for path in knob_paths(values):
+            knob = get_path(values, path)
+            if not isinstance(knob, List) or not any(
+                is_knob(v) or (isinstance(v, dict) and knob_paths(v)) for v in knob.values
+            ):
+                continue
+            out = []
+            for choice in knob.values:
+                copied = {s: _copy_dicts(v) for s, v in sections.items()}
+                set_path(copied[section], path, choice)
+                out.extend(_split_nested(copied))
+            return out
+    return [sections]
 
 
 __all__ = ["PipelineTemplate", "is_evals_config", "pipeline_templates"]

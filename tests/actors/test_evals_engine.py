@@ -87,6 +87,11 @@ def test_a_raising_metric_fails_only_its_pipeline_named(engine: PipelineEngine, 
     assert "pipeline 2" in str(out[2])
     assert "compute_metrics_fn (broken)" in str(out[2])
     assert "KeyError" in str(out[2])
+    engine.add(spec(3, GREEDY, compute=lambda batch: None))  # forgot its return
+    (out3,) = engine.run_group({3: (0, 4, str(tmp_path / "3"))}).values()
+    assert isinstance(out3, Exception)
+    assert "pipeline 3: its compute_metrics_fn" in str(out3)
+    assert "returned NoneType None; it must return a dict" in str(out3)
 
 
 def test_state_is_durable_and_a_repeated_grant_is_cached(engine: PipelineEngine, tmp_path) -> None:

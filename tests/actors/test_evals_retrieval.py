@@ -3,6 +3,7 @@ tiny sentence-transformers model, BM25 (bm25s), the tiny cross-encoder reranker.
 
 from __future__ import annotations
 
+import pytest
 from langchain_classic.retrievers.document_compressors import CrossEncoderReranker
 from langchain_community.embeddings import HuggingFaceEmbeddings
 from langchain_core.document_loaders import BaseLoader
@@ -91,3 +92,21 @@ def test_prompt_manager_picks_k_few_shot_examples_per_query() -> None:
         lines = [line for line in text.split("\n\n") if line.strip()]
         assert len(lines) == 2
         assert set(lines) <= formatted
+
+
+def test_a_component_that_cannot_be_built_is_named_with_its_model() -> None:
+    # e.g. RapidFire's "model_kwargs": {"device": "cuda:0"} on a machine without CUDA; here a
+    # model that is not there (offline), which fails the same way on every machine
+    missing = {"class": HuggingFaceEmbeddings, "model_name": "/nowhere/embedder",
+               "model_kwargs": {"device": "cpu"}}  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"embedding_cfg HuggingFaceEmbeddings\(model_name="
+        r"'/nowhere/embedder', model_kwargs=\{'device': 'cpu'\}\) failed: ",
+    ):
+        Retrieval().rag(rag_spec({"document_loader": LOADER, "embedding_cfg": missing}))
+    reranker = {"class": CrossEncoderReranker, "model_name": "/nowhere/ce", "top_n": 1}
+    spec = rag_spec({"document_loader": LOADER, "vector_store_cfg": {"type": "bm25"},
+                     "reranker_cfg": reranker})  # fmt: skip
+    with pytest.raises(ValueError, match=r"reranker_cfg HuggingFaceCrossEncoder\(model_name="):
+        Retrieval().rag(spec)

@@ -5,6 +5,7 @@ cluster) and retrieval settings visibly change the reader's answers: BM25 with o
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,9 @@ def test_rag_eval_example(tmp_path: Path) -> None:
     assert best == ("bm25", 1)
     assert rows[best][0] == "completed"
     assert any(status == "pruned" for status, _ in rows.values())
+    # run_evals' summary says how it prunes, and each pipeline's estimate at its last shard
+    # with its interval (the table's value), not its best shard's
+    assert "4 pipelines; pruning: IntervalPruner on exact_match (max)" in proc.stdout
+    said = dict(re.findall(r"run (\d+): \w+, shards \d/4, exact_match ([\d.e-]+) \[", proc.stdout))
+    assert len(said) == 4, proc.stdout
+    assert sorted(round(float(v), 2) for v in said.values()) == sorted(v for _, v in rows.values())

@@ -22,6 +22,7 @@ from rf_ray.automl import List, RFGridSearch, RFLangChainRagSpec, RFvLLMModelCon
 from rf_ray.cli import main
 from rf_ray.evals.metrics import evals_metrics
 from rf_ray.evals.toy import TINY_EMBEDDER, fact_corpus
+from rf_ray.experiment import latest_experiment
 from rf_ray.toy import TOY_MODEL_NAME
 
 DOCS, QUERIES = fact_corpus(num_docs=12, facts_per_doc=3, num_queries=24, seed=3)
@@ -220,6 +221,7 @@ def test_pipelines_are_stopped_resumed_deleted_and_cloned(ray_cluster, tmp_path)
             config_set({"type": "bm25"}, k=List([1, 3])), QUERIES, num_shards=4, seed=1,
             live_view=False, blocking=False, batched=False,
         )  # fmt: skip
+        assert latest_experiment() is exp  # InteractiveController() steers its pipelines
         exp.wait_for_progress(1, chunks=1, timeout=300)
         clone = exp.clone_modify(1, {"search_cfg": {"k": 2}})["run_id"]
         with pytest.raises(ConfigError, match="warm-start"):

@@ -38,11 +38,11 @@ def _config_sets(base_url: str) -> list[dict]:
         model_config={"model": TOY_MODEL_NAME}, sampling_params={"temperature": 0, "max_tokens": 2},
         rag=rag,
     )  # fmt: skip
-    api = RFAPIModelConfig(
-        client_config={"base_url": base_url, "api_key": "sk-stub",
-                       "timeout": HOLD_SECONDS + 30, "max_retries": 4},
-        model_config={"model": "stub-model", "temperature": 0}, rag=rag, rpm_limit=1000,
-        max_completion_tokens=8,
+    api = RFAPIModelConfig(  # RapidFire's endpoint_config, at the stub's OpenAI-compatible root
+        client_config={"timeout": HOLD_SECONDS + 30, "max_retries": 4},
+        endpoint_config={"provider": "openai", "api_key": "sk-stub", "api_base_url": base_url,
+                         "endpoint": {"model": "stub-model", "name": "stub"}},
+        model_config={"temperature": 0}, rag=rag, rpm_limit=1000, max_completion_tokens=8,
     )  # fmt: skip
     shared = {"batch_size": 4, "preprocess_fn": preprocess, "postprocess_fn": postprocess,
               **evals_metrics(retrieval_k=2, generation=("exact_match",))}  # fmt: skip

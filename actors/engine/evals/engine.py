@@ -364,8 +364,8 @@ class PipelineEngine:
             batch = _call(record, "postprocess_fn", record.spec.postprocess_fn, batch)
         metrics: dict[str, Any] = {SAMPLES: {"value": len(batch["generated_text"])}}
         if record.spec.compute_metrics_fn is not None and record.spec.accumulate_metrics_fn:
-            metrics.update(_call(record, "compute_metrics_fn", record.spec.compute_metrics_fn,
-                                 batch))  # fmt: skip
+            metrics.update(_metrics(record, "compute_metrics_fn", record.spec.compute_metrics_fn,
+                                    batch))  # fmt: skip
         for key, values in batch.items():
             record.results.setdefault(key, []).extend(_jsonable(values))
         for key, value in metrics.items():
@@ -378,11 +378,11 @@ class PipelineEngine:
         seen = sum(m["value"] for m in record.metrics.get(SAMPLES, []))
         out: dict[str, Any] = {SAMPLES: {"value": seen}}
         if spec.accumulate_metrics_fn is not None:
-            out.update(_call(record, "accumulate_metrics_fn", spec.accumulate_metrics_fn,
-                             record.metrics))  # fmt: skip
+            out.update(_metrics(record, "accumulate_metrics_fn", spec.accumulate_metrics_fn,
+                                record.metrics))  # fmt: skip
         elif spec.compute_metrics_fn is not None:
-            out.update(_call(record, "compute_metrics_fn", spec.compute_metrics_fn,
-                             record.results))  # fmt: skip
+            out.update(_metrics(record, "compute_metrics_fn", spec.compute_metrics_fn,
+                                record.results))  # fmt: skip
         strategy = OnlineStrategy.from_kwargs(spec.online or None)
         return add_intervals(out, seen, strategy, population=len(self.dataset))
 
@@ -453,6 +453,19 @@ def _call(record: PipelineRecord, name: str, fn: Any, *args: Any) -> Any:
             f"pipeline {record.spec.run_id}: its {name} "
             f"({getattr(fn, '__qualname__', fn)!s}) raised {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _metrics(record: PipelineRecord, name: str, fn: Any, *args: Any) -> dict[str, Any]:
+    """A metric function's result, which must be RapidFire's ``{metric: {"value": ...}}``: any
+    other fails this pipeline, naming the function and what it returned."""
+    out = _call(record, name, fn, *args)
+    if not isinstance(out, dict):
+        raise PipelineFailedError(
+            f"pipeline {record.spec.run_id}: its {name} ({getattr(fn, '__qualname__', fn)!s}) "
+            f"returned {type(out).__name__} {str(out)[:200]}; it must return a dict "
+            "{metric name: {'value': ...}}"
+        )
+    return out
 
 
 def _jsonable(value: Any) -> Any:

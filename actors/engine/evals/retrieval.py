@@ -78,6 +78,19 @@ class Rag:
         return ["\n\n".join(template(d) for d in docs) for docs in batch_docs]
 
 
+def _built(what: str, cls: Any, kwargs: dict[str, Any], make: Any) -> Any:
+    """``make()``; what it raises says which of the pipeline's components failed to build and
+    with which model (not every argument: one may be an API key)."""
+    try:
+        return make()
+    except Exception as exc:
+        shown = ", ".join(f"{k}={kwargs[k]!r}" for k in ("model_name", "model", "model_kwargs")
+                          if k in kwargs)  # fmt: skip
+        raise ValueError(
+            f"building its {what} {cls.__name__}({shown}) failed: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def _key(cls: Any, kwargs: dict[str, Any]) -> str:
     return f"{cls.__module__}.{cls.__qualname__}:" + json.dumps(
         kwargs, sort_keys=True, default=repr
@@ -101,7 +114,7 @@ class Retrieval:
     def embedding(self, cls: Any, kwargs: dict[str, Any]) -> Any:
         key = _key(cls, kwargs)
         if key not in self._embeddings:
-            self._embeddings[key] = cls(**kwargs)
+            self._embeddings[key] = _built("embedding_cfg", cls, kwargs, lambda: cls(**kwargs))
         return self._embeddings[key]
 
     def index(self, spec: RagSpec) -> Index:
@@ -157,9 +170,13 @@ class Retrieval:
                 raise ValueError("reranker_cfg for CrossEncoderReranker needs a model_name")
             key = _key(HuggingFaceCrossEncoder, encoder_kwargs)
             if key not in self._cross_encoders:
-                self._cross_encoders[key] = HuggingFaceCrossEncoder(**encoder_kwargs)
+                self._cross_encoders[key] = _built(
+                    "reranker_cfg", HuggingFaceCrossEncoder, encoder_kwargs,
+                    lambda: HuggingFaceCrossEncoder(**encoder_kwargs),
+                )  # fmt: skip
             kwargs["model"] = self._cross_encoders[key]
-        return spec.reranker_cls(**kwargs)
+        cls = spec.reranker_cls
+        return _built("reranker_cfg", cls, spec.reranker_kwargs, lambda: cls(**kwargs))
 
     def rag(self, spec: RagSpec) -> Rag:
         """A pipeline's ``Rag``: its own retriever (search settings) over the shared index."""

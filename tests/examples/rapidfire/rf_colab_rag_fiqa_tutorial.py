@@ -3,15 +3,14 @@
 The notebook's code cells in order, with only imports, models, data and sizes changed; each
 changed line says so in a comment ("# rf-ray:"). The Colab-only cells (pip install, the Ray
 dashboard iframe, the "click to end" button) are left out. Run by
-``tests/examples/rapidfire/test_rf_colab_rag_fiqa_tutorial.py`` on a small corpus it builds:
+``tests/examples/rapidfire/test_rf_colab_rag_fiqa_tutorial.py`` on a small corpus it builds, from
+a directory holding ``datasets/fiqa/`` (the experiment goes to ``rf_experiments/`` there):
 
-    python tests/examples/rapidfire/rf_colab_rag_fiqa_tutorial.py DATASET_DIR EXPERIMENT_PATH
+    cd DIR && python .../tests/examples/rapidfire/rf_colab_rag_fiqa_tutorial.py
 
 The models are rf-ray's offline toys (a tiny Llama, a tiny embedding model and cross-encoder),
 so the metrics it prints say nothing about retrieval quality; the flow is the tutorial's.
 """
-
-import sys  # rf-ray: the data and experiment directories come from the command line
 
 # --- cell: Import RapidFire Components
 import os
@@ -30,7 +29,7 @@ import json, random
 from pathlib import Path
 
 # Dataset directory
-dataset_dir = Path(sys.argv[1])  # rf-ray: data the test builds (was /content/tutorial_notebooks/rag-contexteng/datasets)
+dataset_dir = Path("datasets")  # rf-ray: data the test builds (was /content/tutorial_notebooks/rag-contexteng/datasets)
 
 # Load full dataset
 fiqa_dataset = load_dataset("json", data_files=str(dataset_dir / "fiqa" / "queries.jsonl"), split="train")
@@ -326,7 +325,7 @@ config_set = {
 config_group = RFGridSearch(config_set)
 
 # --- cell: Create Experiment
-experiment = Experiment(experiment_name="exp1-fiqa-rag-colab", mode="evals", experiment_path=sys.argv[2])  # rf-ray: experiment_path from the test
+experiment = Experiment(experiment_name="exp1-fiqa-rag-colab", mode="evals")
 
 # --- cell: Run Multi-Config Evals
 # Launch evals of all RAG configs in the config_group with swap granularity of 4 chunks

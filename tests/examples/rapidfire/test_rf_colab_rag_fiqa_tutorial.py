@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rf_ray import Experiment
 from rf_ray.evals.toy import fact_corpus
+from rf_ray.experiment import DEFAULT_ROOT
 
 ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = Path(__file__).with_name("rf_colab_rag_fiqa_tutorial.py")
@@ -41,15 +42,15 @@ def test_the_ported_tutorial_runs_its_four_pipelines(tmp_path: Path) -> None:
     n = build_fiqa_like(tmp_path / "datasets")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(ROOT), RF_RAY_LIVE="0")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path / "datasets"), str(tmp_path / "exps")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    proc = subprocess.run(  # where a notebook runs: beside its datasets/
+        [sys.executable, str(SCRIPT)], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=600,
     )  # fmt: skip
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-5000:]
     assert f"Using {n} queries" in proc.stdout
     assert "Done!" in proc.stdout
-    exp = Experiment("exp1-fiqa-rag-colab", mode="evals", experiment_path=tmp_path / "exps")
+    exp = Experiment("exp1-fiqa-rag-colab", mode="evals", experiment_path=tmp_path / DEFAULT_ROOT)
     info = exp.get_runs_info().sort_values("run_id")
     knobs = [(c["rag.text_splitter"], c["rag.reranker.top_n"]) for c in info["config"]]
     assert knobs == [
