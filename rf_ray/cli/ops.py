@@ -58,10 +58,12 @@ def add_ops(p: argparse.ArgumentParser) -> None:
 
 
 def parse_value(text: str) -> Any:
-    """A value as typed: JSON when it parses (``1e-4``, ``16``, ``true``), else the text."""
+    """A value as typed: JSON when it parses (``1e-4``, ``16``, ``true``), else the text (also
+    for JSON Python will not read: an integer of thousands of digits, arrays nested thousands
+    deep; the knob's own check then refuses the text, naming it)."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
         return text
 
 
