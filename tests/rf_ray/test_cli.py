@@ -321,13 +321,14 @@ def _dashboard_with_mlflow(tmp_path: Path) -> tuple[subprocess.Popen[str], set[i
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_the_dashboard_stopped_by_a_signal_stops_the_mlflow_ui_and_says_so_in_one_line(
     tmp_path, sig
 ):
     """A plain ``kill`` (SIGTERM) left ``mlflow ui`` running (uvicorn re-raises the signal after
     serving, and its default action ended the process before the clean-up); Ctrl-C (SIGINT)
-    stopped it but printed a ``KeyboardInterrupt`` traceback. Issue 21, item 7."""
+    stopped it but printed a ``KeyboardInterrupt`` traceback. Issue 21, item 7. A closed terminal
+    (SIGHUP) ended the dashboard at once and left ``mlflow ui``, in its own session, running."""
     proc, mlflow = _dashboard_with_mlflow(tmp_path)
     try:
         os.kill(proc.pid, sig)  # the dashboard's pid only, not its group: as `kill PID` does
