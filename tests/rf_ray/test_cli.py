@@ -381,3 +381,39 @@ def test_stopping_the_mlflow_ui_leaves_no_process_of_its_group(tmp_path, monkeyp
     finally:
         if command._group_alive(leader.pid):
             os.killpg(leader.pid, signal.SIGKILL)
+
+
+_FOREGROUND = """
+import sys
+from rf_ray.cli.child import run_child
+child = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(300)"
+sys.exit(run_child([sys.executable, "-c", child, sys.argv[1]]))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_a_closed_terminal_stops_the_foreground_child_of_rf_ray_demo(tmp_path):
+    """``rf-ray demo`` runs its script in a session of its own (``run_child``): a closed terminal
+    (SIGHUP) reaches only rf-ray's session, and used to leave the script training."""
+    ready = tmp_path / "child.pid"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", _FOREGROUND, str(ready)], env=env)
+    child = None
+    try:
+        deadline = time.monotonic() + 60
+        while not (ready.exists() and ready.read_text()) and time.monotonic() < deadline:
+            assert proc.poll() is None, "run_child's parent exited before its child started"
+            time.sleep(0.05)
+        child = int(ready.read_text())
+        os.kill(proc.pid, signal.SIGHUP)
+        assert proc.wait(timeout=30) == 128 + signal.SIGHUP
+        deadline = time.monotonic() + 10
+        while _running(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(child)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if child is not None and _running(child):
+            os.kill(child, signal.SIGKILL)
