@@ -216,6 +216,7 @@ class Experiment:
         from rf_ray.evals.run import evals_plan, start_lines
 
         self._check_mode("evals", "run_evals")
+        check_trusted(self.dir, self.trust)  # an existing directory is read, then written
         group = config_group if isinstance(config_group, ConfigGroup) else RFGridSearch(
             config_group
         )  # fmt: skip

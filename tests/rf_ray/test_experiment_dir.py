@@ -259,3 +259,22 @@ def test_a_pickle_another_user_owns_is_refused_even_for_root(finished, tmp_path,
     err = _one_error_line(capsys, "resume")
     assert f"{planted} is owned by nobody (uid 65534)" in err
     assert not marker.exists()
+
+
+def test_run_evals_into_a_directory_others_can_write_is_refused(tmp_path):
+    """``run_evals`` into an existing directory reads its store and writes into it, as
+    ``run_fit`` does; it was the one way in that did not check whose directory it is."""
+    from rf_ray.automl import RFvLLMModelConfig
+    from rf_ray.toy import TOY_MODEL_NAME
+    from tests.rf_ray.test_dashboard_http import make_experiment
+    from tests.rf_ray.test_evals import QUERIES, preprocess
+
+    exp_dir = make_experiment(tmp_path, "shared")
+    exp_dir.chmod(0o770)
+    before = sorted(p.name for p in exp_dir.iterdir())
+    exp = Experiment("shared", mode="evals", experiment_path=tmp_path)
+    generator = RFvLLMModelConfig(model_config={"model": TOY_MODEL_NAME})
+    with pytest.raises(UntrustedDirectoryError, match="is writable by its group"):
+        exp.run_evals({"vllm_config": generator, "preprocess_fn": preprocess}, QUERIES,
+                      num_shards=1, live_view=False)  # fmt: skip
+    assert sorted(p.name for p in exp_dir.iterdir()) == before
