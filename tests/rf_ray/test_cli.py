@@ -211,6 +211,14 @@ def test_dashboard_on_a_busy_port_exits_2(root, capsys):
     assert "pick another --port" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("timeout", ["nan", "inf", "0", "-5", "soon"])
+def test_ops_refuses_a_timeout_that_is_not_a_number_of_seconds(timeout, capsys):
+    # The op's child bounds itself at the timeout: nan, 0 or -5 ended it at once ("ended
+    # without an answer"), inf never; refused here before anything reads the experiment.
+    assert cli.main(["ops", "stop", "sweep", "1", "--timeout", timeout]) == 2
+    assert "must be a number of seconds > 0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("port", ["0", "70000", "http"])
 def test_dashboard_rejects_a_bad_port(port, capsys):
     assert cli.main(["dashboard", "--port", port]) == 2
