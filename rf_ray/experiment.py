@@ -399,6 +399,8 @@ class Experiment:
             [r.trainer_type for r in runs], evals is not None, preferred=named
         )
         check_pruner_metric(settings.metric, runs, evals is not None)
+        for metric in group.steers_on():
+            check_pruner_metric(metric, runs, evals is not None, f"{type(group).__name__}'s")
         self._metric = (settings.metric, settings.mode)
         specs = build_specs(
             runs,
