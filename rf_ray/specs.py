@@ -180,6 +180,10 @@ class RunConfig:
             raise TypeError(
                 f"reward_funcs must be a list of callables or None, got {self.reward_funcs!r}"
             )
+        for field in ("formatting_func", "compute_metrics"):  # as RFModelConfig checks them
+            value = getattr(self, field)
+            if value is not None and not callable(value):
+                raise TypeError(f"{field} must be a callable or None, got {value!r}")
 
     def trl_fields(self) -> frozenset[str]:
         """The field names of this run's TRL config class."""
