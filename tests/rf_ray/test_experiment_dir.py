@@ -278,3 +278,25 @@ def test_run_evals_into_a_directory_others_can_write_is_refused(tmp_path):
         exp.run_evals({"vllm_config": generator, "preprocess_fn": preprocess}, QUERIES,
                       num_shards=1, live_view=False)  # fmt: skip
     assert sorted(p.name for p in exp_dir.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("{x", "is not JSON"), ("[]", "holds a list, not a samples record"),
+     ('{"metrics": {"rougeL": "high"}, "samples": []}', "its 'metrics' are not names with numbers"),
+     ('{"metrics": {}, "samples": [{"prompt": 5}]}', "its 'samples' are not a list of texts")],
+)  # fmt: skip
+def test_a_damaged_samples_file_is_named_and_status_goes_on(tmp_path, capsys, text, problem):
+    """``rf-ray samples`` printed a ``JSONDecodeError`` or ``ValueError`` traceback, and
+    ``rf-ray status`` (which reads each run's generation metrics there) an ``AttributeError``."""
+    from tests.rf_ray.test_dashboard_http import make_experiment
+
+    exp_dir = make_experiment(tmp_path, "sweep")
+    samples = ExperimentDir(exp_dir).run(1).samples_file
+    samples.parent.mkdir(mode=0o700, parents=True)
+    samples.write_text(text)
+    assert main(["samples", "sweep", "1", "--path", str(tmp_path)]) == 2
+    err = _one_error_line(capsys, "samples")
+    assert f"{samples}: {problem}" in err
+    assert main(["status", "sweep", "--path", str(tmp_path)]) == 0
+    assert "3 runs" in capsys.readouterr().out
