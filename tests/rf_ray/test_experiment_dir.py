@@ -300,3 +300,27 @@ def test_a_damaged_samples_file_is_named_and_status_goes_on(tmp_path, capsys, te
     assert f"{samples}: {problem}" in err
     assert main(["status", "sweep", "--path", str(tmp_path)]) == 0
     assert "3 runs" in capsys.readouterr().out
+
+
+def test_a_moved_evals_experiment_reads_its_own_pipeline_states(tmp_path):
+    """The store keeps each pipeline's last state file as an absolute path: in a copied or moved
+    directory ``get_evals_results()`` read the original's files, or raised a bare
+    ``FileNotFoundError`` once the original was gone. Resume takes checkpoints the same way
+    (``ExperimentDir.own_path``)."""
+    from policies.errors import DamagedFileError
+
+    moved = tmp_path / "new-home" / "ev"
+    with Store(moved) as store:
+        store.set_meta(name="ev", status="finished")
+        store.add_run(1, {"k": 2}, "completed", total_steps=8, total_chunks=2)
+        store.update_run(1, checkpoint="/gone/old-home/ev/runs/1/evals_state-00000008.json")
+    state = ExperimentDir(moved).run(1).path / "evals_state-00000008.json"
+    state.parent.mkdir(mode=0o700, parents=True)
+    state.write_text(json.dumps({"results": {"query": ["q"]}, "cumulative": {"MRR": 0.5}}))
+    exp = Experiment("ev", mode="evals", experiment_path=moved.parent)
+    assert exp.get_evals_results() == {1: ({"query": ["q"]}, {"MRR": 0.5})}
+    state.unlink()
+    with pytest.raises(DamagedFileError, match=f"{state}: missing"):
+        exp.get_evals_results()
+    # a path outside any runs/<id>/ (an older rf-ray's) is kept as recorded
+    assert ExperimentDir(moved).own_path(1, "/elsewhere/ckpt") == Path("/elsewhere/ckpt")
