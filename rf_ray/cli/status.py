@@ -30,7 +30,7 @@ def find_experiments(root: Path) -> list[str]:
     """Names of the experiment directories directly under ``root`` (those with a store)."""
     if not root.is_dir():
         return []
-    return sorted(d.name for d in root.iterdir() if d.is_dir() and Store.exists(d))
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and Store.listed(d))
 
 
 def _candidates(root: Path) -> str:

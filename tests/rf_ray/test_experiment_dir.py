@@ -324,3 +324,30 @@ def test_a_moved_evals_experiment_reads_its_own_pipeline_states(tmp_path):
         exp.get_evals_results()
     # a path outside any runs/<id>/ (an older rf-ray's) is kept as recorded
     assert ExperimentDir(moved).own_path(1, "/elsewhere/ckpt") == Path("/elsewhere/ckpt")
+
+
+def test_listing_a_root_with_another_users_private_directory_goes_on(tmp_path, monkeypatch, capsys):
+    """A shared root holds another user's experiment (mode 0700): looking for its store raised
+    ``PermissionError``, so ``rf-ray list`` printed a traceback and the dashboard's list
+    answered 500. Such a directory is left out; the user's own experiments are listed. (Fault
+    injected: the tests may run as root, whom no mode stops.)"""
+    import pathlib
+
+    from rf_ray.dashboard.reads import Root, list_experiments
+    from tests.rf_ray.test_dashboard_http import make_experiment
+
+    make_experiment(tmp_path, "mine")
+    theirs = make_experiment(tmp_path, "theirs")
+    real_stat = pathlib.Path.stat
+
+    def stat(self, *args, **kwargs):
+        if self.is_relative_to(theirs) and self != theirs:  # the entry itself may be seen
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+    assert main(["list", "--path", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mine " in out
+    assert "theirs" not in out
+    assert [e["name"] for e in list_experiments(Root.at(tmp_path))] == ["mine"]
