@@ -88,6 +88,7 @@ def add_trust(p: argparse.ArgumentParser) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     root = Path(args.path or DEFAULT_ROOT)
     exp_dir = root / args.name
+    check_trusted(exp_dir, args.trust)  # another user's directory: say whose, first
     if not Store.exists(exp_dir):
         raise ConfigError(
             f"no experiment {args.name!r} under {root.resolve()}; {_candidates(root)}"

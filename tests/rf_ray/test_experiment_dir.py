@@ -351,3 +351,6 @@ def test_listing_a_root_with_another_users_private_directory_goes_on(tmp_path, m
     assert "mine " in out
     assert "theirs" not in out
     assert [e["name"] for e in list_experiments(Root.at(tmp_path))] == ["mine"]
+    for command in (["status", "theirs"], ["samples", "theirs", "1"]):  # named: one line
+        assert main([*command, "--path", str(tmp_path)]) == 2
+        assert "Permission denied" in _one_error_line(capsys, command[0])
