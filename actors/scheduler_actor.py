@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 from actors import logs
@@ -433,7 +434,8 @@ class SchedulerActor:
         if self.finished:
             raise OpError(
                 f"experiment {self.name!r} has finished; ops apply only while it runs "
-                f"(resume it with `rf-ray resume {self.name}` or Experiment(...).resume())"
+                f"(resume it with `rf-ray resume {Path(self.dir).name} --path "
+                f"{Path(self.dir).parent}` or Experiment(...).resume())"
             )
 
     # ------------------------------------------------------------------ lifecycle

@@ -40,6 +40,14 @@ def is_secret_key(key: str) -> bool:
     return not (len(words) == 2 and words[0] in _SPECIAL_TOKENS and words[1] == "token")
 
 
+def shown(key: str, value: Any) -> str:
+    """``repr(value)`` for a message that names knob ``key`` (``f"{key}={shown(key, v)}"``),
+    or ``'***'`` when ``key`` looks like a secret (an empty or None value is shown as it is)."""
+    if is_secret_key(key) and value not in (None, ""):
+        return repr(REDACTED)
+    return repr(value)
+
+
 def redact(params: dict[str, Any]) -> dict[str, Any]:
     """``params`` with every secret-looking knob's value replaced by ``REDACTED`` (an empty or
     None value stays: it hides nothing and says that none was set)."""
@@ -48,4 +56,4 @@ def redact(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-__all__ = ["REDACTED", "is_secret_key", "redact"]
+__all__ = ["REDACTED", "is_secret_key", "redact", "shown"]

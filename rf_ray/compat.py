@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from policies.errors import ConfigError
+from policies.redact import shown
 
 # TRL fields that name something rf-ray does itself. A TRL script or RapidFire tutorial sets
 # many of them, so they are accepted. Those with a meaning here are honoured
@@ -185,10 +186,14 @@ def ignored_field_warnings(runs: Sequence[_Run], has_eval: bool = True) -> dict[
                 what = RETIRED_TRAINER_FIELDS[name]
                 if (name, run.trainer_type) == ("max_prompt_length", "GRPO"):
                     what = _RETIRED_GRPO_PROMPT
-                out.setdefault(name, f"training_args.{name}={value!r} is ignored: {what}")
+                out.setdefault(
+                    name, f"training_args.{name}={shown(name, value)} is ignored: {what}"
+                )
             elif name in IGNORED_TRAINER_FIELDS:
                 what = IGNORED_TRAINER_FIELDS[name]
-                out.setdefault(name, f"training_args.{name}={value!r} is ignored: {what}")
+                out.setdefault(
+                    name, f"training_args.{name}={shown(name, value)} is ignored: {what}"
+                )
             elif name == "report_to":
                 for note in forwarded_reporters(value)[1]:
                     out.setdefault(f"report_to:{note}", f"training_args.{note}")
@@ -239,7 +244,7 @@ def _missing(field: str, value: Any, package: str) -> ConfigError:
     pip = _PIP.get(package, package)
     extra = ' (pip install "rf-ray[rapidfire]" brings it)' if package == _BNB else ""
     return ConfigError(
-        f"{field}={value!r} needs the {package} package, which is not installed: "
+        f"{field}={shown(field, value)} needs the {package} package, which is not installed: "
         f"pip install {pip}{extra}, or choose another value"
     )
 

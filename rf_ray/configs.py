@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from policies.errors import ConfigError
+from policies.redact import shown
 from rf_ray.compat import IgnoredFieldWarning, rapidfire_fields
 from rf_ray.fields import (
     LORA_RULES,
@@ -332,7 +333,7 @@ def _generation_eval(metrics_fn: Any, generations: Any, prompts_fn: Any) -> Any:
 
 
 def _kwargs_repr(kwargs: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    return ", ".join(f"{k}={shown(k, v)}" for k, v in kwargs.items())
 
 
 __all__ = [

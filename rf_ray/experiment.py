@@ -229,6 +229,7 @@ class Experiment:
                                         gpus_per_actor=gpus_per_actor,
                                         cpus_per_actor=cpus_per_actor):  # fmt: skip
             warnings.warn(note, IgnoredFieldWarning, stacklevel=2)
+        check_trusted(self.dir, self.trust)  # an existing directory is read, then written
         group = config_group if isinstance(config_group, ConfigGroup) else RFGridSearch(
             config_group
         )  # fmt: skip
@@ -425,6 +426,8 @@ class Experiment:
             [r.trainer_type for r in runs], evals is not None, preferred=named
         )
         check_pruner_metric(settings.metric, runs, evals is not None)
+        for metric in group.steers_on():
+            check_pruner_metric(metric, runs, evals is not None, f"{type(group).__name__}'s")
         self._metric = (settings.metric, settings.mode)
         specs = build_specs(
             runs,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from policies.errors import ConfigError, UnknownKnobError
+from policies.redact import shown
 from rf_ray.compat import IGNORED_TRAINER_FIELDS, REFUSED_TRAINER_FIELDS, RETIRED_TRAINER_FIELDS
 from rf_ray.knobs import List, Range, is_number
 from rf_ray.legacy import is_legacy_trainer_field
@@ -72,7 +73,7 @@ def _bad_value(path: str, value: Any, must: str) -> ConfigError:
     hint = ""
     if isinstance(value, (list, tuple)):
         hint = f" To search over several values, wrap them in List({list(value)!r})."
-    return ConfigError(f"{path}={value!r} is invalid: {field} must be {must}.{hint}")
+    return ConfigError(f"{path}={shown(path, value)} is invalid: {field} must be {must}.{hint}")
 
 
 def check_value(path: str, value: Any, rule: _Rule | None) -> None:
@@ -86,7 +87,7 @@ def check_value(path: str, value: Any, rule: _Rule | None) -> None:
     elif isinstance(value, Range):
         if rule.integer and value.dtype is not int:
             raise ConfigError(
-                f"{path}={value!r} is invalid: {path.rsplit('.', 1)[-1]} is an integer; "
+                f"{path}={shown(path, value)} is invalid: {path.rsplit('.', 1)[-1]} is an integer; "
                 f"use Range({value.low!r}, {value.high!r}, dtype=int)"
             )
         for end in (value.low, value.high):

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from policies.errors import ConfigError
+from policies.redact import shown
 
 __all__ = [
     "LEGACY_MODEL_KWARGS",
@@ -162,7 +163,7 @@ def modernize_training_args(args: Args) -> tuple[Args, dict[str, str]]:
         value = out.pop(name)
         rename.rewrite(out, value)
         notes[name] = (
-            f"training_args.{name}={value!r} is the field of an older TRL/transformers; "
+            f"training_args.{name}={shown(name, value)} is the field of an older TRL/transformers; "
             f"rf-ray runs it as {rename.today}, today's way"
         )
     if out.get("reference_free"):
@@ -191,7 +192,8 @@ def modernize_model_kwargs(kwargs: Args) -> tuple[Args, dict[str, str]]:
 
     def note(name: str, value: Any) -> None:
         notes[f"model_kwargs.{name}"] = (
-            f"model_kwargs.{name}={value!r} is a keyword of transformers 4; rf-ray passes "
+            f"model_kwargs.{name}={shown(name, value)} is a keyword of transformers 4; rf-ray "
+            "passes "
             f"{LEGACY_MODEL_KWARGS.get(name, 'quantization_config')}, today's way"
         )
 

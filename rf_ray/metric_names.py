@@ -105,10 +105,13 @@ def reported_metrics(run: RunConfig, has_eval: bool) -> ReportedMetrics:
     return ReportedMetrics(frozenset(names), any_eval, any_name)
 
 
-def check_pruner_metric(metric: str, runs: Iterable[RunConfig], has_eval: bool) -> None:
+def check_pruner_metric(
+    metric: str, runs: Iterable[RunConfig], has_eval: bool, whose: str = "the pruner's"
+) -> None:
     """Refuse (``ConfigError``) a pruner metric that some run can never report: an ``eval_*``
     metric without an eval set, or a name its algorithm never logs. The error names the
-    metric, the runs, the metrics every run reports and what to do."""
+    metric (``whose`` metric: a config group's that steers on one, ``ConfigGroup.steers_on``),
+    the runs, the metrics every run reports and what to do."""
     runs = list(runs)
     if not runs:
         return  # a Tune experiment adds its runs later: the first chunk tells
@@ -119,7 +122,7 @@ def check_pruner_metric(metric: str, runs: Iterable[RunConfig], has_eval: bool) 
     common = sorted(frozenset.intersection(*(r.names for r in reported)))
     if metric.startswith("eval_") and not has_eval:
         raise ConfigError(
-            f"the pruner's metric {metric!r} is an eval metric, but run_fit has no "
+            f"{whose} metric {metric!r} is an eval metric, but run_fit has no "
             f"eval_dataset: pass eval_dataset=..., or prune on a training metric, e.g. "
             f"SuccessiveHalving(metric='train_loss'); the runs report: {', '.join(common)}"
         )
@@ -128,7 +131,7 @@ def check_pruner_metric(metric: str, runs: Iterable[RunConfig], has_eval: bool) 
         f"{', ...' if len(missing) > 1 else ''})"
     )  # fmt: skip
     raise ConfigError(
-        f"the pruner's metric {metric!r} is reported by {which}: every run reports "
+        f"{whose} metric {metric!r} is reported by {which}: every run reports "
         f"{', '.join(common)}. Name one of these, e.g. SuccessiveHalving(metric='train_loss'), "
         "or leave metric=None for the default (eval_loss with an eval set, else train_loss; "
         "GRPO: reward)"

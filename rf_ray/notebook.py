@@ -333,6 +333,7 @@ def _ops_in_child(
     cmd = [sys.executable, "-m", "rf_ray.cli", "ops", op, exp.name, str(run_id)]
     cmd += [f"{key}={json.dumps(value)}" for key, value in changes.items()]
     cmd += ["--path", str(exp.dir.parent)] + (["--warm-start"] if warm else [])
+    cmd += ["--trust"] if exp.trust else []  # the child checks the directory as exp does
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:

@@ -18,6 +18,7 @@ from actors.engine.evals.spec import is_pipeline
 from actors.engine.spec import RunSpec
 from actors.storage.store import Store
 from policies.errors import ConfigError, OpError
+from policies.redact import shown
 from policies.settings import ExperimentSettings
 from policies.state import OPS
 from rf_ray import spec_store
@@ -214,7 +215,9 @@ def modified(run: RunConfig, changes: dict[str, Any]) -> RunConfig:
     fields: dict[str, Any] = {}
     for key, value in changes.items():
         if is_knob(value):
-            raise ConfigError(f"changes[{key!r}] is a knob ({value!r}); a clone takes one value")
+            raise ConfigError(
+                f"changes[{key!r}] is a knob ({shown(key, value)}); a clone takes one value"
+            )
         section = key.split(".", 1)[0]
         if key in function_fields():
             fields[key] = value

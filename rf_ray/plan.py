@@ -324,6 +324,8 @@ def _resume_point(
     step 0 starts over. Runs that will not train again are taken as recorded."""
     done, recorded = int(row["steps_done"]), row["checkpoint"]
     path = ExperimentDir(exp_dir).run(row["run_id"]).checkpoint(done)
+    if recorded:  # the store's absolute path, in this (possibly copied or moved) directory
+        recorded = str(ExperimentDir(exp_dir).own_path(row["run_id"], recorded))
     if not done:
         return 0, None
     if row["status"] in _DONE:

@@ -99,14 +99,16 @@ def send(
     if why == "ended":
         raise OpError(
             f"experiment {exp_dir.name!r} ended while you asked: no scheduler holds its lock any "
-            f"more (`rf-ray status {exp_dir.name}` shows where its runs stopped)"
+            f"more (`rf-ray status {exp_dir.name} --path {exp_dir.parent}` shows where its runs "
+            "stopped)"
         )
     if answer is not None:
         raise OpError(answer["error"])
     if why == "timeout":
         raise NoAnswerError(
             f"experiment {exp_dir.name!r}'s scheduler did not answer within {timeout_s:g} s; "
-            f"the op may still be applied: check `rf-ray status {exp_dir.name}` before trying "
+            f"the op may still be applied: check `rf-ray status {exp_dir.name} --path "
+            f"{exp_dir.parent}` before trying "
             "again"
         )
     raise OpError(f"the op's process ended without an answer ({why}): {_last_line(err)}")

@@ -99,6 +99,12 @@ class ConfigGroup(abc.ABC):
         None when rf-ray's pruner does it all."""
         return None
 
+    def steers_on(self) -> list[str]:
+        """The chunk metrics the group itself reads to propose or judge runs (a Tune searcher's
+        objective, ``RFOptuna``'s); ``run_fit`` refuses one that no run can report, as it
+        refuses such a pruner metric (``rf_ray.metric_names``). None by default."""
+        return []
+
 
 @dataclasses.dataclass
 class _Template(KnobTemplate):

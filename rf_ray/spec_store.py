@@ -103,7 +103,15 @@ def _load_function(stored: dict[str, str] | None, base: Path) -> Any:
                 f"{base}: cannot import {stored['import']!r} ({e}); make its module importable "
                 "here (install it, or add its directory to PYTHONPATH) and try again"
             ) from e
-    return unpickle(base / stored["pickle"])
+    path = base / stored["pickle"]
+    # Only files of the functions/ directory beside the spec: the ones the directory's trust
+    # check (``actors.storage.trust``) looked at before anything was read.
+    if not path.resolve().is_relative_to((base / FUNCTIONS_DIR).resolve()):
+        raise DamagedFileError(
+            path, f"is named as a pickle, but rf-ray keeps pickles only in {base / FUNCTIONS_DIR}"
+            f"{_RESTORE}"
+        )  # fmt: skip
+    return unpickle(path)
 
 
 def unpickle(path: Path) -> Any:

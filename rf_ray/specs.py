@@ -23,7 +23,7 @@ from actors.engine.spec import RunSpec
 from actors.storage.layout import ExperimentDir
 from policies.chunking import ChunkPlan, repeat_sampler_length
 from policies.errors import ConfigError
-from policies.redact import redact
+from policies.redact import redact, shown
 from rf_ray.compat import IGNORED_TRAINER_FIELDS, RETIRED_TRAINER_FIELDS, forwarded_reporters
 from rf_ray.fields import (
     LORA_RULES,
@@ -76,8 +76,8 @@ def to_jsonable(value: Any, path: str | None = None) -> Any:
     if path is None:
         return repr(value)
     raise ConfigError(
-        f"{path}={value!r} cannot be stored as JSON; use a str, number, bool, list or dict "
-        "(for a torch dtype, its name such as 'bfloat16' works too)"
+        f"{path}={shown(path, value)} cannot be stored as JSON; use a str, number, bool, list or "
+        "dict (for a torch dtype, its name such as 'bfloat16' works too)"
     )
 
 
@@ -180,6 +180,10 @@ class RunConfig:
             raise TypeError(
                 f"reward_funcs must be a list of callables or None, got {self.reward_funcs!r}"
             )
+        for field in ("formatting_func", "compute_metrics"):  # as RFModelConfig checks them
+            value = getattr(self, field)
+            if value is not None and not callable(value):
+                raise TypeError(f"{field} must be a callable or None, got {value!r}")
 
     def trl_fields(self) -> frozenset[str]:
         """The field names of this run's TRL config class."""

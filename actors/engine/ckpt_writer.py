@@ -111,13 +111,14 @@ class CheckpointWriter:
             logger.warning(
                 "run %s: writing the checkpoint of step %s failed: %r", run_id, step, exc
             )
-            name = ExperimentDir.of_run_dir(run_dir).name
+            exp = ExperimentDir.of_run_dir(run_dir).root
+            path = f"--path {exp.parent}"
             raise CheckpointError(
                 f"run {run_id}: writing its checkpoint of step {step} under {run_dir} failed: "
                 f"{type(exc).__name__}: {exc}. Free disk space or make the experiment directory "
-                f"writable; then `rf-ray ops resume {name} {run_id}` (while the experiment runs) "
-                f"or `rf-ray resume {name}` (once it has ended) continues the run from its last "
-                "durable checkpoint"
+                f"writable; then `rf-ray ops resume {exp.name} {run_id} {path}` (while the "
+                f"experiment runs) or `rf-ray resume {exp.name} {path}` (once it has ended) "
+                "continues the run from its last durable checkpoint"
             ) from exc
         finally:
             del state  # the host copy goes as soon as it is on disk

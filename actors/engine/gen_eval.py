@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.storage.layout import SAMPLES_FILE
-from policies.errors import ConfigError, RunFailedError
+from policies.errors import ConfigError, DamagedFileError, RunFailedError
 
 logger = logging.getLogger(__name__)
 
@@ -366,12 +366,42 @@ def _keep_samples(
 
 
 def read_samples(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run's last kept samples (``None`` if it has none yet)."""
+    """The run's last kept samples (``None`` if it has none yet); a file that is not what
+    ``_keep_samples`` writes is a ``DamagedFileError`` naming it."""
     path = Path(run_dir) / SAMPLES_FILE
     if not path.exists():
         return None
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DamagedFileError(path, f"is not JSON ({e}){_SAMPLES_AGAIN}") from None
+    problem = _samples_problem(data)
+    if problem is not None:
+        raise DamagedFileError(path, f"{problem}{_SAMPLES_AGAIN}")
+    return dict(data)
+
+
+_SAMPLES_AGAIN = "; the run's next chunk end writes it again (or delete it)"
+
+
+def _samples_problem(data: Any) -> str | None:
+    """What is wrong with a samples record (``_keep_samples``'s shape), or None."""
+    if not isinstance(data, dict):
+        return f"holds a {type(data).__name__}, not a samples record"
+    metrics, names, samples = data.get("metrics", {}), data.get("metric_names", []), data.get(
+        "samples", [])  # fmt: skip
+    number = (int, float)
+    if not isinstance(metrics, dict) or not all(
+        isinstance(v, number) and not isinstance(v, bool) for v in metrics.values()
+    ):
+        return "its 'metrics' are not names with numbers"
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return "its 'metric_names' are not a list of names"
+    if not isinstance(samples, list) or not all(
+        isinstance(x, dict) and all(isinstance(v, str) for v in x.values()) for x in samples
+    ):
+        return "its 'samples' are not a list of texts (prompt, reference, generation)"
+    return None
 
 
 def evaluate_records(

@@ -201,6 +201,16 @@ class ExperimentDir:
     def run(self, run_id: int) -> RunDir:
         return RunDir(self.runs_dir / str(int(run_id)))
 
+    def own_path(self, run_id: int, recorded: str | os.PathLike[str]) -> Path:
+        """A path the store recorded for run ``run_id`` (a checkpoint, an evals state), in this
+        directory: the store keeps absolute paths, so in a copied or moved experiment they name
+        the original's files. A path outside any ``runs/<run_id>/`` (an older rf-ray's) stays."""
+        parts = Path(recorded).parts
+        for i in range(len(parts) - 2, -1, -1):
+            if parts[i] == self.runs_dir.name and parts[i + 1] == str(int(run_id)):
+                return self.run(run_id).path.joinpath(*parts[i + 2 :])
+        return Path(recorded)
+
     def run_ids_on_disk(self) -> list[int]:
         """Ids of the ``runs/<id>`` directories present, sorted."""
         if not self.runs_dir.is_dir():

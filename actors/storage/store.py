@@ -144,6 +144,16 @@ class Store:
         return ExperimentDir(experiment_dir).store.exists()
 
     @staticmethod
+    def listed(directory: str | Path) -> bool:
+        """Whether a directory met while listing a root holds a store (``exists``); False for
+        one this user may not look into (another user's, in a shared root: ``exists`` raises
+        ``PermissionError``), which listings leave out and go on."""
+        try:
+            return Store.exists(directory)
+        except PermissionError:
+            return False
+
+    @staticmethod
     def put_to_rest(experiment_dir: str | Path, timeout: float = 1.0) -> bool:
         """Fold the write-ahead log into the store and leave WAL mode, so that no
         ``rf_ray.db-wal``/``-shm`` stays beside it and readers create none (a read-only

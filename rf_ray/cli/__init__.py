@@ -84,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, OpError) as exc:
         print(f"rf-ray {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except PermissionError as exc:  # another user's directory: one line, not a traceback
+        print(f"rf-ray {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
         print(f"rf-ray {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -10,7 +10,8 @@ from typing import Any
 
 
 def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:
-    """Run ``cmd`` in the foreground; Ctrl-C (and SIGTERM) are passed on to it, then awaited.
+    """Run ``cmd`` in the foreground; Ctrl-C (and SIGTERM, SIGHUP) are passed on to it, then
+    awaited.
 
     On POSIX the child gets its own process group, so a terminal's Ctrl-C reaches it once,
     through us, and reaches its own children too (``mlflow ui`` serves from a uvicorn child).
@@ -34,7 +35,10 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:
         except ProcessLookupError:  # it ended between poll() and the signal
             pass
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP too: a closed terminal reaches only our session, not the child's own.
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
+    stops = [getattr(signal, n) for n in names if hasattr(signal, n)]
+    previous = {s: signal.signal(s, forward) for s in stops}
     try:
         code = proc.wait()
     finally:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from actors.storage.layout import MLFLOW_DB, ExperimentDir
+from actors.storage.store import Store
 from policies.errors import ConfigError
 from rf_ray.experiment import DEFAULT_ROOT
 
@@ -63,7 +64,9 @@ def resolve_dashboard_dir(path: str | None, name: str | None) -> Path:
 def _with_mlflow(root: Path) -> list[str]:
     if not root.is_dir():
         return []
-    return sorted(d.name for d in root.iterdir() if ExperimentDir(d).mlflow_db.is_file())
+    return sorted(
+        d.name for d in root.iterdir() if Store.listed(d) and ExperimentDir(d).mlflow_db.is_file()
+    )
 
 
 def _dashboard_candidates(root: Path) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def add_ops(p: argparse.ArgumentParser) -> None:
     p.add_argument("--path", default=DEFAULT_ROOT, help="experiments root")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=OP_TIMEOUT_S,
         metavar="SECONDS",
         help=f"how long to wait for the answer (default {OP_TIMEOUT_S:g})",
@@ -57,11 +58,25 @@ def add_ops(p: argparse.ArgumentParser) -> None:
     add_trust(p)
 
 
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0 (``nan``, ``inf``, 0 and negative
+    numbers ended the op's child at once, or never)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
 def parse_value(text: str) -> Any:
-    """A value as typed: JSON when it parses (``1e-4``, ``16``, ``true``), else the text."""
+    """A value as typed: JSON when it parses (``1e-4``, ``16``, ``true``), else the text (also
+    for JSON Python will not read: an integer of thousands of digits, arrays nested thousands
+    deep; the knob's own check then refuses the text, naming it)."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
         return text
 
 

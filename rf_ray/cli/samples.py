@@ -36,9 +36,9 @@ def add_samples(p: argparse.ArgumentParser) -> None:
 
 def cmd_samples(args: argparse.Namespace) -> int:
     exp_dir = Path(args.path) / args.experiment
+    check_trusted(exp_dir, args.trust)  # another user's directory: say whose, first
     if not Store.exists(exp_dir):
         raise ConfigError(f"no experiment {args.experiment!r} under {Path(args.path).resolve()}")
-    check_trusted(exp_dir, args.trust)
     record = read_samples(ExperimentDir(exp_dir).run(args.run_id).path)
     if record is None:
         raise ConfigError(

@@ -30,7 +30,7 @@ def find_experiments(root: Path) -> list[str]:
     """Names of the experiment directories directly under ``root`` (those with a store)."""
     if not root.is_dir():
         return []
-    return sorted(d.name for d in root.iterdir() if d.is_dir() and Store.exists(d))
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and Store.listed(d))
 
 
 def _candidates(root: Path) -> str:
@@ -88,6 +88,7 @@ def add_trust(p: argparse.ArgumentParser) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     root = Path(args.path or DEFAULT_ROOT)
     exp_dir = root / args.name
+    check_trusted(exp_dir, args.trust)  # another user's directory: say whose, first
     if not Store.exists(exp_dir):
         raise ConfigError(
             f"no experiment {args.name!r} under {root.resolve()}; {_candidates(root)}"

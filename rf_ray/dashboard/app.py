@@ -81,9 +81,9 @@ def create_app(settings: Settings) -> Starlette:
         Route("/", api.page),
         Route("/api/experiments", api.experiments),
         Route("/api/experiments/{name}", api.state),
-        Route("/api/experiments/{name}/runs/{run_id:int}/params", api.params),
-        Route("/api/experiments/{name}/runs/{run_id:int}/clone", api.clone, methods=["POST"]),
-        Route("/api/experiments/{name}/runs/{run_id:int}/{op}", api.op, methods=["POST"]),
+        Route("/api/experiments/{name}/runs/{run_id}/params", api.params),
+        Route("/api/experiments/{name}/runs/{run_id}/clone", api.clone, methods=["POST"]),
+        Route("/api/experiments/{name}/runs/{run_id}/{op}", api.op, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 

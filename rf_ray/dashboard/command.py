@@ -7,13 +7,14 @@
                                               other machines too, with an access token
                                               (printed once, in the URL to open)
 
-Ctrl-C or SIGTERM (a plain ``kill``) stops the page and the MLflow UI with its processes, and
-prints one line.
+Ctrl-C, SIGTERM (a plain ``kill``) or SIGHUP (the terminal closed) stops the page and the MLflow
+UI with its processes, and prints one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import os
 import secrets
@@ -147,8 +148,10 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         _serve(create_app(settings), sock)
     except _SignalStopError as stopped:
-        print(f"rf-ray dashboard: stopped ({stopped.name})", file=sys.stderr)
-        return 128 + stopped.signum
+        signum = stop.hangup or stopped.signum
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            print(f"rf-ray dashboard: stopped ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
     finally:
         stop.quiet()  # a second signal must not cut the clean-up short (it is bounded)
         sock.close()
@@ -173,19 +176,29 @@ class _StopSignals:
     it serves, and on its way out restores them and raises the signals it caught again: they
     land here. (Without this, SIGTERM's default action ended the process before any ``finally``
     ran, leaving ``mlflow ui`` behind, and Ctrl-C ended it with a ``KeyboardInterrupt``
-    traceback.)"""
+    traceback.) SIGHUP (the terminal closed; ``mlflow ui`` runs in its own session, so it does
+    not get it) stops the dashboard as SIGTERM does: uvicorn handles only SIGINT and SIGTERM."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    HANGUP = getattr(signal, "SIGHUP", None)
 
     def __init__(self) -> None:
+        self.hangup = 0
+        """SIGHUP's number once it arrived (0 before): the one line names it."""
         self._previous = {s: signal.signal(s, self._raise) for s in self.SIGNALS}
+        if self.HANGUP is not None:
+            self._previous[self.HANGUP] = signal.signal(self.HANGUP, self._hang_up)
 
     @staticmethod
     def _raise(signum: int, _frame: Any) -> None:
         raise _SignalStopError(signum)
 
+    def _hang_up(self, signum: int, _frame: Any) -> None:
+        self.hangup = signum
+        signal.raise_signal(signal.SIGTERM)  # uvicorn's handler while it serves, else ours
+
     def quiet(self) -> None:
-        for s in self.SIGNALS:
+        for s in self._previous:
             signal.signal(s, signal.SIG_IGN)
 
     def restore(self) -> None:

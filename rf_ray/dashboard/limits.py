@@ -4,7 +4,9 @@
   before any of the body is read (``BodyLimit``, for every request); a body sent without one
   (chunked) is read in pieces and refused as soon as it passes the cap (``read_json``).
 - **Integers** in the path or the query: 0 to ``MAX_INT`` (SQLite's 64-bit integers); past it,
-  400 rather than an ``OverflowError`` from the store.
+  400 rather than an ``OverflowError`` from the store (or a ``ValueError`` from ``int`` past
+  Python's 4300 digits: the routes take run ids as text, ``app.py``, and ``int_param`` reads
+  them). JSON nested deeper than Python's recursion limit is 400 too.
 - **Echoed text**: an error message is cut to ``MAX_MESSAGE`` characters (its beginning, which
   names the field, and its end, which says what to do), so a request cannot make the server
   send back what it sent in.
@@ -71,16 +73,24 @@ async def read_json(request: Request) -> Any:
         return json.loads(body)
     except ValueError:
         raise ConfigError("the body is not JSON") from None
+    except RecursionError:
+        raise ConfigError("the body's JSON is nested too deep") from None
 
 
 def int_param(text: str | int, name: str) -> int:
     """``text`` as an int in 0..``MAX_INT``, or ``ConfigError`` naming ``name``."""
+    shown = clip(str(text), 40)
+    digits = str(text).strip()
+    if digits.isdecimal():  # Python's int() refuses past 4300 digits, leading zeros included
+        digits = digits.lstrip("0") or "0"
+        if len(digits) > len(str(MAX_INT)):
+            raise ConfigError(f"{name} must be in 0..{MAX_INT}, got {shown}")
     try:
-        value = int(text)
+        value = int(digits)
     except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {clip(str(text), 40)!r}") from None
+        raise ConfigError(f"{name} must be a whole number, got {shown!r}") from None
     if not 0 <= value <= MAX_INT:
-        raise ConfigError(f"{name} must be in 0..{MAX_INT}, got {clip(str(value), 40)}")
+        raise ConfigError(f"{name} must be in 0..{MAX_INT}, got {shown}")
     return value
 
 

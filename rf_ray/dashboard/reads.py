@@ -82,7 +82,7 @@ class Root:
     def names(self) -> list[str]:
         if self.only is not None:
             return [self.only]
-        return sorted(d.name for d in self.path.iterdir() if d.is_dir() and Store.exists(d))
+        return sorted(d.name for d in self.path.iterdir() if d.is_dir() and Store.listed(d))
 
     def dir_of(self, name: str) -> Path:
         """The directory of experiment ``name``; only names listed here (no ``..`` tricks), and

@@ -20,7 +20,7 @@ from actors.engine.evals.spec import PipelineSpec
 from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from policies.chunking import ChunkPlan
-from policies.errors import ConfigError
+from policies.errors import ConfigError, DamagedFileError
 from policies.fusion import FusionPolicy
 from policies.pruning import NoPruning, Pruner
 from policies.settings import DEFAULT_SLICE_TIMEOUT, ExperimentSettings
@@ -216,7 +216,13 @@ def read_results(exp_dir: Path) -> dict[int, tuple[dict[str, list[Any]], dict[st
     for row in runs:
         if row["status"] in ("failed", "deleted") or not row.get("checkpoint"):
             continue
-        state = json.loads(Path(row["checkpoint"]).read_text())
+        path = ExperimentDir(exp_dir).own_path(row["run_id"], row["checkpoint"])
+        try:
+            state = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DamagedFileError(path, "missing: this pipeline's last recorded state") from None
+        except (UnicodeDecodeError, ValueError) as e:
+            raise DamagedFileError(path, f"is not JSON ({e})") from None
         out[int(row["run_id"])] = (state["results"], state["cumulative"])
     return out
 

@@ -71,6 +71,12 @@ class RFTuneSearch(ConfigGroup):
         self._initial: list[RunConfig] | None = None
         self._thread: threading.Thread | None = None
 
+    def steers_on(self) -> list[str]:
+        """The searcher's metric(s): a result without it ended the search's thread (Tune's
+        searchers read ``result[metric]``), so no run was added after the first ones."""
+        metric = self.searcher.metric
+        return [metric] if isinstance(metric, str) else [m for m in metric or () if m]
+
     def _suggest(self) -> RunConfig | None:
         """The searcher's next config as a run; None if it has none now (or is finished)."""
         while len(self.trials) < self.num_runs and not self.exhausted:

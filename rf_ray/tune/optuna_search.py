@@ -128,6 +128,9 @@ class RFOptuna(ConfigGroup):
         """Optuna prunes: rf-ray's own pruner only ranks by the objective's first metric."""
         return NoPruning(metric=self.objective.metrics[0], mode=self.objective.mode)
 
+    def steers_on(self) -> list[str]:
+        return list(self.objective.metrics)
+
     def pruning_note(self) -> str:
         if self.pruner_name is None:
             return "none (RFOptuna(pruner=None)): every trial trains to the end"

@@ -211,6 +211,14 @@ def test_dashboard_on_a_busy_port_exits_2(root, capsys):
     assert "pick another --port" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("timeout", ["nan", "inf", "0", "-5", "soon"])
+def test_ops_refuses_a_timeout_that_is_not_a_number_of_seconds(timeout, capsys):
+    # The op's child bounds itself at the timeout: nan, 0 or -5 ended it at once ("ended
+    # without an answer"), inf never; refused here before anything reads the experiment.
+    assert cli.main(["ops", "stop", "sweep", "1", "--timeout", timeout]) == 2
+    assert "must be a number of seconds > 0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("port", ["0", "70000", "http"])
 def test_dashboard_rejects_a_bad_port(port, capsys):
     assert cli.main(["dashboard", "--port", port]) == 2
@@ -321,13 +329,14 @@ def _dashboard_with_mlflow(tmp_path: Path) -> tuple[subprocess.Popen[str], set[i
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_the_dashboard_stopped_by_a_signal_stops_the_mlflow_ui_and_says_so_in_one_line(
     tmp_path, sig
 ):
     """A plain ``kill`` (SIGTERM) left ``mlflow ui`` running (uvicorn re-raises the signal after
     serving, and its default action ended the process before the clean-up); Ctrl-C (SIGINT)
-    stopped it but printed a ``KeyboardInterrupt`` traceback. Issue 21, item 7."""
+    stopped it but printed a ``KeyboardInterrupt`` traceback. Issue 21, item 7. A closed terminal
+    (SIGHUP) ended the dashboard at once and left ``mlflow ui``, in its own session, running."""
     proc, mlflow = _dashboard_with_mlflow(tmp_path)
     try:
         os.kill(proc.pid, sig)  # the dashboard's pid only, not its group: as `kill PID` does
@@ -380,3 +389,39 @@ def test_stopping_the_mlflow_ui_leaves_no_process_of_its_group(tmp_path, monkeyp
     finally:
         if command._group_alive(leader.pid):
             os.killpg(leader.pid, signal.SIGKILL)
+
+
+_FOREGROUND = """
+import sys
+from rf_ray.cli.child import run_child
+child = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(300)"
+sys.exit(run_child([sys.executable, "-c", child, sys.argv[1]]))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_a_closed_terminal_stops_the_foreground_child_of_rf_ray_demo(tmp_path):
+    """``rf-ray demo`` runs its script in a session of its own (``run_child``): a closed terminal
+    (SIGHUP) reaches only rf-ray's session, and used to leave the script training."""
+    ready = tmp_path / "child.pid"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", _FOREGROUND, str(ready)], env=env)
+    child = None
+    try:
+        deadline = time.monotonic() + 60
+        while not (ready.exists() and ready.read_text()) and time.monotonic() < deadline:
+            assert proc.poll() is None, "run_child's parent exited before its child started"
+            time.sleep(0.05)
+        child = int(ready.read_text())
+        os.kill(proc.pid, signal.SIGHUP)
+        assert proc.wait(timeout=30) == 128 + signal.SIGHUP
+        deadline = time.monotonic() + 10
+        while _running(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(child)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if child is not None and _running(child):
+            os.kill(child, signal.SIGKILL)

@@ -124,8 +124,9 @@ def test_a_run_failed_by_the_disk_is_resumed_and_one_failed_by_its_code_is_not(
     assert info.loc[2, "failed_by"] == "run"
     error = info.loc[1, "error"]
     assert "CheckpointError" in error
-    assert "rf-ray ops resume disk-full 1" in error
-    assert "rf-ray resume disk-full" in error
+    # commands that work as written, wherever they are typed (tmp_path is not the default root)
+    assert f"`rf-ray ops resume disk-full 1 --path {tmp_path}`" in error
+    assert f"`rf-ray resume disk-full --path {tmp_path}`" in error
     assert "broken" in info.loc[2, "error"]
 
     Path(ExperimentDir(exp.dir).run(1).checkpoints_dir).unlink()  # the cause is gone

@@ -115,6 +115,37 @@ def test_out_of_range_numbers_are_400(base, path):
     assert "must be" in got.json()["error"]
 
 
+@pytest.mark.parametrize("run_id", ["9" * 5000, "0" * 5000 + "1"])
+def test_a_run_id_past_pythons_4300_digits_is_read_not_a_500(base, run_id):
+    # int() refuses such text (ValueError): Starlette's int converter answered 500.
+    got = requests.get(f"{base}/api/experiments/sweep/runs/{run_id}/params", timeout=TIMEOUT)
+    leading_zeros = run_id.startswith("0")
+    assert got.status_code == (200 if leading_zeros else 400), got.text[:300]
+    session, csrf = page_session(base)
+    op = session.post(
+        f"{base}/api/experiments/sweep/runs/{run_id}/stop", headers={CSRF_HEADER: csrf},
+        timeout=TIMEOUT,
+    )  # fmt: skip
+    assert op.status_code == (409 if leading_zeros else 400), op.text[:300]  # 409: finished
+
+
+@pytest.mark.parametrize(
+    "body", ["[" * 200_000, '{"changes": {"learning_rate": "' + "[" * 100_000 + '"}}',
+             '{"changes": {"learning_rate": "' + "1" * 5000 + '"}}'],
+)  # fmt: skip
+def test_json_python_cannot_read_is_not_a_500(base, body):
+    # The body nested past the recursion limit, or a change whose text is such JSON or an
+    # integer past 4300 digits (the form's text is parsed as the command line parses it).
+    session, csrf = page_session(base)
+    got = session.post(
+        f"{base}/api/experiments/sweep/runs/1/clone",
+        headers={CSRF_HEADER: csrf, "Content-Type": "application/json"}, data=body,
+        timeout=TIMEOUT,
+    )  # fmt: skip
+    assert got.status_code in (400, 409), got.text[:300]  # 409: the experiment is finished
+    assert "internal error" not in got.text
+
+
 def test_an_out_of_range_run_id_in_an_op_is_400(base):
     session, csrf = page_session(base)
     got = session.post(

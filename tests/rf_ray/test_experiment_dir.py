@@ -259,3 +259,98 @@ def test_a_pickle_another_user_owns_is_refused_even_for_root(finished, tmp_path,
     err = _one_error_line(capsys, "resume")
     assert f"{planted} is owned by nobody (uid 65534)" in err
     assert not marker.exists()
+
+
+def test_run_evals_into_a_directory_others_can_write_is_refused(tmp_path):
+    """``run_evals`` into an existing directory reads its store and writes into it, as
+    ``run_fit`` does; it was the one way in that did not check whose directory it is."""
+    from rf_ray.automl import RFvLLMModelConfig
+    from rf_ray.toy import TOY_MODEL_NAME
+    from tests.rf_ray.test_dashboard_http import make_experiment
+    from tests.rf_ray.test_evals import QUERIES, preprocess
+
+    exp_dir = make_experiment(tmp_path, "shared")
+    exp_dir.chmod(0o770)
+    before = sorted(p.name for p in exp_dir.iterdir())
+    exp = Experiment("shared", mode="evals", experiment_path=tmp_path)
+    generator = RFvLLMModelConfig(model_config={"model": TOY_MODEL_NAME})
+    with pytest.raises(UntrustedDirectoryError, match="is writable by its group"):
+        exp.run_evals({"vllm_config": generator, "preprocess_fn": preprocess}, QUERIES,
+                      num_shards=1, live_view=False)  # fmt: skip
+    assert sorted(p.name for p in exp_dir.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("{x", "is not JSON"), ("[]", "holds a list, not a samples record"),
+     ('{"metrics": {"rougeL": "high"}, "samples": []}', "its 'metrics' are not names with numbers"),
+     ('{"metrics": {}, "samples": [{"prompt": 5}]}', "its 'samples' are not a list of texts")],
+)  # fmt: skip
+def test_a_damaged_samples_file_is_named_and_status_goes_on(tmp_path, capsys, text, problem):
+    """``rf-ray samples`` printed a ``JSONDecodeError`` or ``ValueError`` traceback, and
+    ``rf-ray status`` (which reads each run's generation metrics there) an ``AttributeError``."""
+    from tests.rf_ray.test_dashboard_http import make_experiment
+
+    exp_dir = make_experiment(tmp_path, "sweep")
+    samples = ExperimentDir(exp_dir).run(1).samples_file
+    samples.parent.mkdir(mode=0o700, parents=True)
+    samples.write_text(text)
+    assert main(["samples", "sweep", "1", "--path", str(tmp_path)]) == 2
+    err = _one_error_line(capsys, "samples")
+    assert f"{samples}: {problem}" in err
+    assert main(["status", "sweep", "--path", str(tmp_path)]) == 0
+    assert "3 runs" in capsys.readouterr().out
+
+
+def test_a_moved_evals_experiment_reads_its_own_pipeline_states(tmp_path):
+    """The store keeps each pipeline's last state file as an absolute path: in a copied or moved
+    directory ``get_evals_results()`` read the original's files, or raised a bare
+    ``FileNotFoundError`` once the original was gone. Resume takes checkpoints the same way
+    (``ExperimentDir.own_path``)."""
+    from policies.errors import DamagedFileError
+
+    moved = tmp_path / "new-home" / "ev"
+    with Store(moved) as store:
+        store.set_meta(name="ev", status="finished")
+        store.add_run(1, {"k": 2}, "completed", total_steps=8, total_chunks=2)
+        store.update_run(1, checkpoint="/gone/old-home/ev/runs/1/evals_state-00000008.json")
+    state = ExperimentDir(moved).run(1).path / "evals_state-00000008.json"
+    state.parent.mkdir(mode=0o700, parents=True)
+    state.write_text(json.dumps({"results": {"query": ["q"]}, "cumulative": {"MRR": 0.5}}))
+    exp = Experiment("ev", mode="evals", experiment_path=moved.parent)
+    assert exp.get_evals_results() == {1: ({"query": ["q"]}, {"MRR": 0.5})}
+    state.unlink()
+    with pytest.raises(DamagedFileError, match=f"{state}: missing"):
+        exp.get_evals_results()
+    # a path outside any runs/<id>/ (an older rf-ray's) is kept as recorded
+    assert ExperimentDir(moved).own_path(1, "/elsewhere/ckpt") == Path("/elsewhere/ckpt")
+
+
+def test_listing_a_root_with_another_users_private_directory_goes_on(tmp_path, monkeypatch, capsys):
+    """A shared root holds another user's experiment (mode 0700): looking for its store raised
+    ``PermissionError``, so ``rf-ray list`` printed a traceback and the dashboard's list
+    answered 500. Such a directory is left out; the user's own experiments are listed. (Fault
+    injected: the tests may run as root, whom no mode stops.)"""
+    import pathlib
+
+    from rf_ray.dashboard.reads import Root, list_experiments
+    from tests.rf_ray.test_dashboard_http import make_experiment
+
+    make_experiment(tmp_path, "mine")
+    theirs = make_experiment(tmp_path, "theirs")
+    real_stat = pathlib.Path.stat
+
+    def stat(self, *args, **kwargs):
+        if self.is_relative_to(theirs) and self != theirs:  # the entry itself may be seen
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+    assert main(["list", "--path", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mine " in out
+    assert "theirs" not in out
+    assert [e["name"] for e in list_experiments(Root.at(tmp_path))] == ["mine"]
+    for command in (["status", "theirs"], ["samples", "theirs", "1"]):  # named: one line
+        assert main([*command, "--path", str(tmp_path)]) == 2
+        assert "Permission denied" in _one_error_line(capsys, command[0])

@@ -83,3 +83,11 @@ def test_brackets_copied_from_a_usage_line_say_what_they_mean(tmp_path, capsys):
     ]
     assert cli.main(argv) == 2
     assert "type --warm-start without them" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field", ["formatting_func", "compute_metrics"])
+def test_a_run_built_by_hand_with_text_for_a_function_is_refused(field):
+    """``Experiment.add_runs`` takes ``RunConfig``s built by hand: one holding text for a
+    function was stored (the text pickled) and failed at its first slice."""
+    with pytest.raises(TypeError, match=f"{field} must be a callable or None, got 'my_fn'"):
+        RunConfig(model_name=TOY_MODEL_NAME, **{field: "my_fn"})

@@ -14,6 +14,7 @@ from policies.errors import ConfigError
 from rf_ray import (
     ASHA,
     Experiment,
+    List,
     MedianStopping,
     NoPruning,
     RFDPOConfig,
@@ -82,6 +83,42 @@ def test_a_metric_no_run_reports_is_refused_before_anything_is_written(
     with pytest.raises(ConfigError, match=expected) as info:
         _fit(tmp_path, configs, pruner, evals=evals)
     assert "train_loss" in str(info.value)  # the names the runs do report
+    assert list(tmp_path.iterdir()) == []
+
+
+def _tune_search(metric):
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from rf_ray.tune import RFTuneSearch
+
+    space = {"learning_rate": tune.loguniform(1e-5, 1e-3)}
+    return RFTuneSearch(OptunaSearch(space, metric=metric, mode="min"), num_runs=4, base=_sft())
+
+
+def _optuna(objective):
+    from rf_ray.tune import RFOptuna
+
+    config = RFModelConfig(TOY_MODEL_NAME, training_args=RFSFTConfig(
+        max_length=48, learning_rate=List([1e-4, 3e-4]), **ARGS))  # fmt: skip
+    return RFOptuna(config, n_initial=2, budget=2, objective=objective)
+
+
+@pytest.mark.parametrize(
+    ("group", "expected"),
+    [
+        (lambda: _tune_search("eval_los"), "RFTuneSearch's metric 'eval_los' is reported by no"),
+        (lambda: _optuna("minimize:eval_loss,maximize:bogus"), "RFOptuna's metric 'bogus'"),
+    ],
+    ids=["tune-searcher", "optuna-second-objective"],
+)
+def test_a_search_that_steers_on_a_metric_no_run_reports_is_refused(tmp_path, group, expected):
+    """A Tune searcher fed results without its metric ended the search's thread (``KeyError``
+    in the searcher), so the search silently added no run after its first ones; RFOptuna's
+    second objective was never checked (only the first is the pruner's)."""
+    pytest.importorskip("optuna")
+    with pytest.raises(ConfigError, match=expected):
+        _fit(tmp_path, group(), SuccessiveHalving(metric="eval_loss"), evals=sft_eval_dataset(4))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -104,3 +104,22 @@ def test_without_an_experiment_the_panel_says_how_to_get_one(tmp_path, monkeypat
     panel.fetch_all_runs()
     assert panel.last_message[0] == "warning"
     assert "has no results" in panel.last_message[1]
+
+
+def test_ops_from_a_child_keep_the_experiments_trust(tmp_path):
+    """An ``Experiment(..., trust=True)`` opens a directory its group can write; the panel's
+    ``rf-ray ops`` child process must be told so (``--trust``), or it refuses the directory
+    that the kernel was told to trust. No Ray: the experiment is finished, which the child
+    says without attaching."""
+    import os
+
+    from policies.errors import OpError
+    from rf_ray.notebook import _ops_in_child
+    from tests.rf_ray.test_dashboard_http import make_experiment
+
+    exp_dir = make_experiment(tmp_path, "shared")
+    os.chmod(exp_dir, 0o770)
+    exp = Experiment("shared", experiment_path=tmp_path, trust=True)
+    assert len(exp.get_runs_info()) == 3  # the kernel reads it
+    with pytest.raises(OpError, match="is finished"):
+        _ops_in_child(exp, "stop", 1, {}, False, 120)

@@ -15,6 +15,7 @@ import pytest
 
 from actors.storage.store import Store
 from actors.tracking import Tracker
+from policies.errors import ConfigError
 from policies.redact import REDACTED, is_secret_key, redact
 from rf_ray import cli
 from rf_ray.live import LiveView
@@ -93,3 +94,24 @@ def test_the_live_view_and_run_summaries_mask_secrets(tmp_path, capsys):
     run = RunConfig(model_name="m", training_args={"hub_token": SECRET})
     assert SECRET not in describe(run)
     assert f"hub_token={REDACTED!r}" in describe(run)
+
+
+def test_warnings_errors_and_reprs_that_name_a_secret_knob_mask_its_value():
+    """The messages that quote a knob's value (an ignored or legacy field's warning, a refused
+    value, a config's repr) quote a secret-looking one as ``'***'``: ``hub_token`` is an ignored
+    field, so run_fit's warning about it used to print the token."""
+    from rf_ray import List, RFSFTConfig
+    from rf_ray.compat import ignored_field_warnings
+    from rf_ray.legacy import modernize_model_kwargs
+    from rf_ray.ops import modified
+
+    run = RunConfig(model_name="m", training_args={"hub_token": SECRET, "push_to_hub": True})
+    texts = [ignored_field_warnings([run])["hub_token"]]
+    texts += modernize_model_kwargs({"use_auth_token": SECRET})[1].values()
+    texts.append(repr(RFSFTConfig(hub_token=SECRET, learning_rate=1e-3)))
+    with pytest.raises(ConfigError) as refused:
+        modified(run, {"hub_token": List([SECRET, SECRET + "2"])})
+    texts.append(str(refused.value))
+    assert len(texts) == 4
+    assert [t for t in texts if SECRET in t] == []
+    assert all(repr(REDACTED) in t for t in texts), texts

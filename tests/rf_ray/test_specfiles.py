@@ -136,6 +136,39 @@ def test_a_lambda_and_a_closure_fall_back_to_one_cloudpickle_file_each(tmp_path)
     assert read.reward_funcs[2](["p"], ["a"]) == [1.0]
 
 
+class _Planted:
+    """Unpickling it writes a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+@pytest.mark.parametrize("named", ["../../../planted.pkl", "/PLANTED", "spec.json"])
+def test_a_spec_that_names_a_pickle_outside_its_functions_directory_is_damaged(tmp_path, named):
+    """The trust check (``actors.storage.trust``) looks at the pickles of a run's ``functions/``
+    directory; a spec naming a pickle elsewhere (another user's file in /tmp) was unpickled."""
+    import pickle
+
+    from policies.errors import DamagedFileError
+
+    exp_dir = _exp_dir(tmp_path)
+    specfiles.write_spec(exp_dir, _build(exp_dir, _sft(formatting_func=lambda row: "x")))
+    marker = tmp_path / "planted-code-ran"
+    planted = tmp_path / "planted.pkl"
+    planted.write_bytes(pickle.dumps(_Planted(marker)))
+    spec_file = exp_dir / "runs" / "1" / "spec.json"
+    record = json.loads(spec_file.read_text())
+    named = str(planted) if named == "/PLANTED" else named
+    record["functions"]["formatting_func"] = {"pickle": named}
+    spec_file.write_text(json.dumps(record))
+    with pytest.raises(DamagedFileError, match="rf-ray keeps pickles only in"):
+        specfiles.read_spec(exp_dir, 1)
+    assert not marker.exists()
+
+
 def test_files_are_private_and_a_spec_is_never_overwritten(tmp_path):
     exp_dir = _exp_dir(tmp_path)
     spec = _build(exp_dir, _sft(formatting_func=lambda ex: ex["prompt"]))
