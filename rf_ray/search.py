@@ -40,7 +40,7 @@ from rf_ray.configs import (
     Range,
     RFLoraConfig,
     RFModelConfig,
-    _TrainerKnobs,
+    TrainerKnobs,
 )
 from rf_ray.evals.space import is_evals_config, pipeline_templates
 from rf_ray.knob_template import KnobTemplate, Slot, knob_paths, set_path
@@ -183,7 +183,7 @@ def _templates(
         if is_evals_config(item):  # evals mode: a pipeline config set (rf_ray.evals.space)
             templates.extend(pipeline_templates(where, item))
             continue
-        if isinstance(item, _TrainerKnobs):
+        if isinstance(item, TrainerKnobs):
             # A stand-in name lets RFModelConfig check the rest; the real one is set just below.
             item = RFModelConfig(
                 model_name if model_name is not None else "unnamed", training_args=item
@@ -223,7 +223,7 @@ def _one_template(
     where: str,
     cfg: RFModelConfig,
     lora: RFLoraConfig | None,
-    knobs: _TrainerKnobs,
+    knobs: TrainerKnobs,
     model_name: str | List,
     trainer_type: str | None,
 ) -> _Template:

@@ -160,7 +160,9 @@ def _class_cfg(cfg: dict[str, Any], field_name: str, base: Any, where: str) -> t
     return cls, kwargs
 
 
-def _search(cfg: dict[str, Any] | None, where: str) -> tuple[str, dict[str, Any]]:
+def check_search(cfg: dict[str, Any] | None, where: str) -> tuple[str, dict[str, Any]]:
+    """``search_cfg`` as ``(search type, its kwargs with defaults)``; a type that does not exist
+    or a bad ``k`` is a ``ConfigError`` (``where`` prefixes the field's name)."""
     cfg = dict(cfg or {})
     kind = cfg.pop("type", "similarity")
     if kind not in SEARCH_DEFAULTS:
@@ -220,7 +222,7 @@ def rag_spec(rag: dict[str, Any], where: str = "") -> RagSpec:  # noqa: C901, PL
         require("bm25s", f"{where}vector_store_cfg type 'bm25'")
     if not spec.loaders and spec.retriever is None:
         raise ConfigError(f"{where}: give a document_loader or a retriever")
-    spec.search_type, spec.search_kwargs = _search(rag.get("search_cfg"), where)
+    spec.search_type, spec.search_kwargs = check_search(rag.get("search_cfg"), where)
     if spec.store_type == "bm25" and spec.search_type != "similarity":
         raise ConfigError(f"{where}search_cfg type {spec.search_type!r}: bm25 ranks by score "
                           "only; use 'similarity' (with k)")  # fmt: skip
@@ -354,8 +356,9 @@ def _flat(prefix: str, values: dict[str, Any], out: dict[str, Any]) -> None:
 
 
 def _splitter_name(splitter: Any) -> str:
-    size = getattr(splitter, "_chunk_size", None)
-    overlap = getattr(splitter, "_chunk_overlap", None)
+    from actors.engine.algorithms.langchain_internals import splitter_sizes
+
+    size, overlap = splitter_sizes(splitter)
     return f"{type(splitter).__name__}({size}/{overlap})"
 
 
@@ -396,6 +399,7 @@ __all__ = [
     "FUNCTION_KEYS",
     "PipelineConfig",
     "check_pipeline",
+    "check_search",
     "check_settings",
     "describe",
     "generation_settings",

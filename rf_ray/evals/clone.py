@@ -18,8 +18,7 @@ from typing import Any
 
 from actors.engine.evals.spec import PipelineSpec
 from policies.errors import ConfigError
-from rf_ray.evals.build import FUNCTION_KEYS, check_settings, generation_settings
-from rf_ray.evals.build import _search as check_search
+from rf_ray.evals.build import FUNCTION_KEYS, check_search, check_settings, generation_settings
 
 CHANGEABLE = ("search_cfg", "reranker_cfg", "sampling_params", "batch_size", *FUNCTION_KEYS)
 
