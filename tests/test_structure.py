@@ -7,7 +7,9 @@ with ``ast`` (no import, no Ray: well under a second):
 * no function runs past 60 lines without its reason on the ``def`` line (a comment there);
 * no path inside the experiment directory is spelled outside ``actors/storage/layout.py``
   (``ExperimentDir`` / ``RunDir``): a file name of the layout as a string, or a path joined
-  with one of its directory names.
+  with one of its directory names;
+* no import circle among rf-ray's modules, function-level imports included (a lazy import does
+  not hide a circle, it only defers it).
 
 Each check has a twin that feeds it a line it must refuse, so a check that silently matched
 nothing would fail too.
@@ -158,6 +160,63 @@ def hand_spelled_paths(source: str, where: str = "<string>") -> list[str]:
     return found
 
 
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(sources: dict[str, str]) -> dict[str, set[str]]:
+    """Module -> the project modules it imports anywhere in its body (``sources``: module name
+    -> its text; a package is named like its ``__init__``)."""
+    graph: dict[str, set[str]] = {name: set() for name in sources}
+    for name, text in sources.items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                targets = [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in sources:  # the longest known prefix
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import circles of ``graph``: its strongly connected parts of two or more modules."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(node: str) -> None:  # Tarjan's algorithm
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            part = []
+            while True:
+                top = stack.pop()
+                part.append(top)
+                if top == node:
+                    break
+            if len(part) > 1:
+                found.append(sorted(part))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
 def _check_tree(check) -> list[str]:
     found = []
     for path in _sources():
@@ -193,6 +252,23 @@ def test_no_path_of_the_experiment_directory_spelled_outside_its_layout():
     assert found == [], "ask ExperimentDir / RunDir (actors/storage/layout.py):\n" + "\n".join(
         found
     )
+
+
+def test_no_import_circle():
+    graph = import_graph({_module_name(p): p.read_text() for p in _sources()})
+    assert sum(len(targets) for targets in graph.values()) > 100  # the imports were found
+    assert circles(graph) == []
+
+
+def test_an_import_circle_is_found_lazy_imports_too():
+    sources = {
+        "pkg": "",
+        "pkg.a": "from pkg.b import f\n",
+        "pkg.b": "def f():\n    from pkg import c\n",
+        "pkg.c": "import pkg.a\n",
+        "pkg.d": "import pkg.a\n",
+    }
+    assert circles(import_graph(sources)) == [["pkg.a", "pkg.b", "pkg.c"]]
 
 
 @pytest.mark.parametrize(
