@@ -384,7 +384,6 @@ def _unwrap(call: Any) -> Any:
     try:
         return call()
     except RayTaskError as e:
-        cause = e.cause if hasattr(e, "cause") else None
-        if isinstance(cause, (OpError, ConfigError)):
-            raise cause from None
+        if isinstance(e.cause, (OpError, ConfigError)):
+            raise e.cause from None
         raise

@@ -432,26 +432,10 @@ def knob_spaces(
     return out
 
 
-def knob_space(
-    configs: Any, trainer_type: str | None = None, *, who: str = "this search"
-) -> tuple[RunConfig, dict[str, List | Range]]:
-    """``knob_spaces`` of a group that must be ONE config (one peft_config, one training_args):
-    a Tune searcher searches one space."""
-    spaces = knob_spaces(configs, trainer_type, who=who)
-    if len(spaces) != 1:
-        raise ConfigError(
-            f"{who} takes one RFModelConfig with one peft_config and one training_args; this "
-            f"group has {len(spaces)} (Lists of configs): run one search per config, or use "
-            "RFGridSearch / RFRandomSearch, which expand Lists of configs"
-        )
-    return spaces[0]
-
-
 __all__ = [
     "ConfigGroup",
     "RFGridSearch",
     "RFRandomSearch",
-    "knob_space",
     "knob_spaces",
     "validate_run",
 ]

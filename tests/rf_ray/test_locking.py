@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import ray
 
-from actors.storage.lock import experiment_locked
+from actors.storage.lock import is_held
 from actors.storage.store import Store
 from policies.settings import ExperimentSettings
 from rf_ray import ConfigError, Experiment, NoPruning, RFModelConfig, RFSFTConfig
@@ -181,6 +181,6 @@ def test_a_failed_start_tears_down_and_leaves_the_store_as_it_was(
     assert _settings(exp.dir) == settings
     assert _spec_files(exp.dir) == files
     assert exp.get_runs_info()["run_id"].tolist() == [1]
-    assert not experiment_locked(str(exp.dir))  # its scheduler is gone, and with it the lock
+    assert is_held(exp.dir) is False  # its scheduler is gone, and with it the lock
     _finish(_start_held(again, [3e-3]))  # nothing left behind blocks the next start
     assert exp.get_runs_info()["status"].tolist() == ["completed", "completed"]
