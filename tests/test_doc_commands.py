@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from rf_ray import cli, ops
 from rf_ray.cli.ops import parse_changes
@@ -101,8 +102,8 @@ def _experiment(root: Path, name: str) -> None:
             store.add_run(run_id, {"learning_rate": 1e-4 * run_id}, "completed", 8, 4)
     sample = {"prompt": "Reverse: abc", "reference": "cba", "generation": "cba"}
     record = {"run_id": 3, "step": 8, "metrics": {"rougeL": 1.0}, "samples": [sample]}
-    (exp_dir / "runs" / "3").mkdir(parents=True)
-    (exp_dir / "runs" / "3" / "samples.json").write_text(json.dumps(record))
+    ExperimentDir(exp_dir).run(3).path.mkdir(parents=True)
+    ExperimentDir(exp_dir).run(3).samples_file.write_text(json.dumps(record))
 
 
 READS = [(w, argv) for w, argv in COMMANDS if argv[0] in ("list", "status", "samples")]

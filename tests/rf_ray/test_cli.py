@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from policies.errors import ConfigError
 from policies.pruning import SuccessiveHalving
@@ -41,7 +42,7 @@ def _make_experiment(root: Path, name: str, mlflow_db: bool = True) -> Path:
         pruner={key: pruner_state[key] for key in ("type", "metric", "mode")},
         pruner_state=pruner_state,
         status="finished",
-        tracking_uri=f"sqlite:///{exp_dir.resolve() / 'mlflow.db'}",
+        tracking_uri=f"sqlite:///{ExperimentDir(exp_dir.resolve()).mlflow_db}",
     )
     for run_id, (lr, rank) in enumerate([(3e-3, 4), (1e-3, 16), (3e-4, 4)], start=1):
         params = {"learning_rate": lr, "lora.r": rank, "max_length": 64}
@@ -58,7 +59,7 @@ def _make_experiment(root: Path, name: str, mlflow_db: bool = True) -> Path:
     store.update_run(3, status="failed", error=LONG_ERROR)
     store.close()
     if mlflow_db:
-        (exp_dir / "mlflow.db").touch()
+        ExperimentDir(exp_dir).mlflow_db.touch()
     return exp_dir
 
 
@@ -154,10 +155,11 @@ def test_every_command_is_listed_once_and_parses():
 
 @pytest.mark.parametrize(("host", "port"), [("127.0.0.1", 5000), ("::1", 8080)])
 def test_dashboard_command(tmp_path, host, port):
-    cmd = dashboard.dashboard_command(tmp_path / "exp" / "mlflow.db", host=host, port=port)
+    db = ExperimentDir(tmp_path / "exp").mlflow_db
+    cmd = dashboard.dashboard_command(db, host=host, port=port)
     assert cmd[:4] == [sys.executable, "-m", "mlflow", "ui"]
     uri = cmd[cmd.index("--backend-store-uri") + 1]
-    assert uri == f"sqlite:///{(tmp_path / 'exp' / 'mlflow.db').resolve()}"
+    assert uri == f"sqlite:///{ExperimentDir(tmp_path / 'exp').mlflow_db.resolve()}"
     assert cmd[cmd.index("--host") + 1] == host
     assert cmd[cmd.index("--port") + 1] == str(port)
 

@@ -16,6 +16,7 @@ from langchain_core.document_loaders import BaseLoader
 from langchain_core.documents import Document
 from mlflow.tracking import MlflowClient
 
+from actors.storage.layout import ExperimentDir
 from policies import IntervalPruner
 from rf_ray import ConfigError, Experiment
 from rf_ray.automl import List, RFGridSearch, RFLangChainRagSpec, RFvLLMModelConfig
@@ -176,7 +177,7 @@ def test_the_live_view_shows_shards_and_the_metric_with_its_interval(
 
 
 def test_rf_vllm_model_config_without_vllm_is_said_once_per_experiment(sweep) -> None:
-    log = (sweep.root / "evals-e2e" / "rf_ray.log").read_text().splitlines()
+    log = ExperimentDir(sweep.root / "evals-e2e").log_file.read_text().splitlines()
     said = [line for line in log if "so the executor serves it" in line]
     # three pipelines on one generator, three shards: one line, from the driver, saying why
     assert len(said) == 1, said
@@ -186,16 +187,17 @@ def test_rf_vllm_model_config_without_vllm_is_said_once_per_experiment(sweep) ->
 
 def test_the_corpus_is_stored_once_and_each_spec_names_it(sweep) -> None:
     exp_dir = sweep.root / "evals-e2e"
-    (stored,) = (exp_dir / "corpora").iterdir()  # three pipelines, one corpus, one file
+    # three pipelines, one corpus, one file
+    (stored,) = ExperimentDir(exp_dir).corpora_dir.iterdir()
     lines = stored.read_text().splitlines()
     assert len(lines) == len(DOCS)
     assert json.loads(lines[0])["metadata"] == {"doc_id": DOCS[0]["_id"]}
     for rid in (1, 2, 3):
-        run = exp_dir / "runs" / str(rid)
-        assert json.loads((run / "pipeline.json").read_text())["corpus"] == stored.stem
+        run = ExperimentDir(exp_dir).run(rid)
+        assert json.loads(run.pipeline_file.read_text())["corpus"] == stored.stem
         # the stored spec names the corpus; it does not hold its text (the executor read the
         # file back: the pipelines retrieved from it)
-        assert DOCS[0]["text"].encode() not in (run / "pipeline.cloudpickle").read_bytes()
+        assert DOCS[0]["text"].encode() not in run.pipeline_pickle.read_bytes()
 
 
 class DatedLoader(BaseLoader):

@@ -61,10 +61,11 @@ def finished(ray_cluster, tmp_path_factory):
 
 
 def _leftovers(exp_dir: Path) -> list[str]:
+    lock = ExperimentDir(exp_dir).lock_file.name
     return sorted(
         str(p.relative_to(exp_dir))
         for p in exp_dir.rglob("*")
-        if p.name.endswith(("-wal", "-shm", "-journal")) or p.name == "scheduler.lock"
+        if p.name.endswith(("-wal", "-shm", "-journal")) or p.name == lock
     )
 
 
@@ -105,7 +106,7 @@ def test_a_copied_experiment_finds_its_own_mlflow_store(finished, tmp_path):
     copy = tmp_path / "elsewhere" / "at-rest"
     shutil.copytree(finished.dir, copy)
     plan = Plan.from_store(copy)
-    assert plan.tracking_uri == f"sqlite:///{(copy / 'mlflow.db').resolve()}"
+    assert plan.tracking_uri == f"sqlite:///{ExperimentDir(copy).mlflow_db.resolve()}"
     found = MlflowClient(tracking_uri=plan.tracking_uri).get_experiment_by_name("at-rest")
     assert found is not None
     runs = MlflowClient(tracking_uri=plan.tracking_uri).search_runs([found.experiment_id])

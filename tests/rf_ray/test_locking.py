@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import ray
 
+from actors.storage.layout import ExperimentDir
 from actors.storage.lock import is_held
 from actors.storage.store import Store
 from policies.settings import ExperimentSettings
@@ -149,7 +150,7 @@ def test_resume_right_after_a_driver_crash_waits_for_the_lock(ray_cluster, tmp_p
         os.kill(proc.pid, signal.SIGKILL)  # only the driver: its actors wind down on their own
         proc.wait(timeout=60)
         # A checkpoint write the crash interrupted: cleaned up before any executor starts.
-        leftover = exp_dir / "runs" / "1" / "checkpoints" / ".tmp-step-00000099"
+        leftover = ExperimentDir(exp_dir).run(1).checkpoints_dir / ".tmp-step-00000099"
         leftover.mkdir(parents=True)
         exp = Experiment("crashed", experiment_path=tmp_path)
         exp.resume(live_view=False)  # at once: no waiting for the old scheduler here
