@@ -11,14 +11,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from actors.engine.gen_eval import read_samples
 from actors.storage import checkpoint, lock
 from actors.storage.durable import make_private_dir
 from actors.storage.footprint import Footprint
-from actors.storage.layout import EMBEDDED_TRACKING_URI, ExperimentDir, checkpoint_step
+from actors.storage.layout import (
+    EMBEDDED_TRACKING_URI,
+    ExperimentDir,
+    checkpoint_step,
+    function_file,
+)
 from actors.storage.store import Store
 from actors.storage.trust import check_trusted
 from actors.tracking import default_tracking_uri
 from policies.errors import ConfigError, OpError, UntrustedDirectoryError
+from rf_ray import spec_store
 
 
 def _state(step: int) -> dict:
@@ -42,6 +49,20 @@ def test_the_writers_put_their_files_where_the_layout_says(tmp_path):
     assert layout.run_ids_on_disk() == [3]
     assert ExperimentDir.of_run_dir(run.path) == layout
     assert default_tracking_uri(layout.root) == layout.embedded_tracking_uri()
+
+
+def test_specs_functions_and_samples_are_where_the_layout_says(tmp_path):
+    layout = ExperimentDir(tmp_path / "exp")
+    spec_store.write_create_model_fn(layout.root, lambda config: (None, None))  # pickled
+    pickled = function_file(layout.root, "create_model_fn")
+    assert pickled.parent == layout.functions_dir
+    assert pickled.exists()
+    assert layout.model_fn_file.exists()
+    run = layout.run(2)
+    assert read_samples(run.path) is None
+    make_private_dir(run.path)
+    run.samples_file.write_text('{"samples": []}')
+    assert read_samples(run.path) == {"samples": []}
 
 
 def test_the_embedded_mlflow_store_is_kept_relative_to_the_directory(tmp_path):
