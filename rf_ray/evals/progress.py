@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.storage.store import Store
+from policies.settings import stored_settings
 from rf_ray.evals.store import has_pipeline_spec
 
 Interval = tuple[float, float, float]
@@ -61,7 +62,8 @@ class EvalsView:
         """The view of the experiment at ``exp_dir``, or None when it is not an evals one."""
         if not any(has_pipeline_spec(exp_dir, rid) for rid in run_ids):
             return None
-        return cls((meta.get("pruner") or {}).get("metric"), last_intervals(chunks))
+        pruner = stored_settings(meta).get("pruner") or {}
+        return cls(pruner.get("metric"), last_intervals(chunks))
 
     @classmethod
     def read(cls, exp_dir: Path, run_ids: list[int]) -> EvalsView | None:
