@@ -327,6 +327,9 @@ def _resume_point(
     path = run.checkpoint(done)
     if not done:
         return 0, None
+    state = run.evals_state(done)
+    if state.exists():  # an evals pipeline: its state after the shard, here (moved or not)
+        return done, str(state)
     if row["status"] in _DONE:
         return done, str(path) if resolve(path).exists() else recorded
     if not resolve(path).exists() and recorded and resolve(recorded).exists():

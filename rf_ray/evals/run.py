@@ -217,7 +217,10 @@ def read_results(exp_dir: Path) -> dict[int, tuple[dict[str, list[Any]], dict[st
     for row in runs:
         if row["status"] in ("failed", "deleted") or not row.get("checkpoint"):
             continue
-        state = json.loads(Path(row["checkpoint"]).read_text())
+        # Where the layout puts its state (the recorded path is absolute: gone once the
+        # directory was moved or copied).
+        path = ExperimentDir(exp_dir).run(row["run_id"]).evals_state(row["steps_done"])
+        state = json.loads((path if path.exists() else Path(row["checkpoint"])).read_text())
         out[int(row["run_id"])] = (state["results"], state["cumulative"])
     return out
 

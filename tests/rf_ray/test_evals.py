@@ -8,6 +8,7 @@ fit runs. Stop, resume, delete and clone-modify work on pipelines as on fit runs
 from __future__ import annotations
 
 import json
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -23,6 +24,7 @@ from rf_ray.automl import List, RFGridSearch, RFLangChainRagSpec, RFvLLMModelCon
 from rf_ray.cli import main
 from rf_ray.evals.metrics import evals_metrics
 from rf_ray.evals.toy import TINY_EMBEDDER, fact_corpus
+from rf_ray.plan import Plan
 from rf_ray.toy import TOY_MODEL_NAME
 
 DOCS, QUERIES = fact_corpus(num_docs=12, facts_per_doc=3, num_queries=24, seed=3)
@@ -183,6 +185,18 @@ def test_rf_vllm_model_config_without_vllm_is_said_once_per_experiment(sweep) ->
     assert len(said) == 1, said
     assert "[driver" in said[0]
     assert f"RFvLLMModelConfig({TOY_MODEL_NAME}): " in said[0]
+
+
+def test_a_copied_evals_experiment_resumes_from_its_own_state_files(sweep, tmp_path) -> None:
+    """The store records each pipeline's state by its absolute path; a copy (or a moved
+    directory) resumes from the state files where it is now."""
+    copy = tmp_path / "evals-e2e"
+    shutil.copytree(sweep.root / "evals-e2e", copy)
+    plan = Plan.from_store(copy)
+    checkpoints = {rid: e.checkpoint for rid, e in plan.stored.items() if e.checkpoint}
+    assert {1, 2} <= set(checkpoints)  # the pruned pipeline and the completed one
+    for rid, path in checkpoints.items():
+        assert path == str(ExperimentDir(copy).run(rid).evals_state(plan.stored[rid].steps_done))
 
 
 def test_the_corpus_is_stored_once_and_each_spec_names_it(sweep) -> None:

@@ -260,3 +260,20 @@ def test_a_pickle_another_user_owns_is_refused_even_for_root(finished, tmp_path,
     err = _one_error_line(capsys, "resume")
     assert f"{planted} is owned by nobody (uid 65534)" in err
     assert not marker.exists()
+
+
+def test_a_moved_evals_experiment_reads_its_results_from_where_it_is_now(tmp_path):
+    """The store records each pipeline's state file by its absolute path; once the directory is
+    moved, that path is gone and the results are read where the layout puts them."""
+    from rf_ray.evals.run import read_results
+
+    before, after = tmp_path / "before" / "evals", tmp_path / "after" / "evals"
+    state = ExperimentDir(before).run(1).evals_state(4)
+    with Store(before) as store:
+        store.add_run(1, {}, "completed", total_steps=4, total_chunks=2)
+        store.update_run(1, steps_done=4, chunks_done=2, checkpoint=str(state))
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"results": {"answer": ["a"]}, "cumulative": {"em": 1.0}}))
+    after.parent.mkdir()
+    shutil.move(before, after)
+    assert read_results(after) == {1: ({"answer": ["a"]}, {"em": 1.0})}
