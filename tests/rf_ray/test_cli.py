@@ -23,6 +23,7 @@ from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from policies.errors import ConfigError
 from policies.pruning import SuccessiveHalving
+from policies.settings import SETTINGS_KEY, ExperimentSettings
 from rf_ray import cli
 from rf_ray.cli import demo
 from rf_ray.cli import mlflow_ui as dashboard
@@ -34,13 +35,13 @@ def _make_experiment(root: Path, name: str, mlflow_db: bool = True) -> Path:
     """Three runs that differ in learning_rate and lora.r, not max_length."""
     exp_dir = root / name
     store = Store(exp_dir)
-    # The pruner's record as a start writes it: its own to_dict, summed up under "pruner".
-    pruner_state = SuccessiveHalving(metric="eval_loss", mode="min").to_dict()
+    # The settings and the pruner's state as a start writes them (rf_ray.plan.persist).
+    pruner = SuccessiveHalving(metric="eval_loss", mode="min")
     store.set_meta(
         name=name,
         fingerprint="0123abcd4567ef89",
-        pruner={key: pruner_state[key] for key in ("type", "metric", "mode")},
-        pruner_state=pruner_state,
+        **{SETTINGS_KEY: ExperimentSettings(pruner=pruner.settings()).to_dict()},
+        pruner_state=pruner.to_dict(),
         status="finished",
         tracking_uri=f"sqlite:///{ExperimentDir(exp_dir.resolve()).mlflow_db}",
     )
