@@ -71,10 +71,10 @@ class SchedulerActor:
         self.executors = executors
         self.tracking_uri = tracking_uri
         self._tracking: Any = None
-        self.preloaded = False
-        """Whether the executors were asked to load a base model ahead of the first trial."""
         """The experiment's ``TrackingActor`` (the one MLflow writer), started with the first
         trial."""
+        self.preloaded = False
+        """Whether the executors were asked to load a base model ahead of the first trial."""
         self.trials: list[tuple[int, Any, Any]] = []
         """(run id, trial actor, its run() ref) for every trial ever started."""
         self.looping: set[int] = set()

@@ -63,7 +63,7 @@ def sample_create_model(model_config):
     return (model, tokenizer)
 
 
-def main() -> None:
+def main() -> None:  # the RapidFire script it ports, in its order, read top to bottom
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--path", default="rf_experiments", help="where experiments are kept")
     parser.add_argument("--rows", type=int, default=64, help="training rows")

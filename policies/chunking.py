@@ -160,11 +160,6 @@ class ChunkPlan:
         done_in_epoch = -(-(rest + 1) * self.num_chunks // self.steps_per_epoch) - 1
         return epoch * self.num_chunks + done_in_epoch
 
-    def epoch_of_step(self, global_step: int) -> int:
-        """The 0-based epoch that global optimizer step ``global_step`` belongs to."""
-        self._check_step(global_step)
-        return global_step // self.steps_per_epoch
-
     def microbatches_in_step(self, global_step: int) -> int:
         """How many micro-batches optimizer step ``global_step`` accumulates (``g``, or fewer for
         the last step of an epoch), for trainers that draw them from their own dataloader."""

@@ -102,7 +102,7 @@ class RFLoraConfig(_Overrides):
         return f"RFLoraConfig({_kwargs_repr(self.kwargs)})"
 
 
-class _TrainerKnobs(_Overrides):
+class TrainerKnobs(_Overrides):
     """Overrides of one TRL config class, each possibly a knob, plus LoRA shorthand.
 
     Holds kwargs rather than mirroring the TRL dataclass for the same reasons as
@@ -131,25 +131,25 @@ class _TrainerKnobs(_Overrides):
         return f"{type(self).__name__}({_kwargs_repr({**self.kwargs, **self.lora_kwargs})})"
 
 
-class RFSFTConfig(_TrainerKnobs):
+class RFSFTConfig(TrainerKnobs):
     """Knobs for ``trl.SFTConfig`` (supervised fine-tuning)."""
 
     trainer_type = "SFT"
 
 
-class RFDPOConfig(_TrainerKnobs):
+class RFDPOConfig(TrainerKnobs):
     """Knobs for ``trl.DPOConfig`` (direct preference optimisation)."""
 
     trainer_type = "DPO"
 
 
-class RFGRPOConfig(_TrainerKnobs):
+class RFGRPOConfig(TrainerKnobs):
     """Knobs for ``trl.GRPOConfig`` (group relative policy optimisation)."""
 
     trainer_type = "GRPO"
 
 
-TRAINER_KNOB_CLASSES: dict[str, type[_TrainerKnobs]] = {
+TRAINER_KNOB_CLASSES: dict[str, type[TrainerKnobs]] = {
     "SFT": RFSFTConfig,
     "DPO": RFDPOConfig,
     "GRPO": RFGRPOConfig,
@@ -220,7 +220,7 @@ class RFModelConfig:
         self,
         model_name: str | List,
         peft_config: RFLoraConfig | List | Sequence[RFLoraConfig] | None = None,
-        training_args: _TrainerKnobs | List | Sequence[_TrainerKnobs] | None = None,
+        training_args: TrainerKnobs | List | Sequence[TrainerKnobs] | None = None,
         formatting_func: Callable[..., Any] | List | None = None,
         compute_metrics: Callable[..., Any] | List | None = None,
         model_kwargs: dict[str, Any] | None = None,
@@ -251,11 +251,11 @@ class RFModelConfig:
             if peft_config is None
             else _choices("peft_config", peft_config, RFLoraConfig, "an RFLoraConfig")
         )
-        self.training_choices: tuple[_TrainerKnobs, ...] = (
+        self.training_choices: tuple[TrainerKnobs, ...] = (
             ()
             if training_args is None
             else _choices(
-                "training_args", training_args, _TrainerKnobs,
+                "training_args", training_args, TrainerKnobs,
                 "an RFSFTConfig, RFDPOConfig or RFGRPOConfig",
             )
         )  # fmt: skip
@@ -349,5 +349,6 @@ __all__ = [
     "RFModelConfig",
     "RFSFTConfig",
     "Range",
+    "TrainerKnobs",
     "is_knob",
 ]

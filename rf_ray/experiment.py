@@ -23,6 +23,7 @@ import pandas as pd
 
 from actors import logs
 from actors.engine.gen_eval import check_eval_set
+from actors.storage.checkpoint import is_exported_adapter
 from actors.storage.layout import ExperimentDir
 from actors.storage.store import PRUNING_ERROR_KEY, Store
 from actors.storage.trust import check_trusted
@@ -541,7 +542,7 @@ class Experiment:
 
         check_trusted(self.dir, self.trust)
         src = ExperimentDir(self.dir).run(run_id).adapter_dir
-        if not (src / "adapter_model.safetensors").exists():
+        if not is_exported_adapter(src):
             raise ConfigError(
                 f"run {run_id} of experiment {self.name!r} has no exported adapter at {src}; "
                 "only runs that trained at least one slice and were not deleted have one"

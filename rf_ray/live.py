@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from policies.redact import redact
+from policies.settings import stored_settings
 
 
 def chunk_progress(chunks_done: int, total_chunks: int, per_epoch: int | None) -> str:
@@ -36,7 +37,7 @@ def chunks_per_epoch(exp_dir: Path | None) -> int | None:
 
     try:
         with Store(exp_dir, readonly=True) as store:
-            value = store.meta().get("num_chunks")
+            value = stored_settings(store.meta()).get("num_chunks")
     except Exception:  # no store (yet): the view says chunks only
         return None
     return value if isinstance(value, int) else None

@@ -168,7 +168,7 @@ def flat_changes(changes: dict[str, Any]) -> dict[str, Any]:
     {"r": 32}}``, or an ``RFLoraConfig`` / ``RFSFTConfig`` as the value) as flat knob names
     (``{"learning_rate": 1e-4, "lora.r": 32}``); flat keys pass through. Raises
     ``ConfigError`` naming a key given twice."""
-    from rf_ray.configs import RFLoraConfig, _TrainerKnobs
+    from rf_ray.configs import RFLoraConfig, TrainerKnobs
 
     out: dict[str, Any] = {}
 
@@ -178,9 +178,9 @@ def flat_changes(changes: dict[str, Any]) -> dict[str, Any]:
         out[key] = value
 
     for key, value in changes.items():
-        if key in _SECTIONS and isinstance(value, (dict, RFLoraConfig, _TrainerKnobs)):
+        if key in _SECTIONS and isinstance(value, (dict, RFLoraConfig, TrainerKnobs)):
             items = dict(value) if isinstance(value, dict) else dict(value.kwargs)
-            if isinstance(value, _TrainerKnobs):
+            if isinstance(value, TrainerKnobs):
                 items.update(value.lora_kwargs)
             for name, v in items.items():
                 if not isinstance(name, str):
@@ -387,7 +387,6 @@ def _unwrap(call: Any) -> Any:
     try:
         return call()
     except RayTaskError as e:
-        cause = e.cause if hasattr(e, "cause") else None
-        if isinstance(cause, (OpError, ConfigError)):
-            raise cause from None
+        if isinstance(e.cause, (OpError, ConfigError)):
+            raise e.cause from None
         raise

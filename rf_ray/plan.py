@@ -323,16 +323,20 @@ def _resume_point(
     reads whole, and the slices after it train again; with none left, a run that began at
     step 0 starts over. Runs that will not train again are taken as recorded."""
     done, recorded = int(row["steps_done"]), row["checkpoint"]
-    path = ExperimentDir(exp_dir).run(row["run_id"]).checkpoint(done)
+    run = ExperimentDir(exp_dir).run(row["run_id"])
+    path = run.checkpoint(done)
     if recorded:  # the store's absolute path, in this (possibly copied or moved) directory
         recorded = str(ExperimentDir(exp_dir).own_path(row["run_id"], recorded))
     if not done:
         return 0, None
+    state = run.evals_state(done)
+    if state.exists():  # an evals pipeline: its state after the shard, here (moved or not)
+        return done, str(state)
     if row["status"] in _DONE:
         return done, str(path) if resolve(path).exists() else recorded
     if not resolve(path).exists() and recorded and resolve(recorded).exists():
         return done, recorded  # where an older rf-ray kept it
-    intact, damaged = checkpoint.newest_intact(path.parent.parent, done)
+    intact, damaged = checkpoint.newest_intact(run.path, done)
     step = 0 if intact is None else checkpoint.steps_done(intact)
     if step == done:
         return done, str(intact)

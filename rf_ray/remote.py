@@ -3,7 +3,7 @@ dashboard's buttons.
 
 A process that ``ray.init``s to attach to an experiment's private Ray cluster dies about a minute
 after that cluster goes away ("Failed to connect to GCS within 60 seconds ... The program will
-terminate": DESIGN.md, traps). So ``send`` never attaches the calling process. It first reads
+terminate": docs/experiments.md). So ``send`` never attaches the calling process. It first reads
 the experiment directory (``rf_ray.steerable``: no such experiment, finished, not running,
 starting; no Ray) and answers at once when the op cannot apply. Otherwise it starts a short-lived
 child process that attaches (``rf_ray.ops.attach``), sends the one op and writes one JSON line

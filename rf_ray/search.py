@@ -40,7 +40,7 @@ from rf_ray.configs import (
     Range,
     RFLoraConfig,
     RFModelConfig,
-    _TrainerKnobs,
+    TrainerKnobs,
 )
 from rf_ray.evals.space import is_evals_config, pipeline_templates
 from rf_ray.knob_template import KnobTemplate, Slot, knob_paths, set_path
@@ -189,7 +189,7 @@ def _templates(
         if is_evals_config(item):  # evals mode: a pipeline config set (rf_ray.evals.space)
             templates.extend(pipeline_templates(where, item))
             continue
-        if isinstance(item, _TrainerKnobs):
+        if isinstance(item, TrainerKnobs):
             # A stand-in name lets RFModelConfig check the rest; the real one is set just below.
             item = RFModelConfig(
                 model_name if model_name is not None else "unnamed", training_args=item
@@ -229,7 +229,7 @@ def _one_template(
     where: str,
     cfg: RFModelConfig,
     lora: RFLoraConfig | None,
-    knobs: _TrainerKnobs,
+    knobs: TrainerKnobs,
     model_name: str | List,
     trainer_type: str | None,
 ) -> _Template:
@@ -438,26 +438,10 @@ def knob_spaces(
     return out
 
 
-def knob_space(
-    configs: Any, trainer_type: str | None = None, *, who: str = "this search"
-) -> tuple[RunConfig, dict[str, List | Range]]:
-    """``knob_spaces`` of a group that must be ONE config (one peft_config, one training_args):
-    a Tune searcher searches one space."""
-    spaces = knob_spaces(configs, trainer_type, who=who)
-    if len(spaces) != 1:
-        raise ConfigError(
-            f"{who} takes one RFModelConfig with one peft_config and one training_args; this "
-            f"group has {len(spaces)} (Lists of configs): run one search per config, or use "
-            "RFGridSearch / RFRandomSearch, which expand Lists of configs"
-        )
-    return spaces[0]
-
-
 __all__ = [
     "ConfigGroup",
     "RFGridSearch",
     "RFRandomSearch",
-    "knob_space",
     "knob_spaces",
     "validate_run",
 ]

@@ -140,9 +140,8 @@ def _start_actors(
                 plan.create_model_fn,
                 train_ref,
                 eval_ref,
-                None,
-                None if gpus else threads,
-                str(exp_dir),
+                cpu_threads=None if gpus else threads,
+                log_dir=str(exp_dir),
             )
         )
         started.actors.append(executors[-1])

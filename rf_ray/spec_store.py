@@ -38,7 +38,7 @@ from typing import Any
 from actors.engine.evals.spec import PipelineSpec
 from actors.engine.spec import RunSpec
 from actors.storage.durable import FILE_MODE, atomic_write, fsync_dir, make_private_dir
-from actors.storage.layout import FUNCTIONS_DIR, ExperimentDir
+from actors.storage.layout import ExperimentDir, function_file, functions_dir
 from actors.storage.store import Store
 from policies.chunking import ChunkPlan
 from policies.errors import ConfigError, DamagedFileError
@@ -86,10 +86,10 @@ def _store_function(fn: Any, base: Path, name: str) -> dict[str, str] | None:
         return {"import": reference}
     import cloudpickle
 
-    relative = f"{FUNCTIONS_DIR}/{name}.cloudpickle"
-    make_private_dir(base / FUNCTIONS_DIR)
-    atomic_write(base / relative, cloudpickle.dumps(fn))
-    return {"pickle": relative}
+    path = function_file(base, name)
+    make_private_dir(path.parent)
+    atomic_write(path, cloudpickle.dumps(fn))
+    return {"pickle": path.relative_to(base).as_posix()}
 
 
 def _load_function(stored: dict[str, str] | None, base: Path) -> Any:
@@ -106,9 +106,9 @@ def _load_function(stored: dict[str, str] | None, base: Path) -> Any:
     path = base / stored["pickle"]
     # Only files of the functions/ directory beside the spec: the ones the directory's trust
     # check (``actors.storage.trust``) looked at before anything was read.
-    if not path.resolve().is_relative_to((base / FUNCTIONS_DIR).resolve()):
+    if not path.resolve().is_relative_to(functions_dir(base).resolve()):
         raise DamagedFileError(
-            path, f"is named as a pickle, but rf-ray keeps pickles only in {base / FUNCTIONS_DIR}"
+            path, f"is named as a pickle, but rf-ray keeps pickles only in {functions_dir(base)}"
             f"{_RESTORE}"
         )  # fmt: skip
     return unpickle(path)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.storage import lock
-from actors.storage.layout import CLUSTER_FILE
+from actors.storage.layout import CLUSTER_FILE, ExperimentDir
 from actors.storage.store import Store
 from policies.errors import OpError
 from rf_ray.cluster import driver_alive, reachable, recorded_cluster
@@ -107,7 +107,8 @@ def _recorded_status(exp_dir: Path) -> str | None:
             status = store.meta().get("status")
     except sqlite3.Error as exc:
         raise NotSteerableError(
-            f"cannot read {exp_dir / Store.FILENAME} ({exc}): is {exp_dir} an rf-ray experiment?"
+            f"cannot read {ExperimentDir(exp_dir).store} ({exc}): is {exp_dir} an rf-ray "
+            "experiment?"
         ) from None
     return status if isinstance(status, str) else None
 

@@ -20,7 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
+from policies.pruning import NoPruning
+from policies.settings import SETTINGS_KEY, ExperimentSettings
 from rf_ray import cli, ops
 from rf_ray.cli.ops import parse_changes
 
@@ -95,14 +98,15 @@ def test_each_command_parses_as_written(where, argv):
 def _experiment(root: Path, name: str) -> None:
     exp_dir = root / name
     with Store(exp_dir) as store:
-        store.set_meta(name=name, status="finished", num_chunks=4,
-                       pruner={"type": "none", "metric": "train_loss", "mode": "min"})  # fmt: skip
+        pruner = NoPruning(metric="train_loss").settings()
+        settings = ExperimentSettings(num_chunks=4, pruner=pruner)
+        store.set_meta(name=name, status="finished", **{SETTINGS_KEY: settings.to_dict()})
         for run_id in (1, 2, 3):
             store.add_run(run_id, {"learning_rate": 1e-4 * run_id}, "completed", 8, 4)
     sample = {"prompt": "Reverse: abc", "reference": "cba", "generation": "cba"}
     record = {"run_id": 3, "step": 8, "metrics": {"rougeL": 1.0}, "samples": [sample]}
-    (exp_dir / "runs" / "3").mkdir(parents=True)
-    (exp_dir / "runs" / "3" / "samples.json").write_text(json.dumps(record))
+    ExperimentDir(exp_dir).run(3).path.mkdir(parents=True)
+    ExperimentDir(exp_dir).run(3).samples_file.write_text(json.dumps(record))
 
 
 READS = [(w, argv) for w, argv in COMMANDS if argv[0] in ("list", "status", "samples")]

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actors.storage.layout import SAMPLES_FILE
+from actors.storage.layout import RunDir
 from policies.errors import ConfigError, DamagedFileError, RunFailedError
 
 logger = logging.getLogger(__name__)
@@ -360,7 +360,7 @@ def _keep_samples(
     }
     try:
         make_private_dir(task.out_dir)
-        atomic_write(Path(task.out_dir) / SAMPLES_FILE, json.dumps(record, indent=1).encode())
+        atomic_write(RunDir(task.out_dir).samples_file, json.dumps(record, indent=1).encode())
     except OSError as e:
         logger.warning("run %s: could not keep its samples in %s: %r", task.run_id, task.out_dir, e)
 
@@ -368,7 +368,7 @@ def _keep_samples(
 def read_samples(run_dir: str | Path) -> dict[str, Any] | None:
     """The run's last kept samples (``None`` if it has none yet); a file that is not what
     ``_keep_samples`` writes is a ``DamagedFileError`` naming it."""
-    path = Path(run_dir) / SAMPLES_FILE
+    path = RunDir(run_dir).samples_file
     if not path.exists():
         return None
     try:

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 STATE_FILE = "state.json"
 ADAPTER_FILE = "adapter.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
+EXPORTED_WEIGHTS = "adapter_model.safetensors"
+EXPORTED_CONFIG = "adapter_config.json"
+"""An exported adapter's files, PEFT's ``save_pretrained`` layout (``export_adapter``)."""
 
 
 def save(state: dict[str, Any], run_dir: str | Path, keep: int = 1) -> Path:
@@ -208,10 +211,16 @@ def export_adapter(model: Any, adapter_name: str, path: str | Path) -> Path:
         k: v.detach().to("cpu").contiguous()
         for k, v in get_peft_model_state_dict(model, adapter_name=adapter_name).items()
     }
-    save_file(weights, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
+    save_file(weights, str(path / EXPORTED_WEIGHTS), metadata={"format": "pt"})
     model.peft_config[adapter_name].save_pretrained(str(path))
     durable.make_private_tree(path)  # PEFT writes with the process's umask
     return path
+
+
+def is_exported_adapter(path: str | Path) -> bool:
+    """Whether ``path`` holds an adapter in PEFT's layout, whole: ``export_adapter`` writes its
+    config last, and ``PeftModel.from_pretrained`` needs it."""
+    return (Path(path) / EXPORTED_CONFIG).is_file()
 
 
 NESTED = "/"

@@ -8,18 +8,19 @@
         rf_ray.log                       .log_file       the driver's log
         mlflow.db                        .mlflow_db      the embedded MLflow store
         create_model_fn.json             .model_fn_file  (+ functions/create_model_fn.cloudpickle)
-        functions/                       .functions_dir
+        functions/<name>.cloudpickle     .functions_dir, function_file(root, name)
         data/train, data/eval            .train_data, .eval_data   the datasets (Arrow)
         tune/                            .tune_dir       Ray Tune's results (rf_ray.tune)
         corpora/<key>.jsonl              .corpus_file(key)  evals: each document corpus, once
         runs/                            .runs_dir
             <id>/                        .run(id) -> RunDir
                 spec.json                .spec_file      (spec.cloudpickle: .legacy_spec_file)
-                functions/               .functions_dir  cloudpickled functions of the run
+                functions/<name>.cloudpickle  function_file(path, name): the run's functions
                 checkpoints/step-<N>/    .checkpoint(N)  (actors.storage.checkpoint)
                 adapter/                 .adapter_dir    the exported final adapter
                 samples.json             .samples_file   generation samples (actors.engine.gen_eval)
                 pipeline.json            .pipeline_file  evals: a pipeline (+ .pipeline_pickle)
+                evals_state-<rows>.json  .evals_state(rows)  evals: the pipeline after a shard
 
 Plain paths only: nothing here reads or writes (except ``run_ids_on_disk``, which lists). The
 modules that own each file (store, lock, checkpoints, specs) ask this one where it lives.
@@ -51,6 +52,7 @@ PIPELINE_FILE = "pipeline.json"
 PIPELINE_PICKLE = "pipeline.cloudpickle"
 """Specs written before spec format 1 (the whole RunSpec cloudpickled); still readable."""
 SAMPLES_FILE = "samples.json"
+EVALS_STATE_PREFIX = "evals_state-"
 STEP_PREFIX = "step-"
 
 EMBEDDED_TRACKING_URI = "sqlite:///<experiment dir>/mlflow.db"
@@ -92,6 +94,11 @@ class RunDir:
     def pipeline_pickle(self) -> Path:
         """An evals pipeline's whole spec, cloudpickled (LangChain objects, user functions)."""
         return self.path / PIPELINE_PICKLE
+
+    def evals_state(self, rows_done: int) -> Path:
+        """An evals pipeline's state once ``rows_done`` rows of the eval set are done (its
+        metrics, results and sampling RNG: ``actors.engine.evals.engine``)."""
+        return self.path / f"{EVALS_STATE_PREFIX}{int(rows_done):08d}.json"
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -244,6 +251,18 @@ class ExperimentDir:
         return stored
 
 
+def functions_dir(base: str | os.PathLike[str]) -> Path:
+    """The directory of the cloudpickled functions kept under ``base`` (see ``function_file``)."""
+    return Path(base) / FUNCTIONS_DIR
+
+
+def function_file(base: str | os.PathLike[str], name: str) -> Path:
+    """Where a cloudpickled function named ``name`` is kept under ``base``, a run's directory
+    (its formatting, reward and metric functions) or the experiment directory
+    (``create_model_fn``): ``<base>/functions/<name>.cloudpickle``."""
+    return functions_dir(base) / f"{name}.cloudpickle"
+
+
 def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
     """The step in a checkpoint directory's name (``step-00000012`` -> 12), else None."""
     found = _STEP.match(Path(path).name)
@@ -259,4 +278,6 @@ __all__ = [
     "ExperimentDir",
     "RunDir",
     "checkpoint_step",
+    "function_file",
+    "functions_dir",
 ]

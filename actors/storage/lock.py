@@ -88,21 +88,6 @@ def hold_experiment_lock(experiment_dir: str | os.PathLike[str], wait_s: float =
         time.sleep(POLL_SECONDS)
 
 
-def experiment_locked(experiment_dir: str | os.PathLike[str]) -> bool:
-    """True while some process holds the experiment's lock (tries it: not for readers that
-    poll; they use ``is_held``)."""
-    path = _lock_path(experiment_dir)
-    if not path.exists():
-        return False
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
-
-
 def is_held(experiment_dir: str | os.PathLike[str]) -> bool | None:
     """Whether a process holds the experiment's lock, read from Linux's ``/proc/locks``
     without touching the lock; None where that table cannot be read (not Linux)."""
@@ -194,7 +179,6 @@ def tidy(
 
 __all__ = [
     "LOCK_WAIT_SECONDS",
-    "experiment_locked",
     "hold_experiment_lock",
     "is_held",
     "remove",

@@ -14,8 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from actors.engine.gen_eval import SAMPLES_FILE, read_samples
-from actors.storage.layout import ExperimentDir
+from actors.engine.gen_eval import read_samples
+from actors.storage.layout import SAMPLES_FILE, ExperimentDir
 from actors.storage.store import Store
 from actors.storage.trust import check_trusted
 from policies.errors import ConfigError

@@ -105,7 +105,7 @@ def status_json(name: str, exp_dir: Path, data: dict[str, Any]) -> dict[str, Any
     per_run: dict[int, list[dict[str, Any]]] = {}
     for run_id, chunk, metrics in data["chunks"]:
         per_run.setdefault(run_id, []).append({"chunk": chunk, **metrics})
-    per_epoch = data["meta"].get("num_chunks")
+    per_epoch = stored_settings(data["meta"]).get("num_chunks")
     runs = [
         {**r, "progress": _progress(r, per_epoch), "chunks": per_run.get(r["run_id"], [])}
         for r in data["runs"]

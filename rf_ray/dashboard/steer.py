@@ -2,7 +2,7 @@
 validation, the same one-line answers, each request applied once.
 
 The dashboard process never attaches itself to an experiment's Ray cluster (it would die a
-minute after that cluster goes: DESIGN.md, traps): each op runs in a short-lived child process
+minute after that cluster goes: docs/experiments.md): each op runs in a short-lived child process
 with a deadline (``remote.send``), from one worker thread, so the server keeps answering reads
 meanwhile and two clicks are applied one after the other, in order of arrival, as the scheduler
 applies concurrent ``rf-ray ops`` calls.

@@ -442,8 +442,9 @@ def _flat(prefix: str, values: dict[str, Any], out: dict[str, Any]) -> None:
 
 
 def _splitter_name(splitter: Any) -> str:
-    size = getattr(splitter, "_chunk_size", None)
-    overlap = getattr(splitter, "_chunk_overlap", None)
+    from actors.engine.algorithms.langchain_internals import splitter_sizes
+
+    size, overlap = splitter_sizes(splitter)
     return f"{type(splitter).__name__}({size}/{overlap})"
 
 

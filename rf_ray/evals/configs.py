@@ -190,7 +190,7 @@ class RFPromptManager(_EvalsParams):
             _check_dict(owner, key, value, "class")
 
 
-class _GeneratorConfig(_EvalsParams):
+class GeneratorConfig(_EvalsParams):
     """What the generator configs share: an optional ``rag`` and ``prompt_manager``."""
 
     def _check(self, key: str, value: Any) -> None:
@@ -213,7 +213,7 @@ class _GeneratorConfig(_EvalsParams):
         return str(model)
 
 
-class RFvLLMModelConfig(_GeneratorConfig):
+class RFvLLMModelConfig(GeneratorConfig):
     """A locally served generator, as RapidFire AI's ``RFvLLMModelConfig``:
     ``model_config={"model": name, ...}`` (vLLM engine arguments) and
     ``sampling_params={"temperature": ..., "top_p": ..., "max_tokens": ...}``.
@@ -246,7 +246,7 @@ class RFvLLMModelConfig(_GeneratorConfig):
             )
 
 
-class RFAPIModelConfig(_GeneratorConfig):
+class RFAPIModelConfig(GeneratorConfig):
     """A generator behind an OpenAI-compatible ``/chat/completions`` endpoint.
 
     ``client_config={"base_url": "https://.../v1", "api_key": ..., "timeout": 60,
@@ -315,6 +315,7 @@ SET_KEYS = ("batch_size", "preprocess_fn", "postprocess_fn", "compute_metrics_fn
 __all__ = [
     "GENERATOR_KEYS",
     "SET_KEYS",
+    "GeneratorConfig",
     "RFAPIModelConfig",
     "RFLangChainRagSpec",
     "RFPromptManager",

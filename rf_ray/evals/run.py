@@ -17,6 +17,7 @@ from typing import Any
 
 from actors.engine.evals import corpus, serving
 from actors.engine.evals.spec import PipelineSpec
+from actors.storage.checkpoint import EXPORTED_CONFIG, is_exported_adapter
 from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from policies.chunking import ChunkPlan
@@ -51,9 +52,9 @@ def resolve_adapter(adapter: Any, experiments_root: Path) -> str | None:
         )
     else:
         path = Path(adapter)
-    if not (path / "adapter_config.json").exists():
+    if not is_exported_adapter(path):
         raise ConfigError(
-            f"adapter={adapter!r}: no PEFT adapter at {path} (adapter_config.json missing); "
+            f"adapter={adapter!r}: no PEFT adapter at {path} ({EXPORTED_CONFIG} missing); "
             "name an Experiment.export directory, or a fit run that trained at least one slice"
         )
     return str(path.resolve())

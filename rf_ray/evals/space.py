@@ -24,9 +24,9 @@ from rf_ray.evals.build import PipelineConfig, check_pipeline, describe
 from rf_ray.evals.configs import (
     GENERATOR_KEYS,
     SET_KEYS,
+    GeneratorConfig,
     RFLangChainRagSpec,
     RFPromptManager,
-    _GeneratorConfig,
 )
 from rf_ray.knob_template import KnobTemplate, Slot, get_path, knob_paths, set_path
 from rf_ray.knobs import List, is_knob
@@ -103,7 +103,7 @@ def pipeline_templates(where: str, config_set: dict[str, Any]) -> list[PipelineT
     generators = _choices(config_set[keys[0]])
     for i, generator in enumerate(generators):
         label = f"{where}{keys[0]}[{i}]." if len(generators) > 1 else f"{where}"
-        if not isinstance(generator, _GeneratorConfig):
+        if not isinstance(generator, GeneratorConfig):
             raise ConfigError(
                 f"{label}{keys[0]}={generator!r} must be an RFvLLMModelConfig or "
                 "RFAPIModelConfig (or a List of them)"
@@ -113,7 +113,7 @@ def pipeline_templates(where: str, config_set: dict[str, Any]) -> list[PipelineT
 
 
 def _templates_of(
-    where: str, generator: _GeneratorConfig, settings: dict[str, Any]
+    where: str, generator: GeneratorConfig, settings: dict[str, Any]
 ) -> list[PipelineTemplate]:
     params = dict(generator.params)
     rags = _choices(params.pop("rag", None))

@@ -31,6 +31,7 @@ from typing import Any
 
 from policies.errors import ConfigError, OpError
 from policies.pruning import NoPruning, Pruner
+from policies.settings import stored_settings
 from policies.state import RunStatus, is_live
 from rf_ray.configs import List, Range
 from rf_ray.search import ConfigGroup, knob_spaces
@@ -305,11 +306,8 @@ def _num_chunks(exp_dir: Any) -> int:
     """The experiment's chunks per epoch (its stored ``num_chunks``)."""
     from actors.storage.store import Store
 
-    store = Store(exp_dir, readonly=True)
-    try:
-        return int(store.meta()["num_chunks"])
-    finally:
-        store.close()
+    with Store(exp_dir, readonly=True) as store:
+        return int(stored_settings(store.meta())["num_chunks"])
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:

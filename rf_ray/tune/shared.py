@@ -29,8 +29,6 @@ POLL_SECONDS = 0.25
 """How often a trial or a driver reads the experiment store for new chunk metrics."""
 DEFAULT_TRIAL_RESOURCES: dict[str, float] = {"cpu": 0.1, "gpu": 0}
 """A Tune trial only waits on the store; the executor actor holds the CPU/GPU that trains."""
-TUNE_DIRNAME = "tune"
-"""Where ``SharedExperiment.run_config`` has Tune write, inside the experiment directory."""
 
 
 # ---------------------------------------------------------------------------- store helpers
@@ -115,9 +113,11 @@ class SharedExperiment:
         from ray import tune
 
         from actors.storage.durable import make_private_dir
+        from actors.storage.layout import ExperimentDir
 
         if kwargs.get("storage_path") is None:
-            kwargs["storage_path"] = str(make_private_dir(self.experiment.dir / TUNE_DIRNAME))
+            tune_dir = ExperimentDir(self.experiment.dir).tune_dir
+            kwargs["storage_path"] = str(make_private_dir(tune_dir))
         callbacks = list(kwargs.pop("callbacks", None) or [])
         if self.callback not in callbacks:
             callbacks.insert(0, self.callback)

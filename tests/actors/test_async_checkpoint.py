@@ -25,6 +25,7 @@ from actors.base_model_actor import BaseModelActor
 from actors.engine import snapshot
 from actors.engine.ckpt_writer import CheckpointWriter, state_bytes
 from actors.storage import checkpoint
+from actors.storage.layout import ExperimentDir, RunDir
 from policies.errors import CheckpointError, RunNotPlacedError
 from rf_ray.toy import load_toy_model, sft_dataset
 from tests.actors.test_idempotent_slice import N, _spec
@@ -63,7 +64,7 @@ def test_a_slice_returns_before_its_checkpoint_is_durable_and_wait_durable_waits
     save = _GatedSave()
     actor.writer = CheckpointWriter(save=save)
     _add(actor, tmp_path, 1)
-    result = _slice(actor, 1, 0, 2, tmp_path / "runs" / "1")
+    result = _slice(actor, 1, 0, 2, ExperimentDir(tmp_path).run(1).path)
     assert result.checkpoint is not None
     assert not Path(result.checkpoint).exists()  # queued, not on disk yet
 
@@ -87,7 +88,7 @@ def test_a_failed_write_fails_only_its_run(tmp_path):
     actor.writer = CheckpointWriter(save=save)
     for run_id in (1, 2):
         _add(actor, tmp_path, run_id)
-        _slice(actor, run_id, 0, 2, tmp_path / "runs" / str(run_id))
+        _slice(actor, run_id, 0, 2, ExperimentDir(tmp_path).run(run_id).path)
     save.gate.set()
     with pytest.raises(
         CheckpointError, match=r"run 1: writing its checkpoint of step 2 .*No space"
@@ -106,18 +107,19 @@ def test_the_queue_holds_at_most_its_byte_budget(tmp_path):
     actor = _actor()
     for run_id in (1, 2, 3, 4):
         _add(actor, tmp_path, run_id)
-    asyncio.run(_durable_slice(actor, 1, 0, 1, tmp_path / "runs" / "1"))
+    asyncio.run(_durable_slice(actor, 1, 0, 1, ExperimentDir(tmp_path).run(1).path))
     one = state_bytes(snapshot.capture(actor.executor.registry[1], _model(actor)))
     save = _GatedSave()
     actor.writer = CheckpointWriter(budget_bytes=2 * one, wait_s=0.5, save=save)
-    _slice(actor, 2, 0, 1, tmp_path / "runs" / "2")
-    _slice(actor, 3, 0, 1, tmp_path / "runs" / "3")
+    _slice(actor, 2, 0, 1, ExperimentDir(tmp_path).run(2).path)
+    _slice(actor, 3, 0, 1, ExperimentDir(tmp_path).run(3).path)
     assert actor.writer.queued_bytes == 2 * one
+    fourth = ExperimentDir(tmp_path).run(4).path
     with pytest.raises(CheckpointError, match=r"run 4: .* no room in the checkpoint queue"):
-        _slice(actor, 4, 0, 1, tmp_path / "runs" / "4")  # full: waits 0.5 s, then refuses
+        _slice(actor, 4, 0, 1, fourth)  # full: waits 0.5 s, then refuses
     save.gate.set()
     assert actor.writer.drain(60)
-    _slice(actor, 2, 1, 2, tmp_path / "runs" / "2")  # room again
+    _slice(actor, 2, 1, 2, ExperimentDir(tmp_path).run(2).path)  # room again
     assert actor.writer.drain(60)
     assert actor.writer.peak_bytes == 2 * one
     assert save.saved == [(2, 1), (3, 1), (2, 2)]
@@ -129,7 +131,7 @@ def test_the_written_state_is_the_one_at_the_slice_end_not_after_later_training(
     save = _GatedSave()
     actor.writer = CheckpointWriter(save=save)
     _add(actor, tmp_path, 1)
-    run_dir = tmp_path / "runs" / "1"
+    run_dir = ExperimentDir(tmp_path).run(1).path
     _slice(actor, 1, 0, 1, run_dir)
     at_one = {k: v.clone() for k, v in _adapter(actor, 1).items()}
     _slice(actor, 1, 1, 3, run_dir)  # trains on while the step-1 write is held back
@@ -154,7 +156,7 @@ def test_an_executor_lost_before_the_write_resumes_from_the_previous_durable_one
     stuck = _GatedSave()
     first.writer = CheckpointWriter(save=stuck)
     _slice(first, 1, 2, 4, tmp_path / "lost")
-    assert not (tmp_path / "lost" / "checkpoints" / "step-00000004").exists()
+    assert not RunDir(tmp_path / "lost").checkpoint(4).exists()
     # A fresh executor (the restarted process) re-places the run from step 2 and re-trains.
     second = _actor()
     _add(second, tmp_path, 1, durable_two)

@@ -14,6 +14,7 @@ from actors.engine import snapshot
 from actors.engine.executor import Executor
 from actors.engine.spec import RunSpec
 from actors.storage import checkpoint
+from actors.storage.layout import RunDir
 from policies.chunking import ChunkPlan
 from rf_ray.toy import load_toy_model, sft_dataset
 
@@ -67,7 +68,7 @@ def test_checkpoint_is_safetensors_and_json_only_and_replaced_atomically(tmp_pat
         last = checkpoint.save(
             snapshot.capture(ex.registry[1], ex.bases["toy"].model), tmp_path / "run"
         )
-    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    kept = sorted(p.name for p in RunDir(tmp_path / "run").checkpoints_dir.iterdir())
     assert kept == ["step-00000004"]  # older one replaced, no temp dirs left behind
     names = sorted(p.name for p in last.iterdir())
     assert names == ["adapter.safetensors", "optimizer.safetensors", "state.json"]

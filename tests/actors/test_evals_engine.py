@@ -14,6 +14,7 @@ from datasets import Dataset
 from actors.engine.evals.engine import PipelineEngine, read_state
 from actors.engine.evals.spec import GeneratorModel, GeneratorSpec, PipelineSpec
 from actors.engine.executor import Executor
+from actors.storage.layout import RunDir
 from policies.chunking import ChunkPlan
 from rf_ray.toy import TOY_MODEL_NAME, default_create_model_fn
 
@@ -99,6 +100,7 @@ def test_state_is_durable_and_a_repeated_grant_is_cached(engine: PipelineEngine,
     first = engine.run_group({1: (0, 4, str(tmp_path))})[1]
     again = engine.run_group({1: (0, 4, str(tmp_path))})[1]
     assert again is first
+    assert first.checkpoint == str(RunDir(tmp_path).evals_state(4))  # where the layout says
     state = read_state(first.checkpoint)
     assert state["rows_done"] == 4
     assert state["metrics"]["Samples Processed"] == [{"value": 3}, {"value": 1}]

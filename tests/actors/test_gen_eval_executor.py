@@ -13,8 +13,9 @@ from transformers import GenerationConfig
 from trl import SFTConfig
 
 from actors.engine.executor import Executor
-from actors.engine.gen_eval import SAMPLES_FILE, GenerationEval
+from actors.engine.gen_eval import GenerationEval
 from actors.engine.spec import RunSpec
+from actors.storage.layout import ExperimentDir, RunDir
 from policies.chunking import ChunkPlan
 from policies.errors import RunFailedError
 from rf_ray.metrics import MetricSet
@@ -30,7 +31,7 @@ class _Config:  # the part of a RunConfig the executor reads for generation
 
 def _spec(tmp_path, run_id, lr, metrics_fn=None):
     args = SFTConfig(
-        output_dir=str(tmp_path / "runs" / str(run_id)), per_device_train_batch_size=4,
+        output_dir=str(ExperimentDir(tmp_path).run(run_id).path), per_device_train_batch_size=4,
         gradient_accumulation_steps=1, learning_rate=lr, num_train_epochs=1, logging_steps=1,
         max_length=48, report_to="none", use_cpu=True, bf16=False, seed=11 + run_id,
         save_strategy="no", disable_tqdm=True,
@@ -86,7 +87,7 @@ def test_fused_chunk_end_logs_each_runs_generation_metrics(fused_chunk):
         assert result.fused_with == 3
         metrics = result.eval_metrics
         assert {"eval_loss", "rougeL", "exact_match", "gen_seconds"} <= set(metrics)
-        samples = json.loads((tmp_dir(spec) / SAMPLES_FILE).read_text())
+        samples = json.loads(samples_file(spec).read_text())
         assert samples["metric_names"] == ["exact_match", "rougeL"]
         assert len(samples["samples"]) == 6
         # Each run's generations are its own adapter's, as generate alone gives them.
@@ -98,10 +99,8 @@ def test_fused_chunk_end_logs_each_runs_generation_metrics(fused_chunk):
         )
 
 
-def tmp_dir(spec):
-    from pathlib import Path
-
-    return Path(spec.trl_args.output_dir)
+def samples_file(spec):
+    return RunDir(spec.trl_args.output_dir).samples_file
 
 
 def test_a_raising_metric_function_fails_only_its_run_naming_it(fused_chunk):
@@ -109,7 +108,7 @@ def test_a_raising_metric_function_fails_only_its_run_naming_it(fused_chunk):
     error = outcomes[3]
     assert isinstance(error, RunFailedError)
     assert "eval_metrics_fn _boom raised ZeroDivisionError('boom')" in str(error)
-    assert not (tmp_dir(specs[2]) / SAMPLES_FILE).exists()
+    assert not samples_file(specs[2]).exists()
 
 
 def test_time_sliced_chunk_end_generates_too(fused_chunk):
@@ -117,7 +116,7 @@ def test_time_sliced_chunk_end_generates_too(fused_chunk):
     spec = specs[0]
     result = executor.run_slice(spec.run_id, spec.plan.chunk_bounds(1)[1], evaluate=True)
     assert "rougeL" in result.eval_metrics
-    samples = json.loads((tmp_dir(spec) / SAMPLES_FILE).read_text())
+    samples = json.loads(samples_file(spec).read_text())
     assert samples["step"] == spec.plan.chunk_bounds(1)[1]
     assert [s["generation"] for s in samples["samples"]] == _alone_predictions(executor, spec)
     with pytest.raises(RunFailedError, match="eval_metrics_fn _boom"):

@@ -11,14 +11,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from actors.engine.gen_eval import read_samples
 from actors.storage import checkpoint, lock
 from actors.storage.durable import make_private_dir
 from actors.storage.footprint import Footprint
-from actors.storage.layout import EMBEDDED_TRACKING_URI, ExperimentDir, checkpoint_step
+from actors.storage.layout import (
+    EMBEDDED_TRACKING_URI,
+    ExperimentDir,
+    checkpoint_step,
+    function_file,
+)
 from actors.storage.store import Store
 from actors.storage.trust import check_trusted
 from actors.tracking import default_tracking_uri
 from policies.errors import ConfigError, OpError, UntrustedDirectoryError
+from rf_ray import spec_store
 
 
 def _state(step: int) -> dict:
@@ -44,6 +51,20 @@ def test_the_writers_put_their_files_where_the_layout_says(tmp_path):
     assert default_tracking_uri(layout.root) == layout.embedded_tracking_uri()
 
 
+def test_specs_functions_and_samples_are_where_the_layout_says(tmp_path):
+    layout = ExperimentDir(tmp_path / "exp")
+    spec_store.write_create_model_fn(layout.root, lambda config: (None, None))  # pickled
+    pickled = function_file(layout.root, "create_model_fn")
+    assert pickled.parent == layout.functions_dir
+    assert pickled.exists()
+    assert layout.model_fn_file.exists()
+    run = layout.run(2)
+    assert read_samples(run.path) is None
+    make_private_dir(run.path)
+    run.samples_file.write_text('{"samples": []}')
+    assert read_samples(run.path) == {"samples": []}
+
+
 def test_the_embedded_mlflow_store_is_kept_relative_to_the_directory(tmp_path):
     here, there = ExperimentDir(tmp_path / "a"), ExperimentDir(tmp_path / "b")
     stored = here.stored_tracking_uri(here.embedded_tracking_uri())
@@ -66,7 +87,6 @@ def test_the_lock_refuses_a_second_holder_and_tidy_removes_it_once_free(tmp_path
     exp = tmp_path / "exp"
     held = lock.hold_experiment_lock(exp)
     assert lock.is_held(exp) is True
-    assert lock.experiment_locked(exp)
     with pytest.raises(OpError, match="already running"):
         lock.hold_experiment_lock(exp)
     assert lock.try_hold(exp) is None

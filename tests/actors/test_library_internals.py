@@ -1,9 +1,10 @@
 """Every library private rf-ray uses is still there, with the parameters rf-ray passes.
 
 rf-ray drives TRL's trainers step by step and needs a few private members of transformers, TRL,
-accelerate and torch (``actors/engine/algorithms/*_internals.py``). An upgrade that removes or
-reshapes one fails here, naming the member and the version it was written against, instead of
-deep inside a slice. Members set per object are checked on real trainers built on the toy model.
+accelerate and torch, and evals mode two of LangChain's text splitter
+(``actors/engine/algorithms/*_internals.py``). An upgrade that removes or reshapes one fails
+here, naming the member and the version it was written against, instead of deep inside a slice.
+Members set per object are checked on real trainers built on the toy model (and a splitter).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pytest
 
 from actors.engine.algorithms import (
     accelerate_internals,
+    langchain_internals,
     torch_internals,
     transformers_internals,
     trl_internals,
@@ -23,7 +25,10 @@ from tests.actors.test_fused import _dpo, _sft
 from tests.actors.test_fused_grpo import RUNS
 from tests.actors.test_fused_grpo import _specs as grpo_specs
 
-MODULES = (transformers_internals, accelerate_internals, trl_internals, torch_internals)
+MODULES = (
+    transformers_internals, accelerate_internals, trl_internals, torch_internals,
+    langchain_internals,
+)  # fmt: skip
 ALL = [p for module in MODULES for p in module.PRIVATES]
 
 
@@ -34,9 +39,12 @@ def test_class_members_are_there(private):
 
 @pytest.fixture(scope="module")
 def trainers(tmp_path_factory):
-    """One real trainer per algorithm, built by the executor as a run's trainer is."""
+    """One real trainer per algorithm, built by the executor as a run's trainer is (and a text
+    splitter, for LangChain's members)."""
     tmp = tmp_path_factory.mktemp("internals")
-    built = []
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    built: list = [RecursiveCharacterTextSplitter(chunk_size=64, chunk_overlap=8)]
     for spec, data in (
         (_sft(tmp, 1, 1e-2), sft_dataset(44)),
         (_dpo(tmp, 2, 1e-2), dpo_dataset(40)),
@@ -52,7 +60,8 @@ def trainers(tmp_path_factory):
 def test_object_members_are_there(private, trainers):
     owner = private.owner_class()
     holders = [t for t in trainers if isinstance(t, owner)]
-    holders += [t.lr_scheduler for t in trainers if isinstance(t.lr_scheduler, owner)]
+    schedulers = [getattr(t, "lr_scheduler", None) for t in trainers]
+    holders += [s for s in schedulers if isinstance(s, owner)]
     assert holders, f"no built object is a {owner.__qualname__}"
     for holder in holders:
         assert problems(private, holder) == []

@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 
 
@@ -29,7 +30,8 @@ def test_next_run_id_skips_rows_reserved_ids_and_run_directories(tmp_path):
         assert store.next_run_id() == 2
         assert store.reserve_run_ids(1) == [2]  # e.g. a clone that is then refused
         assert store.next_run_id() == 3
-        (tmp_path / "runs" / "7").mkdir(parents=True)  # files of a run the store never recorded
+        # files of a run the store never recorded
+        ExperimentDir(tmp_path).run(7).path.mkdir(parents=True)
         assert store.next_run_id() == 8
         assert store.reserve_run_ids(2) == [8, 9]
     with Store(tmp_path, readonly=True) as store:
@@ -69,7 +71,7 @@ def test_read_only_store_opens_paths_with_uri_characters(tmp_path, name):
 
 def test_store_file_is_private(tmp_path):
     Store(tmp_path).close()
-    assert stat.S_IMODE((tmp_path / Store.FILENAME).stat().st_mode) == 0o600
+    assert stat.S_IMODE(ExperimentDir(tmp_path).store.stat().st_mode) == 0o600
 
 
 def test_undo_start_removes_only_the_added_runs_and_restores_the_settings(tmp_path):

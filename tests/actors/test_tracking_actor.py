@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
 
+from actors.storage.layout import ExperimentDir
 from actors.tracking_actor import TrackingActor, TrackingOutcome
 from tests.actors.test_tracking_faults import FlakyClient
 
 
 def test_a_run_opened_while_mlflow_is_down_is_created_by_a_later_write(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = ExperimentDir(tmp_path).embedded_tracking_uri()
     client = FlakyClient(uri, failures=1)  # the run's creation fails once
     actor = TrackingActor(uri, "exp", client=client)
     assert actor.open_run(1, "run-1", {"lr": 0.1}, {"rf_ray.status": "running"}, None) is None
@@ -33,7 +34,7 @@ def test_a_run_opened_while_mlflow_is_down_is_created_by_a_later_write(tmp_path)
 
 
 def test_runs_are_tracked_apart_and_a_reopened_run_keeps_its_mlflow_run(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = ExperimentDir(tmp_path).embedded_tracking_uri()
     actor = TrackingActor(uri, "exp", client=FlakyClient(uri))
     first = actor.open_run(1, "run-1", {}, {}, None)
     second = actor.open_run(2, "run-2", {}, {}, None)

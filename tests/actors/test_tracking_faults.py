@@ -11,6 +11,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from actors import tracking
+from actors.storage.layout import ExperimentDir
 from actors.tracking import Tracker
 
 
@@ -46,7 +47,7 @@ def _mlflow_warnings(caplog) -> list[str]:
 
 
 def test_failed_metric_writes_are_buffered_retried_and_all_land(tmp_path, caplog):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = ExperimentDir(tmp_path).embedded_tracking_uri()
     client = FlakyClient(uri)
     tracker = Tracker(uri, "exp", client=client)
     run_id = tracker.start_run("run-1", {"lr": 0.1}, {"rf_ray.status": "running"})
@@ -71,7 +72,7 @@ def test_failed_metric_writes_are_buffered_retried_and_all_land(tmp_path, caplog
 
 
 def test_a_run_started_while_mlflow_is_down_is_created_later(tmp_path, caplog):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = ExperimentDir(tmp_path).embedded_tracking_uri()
     client = FlakyClient(uri, failures=2)
     tracker = Tracker(uri, "exp", client=client)
     with caplog.at_level(logging.WARNING, logger=tracking.__name__):
@@ -86,7 +87,7 @@ def test_a_run_started_while_mlflow_is_down_is_created_later(tmp_path, caplog):
 
 def test_the_buffer_is_bounded_and_counts_what_it_dropped(tmp_path, monkeypatch):
     monkeypatch.setattr(tracking, "MAX_BUFFERED_METRICS", 4)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = ExperimentDir(tmp_path).embedded_tracking_uri()
     client = FlakyClient(uri)
     tracker = Tracker(uri, "exp", client=client)
     run_id = tracker.start_run("run-1", {}, {})
@@ -99,7 +100,7 @@ def test_the_buffer_is_bounded_and_counts_what_it_dropped(tmp_path, monkeypatch)
 
 
 def test_a_write_mlflow_refuses_for_good_does_not_block_the_others(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = ExperimentDir(tmp_path).embedded_tracking_uri()
     tracker = Tracker(uri, "exp")
     run_id = tracker.start_run("run-1", {}, {})
     tracker.log_metrics("no-such-run", [(1, {"loss": 1.0})])  # refused, dropped, no raise

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from actors.storage.layout import ExperimentDir
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the venv's bin/: `ray`, and `python` for the entrypoint
 # What the working-dir upload leaves out (Ray also honours .gitignore; these make it explicit).
@@ -253,7 +255,7 @@ def test_sft_grid_runs_as_a_ray_job(ray_head, tmp_path):
     assert len(runs) == 8
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{exp_dir}/mlflow.db")
+    client = MlflowClient(tracking_uri=f"sqlite:///{ExperimentDir(exp_dir).mlflow_db}")
     (mlflow_exp,) = [e for e in client.search_experiments() if e.name == exp_dir.name]
     assert len(client.search_runs([mlflow_exp.experiment_id])) == 8
     print(f"ray job submit -> SUCCEEDED in {elapsed:.0f} s\n{out[:3000]}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from actors.storage.layout import ExperimentDir
 from rf_ray import Experiment
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,4 +46,4 @@ def test_sft_generation_eval_example_ranks_on_rouge_l(tmp_path):
     best = exp.get_best_run()
     assert best in kept
     assert f"Best run on ROUGE-L: {best}" in proc.stdout
-    assert (exp_dir / "runs" / str(best) / "samples.json").exists()
+    assert ExperimentDir(exp_dir).run(best).samples_file.exists()

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from actors.scheduler_actor import hold_experiment_lock
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from policies.errors import OpError
 from rf_ray import ops
@@ -83,11 +84,11 @@ def test_cli_ops_and_a_second_python_driver_reach_a_scripts_private_cluster(tmp_
         assert lines[1] == "started", (lines, driver.stderr.read())  # type: ignore[union-attr]
         assert lines[0].startswith(f"[rf-ray {NAME}] 2 runs; pruning: none"), lines
         exp_dir = tmp_path / NAME
-        record = json.loads((exp_dir / "cluster.json").read_text())
+        record = json.loads(ExperimentDir(exp_dir).cluster_file.read_text())
         assert set(record) == {"address", "driver_pid", "host", "auth_mode", "token_source"}
         assert record["auth_mode"] == "token"  # Ray 2.60's ray.init() turns it on
         assert record["driver_pid"] == driver.pid
-        assert stat.S_IMODE((exp_dir / "cluster.json").stat().st_mode) == 0o600
+        assert stat.S_IMODE(ExperimentDir(exp_dir).cluster_file.stat().st_mode) == 0o600
 
         # Another terminal: the CLI, no RAY_ADDRESS, no `ray start`.
         cli = _run([sys.executable, "-m", "rf_ray.cli", "ops", "stop", NAME, "2",
@@ -119,7 +120,7 @@ def test_cluster_json_says_where_the_token_is_never_what_it_is(ray_cluster, tmp_
     secret = "not-a-real-token-0123456789"
     monkeypatch.setenv("RAY_AUTH_TOKEN", secret)
     record_cluster(tmp_path)
-    text = (tmp_path / "cluster.json").read_text()
+    text = ExperimentDir(tmp_path).cluster_file.read_text()
     assert secret not in text
     assert json.loads(text)["token_source"] == "RAY_AUTH_TOKEN"
 
@@ -128,14 +129,14 @@ def test_cluster_json_says_where_the_token_is_never_what_it_is(ray_cluster, tmp_
     token_file.write_text(secret)
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token_file))
     record_cluster(tmp_path)
-    text = (tmp_path / "cluster.json").read_text()
+    text = ExperimentDir(tmp_path).cluster_file.read_text()
     assert secret not in text
     record = json.loads(text)
     assert (record["token_source"], record["token_path"]) == (
         "RAY_AUTH_TOKEN_PATH",
         str(token_file),
     )
-    assert stat.S_IMODE((tmp_path / "cluster.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE(ExperimentDir(tmp_path).cluster_file.stat().st_mode) == 0o600
 
 
 def test_attaching_from_a_process_on_another_cluster_says_where_the_experiment_is(
@@ -144,7 +145,7 @@ def test_attaching_from_a_process_on_another_cluster_says_where_the_experiment_i
     exp_dir = tmp_path / "elsewhere"
     with Store(exp_dir) as store:
         store.set_meta(name="elsewhere", status="running")
-    (exp_dir / "cluster.json").write_text(
+    ExperimentDir(exp_dir).cluster_file.write_text(
         json.dumps({"address": "192.0.2.1:6379", "driver_pid": 1, "host": "h"})
     )
     lock = hold_experiment_lock(str(exp_dir))  # its scheduler runs (on that other cluster)

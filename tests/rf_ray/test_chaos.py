@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from actors.storage.checkpoint import EXPORTED_WEIGHTS
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from rf_ray import Experiment, List, NoPruning, RFModelConfig, RFSFTConfig
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
@@ -92,7 +94,7 @@ def _store_state(exp_dir: Path) -> dict[int, int]:
 
 def _adapters(exp_dir: Path) -> dict[int, dict]:
     out = {}
-    for path in sorted(exp_dir.glob("runs/*/adapter/adapter_model.safetensors")):
+    for path in sorted(ExperimentDir(exp_dir).runs_dir.glob(f"*/adapter/{EXPORTED_WEIGHTS}")):
         out[int(path.parent.parent.name)] = load_file(str(path))
     return out
 

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from policies.errors import ConfigError
 from policies.pruning import SuccessiveHalving
+from policies.settings import SETTINGS_KEY, ExperimentSettings
 from rf_ray import cli
 from rf_ray.cli import demo
 from rf_ray.cli import mlflow_ui as dashboard
@@ -33,15 +35,15 @@ def _make_experiment(root: Path, name: str, mlflow_db: bool = True) -> Path:
     """Three runs that differ in learning_rate and lora.r, not max_length."""
     exp_dir = root / name
     store = Store(exp_dir)
-    # The pruner's record as a start writes it: its own to_dict, summed up under "pruner".
-    pruner_state = SuccessiveHalving(metric="eval_loss", mode="min").to_dict()
+    # The settings and the pruner's state as a start writes them (rf_ray.plan.persist).
+    pruner = SuccessiveHalving(metric="eval_loss", mode="min")
     store.set_meta(
         name=name,
         fingerprint="0123abcd4567ef89",
-        pruner={key: pruner_state[key] for key in ("type", "metric", "mode")},
-        pruner_state=pruner_state,
+        **{SETTINGS_KEY: ExperimentSettings(pruner=pruner.settings()).to_dict()},
+        pruner_state=pruner.to_dict(),
         status="finished",
-        tracking_uri=f"sqlite:///{exp_dir.resolve() / 'mlflow.db'}",
+        tracking_uri=f"sqlite:///{ExperimentDir(exp_dir.resolve()).mlflow_db}",
     )
     for run_id, (lr, rank) in enumerate([(3e-3, 4), (1e-3, 16), (3e-4, 4)], start=1):
         params = {"learning_rate": lr, "lora.r": rank, "max_length": 64}
@@ -58,7 +60,7 @@ def _make_experiment(root: Path, name: str, mlflow_db: bool = True) -> Path:
     store.update_run(3, status="failed", error=LONG_ERROR)
     store.close()
     if mlflow_db:
-        (exp_dir / "mlflow.db").touch()
+        ExperimentDir(exp_dir).mlflow_db.touch()
     return exp_dir
 
 
@@ -154,10 +156,11 @@ def test_every_command_is_listed_once_and_parses():
 
 @pytest.mark.parametrize(("host", "port"), [("127.0.0.1", 5000), ("::1", 8080)])
 def test_dashboard_command(tmp_path, host, port):
-    cmd = dashboard.dashboard_command(tmp_path / "exp" / "mlflow.db", host=host, port=port)
+    db = ExperimentDir(tmp_path / "exp").mlflow_db
+    cmd = dashboard.dashboard_command(db, host=host, port=port)
     assert cmd[:4] == [sys.executable, "-m", "mlflow", "ui"]
     uri = cmd[cmd.index("--backend-store-uri") + 1]
-    assert uri == f"sqlite:///{(tmp_path / 'exp' / 'mlflow.db').resolve()}"
+    assert uri == f"sqlite:///{ExperimentDir(tmp_path / 'exp').mlflow_db.resolve()}"
     assert cmd[cmd.index("--host") + 1] == host
     assert cmd[cmd.index("--port") + 1] == str(port)
 

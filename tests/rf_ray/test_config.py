@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from actors.storage.layout import ExperimentDir
 from policies.errors import ConfigError, UnknownKnobError
 from rf_ray.configs import (
     List,
@@ -344,7 +345,8 @@ def test_each_runs_trl_config_is_built_once_and_equals_a_fresh_build(tmp_path, u
         (run,) = RFGridSearch(RFModelConfig("tiny", training_args=RFSFTConfig(**args))).expand()
         (spec,) = specs.build_specs([run], tmp_path, train_rows=16, num_chunks=2, seed=7)
     assert builds.call_count == 1
-    fresh = build_trl_config(spec.model_config, str(tmp_path / "runs" / "1"), use_cpu=True)
+    run_dir = str(ExperimentDir(tmp_path).run(1).path)
+    fresh = build_trl_config(spec.model_config, run_dir, use_cpu=True)
     assert spec.trl_args.to_dict() == fresh.to_dict()
     assert spec.trl_args.seed == (7 if user_seed is None else user_seed)
     assert spec.model_config.training_args["seed"] == spec.trl_args.seed  # stored as before

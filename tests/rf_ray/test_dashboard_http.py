@@ -25,8 +25,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from actors.storage.layout import ExperimentDir
 from actors.storage.lock import hold_experiment_lock
 from actors.storage.store import Store
+from policies.pruning import NoPruning, SuccessiveHalving
+from policies.settings import SETTINGS_KEY, ExperimentSettings
 from rf_ray import cli
 from rf_ray.dashboard import command
 from rf_ray.dashboard.app import Settings, create_app
@@ -74,10 +77,11 @@ def make_experiment(root: Path, name: str = "sweep") -> Path:
     """Three runs (learning_rate and lora.r differ), one with a secret in its config."""
     exp_dir = root / name
     with Store(exp_dir) as store:
+        pruner = SuccessiveHalving(metric="eval_loss", mode="min")  # as a start stores it
         store.set_meta(
-            name=name, status="finished", num_chunks=4,
-            pruner={"type": "SuccessiveHalving", "metric": "eval_loss", "mode": "min"},
-            tracking_uri=f"sqlite:///{exp_dir.resolve() / 'mlflow.db'}",
+            name=name, status="finished",
+            **{SETTINGS_KEY: ExperimentSettings(num_chunks=4, pruner=pruner.settings()).to_dict()},
+            tracking_uri=f"sqlite:///{ExperimentDir(exp_dir.resolve()).mlflow_db}",
         )  # fmt: skip
         for run_id, (lr, rank) in enumerate([(3e-3, 4), (1e-3, 16), (3e-4, 4)], start=1):
             params = {"learning_rate": lr, "lora.r": rank, "max_length": 64, **KEPT}
@@ -177,7 +181,8 @@ def test_state_is_incremental(base, root):
 def test_with_64_runs_a_poll_carries_only_what_changed(tmp_path):
     exp_dir = tmp_path / "wide"
     with Store(exp_dir) as store:
-        store.set_meta(name="wide", status="running", pruner={"metric": "loss", "mode": "min"})
+        settings = ExperimentSettings(pruner=NoPruning(metric="train_loss").settings())
+        store.set_meta(name="wide", status="running", **{SETTINGS_KEY: settings.to_dict()})
         for run_id in range(1, 65):
             params = {"learning_rate": 1e-4 * run_id, "lora.r": 8, "max_length": 64}
             store.add_run(run_id, params, "running", total_steps=400, total_chunks=8)

@@ -8,6 +8,7 @@ fit runs. Stop, resume, delete and clone-modify work on pipelines as on fit runs
 from __future__ import annotations
 
 import json
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +17,7 @@ from langchain_core.document_loaders import BaseLoader
 from langchain_core.documents import Document
 from mlflow.tracking import MlflowClient
 
+from actors.storage.layout import ExperimentDir
 from policies import IntervalPruner
 from rf_ray import ConfigError, Experiment
 from rf_ray.automl import List, RFGridSearch, RFLangChainRagSpec, RFvLLMModelConfig
@@ -23,6 +25,7 @@ from rf_ray.cli import main
 from rf_ray.evals.metrics import evals_metrics
 from rf_ray.evals.toy import TINY_EMBEDDER, fact_corpus
 from rf_ray.experiment import latest_experiment
+from rf_ray.plan import Plan
 from rf_ray.toy import TOY_MODEL_NAME
 
 DOCS, QUERIES = fact_corpus(num_docs=12, facts_per_doc=3, num_queries=24, seed=3)
@@ -177,7 +180,7 @@ def test_the_live_view_shows_shards_and_the_metric_with_its_interval(
 
 
 def test_rf_vllm_model_config_without_vllm_is_said_once_per_experiment(sweep) -> None:
-    log = (sweep.root / "evals-e2e" / "rf_ray.log").read_text().splitlines()
+    log = ExperimentDir(sweep.root / "evals-e2e").log_file.read_text().splitlines()
     said = [line for line in log if "so the executor serves it" in line]
     # three pipelines on one generator, three shards: one line, from the driver, saying why
     assert len(said) == 1, said
@@ -185,18 +188,31 @@ def test_rf_vllm_model_config_without_vllm_is_said_once_per_experiment(sweep) ->
     assert f"RFvLLMModelConfig({TOY_MODEL_NAME}): " in said[0]
 
 
+def test_a_copied_evals_experiment_resumes_from_its_own_state_files(sweep, tmp_path) -> None:
+    """The store records each pipeline's state by its absolute path; a copy (or a moved
+    directory) resumes from the state files where it is now."""
+    copy = tmp_path / "evals-e2e"
+    shutil.copytree(sweep.root / "evals-e2e", copy)
+    plan = Plan.from_store(copy)
+    checkpoints = {rid: e.checkpoint for rid, e in plan.stored.items() if e.checkpoint}
+    assert {1, 2} <= set(checkpoints)  # the pruned pipeline and the completed one
+    for rid, path in checkpoints.items():
+        assert path == str(ExperimentDir(copy).run(rid).evals_state(plan.stored[rid].steps_done))
+
+
 def test_the_corpus_is_stored_once_and_each_spec_names_it(sweep) -> None:
     exp_dir = sweep.root / "evals-e2e"
-    (stored,) = (exp_dir / "corpora").iterdir()  # three pipelines, one corpus, one file
+    # three pipelines, one corpus, one file
+    (stored,) = ExperimentDir(exp_dir).corpora_dir.iterdir()
     lines = stored.read_text().splitlines()
     assert len(lines) == len(DOCS)
     assert json.loads(lines[0])["metadata"] == {"doc_id": DOCS[0]["_id"]}
     for rid in (1, 2, 3):
-        run = exp_dir / "runs" / str(rid)
-        assert json.loads((run / "pipeline.json").read_text())["corpus"] == stored.stem
+        run = ExperimentDir(exp_dir).run(rid)
+        assert json.loads(run.pipeline_file.read_text())["corpus"] == stored.stem
         # the stored spec names the corpus; it does not hold its text (the executor read the
         # file back: the pipelines retrieved from it)
-        assert DOCS[0]["text"].encode() not in (run / "pipeline.cloudpickle").read_bytes()
+        assert DOCS[0]["text"].encode() not in run.pipeline_pickle.read_bytes()
 
 
 class DatedLoader(BaseLoader):

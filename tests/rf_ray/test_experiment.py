@@ -18,6 +18,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from actors.storage.checkpoint import EXPORTED_WEIGHTS
+from actors.storage.layout import ExperimentDir
 from rf_ray import (
     ConfigError,
     Experiment,
@@ -157,7 +159,7 @@ def test_pruned_runs_keep_their_checkpoint(grid):
     for row in grid.info.itertuples():
         ckpt = Path(row.checkpoint)
         assert ckpt.is_dir(), row
-        assert ckpt.is_relative_to(grid.exp.dir / "runs" / str(row.run_id))
+        assert ckpt.is_relative_to(ExperimentDir(grid.exp.dir).run(row.run_id).path)
         state = json.loads((ckpt / "state.json").read_text())
         assert state["steps_done"] == row.steps_done
 
@@ -167,7 +169,7 @@ def test_pruned_runs_keep_their_checkpoint(grid):
 
 def test_mlflow_has_one_experiment_with_one_run_per_run(grid):
     exp = grid.exp
-    assert exp.tracking_uri == f"sqlite:///{exp.dir / 'mlflow.db'}"
+    assert exp.tracking_uri == f"sqlite:///{ExperimentDir(exp.dir).mlflow_db}"
     client = MlflowClient(tracking_uri=exp.tracking_uri)
     named = [e for e in client.search_experiments() if e.name != "Default"]
     assert [e.name for e in named] == [exp.name]
@@ -379,7 +381,7 @@ def test_a_raising_formatting_func_fails_only_its_run(boom):
     assert healthy["status"] == "completed"
     assert healthy["steps_done"] == healthy["total_steps"]
     assert pd.isna(healthy["error"])
-    assert (boom.exp.dir / "runs" / "2" / "adapter" / "adapter_model.safetensors").exists()
+    assert (ExperimentDir(boom.exp.dir).run(2).adapter_dir / EXPORTED_WEIGHTS).exists()
 
 
 def test_a_failed_run_is_failed_in_mlflow_with_its_error(boom):
@@ -396,7 +398,7 @@ def test_a_failed_run_is_failed_in_mlflow_with_its_error(boom):
 
 def test_mlflow_tracking_uri_from_the_environment_is_respected(boom):
     assert boom.exp.tracking_uri == f"sqlite:///{boom.tracking_db}"
-    assert not (boom.exp.dir / "mlflow.db").exists()
+    assert not ExperimentDir(boom.exp.dir).mlflow_db.exists()
     client = MlflowClient(tracking_uri=boom.exp.tracking_uri)
     experiment = client.get_experiment_by_name(boom.exp.name)
     assert experiment is not None
@@ -551,10 +553,10 @@ def test_a_later_run_fit_takes_ids_after_every_used_one(ray_cluster, tmp_path):
         assert exp.clone_modify(1, {"max_steps": 2})["run_id"] == 3
         exp.stop(1)
         exp.wait()
-        spec_3 = (exp.dir / "runs" / "3" / "spec.json").read_bytes()
+        spec_3 = ExperimentDir(exp.dir).run(3).spec_file.read_bytes()
         info = exp.run_fit(quick, train_dataset=data, num_chunks=1, live_view=False)
     finally:
         exp.end()
     assert info["run_id"].tolist() == [1, 3, 4]
     assert info.set_index("run_id").loc[4, "status"] == "completed"
-    assert (exp.dir / "runs" / "3" / "spec.json").read_bytes() == spec_3
+    assert ExperimentDir(exp.dir).run(3).spec_file.read_bytes() == spec_3

@@ -61,10 +61,11 @@ def finished(ray_cluster, tmp_path_factory):
 
 
 def _leftovers(exp_dir: Path) -> list[str]:
+    lock = ExperimentDir(exp_dir).lock_file.name
     return sorted(
         str(p.relative_to(exp_dir))
         for p in exp_dir.rglob("*")
-        if p.name.endswith(("-wal", "-shm", "-journal")) or p.name == "scheduler.lock"
+        if p.name.endswith(("-wal", "-shm", "-journal")) or p.name == lock
     )
 
 
@@ -105,7 +106,7 @@ def test_a_copied_experiment_finds_its_own_mlflow_store(finished, tmp_path):
     copy = tmp_path / "elsewhere" / "at-rest"
     shutil.copytree(finished.dir, copy)
     plan = Plan.from_store(copy)
-    assert plan.tracking_uri == f"sqlite:///{(copy / 'mlflow.db').resolve()}"
+    assert plan.tracking_uri == f"sqlite:///{ExperimentDir(copy).mlflow_db.resolve()}"
     found = MlflowClient(tracking_uri=plan.tracking_uri).get_experiment_by_name("at-rest")
     assert found is not None
     runs = MlflowClient(tracking_uri=plan.tracking_uri).search_runs([found.experiment_id])
@@ -354,3 +355,20 @@ def test_listing_a_root_with_another_users_private_directory_goes_on(tmp_path, m
     for command in (["status", "theirs"], ["samples", "theirs", "1"]):  # named: one line
         assert main([*command, "--path", str(tmp_path)]) == 2
         assert "Permission denied" in _one_error_line(capsys, command[0])
+
+
+def test_a_moved_evals_experiment_reads_its_results_from_where_it_is_now(tmp_path):
+    """The store records each pipeline's state file by its absolute path; once the directory is
+    moved, that path is gone and the results are read where the layout puts them."""
+    from rf_ray.evals.run import read_results
+
+    before, after = tmp_path / "before" / "evals", tmp_path / "after" / "evals"
+    state = ExperimentDir(before).run(1).evals_state(4)
+    with Store(before) as store:
+        store.add_run(1, {}, "completed", total_steps=4, total_chunks=2)
+        store.update_run(1, steps_done=4, chunks_done=2, checkpoint=str(state))
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"results": {"answer": ["a"]}, "cumulative": {"em": 1.0}}))
+    after.parent.mkdir()
+    shutil.move(before, after)
+    assert read_results(after) == {1: ({"answer": ["a"]}, {"em": 1.0})}

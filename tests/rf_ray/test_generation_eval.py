@@ -13,6 +13,7 @@ import pytest
 from datasets import Dataset
 from mlflow.tracking import MlflowClient
 
+from actors.storage.layout import ExperimentDir
 from rf_ray import ConfigError, Experiment, List, RFModelConfig, RFSFTConfig, SuccessiveHalving
 from rf_ray.cli import main
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset, sft_eval_dataset
@@ -148,4 +149,4 @@ def test_an_eval_set_without_usable_prompts_is_refused_before_start(tmp_path, ev
         )
     for word in words:
         assert word in str(info.value)
-    assert not (tmp_path / "gen-bad" / "runs").exists()  # nothing written
+    assert not ExperimentDir(tmp_path / "gen-bad").runs_dir.exists()  # nothing written

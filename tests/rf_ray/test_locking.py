@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 import ray
 
-from actors.storage.lock import experiment_locked
+from actors.storage.layout import ExperimentDir
+from actors.storage.lock import is_held
 from actors.storage.store import Store
 from policies.settings import ExperimentSettings
 from rf_ray import ConfigError, Experiment, NoPruning, RFModelConfig, RFSFTConfig
@@ -149,7 +150,7 @@ def test_resume_right_after_a_driver_crash_waits_for_the_lock(ray_cluster, tmp_p
         os.kill(proc.pid, signal.SIGKILL)  # only the driver: its actors wind down on their own
         proc.wait(timeout=60)
         # A checkpoint write the crash interrupted: cleaned up before any executor starts.
-        leftover = exp_dir / "runs" / "1" / "checkpoints" / ".tmp-step-00000099"
+        leftover = ExperimentDir(exp_dir).run(1).checkpoints_dir / ".tmp-step-00000099"
         leftover.mkdir(parents=True)
         exp = Experiment("crashed", experiment_path=tmp_path)
         exp.resume(live_view=False)  # at once: no waiting for the old scheduler here
@@ -181,6 +182,6 @@ def test_a_failed_start_tears_down_and_leaves_the_store_as_it_was(
     assert _settings(exp.dir) == settings
     assert _spec_files(exp.dir) == files
     assert exp.get_runs_info()["run_id"].tolist() == [1]
-    assert not experiment_locked(str(exp.dir))  # its scheduler is gone, and with it the lock
+    assert is_held(exp.dir) is False  # its scheduler is gone, and with it the lock
     _finish(_start_held(again, [3e-3]))  # nothing left behind blocks the next start
     assert exp.get_runs_info()["status"].tolist() == ["completed", "completed"]

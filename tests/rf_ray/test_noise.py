@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from actors.storage.layout import ExperimentDir
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("noisy_toy_run.py")
 
@@ -38,7 +40,7 @@ def test_a_toy_run_shows_no_noise_rf_ray_causes_and_keeps_the_users(tmp_path):
     )  # fmt: skip
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-5000:]
-    log = (tmp_path / "noisy" / "rf_ray.log").read_text()
+    log = ExperimentDir(tmp_path / "noisy").log_file.read_text()
     for line in RF_RAY_CAUSED:
         assert line not in output, f"{line!r} is still printed:\n{output[-5000:]}"
         assert line not in log, line

@@ -301,3 +301,27 @@ def test_run_fits_pruner_takes_the_objectives_metric_and_direction(tmp_path, pru
     plan = exp._prepare(search, None, sft_dataset(16), sft_eval_dataset(4), settings)
     stored = plan.settings.pruner
     assert (stored["type"], stored["metric"], stored["mode"]) == expected
+
+
+def test_epoch_granularity_reads_the_experiments_chunks_per_epoch(ray_cluster, tmp_path):
+    """``granularity="epoch"`` learns the chunks per epoch from the running experiment's stored
+    settings (it raised KeyError once the settings were stored as one value)."""
+    exp = Experiment("optuna-epochs", experiment_path=tmp_path)
+    config = RFModelConfig(
+        TOY_MODEL_NAME,
+        training_args=RFSFTConfig(learning_rate=Range(1e-4, 1e-3, log=True), max_length=32,
+                                  per_device_train_batch_size=4, num_train_epochs=2),
+    )  # fmt: skip
+    search = RFOptuna(
+        config, n_initial=2, budget=2, objective="minimize:train_loss", granularity="epoch", seed=0
+    )
+    try:
+        exp.run_fit(search, None, sft_dataset(16), num_chunks=2, seed=0, live_view=False)
+    finally:
+        exp.end()
+    assert search.book is not None
+    assert search.book.chunks_per_epoch == 2
+    assert search.errors == []
+    trials = search.trials_by_run()
+    assert len(trials) == 2
+    assert {t.state for t in trials.values()} <= {TrialState.COMPLETE, TrialState.PRUNED}

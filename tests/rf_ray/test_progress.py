@@ -10,10 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from actors.storage.durable import make_private_dir
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from policies.chunking import ChunkPlan
+from policies.interval_pruning import IntervalPruner
+from policies.pruning import NoPruning
+from policies.settings import SETTINGS_KEY, ExperimentSettings
 from rf_ray import cli
 from rf_ray.dashboard import reads
+from rf_ray.evals.progress import EvalsView
 from rf_ray.live import LiveView, chunk_progress
 
 
@@ -42,11 +48,24 @@ def test_trl_default_epochs_with_four_chunks_make_twelve_chunks_of_four_per_epoc
     assert chunk_progress(3, plan.total_chunks, plan.num_chunks) == "chunk 3/4, epoch 1/3"
 
 
-def _experiment(root: Path) -> Path:
+STORES = {
+    # as ``persist`` writes it: the settings as one value
+    "settings": {SETTINGS_KEY: ExperimentSettings(num_chunks=4, pruner=NoPruning().settings())
+                 .to_dict()},
+    # as a store written before the settings were one value holds them
+    "older": {"num_chunks": 4, "pruner": {"type": "none", "metric": "train_loss", "mode": "min"}},
+}  # fmt: skip
+
+
+@pytest.fixture(params=sorted(STORES))
+def stored(request) -> dict:
+    return STORES[request.param]
+
+
+def _experiment(root: Path, meta: dict) -> Path:
     exp_dir = root / "epochs"
     with Store(exp_dir) as store:
-        store.set_meta(name="epochs", status="finished", num_chunks=4,
-                       pruner={"type": "none", "metric": "train_loss", "mode": "min"})  # fmt: skip
+        store.set_meta(name="epochs", status="finished", **meta)
         store.add_run(1, {"learning_rate": 1e-3}, "running", total_steps=48, total_chunks=12)
         store.add_run(2, {"learning_rate": 2e-3}, "running", total_steps=48, total_chunks=12)
         store.record_slice(1, [{"step": 12, "loss": 1.0}], None, steps_done=12, chunks_done=3)
@@ -54,8 +73,8 @@ def _experiment(root: Path) -> Path:
     return exp_dir
 
 
-def test_status_and_the_page_say_chunk_and_epoch(tmp_path, capsys):
-    exp_dir = _experiment(tmp_path)
+def test_status_and_the_page_say_chunk_and_epoch(tmp_path, capsys, stored):
+    exp_dir = _experiment(tmp_path, stored)
     assert cli.main(["status", "epochs", "--path", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     assert "chunk 3/4, epoch 1/3" in table
@@ -71,10 +90,35 @@ def test_status_and_the_page_say_chunk_and_epoch(tmp_path, capsys):
     ]
 
 
-def test_the_live_view_says_chunk_and_epoch(tmp_path, capsys, monkeypatch):
+def test_the_live_view_says_chunk_and_epoch(tmp_path, capsys, monkeypatch, stored):
     monkeypatch.setenv("RF_RAY_LIVE", "1")  # the tests' conftest turns the view off
-    exp_dir = _experiment(tmp_path)
+    exp_dir = _experiment(tmp_path, stored)
     view = LiveView("epochs", {1: {}}, [], exp_dir=exp_dir)  # not a terminal: one line per chunk
     view.update([{"run_id": 1, "status": "running", "chunks_done": 3, "total_chunks": 12,
                   "last_metric": 0.5}])  # fmt: skip
     assert "run 1: running, chunk 3/4, epoch 1/3, metric" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {SETTINGS_KEY: ExperimentSettings(pruner=IntervalPruner(metric="Recall", mode="max")
+                                          .settings()).to_dict()},
+        {"pruner": {"type": "interval", "metric": "Recall", "mode": "max"}},
+    ],
+    ids=["settings", "older"],
+)  # fmt: skip
+def test_an_evals_view_shows_the_pruners_metric_first(tmp_path, meta):
+    run = ExperimentDir(tmp_path).run(1)
+    make_private_dir(run.path)
+    run.pipeline_file.write_text("{}")  # an evals experiment: its runs are pipelines
+    with Store(tmp_path) as store:
+        store.set_meta(**meta)
+    metrics = {}
+    for name, value in (("Accuracy", 0.9), ("F1", 0.8), ("Recall", 0.7)):
+        metrics |= {name: value, f"{name}/lower": value - 0.1, f"{name}/upper": value + 0.1}
+    with Store(tmp_path) as store:
+        view = EvalsView.of(tmp_path, [1], store.meta(), [(1, 0, metrics)])
+    assert view is not None
+    assert view.metric == "Recall"
+    assert view.columns() == ["Recall", "Accuracy"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from rf_ray import ConfigError, Experiment
 from tests.rf_ray.test_locking import ROWS, _config, _finish, _start_held
@@ -22,7 +23,7 @@ def _files(exp_dir: Path) -> dict[str, bytes]:
     """Every file under ``runs/`` that a start writes (specs), with its bytes."""
     return {
         str(p.relative_to(exp_dir)): p.read_bytes()
-        for p in sorted((exp_dir / "runs").rglob("*"))
+        for p in sorted(ExperimentDir(exp_dir).runs_dir.rglob("*"))
         if p.is_file() and "spec" in p.name
     }
 
@@ -53,4 +54,4 @@ def test_a_refused_clone_burns_its_id_and_a_later_run_fit_overwrites_nothing(ray
     assert info.set_index("run_id").loc[4, "status"] == "completed"
     after = _files(exp.dir)
     assert {k: after[k] for k in before} == before  # nothing of runs 1 and 2 was rewritten
-    assert not (exp.dir / "runs" / "3").exists()
+    assert not ExperimentDir(exp.dir).run(3).path.exists()

@@ -16,7 +16,9 @@ import pytest
 from actors.storage.store import Store
 from actors.tracking import Tracker
 from policies.errors import ConfigError
+from policies.pruning import NoPruning
 from policies.redact import REDACTED, is_secret_key, redact
+from policies.settings import SETTINGS_KEY, ExperimentSettings
 from rf_ray import cli
 from rf_ray.live import LiveView
 from rf_ray.specs import RunConfig, describe
@@ -58,8 +60,9 @@ def test_mlflow_params_are_masked(tmp_path):
 def _store(root: Path) -> Path:
     exp_dir = root / "sweep"
     with Store(exp_dir) as store:
-        store.set_meta(name="sweep", status="finished", num_chunks=2,
-                       pruner={"type": "none", "metric": "train_loss", "mode": "min"})  # fmt: skip
+        pruner = NoPruning(metric="train_loss").settings()
+        settings = ExperimentSettings(num_chunks=2, pruner=pruner)
+        store.set_meta(name="sweep", status="finished", **{SETTINGS_KEY: settings.to_dict()})
         for run_id, token in ((1, SECRET), (2, SECRET + "2")):
             params = {"learning_rate": 1e-3 * run_id, "hub_token": token}
             store.add_run(run_id, params, "completed", total_steps=4, total_chunks=2)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from actors.storage.layout import ExperimentDir, function_file
 from actors.storage.store import Store
 from policies.errors import ConfigError
 from rf_ray import spec_store as specfiles
@@ -88,9 +89,9 @@ def test_round_trip_gives_back_the_same_spec_and_the_same_functions(tmp_path, ru
     spec.parent_run_id = 1
     specfiles.write_spec(exp_dir, spec)
 
-    record = json.loads((exp_dir / "runs" / "3" / "spec.json").read_text())
+    record = json.loads(ExperimentDir(exp_dir).run(3).spec_file.read_text())
     assert record["config"]["trainer_type"] == run.trainer_type
-    assert not (exp_dir / "runs" / "3" / "functions").exists()  # all by reference
+    assert not ExperimentDir(exp_dir).run(3).functions_dir.exists()  # all by reference
 
     read, blob = specfiles.read_spec(exp_dir, 3)
     _assert_same(read, spec)
@@ -107,7 +108,7 @@ def test_round_trip_gives_back_the_same_spec_and_the_same_functions(tmp_path, ru
 def test_references_name_module_and_qualname(tmp_path):
     exp_dir = _exp_dir(tmp_path)
     specfiles.write_spec(exp_dir, _build(exp_dir, _grpo([arithmetic_reward])))
-    record = json.loads((exp_dir / "runs" / "1" / "spec.json").read_text())
+    record = json.loads(ExperimentDir(exp_dir).run(1).spec_file.read_text())
     assert record["functions"] == {
         "formatting_func": None,
         "compute_metrics": None,
@@ -124,7 +125,7 @@ def test_a_lambda_and_a_closure_fall_back_to_one_cloudpickle_file_each(tmp_path)
 
     run = _grpo([arithmetic_reward, closure, lambda prompts, completions, **kw: [1.0]])
     specfiles.write_spec(exp_dir, _build(exp_dir, run))
-    record = json.loads((exp_dir / "runs" / "1" / "spec.json").read_text())
+    record = json.loads(ExperimentDir(exp_dir).run(1).spec_file.read_text())
     assert record["functions"]["reward_funcs"] == [
         {"import": "rf_ray.toy:arithmetic_reward"},
         {"pickle": "functions/reward_funcs.1.cloudpickle"},
@@ -174,18 +175,18 @@ def test_files_are_private_and_a_spec_is_never_overwritten(tmp_path):
     spec = _build(exp_dir, _sft(formatting_func=lambda ex: ex["prompt"]))
     specfiles.write_spec(exp_dir, spec)
     specfiles.write_create_model_fn(exp_dir, default_create_model_fn)
-    run_dir = exp_dir / "runs" / "1"
-    for path in [run_dir / "spec.json", run_dir / "functions" / "formatting_func.cloudpickle",
-                 exp_dir / "create_model_fn.json"]:  # fmt: skip
+    run_dir = ExperimentDir(exp_dir).run(1)
+    for path in [run_dir.spec_file, function_file(run_dir.path, "formatting_func"),
+                 ExperimentDir(exp_dir).model_fn_file]:  # fmt: skip
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-    for path in [run_dir, run_dir / "functions"]:
+    for path in [run_dir.path, run_dir.functions_dir]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
-    before = (run_dir / "spec.json").read_bytes()
+    before = run_dir.spec_file.read_bytes()
     other = _build(exp_dir, _sft(formatting_func=to_text))
     with pytest.raises(ConfigError, match="run 1 already has a spec"):
         specfiles.write_spec(exp_dir, other)
-    assert (run_dir / "spec.json").read_bytes() == before
-    assert not list(run_dir.glob(".tmp-*"))
+    assert run_dir.spec_file.read_bytes() == before
+    assert not list(run_dir.path.glob(".tmp-*"))
 
 
 def test_create_model_fn_by_reference_or_pickled(tmp_path):
@@ -217,19 +218,19 @@ def test_built_in_metric_names_are_stored_by_name_not_pickled(tmp_path):
     exp_dir = _exp_dir(tmp_path)
     names = _sft(generation_eval=GenerationEval(MetricSet(("rougeL", "bleu")), 3))
     specfiles.write_spec(exp_dir, _build(exp_dir, names))
-    record = json.loads((exp_dir / "runs" / "1" / "spec.json").read_text())
+    record = json.loads(ExperimentDir(exp_dir).run(1).spec_file.read_text())
     assert record["functions"]["generation_eval"] == {
         "metrics_fn": {"metrics": ["rougeL", "bleu"]},
         "num_prompts": 3,
         "prompts_fn": None,
     }
-    assert not (exp_dir / "runs" / "1" / "functions").exists()
+    assert not ExperimentDir(exp_dir).run(1).functions_dir.exists()
     read, _ = specfiles.read_spec(exp_dir, 1)
     assert read.model_config.generation_eval == names.generation_eval
 
     wrapped = GenerationEval(FromComputeMetrics(text_metrics), 2, prompt_of)
     specfiles.write_spec(exp_dir, _build(exp_dir, _sft(generation_eval=wrapped), run_id=2))
-    record = json.loads((exp_dir / "runs" / "2" / "spec.json").read_text())
+    record = json.loads(ExperimentDir(exp_dir).run(2).spec_file.read_text())
     assert record["functions"]["generation_eval"] == {
         "metrics_fn": {
             "from_compute_metrics": {"import": "tests.rf_ray.test_specfiles:text_metrics"}

@@ -35,6 +35,7 @@ import requests
 from actors.scheduler_actor import hold_experiment_lock
 from actors.storage.layout import CLUSTER_FILE
 from actors.storage.store import Store
+from policies.settings import SETTINGS_KEY, ExperimentSettings
 from rf_ray.dashboard.guard import CSRF_HEADER
 from rf_ray.remote import HOLD_ENV
 from tests.rf_ray.test_dashboard_http import dashboard_process, page_session
@@ -147,10 +148,14 @@ def _ops_without_ray(root: Path, name: str) -> tuple[int, str]:
     return done.returncode, lines[0]
 
 
+SETTINGS = ExperimentSettings(num_chunks=2).to_dict()
+"""The settings a start stores (``rf_ray.plan.persist``)."""
+
+
 def _store(root: Path, name: str, status: str) -> Path:
     exp_dir = root / name
     with Store(exp_dir) as store:
-        store.set_meta(name=name, status=status, num_chunks=2)
+        store.set_meta(name=name, status=status, **{SETTINGS_KEY: SETTINGS})
         store.add_run(1, {"learning_rate": 1e-3}, "running", total_steps=4, total_chunks=2)
     return exp_dir
 

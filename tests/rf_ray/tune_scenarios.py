@@ -21,6 +21,7 @@ from unittest.mock import patch
 import pytest
 from ray import tune
 
+from actors.storage.layout import ExperimentDir
 from rf_ray import List, RFGridSearch, RFModelConfig, RFSFTConfig
 from rf_ray.toy import TOY_MODEL_NAME
 from rf_ray.tune import RFSearcher
@@ -422,7 +423,7 @@ def shared_experiment(work: Path) -> None:
     assert len(bad.errors) == 1
     assert "learnig_rate" in str(bad.errors[0])
     # Tune wrote into the experiment directory (the test also checks ~/ray_results is absent).
-    assert (shared.experiment.dir / "tune" / "asha").is_dir()
+    assert (ExperimentDir(shared.experiment.dir).tune_dir / "asha").is_dir()
     assert {r.path.split("/tune/asha/")[0] for r in results} == {str(shared.experiment.dir)}
     _check_shared_runs(results, rows, chunk_rows)
     assert set(info["status"]) <= {"completed", "pruned", "stopped"}

@@ -8,7 +8,9 @@ one module per library, next to this one, and nowhere else:
 * ``transformers_internals``: ``Trainer`` and ``GenerationMixin`` privates;
 * ``accelerate_internals``: ``GradientState`` and the process-wide (Borg) state dicts;
 * ``trl_internals``: TRL trainers' metric store and ``GRPOTrainer``'s generation counters;
-* ``torch_internals``: the LR scheduler's last rates.
+* ``torch_internals``: the LR scheduler's last rates;
+* ``langchain_internals``: a text splitter's sizes (evals mode names a pipeline's splitter by
+  them).
 
 Each module lists what it uses as ``PRIVATES`` (a ``Private`` per member: its owner, its
 parameters, the version it was written against). ``tests/actors/test_library_internals.py``

@@ -46,13 +46,13 @@ from actors.engine.evals.serving import TRANSFORMERS, VLLM
 from actors.engine.evals.spec import PipelineSpec
 from actors.messages import SliceResult
 from actors.storage.durable import atomic_write, make_private_dir
+from actors.storage.layout import RunDir
 from policies.chunking import epoch_order
 from policies.errors import RunFailedError, RunNotPlacedError
 from policies.intervals import OnlineStrategy, add_intervals, flat_metrics
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "evals_state.json"
 SAMPLES = "Samples Processed"
 
 
@@ -415,7 +415,7 @@ class PipelineEngine:
         if record.generator is not None:
             rng = record.generator.get_state().numpy().tobytes()
             state["rng"] = base64.b64encode(rng).decode()
-        path = base / f"{STATE_FILE[:-5]}-{record.rows_done:08d}.json"
+        path = RunDir(base).evals_state(record.rows_done)
         atomic_write(path, json.dumps(_jsonable(state)).encode())
         self.durable[(record.spec.run_id, record.rows_done)] = str(path)
         return str(path)
@@ -482,4 +482,4 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-__all__ = ["STATE_FILE", "PipelineEngine", "PipelineFailedError", "PipelineRecord", "read_state"]
+__all__ = ["PipelineEngine", "PipelineFailedError", "PipelineRecord", "read_state"]

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.engine.evals.spec import GeneratorSpec, PipelineSpec
+from actors.storage.checkpoint import EXPORTED_CONFIG
 
 VLLM = "vllm"
 TRANSFORMERS = "transformers"
@@ -99,7 +100,7 @@ def lora_settings(adapters: list[str]) -> dict[str, Any]:
     largest rank. Empty without adapters (LoRA off)."""
     if not adapters:
         return {}
-    ranks = [int(json.loads((Path(a) / "adapter_config.json").read_text())["r"]) for a in adapters]
+    ranks = [int(json.loads((Path(a) / EXPORTED_CONFIG).read_text())["r"]) for a in adapters]
     rank = next((r for r in LORA_RANKS if r >= max(ranks)), None)
     if rank is None:
         raise ValueError(
