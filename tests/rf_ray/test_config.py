@@ -379,7 +379,8 @@ def test_str_enums_become_plain_values_so_params_unpickle_without_their_library(
     run = _run(lora={"r": 8, "task_type": Kind.CAUSAL_LM},
                training_args={"lr_scheduler_type": Kind.CAUSAL_LM})  # fmt: skip
     flat = run.flat_params()
-    assert type(flat["lora.task_type"]) is str and flat["lora.task_type"] == "CAUSAL_LM"
+    assert type(flat["lora.task_type"]) is str
+    assert flat["lora.task_type"] == "CAUSAL_LM"
     assert type(flat["lr_scheduler_type"]) is str
     assert b"Kind" not in pickle.dumps(flat)
     assert type(to_jsonable(Kind.CAUSAL_LM)) is str
