@@ -335,9 +335,9 @@ def build_trl_config(run: RunConfig, output_dir: str, use_cpu: bool) -> Any:
         check_grpo(run, cls)
     try:
         with warnings.catch_warnings():
-            if "gradient_checkpointing" not in run.training_args:
-                # TRL's own default trips this transformers deprecation notice on every build.
-                warnings.filterwarnings("ignore", "`gradient_checkpointing` is deprecated")
+            # TRL's own default trips this transformers deprecation notice on every build; a
+            # user's gradient_checkpointing was renamed, with one LegacyFieldWarning (legacy.py).
+            warnings.filterwarnings("ignore", "`gradient_checkpointing` is deprecated")
             return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(
