@@ -36,6 +36,7 @@ from rf_ray.compat import (
     IgnoredFieldWarning,
     check_requirements,
     ignored_field_warnings,
+    rapidfire_env_notes,
     warn_replaced,
 )
 from rf_ray.configs import RFModelConfig
@@ -564,8 +565,9 @@ class Experiment:
     def _warn_ignored(self, runs: list[RunConfig], has_eval: bool) -> None:
         """One ``IgnoredFieldWarning`` per ignored field per experiment (not per run), and one
         ``GenerationFlagWarning`` for sampling fields set without ``do_sample``."""
+        ignored = {**ignored_field_warnings(runs, has_eval), **rapidfire_env_notes(os.environ)}
         notes: dict[str, tuple[str, type[Warning]]] = {
-            k: (v, IgnoredFieldWarning) for k, v in ignored_field_warnings(runs, has_eval).items()
+            k: (v, IgnoredFieldWarning) for k, v in ignored.items()
         }
         for key, note in summary.generation_notes(runs).items():
             notes[key] = (note, summary.GenerationFlagWarning)

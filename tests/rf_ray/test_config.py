@@ -148,7 +148,7 @@ def test_plain_list_is_a_literal_inside_a_config():
 @pytest.mark.parametrize(
     ("field", "fix"),
     [("model_init_kwargs", "model_kwargs=..."), ("deepspeed", "Remove deepspeed="),
-     ("fsdp", "Remove fsdp=")],
+     ("fsdp", "Remove fsdp= and the fsdp_config=")],
 )  # fmt: skip
 def test_fields_that_break_the_engine_are_refused_with_the_fix(field, fix):
     with pytest.raises(ConfigError, match=f"{field}= is not supported") as err:
