@@ -236,6 +236,28 @@ def rapidfire_env_notes(environ: Any) -> dict[str, str]:
     return notes
 
 
+def run_fit_argument_notes(num_gpus: Any, monte_carlo_simulations: Any) -> dict[str, str]:
+    """``{argument: note}`` for RapidFire's ``run_fit`` arguments rf-ray accepts and ignores:
+    ``num_gpus`` (GPUs per run, for FSDP; its default, 1, is what rf-ray does) and
+    ``monte_carlo_simulations`` (RapidFire's scheduler's). A bad value is refused."""
+    notes = {}
+    if num_gpus is not None:
+        if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1:
+            raise ConfigError(f"run_fit(num_gpus={num_gpus!r}): num_gpus must be an integer >= 1")
+        if num_gpus != 1:
+            notes["run_fit.num_gpus"] = (
+                f"run_fit(num_gpus={num_gpus!r}) is ignored: each run trains on one executor "
+                "(one GPU) that holds the base model; run_fit(num_executors=N) spreads runs "
+                "over N GPUs"
+            )
+    if monte_carlo_simulations is not None:
+        notes["run_fit.monte_carlo_simulations"] = (
+            f"run_fit(monte_carlo_simulations={monte_carlo_simulations!r}) is ignored: rf-ray's "
+            "scheduler gives the next slice to the run with the least progress (no simulation)"
+        )
+    return notes
+
+
 # ---------------------------------------------------------------------- packages and devices
 _BNB = "bitsandbytes"
 # optim= values (transformers' OptimizerNames) that import a package of their own, by prefix.
@@ -395,5 +417,6 @@ __all__ = [
     "ignored_field_warnings",
     "rapidfire_env_notes",
     "rapidfire_fields",
+    "run_fit_argument_notes",
     "warn_replaced",
 ]

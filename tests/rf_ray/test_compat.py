@@ -554,3 +554,32 @@ def test_rapidfires_tracking_switches_are_said_to_do_nothing_here(tmp_path, monk
             second.run_fit(cfg, train_dataset=[{"text": "a"}] * 4,
                            pruner=SuccessiveHalving(metric="nope"))  # fmt: skip
     assert not [w for w in quiet if "RF_" in str(w.message)]
+
+
+def test_run_fit_takes_rapidfires_num_gpus_and_monte_carlo_simulations(tmp_path):
+    """RapidFire's ``run_fit(..., num_chunks, seed, num_gpus=1, monte_carlo_simulations=1000)``:
+    its DPO fsdp-lite notebook passes ``num_gpus=2`` (a TypeError before). Both are accepted in
+    RapidFire's positions and said to be ignored; num_gpus=1 (RapidFire's default) says nothing;
+    a bad value is refused."""
+    import inspect
+
+    params = list(inspect.signature(Experiment.run_fit).parameters)
+    assert params[1:9] == ["param_config", "create_model_fn", "train_dataset", "eval_dataset",
+                           "num_chunks", "seed", "num_gpus", "monte_carlo_simulations"]  # fmt: skip
+    cfg = RFModelConfig("tiny", training_args=RFSFTConfig(max_length=32))
+    exp = Experiment("port", experiment_path=tmp_path)
+    bad = rf_ray.SuccessiveHalving(metric="no_such_metric")  # refused after the warnings
+    with pytest.warns(rf_ray.IgnoredFieldWarning) as caught, pytest.raises(ConfigError):
+        exp.run_fit(cfg, None, [{"text": "a"}] * 4, None, 4, 42, 2, 500, pruner=bad)
+    notes = sorted(str(w.message) for w in caught if w.category is rf_ray.IgnoredFieldWarning)
+    assert len(notes) == 2, notes
+    assert "run_fit(monte_carlo_simulations=500) is ignored" in notes[0]
+    assert "run_fit(num_gpus=2) is ignored" in notes[1]
+    assert "num_executors" in notes[1]
+    with warnings.catch_warnings(record=True) as quiet:
+        warnings.simplefilter("always")
+        with pytest.raises(ConfigError):
+            exp.run_fit(cfg, train_dataset=[{"text": "a"}] * 4, num_gpus=1, pruner=bad)
+    assert not [w for w in quiet if "num_gpus" in str(w.message)]
+    with pytest.raises(ConfigError, match=r"num_gpus=0\): num_gpus must be an integer >= 1"):
+        exp.run_fit(cfg, train_dataset=[{"text": "a"}] * 4, num_gpus=0)
