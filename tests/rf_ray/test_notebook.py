@@ -104,3 +104,14 @@ def test_without_an_experiment_the_panel_says_how_to_get_one(tmp_path, monkeypat
     panel.fetch_all_runs()
     assert panel.last_message[0] == "warning"
     assert "has no results" in panel.last_message[1]
+
+
+def test_rapidfires_positional_dispatcher_url_is_taken_as_it(tmp_path, monkeypatch):
+    """RapidFire's constructor is ``InteractiveController(dispatcher_url=...)``: its URL given
+    positionally is that, not an experiment."""
+    monkeypatch.setattr("rf_ray.experiment._latest", [])
+    exp = Experiment("positional", experiment_path=tmp_path)
+    monkeypatch.setattr("rf_ray.experiment._latest", [exp])
+    with pytest.warns(IgnoredFieldWarning, match="dispatcher_url='http://127.0.0.1:8851'"):
+        panel = InteractiveController("http://127.0.0.1:8851")
+    assert panel.experiment is exp
