@@ -129,7 +129,10 @@ def run_notebook():
 
     # --- cell 20
     # Get experiment path
-    experiment_path = str(experiment.dir.parent)  # import: RapidFire's RfDb -> the Experiment
+    # RapidFire: `from rapidfireai.fit.db.rf_db import RfDb`, `db = RfDb()`,
+    # `experiment_path = db.get_experiments_path(my_experiment)`: its internal database, which
+    # rf-ray has no counterpart of (docs/coming-from-rapidfire.md); the same path, rf-ray's way:
+    experiment_path = str(experiment.dir.parent)  # changed: RfDb's experiments path
     tensorboard_log_dir = f"{experiment_path}/tensorboard_logs/{my_experiment}"
 
     print(f"TensorBoard logs will be saved to: {tensorboard_log_dir}")
