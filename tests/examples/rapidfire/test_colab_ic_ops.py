@@ -3,8 +3,8 @@ notebook with the Interactive Controller), ported.
 
 Each cell's code is as written in the notebook (RapidFireAI/rapidfireai), in order; the only
 lines changed are imports, the hub model and dataset, sizes, and the notebook-only lines (shell
-and IPython magics, Colab's JavaScript button, RapidFire's services), each with a comment saying
-so. The test runs as on Colab (``RF_RAY_BACKGROUND=1``: there rf-ray detects Colab itself), from
+and IPython magics, Colab's JavaScript button, RapidFire's services, its internal ``RfDb``), each
+with a comment saying so. The test runs as on Colab (``RF_RAY_BACKGROUND=1``: there rf-ray detects Colab itself), from
 a temporary directory (the notebook's ``./rf_experiments``).
 
 RapidFire's semantics asserted: on Colab ``run_fit`` trains in a background thread and returns
