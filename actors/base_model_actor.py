@@ -109,6 +109,9 @@ class BaseModelActor:
         """Evals API pipelines' shards run here, beside the worker (``run_slice``)."""
         self._groups: dict[tuple[int, ...], _Gathering] = {}
         """Fused groups still gathering their members, by sorted member ids."""
+        self._unplaced: set[int] = set()
+        """Runs whose last ``add_run`` failed: their trial has failed them, so no fused group
+        waits for them to call in."""
         self._worker_thread: int | None = None
         """``threading.get_ident()`` of the worker thread, once it has run something."""
         self.writer = CheckpointWriter()
@@ -204,17 +207,27 @@ class BaseModelActor:
         A run already resident just changes owner: a resumed run's new trial may arrive before
         the old trial has finished cleaning up, and the old one must not evict it then.
         """
-        run_id = await self._work(self._add_run, spec_blob, checkpoint_path)
-        self.owners[run_id] = owner
-
-    def _add_run(self, spec_blob: bytes, checkpoint_path: str | None) -> int:
-        """Register the run; a resident copy at another step than the checkpoint's (a slice
-        whose result was never recorded) is replaced by the checkpoint's state."""
         import cloudpickle
 
+        spec = await self._work(cloudpickle.loads, spec_blob)
+        try:
+            run_id = await self._work(self._add_run, spec, checkpoint_path)
+        except BaseException:
+            # A run that cannot be placed (its trainer refused its config) never calls in:
+            # the other members of a fused group it belongs to train without waiting for it.
+            self._unplaced.add(int(spec.run_id))
+            for gathering in list(self._groups.values()):
+                if self._complete(gathering):
+                    self._launch(gathering)
+            raise
+        self._unplaced.discard(run_id)
+        self.owners[run_id] = owner
+
+    def _add_run(self, spec: Any, checkpoint_path: str | None) -> int:
+        """Register the run; a resident copy at another step than the checkpoint's (a slice
+        whose result was never recorded) is replaced by the checkpoint's state."""
         from actors.storage import checkpoint
 
-        spec = cloudpickle.loads(spec_blob)
         if is_pipeline(spec):  # evals mode: a pipeline, placed from its last state file
             return self._add_pipeline(spec, checkpoint_path)
         record = self.executor.registry.get(spec.run_id)
@@ -305,7 +318,7 @@ class BaseModelActor:
                 return outcome  # type: ignore[no-any-return]
             return await self._work(self._solo, run_id, start_step, end_step, evaluate, run_dir)
         gathering.arrived[run_id] = (start_step, end_step, evaluate, run_dir)
-        if set(gathering.arrived) == set(gathering.key):
+        if self._complete(gathering):
             self._launch(gathering)
         outcome = (await asyncio.shield(gathering.outcome))[run_id]
         if isinstance(outcome, BaseException):
@@ -322,12 +335,17 @@ class BaseModelActor:
         loop.call_later(GROUP_WAIT_SECONDS, self._launch, gathering)
         return gathering
 
+    def _complete(self, gathering: _Gathering) -> bool:
+        """Whether every member that can still call in has (none left to wait for)."""
+        waiting = set(gathering.key) - set(gathering.arrived) - self._unplaced
+        return bool(gathering.arrived) and not waiting
+
     def _launch(self, gathering: _Gathering) -> None:
         """Train the members that have arrived (all of them, or those in time)."""
         if self._groups.get(gathering.key) is not gathering:
             return  # already launched
         del self._groups[gathering.key]
-        missing = sorted(set(gathering.key) - set(gathering.arrived))
+        missing = sorted(set(gathering.key) - set(gathering.arrived) - self._unplaced)
         if missing:
             logger.warning("fused group %s: runs %s did not come in time", gathering.key, missing)
         work = gathering.work or self._fused_timed

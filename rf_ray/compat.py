@@ -118,7 +118,8 @@ REFUSED_TRAINER_FIELDS = {
     "deepspeed": "rf-ray keeps one resident base model per executor and trains every run as an "
     "adapter on it; DeepSpeed would shard and own that model. Remove deepspeed=",
     "fsdp": "rf-ray keeps one resident base model per executor and trains every run as an "
-    "adapter on it; FSDP would shard and own that model. Remove fsdp=",
+    "adapter on it; FSDP would shard and own that model. Remove fsdp= and the fsdp_config= "
+    "(and any other fsdp_* field) that goes with it",
     "fsdp_config": "rf-ray does not shard the base model (see fsdp). Remove fsdp_config=",
     "fsdp_min_num_params": "rf-ray does not shard the base model (see fsdp). Remove it",
     "fsdp_transformer_layer_cls_to_wrap": "rf-ray does not shard the base model (see fsdp). "
@@ -214,6 +215,52 @@ def ignored_field_warnings(runs: Sequence[_Run], has_eval: bool = True) -> dict[
         for name, note in run.ignored.items():
             out.setdefault(name, note)
     return out
+
+
+# RapidFire AI's tracking switches (environment variables its notebooks set), and what each
+# set to the value shown asks for that rf-ray does not do.
+RAPIDFIRE_TRACKING_SWITCHES = {
+    ("RF_MLFLOW_ENABLED", "false"): "rf-ray logs every run to MLflow whatever it says (its "
+    "store; `rf-ray dashboard` or `mlflow ui` shows them)",
+    ("RF_TENSORBOARD_ENABLED", "true"): "rf-ray writes no TensorBoard logs of its own; "
+    "report_to='tensorboard' in training_args forwards each run's step metrics to TRL's "
+    "TensorBoard integration (with tensorboard installed)",
+    ("RF_TRACKIO_ENABLED", "true"): "rf-ray logs every run to MLflow and forwards only "
+    f"report_to={', '.join(repr(n) for n in FORWARDED_REPORTERS)} to TRL's integrations",
+}
+
+
+def rapidfire_env_notes(environ: Any) -> dict[str, str]:
+    """``{variable: note}`` for each of RapidFire's tracking switches set in ``environ`` (e.g.
+    ``os.environ``) to a value rf-ray does not honour; ``run_fit`` shows each once."""
+    notes = {}
+    for (name, value), what in RAPIDFIRE_TRACKING_SWITCHES.items():
+        given = environ.get(name)
+        if given is not None and given.strip().lower() == value:
+            notes[name] = f"RapidFire's {name}={given!r} is ignored: {what}"
+    return notes
+
+
+def run_fit_argument_notes(num_gpus: Any, monte_carlo_simulations: Any) -> dict[str, str]:
+    """``{argument: note}`` for RapidFire's ``run_fit`` arguments rf-ray accepts and ignores:
+    ``num_gpus`` (GPUs per run, for FSDP; its default, 1, is what rf-ray does) and
+    ``monte_carlo_simulations`` (RapidFire's scheduler's). A bad value is refused."""
+    notes = {}
+    if num_gpus is not None:
+        if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1:
+            raise ConfigError(f"run_fit(num_gpus={num_gpus!r}): num_gpus must be an integer >= 1")
+        if num_gpus != 1:
+            notes["run_fit.num_gpus"] = (
+                f"run_fit(num_gpus={num_gpus!r}) is ignored: each run trains on one executor "
+                "(one GPU) that holds the base model; run_fit(num_executors=N) spreads runs "
+                "over N GPUs"
+            )
+    if monte_carlo_simulations is not None:
+        notes["run_fit.monte_carlo_simulations"] = (
+            f"run_fit(monte_carlo_simulations={monte_carlo_simulations!r}) is ignored: rf-ray's "
+            "scheduler gives the next slice to the run with the least progress (no simulation)"
+        )
+    return notes
 
 
 # ---------------------------------------------------------------------- packages and devices
@@ -384,6 +431,7 @@ __all__ = [
     "HONOURED_TRAINER_FIELDS",
     "IGNORED_TRAINER_FIELDS",
     "OPTIMIZER_PACKAGES",
+    "RAPIDFIRE_TRACKING_SWITCHES",
     "REFUSED_TRAINER_FIELDS",
     "RETIRED_TRAINER_FIELDS",
     "IgnoredFieldWarning",
@@ -391,7 +439,9 @@ __all__ = [
     "check_requirements",
     "forwarded_reporters",
     "ignored_field_warnings",
+    "rapidfire_env_notes",
     "rapidfire_fields",
     "rapidfire_resources",
+    "run_fit_argument_notes",
     "warn_replaced",
 ]

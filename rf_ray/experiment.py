@@ -37,7 +37,9 @@ from rf_ray.compat import (
     IgnoredFieldWarning,
     check_requirements,
     ignored_field_warnings,
+    rapidfire_env_notes,
     rapidfire_resources,
+    run_fit_argument_notes,
     warn_replaced,
 )
 from rf_ray.configs import RFModelConfig
@@ -102,6 +104,8 @@ class Experiment:
         self._live_view = True
         self._metric: tuple[str, str] | None = None
         self._warned: set[str] = set()
+        self._rapidfire_args: dict[str, str] = {}
+        """Notes on the RapidFire run_fit arguments of the latest run_fit (``_warn_ignored``)."""
         self._group: ConfigGroup | None = None
         self._pruning = ""
         """What run_fit said about pruning when it started (repeated in its summary)."""
@@ -115,6 +119,8 @@ class Experiment:
         eval_dataset: Any = None,
         num_chunks: int = 4,
         seed: int = 42,
+        num_gpus: int | None = None,
+        monte_carlo_simulations: int | None = None,
         pruner: Pruner | None = None,
         max_slice_steps: int | None = None,
         live_view: bool = True,
@@ -155,10 +161,14 @@ class Experiment:
         one run); if yours are longer, cut them with more ``num_chunks`` or ``max_slice_steps``
         rather than raising the bound.
 
+        RapidFire's ``num_gpus`` (GPUs per run, for FSDP) and ``monte_carlo_simulations`` (its
+        scheduler's) are accepted in RapidFire's positions and ignored, saying so.
+
         A second ``run_fit`` (or ``resume()``) on the same object first stops the actors of the
         previous one, running or finished, so its executor frees the device.
         """
         self._check_mode("fit", "run_fit")
+        self._rapidfire_args = run_fit_argument_notes(num_gpus, monte_carlo_simulations)
         group = _as_group(param_config)
         settings = ExperimentSettings.of(  # a group that prunes itself (RFOptuna) names its own
             num_chunks,
@@ -598,8 +608,10 @@ class Experiment:
     def _warn_ignored(self, runs: list[RunConfig], has_eval: bool) -> None:
         """One ``IgnoredFieldWarning`` per ignored field per experiment (not per run), and one
         ``GenerationFlagWarning`` for sampling fields set without ``do_sample``."""
+        ignored = {**ignored_field_warnings(runs, has_eval), **rapidfire_env_notes(os.environ),
+                   **self._rapidfire_args}  # fmt: skip
         notes: dict[str, tuple[str, type[Warning]]] = {
-            k: (v, IgnoredFieldWarning) for k, v in ignored_field_warnings(runs, has_eval).items()
+            k: (v, IgnoredFieldWarning) for k, v in ignored.items()
         }
         for key, note in summary.generation_notes(runs).items():
             notes[key] = (note, summary.GenerationFlagWarning)

@@ -17,6 +17,8 @@ alone (docs/coming-from-rapidfire.md lists it with its sources):
 * transformers 4.46: ``evaluation_strategy`` -> ``eval_strategy``, ``include_inputs_for_metrics``
   -> ``include_for_metrics``; 5.0 (#41404 and others) removed ``per_gpu_*_batch_size``,
   ``adafactor``, ``torchdynamo``, ``use_flash_attention_2``, ``use_auth_token``, ...
+* transformers 5.x: ``gradient_checkpointing`` / ``gradient_checkpointing_kwargs`` deprecated
+  for ``activation_checkpointing`` / ``activation_checkpointing_kwargs`` (removal in v6).
 * TRL 0.20: SFT's ``max_seq_length`` -> ``max_length``; TRL 1.x (the DPO refactor, #3906, and
   GRPO's follow-ups): ``use_liger_loss`` -> ``use_liger_kernel``, DPO's ``rpo_alpha`` -> an
   ``"sft"`` term in ``loss_type`` with its weight, GRPO's ``vllm_guided_decoding_regex`` ->
@@ -126,6 +128,10 @@ LEGACY_TRAINER_FIELDS: dict[str, _Rename] = {
         "vllm_structured_outputs_regex", _to("vllm_structured_outputs_regex")
     ),
     "wandb_log_unique_prompts": _Rename("log_unique_prompts", _to("log_unique_prompts")),
+    "gradient_checkpointing": _Rename("activation_checkpointing", _to("activation_checkpointing")),
+    "gradient_checkpointing_kwargs": _Rename(
+        "activation_checkpointing_kwargs", _to("activation_checkpointing_kwargs")
+    ),
 }
 """TRL config fields (``training_args``) of TRL 0.21 / transformers 4.5x (and a few older
 names their notebooks still carry) rewritten to today's."""
@@ -217,11 +223,18 @@ def modernize_model_kwargs(kwargs: Args) -> tuple[Args, dict[str, str]]:
                 f"model_kwargs sets quantization_config and {sorted(bnb)}; give the "
                 "quantization once, in quantization_config"
             )
-        for name in ("load_in_4bit", "load_in_8bit"):
-            if name in bnb:
-                note(name, bnb[name])
         if bnb.get("load_in_4bit") or bnb.get("load_in_8bit"):
+            for name in ("load_in_4bit", "load_in_8bit"):
+                if name in bnb:
+                    note(name, bnb[name])
             out["quantization_config"] = _jsonable_dtypes(bnb)
+        else:
+            first = next(iter(bnb))
+            notes[f"model_kwargs.{first}"] = (
+                f"model_kwargs {', '.join(f'{k}={v!r}' for k, v in bnb.items())}: keywords of "
+                "transformers 4 that quantize nothing here; rf-ray dropped them (the base "
+                "loads unquantized, as it would without them)"
+            )
     if "quantization_config" in out:
         out["quantization_config"] = _as_dict(out["quantization_config"])
     return out, notes

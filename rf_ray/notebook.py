@@ -50,7 +50,7 @@ class InteractiveController:
 
     def __init__(
         self,
-        experiment: Experiment | None = None,
+        experiment: Experiment | str | None = None,
         *,
         experiment_name: str | None = None,
         experiment_path: str | Path | None = None,
@@ -58,6 +58,9 @@ class InteractiveController:
         op_timeout_s: float = OP_TIMEOUT_S,
     ) -> None:
         self.widgets = _import_widgets()
+        if isinstance(experiment, str) and dispatcher_url is None:
+            # RapidFire's constructor takes dispatcher_url first: its URL given positionally.
+            experiment, dispatcher_url = None, experiment
         if dispatcher_url is not None:
             warnings.warn(
                 f"dispatcher_url={dispatcher_url!r} is ignored: rf-ray has no dispatcher; the "
@@ -309,7 +312,7 @@ def _import_widgets() -> Any:
     return ipywidgets
 
 
-def _target(experiment: Experiment | None, name: str | None, path: str | Path | None) -> Experiment:
+def _target(experiment: Any, name: str | None, path: str | Path | None) -> Experiment:
     if experiment is not None:
         if not isinstance(experiment, Experiment):
             raise ConfigError(f"experiment must be an rf_ray.Experiment, got {experiment!r}")

@@ -63,10 +63,10 @@ def to_jsonable(value: Any, path: str | None = None) -> Any:
     """
     if path is None and isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, enum.Enum):  # before str: a str enum must not travel as itself
+        return to_jsonable(value.value, path)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if isinstance(value, enum.Enum):
-        return to_jsonable(value.value, path)
     if isinstance(value, dict):
         return {str(k): to_jsonable(v, _at(path, f".{k}")) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -86,6 +86,8 @@ def _at(path: str | None, step: str) -> str | None:
 
 
 def _flat_value(value: Any) -> str | int | float | bool:
+    if isinstance(value, enum.Enum):  # a str enum (PEFT's TaskType) pickles its library along
+        return _flat_value(value.value)
     if isinstance(value, (bool, int, float, str)):
         return value
     if value is None:
@@ -337,9 +339,9 @@ def build_trl_config(run: RunConfig, output_dir: str, use_cpu: bool) -> Any:
         check_grpo(run, cls)
     try:
         with warnings.catch_warnings():
-            if "gradient_checkpointing" not in run.training_args:
-                # TRL's own default trips this transformers deprecation notice on every build.
-                warnings.filterwarnings("ignore", "`gradient_checkpointing` is deprecated")
+            # TRL's own default trips this transformers deprecation notice on every build; a
+            # user's gradient_checkpointing was renamed, with one LegacyFieldWarning (legacy.py).
+            warnings.filterwarnings("ignore", "`gradient_checkpointing` is deprecated")
             return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(

@@ -127,3 +127,39 @@ def test_through_the_actor_retry_then_re_place(ray_cluster, tmp_path):
         assert [m["step"] for m in nxt.step_metrics] == [3.0, 4.0]
     finally:
         ray.kill(actor)
+
+
+@pytest.mark.parametrize("fails_first", [True, False])
+def test_a_member_that_cannot_be_placed_does_not_hold_its_fused_group(
+    tmp_path, monkeypatch, fails_first
+):
+    """RapidFire's DPO notebooks have a config TRL's trainer cannot start (robust loss with
+    label_smoothing=0.5): its add_run fails and it never calls in. The group's other members
+    trained only after GROUP_WAIT_SECONDS (30 s each time); now at once. The wait is set past
+    the test's bound, so a group that still waits fails the test."""
+    monkeypatch.setattr("actors.base_model_actor.GROUP_WAIT_SECONDS", 3600.0)
+    # Every spec is built first, as the driver does: a TRL config built in the executor's
+    # process resets accelerate's shared state under the trainers already there.
+    specs = [_spec(tmp_path, run_id) for run_id in (1, 2, 3)]
+    broken = specs.pop()
+    broken.lora_config = LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["no_such"])
+    actor = BaseModelActor(load_toy_model, sft_dataset(N, seed=0), device="cpu")
+    for spec in specs:
+        asyncio.run(actor.add_run(cloudpickle.dumps(spec), None, "t"))
+
+    async def scenario():
+        place = actor.add_run(cloudpickle.dumps(broken), None, "t")
+        if fails_first:
+            with pytest.raises(ValueError, match="no_such"):
+                await place
+        calls = [actor.run_slice(rid, 0, 2, False, str(tmp_path / f"run{rid}"), group=[1, 2, 3])
+                 for rid in (1, 2)]  # fmt: skip
+        if not fails_first:  # the others are waiting in their group when it fails
+            calls.append(place)
+        return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 300)
+
+    results = asyncio.run(scenario())
+    assert [r.fused_with for r in results[:2]] == [2, 2]  # 1 and 2 trained together
+    assert [m["step"] for m in results[0].step_metrics] == [1.0, 2.0]
+    if not fails_first:
+        assert isinstance(results[2], ValueError)

@@ -10,6 +10,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -519,3 +520,66 @@ def test_a_dpo_or_grpo_formatting_func_is_checked_on_the_first_row(func, needle)
     raw = Dataset.from_dict({"question": ["add: 1 2 ="], "answer": ["3"]})
     with pytest.raises(ConfigError, match=needle):
         check_columns(raw, _grpo_run(func), "train_dataset")
+
+
+def test_rapidfires_tracking_switches_are_said_to_do_nothing_here(tmp_path, monkeypatch):
+    """RapidFire's trackio notebooks set RF_TRACKIO_ENABLED=true and RF_MLFLOW_ENABLED=false
+    (its Colab default is TensorBoard on, MLflow off): rf-ray logs to MLflow whatever they say,
+    so run_fit says so once, before anything starts, instead of ignoring them silently."""
+    monkeypatch.setenv("RF_TRACKIO_ENABLED", "true")
+    monkeypatch.setenv("RF_MLFLOW_ENABLED", "false")
+    monkeypatch.setenv("RF_TENSORBOARD_ENABLED", "True")
+    exp = Experiment("port", experiment_path=tmp_path)
+    cfg = RFModelConfig("tiny", training_args=RFSFTConfig(max_length=32))
+    SuccessiveHalving = rf_ray.SuccessiveHalving  # noqa: N806
+    with pytest.warns(rf_ray.IgnoredFieldWarning) as caught, pytest.raises(ConfigError):
+        exp.run_fit(cfg, train_dataset=[{"text": "a"}] * 4,  # refused after the warnings
+                    pruner=SuccessiveHalving(metric="no_such_metric"))  # fmt: skip
+    notes = [str(w.message) for w in caught if w.category is rf_ray.IgnoredFieldWarning]
+    assert len(notes) == 3, notes
+    trackio, mlflow, tensorboard = sorted(
+        notes, key=lambda n: ("TRACKIO" not in n, "MLFLOW" not in n)
+    )
+    assert "RF_TRACKIO_ENABLED='true' is ignored" in trackio
+    assert "RF_MLFLOW_ENABLED='false' is ignored" in mlflow
+    assert "MLflow" in mlflow
+    assert "report_to='tensorboard'" in tensorboard
+    monkeypatch.setenv("RF_MLFLOW_ENABLED", "true")  # what rf-ray does anyway: nothing to say
+    monkeypatch.delenv("RF_TRACKIO_ENABLED")
+    monkeypatch.delenv("RF_TENSORBOARD_ENABLED")
+    second = Experiment("port2", experiment_path=tmp_path)
+    with warnings.catch_warnings(record=True) as quiet:
+        warnings.simplefilter("always")
+        with pytest.raises(ConfigError):
+            second.run_fit(cfg, train_dataset=[{"text": "a"}] * 4,
+                           pruner=SuccessiveHalving(metric="nope"))  # fmt: skip
+    assert not [w for w in quiet if "RF_" in str(w.message)]
+
+
+def test_run_fit_takes_rapidfires_num_gpus_and_monte_carlo_simulations(tmp_path):
+    """RapidFire's ``run_fit(..., num_chunks, seed, num_gpus=1, monte_carlo_simulations=1000)``:
+    its DPO fsdp-lite notebook passes ``num_gpus=2`` (a TypeError before). Both are accepted in
+    RapidFire's positions and said to be ignored; num_gpus=1 (RapidFire's default) says nothing;
+    a bad value is refused."""
+    import inspect
+
+    params = list(inspect.signature(Experiment.run_fit).parameters)
+    assert params[1:9] == ["param_config", "create_model_fn", "train_dataset", "eval_dataset",
+                           "num_chunks", "seed", "num_gpus", "monte_carlo_simulations"]  # fmt: skip
+    cfg = RFModelConfig("tiny", training_args=RFSFTConfig(max_length=32))
+    exp = Experiment("port", experiment_path=tmp_path)
+    bad = rf_ray.SuccessiveHalving(metric="no_such_metric")  # refused after the warnings
+    with pytest.warns(rf_ray.IgnoredFieldWarning) as caught, pytest.raises(ConfigError):
+        exp.run_fit(cfg, None, [{"text": "a"}] * 4, None, 4, 42, 2, 500, pruner=bad)
+    notes = sorted(str(w.message) for w in caught if w.category is rf_ray.IgnoredFieldWarning)
+    assert len(notes) == 2, notes
+    assert "run_fit(monte_carlo_simulations=500) is ignored" in notes[0]
+    assert "run_fit(num_gpus=2) is ignored" in notes[1]
+    assert "num_executors" in notes[1]
+    with warnings.catch_warnings(record=True) as quiet:
+        warnings.simplefilter("always")
+        with pytest.raises(ConfigError):
+            exp.run_fit(cfg, train_dataset=[{"text": "a"}] * 4, num_gpus=1, pruner=bad)
+    assert not [w for w in quiet if "num_gpus" in str(w.message)]
+    with pytest.raises(ConfigError, match=r"num_gpus=0\): num_gpus must be an integer >= 1"):
+        exp.run_fit(cfg, train_dataset=[{"text": "a"}] * 4, num_gpus=0)

@@ -149,7 +149,7 @@ def test_plain_list_is_a_literal_inside_a_config():
 @pytest.mark.parametrize(
     ("field", "fix"),
     [("model_init_kwargs", "model_kwargs=..."), ("deepspeed", "Remove deepspeed="),
-     ("fsdp", "Remove fsdp=")],
+     ("fsdp", "Remove fsdp= and the fsdp_config=")],
 )  # fmt: skip
 def test_fields_that_break_the_engine_are_refused_with_the_fix(field, fix):
     with pytest.raises(ConfigError, match=f"{field}= is not supported") as err:
@@ -363,3 +363,27 @@ def test_to_jsonable_is_strict_with_a_path_and_lenient_without():
     lenient = to_jsonable(value)
     assert lenient["a"] == [1, None]
     assert lenient["b"] == repr(object)
+
+
+def test_str_enums_become_plain_values_so_params_unpickle_without_their_library():
+    """RapidFire's DPO notebook passes ``task_type=TaskType.CAUSAL_LM`` (a ``str`` enum): the run's
+    params travel to the scheduler, trial and tracking actors, and an enum object in them made
+    each unpickle PEFT (and with it torch, transformers, bitsandbytes) in a process meant to stay
+    lean."""
+    import enum
+    import pickle
+
+    from rf_ray.specs import to_jsonable
+
+    class Kind(str, enum.Enum):
+        CAUSAL_LM = "CAUSAL_LM"
+
+    run = _run(lora={"r": 8, "task_type": Kind.CAUSAL_LM},
+               training_args={"lr_scheduler_type": Kind.CAUSAL_LM})  # fmt: skip
+    flat = run.flat_params()
+    assert type(flat["lora.task_type"]) is str
+    assert flat["lora.task_type"] == "CAUSAL_LM"
+    assert type(flat["lr_scheduler_type"]) is str
+    assert b"Kind" not in pickle.dumps(flat)
+    assert type(to_jsonable(Kind.CAUSAL_LM)) is str
+    assert type(to_jsonable({"k": [Kind.CAUSAL_LM]}, "kw")["k"][0]) is str

@@ -44,7 +44,10 @@ CASES = [
     ("DPO", "rpo_alpha", 0.5, "loss_weights", [1.0, 0.5]),
     ("GRPO", "vllm_guided_decoding_regex", "[0-9]+", "vllm_structured_outputs_regex", "[0-9]+"),
     ("GRPO", "wandb_log_unique_prompts", True, "log_unique_prompts", True),
-]
+    ("SFT", "gradient_checkpointing", True, "activation_checkpointing", True),
+    ("DPO", "gradient_checkpointing_kwargs", {"use_reentrant": True},
+     "activation_checkpointing_kwargs", {"use_reentrant": True}),
+]  # fmt: skip
 
 
 def _run(trainer: str, **fields) -> RunConfig:
@@ -155,6 +158,32 @@ def test_load_in_4bit_becomes_a_quantization_config_that_is_part_of_the_base_ide
     config = transformers.BitsAndBytesConfig.from_dict(legacy.model_kwargs["quantization_config"])
     assert config.load_in_4bit
     assert config.bnb_4bit_compute_dtype == torch.bfloat16
+
+
+def test_load_in_4bit_false_is_dropped_and_says_so():
+    """RapidFire's GRPO lite notebook sets ``load_in_4bit=False``: nothing is quantized, and the
+    warning must not claim a quantization_config is passed."""
+    run = RunConfig("tiny", model_kwargs={"load_in_4bit": False, "bnb_4bit_quant_type": "nf4",
+                                          "use_cache": False})  # fmt: skip
+    assert run.model_kwargs == {"use_cache": False}
+    note = run.legacy["model_kwargs.load_in_4bit"]
+    assert "quantization_config" not in note
+    assert "dropped" in note
+    assert "bnb_4bit_quant_type" in note  # what went with it
+
+
+def test_gradient_checkpointing_warns_once_as_ours_not_per_run_as_transformers(tmp_path):
+    """transformers 5 renamed it ``activation_checkpointing``; its FutureWarning came once per
+    run's TRL config (RapidFire's DPO lite and Colab notebooks set it)."""
+    run = _run("DPO", gradient_checkpointing=True, gradient_checkpointing_kwargs={"a": 1})
+    assert run.training_args == {"activation_checkpointing": True,
+                                 "activation_checkpointing_kwargs": {"a": 1}}  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        built = build_trl_config(run, str(tmp_path), use_cpu=True)
+    assert [str(w.message) for w in caught if w.category is FutureWarning] == []
+    assert built.gradient_checkpointing is True  # what TRL's trainers read
+    assert built.gradient_checkpointing_kwargs == {"a": 1}
 
 
 def test_quantization_given_twice_is_refused():

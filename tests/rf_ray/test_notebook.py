@@ -123,3 +123,14 @@ def test_ops_from_a_child_keep_the_experiments_trust(tmp_path):
     assert len(exp.get_runs_info()) == 3  # the kernel reads it
     with pytest.raises(OpError, match="is finished"):
         _ops_in_child(exp, "stop", 1, {}, False, 120)
+
+
+def test_rapidfires_positional_dispatcher_url_is_taken_as_it(tmp_path, monkeypatch):
+    """RapidFire's constructor is ``InteractiveController(dispatcher_url=...)``: its URL given
+    positionally is that, not an experiment."""
+    monkeypatch.setattr("rf_ray.experiment._latest", [])
+    exp = Experiment("positional", experiment_path=tmp_path)
+    monkeypatch.setattr("rf_ray.experiment._latest", [exp])
+    with pytest.warns(IgnoredFieldWarning, match="dispatcher_url='http://127.0.0.1:8851'"):
+        panel = InteractiveController("http://127.0.0.1:8851")
+    assert panel.experiment is exp

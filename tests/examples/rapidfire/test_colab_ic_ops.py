@@ -3,9 +3,9 @@ notebook with the Interactive Controller), ported.
 
 Each cell's code is as written in the notebook (RapidFireAI/rapidfireai), in order; the only
 lines changed are imports, the hub model and dataset, sizes, and the notebook-only lines (shell
-and IPython magics, Colab's JavaScript button, RapidFire's services), each with a comment saying
-so. The test runs as on Colab (``RF_RAY_BACKGROUND=1``: there rf-ray detects Colab itself), from
-a temporary directory (the notebook's ``./rf_experiments``).
+and IPython magics, Colab's JavaScript button, RapidFire's services, its internal ``RfDb``), each
+with a comment saying so. The test runs as on Colab (``RF_RAY_BACKGROUND=1``: there rf-ray
+detects Colab itself), from a temporary directory (the notebook's ``./rf_experiments``).
 
 RapidFire's semantics asserted: on Colab ``run_fit`` trains in a background thread and returns
 at once, so the next cell's ``InteractiveController`` steers the running experiment; the panel's
@@ -129,7 +129,10 @@ def run_notebook():
 
     # --- cell 20
     # Get experiment path
-    experiment_path = str(experiment.dir.parent)  # import: RapidFire's RfDb -> the Experiment
+    # RapidFire: `from rapidfireai.fit.db.rf_db import RfDb`, `db = RfDb()`,
+    # `experiment_path = db.get_experiments_path(my_experiment)`: its internal database, which
+    # rf-ray has no counterpart of (docs/coming-from-rapidfire.md); the same path, rf-ray's way:
+    experiment_path = str(experiment.dir.parent)  # changed: RfDb's experiments path
     tensorboard_log_dir = f"{experiment_path}/tensorboard_logs/{my_experiment}"
 
     print(f"TensorBoard logs will be saved to: {tensorboard_log_dir}")

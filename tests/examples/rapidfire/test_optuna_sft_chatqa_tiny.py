@@ -29,8 +29,6 @@ from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow  # a real experiment: Ray actors, TRL, Optuna, MLflow
 
-N_INITIAL, BUDGET = 4, 6
-
 
 @pytest.fixture(scope="module")
 def notebook(ray_cluster, tmp_path_factory):
@@ -149,8 +147,8 @@ def run_notebook():
     config_group = RFOptuna(
         configs=[config_template],
         trainer_type="SFT",
-        n_initial=N_INITIAL,
-        budget=BUDGET,
+        n_initial=4,
+        budget=6,
         objective="maximize:rougeL",
         sampler="tpe",
         pruner="median",
@@ -240,7 +238,8 @@ def test_optuna_proposed_the_runs_and_replaced_each_pruned_one_within_the_budget
     info = experiment.get_runs_info().set_index("run_id")
     pruned = [t for t in trials if t.state.name == "PRUNED"]
     # RapidFire: n_initial runs; each pruned one is replaced while the budget lasts.
-    assert len(trials) == min(N_INITIAL + len(pruned), BUDGET)
+    assert (search.n_initial, search.budget) == (4, 6)  # the notebook's
+    assert len(trials) == min(search.n_initial + len(pruned), search.budget)
     assert len(info) == len(trials)
     assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
     assert [t.state.name for t in trials].count("COMPLETE") >= 1
