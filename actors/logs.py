@@ -78,6 +78,11 @@ def attach(experiment_dir: str | os.PathLike[str], role: str) -> Path:
     return path
 
 
+def attached() -> list[Path]:
+    """The log files this process writes to now."""
+    return list(_files)
+
+
 def detach(experiment_dir: str | os.PathLike[str]) -> None:
     """Stop writing this process's records to the experiment's log file."""
     handler = _files.pop(log_path(experiment_dir), None)
@@ -96,7 +101,7 @@ def _take_over() -> None:
     for name in LOGGERS:
         logger = logging.getLogger(name)
         _saved[name] = (logger.level, logger.propagate)
-        forward = _Forward(logger.level)
+        forward = _Forward(name, logger.level)
         _forwards[name] = forward
         logger.addHandler(forward)
         logger.propagate = False
@@ -118,11 +123,14 @@ class _Forward(logging.Handler):
     there are none) iff the logger would have let it through at its own level, or, with none
     set, at the root's: what propagation did before ``attach``."""
 
-    def __init__(self, own_level: int) -> None:
+    def __init__(self, logger: str, own_level: int) -> None:
         super().__init__()
+        self.logger = logger
         self.own_level = own_level
 
     def emit(self, record: logging.LogRecord) -> None:
+        if logging.getLogger(self.logger).propagate:
+            return  # someone turned propagation back on: it delivers the record already
         root = logging.getLogger()
         threshold = self.own_level or root.getEffectiveLevel()
         if record.levelno < threshold:
@@ -169,6 +177,7 @@ __all__ = [
     "QUIET_LOGS",
     "QUIET_WARNINGS",
     "attach",
+    "attached",
     "detach",
     "log_path",
     "quiet",

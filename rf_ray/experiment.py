@@ -520,13 +520,15 @@ class Experiment:
         store = self._store()
         try:
             runs, pruning_error = store.runs(), store.meta().get(PRUNING_ERROR_KEY)
+            columns = [c for c in store.run_columns() if c != "params"]
         finally:
             store.close()
         rows = []
         for r in runs:
             params = r.pop("params")
             rows.append({**r, "pruning_error": pruning_error, "config": params})
-        return pd.DataFrame(rows)
+        # The columns even with no run yet (a Tune experiment before its first trial).
+        return pd.DataFrame(rows, columns=[*columns, "pruning_error", "config"])
 
     def get_best_run(self, metric_mode: str | None = None) -> int:
         """The run id with the best chunk metric, preferring runs that completed training. An

@@ -68,6 +68,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(autouse=True)
+def no_log_file_left_attached():
+    """A test that builds an actor's class in this process (a scheduler, an executor) attaches
+    the experiment's log file here and never detaches it; later tests' loggers would then still
+    write there and forward to the console their way. Each test starts as a process does."""
+    from actors import logs
+
+    before = set(logs.attached())
+    yield
+    for path in set(logs.attached()) - before:
+        logs.detach(path.parent)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One small local Ray cluster for the whole session (2 CPUs, small object store)."""

@@ -327,6 +327,11 @@ class Store:
                 out.append(row)
         return out
 
+    def run_columns(self) -> list[str]:
+        """The names of a run row's fields, in the order ``runs`` gives them."""
+        with self._reading():
+            return [str(r[1]) for r in self._conn.execute("PRAGMA table_info(runs)").fetchall()]
+
     def run(self, run_id: int) -> dict[str, Any] | None:
         return next((r for r in self.runs() if r["run_id"] == run_id), None)
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 ROWS = 16  # 4 optimizer steps at batch size 4; 2 chunks, slices of 1 step
 ARGS = dict(per_device_train_batch_size=4, num_train_epochs=1, max_length=48, lora_rank=4)
-FIT = dict(num_chunks=2, seed=3, max_slice_steps=1, fusion=False, pruner=None)
+FIT = dict(num_chunks=2, seed=3, max_slice_steps=1, fusion=False)
 SLICE_TIMEOUT = 30.0
 """Far above a healthy toy slice (about a second); far below the hang."""
 
