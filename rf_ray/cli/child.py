@@ -19,32 +19,41 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:
     """
     sys.stdout.flush()
     posix = os.name == "posix"
-    proc = subprocess.Popen(cmd, env=env, start_new_session=posix)
-    received = 0
+    proc: subprocess.Popen[bytes] | None = None
+    received: list[int] = []
 
-    def forward(signum: int, _frame: Any) -> None:
-        nonlocal received
-        received += 1
+    def send(signum: int) -> None:
+        assert proc is not None
         if proc.poll() is not None:
             return
         try:
             if posix:
-                os.killpg(proc.pid, signal.SIGKILL if received >= 3 else signum)
+                os.killpg(proc.pid, signal.SIGKILL if len(received) >= 3 else signum)
             else:
                 proc.send_signal(signum)
         except ProcessLookupError:  # it ended between poll() and the signal
             pass
 
-    # SIGHUP too: a closed terminal reaches only our session, not the child's own.
+    def forward(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        if proc is not None:  # else: sent once the child exists
+            send(signum)
+
+    # The handlers go in before the child starts: a signal in between is not lost (nor, where
+    # the parent ignores SIGHUP, as under nohup, ignored). SIGHUP too: a closed terminal
+    # reaches only our session, not the child's own.
     names = ("SIGINT", "SIGTERM", "SIGHUP")
     stops = [getattr(signal, n) for n in names if hasattr(signal, n)]
     previous = {s: signal.signal(s, forward) for s in stops}
     try:
+        proc = subprocess.Popen(cmd, env=env, start_new_session=posix)
+        if received:
+            send(received[-1])
         code = proc.wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if proc.poll() is None:  # only if wait() itself was interrupted by an exception
+        if proc is not None and proc.poll() is None:  # wait() interrupted by an exception
             proc.terminate()
             proc.wait(timeout=10)
     # A child ended by a signal reports -signum; the shell convention is 128 + signum.
