@@ -31,6 +31,8 @@ from actors.storage.trust import check_trusted
 from policies.errors import ConfigError, DamagedFileError, UntrustedDirectoryError
 from policies.redact import redact
 from policies.settings import stored_settings
+from rf_ray.evals.progress import interval_text, last_intervals
+from rf_ray.evals.store import has_pipeline_spec
 from rf_ray.live import chunk_progress
 from rf_ray.steerable import is_running
 
@@ -136,7 +138,7 @@ class Cursor:
     chunks_after: int = 0
 
 
-def read_state(exp_dir: Path, cursor: Cursor) -> dict[str, Any]:
+def read_state(exp_dir: Path, cursor: Cursor) -> dict[str, Any]:  # one snapshot, one answer
     """What changed in one experiment since ``cursor``: the runs whose row changed (with their
     redacted params), new step losses and chunk metrics, the knobs that differ across all runs
     (the same ``specs.differing_keys`` as ``rf-ray status``) and the cursor to send next time."""
@@ -162,11 +164,17 @@ def read_state(exp_dir: Path, cursor: Cursor) -> dict[str, Any]:
             "SELECT rowid, run_id, chunk, metrics FROM chunks WHERE rowid > ? ORDER BY rowid"
             " LIMIT ?", (cursor.chunks_after, MAX_POINTS),
         ).fetchall()  # fmt: skip
+        last_shards = conn.execute(  # an evals pipeline's estimate: its last shard's
+            "SELECT run_id, chunk, metrics FROM chunks WHERE (run_id, chunk) IN"
+            " (SELECT run_id, MAX(chunk) FROM chunks GROUP BY run_id)"
+        ).fetchall()  # fmt: skip
     settings = stored_settings(meta)
     pruner = settings.get("pruner") or {}
     metric = pruner.get("metric") or "loss"
     params = dict(all_params)
+    estimates = _estimates(exp_dir, [r for r, _ in all_params], last_shards, metric)
     for row in runs:
+        row["interval"] = (estimates or {}).get(row["run_id"])
         if row["error"] and len(row["error"]) > ERROR_CHARS:
             row["error"] = "..." + row["error"][-ERROR_CHARS:]
         row["params"] = redact(params.get(row["run_id"], {}))
@@ -182,6 +190,7 @@ def read_state(exp_dir: Path, cursor: Cursor) -> dict[str, Any]:
             "mode": pruner.get("mode"),
             "pruner": pruner.get("type"),
             "num_chunks": settings.get("num_chunks"),
+            "evals": estimates is not None,
             "differing": differing_keys([p for _, p in all_params]),
             "run_ids": [run_id for run_id, _ in all_params],
             "runs": runs,
@@ -195,6 +204,21 @@ def read_state(exp_dir: Path, cursor: Cursor) -> dict[str, Any]:
             },
         }
     )
+
+
+def _estimates(
+    exp_dir: Path, run_ids: list[int], last_shards: list[Any], metric: str
+) -> dict[int, str] | None:
+    """An evals experiment's pipelines, each judged by its last shard's estimate of ``metric``
+    with its interval (``"0.2 [0.1, 0.3]"``), from its last chunk row; None for a fit one."""
+    if not run_ids or not has_pipeline_spec(exp_dir, run_ids[0]):
+        return None
+    intervals = last_intervals([(int(r[0]), int(r[1]), json.loads(r[2])) for r in last_shards])
+    return {
+        run_id: interval_text(per_run[metric])
+        for run_id, per_run in intervals.items()
+        if metric in per_run
+    }
 
 
 def _points(rows: list[Any], x: str, metric: str) -> dict[int, list[list[float | None]]]:

@@ -159,3 +159,27 @@ def test_watch_stop_and_clone_in_a_real_browser(browser, ray_cluster, tmp_path):
             _screenshot(browser, tmp_path, "dashboard-finished.png")
     finally:
         exp.end()
+
+
+def test_an_evals_experiment_shows_each_pipelines_interval_in_a_real_browser(browser, tmp_path):
+    """A finished evals experiment (a store as the scheduler writes it; no Ray): the runs table
+    judges each pipeline by its last shard's estimate and interval, not by a best shard."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.rf_ray.test_evals_progress import _two_pipelines
+
+    _two_pipelines(tmp_path)
+    wait = WebDriverWait(browser, WAIT_S)
+    with serve(Settings(root=Root.at(tmp_path))) as base:
+        browser.get(base + "/")  # one experiment: the page opens it
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#runs tbody tr")) == 2)
+        heads = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#runs thead th")]
+        assert "exact_match [interval]" in heads
+        assert "best exact_match" not in heads
+        column = heads.index("exact_match [interval]")
+        cells = {
+            tr.get_attribute("data-run-id"): tr.find_elements(By.TAG_NAME, "td")[column].text
+            for tr in browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr")
+        }
+        assert cells == {"1": "0.2 [0.1, 0.3]", "2": "0.35 [0.25, 0.45]"}

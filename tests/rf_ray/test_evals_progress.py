@@ -101,3 +101,19 @@ def test_rapidfires_resource_arguments_are_accepted_and_said_ignored(tmp_path: P
         exp.run_evals({"vllm_config": RFvLLMModelConfig(model_config={"model": "m"})},
                       [{"prompts": "x"}], num_shards=0, num_actors=5)  # fmt: skip
     assert not (tmp_path / "scifact").exists()
+
+
+def test_the_dashboard_shows_a_pipelines_last_estimate_with_its_interval(tmp_path: Path) -> None:
+    """The page's state (``read_state``) says the experiment is an evals one and gives each
+    pipeline its last shard's estimate with its interval; a fit experiment has neither."""
+    from rf_ray.dashboard.reads import Cursor, read_state
+    from tests.rf_ray.test_dashboard_http import make_experiment
+
+    state = read_state(_two_pipelines(tmp_path), Cursor())
+    assert state["evals"] is True
+    assert {r["run_id"]: r["interval"] for r in state["runs"]} == {
+        1: "0.2 [0.1, 0.3]", 2: "0.35 [0.25, 0.45]"
+    }  # fmt: skip
+    fit = read_state(make_experiment(tmp_path / "fit"), Cursor())
+    assert fit["evals"] is False
+    assert all(r["interval"] is None for r in fit["runs"])

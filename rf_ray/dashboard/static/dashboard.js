@@ -140,8 +140,10 @@ function merge(v, data) {
   v.metric = data.metric;
   v.mode = data.mode;
   v.pruner = data.pruner;
+  v.knobsChanged = Boolean(data.evals) !== Boolean(v.evals);
+  v.evals = Boolean(data.evals);
   Object.assign(v.mlflow, data.mlflow || {});
-  v.knobsChanged = JSON.stringify(data.differing) !== JSON.stringify(v.differing);
+  v.knobsChanged ||= JSON.stringify(data.differing) !== JSON.stringify(v.differing);
   v.differing = data.differing;
   v.changed = new Set();
   for (const row of data.runs) { v.runs.set(row.run_id, row); v.changed.add(row.run_id); }
@@ -183,7 +185,9 @@ function render(v) {
 
 function renderHead(v) {
   const metric = v.metric;
-  const cells = ["run", "status", "progress", "steps", `last ${metric}`, `best ${metric}`,
+  // An evals pipeline is judged by its last shard's estimate: its interval, not a best shard.
+  const judged = v.evals ? `${metric} [interval]` : `best ${metric}`;
+  const cells = ["run", "status", "progress", "steps", `last ${metric}`, judged,
     "pruned@", ...v.differing, "error", "MLflow"].map((h) => el("th", { text: h }));
   cells.push(el("th", { class: "actions", text: "steer" }));
   $("#runs thead").replaceChildren(el("tr", {}, ...cells));
@@ -210,11 +214,13 @@ function renderRow(v, r) {
   const cells = [
     runCell,
     el("td", { class: `status status-${r.status}`, text: r.status }),
-    el("td", { class: "num progress", title: `${r.chunks_done} of ${r.total_chunks} chunks in all`,
+    el("td", { class: "num progress", title: `${r.chunks_done} of ${r.total_chunks} ${v.evals ? "shards" : "chunks"} in all`,
                text: r.progress }),
     el("td", { class: "num", text: `${r.steps_done}/${r.total_steps}` }),
     el("td", { class: "num", text: fmt(r.last_metric) }),
-    el("td", { class: "num", text: fmt(r.best_metric) }),
+    v.evals ? el("td", { class: "num interval", title: "the estimate over every row so far, with its confidence interval",
+                         text: r.interval || "-" })
+            : el("td", { class: "num", text: fmt(r.best_metric) }),
     el("td", { class: "num", text: fmt(r.pruned_at) }),
     ...v.differing.map((k) => el("td", { text: fmt((r.params || {})[k]) })),
     el("td", { class: "error", title: r.error || "", text: error }),
