@@ -164,15 +164,16 @@ def read_state(exp_dir: Path, cursor: Cursor) -> dict[str, Any]:  # one snapshot
             "SELECT rowid, run_id, chunk, metrics FROM chunks WHERE rowid > ? ORDER BY rowid"
             " LIMIT ?", (cursor.chunks_after, MAX_POINTS),
         ).fetchall()  # fmt: skip
+        evals = bool(all_params) and has_pipeline_spec(exp_dir, all_params[0][0])
         last_shards = conn.execute(  # an evals pipeline's estimate: its last shard's
             "SELECT run_id, chunk, metrics FROM chunks WHERE (run_id, chunk) IN"
             " (SELECT run_id, MAX(chunk) FROM chunks GROUP BY run_id)"
-        ).fetchall()  # fmt: skip
+        ).fetchall() if evals else None  # fmt: skip
     settings = stored_settings(meta)
     pruner = settings.get("pruner") or {}
     metric = pruner.get("metric") or "loss"
     params = dict(all_params)
-    estimates = _estimates(exp_dir, [r for r, _ in all_params], last_shards, metric)
+    estimates = None if last_shards is None else _estimates(last_shards, metric)
     for row in runs:
         row["interval"] = (estimates or {}).get(row["run_id"])
         if row["error"] and len(row["error"]) > ERROR_CHARS:
@@ -206,13 +207,9 @@ def read_state(exp_dir: Path, cursor: Cursor) -> dict[str, Any]:  # one snapshot
     )
 
 
-def _estimates(
-    exp_dir: Path, run_ids: list[int], last_shards: list[Any], metric: str
-) -> dict[int, str] | None:
-    """An evals experiment's pipelines, each judged by its last shard's estimate of ``metric``
-    with its interval (``"0.2 [0.1, 0.3]"``), from its last chunk row; None for a fit one."""
-    if not run_ids or not has_pipeline_spec(exp_dir, run_ids[0]):
-        return None
+def _estimates(last_shards: list[Any], metric: str) -> dict[int, str]:
+    """Each evals pipeline judged by its last shard's estimate of ``metric`` with its interval
+    (``"0.2 [0.1, 0.3]"``), from its last chunk row."""
     intervals = last_intervals([(int(r[0]), int(r[1]), json.loads(r[2])) for r in last_shards])
     return {
         run_id: interval_text(per_run[metric])

@@ -1,86 +1,50 @@
 """RFAPIModelConfig's client: an OpenAI-compatible /chat/completions call with retries (against
-a stub server on 127.0.0.1 that the test starts and stops) and a sliding-window rate limiter."""
+the evals tests' stub server on 127.0.0.1, ``tests/rf_ray/api_stub.py``) and a sliding-window
+rate limiter."""
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from actors.engine.evals.api_client import ApiClient, ApiError, RateLimiter
-
-
-class _Stub(BaseHTTPRequestHandler):
-    script: list[int] = []
-    seen: list[dict] = []
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).seen.append({"path": self.path, "body": body,
-                                "auth": self.headers.get("Authorization")})  # fmt: skip
-        status = type(self).script.pop(0) if type(self).script else 200
-        if status == 200:
-            text = "echo: " + body["messages"][-1]["content"]
-            payload = {"choices": [{"message": {"role": "assistant", "content": text}}]}
-        else:
-            payload = {"error": {"message": f"stub says {status}"}}
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        if status == 429:
-            self.send_header("Retry-After", "0")
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
+from tests.rf_ray.api_stub import Endpoint, endpoint
 
 
 @pytest.fixture
-def stub() -> Iterator[str]:
-    _Stub.script, _Stub.seen = [], []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+def stub() -> Iterator[Endpoint]:
+    with endpoint(echo=True) as state:
+        yield state
 
 
-def test_completion_goes_to_chat_completions_with_the_model_and_key(stub: str) -> None:
-    client = ApiClient(stub, "stub-model", api_key="sk-test", timeout=5, max_retries=0)
+def test_completion_goes_to_chat_completions_with_the_model_and_key(stub: Endpoint) -> None:
+    client = ApiClient(stub.url, "stub-model", api_key="sk-test", timeout=5, max_retries=0)
     assert client.complete([{"role": "user", "content": "hi"}], temperature=0) == "echo: hi"
-    (req,) = _Stub.seen
+    (req,) = stub.seen
     assert req["path"] == "/v1/chat/completions"
     assert req["body"]["model"] == "stub-model"
     assert req["body"]["temperature"] == 0
     assert req["auth"] == "Bearer sk-test"
 
 
-def test_rate_limited_and_server_errors_are_retried(stub: str) -> None:
-    _Stub.script = [429, 503]
-    client = ApiClient(stub, "m", timeout=5, max_retries=3, backoff_s=0.01)
+def test_rate_limited_and_server_errors_are_retried(stub: Endpoint) -> None:
+    stub.failures[:] = [429, 503]
+    client = ApiClient(stub.url, "m", timeout=5, max_retries=3, backoff_s=0.01)
     assert client.complete("again") == "echo: again"
     assert client.retries == 2
-    assert len(_Stub.seen) == 3
+    assert len(stub.seen) == 3
 
 
-def test_a_client_error_is_not_retried_and_retries_are_bounded(stub: str) -> None:
-    _Stub.script = [400]
-    client = ApiClient(stub, "m", timeout=5, max_retries=3, backoff_s=0.01)
+def test_a_client_error_is_not_retried_and_retries_are_bounded(stub: Endpoint) -> None:
+    stub.failures[:] = [400]
+    client = ApiClient(stub.url, "m", timeout=5, max_retries=3, backoff_s=0.01)
     with pytest.raises(ApiError, match="HTTP 400"):
         client.complete("x")
-    assert len(_Stub.seen) == 1
-    _Stub.script = [500, 500, 500]
+    assert len(stub.seen) == 1
+    stub.failures[:] = [500, 500, 500]
     with pytest.raises(ApiError, match="gave up after 3 tries"):
-        ApiClient(stub, "m", timeout=5, max_retries=2, backoff_s=0.01).complete("x")
+        ApiClient(stub.url, "m", timeout=5, max_retries=2, backoff_s=0.01).complete("x")
 
 
 def test_rate_limiter_waits_for_the_window() -> None:

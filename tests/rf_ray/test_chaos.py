@@ -30,6 +30,7 @@ from actors.storage.layout import ExperimentDir
 from actors.storage.store import Store
 from rf_ray import Experiment, List, NoPruning, RFModelConfig, RFSFTConfig
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
+from tests import processes
 from tests.processes import kill_started_under
 from tests.rf_ray.test_durability import _descendants_named
 from tests.waits import wait_for_store
@@ -60,15 +61,8 @@ FIT = dict(
     pruner=NoPruning(),
 )  # fmt: skip
 
-DRIVER = textwrap.dedent(
+DRIVER = processes.DRIVER + textwrap.dedent(
     """
-    import os, sys
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["RF_RAY_LIVE"] = "0"
-    sys.path.insert(0, {repo!r})
-    import ray
-    ray.init(num_cpus=2, object_store_memory=150 * 2**20, include_dashboard=False,
-             _temp_dir={ray_tmp!r})
     from rf_ray import Experiment
     from rf_ray.toy import sft_dataset
     from tests.rf_ray.test_chaos import _config, FIT, ROWS

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from rf_ray import Experiment, List, NoPruning, RFModelConfig, RFSFTConfig, SuccessiveHalving
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
+from tests import processes
 from tests.processes import kill_started_under
 from tests.waits import wait_for_steps
 
@@ -72,15 +73,8 @@ def _wait_for_steps(exp_dir, at_least: int, timeout: float = 300) -> int:
     return wait_for_steps(exp_dir, at_least, timeout)
 
 
-DRIVER = textwrap.dedent(
+DRIVER = processes.DRIVER + textwrap.dedent(
     """
-    import os, sys
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["RF_RAY_LIVE"] = "0"
-    sys.path.insert(0, {repo!r})
-    import ray
-    ray.init(num_cpus=2, object_store_memory=150 * 2**20, include_dashboard=False,
-             _temp_dir={ray_tmp!r})
     from rf_ray import Experiment, SuccessiveHalving
     from rf_ray.toy import sft_dataset
     from tests.rf_ray.test_durability import _config, FIT, ROWS

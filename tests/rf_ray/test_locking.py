@@ -30,6 +30,7 @@ from rf_ray import ConfigError, Experiment, NoPruning, RFModelConfig, RFSFTConfi
 from rf_ray import plan as plans
 from rf_ray import session as sessions
 from rf_ray.toy import TOY_MODEL_NAME, sft_dataset
+from tests import processes
 from tests.processes import kill_started_under
 from tests.rf_ray.test_durability import _wait_for_steps
 
@@ -115,15 +116,8 @@ def test_two_directories_with_the_same_name_run_at_once(ray_cluster, tmp_path):
     assert b.get_runs_info()["status"].tolist() == ["completed", "completed"]
 
 
-DRIVER = textwrap.dedent(
+DRIVER = processes.DRIVER + textwrap.dedent(
     """
-    import os, sys
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["RF_RAY_LIVE"] = "0"
-    sys.path.insert(0, {repo!r})
-    import ray
-    ray.init(num_cpus=2, object_store_memory=150 * 2**20, include_dashboard=False,
-             _temp_dir={ray_tmp!r})
     from rf_ray import Experiment, NoPruning
     from rf_ray.toy import sft_dataset
     from tests.rf_ray.test_locking import ROWS, _config
