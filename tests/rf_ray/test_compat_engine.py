@@ -51,7 +51,10 @@ def test_rf_optuna_prunes_on_its_objective_and_replaces_the_pruned_run(ray_clust
         seed=10,
     )  # fmt: skip
     try:
-        info = exp.run_fit(search, train_dataset=sft_dataset(16), num_chunks=4, live_view=False)
+        # 128 rows: a chunk lasts several of the driver's store polls (POLL_SECONDS), so RFOptuna
+        # sees each chunk before the next ends; with 16 rows both runs finished all four chunks
+        # between two polls now and then, and nothing could be pruned.
+        info = exp.run_fit(search, train_dataset=sft_dataset(128), num_chunks=4, live_view=False)
     finally:
         exp.end()
     trials = search.study.trials
